@@ -1,0 +1,145 @@
+// Diagnostics: every user error names file:line:col, quotes the source line,
+// points at the column with a caret and says how to fix it, then exits 1.
+// Internal errors (bugs in xentcc) say so and abort.
+#include "ir.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  const char *path;
+  const char *text;
+} Source;
+
+static Source *sources;
+static int nsources;
+
+void src_register(const char *path, const char *text) {
+  sources = realloc(sources, sizeof(Source) * (nsources + 1));
+  if (!sources)
+    fatal("out of memory");
+  sources[nsources++] = (Source){path, text};
+}
+
+static const char *source_line(const char *path, int line, int *len) {
+  for (int i = nsources - 1; i >= 0; i--) {
+    if (strcmp(sources[i].path, path) != 0)
+      continue;
+    const char *p = sources[i].text;
+    for (int l = 1; l < line && *p; p++)
+      if (*p == '\n')
+        l++;
+    const char *e = strchr(p, '\n');
+    *len = e ? (int)(e - p) : (int)strlen(p);
+    return p;
+  }
+  return NULL;
+}
+
+static void vreport(Loc loc, const char *kind, const char *hint, const char *fmt, va_list ap) {
+  fflush(stdout);
+  if (loc.file)
+    fprintf(stderr, "%s:%d:%d: %s: ", loc.file, loc.line, loc.col, kind);
+  else
+    fprintf(stderr, "xentcc: %s: ", kind);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  int len;
+  const char *line = loc.file ? source_line(loc.file, loc.line, &len) : NULL;
+  if (line) {
+    fprintf(stderr, "  %.*s\n  ", len, line);
+    for (int i = 1; i < loc.col && i <= len; i++)
+      fputc(line[i - 1] == '\t' ? '\t' : ' ', stderr);
+    fputs("^\n", stderr);
+  }
+  if (hint)
+    fprintf(stderr, "hint: %s\n", hint);
+}
+
+noreturn void error_at(Loc loc, const char *hint, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vreport(loc, "error", hint, fmt, ap);
+  va_end(ap);
+  exit(1);
+}
+
+void warn_at(Loc loc, const char *hint, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vreport(loc, "warning", hint, fmt, ap);
+  va_end(ap);
+}
+
+noreturn void fatal(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fflush(stdout);
+  fputs("xentcc: error: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+noreturn void internal_error(const char *file, int line, const char *msg) {
+  fflush(stdout);
+  fprintf(stderr, "xentcc: internal error at %s:%d: %s\n"
+                  "This is a bug in xentcc, not in your model; please report it.\n",
+          file, line, msg);
+  abort();
+}
+
+char *read_file(const char *path, const char *what) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+  if (!f)
+    fatal("cannot open %s '%s': %s", what, path, strerror(errno));
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (!buf)
+      fatal("out of memory reading '%s'", path);
+    len += fread(buf + len, 1, cap - len - 1, f);
+    if (len < cap - 1)
+      break;
+    cap *= 2;
+    buf = realloc(buf, cap);
+  }
+  if (ferror(f))
+    fatal("cannot read %s '%s': %s", what, path, strerror(errno));
+  if (f != stdin)
+    fclose(f);
+  buf[len] = '\0';
+  if (strlen(buf) != len)
+    fatal("%s '%s' contains a NUL byte; is it a text file?", what, path);
+  return buf;
+}
+
+void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p)
+    fatal("out of memory");
+  return p;
+}
+
+char *xstrndup(const char *s, size_t n) {
+  char *p = xcalloc(1, n + 1);
+  memcpy(p, s, n);
+  return p;
+}
+
+char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+
+char *xformat(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *p = xcalloc(1, n + 1);
+  va_start(ap, fmt);
+  vsnprintf(p, n + 1, fmt, ap);
+  va_end(ap);
+  return p;
+}

@@ -1,0 +1,267 @@
+// xentcc's core data: source locations and diagnostics, tensor types, the
+// graph IR, and the entry points of every stage. One header, one banner per
+// source file, in the order data flows: YAML -> graph IR -> passes -> loops ->
+// LLVM IR -> executables.
+#ifndef XENTCC_IR_H
+#define XENTCC_IR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdnoreturn.h>
+
+//
+// diag.c: source files, errors with file:line:col, the source line and a caret
+//
+
+typedef struct {
+  const char *file; // NULL: no position known
+  int line;         // 1-based
+  int col;          // 1-based
+} Loc;
+
+void src_register(const char *path, const char *text); // lets diagnostics quote lines
+char *read_file(const char *path, const char *what);   // NUL-terminated; dies with a hint on failure
+noreturn void error_at(Loc loc, const char *hint, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void warn_at(Loc loc, const char *hint, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+noreturn void internal_error(const char *file, int line, const char *msg);
+#define unreachable() internal_error(__FILE__, __LINE__, "unreachable")
+#define ir_assert(c) ((c) ? (void)0 : internal_error(__FILE__, __LINE__, #c))
+
+void *xcalloc(size_t n, size_t size); // never returns NULL
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xformat(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+//
+// ir.c: types, the op table, nodes and graphs
+//
+
+typedef enum { DT_F32, DT_I32 } DType;
+
+enum { MAX_RANK = 4, MAX_ATTRS = 6 };
+
+typedef struct {
+  DType dtype;
+  int rank;               // 0 is a scalar
+  int64_t dim[MAX_RANK];  // PyTorch order: NCHW, OIHW, [out, in]
+} Type;
+
+enum { OPF_SOURCE = 1, OPF_SIDE_EFFECT = 2, OPF_ELEMENTWISE = 4 };
+
+typedef enum {
+#define OP(id, min, max, flags, schema) OP_##id,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} OpKind;
+
+typedef struct {
+  const char *name;
+  int min_in, max_in;
+  int flags;
+  const char *schema;                  // "stride:I padding:I", see ops.def
+  int nattrs;                          // parsed from schema on first use
+  const char *attr_name[MAX_ATTRS];
+  char attr_kind[MAX_ATTRS];           // i f s I F
+} OpInfo;
+
+const OpInfo *op_info(OpKind op);
+int op_lookup(const char *name);                // OpKind or -1
+int op_attr_index(OpKind op, const char *name); // -1 if the op has no such attribute
+
+typedef struct {
+  char kind;        // i f s I F ('\0' until set)
+  int64_t i;        // kind 'i'
+  double f;         // kind 'f'
+  char *s;          // kind 's'
+  int n;            // kinds 'I' and 'F': element count
+  int64_t *ints;    // kind 'I'
+  double *floats;   // kind 'F'
+} Attr;
+
+typedef struct Node Node;
+struct Node {
+  OpKind op;
+  int id;              // index in its graph's node array (graph_renumber)
+  char *name;          // SSA name without '%'; NULL prints as a number
+  Type type;
+  Node **in;           // operands, defined earlier in the graph
+  int nin;
+  Attr attr[MAX_ATTRS]; // indexed like op_info(op)->attr_name
+  Loc loc;             // where in the YAML (or .xir) this node came from
+  void *aux;           // scratch for the pass that is running
+};
+
+typedef struct {
+  char *name;
+  Attr attr;
+} NamedAttr;
+
+typedef struct {
+  char *name;         // the model's name
+  Node **node;        // topological order
+  int nnodes, cap;
+  Node **ret;         // returned values: loss for training, logits for eval
+  int nret;
+  NamedAttr *attr;    // graph attributes: optimizer and schedule settings
+  int nattrs;
+} Graph;
+
+int64_t type_numel(const Type *t);
+bool type_eq(const Type *a, const Type *b);
+char *type_str(const Type *t); // "f32[32,3,32,32]", fresh string
+Type type_make(DType dt, int rank, const int64_t *dim);
+
+Graph *graph_new(const char *name);
+Node *node_new(Graph *g, OpKind op, Node **in, int nin, Loc loc); // appended at the end
+Node *graph_find(Graph *g, const char *name);                   // by SSA name, or NULL
+void graph_renumber(Graph *g);
+void graph_toposort(Graph *g);                 // stable; call after a pass appends out of order
+void replace_all_uses(Graph *g, Node *from, Node *to);
+int count_uses(Graph *g, Node *n);
+void graph_return(Graph *g, Node *n);
+
+void node_set_int(Node *n, const char *attr, int64_t v);
+void node_set_float(Node *n, const char *attr, double v);
+void node_set_str(Node *n, const char *attr, const char *v);
+void node_set_ints(Node *n, const char *attr, const int64_t *v, int count);
+void node_set_floats(Node *n, const char *attr, const double *v, int count);
+const Attr *node_attr(const Node *n, const char *attr); // dies if the op has no such attribute
+int64_t node_int(const Node *n, const char *attr);
+double node_float(const Node *n, const char *attr);
+const char *node_str(const Node *n, const char *attr);
+void node_fill_default_attrs(Node *n); // every unset attribute gets its kind's zero
+
+void graph_set_attr(Graph *g, const char *name, Attr a);
+const Attr *graph_attr(const Graph *g, const char *name); // or NULL
+double graph_float(const Graph *g, const char *name, double dflt);
+int64_t graph_int(const Graph *g, const char *name, int64_t dflt);
+const char *graph_str(const Graph *g, const char *name, const char *dflt);
+Attr attr_int(int64_t v);
+Attr attr_float(double v);
+Attr attr_str(const char *s);
+Attr attr_floats(const double *v, int n);
+
+//
+// shape.c: the shape rule of every op (PyTorch's formulas)
+//
+
+// Computes n's output type from its operands and attributes into *out.
+// Ops whose result shape is not a function of their operands (input, param,
+// state, const, reshape, conv2d_grad_input) check and return n->type as set
+// by the builder. Returns NULL, or a message saying what does not fit.
+const char *infer_type(const Node *n, Type *out);
+// Builder helper: infer_type, store the result, die at n->loc on error.
+void node_infer(Node *n);
+
+//
+// print.c / parse.c: the textual IR; print(parse(print(g))) == print(g)
+//
+
+void print_graph(FILE *out, Graph *g);
+char *format_float(double v); // shortest text that reads back exactly; always has '.', 'e', or is inf/nan
+Graph *parse_graph(const char *path, const char *text);
+void print_dot(FILE *out, Graph *g); // dot.c: a Graphviz digraph of g
+
+//
+// verify.c
+//
+
+// Checks operand counts, attribute kinds, definition before use, unique
+// names, shape rules and the dtypes of labels and indices. Dies at the
+// offending node's location with a message naming it.
+void verify_graph(Graph *g);
+
+//
+// eval.c: the reference evaluator -- naive, obviously correct C over the
+// graph IR, used by tests (finite differences, pass differential tests, and
+// as the oracle for generated code). Never used to train.
+//
+
+typedef struct {
+  Type type;
+  float *f;     // dtype f32
+  int32_t *i;   // dtype i32
+} Tensor;
+
+Tensor tensor_new(Type t); // zero-filled
+// Evaluates every node of g in order. `sources` is indexed by node id and
+// must hold a value for each input/param/state node; the result, also indexed
+// by node id, holds every node's value (an assign's value is its new target
+// value). Nothing in `sources` is modified.
+Tensor *eval_graph(Graph *g, const Tensor *sources);
+
+//
+// frontend/: YAML model files
+//
+
+typedef struct {
+  char *format;         // cifar10 | idx | folder | imagefolder
+  char *train;          // path (relative to the YAML file's directory or absolute)
+  char *test;
+  double val_split;     // 0: none
+  double mean[4], std[4];
+  int random_crop_padding; // 0: off
+  bool random_flip;
+} DataSpec;
+
+typedef struct {
+  char *path;           // the YAML file
+  char *name;           // model name
+  int channels, height, width;
+  char **classes;
+  int nclasses;
+  int epochs, batch_size, seed;
+  bool shuffle, drop_last;
+  int log_every;        // iterations between loss lines (100 like the seed)
+  DataSpec data;
+  Graph *graph;         // forward graph with loss, as written (unfused)
+} Model;
+
+Model *load_model(const char *path); // dies with file:line:col on any error
+
+//
+// passes/: one file per pass, one entry point each
+//
+
+typedef struct {
+  const char *name;
+  void (*run)(Graph *g);
+  const char *help;
+} Pass;
+
+const Pass *pass_find(const char *name); // NULL if unknown
+const Pass *pass_list(int *count);
+
+typedef struct {
+  const char *print_after;  // pass name, "all", or NULL
+  const char **disabled;    // --disable-pass=NAME
+  int ndisabled;
+  FILE *dump;               // where --print-after output goes (stderr)
+} PipelineOptions;
+
+// Runs the named passes in order, verifying after each.
+void run_pipeline(Graph *g, const char *const *names, int count, const PipelineOptions *opt);
+
+//
+// codegen/: lowering to loops and buffers, LLVM IR through the C API, objects,
+// and linking with the runtime (runtime/xentcc_rt.h is the contract)
+//
+
+typedef struct {
+  const char *output;   // -o NAME: NAME-train and NAME-eval
+  const char *emit;     // NULL: executables; "loops", "llvm", "asm" or "obj": that form only
+  int opt_level;        // -O0..-O3 (default 3)
+  const char *cpu;      // -mcpu=; "native" by default
+  const char *print_after; // "lower" or "all" prints the loop IR to stderr
+} CodegenOptions;
+
+// train: the optimized training-step graph; eval: the forward graph.
+// Either may be NULL to build only the other executable.
+void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt);
+
+#endif

@@ -1,0 +1,79 @@
+// The contract between generated code and the runtime. xentcc emits, for a
+// model, one object file that defines `xc_model` and the step functions
+// below; the runtime's main programs (train_main.c, eval_main.c) link with it.
+// Every tensor is f32 in PyTorch's layout; shapes are constants in the
+// generated code and described here only so the runtime can do I/O.
+#ifndef XENTCC_RT_H
+#define XENTCC_RT_H
+
+#include <stdint.h>
+
+enum { XC_MAX_RANK = 4 };
+
+// How a tensor is initialised before training (PyTorch's defaults).
+typedef enum {
+  XC_INIT_ZEROS,           // optimizer state, biases of norm layers
+  XC_INIT_ONES,            // batch-norm weight
+  XC_INIT_KAIMING_UNIFORM, // conv/linear weight: U(-b, b), b = 1/sqrt(fan_in) (kaiming a=sqrt(5))
+  XC_INIT_BIAS_UNIFORM,    // conv/linear bias:   U(-b, b), b = 1/sqrt(fan_in)
+} XcInit;
+
+typedef struct {
+  const char *name;        // state_dict name: "conv1.weight", "conv1.weight.exp_avg"
+  int rank;
+  int64_t dim[XC_MAX_RANK];
+  int64_t offset;          // in floats, from the start of its block
+  XcInit init;
+  int64_t fan_in;
+} XcTensorInfo;
+
+typedef enum { XC_LABEL_INDEX, XC_LABEL_FLOAT } XcLabelKind;
+
+typedef struct {
+  const char *name;        // model name from the YAML
+  int batch_size;          // compiled-in: every step sees exactly this many samples
+  int channels, height, width;
+  int nclasses;            // names in class_names; outputs = nclasses, or 1 for binary
+  const char *const *class_names;
+  int outputs;             // logits per sample
+  XcLabelKind label_kind;  // class indices (cross-entropy) or floats [N,1] (BCE)
+
+  int nparams;             // trainable parameters, in checkpoint order
+  const XcTensorInfo *params;
+  int64_t param_floats;
+  int nstates;             // optimizer state and running statistics
+  const XcTensorInfo *states;
+  int64_t state_floats;
+  int64_t workspace_bytes; // scratch for activations and gradients
+
+  // Defaults from the YAML; the command line overrides them.
+  int epochs, seed, shuffle, drop_last, log_every;
+  float lr;
+  const char *data_format;  // cifar10 | idx | folder | imagefolder
+  const char *train_path;   // absolute, or "" when the YAML names none
+  const char *test_path;
+  float val_split;
+  float mean[4], std[4];    // Normalize(mean, std) per channel after ToTensor()
+  int random_crop_padding;
+  int random_flip;
+} XcModel;
+
+extern const XcModel xc_model;
+
+// One optimizer step on a batch. images: [B,C,H,W] normalised; labels: B
+// int32 class indices or B floats. step counts optimizer steps from 1;
+// epoch from 0. Updates params and state in place; returns the batch's
+// forward loss. workspace has xc_model.workspace_bytes bytes, 64-aligned.
+float xc_train_step(float *params, float *state, const float *images, const void *labels,
+                    int32_t step, int32_t epoch, float base_lr, void *workspace);
+
+// Forward only: logits [B, outputs]. Defined in the evaluation executable.
+void xc_forward(const float *params, const float *state, const float *images, float *logits,
+                void *workspace);
+
+// Threads for generated code: runs body(ctx, lo, hi) over [0, n) split into
+// one contiguous chunk per OpenMP thread (static schedule), so the same
+// thread count gives bit-identical results. Defined in the runtime.
+void xc_parallel_for(int64_t n, void (*body)(void *ctx, int64_t lo, int64_t hi), void *ctx);
+
+#endif
