@@ -34,9 +34,15 @@ char *format_float(double v) {
 static void print_string(FILE *out, const char *s) {
   fputc('"', out);
   for (; *s; s++) {
-    if (*s == '"' || *s == '\\')
-      fputc('\\', out);
-    fputc(*s, out);
+    if (*s == '\n')
+      fputs("\\n", out);
+    else if (*s == '\t')
+      fputs("\\t", out);
+    else {
+      if (*s == '"' || *s == '\\')
+        fputc('\\', out);
+      fputc(*s, out);
+    }
   }
   fputc('"', out);
 }

@@ -1,6 +1,7 @@
 # lit configuration for xentcc's golden tests: every .xir / .yaml / .test file
 # under tests/ carries its own RUN: lines, checked with LLVM's FileCheck.
 import os
+import shutil
 import lit.formats
 
 config.name = "xentcc"
@@ -18,3 +19,5 @@ config.substitutions.append(("%models", os.path.join(config.xentcc_source_dir, "
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 if config.have_torch:
     config.available_features.add("torch")
+if shutil.which("dot"):
+    config.available_features.add("dot")
