@@ -3,6 +3,7 @@
 // so IR memory is never freed.
 #include "ir.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,7 +122,7 @@ void graph_renumber(Graph *g) {
 
 // Depth-first post-order from each node in the current order: a graph that
 // is already sorted keeps its order, and a node appended late moves just
-// behind the last operand it needs... and in front of its first user.
+// behind the last operand it needs.
 static void visit(Node *n, char *state, Node **out, int *k) {
   if (state[n->id] == 2)
     return;
@@ -268,4 +269,42 @@ Attr attr_floats(const double *v, int n) {
   Attr a = {.kind = 'F', .n = n, .floats = xcalloc(n, sizeof(double))};
   memcpy(a.floats, v, sizeof *v * n);
   return a;
+}
+
+Node *node_build(Graph *g, OpKind op, Loc loc, int nin, ...) {
+  Node *in[8];
+  ir_assert(nin <= 8);
+  va_list ap;
+  va_start(ap, nin);
+  for (int i = 0; i < nin; i++)
+    in[i] = va_arg(ap, Node *);
+  va_end(ap);
+  return node_new(g, op, in, nin, loc);
+}
+
+void graph_remove(Graph *g, Node *n) {
+  int k = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->node[i] != n)
+      g->node[k++] = g->node[i];
+  ir_assert(k == g->nnodes - 1);
+  g->nnodes = k;
+  graph_renumber(g);
+}
+
+bool remove_if_unused(Graph *g, Node *n) {
+  if (n->op == OP_param || n->op == OP_state || (op_info(n->op)->flags & OPF_SIDE_EFFECT) ||
+      count_uses(g, n))
+    return false;
+  graph_remove(g, n);
+  return true;
+}
+
+void copy_attrs(Node *to, const Node *from) {
+  const OpInfo *info = op_info(from->op);
+  for (int i = 0; i < info->nattrs; i++) {
+    int j = op_attr_index(to->op, info->attr_name[i]);
+    if (j >= 0 && op_info(to->op)->attr_kind[j] == info->attr_kind[i])
+      to->attr[j] = from->attr[i];
+  }
 }

@@ -124,6 +124,11 @@ void graph_toposort(Graph *g);                 // stable; call after a pass appe
 void replace_all_uses(Graph *g, Node *from, Node *to);
 int count_uses(Graph *g, Node *n);
 void graph_return(Graph *g, Node *n);
+// node_new with operands as arguments: node_build(g, OP_add, loc, 2, a, b).
+Node *node_build(Graph *g, OpKind op, Loc loc, int nin, ...);
+void graph_remove(Graph *g, Node *n);       // n must have no users left
+bool remove_if_unused(Graph *g, Node *n);   // removes n (not a param/state/side effect) when unused
+void copy_attrs(Node *to, const Node *from); // same-named attributes, e.g. stride and padding
 
 void node_set_int(Node *n, const char *attr, int64_t v);
 void node_set_float(Node *n, const char *attr, double v);
@@ -235,6 +240,16 @@ typedef struct {
 } Pass;
 
 const Pass *pass_find(const char *name); // NULL if unknown
+
+void pass_lint_losses(Graph *g);     // lint_losses.c
+void pass_fuse_softmax_ce(Graph *g); // fuse_softmax_ce.c
+void pass_fuse_sigmoid_bce(Graph *g);// fuse_sigmoid_bce.c
+void pass_autodiff(Graph *g);        // autodiff.c
+void pass_optimizer(Graph *g);       // optimizer.c
+void pass_constant_fold(Graph *g);   // constant_fold.c
+void pass_cse(Graph *g);             // cse.c
+void pass_dce(Graph *g);             // dce.c
+void pass_eval_mode(Graph *g);       // eval_mode.c
 const Pass *pass_list(int *count);
 
 typedef struct {
