@@ -41,7 +41,7 @@ typedef struct {
   int nparams;             // trainable parameters, in checkpoint order
   const XcTensorInfo *params;
   int64_t param_floats;
-  int nstates;             // optimizer state and running statistics
+  int nstates;             // optimizer state (named PARAM.suffix) and running statistics
   const XcTensorInfo *states;
   int64_t state_floats;
   int64_t workspace_bytes; // scratch for activations and gradients
@@ -67,9 +67,19 @@ extern const XcModel xc_model;
 float xc_train_step(float *params, float *state, const float *images, const void *labels,
                     int32_t step, int32_t epoch, float base_lr, void *workspace);
 
-// Forward only: logits [B, outputs]. Defined in the evaluation executable.
+// Forward only (eval mode): logits [B, outputs]. Defined in the evaluation
+// object, and in the training object too, for the per-epoch evaluation (so
+// the training object's workspace_bytes covers both).
 void xc_forward(const float *params, const float *state, const float *images, float *logits,
                 void *workspace);
+
+// Optional, in the training object: the learning rate the compiled schedule
+// uses for a step, so logs show it. Without it logs show base_lr.
+float xc_lr(int32_t step, int32_t epoch, float base_lr);
+
+// The runtime's main programs; the generated object's main() calls one.
+int xc_train_main(int argc, char **argv);
+int xc_eval_main(int argc, char **argv);
 
 // Threads for generated code: runs body(ctx, lo, hi) over [0, n) split into
 // one contiguous chunk per OpenMP thread (static schedule), so the same

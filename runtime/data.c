@@ -1,0 +1,604 @@
+// Data sets, loaded whole into memory as the model's input bytes (CHW,
+// already resized): CIFAR-10 binary batches, MNIST-style IDX files (plain or
+// gzip), folders of JPEG/PNG photos labelled by file name (cat.12.jpg), and
+// torchvision ImageFolder trees (root/<class>/*.jpg). Images are decoded once,
+// in parallel, before training starts, so later epochs cost no decoding; bad
+// files are reported with their path and skipped (or fatal with --strict).
+// Batches apply the training augmentation, then ToTensor and Normalize.
+#define _GNU_SOURCE
+#include "rt.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+void xc_free_dataset(Dataset *d) {
+  if (!d)
+    return;
+  if (d->files)
+    for (int64_t i = 0; i < d->n; i++)
+      free(d->files[i]);
+  free(d->files);
+  free(d->pixels);
+  free(d->labels);
+  free(d->path);
+  free(d);
+}
+
+static const char *data_hint(const DataSpec *s) {
+  return xc_format("pass --data with a %s data set (a CIFAR-10 directory or .bin file, an IDX "
+                   "directory, a folder of class-named photos, or an ImageFolder tree); "
+                   "scripts/prepare_data.sh unpacks ../shared/data into build/data",
+                   s->format_hint && *s->format_hint ? s->format_hint : "");
+}
+
+// Directory entries (not "." files), sorted by byte order; dirs selects
+// subdirectories instead of files.
+static char **list_dir(const char *path, bool dirs, int *count) {
+  DIR *d = opendir(path);
+  if (!d)
+    xc_die("check the path", "cannot read directory %s: %s", path, strerror(errno));
+  char **names = NULL;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.')
+      continue;
+    char *full = xc_join(path, e->d_name);
+    bool is_dir = xc_is_dir(full);
+    free(full);
+    if (is_dir != dirs)
+      continue;
+    names = xc_realloc(names, sizeof(char *) * (n + 1));
+    names[n++] = xc_strdup(e->d_name);
+  }
+  closedir(d);
+  if (n)
+    qsort(names, n, sizeof(char *), xc_cmp_str);
+  *count = n;
+  return names;
+}
+
+static void free_names(char **names, int n) {
+  for (int i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+}
+
+// The file in dir whose name starts with prefix and contains part
+// ("train-images" + "idx3"), or NULL.
+static char *find_prefixed(const char *dir, const char *prefix, const char *part) {
+  int n;
+  char **names = list_dir(dir, false, &n);
+  char *found = NULL;
+  for (int i = 0; i < n && !found; i++)
+    if (!strncmp(names[i], prefix, strlen(prefix)) && strstr(names[i], part))
+      found = xc_join(dir, names[i]);
+  free_names(names, n);
+  return found;
+}
+
+static bool has_image_files(const char *dir) {
+  int n;
+  char **names = list_dir(dir, false, &n);
+  bool any = false;
+  for (int i = 0; i < n && !any; i++)
+    any = xc_is_image_name(names[i]);
+  free_names(names, n);
+  return any;
+}
+
+const char *xc_detect_format(const char *path) {
+  if (xc_is_file(path)) {
+    const char *base = xc_basename(path);
+    if (strstr(base, "idx3") || strstr(base, "idx1"))
+      return "idx";
+    size_t n = strlen(base);
+    if (n > 4 && !strcmp(base + n - 4, ".bin"))
+      return "cifar10";
+    return NULL;
+  }
+  if (!xc_is_dir(path))
+    return NULL;
+  char *p;
+  if ((p = find_prefixed(path, "data_batch_", ".bin")) ||
+      (p = find_prefixed(path, "test_batch", ".bin"))) {
+    free(p);
+    return "cifar10";
+  }
+  if ((p = find_prefixed(path, "train-images", "idx3")) ||
+      (p = find_prefixed(path, "t10k-images", "idx3"))) {
+    free(p);
+    return "idx";
+  }
+  if (has_image_files(path))
+    return "folder";
+  int n;
+  char **subs = list_dir(path, true, &n);
+  bool tree = false;
+  for (int i = 0; i < n && !tree; i++) {
+    char *sub = xc_join(path, subs[i]);
+    tree = has_image_files(sub);
+    free(sub);
+  }
+  free_names(subs, n);
+  return tree ? "imagefolder" : NULL;
+}
+
+static Dataset *new_dataset(const DataSpec *s, const char *format) {
+  Dataset *d = xc_calloc(1, sizeof *d);
+  d->path = xc_strdup(s->path);
+  d->format = format;
+  d->c = s->c, d->h = s->h, d->w = s->w;
+  return d;
+}
+
+static size_t sample_bytes(const Dataset *d) { return (size_t)d->c * d->h * d->w; }
+
+// Stores one HWC image of any size as sample i in the model's layout.
+static void put_hwc(Dataset *d, int64_t i, const uint8_t *hwc, int w, int h, int c) {
+  Image img = {w, h, c, (uint8_t *)hwc};
+  xc_image_to_chw(&img, d->c, d->h, d->w, d->pixels + i * sample_bytes(d));
+}
+
+static void check_label(const DataSpec *s, int label, const char *file, int64_t record) {
+  if (label < 0 || label >= s->nclasses)
+    xc_die("the file does not belong to this model's classes, or it is corrupt",
+           "%s: record %lld has label %d, but the model has %d classes", file, (long long)record,
+           label, s->nclasses);
+}
+
+//
+// CIFAR-10 binary: records of 1 label byte + 3072 bytes (1024 R, G, B)
+//
+
+enum { CIFAR_SIDE = 32, CIFAR_PIXELS = 3 * 32 * 32, CIFAR_RECORD = 1 + CIFAR_PIXELS };
+
+static void load_cifar_file(Dataset *d, const DataSpec *s, const char *file) {
+  FILE *fp = fopen(file, "rb");
+  if (!fp)
+    xc_die(data_hint(s), "cannot open %s: %s", file, strerror(errno));
+  fseek(fp, 0, SEEK_END);
+  long size = ftell(fp);
+  rewind(fp);
+  if (size <= 0 || size % CIFAR_RECORD)
+    xc_die("CIFAR-10 binary files hold records of 3073 bytes (cifar-10-binary.tar.gz, not the "
+           "Python version)",
+           "%s: size %ld is not a multiple of 3073 bytes", file, size);
+  int64_t count = size / CIFAR_RECORD;
+  d->pixels = xc_realloc(d->pixels, (d->n + count) * sample_bytes(d));
+  d->labels = xc_realloc(d->labels, (d->n + count) * sizeof(int32_t));
+  uint8_t rec[CIFAR_RECORD], hwc[CIFAR_PIXELS];
+  bool same = d->c == 3 && d->h == CIFAR_SIDE && d->w == CIFAR_SIDE;
+  for (int64_t r = 0; r < count; r++, d->n++) {
+    if (fread(rec, 1, CIFAR_RECORD, fp) != CIFAR_RECORD)
+      xc_die(NULL, "%s: read error at record %lld", file, (long long)r);
+    check_label(s, rec[0], file, r);
+    d->labels[d->n] = rec[0];
+    if (same) {
+      memcpy(d->pixels + d->n * sample_bytes(d), rec + 1, CIFAR_PIXELS);
+      continue;
+    }
+    for (int p = 0; p < 1024; p++)
+      for (int ch = 0; ch < 3; ch++)
+        hwc[3 * p + ch] = rec[1 + ch * 1024 + p];
+    put_hwc(d, d->n, hwc, CIFAR_SIDE, CIFAR_SIDE, 3);
+  }
+  fclose(fp);
+}
+
+static Dataset *load_cifar(const DataSpec *s) {
+  Dataset *d = new_dataset(s, "cifar10");
+  if (xc_is_file(s->path)) {
+    load_cifar_file(d, s, s->path);
+    return d;
+  }
+  int n;
+  char **names = list_dir(s->path, false, &n);
+  for (int i = 0; i < n; i++) {
+    const char *want = s->train ? "data_batch_" : "test_batch";
+    size_t len = strlen(names[i]);
+    if (strncmp(names[i], want, strlen(want)) || len < 4 || strcmp(names[i] + len - 4, ".bin"))
+      continue;
+    char *file = xc_join(s->path, names[i]);
+    load_cifar_file(d, s, file);
+    free(file);
+  }
+  free_names(names, n);
+  if (!d->n)
+    xc_die(data_hint(s), "%s: no %s in this CIFAR-10 directory", s->path,
+           s->train ? "data_batch_*.bin" : "test_batch.bin");
+  return d;
+}
+
+//
+// IDX (MNIST, Fashion-MNIST): big-endian header, then bytes; gzip or plain
+//
+
+static uint8_t *read_idx(const char *file, int want_dims, int64_t *dims) {
+  gzFile gz = gzopen(file, "rb");
+  if (!gz)
+    xc_die("check the path", "cannot open %s: %s", file, strerror(errno));
+  uint8_t head[4 + 4 * 3];
+  int hlen = 4 + 4 * want_dims;
+  if (gzread(gz, head, hlen) != hlen)
+    xc_die("the file is truncated or not an IDX file", "%s: cannot read the IDX header", file);
+  if (head[0] || head[1] || head[2] != 0x08 || head[3] != want_dims)
+    xc_die("MNIST images are IDX files of type 0x0803, labels 0x0801",
+           "%s: not an IDX file of unsigned bytes with %d dimensions (magic %02x%02x%02x%02x)",
+           file, want_dims, head[0], head[1], head[2], head[3]);
+  int64_t total = 1;
+  for (int i = 0; i < want_dims; i++) {
+    const uint8_t *p = head + 4 + 4 * i;
+    dims[i] = (int64_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
+    total *= dims[i];
+    if (dims[i] <= 0 || total > ((int64_t)1 << 34))
+      xc_die(NULL, "%s: unreasonable IDX dimensions", file);
+  }
+  uint8_t *data = xc_malloc(total);
+  for (int64_t got = 0; got < total;) {
+    int chunk = total - got > (1 << 30) ? 1 << 30 : (int)(total - got);
+    int r = gzread(gz, data + got, chunk);
+    if (r <= 0)
+      xc_die("the file is truncated; download it again", "%s: %lld of %lld data bytes", file,
+             (long long)got, (long long)total);
+    got += r;
+  }
+  gzclose(gz);
+  return data;
+}
+
+static Dataset *load_idx(const DataSpec *s) {
+  char *images, *labels;
+  if (xc_is_file(s->path)) {
+    images = xc_strdup(s->path);
+    // train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz
+    labels = xc_strdup(s->path);
+    char *b = (char *)xc_basename(labels), *p;
+    if ((p = strstr(b, "images")))
+      memcpy(p, "labels", 6);
+    if ((p = strstr(b, "idx3")))
+      p[3] = '1';
+    if (!strcmp(labels, images) || !xc_is_file(labels))
+      xc_die("keep the labels file next to the images file", "%s: no labels file %s next to it",
+             s->path, labels);
+  } else {
+    const char *pre = s->train ? "train" : "t10k";
+    char *ip = xc_format("%s-images", pre), *lp = xc_format("%s-labels", pre);
+    images = find_prefixed(s->path, ip, "idx3");
+    labels = find_prefixed(s->path, lp, "idx1");
+    if (!images || !labels)
+      xc_die(data_hint(s), "%s: no %s-idx3-ubyte[.gz] and %s-idx1-ubyte[.gz] in this directory",
+             s->path, ip, lp);
+    free(ip), free(lp);
+  }
+  int64_t idim[3], ldim[1];
+  uint8_t *px = read_idx(images, 3, idim);
+  uint8_t *lab = read_idx(labels, 1, ldim);
+  if (ldim[0] != idim[0])
+    xc_die("the two files come from different releases",
+           "%s has %lld images but %s has %lld labels", images, (long long)idim[0], labels,
+           (long long)ldim[0]);
+  Dataset *d = new_dataset(s, "idx");
+  d->n = idim[0];
+  d->pixels = xc_malloc(d->n * sample_bytes(d));
+  d->labels = xc_malloc(d->n * sizeof(int32_t));
+  int ih = (int)idim[1], iw = (int)idim[2];
+  bool same = d->c == 1 && d->h == ih && d->w == iw;
+  for (int64_t i = 0; i < d->n; i++) {
+    check_label(s, lab[i], labels, i);
+    d->labels[i] = lab[i];
+    if (same)
+      memcpy(d->pixels + i * sample_bytes(d), px + i * ih * iw, (size_t)ih * iw);
+    else
+      put_hwc(d, i, px + i * ih * iw, iw, ih, 1);
+  }
+  free(px), free(lab), free(images), free(labels);
+  return d;
+}
+
+//
+// Folders of photos
+//
+
+// The class whose name is one of the file name's words (split at anything
+// but letters and digits; "cat.12.jpg" -> cat), else the one class whose name
+// appears inside it; -1 if none or several.
+static int label_from_name(const char *name, const DataSpec *s) {
+  int found = -1, matches = 0;
+  char *copy = xc_strdup(name), *save = NULL;
+  char *dot = strrchr(copy, '.');
+  if (dot)
+    *dot = '\0';
+  for (char *p = copy; *p; p++)
+    if (!isalnum((unsigned char)*p))
+      *p = ' ';
+  for (char *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+    for (int c = 0; c < s->nclasses; c++)
+      if (!strcasecmp(tok, s->class_names[c]) && found != c) {
+        found = c;
+        matches++;
+      }
+  free(copy);
+  if (matches == 1)
+    return found;
+  if (matches > 1)
+    return -1;
+  for (int c = 0; c < s->nclasses; c++)
+    if (strcasestr(name, s->class_names[c])) {
+      found = c;
+      matches++;
+    }
+  return matches == 1 ? found : -1;
+}
+
+typedef struct {
+  char **path; // full paths
+  char **name; // as shown in messages and sorted: "cat.1.jpg" or "cat/0001.jpg"
+  int32_t *label;
+  int64_t n;
+} FileList;
+
+static void add_file(FileList *l, char *path, char *name, int label) {
+  l->path = xc_realloc(l->path, sizeof(char *) * (l->n + 1));
+  l->name = xc_realloc(l->name, sizeof(char *) * (l->n + 1));
+  l->label = xc_realloc(l->label, sizeof(int32_t) * (l->n + 1));
+  l->path[l->n] = path;
+  l->name[l->n] = name;
+  l->label[l->n++] = label;
+}
+
+static void report_bad(const DataSpec *s, int64_t *nbad, const char *path, const char *why) {
+  if (s->strict)
+    xc_die("fix or remove the file, or run without --strict to skip bad files", "%s: %s", path,
+           why);
+  if (!s->quiet && *nbad < 20)
+    xc_warn(NULL, "skipping %s: %s", path, why);
+  (*nbad)++;
+}
+
+// Keeps the training or the validation part of a sorted file list: a
+// permutation seeded by split_seed puts round(n * val_split) files in the
+// validation part. Depends only on the names and the seed.
+static void apply_split(FileList *l, const DataSpec *s) {
+  if (s->split == XC_SPLIT_ALL || s->val_split <= 0)
+    return;
+  int64_t nval = (int64_t)llround(l->n * (double)s->val_split);
+  int32_t *perm = xc_malloc(sizeof(int32_t) * (l->n + 1));
+  for (int64_t i = 0; i < l->n; i++)
+    perm[i] = (int32_t)i;
+  XcRng rng;
+  xc_rng_seed(&rng, s->split_seed, 4);
+  xc_shuffle(&rng, perm, l->n);
+  bool *in_val = xc_calloc(l->n + 1, 1);
+  for (int64_t i = 0; i < nval; i++)
+    in_val[perm[i]] = true;
+  int64_t k = 0;
+  for (int64_t i = 0; i < l->n; i++) {
+    if (in_val[i] == (s->split == XC_SPLIT_VAL)) {
+      l->path[k] = l->path[i];
+      l->name[k] = l->name[i];
+      l->label[k++] = l->label[i];
+    } else {
+      free(l->path[i]);
+      free(l->name[i]);
+    }
+  }
+  l->n = k;
+  free(perm);
+  free(in_val);
+}
+
+// Decodes every file on all threads, then keeps the good ones in order.
+static Dataset *decode_files(const DataSpec *s, FileList *l, const char *format, int64_t nbad) {
+  Dataset *d = new_dataset(s, format);
+  size_t bytes = sample_bytes(d);
+  d->pixels = xc_malloc(l->n * bytes + 1);
+  char **err = xc_calloc(l->n + 1, sizeof(char *));
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < l->n; i++) {
+    Image img;
+    if (xc_image_load(l->path[i], &img, &err[i])) {
+      xc_image_to_chw(&img, d->c, d->h, d->w, d->pixels + i * bytes);
+      free(img.px);
+    }
+  }
+  d->labels = xc_malloc(sizeof(int32_t) * (l->n + 1));
+  d->files = xc_malloc(sizeof(char *) * (l->n + 1));
+  for (int64_t i = 0; i < l->n; i++) {
+    if (err[i]) {
+      report_bad(s, &nbad, l->path[i], err[i]);
+      free(err[i]);
+      free(l->name[i]);
+    } else {
+      if (d->n != i)
+        memmove(d->pixels + d->n * bytes, d->pixels + i * bytes, bytes);
+      d->labels[d->n] = l->label[i];
+      d->files[d->n++] = l->name[i];
+    }
+    free(l->path[i]);
+  }
+  free(err);
+  free(l->path), free(l->name), free(l->label);
+  d->nbad = nbad;
+  if (nbad && !s->quiet)
+    xc_warn(nbad > 20 ? "the first 20 are listed above" : NULL,
+            "%s: skipped %lld unreadable file%s", s->path, (long long)nbad, nbad == 1 ? "" : "s");
+  if (!d->n)
+    xc_die(data_hint(s), "%s: no readable images", s->path);
+  return d;
+}
+
+static void check_channels(const DataSpec *s) {
+  if (s->c != 1 && s->c != 3)
+    xc_die("photos have 1 (grey) or 3 (RGB) channels; set input.channels to 1 or 3",
+           "the model takes %d channels", s->c);
+}
+
+static char *class_list(const DataSpec *s) {
+  char *list = xc_strdup("");
+  for (int c = 0; c < s->nclasses; c++) {
+    char *t = xc_format("%s%s%s", list, c ? ", " : "", s->class_names[c]);
+    free(list);
+    list = t;
+  }
+  return list;
+}
+
+static Dataset *load_folder(const DataSpec *s) {
+  check_channels(s);
+  int n;
+  char **names = list_dir(s->path, false, &n);
+  FileList l = {0};
+  int64_t nbad = 0;
+  for (int i = 0; i < n; i++) {
+    char *path = xc_join(s->path, names[i]);
+    int label = label_from_name(names[i], s);
+    if (label < 0) {
+      char *why = xc_format("the file name contains none of the class names (or several)");
+      report_bad(s, &nbad, path, why);
+      free(why), free(path), free(names[i]);
+      continue;
+    }
+    add_file(&l, path, names[i], label);
+  }
+  free(names);
+  if (!l.n && nbad)
+    xc_die(xc_format("name each photo after its class, e.g. %s.1.jpg; the model's classes are: %s",
+                     s->class_names[0], class_list(s)),
+           "%s: no file name contains one of the model's class names", s->path);
+  apply_split(&l, s);
+  return decode_files(s, &l, "folder", nbad);
+}
+
+static Dataset *load_image_folder(const DataSpec *s) {
+  check_channels(s);
+  int nsub;
+  char **subs = list_dir(s->path, true, &nsub);
+  FileList l = {0};
+  for (int i = 0; i < nsub; i++) {
+    int label = -1;
+    for (int c = 0; c < s->nclasses; c++)
+      if (!strcmp(subs[i], s->class_names[c]))
+        label = c;
+    if (label < 0) {
+      char *list = class_list(s);
+      xc_die(xc_format("an ImageFolder tree has one folder per class; the model's classes are: %s",
+                       list),
+             "%s: folder '%s' is not one of the model's classes", s->path, subs[i]);
+    }
+    char *dir = xc_join(s->path, subs[i]);
+    int n;
+    char **names = list_dir(dir, false, &n);
+    for (int j = 0; j < n; j++) {
+      add_file(&l, xc_join(dir, names[j]), xc_format("%s/%s", subs[i], names[j]), label);
+      free(names[j]);
+    }
+    free(names);
+    free(dir);
+  }
+  free_names(subs, nsub);
+  apply_split(&l, s);
+  return decode_files(s, &l, "imagefolder", 0);
+}
+
+Dataset *xc_load_dataset(const DataSpec *s) {
+  if (!s->path || !*s->path)
+    xc_die(data_hint(s), "no data: the model names no %s path", s->train ? "training" : "test");
+  if (!xc_is_dir(s->path) && !xc_is_file(s->path))
+    xc_die(data_hint(s), "data path %s does not exist", s->path);
+  const char *format = xc_detect_format(s->path);
+  // A directory holding one unpacked archive: cifar-10-batches-bin/.
+  if (!format && xc_is_dir(s->path)) {
+    char *sub = xc_join(s->path, "cifar-10-batches-bin");
+    if (xc_is_dir(sub)) {
+      DataSpec t = *s;
+      t.path = sub;
+      return xc_load_dataset(&t);
+    }
+    free(sub);
+  }
+  if (!format)
+    xc_die(data_hint(s),
+           "%s: cannot tell what data set this is (no data_batch_*.bin, "
+           "*-images-idx3-ubyte, photos, or class folders of photos)",
+           s->path);
+  Dataset *d;
+  if (!strcmp(format, "cifar10"))
+    d = load_cifar(s);
+  else if (!strcmp(format, "idx"))
+    d = load_idx(s);
+  else if (!strcmp(format, "folder"))
+    d = load_folder(s);
+  else
+    d = load_image_folder(s);
+  return d;
+}
+
+bool xc_use_val_split(const XcModel *m) {
+  return m->val_split > 0 && !xc_is_dir(m->test_path) && !xc_is_file(m->test_path);
+}
+
+DataSpec xc_data_spec(const XcModel *m, const char *path, bool train, bool strict, bool quiet) {
+  DataSpec s = {0};
+  s.path = path;
+  s.train = train;
+  s.val_split = m->val_split;
+  s.split = xc_use_val_split(m) ? (train ? XC_SPLIT_TRAIN : XC_SPLIT_VAL) : XC_SPLIT_ALL;
+  s.split_seed = (uint64_t)m->seed;
+  s.strict = strict;
+  s.quiet = quiet;
+  s.c = m->channels, s.h = m->height, s.w = m->width;
+  s.nclasses = m->nclasses;
+  s.class_names = m->class_names;
+  s.format_hint = m->data_format;
+  return s;
+}
+
+//
+// Batches
+//
+
+// torchvision's RandomCrop(size, padding=p) pads with zeros and picks the
+// top-left corner uniformly; RandomHorizontalFlip mirrors with p = 0.5.
+void xc_transform(const Transform *t, const uint8_t *src, int c, int h, int w, float *dst,
+                  XcRng *rng) {
+  int dy = 0, dx = 0;
+  bool flip = false;
+  if (rng && t->crop_padding > 0) {
+    int p = t->crop_padding;
+    dy = (int)xc_rng_below(rng, 2 * p + 1) - p;
+    dx = (int)xc_rng_below(rng, 2 * p + 1) - p;
+  }
+  if (rng && t->flip)
+    flip = xc_rng_float(rng) < 0.5f;
+  for (int ch = 0; ch < c; ch++) {
+    float mean = t->mean[ch < 4 ? ch : 0], std = t->std[ch < 4 ? ch : 0];
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w; x++) {
+        int sy = y + dy, sx = (flip ? w - 1 - x : x) + dx;
+        uint8_t u =
+            sy >= 0 && sy < h && sx >= 0 && sx < w ? src[((size_t)ch * h + sy) * w + sx] : 0;
+        // ToTensor: x / 255 in float; Normalize: (x - mean) / std.
+        float v = (float)u / 255.0f;
+        dst[((size_t)ch * h + y) * w + x] = (v - mean) / std;
+      }
+  }
+}
+
+void xc_make_batch(const Dataset *d, const int32_t *order, int b, const Transform *t, XcRng *aug,
+                   float *images, void *labels, bool float_labels) {
+  size_t floats = sample_bytes(d);
+  for (int i = 0; i < b; i++) {
+    int64_t k = order[i];
+    xc_transform(t, d->pixels + k * floats, d->c, d->h, d->w, images + i * floats, aug);
+    if (float_labels)
+      ((float *)labels)[i] = (float)d->labels[k];
+    else
+      ((int32_t *)labels)[i] = d->labels[k];
+  }
+}

@@ -1,0 +1,237 @@
+// NAME-eval: the generated forward function over a test set, or over
+// single images with --predict. Multi-class models report accuracy, accuracy
+// per class and the confusion matrix; binary models (one logit) add
+// precision, recall and F1 of class 1 at a threshold on sigmoid(logit).
+#include "rt.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_fmt[] =
+    "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--json]\n"
+    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--quiet]";
+
+static void print_help(const char *prog, const XcModel *m) {
+  printf(usage_fmt, prog);
+  printf("\n\nEvaluates model '%s' (%d classes).\n\n"
+         "  --weights W        weights a training run wrote (default: %s.safetensors)\n"
+         "  --data PATH        test data (default: %s)\n"
+         "  --threshold X      binary models: class 1 when sigmoid(logit) > X (default 0.5)\n"
+         "  --json             one JSON object: accuracy, confusion_matrix, and for binary\n"
+         "                     models precision, recall, f1, threshold\n"
+         "  --predict IMAGE... class probabilities of each image (softmax, or sigmoid for\n"
+         "                     binary models) instead of a test set\n"
+         "  --split all|val    folder data with val_split: 'val' evaluates the held-out part\n"
+         "                     (the default when the YAML's test folder does not exist)\n"
+         "  --threads T        OpenMP threads\n"
+         "  --strict           an unreadable image is an error instead of being skipped\n"
+         "  --quiet            no progress messages\n\n"
+         "The whole test set is evaluated: the last partial batch is padded and the\n"
+         "padding ignored.\n",
+         m->name, m->nclasses, m->name,
+         *m->test_path && (xc_is_dir(m->test_path) || xc_is_file(m->test_path)) ? m->test_path
+         : *m->train_path ? xc_format("%s (held-out part)", m->train_path)
+                          : "none: pass --data");
+}
+
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      printf("\\%c", c);
+    else if (c < 0x20)
+      printf("\\u%04x", c);
+    else
+      putchar(c);
+  }
+  putchar('"');
+}
+
+// Class probabilities of each image; a file that does not decode is
+// reported and the exit status is 1.
+static int predict(const XcModel *m, const float *params, const float *state, void *ws,
+                   char **files, int n, bool json, double threshold) {
+  int b = m->batch_size, k = m->outputs == 1 ? 2 : m->outputs, status = 0;
+  size_t floats = (size_t)m->channels * m->height * m->width;
+  float *images = xc_alloc_floats((int64_t)b * floats);
+  float *logits = xc_alloc_floats((int64_t)b * m->outputs);
+  uint8_t *chw = xc_malloc(floats);
+  double *prob = xc_malloc(sizeof(double) * k);
+  Transform t = xc_model_transform(m, false);
+  int *ok = xc_calloc(n + 1, sizeof(int));
+  if (json)
+    printf("{\"threshold\": %.17g, \"predictions\": [", threshold);
+  bool first = true;
+  for (int start = 0; start < n; start += b) {
+    int real = n - start < b ? n - start : b;
+    memset(images, 0, (size_t)b * floats * sizeof(float));
+    for (int i = 0; i < real; i++) {
+      Image img;
+      char *err;
+      ok[start + i] = xc_image_load(files[start + i], &img, &err);
+      if (!ok[start + i]) {
+        xc_warn("--predict takes JPEG or PNG files", "%s: %s", files[start + i], err);
+        status = 1;
+        continue;
+      }
+      xc_image_to_chw(&img, m->channels, m->height, m->width, chw);
+      free(img.px);
+      xc_transform(&t, chw, m->channels, m->height, m->width, images + i * floats, NULL);
+    }
+    xc_forward(params, state, images, logits, ws);
+    for (int i = 0; i < real; i++) {
+      if (!ok[start + i])
+        continue;
+      const float *l = logits + (size_t)i * m->outputs;
+      if (m->outputs == 1) {
+        prob[1] = xc_sigmoid(l[0]);
+        prob[0] = 1 - prob[1];
+      } else {
+        xc_softmax(l, k, prob);
+      }
+      int pred = xc_predict(m, l, threshold);
+      if (json) {
+        printf("%s{\"file\": ", first ? "" : ", ");
+        json_str(files[start + i]);
+        printf(", \"predicted\": ");
+        json_str(m->class_names[pred]);
+        printf(", \"probabilities\": {");
+        for (int c = 0; c < k; c++) {
+          printf("%s", c ? ", " : "");
+          json_str(m->class_names[c]);
+          printf(": %.9g", prob[c]);
+        }
+        printf("}}");
+      } else {
+        printf("%s: %s", files[start + i], m->class_names[pred]);
+        for (int c = 0; c < k; c++)
+          printf("%s%s %.4f", c ? ", " : "  (", m->class_names[c], prob[c]);
+        printf(")\n");
+      }
+      first = false;
+    }
+  }
+  if (json)
+    printf("]}\n");
+  free(images), free(logits), free(chw), free(prob), free(ok);
+  return status;
+}
+
+int xc_eval_main(int argc, char **argv) {
+  const XcModel *m = &xc_model;
+  char *stem = xc_model_stem(argc > 0 ? argv[0] : m->name, "-eval");
+  xc_prog = argc > 0 ? xc_basename(argv[0]) : "eval";
+  const char *weights = NULL, *data = NULL, *split = NULL;
+  double threshold = 0.5;
+  bool json = false, strict = false, quiet = false, threshold_given = false;
+  int threads = 0;
+  char **predict_files = NULL;
+  int npredict = 0;
+  Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
+  for (; a.i < argc; a.i++) {
+    if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
+      print_help(xc_prog, m);
+      return 0;
+    } else if (arg_opt(&a, "--weights")) {
+      weights = a.value;
+    } else if (arg_opt(&a, "--data")) {
+      data = a.value;
+    } else if (arg_opt(&a, "--threshold")) {
+      threshold = arg_double(&a, 0, 1);
+      threshold_given = true;
+    } else if (arg_flag(&a, "--json")) {
+      json = true;
+    } else if (arg_opt(&a, "--split")) {
+      split = a.value;
+      if (strcmp(split, "all") && strcmp(split, "val"))
+        xc_die("write --split all or --split val", "--split: bad value '%s'", split);
+    } else if (arg_opt(&a, "--threads")) {
+      threads = arg_int(&a, 1, 1024);
+    } else if (arg_flag(&a, "--strict")) {
+      strict = true;
+    } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
+      quiet = true;
+    } else if (arg_flag(&a, "--predict")) {
+      // Every following argument that is not an option is an image.
+      while (a.i + 1 < argc && strncmp(argv[a.i + 1], "--", 2)) {
+        predict_files = xc_realloc(predict_files, sizeof(char *) * (npredict + 1));
+        predict_files[npredict++] = argv[++a.i];
+      }
+      if (!npredict)
+        xc_die(a.usage, "--predict needs at least one image file");
+    } else {
+      arg_unknown(&a);
+    }
+  }
+  if (threshold_given && m->outputs != 1)
+    xc_warn("--threshold applies to binary models only", "model '%s' has %d classes; ignoring it",
+            m->name, m->nclasses);
+  if (!weights) {
+    char *dflt = xc_format("%s.safetensors", stem);
+    if (!xc_is_file(dflt))
+      xc_die(xc_format("pass --weights W.safetensors (%s-train --save writes it)", stem),
+             "no weights: %s does not exist", dflt);
+    weights = dflt;
+  }
+  xc_set_threads(threads);
+  float *params = xc_alloc_floats(m->param_floats);
+  float *state = xc_alloc_floats(m->state_floats);
+  xc_init_tensors(state, m->states, m->nstates, 0, 2);
+  xc_load_weights(weights, m, params, state);
+  void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
+  if (npredict)
+    return predict(m, params, state, ws, predict_files, npredict, json, threshold);
+
+  // The test set: --data, else the YAML's test path, else the held-out part
+  // of the training folder.
+  if (!data)
+    data = xc_is_dir(m->test_path) || xc_is_file(m->test_path) ? m->test_path : m->train_path;
+  DataSpec spec = xc_data_spec(m, data, false, strict, quiet);
+  if (split)
+    spec.split = !strcmp(split, "val") ? XC_SPLIT_VAL : XC_SPLIT_ALL;
+  if (spec.split == XC_SPLIT_VAL && spec.val_split <= 0)
+    xc_die("the YAML sets no data.val_split", "--split val: model '%s' holds nothing out", m->name);
+  double t0 = xc_now();
+  Dataset *d = xc_load_dataset(&spec);
+  Transform t = xc_model_transform(m, false);
+  Confusion c;
+  xc_evaluate(m, xc_forward, params, state, d, &t, ws, threshold, &c);
+  double secs = xc_now() - t0;
+  bool binary = m->outputs == 1;
+  const char *const *names = m->class_names;
+  if (json) {
+    conf_print_json(stdout, &c, names, binary, threshold);
+  } else {
+    printf("%s on %s%s: %lld images (%.2f s)\n", m->name, d->path,
+           spec.split == XC_SPLIT_VAL && strcmp(d->format, "cifar10") && strcmp(d->format, "idx")
+               ? " (held-out part)"
+               : "",
+           (long long)d->n, secs);
+    printf("Accuracy of the network on the %lld test images: %.2f %%\n", (long long)c.total,
+           100 * conf_accuracy(&c));
+    if (binary) {
+      double p, r, f1;
+      conf_binary(&c, &p, &r, &f1);
+      printf("threshold %.3g (positive class: %s)\nprecision %.4f  recall %.4f  F1 %.4f\n",
+             threshold, names[1], p, r, f1);
+    }
+    printf("accuracy per class:\n");
+    int width = 0;
+    for (int i = 0; i < c.k; i++)
+      if ((int)strlen(names[i]) > width)
+        width = (int)strlen(names[i]);
+    for (int i = 0; i < c.k; i++) {
+      double acc = conf_class_accuracy(&c, i);
+      if (acc == acc)
+        printf("  %-*s %6.2f %%\n", width, names[i], 100 * acc);
+      else
+        printf("  %-*s    n/a (no images)\n", width, names[i]);
+    }
+    conf_print(stdout, &c, names);
+  }
+  conf_free(&c);
+  xc_free_dataset(d);
+  free(params), free(state), free(ws);
+  return 0;
+}

@@ -1,0 +1,53 @@
+// Evaluation over a whole data set with the generated forward function:
+// batches of the compiled size, the last one padded with zeros and the
+// padding ignored, predictions into a confusion matrix. Shared by NAME-eval
+// and the per-epoch evaluation of NAME-train; the forward function comes in
+// as a pointer because the training executable may not define one.
+#include "rt.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+// Binary models (one logit) predict class 1 when sigmoid(logit) > threshold,
+// as `torch.sigmoid(out) > 0.5` does.
+int xc_predict(const XcModel *m, const float *logits, double threshold) {
+  if (m->outputs == 1)
+    return xc_sigmoid(logits[0]) > threshold ? 1 : 0;
+  return xc_argmax(logits, m->outputs);
+}
+
+void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
+                 const Dataset *d, const Transform *t, void *workspace, double threshold,
+                 Confusion *conf) {
+  int b = m->batch_size;
+  size_t floats = (size_t)d->c * d->h * d->w;
+  float *images = xc_alloc_floats((int64_t)b * floats);
+  float *logits = xc_alloc_floats((int64_t)b * m->outputs);
+  conf_init(conf, m->outputs == 1 ? 2 : m->outputs);
+  for (int64_t start = 0; start < d->n; start += b) {
+    int real = d->n - start < b ? (int)(d->n - start) : b;
+    for (int i = 0; i < real; i++)
+      xc_transform(t, d->pixels + (start + i) * floats, d->c, d->h, d->w, images + i * floats,
+                   NULL);
+    memset(images + real * floats, 0, (b - real) * floats * sizeof(float));
+    forward(params, state, images, logits, workspace);
+    for (int i = 0; i < real; i++)
+      conf_add(conf, d->labels[start + i],
+               xc_predict(m, logits + (size_t)i * m->outputs, threshold));
+  }
+  free(images);
+  free(logits);
+}
+
+Transform xc_model_transform(const XcModel *m, bool train) {
+  Transform t = {0};
+  for (int c = 0; c < 4; c++) {
+    t.mean[c] = m->mean[c];
+    t.std[c] = m->std[c] != 0 ? m->std[c] : 1.0f;
+  }
+  if (train) {
+    t.crop_padding = m->random_crop_padding;
+    t.flip = m->random_flip;
+  }
+  return t;
+}

@@ -1,0 +1,37 @@
+// Threads for generated code. xc_parallel_for splits [0, n) into one
+// contiguous chunk per OpenMP thread (static schedule): the split depends
+// only on n and the thread count, so the same --threads gives bit-identical
+// results run after run.
+#include "rt.h"
+
+#include <omp.h>
+
+void xc_set_threads(int n) {
+  // A fixed team size: dynamic adjustment would change the chunks.
+  omp_set_dynamic(0);
+  if (n > 0)
+    omp_set_num_threads(n);
+}
+
+int xc_threads(void) { return omp_get_max_threads(); }
+
+void xc_parallel_for(int64_t n, void (*body)(void *ctx, int64_t lo, int64_t hi), void *ctx) {
+  if (n <= 0)
+    return;
+  int want = omp_get_max_threads();
+  // Nested calls (a body that calls xc_parallel_for) run serially inside
+  // their thread rather than oversubscribing the cores.
+  if (want <= 1 || n == 1 || omp_in_parallel()) {
+    body(ctx, 0, n);
+    return;
+  }
+  if (want > n)
+    want = (int)n;
+#pragma omp parallel num_threads(want)
+  {
+    int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    if (lo < hi)
+      body(ctx, lo, hi);
+  }
+}

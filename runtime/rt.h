@@ -1,0 +1,295 @@
+// The runtime's internal header: what train_main.c and eval_main.c share
+// with the rest of the runtime (errors, PRNG, threads, checkpoints, data
+// sets, batches, metrics). Nothing here is seen by generated code; that
+// contract is xentcc_rt.h.
+#ifndef XENTCC_RT_INTERNAL_H
+#define XENTCC_RT_INTERNAL_H
+
+#include "xentcc_rt.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdnoreturn.h>
+
+//
+// util.c: errors with hints, checked allocation, time, a seeded PRNG, paths
+//
+
+extern const char *xc_prog; // argv[0]'s base name, prefixes every message
+
+// Prints "PROG: error: MSG" and "hint: HINT" (if any) to stderr and exits 1.
+noreturn void xc_die(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void xc_warn(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void *xc_malloc(size_t n); // dies with "out of memory"
+void *xc_calloc(size_t n, size_t size);
+void *xc_realloc(void *p, size_t n);
+float *xc_alloc_floats(int64_t n); // zeroed, 64-byte aligned
+char *xc_strdup(const char *s);
+char *xc_format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+double xc_now(void); // seconds, monotonic
+bool xc_is_dir(const char *path);
+bool xc_is_file(const char *path);
+const char *xc_basename(const char *path);
+char *xc_join(const char *dir, const char *name);
+int xc_cmp_str(const void *a, const void *b); // qsort over char*: byte order
+
+// splitmix64-seeded xoshiro256**: small, fast, and the same on every
+// machine, so a seed names one run.
+typedef struct {
+  uint64_t s[4];
+} XcRng;
+
+void xc_rng_seed(XcRng *r, uint64_t seed, uint64_t stream);
+uint64_t xc_rng_next(XcRng *r);
+float xc_rng_float(XcRng *r);                // [0, 1), 24 random bits
+uint32_t xc_rng_below(XcRng *r, uint32_t n); // [0, n), unbiased
+void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
+
+//
+// parallel.c: OpenMP thread count
+//
+
+void xc_set_threads(int n); // 0: keep OMP_NUM_THREADS / the default
+int xc_threads(void);
+
+//
+// init.c: PyTorch's default initialisation per XcInit
+//
+
+void xc_init_tensors(float *block, const XcTensorInfo *t, int n, uint64_t seed, uint64_t stream);
+int64_t xc_numel(const XcTensorInfo *t);
+char *xc_shape_str(int rank, const int64_t *dim); // "[6,3,5,5]"
+
+// A state tensor is optimizer state when its name is a parameter's name plus
+// a suffix ("fc1.weight.momentum_buffer"); other states (batch-norm running
+// statistics) belong to the model's state_dict and go with the weights.
+bool xc_is_optimizer_state(const XcModel *m, const XcTensorInfo *t);
+
+//
+// safetensors.c: reading and writing PyTorch state_dicts as safetensors
+//
+
+typedef struct {
+  char *name;
+  char dtype[8]; // "F32"; F64, F16 and BF16 are converted on load
+  int rank;
+  int64_t dim[8];
+  int64_t begin, end; // byte offsets into the data section
+} StEntry;
+
+typedef struct {
+  char *path;
+  StEntry *e;
+  int n;
+  char **meta_key, **meta_val; // "__metadata__": string -> string
+  int nmeta;
+  uint8_t *data; // the data section
+  int64_t data_len;
+} StFile;
+
+// Loads the whole file; on a malformed file, *err is set to a message and
+// NULL is returned (callers decide how to die).
+StFile *st_read(const char *path, char **err);
+void st_free(StFile *f);
+const StEntry *st_find(const StFile *f, const char *name);
+const char *st_meta(const StFile *f, const char *key);
+
+typedef struct {
+  const char *name;
+  int rank;
+  const int64_t *dim;
+  const float *data;
+} StTensor;
+
+// Writes tensors atomically: PATH.tmp.PID, fsync, rename over PATH. Returns
+// false (errno set) on failure.
+bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta);
+
+// Loads every tensor in infos[0..n) from f into block. missing_ok: tensors
+// absent from the file keep their value (with a warning unless quiet);
+// otherwise absence is an error. Shape mismatches always die.
+void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int n, bool missing_ok,
+                  const char *what);
+void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state);
+void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
+                       int iter);
+// Loads params (and model buffers from state) from a weights file; warns on
+// extra keys; dies naming the file on missing or mis-shaped tensors.
+void xc_load_weights(const char *path, const XcModel *m, float *params, float *state);
+
+//
+// image.c: JPEG/PNG decoding, resizing like PIL's bilinear, colour conversion
+//
+
+typedef struct {
+  int w, h, c; // c is 1 (grey) or 3 (RGB)
+  uint8_t *px; // h * w * c, interleaved (HWC)
+} Image;
+
+// Decodes a JPEG or PNG file by its content; false and *err on failure.
+bool xc_image_load(const char *path, Image *img, char **err);
+// Converts to the model's channel count and size (PIL's bilinear with
+// antialias on downscaling) and writes CHW bytes to out.
+void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out);
+void xc_resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int ow, int oh);
+bool xc_is_image_name(const char *name); // .jpg .jpeg .png (any case)
+
+//
+// args.c: command-line parsing shared by the two mains
+//
+
+typedef struct {
+  int argc;
+  char **argv;
+  int i;             // the argument being looked at
+  const char *value; // the value of the option just matched
+  const char *usage;
+} Args;
+
+// True when argv[i] is --name (for a value: "--name V" or "--name=V", the
+// value in a->value; a missing value dies with the usage line).
+bool arg_flag(Args *a, const char *name);
+bool arg_opt(Args *a, const char *name);
+noreturn void arg_unknown(Args *a);
+int arg_int(Args *a, int lo, int hi);
+double arg_double(Args *a, double lo, double hi);
+// The model's executable name without the -train / -eval suffix.
+char *xc_model_stem(const char *argv0, const char *suffix);
+
+//
+// data.c: data sets in memory as bytes, splits, batches, augmentation
+//
+
+typedef enum { XC_SPLIT_ALL, XC_SPLIT_TRAIN, XC_SPLIT_VAL } XcSplit;
+
+typedef struct {
+  const char *path; // file or directory
+  bool train;       // which files of a CIFAR/IDX directory
+  XcSplit split;    // for folders: the val_split part or the rest
+  float val_split;
+  uint64_t split_seed;
+  bool strict; // bad images are errors, not skipped
+  bool quiet;
+  int c, h, w; // the model's input
+  int nclasses;
+  const char *const *class_names;
+  const char *format_hint; // the YAML's data format, for messages
+} DataSpec;
+
+typedef struct {
+  char *path;
+  const char *format; // "cifar10", "idx", "folder", "imagefolder"
+  int64_t n;
+  int c, h, w;
+  uint8_t *pixels; // n * c*h*w bytes, CHW per sample
+  int32_t *labels; // n class indices
+  char **files;    // per sample, folders only (NULL otherwise)
+  int64_t nbad;    // skipped unreadable files
+} Dataset;
+
+Dataset *xc_load_dataset(const DataSpec *spec);
+void xc_free_dataset(Dataset *d);
+const char *xc_detect_format(const char *path); // NULL if it cannot tell
+
+// The folder split rule: a folder data set holds out val_split of its files
+// for validation when the YAML's test path does not exist.
+bool xc_use_val_split(const XcModel *m);
+DataSpec xc_data_spec(const XcModel *m, const char *path, bool train, bool strict, bool quiet);
+
+typedef struct {
+  float mean[4], std[4];
+  int crop_padding; // random_crop(padding); 0: off
+  bool flip;        // random_horizontal_flip(p=0.5)
+} Transform;
+
+// ToTensor + Normalize of one CHW byte image into floats, after the
+// training augmentation when rng is non-NULL.
+void xc_transform(const Transform *t, const uint8_t *src, int c, int h, int w, float *dst,
+                  XcRng *rng);
+// Fills images [b, c, h, w] and labels (int32 indices, or floats 0/1 when
+// float_labels) with samples order[0..b) of d.
+void xc_make_batch(const Dataset *d, const int32_t *order, int b, const Transform *t, XcRng *aug,
+                   float *images, void *labels, bool float_labels);
+
+//
+// loader.c: the training batch stream, made one batch ahead on a thread
+//
+
+typedef struct Loader Loader;
+
+typedef struct {
+  float *images; // [batch, c, h, w]
+  void *labels;  // batch int32 or float
+  int epoch;     // from 0
+  int iter;      // within the epoch, from 0
+} Batch;
+
+// Epochs [first_epoch, end_epoch) of d, each of n / batch full batches.
+Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, uint64_t seed,
+                     int first_epoch, int end_epoch, bool float_labels, bool threaded);
+int loader_steps_per_epoch(const Loader *l);
+bool loader_next(Loader *l, Batch *b); // false after the last batch
+void loader_release(Loader *l);        // done with the batch loader_next gave
+void loader_free(Loader *l);
+
+//
+// metrics.c: confusion matrices and their summaries
+//
+
+typedef struct {
+  int k;      // classes
+  int64_t *m; // k*k, row = true class, column = predicted
+  int64_t total;
+} Confusion;
+
+void conf_init(Confusion *c, int k);
+void conf_add(Confusion *c, int truth, int pred);
+void conf_free(Confusion *c);
+double conf_accuracy(const Confusion *c);
+double conf_class_accuracy(const Confusion *c, int cls); // recall of the class; NAN if empty
+// Binary metrics with class 1 as the positive class; 0 where undefined
+// (sklearn's zero_division=0).
+void conf_binary(const Confusion *c, double *precision, double *recall, double *f1);
+void conf_print(FILE *f, const Confusion *c, const char *const *names);
+void conf_print_json(FILE *f, const Confusion *c, const char *const *names, bool binary,
+                     double threshold);
+
+// Index of the largest logit (the first on ties, like torch.max).
+int xc_argmax(const float *v, int n);
+void xc_softmax(const float *logits, int n, double *out);
+double xc_sigmoid(double x);
+
+//
+// evaluate.c: a whole data set through the forward function
+//
+
+typedef void (*XcForwardFn)(const float *params, const float *state, const float *images,
+                            float *logits, void *workspace);
+
+// The predicted class of one sample's logits.
+int xc_predict(const XcModel *m, const float *logits, double threshold);
+void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
+                 const Dataset *d, const Transform *t, void *workspace, double threshold,
+                 Confusion *conf);
+// Normalize from the YAML, plus the augmentation when train.
+Transform xc_model_transform(const XcModel *m, bool train);
+
+//
+// history.c: per-epoch metrics as CSV and an SVG plot of the curves
+//
+
+typedef struct {
+  int epoch; // from 1
+  int64_t step;
+  double train_loss; // mean forward loss over the epoch
+  double val_acc;    // NAN when there was no evaluation
+  double seconds;    // since training started
+  double images_per_s;
+} EpochRecord;
+
+void xc_write_history(const char *csv_path, const char *svg_path, const char *model,
+                      const EpochRecord *r, int n);
+
+#endif

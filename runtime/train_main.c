@@ -1,0 +1,397 @@
+// NAME-train: the training loop around the generated xc_train_step. Loads
+// the data, initialises the weights (PyTorch's defaults, seeded) or reads
+// them with --init, runs epochs of shuffled fixed-size batches, prints the
+// PyTorch tutorial's "[epoch, iter] loss" lines, checkpoints each epoch
+// (weights + optimizer state, atomically) and writes the history and curves.
+#include "rt.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// Optional symbols of the generated object: a forward function for the
+// per-epoch evaluation, and the learning rate the compiled schedule uses at
+// a step (for the --log lr column). Without them the runtime skips the
+// evaluation and logs the base learning rate.
+#pragma weak xc_forward
+float xc_lr(int32_t step, int32_t epoch, float base_lr) __attribute__((weak));
+
+static const char usage_fmt[] =
+    "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
+    "       [--no-shuffle] [--threads T] [--init W.safetensors] [--save W.safetensors]\n"
+    "       [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval] [--strict] [--quiet]";
+
+// Where the per-epoch evaluation reads: --eval-data; else the held-out part
+// of a folder (val_split, no test folder); else, for --data, the test files
+// of a CIFAR-10 or IDX directory or a "test" folder next to a "train"
+// folder; else the YAML's test path. NULL: no evaluation.
+static const char *eval_path(const XcModel *m, const char *data, bool data_given,
+                             const char *eval_data) {
+  if (eval_data)
+    return eval_data;
+  if (xc_use_val_split(m))
+    return data;
+  if (data_given) {
+    const char *f = xc_detect_format(data);
+    if (f && (!strcmp(f, "cifar10") || !strcmp(f, "idx")) && xc_is_dir(data))
+      return data;
+    size_t n = strlen(data);
+    while (n > 1 && data[n - 1] == '/')
+      n--;
+    if (n >= 5 && !strncmp(data + n - 5, "train", 5) && (n == 5 || data[n - 6] == '/')) {
+      char *sib = xc_format("%.*stest", (int)(n - 5), data);
+      if (xc_is_dir(sib))
+        return sib;
+    }
+    return NULL;
+  }
+  return xc_is_dir(m->test_path) || xc_is_file(m->test_path) ? m->test_path : NULL;
+}
+
+static void print_help(const char *prog, const XcModel *m, const char *save) {
+  printf(usage_fmt, prog);
+  printf("\n\nTrains model '%s' (%dx%dx%d input, %d classes, batch %d compiled in).\n\n", m->name,
+         m->channels, m->height, m->width, m->nclasses, m->batch_size);
+  printf(
+      "  --data PATH        training data (default: %s)\n"
+      "                     a CIFAR-10 directory or .bin file, an IDX directory (.gz or plain),\n"
+      "                     a folder of photos named after their class (cat.1.jpg), or an\n"
+      "                     ImageFolder tree (PATH/<class>/*.jpg); the format is detected\n"
+      "  --epochs N         passes over the data (default %d)\n"
+      "  --steps N          stop after N optimizer steps (epochs unlimited unless --epochs)\n"
+      "  --batch-size B     must equal the compiled batch size %d\n"
+      "  --lr X             base learning rate (default %g); the compiled schedule applies\n"
+      "  --seed S           seed of the initial weights, shuffling and augmentation (default %d)\n"
+      "  --no-shuffle       take samples in data set order (folders: names in byte order)\n"
+      "  --threads T        OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+      "  --init W           start from these weights (safetensors, PyTorch state_dict names)\n"
+      "  --save W           final weights (default %s); the optimizer state goes to\n"
+      "                     W without .safetensors + .optim.safetensors; both are written\n"
+      "                     after every epoch\n"
+      "  --resume           continue from the last epoch checkpoint at --save\n"
+      "  --log FILE.csv     one row per step: step,epoch,loss,lr\n"
+      "  --eval-data PATH   data for the evaluation after each epoch (default: the held-out\n"
+      "                     part, the test files of a CIFAR-10/IDX --data directory, a\n"
+      "                     'test' folder next to a 'train' --data folder, or the YAML's)\n"
+      "  --no-eval          skip the evaluation after each epoch\n"
+      "  --strict           an unreadable image is an error instead of being skipped\n"
+      "  --quiet            print only errors\n\n"
+      "Every step sees exactly %d samples: the last partial batch of an epoch is dropped\n"
+      "(PyTorch would run a smaller one; shapes here are compiled in).\n",
+      *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
+      m->seed, save, m->batch_size);
+  if (m->val_split > 0)
+    printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
+           "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
+           m->val_split, m->seed);
+}
+
+// "W.safetensors" -> "W.optim.safetensors"; other names get ".optim" appended.
+static char *sibling(const char *save, const char *ext) {
+  const char *suffix = ".safetensors";
+  size_t n = strlen(save), k = strlen(suffix);
+  if (n > k && !strcmp(save + n - k, suffix))
+    return xc_format("%.*s%s", (int)(n - k), save, ext);
+  return xc_format("%s%s", save, ext);
+}
+
+typedef struct {
+  bool on;
+  double last;
+} Progress;
+
+// A one-line progress bar on stderr when it is a terminal: redrawn at most
+// ten times a second, cleared before any other output.
+static void progress_draw(Progress *p, int epoch, int epochs, int iter, int per_epoch, double loss,
+                          double ips, double eta, bool force) {
+  double now = xc_now();
+  if (!p->on || (!force && now - p->last < 0.1))
+    return;
+  p->last = now;
+  int width = 24, fill = per_epoch ? (int)((double)iter / per_epoch * width) : 0;
+  char bar[32];
+  for (int i = 0; i < width; i++)
+    bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
+  bar[width] = '\0';
+  char ep[32];
+  if (epochs > 0)
+    snprintf(ep, sizeof ep, "%d/%d", epoch, epochs);
+  else
+    snprintf(ep, sizeof ep, "%d", epoch);
+  fprintf(stderr, "\r\033[Kepoch %s [%s] %d/%d loss %.4f %.0f img/s ETA %d:%02d", ep, bar, iter,
+          per_epoch, loss, ips, (int)eta / 60, (int)eta % 60);
+  fflush(stderr);
+}
+
+static void progress_clear(Progress *p) {
+  if (p->on) {
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+  }
+}
+
+int xc_train_main(int argc, char **argv) {
+  const XcModel *m = &xc_model;
+  char *stem = xc_model_stem(argc > 0 ? argv[0] : m->name, "-train");
+  xc_prog = argc > 0 ? xc_basename(argv[0]) : "train";
+  const char *data = m->train_path, *init = NULL, *log_path = NULL, *eval_data = NULL;
+  bool data_given = false;
+  char *save = xc_format("%s.safetensors", stem);
+  int epochs = m->epochs, steps = 0, seed = m->seed, threads = 0;
+  bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
+  bool eval_each_epoch = true;
+  float lr = m->lr;
+  Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
+  for (; a.i < argc; a.i++) {
+    if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
+      print_help(xc_prog, m, save);
+      return 0;
+    } else if (arg_opt(&a, "--data")) {
+      data = a.value;
+      data_given = true;
+    } else if (arg_opt(&a, "--eval-data")) {
+      eval_data = a.value;
+    } else if (arg_opt(&a, "--epochs")) {
+      epochs = arg_int(&a, 1, 1000000);
+      epochs_given = true;
+    } else if (arg_opt(&a, "--steps")) {
+      steps = arg_int(&a, 1, 2000000000);
+    } else if (arg_opt(&a, "--batch-size")) {
+      int b = arg_int(&a, 1, 1 << 30);
+      if (b != m->batch_size)
+        xc_die(xc_format("the batch size is compiled into the executable; set train: "
+                         "{batch_size: %d} in the YAML and compile again",
+                         b),
+               "--batch-size %d: this executable was compiled for batch size %d", b, m->batch_size);
+    } else if (arg_opt(&a, "--lr")) {
+      lr = (float)arg_double(&a, 0, 1e6);
+    } else if (arg_opt(&a, "--seed")) {
+      seed = arg_int(&a, 0, 2147483647);
+    } else if (arg_flag(&a, "--no-shuffle")) {
+      shuffle = false;
+    } else if (arg_opt(&a, "--threads")) {
+      threads = arg_int(&a, 1, 1024);
+    } else if (arg_opt(&a, "--init")) {
+      init = a.value;
+    } else if (arg_opt(&a, "--save")) {
+      save = xc_strdup(a.value);
+    } else if (arg_opt(&a, "--log")) {
+      log_path = a.value;
+    } else if (arg_flag(&a, "--resume")) {
+      resume = true;
+    } else if (arg_flag(&a, "--no-eval")) {
+      eval_each_epoch = false;
+    } else if (arg_flag(&a, "--strict")) {
+      strict = true;
+    } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
+      quiet = true;
+    } else {
+      arg_unknown(&a);
+    }
+  }
+  if (steps && !epochs_given)
+    epochs = 0; // --steps alone: as many epochs as it takes
+  if (init && resume)
+    xc_die("--resume continues from the checkpoint at --save; drop --init",
+           "--init and --resume exclude each other");
+  xc_set_threads(threads);
+  char *optim_path = sibling(save, ".optim.safetensors");
+  char *csv_path = sibling(save, ".history.csv");
+  char *svg_path = sibling(save, ".curves.svg");
+
+  // Weights and optimizer state.
+  float *params = xc_alloc_floats(m->param_floats);
+  float *state = xc_alloc_floats(m->state_floats);
+  xc_init_tensors(params, m->params, m->nparams, (uint64_t)seed, 1);
+  xc_init_tensors(state, m->states, m->nstates, (uint64_t)seed, 2);
+  int first_epoch = 0, skip_iters = 0;
+  int64_t step = 0;
+  if (init)
+    xc_load_weights(init, m, params, state);
+  if (resume) {
+    if (!xc_is_file(save) || !xc_is_file(optim_path))
+      xc_die("train without --resume first; checkpoints are written after every epoch",
+             "--resume: no checkpoint %s with %s", save, optim_path);
+    xc_load_weights(save, m, params, state);
+    char *err;
+    StFile *f = st_read(optim_path, &err);
+    if (!f)
+      xc_die("delete it and train from the start, or restore it from a backup", "%s: %s",
+             optim_path, err);
+    for (int i = 0; i < m->nstates; i++)
+      if (xc_is_optimizer_state(m, &m->states[i]))
+        st_load_into(f, state, &m->states[i], 1, false, "optimizer state");
+    const char *s = st_meta(f, "step"), *e = st_meta(f, "epoch");
+    if (!s || !e)
+      xc_die("the file was not written by a training run", "%s: no step and epoch in its metadata",
+             optim_path);
+    step = atoll(s);
+    first_epoch = atoi(e);
+    const char *it = st_meta(f, "iter");
+    skip_iters = it ? atoi(it) : 0;
+    st_free(f);
+  }
+
+  double t_load = xc_now();
+  DataSpec spec = xc_data_spec(m, data, true, strict, quiet);
+  Dataset *d = xc_load_dataset(&spec);
+  if (d->n < m->batch_size)
+    xc_die("use more data, or compile with a smaller train.batch_size",
+           "%s: %lld samples, fewer than one batch of %d", d->path, (long long)d->n, m->batch_size);
+  t_load = xc_now() - t_load;
+  bool binary = m->label_kind == XC_LABEL_FLOAT;
+  Transform tf = xc_model_transform(m, true);
+  int end_epoch = epochs > 0 ? epochs : 1 << 30;
+  if (steps && step >= steps)
+    xc_die("pass a larger --steps to train further", "%s is already at step %lld", save,
+           (long long)step);
+  if (resume && first_epoch >= end_epoch && !steps)
+    xc_die("pass a larger --epochs to train further", "%s already holds %d epochs", save,
+           first_epoch);
+  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, (uint64_t)seed, first_epoch,
+                                end_epoch, binary, true);
+  int per_epoch = loader_steps_per_epoch(loader);
+  // A run stopped mid-epoch resumes there: the skipped batches are made
+  // (and dropped) so shuffling and augmentation continue exactly.
+  Batch b;
+  for (int i = 0; i < skip_iters && loader_next(loader, &b); i++)
+    loader_release(loader);
+  if (!quiet) {
+    printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s\n",
+           m->name, d->path, (long long)d->n, d->format, per_epoch, m->batch_size, xc_threads(),
+           xc_threads() == 1 ? "" : "s",
+           spec.split == XC_SPLIT_TRAIN ? xc_format(", %g held out for validation", m->val_split)
+                                        : "");
+    if (d->n % m->batch_size)
+      printf("(the last %lld samples of each epoch's order are dropped: the batch size is fixed)\n",
+             (long long)(d->n % m->batch_size));
+    fflush(stdout);
+  }
+
+  FILE *log = NULL;
+  if (log_path) {
+    log = fopen(log_path, "w");
+    if (!log)
+      xc_die("check that the directory exists and is writable", "cannot write %s: %s", log_path,
+             strerror(errno));
+    fprintf(log, "step,epoch,loss,lr\n");
+  }
+
+  void *workspace = xc_alloc_floats((m->workspace_bytes + 3) / 4);
+  int log_every = m->log_every > 0 ? m->log_every : 100;
+  Progress progress = {!quiet && isatty(2), 0};
+  EpochRecord *hist = xc_calloc(1, sizeof(EpochRecord));
+  int nhist = 0;
+  Dataset *val = NULL;
+  bool val_tried = false;
+  double running = 0, epoch_loss = 0, t0 = xc_now(), t_epoch = t0, t_eval = 0;
+  int64_t start_step = step, epoch_steps = 0, images = 0;
+  bool warned_nan = false, stopped = false;
+  int last_epoch = first_epoch, last_iter = skip_iters;
+  while (loader_next(loader, &b)) {
+    float loss = xc_train_step(params, state, b.images, b.labels, (int32_t)(step + 1),
+                               (int32_t)b.epoch, lr, workspace);
+    loader_release(loader);
+    step++;
+    images += m->batch_size;
+    if (log)
+      fprintf(log, "%lld,%d,%.9g,%.9g\n", (long long)step, b.epoch + 1, loss,
+              xc_lr ? xc_lr((int32_t)step, (int32_t)b.epoch, lr) : lr);
+    if (!isfinite(loss) && !warned_nan) {
+      progress_clear(&progress);
+      xc_warn("lower the learning rate (--lr) or check the data's normalisation",
+              "the loss is %g at step %lld", loss, (long long)step);
+      warned_nan = true;
+    }
+    running += loss;
+    epoch_loss += loss;
+    epoch_steps++;
+    if (!quiet && (b.iter + 1) % log_every == 0) {
+      progress_clear(&progress);
+      printf("[%d, %5d] loss: %.3f\n", b.epoch + 1, b.iter + 1, running / log_every);
+      fflush(stdout);
+      running = 0;
+    }
+    double now = xc_now(), ips = (step - start_step) * m->batch_size / (now - t0 - t_eval + 1e-9);
+    int64_t total = steps ? steps - start_step : (int64_t)(end_epoch - first_epoch) * per_epoch;
+    double eta = (total - (step - start_step)) * (double)m->batch_size / (ips + 1e-9);
+    progress_draw(&progress, b.epoch + 1, epochs, b.iter + 1, per_epoch, loss, ips, eta, false);
+    last_epoch = b.epoch;
+    last_iter = b.iter + 1;
+    bool epoch_end = b.iter + 1 == per_epoch;
+    stopped = steps && step >= steps;
+    if (epoch_end) {
+      // Checkpoint, evaluate, record.
+      running = 0;
+      xc_save_weights(save, m, params, state);
+      xc_save_optimizer(optim_path, m, state, (int)step, b.epoch + 1, 0);
+      double acc = NAN;
+      if (eval_each_epoch && xc_forward && !stopped) {
+        double te = xc_now();
+        if (!val_tried) {
+          val_tried = true;
+          const char *vpath = eval_path(m, data, data_given, eval_data);
+          if (vpath) {
+            DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
+            if (vpath != data)
+              vs.split = XC_SPLIT_ALL;
+            val = xc_load_dataset(&vs);
+          }
+        }
+        if (val) {
+          Confusion c;
+          Transform plain = xc_model_transform(m, false);
+          xc_evaluate(m, xc_forward, params, state, val, &plain, workspace, 0.5, &c);
+          acc = conf_accuracy(&c);
+          conf_free(&c);
+        }
+        t_eval += xc_now() - te;
+      }
+      double now2 = xc_now();
+      hist = xc_realloc(hist, sizeof(EpochRecord) * (nhist + 1));
+      hist[nhist++] = (EpochRecord){
+          b.epoch + 1, step,      epoch_loss / epoch_steps,
+          acc,         now2 - t0, epoch_steps * m->batch_size / (now2 - t_epoch + 1e-9)};
+      xc_write_history(csv_path, svg_path, m->name, hist, nhist);
+      if (!quiet) {
+        progress_clear(&progress);
+        printf("epoch %d: mean loss %.4f", b.epoch + 1, epoch_loss / epoch_steps);
+        if (!isnan(acc))
+          printf(", %s accuracy %.2f%% (%lld images)", xc_use_val_split(m) ? "validation" : "test",
+                 100 * acc, (long long)val->n);
+        printf(", %.0f images/s\n", hist[nhist - 1].images_per_s);
+        fflush(stdout);
+      }
+      epoch_loss = 0;
+      epoch_steps = 0;
+      t_epoch = xc_now();
+    }
+    if (stopped)
+      break;
+  }
+  progress_clear(&progress);
+  loader_free(loader);
+  double secs = xc_now() - t0;
+  if (log && fclose(log) != 0)
+    xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
+  // A run stopped mid-epoch (--steps) still saves what it has.
+  if (epoch_steps || step == start_step) {
+    xc_save_weights(save, m, params, state);
+    xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter);
+  }
+  if (!quiet) {
+    printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
+           "loaded in %.2f s\n",
+           (long long)(step - start_step), secs, t_eval,
+           (step - start_step) * m->batch_size / (secs - t_eval + 1e-9), t_load);
+    printf("saved weights to %s\n", save);
+  }
+  xc_free_dataset(d);
+  xc_free_dataset(val);
+  free(params);
+  free(state);
+  free(workspace);
+  return 0;
+}

@@ -1,0 +1,166 @@
+// Small services for the rest of the runtime: error messages with hints,
+// allocation that cannot return NULL, a monotonic clock, paths, and the
+// seeded PRNG (xoshiro256** seeded through splitmix64) behind every random
+// choice: initial weights, shuffles, augmentation and splits.
+#define _GNU_SOURCE
+#include "rt.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+const char *xc_prog = "xentcc";
+
+static void vreport(const char *kind, const char *hint, const char *fmt, va_list ap) {
+  fflush(stdout);
+  fprintf(stderr, "%s: %s: ", xc_prog, kind);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  if (hint)
+    fprintf(stderr, "hint: %s\n", hint);
+}
+
+noreturn void xc_die(const char *hint, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vreport("error", hint, fmt, ap);
+  va_end(ap);
+  exit(1);
+}
+
+void xc_warn(const char *hint, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vreport("warning", hint, fmt, ap);
+  va_end(ap);
+}
+
+void *xc_malloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p)
+    xc_die("free some memory or use a smaller data set", "out of memory (%zu bytes)", n);
+  return p;
+}
+
+void *xc_calloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p)
+    xc_die("free some memory or use a smaller data set", "out of memory (%zu bytes)", n * size);
+  return p;
+}
+
+void *xc_realloc(void *p, size_t n) {
+  p = realloc(p, n ? n : 1);
+  if (!p)
+    xc_die("free some memory or use a smaller data set", "out of memory (%zu bytes)", n);
+  return p;
+}
+
+float *xc_alloc_floats(int64_t n) {
+  size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
+  float *p = aligned_alloc(64, bytes);
+  if (!p)
+    xc_die("free some memory", "out of memory (%zu bytes)", bytes);
+  memset(p, 0, bytes);
+  return p;
+}
+
+char *xc_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  return memcpy(xc_malloc(n), s, n);
+}
+
+char *xc_format(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *s;
+  if (vasprintf(&s, fmt, ap) < 0)
+    xc_die(NULL, "out of memory");
+  va_end(ap);
+  return s;
+}
+
+double xc_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+bool xc_is_dir(const char *path) {
+  struct stat st;
+  return path && *path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool xc_is_file(const char *path) {
+  struct stat st;
+  return path && *path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+const char *xc_basename(const char *path) {
+  const char *s = strrchr(path, '/');
+  return s ? s + 1 : path;
+}
+
+char *xc_join(const char *dir, const char *name) {
+  size_t n = strlen(dir);
+  return xc_format("%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", name);
+}
+
+int xc_cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Different streams of one seed (weights, shuffle, augmentation, split) are
+// independent, so turning augmentation on does not change the initial
+// weights or the sample order.
+void xc_rng_seed(XcRng *r, uint64_t seed, uint64_t stream) {
+  uint64_t x = seed ^ (stream * 0xd1b54a32d192ed03ull);
+  for (int i = 0; i < 4; i++)
+    r->s[i] = splitmix64(&x);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t xc_rng_next(XcRng *r) {
+  uint64_t *s = r->s;
+  uint64_t out = rotl(s[1] * 5, 7) * 9;
+  uint64_t t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
+  return out;
+}
+
+float xc_rng_float(XcRng *r) { return (xc_rng_next(r) >> 40) * (1.0f / 16777216.0f); }
+
+// Lemire's multiply-and-reject: no modulo bias.
+uint32_t xc_rng_below(XcRng *r, uint32_t n) {
+  uint64_t m = (xc_rng_next(r) >> 32) * n;
+  if ((uint32_t)m < n) {
+    uint32_t floor = -n % n;
+    while ((uint32_t)m < floor)
+      m = (xc_rng_next(r) >> 32) * n;
+  }
+  return m >> 32;
+}
+
+void xc_shuffle(XcRng *r, int32_t *a, int64_t n) {
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = xc_rng_below(r, (uint32_t)(i + 1));
+    int32_t t = a[i];
+    a[i] = a[j];
+    a[j] = t;
+  }
+}

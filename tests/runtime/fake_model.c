@@ -1,0 +1,135 @@
+// A hand-written stand-in for the code xentcc generates, for the runtime's
+// tests only: a linear classifier on 3x8x8 images (fc.weight [K, 192],
+// fc.bias [K]) trained with SGD momentum 0.9 and CrossEntropyLoss, or with
+// FAKE_BINARY one logit and BCEWithLogitsLoss with a 1/(1+epoch) schedule
+// exported as xc_lr. It implements xentcc_rt.h exactly as generated code
+// must, so the real mains run on it unchanged.
+#include "xentcc_rt.h"
+
+#include <math.h>
+#include <string.h>
+
+enum { B = 4, C = 3, H = 8, W = 8, D = C * H * W };
+
+#ifdef FAKE_BINARY
+enum { K = 1 };
+static const char *const names[] = {"cat", "dog"};
+#define NCLASSES 2
+#define LABELS XC_LABEL_FLOAT
+#define VAL_SPLIT 0.25f
+#else
+enum { K = 3 };
+static const char *const names[] = {"red", "green", "blue"};
+#define NCLASSES 3
+#define LABELS XC_LABEL_INDEX
+#define VAL_SPLIT 0.0f
+#endif
+
+static const XcTensorInfo params[] = {
+    {"fc.weight", 2, {K, D}, 0, XC_INIT_KAIMING_UNIFORM, D},
+    {"fc.bias", 1, {K}, K *D, XC_INIT_BIAS_UNIFORM, D},
+};
+static const XcTensorInfo states[] = {
+    {"fc.weight.momentum_buffer", 2, {K, D}, 0, XC_INIT_ZEROS, 0},
+    {"fc.bias.momentum_buffer", 1, {K}, K *D, XC_INIT_ZEROS, 0},
+};
+
+const XcModel xc_model = {
+    .name = "fake",
+    .batch_size = B,
+    .channels = C,
+    .height = H,
+    .width = W,
+    .nclasses = NCLASSES,
+    .class_names = names,
+    .outputs = K,
+    .label_kind = LABELS,
+    .nparams = 2,
+    .params = params,
+    .param_floats = K * D + K,
+    .nstates = 2,
+    .states = states,
+    .state_floats = K * D + K,
+    .workspace_bytes = (B * K + K * D + K) * sizeof(float),
+    .epochs = 2,
+    .seed = 0,
+    .shuffle = 1,
+    .drop_last = 1,
+    .log_every = 2,
+    .lr = 0.05f,
+    .data_format = "folder",
+    .train_path = "",
+    .test_path = "",
+    .val_split = VAL_SPLIT,
+    .mean = {0.5f, 0.5f, 0.5f},
+    .std = {0.5f, 0.5f, 0.5f},
+};
+
+typedef struct {
+  const float *p, *x;
+  float *logits;
+} FwdCtx;
+
+static void forward_rows(void *arg, int64_t lo, int64_t hi) {
+  FwdCtx *c = arg;
+  for (int64_t n = lo; n < hi; n++)
+    for (int k = 0; k < K; k++) {
+      float s = c->p[K * D + k];
+      for (int d = 0; d < D; d++)
+        s += c->p[k * D + d] * c->x[n * D + d];
+      c->logits[n * K + k] = s;
+    }
+}
+
+void xc_forward(const float *p, const float *state, const float *images, float *logits,
+                void *workspace) {
+  FwdCtx c = {p, images, logits};
+  xc_parallel_for(B, forward_rows, &c);
+}
+
+#ifdef FAKE_BINARY
+float xc_lr(int32_t step, int32_t epoch, float base_lr) { return base_lr / (1 + epoch); }
+#endif
+
+float xc_train_step(float *p, float *state, const float *images, const void *labels, int32_t step,
+                    int32_t epoch, float base_lr, void *workspace) {
+  float *logits = workspace, *grad = logits + B * K;
+  xc_forward(p, state, images, logits, workspace);
+  memset(grad, 0, (K * D + K) * sizeof(float));
+  double loss = 0;
+  for (int n = 0; n < B; n++) {
+    float dlogit[K];
+#ifdef FAKE_BINARY
+    float y = ((const float *)labels)[n], z = logits[n];
+    loss += fmaxf(z, 0) - z * y + log1pf(expf(-fabsf(z)));
+    dlogit[0] = (1 / (1 + expf(-z)) - y) / B;
+#else
+    int y = ((const int32_t *)labels)[n];
+    float mx = logits[n * K];
+    for (int k = 1; k < K; k++)
+      mx = fmaxf(mx, logits[n * K + k]);
+    double sum = 0;
+    for (int k = 0; k < K; k++)
+      sum += exp(logits[n * K + k] - mx);
+    loss += log(sum) + mx - logits[n * K + y];
+    for (int k = 0; k < K; k++)
+      dlogit[k] = (float)((exp(logits[n * K + k] - mx) / sum - (k == y)) / B);
+#endif
+    for (int k = 0; k < K; k++) {
+      for (int d = 0; d < D; d++)
+        grad[k * D + d] += dlogit[k] * images[n * D + d];
+      grad[K * D + k] += dlogit[k];
+    }
+  }
+#ifdef FAKE_BINARY
+  float lr = base_lr / (1 + epoch);
+#else
+  float lr = base_lr;
+#endif
+  // torch.optim.SGD(momentum=0.9): buf = 0.9 * buf + g (buf = g at step 1).
+  for (int i = 0; i < K * D + K; i++) {
+    state[i] = step == 1 ? grad[i] : 0.9f * state[i] + grad[i];
+    p[i] -= lr * state[i];
+  }
+  return (float)(loss / B);
+}

@@ -1,0 +1,327 @@
+// End-to-end tests of NAME-train and NAME-eval on the fake models: the
+// executables run as a user runs them, on photo folders, CIFAR files and
+// IDX files written into the build tree. Checks the command-line contract
+// (flags, default output, --log CSV, --save, --json, --predict), that
+// training learns, determinism, --resume, and the error messages.
+#include "rt.h"
+#include "testdata.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static const char *const rgb_names[] = {"red", "green", "blue"};
+static const char *const cd_names[] = {"cat", "dog"};
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return xc_strdup("");
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *s = xc_malloc(n + 1);
+  s[fread(s, 1, n, f)] = '\0';
+  fclose(f);
+  return s;
+}
+
+typedef struct {
+  int status;
+  char *out, *err;
+} Run;
+
+// Runs XC_BIN_DIR/exe with args (one shell-quoted string) in dir.
+static Run run(const char *dir, const char *exe, const char *args) {
+  char *out = xc_join(dir, "stdout.txt"), *err = xc_join(dir, "stderr.txt");
+  char *cmd = xc_format("cd %s && %s/%s %s >%s 2>%s", dir, XC_BIN_DIR, exe, args, out, err);
+  int ws = system(cmd);
+  Run r = {WIFEXITED(ws) ? WEXITSTATUS(ws) : 128, slurp(out), slurp(err)};
+  return r;
+}
+
+#define ASSERT_OK(r)                                                                               \
+  ck_assert_msg((r).status == 0, "status %d\nstdout:\n%s\nstderr:\n%s", (r).status, (r).out,       \
+                (r).err)
+#define ASSERT_HAS(text, want)                                                                     \
+  ck_assert_msg(strstr(text, want), "expected '%s' in:\n%s", want, text)
+
+static int count_lines(const char *s) {
+  int n = 0;
+  for (; *s; s++)
+    n += *s == '\n';
+  return n;
+}
+
+// A working directory with train/ and test/ photo folders (3 classes).
+static char *rgb_workdir(int per_class) {
+  char *dir = td_mkdtemp(TEST_BINARY_DIR);
+  char *train = xc_join(dir, "train"), *test = xc_join(dir, "test");
+  td_mkdir(train);
+  td_mkdir(test);
+  td_write_photo_folder(train, rgb_names, 3, per_class, 12, 10);
+  td_write_photo_folder(test, rgb_names, 3, 3, 16, 16);
+  return dir;
+}
+
+START_TEST(train_then_eval) {
+  char *dir = rgb_workdir(8); // 24 photos: 6 batches of 4 per epoch
+  Run r = run(dir, "fake-train", "--data train --epochs 3 --log log.csv --seed 1");
+  ASSERT_OK(r);
+  // The PyTorch tutorial's lines every log_every (2) iterations.
+  ASSERT_HAS(r.out, "[1,     2] loss: ");
+  ASSERT_HAS(r.out, "[3,     6] loss: ");
+  // Evaluated after each epoch on the test/ folder next to train/.
+  ASSERT_HAS(r.out, "epoch 3: mean loss ");
+  ASSERT_HAS(r.out, "test accuracy 100.00% (9 images)");
+  ASSERT_HAS(r.out, "images/s");
+  ASSERT_HAS(r.out, "saved weights to fake.safetensors");
+  char *log = slurp(xc_join(dir, "log.csv"));
+  ck_assert_int_eq(strncmp(log, "step,epoch,loss,lr\n", 19), 0);
+  ck_assert_int_eq(count_lines(log), 1 + 18);
+  int step, epoch;
+  double loss, lr;
+  ck_assert_int_eq(sscanf(strchr(log, '\n') + 1, "%d,%d,%lf,%lf", &step, &epoch, &loss, &lr), 4);
+  ck_assert(step == 1 && epoch == 1 && loss > 0.5 && fabs(lr - 0.05) < 1e-8);
+  const char *last = log + strlen(log) - 2;
+  while (*last != '\n')
+    last--;
+  double last_loss;
+  ck_assert_int_eq(sscanf(last + 1, "%d,%d,%lf", &step, &epoch, &last_loss), 3);
+  ck_assert(step == 18 && epoch == 3);
+  ck_assert_msg(last_loss < loss, "loss went from %g to %g", loss, last_loss);
+  // Nine significant digits at least.
+  char *third = strchr(strchr(log, '\n') + 1, ',');
+  third = strchr(third + 1, ',') + 1;
+  int digits = 0;
+  for (char *p = third; *p != ','; p++)
+    digits += *p >= '0' && *p <= '9';
+  ck_assert_int_ge(digits, 9);
+  ck_assert(xc_is_file(xc_join(dir, "fake.safetensors")));
+  ck_assert(xc_is_file(xc_join(dir, "fake.optim.safetensors")));
+  char *svg = slurp(xc_join(dir, "fake.curves.svg"));
+  ASSERT_HAS(svg, "<svg");
+  ASSERT_HAS(svg, "validation accuracy");
+  char *hist = slurp(xc_join(dir, "fake.history.csv"));
+  ck_assert_int_eq(count_lines(hist), 4);
+
+  r = run(dir, "fake-eval", "--weights fake.safetensors --data test");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "Accuracy of the network on the 9 test images: 100.00 %");
+  ASSERT_HAS(r.out, "green");
+  ASSERT_HAS(r.out, "confusion matrix");
+  r = run(dir, "fake-eval", "--weights fake.safetensors --data test --json");
+  ASSERT_OK(r);
+  ck_assert_int_eq(count_lines(r.out), 1);
+  ASSERT_HAS(r.out, "{\"accuracy\": 1,");
+  ASSERT_HAS(r.out, "\"confusion_matrix\": [[3, 0, 0], [0, 3, 0], [0, 0, 3]]");
+  // Default weights file; --predict on two photos.
+  r = run(dir, "fake-eval", "--predict test/red.0.jpg test/blue.1.png");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "test/red.0.jpg: red  (red ");
+  ASSERT_HAS(r.out, "test/blue.1.png: blue  (red ");
+  r = run(dir, "fake-eval", "--predict test/red.0.jpg --json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "\"predicted\": \"red\"");
+}
+END_TEST
+
+START_TEST(determinism_steps_and_resume) {
+  char *dir = rgb_workdir(8);
+  Run r =
+      run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
+  ASSERT_OK(r);
+  ck_assert_str_eq(r.out, "");
+  r = run(dir, "fake-train", "--data=train --epochs=2 --log=b.csv --save=b.safetensors --quiet");
+  ASSERT_OK(r);
+  char *a = slurp(xc_join(dir, "a.csv")), *b = slurp(xc_join(dir, "b.csv"));
+  ck_assert_str_eq(a, b);
+  ck_assert_str_eq(slurp(xc_join(dir, "a.safetensors")), slurp(xc_join(dir, "b.safetensors")));
+  // Another seed, another run; --no-shuffle is a third.
+  r = run(dir, "fake-train",
+          "--data train --epochs 2 --log c.csv --seed 9 --quiet --save c.safetensors");
+  ASSERT_OK(r);
+  ck_assert_str_ne(a, slurp(xc_join(dir, "c.csv")));
+  r = run(dir, "fake-train",
+          "--data train --steps 5 --log d.csv --no-shuffle --quiet --save d.safetensors");
+  ASSERT_OK(r);
+  ck_assert_int_eq(count_lines(slurp(xc_join(dir, "d.csv"))), 6);
+  // --steps beyond one epoch runs on into the next epochs.
+  r = run(dir, "fake-train", "--data train --steps 14 --log e.csv --quiet --save e.safetensors");
+  ASSERT_OK(r);
+  char *e = slurp(xc_join(dir, "e.csv"));
+  ck_assert_int_eq(count_lines(e), 15);
+  ASSERT_HAS(e, "\n14,3,");
+  // 2 epochs = 1 epoch, then --resume for the second: the same weights.
+  r = run(dir, "fake-train", "--data train --epochs 1 --save r.safetensors --quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-train", "--data train --epochs 2 --save r.safetensors --resume --log r.csv");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "[2,     2] loss:");
+  ck_assert_int_eq(count_lines(slurp(xc_join(dir, "r.csv"))), 1 + 6);
+  ck_assert_str_eq(slurp(xc_join(dir, "a.safetensors")), slurp(xc_join(dir, "r.safetensors")));
+  // Stopped mid-epoch (step 8 of 12), resumed to the end: also the same.
+  r = run(dir, "fake-train", "--data train --epochs 2 --steps 8 --save m.safetensors --quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-train", "--data train --epochs 2 --save m.safetensors --resume --quiet");
+  ASSERT_OK(r);
+  ck_assert_str_eq(slurp(xc_join(dir, "a.safetensors")), slurp(xc_join(dir, "m.safetensors")));
+  // --init from a run's weights starts there: the first loss is lower.
+  r = run(dir, "fake-train",
+          "--data train --steps 1 --init a.safetensors --log i.csv --quiet --save i.safetensors");
+  ASSERT_OK(r);
+  double l0, l1;
+  sscanf(strchr(a, '\n') + 1, "%*d,%*d,%lf", &l0);
+  sscanf(strchr(slurp(xc_join(dir, "i.csv")), '\n') + 1, "%*d,%*d,%lf", &l1);
+  ck_assert_msg(l1 < l0, "--init did not start from trained weights: %g vs %g", l1, l0);
+}
+END_TEST
+
+START_TEST(other_formats) {
+  char *dir = td_mkdtemp(TEST_BINARY_DIR);
+  // CIFAR-10 binary (3 classes of this model within labels 0..2), resized to 8x8.
+  char *cifar = xc_join(dir, "cifar");
+  td_mkdir(cifar);
+  td_write_cifar(xc_join(cifar, "data_batch_1.bin"), 12, 3, 0);
+  td_write_cifar(xc_join(cifar, "test_batch.bin"), 6, 3, 50);
+  Run r = run(dir, "fake-train", "--data cifar --epochs 4 --quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-eval", "--weights fake.safetensors --data cifar --json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "\"samples\": 6");
+  // IDX, gzip: grey images repeated into 3 channels.
+  char *idx = xc_join(dir, "idx");
+  td_mkdir(idx);
+  td_write_idx(idx, "train", 8, 8, 3, true);
+  td_write_idx(idx, "t10k", 5, 8, 3, true);
+  r = run(dir, "fake-train", "--data idx --epochs 1 --quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-eval", "--data idx");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "on the 5 test images");
+}
+END_TEST
+
+START_TEST(binary_model) {
+  char *dir = td_mkdtemp(TEST_BINARY_DIR);
+  char *train = xc_join(dir, "train");
+  td_mkdir(train);
+  td_write_photo_folder(train, cd_names, 2, 10, 20, 14);
+  td_write_bytes(xc_join(train, "dog.broken.jpg"), "\xff\xd8\xff\xe0 oops", 9);
+  // val_split 0.25 and no test folder: 15 photos train, 5 validate.
+  Run r = run(dir, "fake-bin-train", "--data train --epochs 3 --log log.csv");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "15 samples");
+  ASSERT_HAS(r.out, "held out");
+  ASSERT_HAS(r.err, "skipping");
+  ASSERT_HAS(r.err, "dog.broken.jpg");
+  ASSERT_HAS(r.err, "skipped 1 unreadable file");
+  ASSERT_HAS(r.out, "validation accuracy");
+  // The lr column shows the compiled schedule's value (xc_lr): 0.05 / (1 + epoch).
+  char *log = slurp(xc_join(dir, "log.csv"));
+  ASSERT_HAS(log, "\n1,1,");
+  ASSERT_HAS(log, ",0.0250000004\n");
+  ASSERT_HAS(log, ",0.0166666675\n");
+  r = run(dir, "fake-bin-eval", "--weights fake-bin.safetensors --data train --json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "\"samples\": 5");
+  ASSERT_HAS(r.out, "\"precision\": ");
+  ASSERT_HAS(r.out, "\"recall\": ");
+  ASSERT_HAS(r.out, "\"f1\": ");
+  ASSERT_HAS(r.out, "\"threshold\": 0.5");
+  r = run(dir, "fake-bin-eval", "--data train --split all --threshold 0.9");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "on the 20 test images");
+  ASSERT_HAS(r.out, "precision");
+  ASSERT_HAS(r.out, "threshold 0.9");
+  r = run(dir, "fake-bin-eval", "--predict train/cat.0.jpg");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "(cat 0.");
+  ASSERT_HAS(r.out, ", dog 0.");
+  r = run(dir, "fake-bin-train", "--data train --epochs 1 --strict");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "dog.broken.jpg");
+}
+END_TEST
+
+START_TEST(command_line_errors) {
+  char *dir = rgb_workdir(2);
+  Run r = run(dir, "fake-train", "--data no/such/dir");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "fake-train: error: data path no/such/dir does not exist");
+  ASSERT_HAS(r.err, "hint:");
+  r = run(dir, "fake-train", "--frobnicate");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "unknown option '--frobnicate'");
+  ASSERT_HAS(r.err, "usage: fake-train [--data PATH]");
+  r = run(dir, "fake-train", "--data train --batch-size 7");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "compiled for batch size 4");
+  ASSERT_HAS(r.err, "batch_size: 7");
+  r = run(dir, "fake-train", "--data train --epochs zero");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--epochs: bad value 'zero'");
+  r = run(dir, "fake-train", "--data");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "option --data needs a value");
+  r = run(dir, "fake-train", "");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "no data");
+  // Too few samples for one batch.
+  char *tiny = xc_join(dir, "tiny");
+  td_mkdir(tiny);
+  td_write_photo_folder(tiny, rgb_names, 1, 3, 8, 8);
+  r = run(dir, "fake-train", "--data tiny");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "3 samples, fewer than one batch of 4");
+  // --init with a file of another model.
+  float z[400] = {0};
+  int64_t wd[2] = {3, 100}, bd[1] = {3};
+  StTensor t[] = {{"fc.weight", 2, wd, z}, {"fc.bias", 1, bd, z}};
+  ck_assert(st_write(xc_join(dir, "other.safetensors"), t, 2, NULL, 0));
+  r = run(dir, "fake-train", "--data train --init other.safetensors");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(
+      r.err,
+      "other.safetensors: 'fc.weight' has shape [3,100], but the model's parameter is [3,192]");
+  r = run(dir, "fake-train", "--data train --resume");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--resume: no checkpoint");
+  r = run(dir, "fake-eval", "--data test");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "no weights: fake.safetensors does not exist");
+  ASSERT_HAS(r.err, "--weights");
+  r = run(dir, "fake-eval", "--weights other.safetensors --data test");
+  ck_assert_int_eq(r.status, 1);
+  // Nothing above wrote weights; now a good run does.
+  r = run(dir, "fake-train", "--data train --batch-size 4 --epochs 1 --quiet");
+  ASSERT_OK(r);
+  ck_assert(xc_is_file(xc_join(dir, "fake.safetensors")));
+  r = run(dir, "fake-train", "--help");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "--no-shuffle");
+  ASSERT_HAS(r.out, "dropped");
+  r = run(dir, "fake-eval", "--help");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "--predict");
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("runtime-e2e");
+  TCase *tc = tcase_create("e2e");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, train_then_eval);
+  tcase_add_test(tc, determinism_steps_and_resume);
+  tcase_add_test(tc, other_formats);
+  tcase_add_test(tc, binary_model);
+  tcase_add_test(tc, command_line_errors);
+  suite_add_tcase(s, tc);
+  SRunner *r = srunner_create(s);
+  srunner_run_all(r, CK_NORMAL);
+  int failed = srunner_ntests_failed(r);
+  srunner_free(r);
+  return failed ? 1 : 0;
+}
