@@ -44,10 +44,10 @@ START_TEST(cifar10_fields) {
   ck_assert(!m->drop_last);
   ck_assert_int_eq(m->seed, 0);
   ck_assert_int_eq(m->log_every, 100);
-  ck_assert_str_eq(m->data.format, "cifar10");
+  ck_assert_str_eq(m->data.format, "imagefolder");
   // Relative data paths are relative to the YAML file's directory.
-  ck_assert_str_eq(m->data.train, XENTCC_SOURCE_DIR "/models/../data/cifar-10-batches-bin");
-  ck_assert_str_eq(m->data.test, XENTCC_SOURCE_DIR "/models/../data/cifar-10-batches-bin");
+  ck_assert_str_eq(m->data.train, XENTCC_SOURCE_DIR "/models/../build/data/cifar10/train");
+  ck_assert_str_eq(m->data.test, XENTCC_SOURCE_DIR "/models/../build/data/cifar10/test");
   for (int c = 0; c < 3; c++) {
     ck_assert_double_eq(m->data.mean[c], 0.5);
     ck_assert_double_eq(m->data.std[c], 0.5);
