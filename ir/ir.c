@@ -192,14 +192,16 @@ void node_set_ints(Node *n, const char *attr, const int64_t *v, int count) {
   Attr *a = slot(n, attr, 'I');
   a->n = count;
   a->ints = xcalloc(count, sizeof *a->ints);
-  memcpy(a->ints, v, sizeof *v * count);
+  if (count)
+    memcpy(a->ints, v, sizeof *v * count);
 }
 
 void node_set_floats(Node *n, const char *attr, const double *v, int count) {
   Attr *a = slot(n, attr, 'F');
   a->n = count;
   a->floats = xcalloc(count, sizeof *a->floats);
-  memcpy(a->floats, v, sizeof *v * count);
+  if (count)
+    memcpy(a->floats, v, sizeof *v * count);
 }
 
 const Attr *node_attr(const Node *n, const char *attr) {
@@ -267,7 +269,8 @@ Attr attr_str(const char *s) { return (Attr){.kind = 's', .s = xstrdup(s)}; }
 
 Attr attr_floats(const double *v, int n) {
   Attr a = {.kind = 'F', .n = n, .floats = xcalloc(n, sizeof(double))};
-  memcpy(a.floats, v, sizeof *v * n);
+  if (n)
+    memcpy(a.floats, v, sizeof *v * n);
   return a;
 }
 
