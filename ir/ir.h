@@ -278,5 +278,10 @@ typedef struct {
 // train: the optimized training-step graph; eval: the forward graph.
 // Either may be NULL to build only the other executable.
 void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt);
+// For tests: compiles g alone into an object defining `void FN(void **slots)`,
+// where slots[i] points at node i's value (sources read, every other node
+// written; an assign writes its value into its own slot).
+void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
+                             const CodegenOptions *opt);
 
 #endif

@@ -1,0 +1,508 @@
+// Code generation driver: builds one LLVM module per executable (the step
+// functions from lowered graphs, the `xc_model` description and `main`),
+// optimizes it for the host or -mcpu, writes .ll/.s/.o, and links objects
+// with the runtime library into NAME-train and NAME-eval.
+#include "emit.h"
+
+#include <libgen.h>
+#include <limits.h>
+#include <llvm-c/Analysis.h>
+#include <llvm-c/Target.h>
+#include <llvm-c/TargetMachine.h>
+#include <llvm-c/Transforms/PassBuilder.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static Cg *cg_new(const char *name) {
+  Cg *c = xcalloc(1, sizeof *c);
+  c->ctx = LLVMContextCreate();
+  c->mod = LLVMModuleCreateWithNameInContext(name, c->ctx);
+  c->b = LLVMCreateBuilderInContext(c->ctx);
+  c->f32 = LLVMFloatTypeInContext(c->ctx);
+  c->f64 = LLVMDoubleTypeInContext(c->ctx);
+  c->i64 = LLVMInt64TypeInContext(c->ctx);
+  c->i32 = LLVMInt32TypeInContext(c->ctx);
+  c->i8 = LLVMInt8TypeInContext(c->ctx);
+  c->ptr = LLVMPointerTypeInContext(c->ctx, 0);
+  c->voidt = LLVMVoidTypeInContext(c->ctx);
+  return c;
+}
+
+static LLVMValueRef CI(Cg *c, int64_t v) { return LLVMConstInt(c->i64, (uint64_t)v, true); }
+static LLVMValueRef CI32(Cg *c, int64_t v) { return LLVMConstInt(c->i32, (uint64_t)v, true); }
+
+static LLVMValueRef cstring(Cg *c, const char *s) {
+  LLVMValueRef init = LLVMConstStringInContext(c->ctx, s, strlen(s), false);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), ".str");
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  LLVMSetUnnamedAddress(g, LLVMGlobalUnnamedAddr);
+  return g;
+}
+
+static void begin_function(Cg *c, LLVMValueRef fn) {
+  c->fn = fn;
+  c->entry = LLVMAppendBasicBlockInContext(c->ctx, fn, "entry");
+  LLVMPositionBuilderAtEnd(c->b, c->entry);
+}
+
+static LLVMValueRef parallel_for_decl(Cg *c, LLVMTypeRef *ty) {
+  LLVMTypeRef params[3] = {c->i64, c->ptr, c->ptr};
+  *ty = LLVMFunctionType(c->voidt, params, 3, false);
+  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "xc_parallel_for");
+  return f ? f : LLVMAddFunction(c->mod, "xc_parallel_for", *ty);
+}
+
+// `void NAME.kI(void **ctx, i64 lo, i64 hi)`: ctx[0] is the output, then the operands.
+static LLVMValueRef emit_kernel_function(Cg *c, const LoopFunc *f, int ki) {
+  Node *n = f->k[ki].node;
+  LLVMTypeRef params[3] = {c->ptr, c->i64, c->i64};
+  LLVMTypeRef ft = LLVMFunctionType(c->voidt, params, 3, false);
+  char *name = xformat("%s.%s.%d", f->name, op_info(n->op)->name, ki);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, ft);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  begin_function(c, fn);
+  LLVMValueRef ctx = LLVMGetParam(fn, 0);
+  LLVMValueRef in[8], out = NULL;
+  for (int i = 0; i <= n->nin; i++) {
+    LLVMValueRef idx = CI(c, i);
+    LLVMValueRef p = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""), "");
+    // Distinct buffers never overlap: noalias lets LLVM vectorize freely.
+    if (i == 0)
+      out = p;
+    else
+      in[i - 1] = p;
+  }
+  emit_kernel_body(c, n, out, in, LLVMGetParam(fn, 1), LLVMGetParam(fn, 2));
+  LLVMBuildRetVoid(c->b);
+  return fn;
+}
+
+static LLVMValueRef const_global(Cg *c, Node *n) {
+  const Attr *v = node_attr(n, "value");
+  int64_t count = type_numel(&n->type);
+  LLVMValueRef *vals = xcalloc(count ? count : 1, sizeof *vals);
+  for (int64_t i = 0; i < count; i++)
+    vals[i] = LLVMConstReal(c->f32, (float)v->floats[v->n == 1 ? 0 : i]);
+  LLVMValueRef init = LLVMConstArray(c->f32, vals, count);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), n->name ? n->name : "const");
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  LLVMSetAlignment(g, 64);
+  return g;
+}
+
+// The step function: buffer addresses first, then one call per kernel.
+static void emit_function(Cg *c, const LoopFunc *f) {
+  Graph *g = f->g;
+  LLVMValueRef *kfn = xcalloc(f->nk + 1, sizeof *kfn);
+  for (int i = 0; i < f->nk; i++)
+    kfn[i] = emit_kernel_function(c, f, i);
+
+  LLVMTypeRef ft;
+  if (f->kind == FN_TRAIN_STEP) {
+    LLVMTypeRef p[8] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i32, c->i32, c->f32, c->ptr};
+    ft = LLVMFunctionType(c->f32, p, 8, false);
+  } else if (f->kind == FN_FORWARD) {
+    LLVMTypeRef p[5] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
+    ft = LLVMFunctionType(c->voidt, p, 5, false);
+  } else {
+    LLVMTypeRef p[1] = {c->ptr};
+    ft = LLVMFunctionType(c->voidt, p, 1, false);
+  }
+  LLVMValueRef fn = LLVMAddFunction(c->mod, f->name, ft);
+  begin_function(c, fn);
+  bool train = f->kind == FN_TRAIN_STEP;
+  LLVMValueRef params = LLVMGetParam(fn, 0), state = LLVMGetParam(fn, 1);
+  LLVMValueRef images = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, 2);
+  LLVMValueRef ws = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, train ? 7 : 4);
+
+  LLVMValueRef *buf = xcalloc(g->nnodes, sizeof *buf);
+  for (int i = 0; i < g->nnodes; i++) {
+    const Buffer *b = &f->buf[i];
+    Node *n = g->node[i];
+    LLVMValueRef off = CI(c, b->offset);
+    switch (b->kind) {
+    case BUF_PARAM:
+      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, params, &off, 1, "");
+      break;
+    case BUF_STATE:
+      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, state, &off, 1, "");
+      break;
+    case BUF_WORKSPACE:
+      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->i8, ws, &off, 1, "");
+      break;
+    case BUF_ARG:
+      if (!strcmp(b->arg, "image"))
+        buf[i] = images;
+      else if (train)
+        buf[i] = LLVMGetParam(fn, 3);
+      else
+        error_at(n->loc, "the evaluation graph takes only %image", "the forward pass cannot read %%%s",
+                 b->arg);
+      break;
+    case BUF_SCALAR: {
+      if (!train)
+        error_at(n->loc, "the evaluation graph takes only %image", "the forward pass cannot read %%%s",
+                 b->arg);
+      int pi = !strcmp(b->arg, "step") ? 4 : !strcmp(b->arg, "epoch") ? 5 : 6;
+      LLVMValueRef v = LLVMGetParam(fn, pi);
+      buf[i] = LLVMBuildAlloca(c->b, LLVMTypeOf(v), b->arg);
+      LLVMBuildStore(c->b, v, buf[i]);
+      break;
+    }
+    case BUF_CONST:
+      buf[i] = const_global(c, n);
+      break;
+    case BUF_SLOT: {
+      LLVMValueRef idx = CI(c, b->slot);
+      buf[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, params, &idx, 1, ""), "");
+      break;
+    }
+    }
+  }
+  // Reshapes and in-place assigns share their operand's buffer.
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->node[i]->op == OP_reshape && f->kind != FN_SLOTS)
+      buf[i] = buf[g->node[i]->in[0]->id];
+
+  LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, CI32(c, 8), "ctx");
+  LLVMTypeRef pft;
+  LLVMValueRef pfor = parallel_for_decl(c, &pft);
+  LLVMTypeRef kp[3] = {c->ptr, c->i64, c->i64};
+  LLVMTypeRef kft = LLVMFunctionType(c->voidt, kp, 3, false);
+  for (int i = 0; i < f->nk; i++) {
+    const Kernel *k = &f->k[i];
+    Node *n = k->node;
+    for (int j = 0; j <= n->nin; j++) {
+      LLVMValueRef idx = CI(c, j);
+      LLVMValueRef v = j == 0 ? buf[n->id] : buf[n->in[j - 1]->id];
+      LLVMBuildStore(c->b, v, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
+    }
+    if (k->parallel) {
+      LLVMValueRef args[3] = {CI(c, k->trip), kfn[i], ctx};
+      LLVMBuildCall2(c->b, pft, pfor, args, 3, "");
+    } else {
+      LLVMValueRef args[3] = {ctx, CI(c, 0), CI(c, k->trip)};
+      LLVMBuildCall2(c->b, kft, kfn[i], args, 3, "");
+    }
+  }
+  if (f->kind == FN_TRAIN_STEP) {
+    LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, buf[g->ret[0]->id], "loss"));
+  } else if (f->kind == FN_FORWARD) {
+    int64_t bytes = type_numel(&g->ret[0]->type) * 4;
+    LLVMBuildMemCpy(c->b, LLVMGetParam(fn, 3), 4, buf[g->ret[0]->id], 4, CI(c, bytes));
+    LLVMBuildRetVoid(c->b);
+  } else {
+    LLVMBuildRetVoid(c->b);
+  }
+}
+
+// --- xc_model ------------------------------------------------------------------
+
+static int init_kind(Node *n) {
+  const char *s = node_str(n, "init");
+  if (!strcmp(s, "ones"))
+    return 1;
+  if (!strcmp(s, "kaiming_uniform"))
+    return 2;
+  if (!strcmp(s, "bias_uniform"))
+    return 3;
+  return 0;
+}
+
+static LLVMValueRef tensor_table(Cg *c, const BlockEntry *e, int count, LLVMTypeRef ti) {
+  LLVMValueRef *rows = xcalloc(count + 1, sizeof *rows);
+  for (int i = 0; i < count; i++) {
+    Node *n = e[i].node;
+    LLVMValueRef dims[4];
+    for (int d = 0; d < 4; d++)
+      dims[d] = CI(c, d < n->type.rank ? n->type.dim[d] : 0);
+    LLVMValueRef f[6] = {cstring(c, n->name),
+                         CI32(c, n->type.rank),
+                         LLVMConstArray(c->i64, dims, 4),
+                         CI(c, e[i].offset),
+                         CI32(c, init_kind(n)),
+                         CI(c, n->op == OP_param ? node_int(n, "fan_in") : 0)};
+    rows[i] = LLVMConstNamedStruct(ti, f, 6);
+  }
+  LLVMValueRef init = LLVMConstArray(ti, rows, count);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_tensors");
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  return g;
+}
+
+// The frontend resolves data paths against the YAML file's directory; the
+// executables run from anywhere, so make them absolute and drop "." and "..".
+static const char *absolute(const char *path) {
+  if (!path || !*path)
+    return "";
+  char cwd[PATH_MAX];
+  char *joined = path[0] == '/' || !getcwd(cwd, sizeof cwd) ? xstrdup(path)
+                                                            : xformat("%s/%s", cwd, path);
+  char *out = xcalloc(strlen(joined) + 2, 1);
+  size_t len = 0;
+  for (char *tok = strtok(joined, "/"); tok; tok = strtok(NULL, "/")) {
+    if (!strcmp(tok, "."))
+      continue;
+    if (!strcmp(tok, "..")) {
+      while (len > 0 && out[len - 1] != '/')
+        len--;
+      if (len > 0)
+        len--;
+      out[len] = '\0';
+      continue;
+    }
+    len += sprintf(out + len, "/%s", tok);
+  }
+  return len ? out : "/";
+}
+
+static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int outputs,
+                       bool float_labels) {
+  LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
+  LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
+  LLVMStructSetBody(ti, ti_fields, 6, false);
+  LLVMTypeRef f4 = LLVMArrayType(c->f32, 4);
+  // Field for field the C layout of XcModel in runtime/xentcc_rt.h.
+  LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
+                      c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->i32,
+                      c->i32, c->i32, c->i32, c->f32, c->ptr, c->ptr, c->ptr, c->f32, f4,
+                      f4,     c->i32, c->i32};
+  int nmf = sizeof mf / sizeof *mf;
+  LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
+  LLVMStructSetBody(mt, mf, nmf, false);
+
+  LLVMValueRef *names = xcalloc(m->nclasses + 1, sizeof *names);
+  for (int i = 0; i < m->nclasses; i++)
+    names[i] = cstring(c, m->classes[i]);
+  LLVMValueRef cn_init = LLVMConstArray(c->ptr, names, m->nclasses);
+  LLVMValueRef cn = LLVMAddGlobal(c->mod, LLVMTypeOf(cn_init), "xc_class_names");
+  LLVMSetInitializer(cn, cn_init);
+  LLVMSetGlobalConstant(cn, true);
+  LLVMSetLinkage(cn, LLVMPrivateLinkage);
+
+  LLVMValueRef mean[4], std[4];
+  for (int i = 0; i < 4; i++) {
+    mean[i] = LLVMConstReal(c->f32, m->data.mean[i]);
+    std[i] = LLVMConstReal(c->f32, m->data.std[i]);
+  }
+  double lr = graph_float(m->graph, "lr", 0.001);
+  LLVMValueRef v[] = {
+      cstring(c, m->name), CI32(c, m->batch_size), CI32(c, m->channels), CI32(c, m->height),
+      CI32(c, m->width), CI32(c, m->nclasses), cn, CI32(c, outputs),
+      CI32(c, float_labels ? 1 : 0), CI32(c, b->nparams),
+      tensor_table(c, b->params, b->nparams, ti), CI(c, b->param_floats), CI32(c, b->nstates),
+      tensor_table(c, b->states, b->nstates, ti), CI(c, b->state_floats), CI(c, workspace),
+      CI32(c, m->epochs), CI32(c, m->seed), CI32(c, m->shuffle), CI32(c, m->drop_last),
+      CI32(c, m->log_every), LLVMConstReal(c->f32, lr),
+      cstring(c, m->data.format ? m->data.format : ""),
+      cstring(c, absolute(m->data.train)), cstring(c, absolute(m->data.test)),
+      LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),
+      LLVMConstArray(c->f32, std, 4), CI32(c, m->data.random_crop_padding),
+      CI32(c, m->data.random_flip)};
+  LLVMValueRef g = LLVMAddGlobal(c->mod, mt, "xc_model");
+  LLVMSetInitializer(g, LLVMConstNamedStruct(mt, v, nmf));
+  LLVMSetGlobalConstant(g, true);
+}
+
+// int main(int argc, char **argv) { return MAIN(argc, argv); }
+static void emit_main(Cg *c, const char *callee) {
+  LLVMTypeRef p[2] = {c->i32, c->ptr};
+  LLVMTypeRef ft = LLVMFunctionType(c->i32, p, 2, false);
+  LLVMValueRef target = LLVMAddFunction(c->mod, callee, ft);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, "main", ft);
+  begin_function(c, fn);
+  LLVMValueRef args[2] = {LLVMGetParam(fn, 0), LLVMGetParam(fn, 1)};
+  LLVMBuildRet(c->b, LLVMBuildCall2(c->b, ft, target, args, 2, ""));
+}
+
+// --- Target, optimization, files --------------------------------------------------
+
+static LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
+  static bool inited;
+  if (!inited) {
+    LLVMInitializeNativeTarget();
+    LLVMInitializeNativeAsmPrinter();
+    inited = true;
+  }
+  char *triple = LLVMGetDefaultTargetTriple();
+  LLVMTargetRef t;
+  char *err = NULL;
+  if (LLVMGetTargetFromTriple(triple, &t, &err))
+    fatal("no LLVM target for %s: %s", triple, err);
+  const char *cpu = opt->cpu ? opt->cpu : "native";
+  char *features = "";
+  if (!strcmp(cpu, "native")) {
+    cpu = LLVMGetHostCPUName();
+    features = LLVMGetHostCPUFeatures();
+  }
+  LLVMCodeGenOptLevel lvl = opt->opt_level <= 0   ? LLVMCodeGenLevelNone
+                            : opt->opt_level == 1 ? LLVMCodeGenLevelLess
+                            : opt->opt_level == 2 ? LLVMCodeGenLevelDefault
+                                                  : LLVMCodeGenLevelAggressive;
+  return LLVMCreateTargetMachine(t, triple, cpu, features, lvl, LLVMRelocPIC,
+                                 LLVMCodeModelDefault);
+}
+
+static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  LLVMSetTarget(c->mod, triple);
+  LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+  char *layout = LLVMCopyStringRepOfTargetData(td);
+  LLVMSetDataLayout(c->mod, layout);
+  char *err = NULL;
+  if (LLVMVerifyModule(c->mod, LLVMReturnStatusAction, &err)) {
+    fprintf(stderr, "%s\n", err);
+    internal_error(__FILE__, __LINE__, "generated LLVM IR does not verify");
+  }
+  LLVMDisposeMessage(err);
+  LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+  char passes[32];
+  snprintf(passes, sizeof passes, "default<O%d>", opt->opt_level < 0 ? 0 : opt->opt_level > 3 ? 3 : opt->opt_level);
+  LLVMErrorRef e = LLVMRunPasses(c->mod, passes, tm, po);
+  if (e) {
+    char *msg = LLVMGetErrorMessage(e);
+    fatal("LLVM optimization failed: %s", msg);
+  }
+  LLVMDisposePassBuilderOptions(po);
+}
+
+static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const char *path) {
+  char *err = NULL;
+  bool failed;
+  if (!strcmp(kind, "llvm"))
+    failed = LLVMPrintModuleToFile(c->mod, path, &err);
+  else
+    failed = LLVMTargetMachineEmitToFile(tm, c->mod, (char *)path,
+                                         !strcmp(kind, "asm") ? LLVMAssemblyFile : LLVMObjectFile,
+                                         &err);
+  if (failed)
+    fatal("cannot write %s: %s (check that the directory exists and is writable)", path,
+          err ? err : "unknown error");
+}
+
+static const char *runtime_dir(void) {
+  struct stat st;
+  if (stat(XENTCC_RUNTIME_DIR "/libxentcc_rt.a", &st) == 0)
+    return XENTCC_RUNTIME_DIR;
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    return xformat("%s/../lib", dirname(self));
+  }
+  return XENTCC_RUNTIME_DIR;
+}
+
+static void link_executable(const char *obj, const char *out) {
+  const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
+  struct stat st;
+  if (stat(lib, &st) != 0)
+    fatal("runtime library %s not found; build the xentcc_rt target first", lib);
+  char *cmd = xformat("cc '%s' '%s' -fopenmp -ljpeg -lpng -lz -lm -o '%s'", obj, lib, out);
+  if (system(cmd) != 0)
+    fatal("linking %s failed (command: %s)", out, cmd);
+}
+
+// --- Entry points --------------------------------------------------------------------
+
+typedef struct {
+  const char *suffix; // "train" or "eval"
+  LoopFunc *fns[2];
+  int nfns;
+  const char *main_fn;
+} Exe;
+
+void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
+  ir_assert(train || eval);
+  Blocks *blocks = plan_blocks(train ? train : eval);
+  LoopFunc *step = train ? lower_graph(train, FN_TRAIN_STEP, "xc_train_step", blocks) : NULL;
+  LoopFunc *fwd = eval ? lower_graph(eval, FN_FORWARD, "xc_forward", blocks) : NULL;
+  const char *pa = opt->print_after;
+  bool print_lower = pa && (!strcmp(pa, "lower") || !strcmp(pa, "all"));
+  bool emit_loops = opt->emit && !strcmp(opt->emit, "loops");
+  for (LoopFunc *f = step; f; f = NULL) {
+    if (print_lower)
+      fprintf(stderr, "// -----// IR Dump After lower (%s) //----- //\n", f->name), print_loops(stderr, f);
+    if (emit_loops)
+      print_loops(stdout, f);
+  }
+  for (LoopFunc *f = fwd; f; f = NULL) {
+    if (print_lower)
+      fprintf(stderr, "// -----// IR Dump After lower (%s) //----- //\n", f->name), print_loops(stderr, f);
+    if (emit_loops)
+      print_loops(stdout, f);
+  }
+  if (emit_loops)
+    return;
+
+  int64_t ws = 0;
+  if (step && step->workspace_bytes > ws)
+    ws = step->workspace_bytes;
+  if (fwd && fwd->workspace_bytes > ws)
+    ws = fwd->workspace_bytes;
+  Graph *any = eval ? eval : train;
+  Node *logits = eval ? eval->ret[0] : train->nret > 1 ? train->ret[1] : NULL;
+  int outputs = logits && logits->type.rank ? (int)logits->type.dim[logits->type.rank - 1] : m->nclasses;
+  Node *label = train ? graph_find(train, "label") : NULL;
+  bool float_labels = label ? label->type.dtype == DT_F32 : outputs == 1;
+  (void)any;
+
+  Exe exes[2];
+  int nexes = 0;
+  if (train) {
+    exes[nexes] = (Exe){"train", {step, fwd}, fwd ? 2 : 1, "xc_train_main"};
+    nexes++;
+  }
+  if (eval)
+    exes[nexes++] = (Exe){"eval", {fwd}, 1, "xc_eval_main"};
+
+  LLVMTargetMachineRef tm = target_machine(opt);
+  char *tmpdir = NULL;
+  if (!opt->emit) {
+    tmpdir = xstrdup("/tmp/xentcc-XXXXXX");
+    if (!mkdtemp(tmpdir))
+      fatal("cannot create a temporary directory in /tmp");
+  }
+  for (int e = 0; e < nexes; e++) {
+    Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
+    for (int i = 0; i < exes[e].nfns; i++)
+      emit_function(c, exes[e].fns[i]);
+    emit_model(c, m, blocks, ws, outputs, float_labels);
+    emit_main(c, exes[e].main_fn);
+    finish_module(c, tm, opt);
+    if (opt->emit) {
+      const char *ext = !strcmp(opt->emit, "llvm") ? "ll" : !strcmp(opt->emit, "asm") ? "s" : "o";
+      write_module(c, tm, opt->emit, xformat("%s-%s.%s", opt->output, exes[e].suffix, ext));
+    } else {
+      char *obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
+      write_module(c, tm, "obj", obj);
+      link_executable(obj, xformat("%s-%s", opt->output, exes[e].suffix));
+      unlink(obj);
+    }
+    LLVMDisposeBuilder(c->b);
+    LLVMDisposeModule(c->mod);
+    LLVMContextDispose(c->ctx);
+  }
+  if (tmpdir)
+    rmdir(tmpdir);
+}
+
+void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
+                             const CodegenOptions *opt) {
+  LoopFunc *f = lower_graph(g, FN_SLOTS, fn, NULL);
+  if (opt->print_after)
+    print_loops(stderr, f);
+  Cg *c = cg_new(fn);
+  emit_function(c, f);
+  LLVMTargetMachineRef tm = target_machine(opt);
+  finish_module(c, tm, opt);
+  write_module(c, tm, "obj", obj_path);
+}

@@ -1,0 +1,986 @@
+// LLVM IR for the kernels of loops.h, through the LLVM C API. Each kernel is
+// its own function `void kN(void **ctx, i64 lo, i64 hi)` over the outer loop
+// [lo, hi); heavy kernels are run through the runtime's xc_parallel_for, the
+// rest called once over the whole range. Float arithmetic only, sums in a
+// fixed order, so results depend on the thread count and nothing else.
+#include "emit.h"
+
+#include "dropout_hash.h"
+
+#include <llvm-c/Analysis.h>
+#include <llvm-c/Core.h>
+#include <math.h>
+#include <string.h>
+
+// --- Small builders ------------------------------------------------------------
+
+static LLVMValueRef CI(Cg *c, int64_t v) { return LLVMConstInt(c->i64, (uint64_t)v, true); }
+static LLVMValueRef CF(Cg *c, double v) { return LLVMConstReal(c->f32, v); }
+static LLVMValueRef CD(Cg *c, double v) { return LLVMConstReal(c->f64, v); }
+static LLVMValueRef ADD(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(c->b, a, b, ""); }
+static LLVMValueRef SUB(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWSub(c->b, a, b, ""); }
+static LLVMValueRef MUL(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWMul(c->b, a, b, ""); }
+static LLVMValueRef MULI(Cg *c, LLVMValueRef a, int64_t k) { return MUL(c, a, CI(c, k)); }
+static LLVMValueRef ADDI(Cg *c, LLVMValueRef a, int64_t k) { return ADD(c, a, CI(c, k)); }
+static LLVMValueRef DIVI(Cg *c, LLVMValueRef a, int64_t k) { return LLVMBuildSDiv(c->b, a, CI(c, k), ""); }
+static LLVMValueRef REMI(Cg *c, LLVMValueRef a, int64_t k) { return LLVMBuildSRem(c->b, a, CI(c, k), ""); }
+static LLVMValueRef FADD(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFAdd(c->b, a, b, ""); }
+static LLVMValueRef FSUB(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(c->b, a, b, ""); }
+static LLVMValueRef FMUL(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFMul(c->b, a, b, ""); }
+static LLVMValueRef FDIV(Cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFDiv(c->b, a, b, ""); }
+static LLVMValueRef FNEG(Cg *c, LLVMValueRef a) { return LLVMBuildFNeg(c->b, a, ""); }
+static LLVMValueRef SEL(Cg *c, LLVMValueRef k, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(c->b, k, a, b, "");
+}
+static LLVMValueRef SMAX(Cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return SEL(c, LLVMBuildICmp(c->b, LLVMIntSGT, a, b, ""), a, b);
+}
+static LLVMValueRef SMIN(Cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return SEL(c, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b);
+}
+static LLVMValueRef FGT(Cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFCmp(c->b, LLVMRealOGT, a, b, "");
+}
+
+static LLVMValueRef intrinsic(Cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *args, int n) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  ir_assert(id != 0);
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+  LLVMTypeRef ft = LLVMIntrinsicGetType(c->ctx, id, &t, 1);
+  return LLVMBuildCall2(c->b, ft, fn, args, n, "");
+}
+static LLVMValueRef F1(Cg *c, const char *name, LLVMValueRef x) {
+  return intrinsic(c, name, LLVMTypeOf(x), &x, 1);
+}
+static LLVMValueRef F2(Cg *c, const char *name, LLVMValueRef x, LLVMValueRef y) {
+  LLVMValueRef a[2] = {x, y};
+  return intrinsic(c, name, LLVMTypeOf(x), a, 2);
+}
+static LLVMValueRef EXP(Cg *c, LLVMValueRef x) { return F1(c, "llvm.exp", x); }
+static LLVMValueRef LOG(Cg *c, LLVMValueRef x) { return F1(c, "llvm.log", x); }
+static LLVMValueRef SQRT(Cg *c, LLVMValueRef x) { return F1(c, "llvm.sqrt", x); }
+static LLVMValueRef FMAX(Cg *c, LLVMValueRef x, LLVMValueRef y) { return F2(c, "llvm.maxnum", x, y); }
+
+static LLVMValueRef GEP(Cg *c, LLVMTypeRef t, LLVMValueRef p, LLVMValueRef i) {
+  return LLVMBuildInBoundsGEP2(c->b, t, p, &i, 1, "");
+}
+static LLVMValueRef LD(Cg *c, LLVMValueRef p, LLVMValueRef i) {
+  return LLVMBuildLoad2(c->b, c->f32, GEP(c, c->f32, p, i), "");
+}
+static void ST(Cg *c, LLVMValueRef p, LLVMValueRef i, LLVMValueRef v) {
+  LLVMBuildStore(c->b, v, GEP(c, c->f32, p, i));
+}
+static LLVMValueRef LDI(Cg *c, LLVMValueRef p, LLVMValueRef i) { // i32 element, as i64
+  LLVMValueRef v = LLVMBuildLoad2(c->b, c->i32, GEP(c, c->i32, p, i), "");
+  return LLVMBuildSExt(c->b, v, c->i64, "");
+}
+
+// A float variable on the stack; mem2reg turns it into registers.
+static LLVMValueRef VAR(Cg *c, LLVMValueRef init) {
+  LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
+  LLVMValueRef first = LLVMGetFirstInstruction(c->entry);
+  if (first)
+    LLVMPositionBuilderBefore(c->b, first);
+  else
+    LLVMPositionBuilderAtEnd(c->b, c->entry);
+  LLVMValueRef v = LLVMBuildAlloca(c->b, LLVMTypeOf(init), "");
+  LLVMPositionBuilderAtEnd(c->b, cur);
+  LLVMBuildStore(c->b, init, v);
+  return v;
+}
+static LLVMValueRef GET(Cg *c, LLVMValueRef var, LLVMTypeRef t) { return LLVMBuildLoad2(c->b, t, var, ""); }
+static LLVMValueRef GETF(Cg *c, LLVMValueRef var) { return GET(c, var, c->f32); }
+static void SET(Cg *c, LLVMValueRef var, LLVMValueRef v) { LLVMBuildStore(c->b, v, var); }
+static void ACC(Cg *c, LLVMValueRef var, LLVMValueRef v) { SET(c, var, FADD(c, GETF(c, var), v)); }
+
+// for (i = lo; i < hi; i++): loop_begin returns i, loop_end closes the loop.
+typedef struct {
+  LLVMValueRef phi;
+  LLVMBasicBlockRef head, exit;
+} Loop;
+
+static Loop loop_begin(Cg *c, LLVMValueRef lo, LLVMValueRef hi, LLVMValueRef *i) {
+  Loop l;
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
+  l.head = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "loop");
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "body");
+  l.exit = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "done");
+  LLVMBuildBr(c->b, l.head);
+  LLVMPositionBuilderAtEnd(c->b, l.head);
+  l.phi = LLVMBuildPhi(c->b, c->i64, "i");
+  LLVMAddIncoming(l.phi, &lo, &pre, 1);
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, l.phi, hi, ""), body, l.exit);
+  LLVMPositionBuilderAtEnd(c->b, body);
+  *i = l.phi;
+  return l;
+}
+
+static void loop_end(Cg *c, Loop *l) {
+  LLVMValueRef next = ADDI(c, l->phi, 1);
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+  LLVMBuildBr(c->b, l->head);
+  LLVMAddIncoming(l->phi, &next, &latch, 1);
+  LLVMPositionBuilderAtEnd(c->b, l->exit);
+}
+
+#define FOR(c, var, lo, hi)                                                                        \
+  for (LLVMValueRef var, *once_ = &var; once_; once_ = NULL)                                       \
+    for (Loop L_##var = loop_begin(c, lo, hi, &var); once_; loop_end(c, &L_##var), once_ = NULL)
+#define FORN(c, var, n) FOR(c, var, CI(c, 0), CI(c, n))
+
+// Output positions o in [0, out) whose input o*s - p + k falls inside [0, in).
+static void window_range(Cg *c, LLVMValueRef k, int64_t s, int64_t p, int64_t in, int64_t out,
+                         LLVMValueRef *lo, LLVMValueRef *hi) {
+  // lo = max(0, ceil((p - k) / s)); for p - k <= 0 the clamp makes truncation harmless.
+  LLVMValueRef a = SUB(c, CI(c, p + s - 1), k);
+  *lo = SMAX(c, CI(c, 0), DIVI(c, a, s));
+  // hi = min(out, floor((in - 1 + p - k) / s) + 1), 0 when the numerator is negative.
+  LLVMValueRef b = SUB(c, CI(c, in - 1 + p), k);
+  LLVMValueRef h = SEL(c, LLVMBuildICmp(c->b, LLVMIntSLT, b, CI(c, 0), ""), CI(c, 0),
+                       ADDI(c, DIVI(c, b, s), 1));
+  *hi = SMIN(c, CI(c, out), h);
+}
+
+static int64_t numel(const Node *n) { return type_numel(&n->type); }
+static const int64_t *ints(const Node *n, const char *a) { return node_attr(n, a)->ints; }
+
+// --- Kernels -------------------------------------------------------------------
+// Each emitter gets the output pointer O, the operand pointers X[], and for
+// parallel kernels the outer range [lo, hi).
+
+typedef struct {
+  Node *n;
+  LLVMValueRef O, X[6];
+  LLVMValueRef lo, hi;
+} K;
+
+// conv2d: y[n,o] = b[o] + sum over c, kh, kw of w[o,c,kh,kw] * shifted x[n,c];
+// accumulating whole output rows keeps the innermost loop contiguous.
+static void emit_conv2d(Cg *c, K *k) {
+  Node *n = k->n;
+  const Type *xt = &n->in[0]->type, *wt = &n->in[1]->type;
+  int64_t C = xt->dim[1], H = xt->dim[2], W = xt->dim[3];
+  int64_t O = wt->dim[0], KH = wt->dim[2], KW = wt->dim[3];
+  int64_t HO = n->type.dim[2], WO = n->type.dim[3];
+  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
+  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef b = DIVI(c, idx, O), o = REMI(c, idx, O);
+    LLVMValueRef y = GEP(c, c->f32, k->O, MULI(c, idx, HO * WO));
+    LLVMValueRef init = n->nin == 3 ? LD(c, k->X[2], o) : CF(c, 0);
+    FORN(c, i, HO * WO) ST(c, y, i, init);
+    FORN(c, ch, C) {
+      LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, C), ch), H * W));
+      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), KH * KW));
+      FORN(c, kh, KH) {
+        LLVMValueRef ohl, ohh;
+        window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
+        FORN(c, kw, KW) {
+          LLVMValueRef owl, owh;
+          window_range(c, kw, s1, p1, W, WO, &owl, &owh);
+          LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, KW), kw));
+          FOR(c, oh, ohl, ohh) {
+            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
+            LLVMValueRef yr = GEP(c, c->f32, y, MULI(c, oh, WO));
+            LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
+            FOR(c, ow, owl, owh) {
+              LLVMValueRef xv = LD(c, xr, MULI(c, ow, s1));
+              ST(c, yr, ow, FADD(c, LD(c, yr, ow), FMUL(c, wv, xv)));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dx[n,c] = sum over o, kh, kw of w[o,c,kh,kw] * dy[n,o] scattered back.
+static void emit_conv2d_grad_input(Cg *c, K *k) {
+  Node *n = k->n;
+  const Type *dt = &n->in[0]->type, *wt = &n->in[1]->type;
+  int64_t C = n->type.dim[1], H = n->type.dim[2], W = n->type.dim[3];
+  int64_t O = wt->dim[0], KH = wt->dim[2], KW = wt->dim[3];
+  int64_t HO = dt->dim[2], WO = dt->dim[3];
+  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
+  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef b = DIVI(c, idx, C), ch = REMI(c, idx, C);
+    LLVMValueRef dx = GEP(c, c->f32, k->O, MULI(c, idx, H * W));
+    FORN(c, i, H * W) ST(c, dx, i, CF(c, 0));
+    FORN(c, o, O) {
+      LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), HO * WO));
+      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), KH * KW));
+      FORN(c, kh, KH) {
+        LLVMValueRef ohl, ohh;
+        window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
+        FORN(c, kw, KW) {
+          LLVMValueRef owl, owh;
+          window_range(c, kw, s1, p1, W, WO, &owl, &owh);
+          LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, KW), kw));
+          FOR(c, oh, ohl, ohh) {
+            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
+            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
+            LLVMValueRef dxr = GEP(c, c->f32, dx, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
+            FOR(c, ow, owl, owh) {
+              LLVMValueRef j = MULI(c, ow, s1);
+              ST(c, dxr, j, FADD(c, LD(c, dxr, j), FMUL(c, wv, LD(c, dyr, ow))));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dw[o,c,kh,kw] = sum over n, oh, ow of dy[n,o,oh,ow] * x[n,c,ih,iw].
+static void emit_conv2d_grad_weight(Cg *c, K *k) {
+  Node *n = k->n;
+  const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
+  int64_t N = xt->dim[0], C = xt->dim[1], H = xt->dim[2], W = xt->dim[3];
+  int64_t O = dt->dim[1], KH = n->type.dim[2], KW = n->type.dim[3];
+  int64_t HO = dt->dim[2], WO = dt->dim[3];
+  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
+  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
+    LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, KH * KW));
+    FORN(c, kh, KH) {
+      LLVMValueRef ohl, ohh;
+      window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
+      FORN(c, kw, KW) {
+        LLVMValueRef owl, owh;
+        window_range(c, kw, s1, p1, W, WO, &owl, &owh);
+        LLVMValueRef acc = VAR(c, CF(c, 0));
+        FORN(c, b, N) {
+          LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), HO * WO));
+          LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), H * W));
+          FOR(c, oh, ohl, ohh) {
+            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
+            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
+            LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
+            FOR(c, ow, owl, owh) ACC(c, acc, FMUL(c, LD(c, dyr, ow), LD(c, xr, MULI(c, ow, s1))));
+          }
+        }
+        ST(c, dw, ADD(c, MULI(c, kh, KW), kw), GETF(c, acc));
+      }
+    }
+  }
+}
+
+// Pooling over one (n, c) plane per outer index. The window of output
+// (oh, ow) is clipped to the input; padding never wins a max and counts as
+// zero in the average (count_include_pad=True divides by the full kernel).
+typedef struct {
+  int64_t H, W, HO, WO, KH, KW, s0, s1, p0, p1;
+} Pool;
+
+static Pool pool_of(Node *n, const Type *x) {
+  Pool p = {x->dim[2], x->dim[3], 0, 0, ints(n, "kernel")[0], ints(n, "kernel")[1],
+            ints(n, "stride")[0], ints(n, "stride")[1], ints(n, "padding")[0],
+            ints(n, "padding")[1]};
+  p.HO = (p.H + 2 * p.p0 - p.KH) / p.s0 + 1;
+  p.WO = (p.W + 2 * p.p1 - p.KW) / p.s1 + 1;
+  return p;
+}
+
+// Calls visit(c, k, plane_x, plane_y, index_in_x, oh*WO+ow, state) for each
+// window element of each output, in row-major window order.
+static void pool_clip(Cg *c, const Pool *p, LLVMValueRef oh, LLVMValueRef ow, LLVMValueRef *khl,
+                      LLVMValueRef *khh, LLVMValueRef *kwl, LLVMValueRef *kwh) {
+  LLVMValueRef h0 = ADDI(c, MULI(c, oh, p->s0), -p->p0), w0 = ADDI(c, MULI(c, ow, p->s1), -p->p1);
+  *khl = SMAX(c, CI(c, 0), SUB(c, CI(c, 0), h0));
+  *khh = SMIN(c, CI(c, p->KH), SUB(c, CI(c, p->H), h0));
+  *kwl = SMAX(c, CI(c, 0), SUB(c, CI(c, 0), w0));
+  *kwh = SMIN(c, CI(c, p->KW), SUB(c, CI(c, p->W), w0));
+}
+
+static void emit_pool(Cg *c, K *k, bool is_max, bool grad) {
+  Node *n = k->n;
+  const Type *xt = grad ? &n->in[1]->type : &n->in[0]->type;
+  Pool p = pool_of(n, xt);
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef x = GEP(c, c->f32, grad ? k->X[1] : k->X[0], MULI(c, idx, p.H * p.W));
+    LLVMValueRef y = GEP(c, c->f32, grad ? k->X[0] : k->O, MULI(c, idx, p.HO * p.WO));
+    LLVMValueRef dx = grad ? GEP(c, c->f32, k->O, MULI(c, idx, p.H * p.W)) : NULL;
+    if (grad)
+      FORN(c, i, p.H * p.W) ST(c, dx, i, CF(c, 0));
+    FORN(c, oh, p.HO) FORN(c, ow, p.WO) {
+      LLVMValueRef khl, khh, kwl, kwh;
+      pool_clip(c, &p, oh, ow, &khl, &khh, &kwl, &kwh);
+      LLVMValueRef base =
+          ADD(c, MULI(c, ADDI(c, MULI(c, oh, p.s0), -p.p0), p.W), ADDI(c, MULI(c, ow, p.s1), -p.p1));
+      LLVMValueRef yi = ADD(c, MULI(c, oh, p.WO), ow);
+      if (is_max) {
+        // First maximum wins, as in PyTorch: replace only on a strict >.
+        LLVMValueRef best = VAR(c, CF(c, -INFINITY));
+        LLVMValueRef arg = VAR(c, CI(c, -1));
+        FOR(c, kh, khl, khh) FOR(c, kw, kwl, kwh) {
+          LLVMValueRef j = ADD(c, base, ADD(c, MULI(c, kh, p.W), kw));
+          LLVMValueRef v = LD(c, x, j);
+          LLVMValueRef bv = GETF(c, best);
+          LLVMValueRef a = GET(c, arg, c->i64);
+          // NaN propagates like PyTorch's max: a NaN is taken and kept.
+          LLVMValueRef take = LLVMBuildOr(
+              c->b, LLVMBuildFCmp(c->b, LLVMRealUGT, v, bv, ""),
+              LLVMBuildICmp(c->b, LLVMIntSLT, a, CI(c, 0), ""), "");
+          take = LLVMBuildAnd(c->b, take, LLVMBuildFCmp(c->b, LLVMRealORD, bv, bv, ""), "");
+          SET(c, best, SEL(c, take, v, bv));
+          SET(c, arg, SEL(c, take, j, a));
+        }
+        if (!grad) {
+          ST(c, y, yi, GETF(c, best));
+        } else {
+          LLVMValueRef j = GET(c, arg, c->i64);
+          ST(c, dx, j, FADD(c, LD(c, dx, j), LD(c, y, yi)));
+        }
+      } else {
+        float inv = 1.0f / (float)(p.KH * p.KW);
+        if (!grad) {
+          LLVMValueRef acc = VAR(c, CF(c, 0));
+          FOR(c, kh, khl, khh) FOR(c, kw, kwl, kwh)
+            ACC(c, acc, LD(c, x, ADD(c, base, ADD(c, MULI(c, kh, p.W), kw))));
+          ST(c, y, yi, FDIV(c, GETF(c, acc), CF(c, (double)(p.KH * p.KW))));
+        } else {
+          LLVMValueRef g = FDIV(c, LD(c, y, yi), CF(c, (double)(p.KH * p.KW)));
+          (void)inv;
+          FOR(c, kh, khl, khh) FOR(c, kw, kwl, kwh) {
+            LLVMValueRef j = ADD(c, base, ADD(c, MULI(c, kh, p.W), kw));
+            ST(c, dx, j, FADD(c, LD(c, dx, j), g));
+          }
+        }
+      }
+    }
+  }
+}
+
+// y[n,m] = b[m] + sum_k x[n,k] * w[m,k]
+static void emit_linear(Cg *c, K *k) {
+  Node *n = k->n;
+  int64_t K_ = n->in[0]->type.dim[1], M = n->type.dim[1];
+  FOR(c, row, k->lo, k->hi) FORN(c, m, M) {
+    LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, row, K_));
+    LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, m, K_));
+    LLVMValueRef acc = VAR(c, CF(c, 0));
+    FORN(c, i, K_) ACC(c, acc, FMUL(c, LD(c, x, i), LD(c, w, i)));
+    LLVMValueRef v = GETF(c, acc);
+    if (n->nin == 3)
+      v = FADD(c, v, LD(c, k->X[2], m));
+    ST(c, k->O, ADD(c, MULI(c, row, M), m), v);
+  }
+}
+
+// dx[n,:] = sum_m dy[n,m] * w[m,:]
+static void emit_linear_grad_input(Cg *c, K *k) {
+  Node *n = k->n;
+  int64_t M = n->in[0]->type.dim[1], K_ = n->type.dim[1];
+  FOR(c, row, k->lo, k->hi) {
+    LLVMValueRef dx = GEP(c, c->f32, k->O, MULI(c, row, K_));
+    FORN(c, i, K_) ST(c, dx, i, CF(c, 0));
+    FORN(c, m, M) {
+      LLVMValueRef g = LD(c, k->X[0], ADD(c, MULI(c, row, M), m));
+      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, m, K_));
+      FORN(c, i, K_) ST(c, dx, i, FADD(c, LD(c, dx, i), FMUL(c, g, LD(c, w, i))));
+    }
+  }
+}
+
+// dw[m,:] = sum_n dy[n,m] * x[n,:]; split over m so threads never share a row.
+static void emit_linear_grad_weight(Cg *c, K *k) {
+  Node *n = k->n;
+  int64_t N = n->in[0]->type.dim[0], M = n->in[0]->type.dim[1], K_ = n->type.dim[1];
+  FOR(c, m, k->lo, k->hi) {
+    LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, m, K_));
+    FORN(c, i, K_) ST(c, dw, i, CF(c, 0));
+    FORN(c, b, N) {
+      LLVMValueRef g = LD(c, k->X[0], ADD(c, MULI(c, b, M), m));
+      LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, b, K_));
+      FORN(c, i, K_) ST(c, dw, i, FADD(c, LD(c, dw, i), FMUL(c, g, LD(c, x, i))));
+    }
+  }
+}
+
+// Per-channel reductions over [N, C, S...]: visit(v) for every element of
+// channel ch in (n, s) order.
+static void channel_sum(Cg *c, LLVMValueRef x, LLVMValueRef y, const Type *t, LLVMValueRef ch,
+                        LLVMValueRef acc, LLVMValueRef mean, LLVMValueRef rstd, int mode) {
+  int64_t N = t->dim[0], C = t->dim[1], S = type_numel(t) / (N * C);
+  FORN(c, b, N) {
+    LLVMValueRef off = MULI(c, ADD(c, MULI(c, b, C), ch), S);
+    FORN(c, i, S) {
+      LLVMValueRef j = ADD(c, off, i);
+      LLVMValueRef v = LD(c, x, j);
+      switch (mode) {
+      case 0: // sum x
+        ACC(c, acc, v);
+        break;
+      case 1: { // sum (x - mean)^2
+        LLVMValueRef d = FSUB(c, v, mean);
+        ACC(c, acc, FMUL(c, d, d));
+        break;
+      }
+      case 2: // sum dy * xhat, dy in y
+        ACC(c, acc, FMUL(c, LD(c, y, j), FMUL(c, FSUB(c, v, mean), rstd)));
+        break;
+      }
+    }
+  }
+}
+
+static LLVMValueRef channel_mean(Cg *c, LLVMValueRef x, const Type *t, LLVMValueRef ch) {
+  int64_t M = type_numel(t) / t->dim[1];
+  LLVMValueRef acc = VAR(c, CF(c, 0));
+  channel_sum(c, x, NULL, t, ch, acc, NULL, NULL, 0);
+  return FDIV(c, GETF(c, acc), CF(c, (double)M));
+}
+
+static LLVMValueRef channel_var(Cg *c, LLVMValueRef x, const Type *t, LLVMValueRef ch,
+                                LLVMValueRef mean, bool unbiased) {
+  int64_t M = type_numel(t) / t->dim[1];
+  LLVMValueRef acc = VAR(c, CF(c, 0));
+  channel_sum(c, x, NULL, t, ch, acc, mean, NULL, 1);
+  return FDIV(c, GETF(c, acc), CF(c, (double)(unbiased ? M - 1 : M)));
+}
+
+// y = (x - mean) * rstd * gamma + beta over every element of channel ch.
+static void bn_apply(Cg *c, K *k, const Type *t, LLVMValueRef ch, LLVMValueRef mean,
+                     LLVMValueRef rstd) {
+  int64_t N = t->dim[0], C = t->dim[1], S = type_numel(t) / (N * C);
+  LLVMValueRef g = LD(c, k->X[1], ch), be = LD(c, k->X[2], ch);
+  FORN(c, b, N) {
+    LLVMValueRef off = MULI(c, ADD(c, MULI(c, b, C), ch), S);
+    FORN(c, i, S) {
+      LLVMValueRef j = ADD(c, off, i);
+      ST(c, k->O, j, FADD(c, FMUL(c, FMUL(c, FSUB(c, LD(c, k->X[0], j), mean), rstd), g), be));
+    }
+  }
+}
+
+static void emit_batchnorm(Cg *c, K *k) {
+  Node *n = k->n;
+  const Type *t = &n->in[0]->type;
+  bool has_eps = op_attr_index(n->op, "eps") >= 0;
+  float eps = has_eps ? (float)node_float(n, "eps") : 0.0f;
+  int64_t N = t->dim[0], C = t->dim[1], S = type_numel(t) / (N * C), M = N * S;
+  FORN(c, ch, C) {
+    LLVMValueRef mean, var;
+    switch (n->op) {
+    case OP_batchnorm2d:
+      mean = channel_mean(c, k->X[0], t, ch);
+      var = channel_var(c, k->X[0], t, ch, mean, false);
+      bn_apply(c, k, t, ch, mean, FDIV(c, CF(c, 1), SQRT(c, FADD(c, var, CF(c, eps)))));
+      break;
+    case OP_batchnorm2d_infer:
+      mean = LD(c, k->X[3], ch);
+      var = LD(c, k->X[4], ch);
+      bn_apply(c, k, t, ch, mean, FDIV(c, CF(c, 1), SQRT(c, FADD(c, var, CF(c, eps)))));
+      break;
+    case OP_channel_mean:
+      ST(c, k->O, ch, channel_mean(c, k->X[0], t, ch));
+      break;
+    case OP_channel_var:
+      mean = channel_mean(c, k->X[0], t, ch);
+      ST(c, k->O, ch, channel_var(c, k->X[0], t, ch, mean, node_int(n, "unbiased") != 0));
+      break;
+    case OP_bias_grad: {
+      LLVMValueRef acc = VAR(c, CF(c, 0));
+      channel_sum(c, k->X[0], NULL, t, ch, acc, NULL, NULL, 0);
+      ST(c, k->O, ch, GETF(c, acc));
+      break;
+    }
+    case OP_batchnorm2d_grad_gamma:
+    case OP_batchnorm2d_grad_input: {
+      // (dy, x[, gamma]): xhat = (x - mean) * rstd with batch statistics;
+      // dx = gamma * rstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
+      const Type *xt = &n->in[1]->type;
+      mean = channel_mean(c, k->X[1], xt, ch);
+      var = channel_var(c, k->X[1], xt, ch, mean, false);
+      LLVMValueRef rstd = FDIV(c, CF(c, 1), SQRT(c, FADD(c, var, CF(c, eps))));
+      LLVMValueRef sdx = VAR(c, CF(c, 0));
+      channel_sum(c, k->X[1], k->X[0], xt, ch, sdx, mean, rstd, 2);
+      if (n->op == OP_batchnorm2d_grad_gamma) {
+        ST(c, k->O, ch, GETF(c, sdx));
+        break;
+      }
+      LLVMValueRef sd = VAR(c, CF(c, 0));
+      channel_sum(c, k->X[0], NULL, xt, ch, sd, NULL, NULL, 0);
+      LLVMValueRef sdy = GETF(c, sd), sdyx = GETF(c, sdx);
+      LLVMValueRef scale = FDIV(c, FMUL(c, LD(c, k->X[2], ch), rstd), CF(c, (double)M));
+      FORN(c, b, N) {
+        LLVMValueRef off = MULI(c, ADD(c, MULI(c, b, C), ch), S);
+        FORN(c, i, S) {
+          LLVMValueRef j = ADD(c, off, i);
+          LLVMValueRef xhat = FMUL(c, FSUB(c, LD(c, k->X[1], j), mean), rstd);
+          LLVMValueRef v = FSUB(c, FSUB(c, FMUL(c, CF(c, (double)M), LD(c, k->X[0], j)), sdy),
+                                FMUL(c, xhat, sdyx));
+          ST(c, k->O, j, FMUL(c, scale, v));
+        }
+      }
+      break;
+    }
+    default:
+      unreachable();
+    }
+  }
+}
+
+// Row-wise softmax family over [N, C].
+static void emit_rowwise(Cg *c, K *k) {
+  Node *n = k->n;
+  int64_t N = n->type.dim[0], C = n->type.dim[1];
+  FORN(c, row, N) {
+    LLVMValueRef off = MULI(c, row, C);
+    LLVMValueRef x = GEP(c, c->f32, k->X[0], off), y = GEP(c, c->f32, k->O, off);
+    if (n->op == OP_softmax || n->op == OP_log_softmax) {
+      LLVMValueRef mx = VAR(c, CF(c, -INFINITY));
+      FORN(c, i, C) SET(c, mx, FMAX(c, GETF(c, mx), LD(c, x, i)));
+      LLVMValueRef m = GETF(c, mx);
+      LLVMValueRef sum = VAR(c, CF(c, 0));
+      FORN(c, i, C) ACC(c, sum, EXP(c, FSUB(c, LD(c, x, i), m)));
+      LLVMValueRef s = GETF(c, sum);
+      if (n->op == OP_softmax) {
+        FORN(c, i, C) ST(c, y, i, FDIV(c, EXP(c, FSUB(c, LD(c, x, i), m)), s));
+      } else {
+        LLVMValueRef ls = LOG(c, s);
+        FORN(c, i, C) ST(c, y, i, FSUB(c, FSUB(c, LD(c, x, i), m), ls));
+      }
+    } else {
+      LLVMValueRef yv = GEP(c, c->f32, k->X[1], off); // (dy, y)
+      LLVMValueRef sum = VAR(c, CF(c, 0));
+      if (n->op == OP_softmax_grad) {
+        FORN(c, i, C) ACC(c, sum, FMUL(c, LD(c, x, i), LD(c, yv, i)));
+        LLVMValueRef s = GETF(c, sum);
+        FORN(c, i, C) ST(c, y, i, FMUL(c, LD(c, yv, i), FSUB(c, LD(c, x, i), s)));
+      } else {
+        FORN(c, i, C) ACC(c, sum, LD(c, x, i));
+        LLVMValueRef s = GETF(c, sum);
+        FORN(c, i, C) ST(c, y, i, FSUB(c, LD(c, x, i), FMUL(c, EXP(c, LD(c, yv, i)), s)));
+      }
+    }
+  }
+}
+
+// Cross-entropy on log-probabilities, PyTorch 1.13 (mean reduction):
+//   W = sum_n w[y_n] (N without weights)
+//   loss = (1-ls) * sum_n -w[y_n] logp[n,y_n] / W + ls/C * sum_n sum_c -w[c] logp[n,c] / W
+// The fused op first takes log_softmax of the logits (into the workspace copy
+// kept in O for the gradient: the loss recomputes it row by row instead).
+static LLVMValueRef weight_of(Cg *c, K *k, int wi, LLVMValueRef cls) {
+  return k->n->nin > wi ? LD(c, k->X[wi], cls) : CF(c, 1);
+}
+
+static LLVMValueRef ce_denominator(Cg *c, K *k, int label, int wi, int64_t N) {
+  if (k->n->nin <= wi)
+    return CF(c, (double)N);
+  LLVMValueRef W = VAR(c, CF(c, 0));
+  FORN(c, row, N) ACC(c, W, LD(c, k->X[wi], LDI(c, k->X[label], row)));
+  return GETF(c, W);
+}
+
+// log-probabilities of row `row` element i: either read or computed from logits.
+static void row_stats(Cg *c, LLVMValueRef x, int64_t C, LLVMValueRef *m, LLVMValueRef *lse) {
+  LLVMValueRef mx = VAR(c, CF(c, -INFINITY));
+  FORN(c, i, C) SET(c, mx, FMAX(c, GETF(c, mx), LD(c, x, i)));
+  *m = GETF(c, mx);
+  LLVMValueRef sum = VAR(c, CF(c, 0));
+  FORN(c, i, C) ACC(c, sum, EXP(c, FSUB(c, LD(c, x, i), *m)));
+  *lse = LOG(c, GETF(c, sum));
+}
+
+static void emit_ce(Cg *c, K *k) {
+  Node *n = k->n;
+  bool grad = n->op == OP_nll_loss_grad || n->op == OP_softmax_cross_entropy_grad;
+  bool fused = n->op == OP_softmax_cross_entropy || n->op == OP_softmax_cross_entropy_grad;
+  int xi = grad ? 1 : 0, li = xi + 1, wi = xi + 2;
+  const Type *t = &n->in[xi]->type;
+  int64_t N = t->dim[0], C = t->dim[1];
+  float ls = (float)node_float(n, "label_smoothing");
+  LLVMValueRef W = ce_denominator(c, k, li, wi, N);
+  LLVMValueRef sumw = CF(c, (double)C);
+  if (n->nin > wi) {
+    LLVMValueRef s = VAR(c, CF(c, 0));
+    FORN(c, i, C) ACC(c, s, LD(c, k->X[wi], i));
+    sumw = GETF(c, s);
+  }
+  if (!grad) {
+    LLVMValueRef nll = VAR(c, CF(c, 0)), smooth = VAR(c, CF(c, 0));
+    FORN(c, row, N) {
+      LLVMValueRef x = GEP(c, c->f32, k->X[xi], MULI(c, row, C));
+      LLVMValueRef m = CF(c, 0), lse = CF(c, 0);
+      if (fused)
+        row_stats(c, x, C, &m, &lse);
+      LLVMValueRef y = LDI(c, k->X[li], row);
+      LLVMValueRef lp = FSUB(c, FSUB(c, LD(c, x, y), m), lse);
+      ACC(c, nll, FNEG(c, FMUL(c, weight_of(c, k, wi, y), lp)));
+      if (ls != 0) {
+        LLVMValueRef rs = VAR(c, CF(c, 0));
+        FORN(c, i, C) {
+          LLVMValueRef lpi = FSUB(c, FSUB(c, LD(c, x, i), m), lse);
+          ACC(c, rs, FMUL(c, weight_of(c, k, wi, i), lpi));
+        }
+        ACC(c, smooth, FNEG(c, GETF(c, rs)));
+      }
+    }
+    LLVMValueRef loss = FDIV(c, GETF(c, nll), W);
+    if (ls != 0) {
+      LLVMValueRef sm = FDIV(c, GETF(c, smooth), W);
+      loss = FADD(c, FMUL(c, CF(c, 1.0f - ls), loss), FMUL(c, sm, CF(c, ls / (float)C)));
+    }
+    ST(c, k->O, CI(c, 0), loss);
+    return;
+  }
+  // d loss / d logp[n,c] = -((1-ls) w[y] [c==y] + ls/C w[c]) / W; the fused
+  // gradient adds softmax * (sum over c of the above, negated).
+  LLVMValueRef dl = LD(c, k->X[0], CI(c, 0));
+  FORN(c, row, N) {
+    LLVMValueRef x = GEP(c, c->f32, k->X[xi], MULI(c, row, C));
+    LLVMValueRef o = GEP(c, c->f32, k->O, MULI(c, row, C));
+    LLVMValueRef y = LDI(c, k->X[li], row);
+    LLVMValueRef wy = weight_of(c, k, wi, y);
+    LLVMValueRef m = CF(c, 0), lse = CF(c, 0), total = NULL;
+    if (fused) {
+      row_stats(c, x, C, &m, &lse);
+      total = FDIV(c, FADD(c, FMUL(c, CF(c, 1.0f - ls), wy), FMUL(c, CF(c, ls / (float)C), sumw)), W);
+    }
+    FORN(c, i, C) {
+      LLVMValueRef hit = LLVMBuildICmp(c->b, LLVMIntEQ, i, y, "");
+      LLVMValueRef g = FMUL(c, CF(c, ls / (float)C), weight_of(c, k, wi, i));
+      g = FADD(c, g, SEL(c, hit, FMUL(c, CF(c, 1.0f - ls), wy), CF(c, 0)));
+      g = FNEG(c, FDIV(c, g, W));
+      if (fused) {
+        LLVMValueRef p = EXP(c, FSUB(c, FSUB(c, LD(c, x, i), m), lse));
+        g = FADD(c, g, FMUL(c, p, total));
+      }
+      ST(c, o, i, FMUL(c, dl, g));
+    }
+  }
+}
+
+static LLVMValueRef pos_weight(Cg *c, Node *n, LLVMValueRef i, int64_t last) {
+  const Attr *pw = node_attr(n, "pos_weight");
+  if (pw->n == 0)
+    return CF(c, 1);
+  if (pw->n == 1)
+    return CF(c, pw->floats[0]);
+  LLVMTypeRef at = LLVMArrayType(c->f32, pw->n);
+  LLVMValueRef *v = xcalloc(pw->n, sizeof *v);
+  for (int j = 0; j < pw->n; j++)
+    v[j] = CF(c, pw->floats[j]);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, at, "pos_weight");
+  LLVMSetInitializer(g, LLVMConstArray(c->f32, v, pw->n));
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  return LD(c, g, REMI(c, i, last));
+}
+
+// BCE family, mean over all elements.
+static void emit_bce(Cg *c, K *k) {
+  Node *n = k->n;
+  bool grad = n->op == OP_bce_grad || n->op == OP_sigmoid_bce_grad;
+  int xi = grad ? 1 : 0;
+  const Type *t = &n->in[xi]->type;
+  int64_t total = type_numel(t), last = t->rank ? t->dim[t->rank - 1] : 1;
+  LLVMValueRef acc = VAR(c, CF(c, 0));
+  LLVMValueRef dl = grad ? FDIV(c, LD(c, k->X[0], CI(c, 0)), CF(c, (double)total)) : NULL;
+  FORN(c, i, total) {
+    LLVMValueRef x = LD(c, k->X[xi], i), y = LD(c, k->X[xi + 1], i);
+    LLVMValueRef pw = pos_weight(c, n, i, last);
+    LLVMValueRef one_y = FSUB(c, CF(c, 1), y);
+    switch (n->op) {
+    case OP_bce: { // -(pw y log p + (1-y) log(1-p)), logs clamped at -100 like PyTorch
+      LLVMValueRef lp = FMAX(c, LOG(c, x), CF(c, -100));
+      LLVMValueRef lq = FMAX(c, LOG(c, FSUB(c, CF(c, 1), x)), CF(c, -100));
+      ACC(c, acc, FNEG(c, FADD(c, FMUL(c, FMUL(c, pw, y), lp), FMUL(c, one_y, lq))));
+      break;
+    }
+    case OP_sigmoid_bce: { // (1-y) x + (1 + (pw-1) y) (log(e^-mv + e^(-x-mv)) + mv), mv = max(-x, 0)
+      LLVMValueRef mv = FMAX(c, FNEG(c, x), CF(c, 0));
+      LLVMValueRef lw = FADD(c, FMUL(c, FSUB(c, pw, CF(c, 1)), y), CF(c, 1));
+      LLVMValueRef sp = FADD(c, LOG(c, FADD(c, EXP(c, FNEG(c, mv)), EXP(c, FSUB(c, FNEG(c, x), mv)))), mv);
+      ACC(c, acc, FADD(c, FMUL(c, one_y, x), FMUL(c, lw, sp)));
+      break;
+    }
+    case OP_bce_grad: { // (-pw y (1-p) + (1-y) p) / max(p (1-p), 1e-12)
+      LLVMValueRef q = FSUB(c, CF(c, 1), x);
+      LLVMValueRef num = FADD(c, FNEG(c, FMUL(c, FMUL(c, pw, y), q)), FMUL(c, one_y, x));
+      LLVMValueRef den = FMAX(c, FMUL(c, x, q), CF(c, 1e-12));
+      ST(c, k->O, i, FMUL(c, dl, FDIV(c, num, den)));
+      break;
+    }
+    case OP_sigmoid_bce_grad: { // ((pw y + 1 - y) sigmoid(x) - pw y)
+      LLVMValueRef s = FDIV(c, CF(c, 1), FADD(c, CF(c, 1), EXP(c, FNEG(c, x))));
+      LLVMValueRef py = FMUL(c, pw, y);
+      ST(c, k->O, i, FMUL(c, dl, FSUB(c, FMUL(c, FADD(c, py, one_y), s), py)));
+      break;
+    }
+    default:
+      unreachable();
+    }
+  }
+  if (!grad)
+    ST(c, k->O, CI(c, 0), FDIV(c, GETF(c, acc), CF(c, (double)total)));
+}
+
+static LLVMValueRef load_step(Cg *c, LLVMValueRef p) {
+  return LLVMBuildLoad2(c->b, c->i32, p, "");
+}
+
+// lr_schedule in double, like PyTorch's Python floats.
+static void emit_lr_schedule(Cg *c, K *k) {
+  Node *n = k->n;
+  const char *kind = node_str(n, "kind");
+  LLVMValueRef base = LLVMBuildFPExt(c->b, LD(c, k->X[0], CI(c, 0)), c->f64, "");
+  LLVMValueRef ep = load_step(c, k->X[1]);
+  LLVMValueRef lr = base;
+  if (!strcmp(kind, "step")) {
+    LLVMValueRef e = LLVMBuildSDiv(c->b, ep, LLVMConstInt(c->i32, node_int(n, "step_size"), 0), "");
+    lr = FMUL(c, base, F2(c, "llvm.pow", CD(c, node_float(n, "gamma")),
+                          LLVMBuildSIToFP(c->b, e, c->f64, "")));
+  } else if (!strcmp(kind, "cosine")) {
+    double emin = node_float(n, "eta_min");
+    LLVMValueRef e = LLVMBuildSIToFP(c->b, ep, c->f64, "");
+    LLVMValueRef cs = F1(c, "llvm.cos", FMUL(c, e, CD(c, M_PI / (double)node_int(n, "t_max"))));
+    lr = FADD(c, CD(c, emin),
+              FMUL(c, FMUL(c, FSUB(c, base, CD(c, emin)), FADD(c, CD(c, 1), cs)), CD(c, 0.5)));
+  }
+  ST(c, k->O, CI(c, 0), LLVMBuildFPTrunc(c->b, lr, c->f32, ""));
+}
+
+// Elementwise ops, including the optimizer updates (PyTorch's formulas).
+static void emit_elementwise(Cg *c, K *k) {
+  Node *n = k->n;
+  int64_t total = numel(n);
+  LLVMValueRef lr = NULL, step = NULL, step1 = NULL;
+  double bc1 = 0, bc2 = 0;
+  LLVMValueRef ss = NULL, bc2s = NULL, key = NULL;
+  (void)bc1;
+  (void)bc2;
+  switch (n->op) {
+  case OP_sgd_buf:
+    step1 = LLVMBuildICmp(c->b, LLVMIntEQ, load_step(c, k->X[3]), LLVMConstInt(c->i32, 1, 0), "");
+    break;
+  case OP_sgd_update:
+    lr = LD(c, k->X[2], CI(c, 0));
+    break;
+  case OP_adam_update: {
+    lr = LD(c, k->X[3], CI(c, 0));
+    step = LLVMBuildSIToFP(c->b, load_step(c, k->X[4]), c->f64, "");
+    LLVMValueRef b1 = FSUB(c, CD(c, 1), F2(c, "llvm.pow", CD(c, node_float(n, "beta1")), step));
+    LLVMValueRef b2 = FSUB(c, CD(c, 1), F2(c, "llvm.pow", CD(c, node_float(n, "beta2")), step));
+    ss = LLVMBuildFPTrunc(c->b, FDIV(c, LLVMBuildFPExt(c->b, lr, c->f64, ""), b1), c->f32, "");
+    bc2s = LLVMBuildFPTrunc(c->b, SQRT(c, b2), c->f32, "");
+    break;
+  }
+  case OP_dropout_mask: {
+    // dropout_key(salt, step) from ir/dropout_hash.h, once per kernel.
+    uint32_t salt = (uint32_t)node_int(n, "salt");
+    LLVMValueRef st = LLVMBuildLoad2(c->b, c->i32, k->X[0], "");
+    key = NULL;
+    LLVMValueRef h = st;
+    for (int r = 0; r < 2; r++) {
+      if (r == 1)
+        h = LLVMBuildXor(c->b, LLVMConstInt(c->i32, salt * 0x9e3779b1u, 0), h, "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0x85ebca6bu, 0), "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 13, 0), ""), "");
+      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0xc2b2ae35u, 0), "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+    }
+    key = h;
+    break;
+  }
+  default:
+    break;
+  }
+  FORN(c, i, total) {
+    LLVMValueRef a = n->nin > 0 && n->op != OP_dropout_mask ? LD(c, k->X[0], i) : NULL;
+    LLVMValueRef b = n->nin > 1 && n->in[1]->type.rank > 0 ? LD(c, k->X[1], i) : NULL;
+    LLVMValueRef v;
+    switch (n->op) {
+    case OP_relu:
+      v = SEL(c, FGT(c, a, CF(c, 0)), a, CF(c, 0));
+      // keep NaN like torch.relu
+      v = SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
+      break;
+    case OP_sigmoid:
+      v = FDIV(c, CF(c, 1), FADD(c, CF(c, 1), EXP(c, FNEG(c, a))));
+      break;
+    case OP_scale:
+      v = FMUL(c, CF(c, node_float(n, "factor")), a);
+      break;
+    case OP_add:
+      v = FADD(c, a, b);
+      break;
+    case OP_mul:
+      v = FMUL(c, a, b);
+      break;
+    case OP_relu_grad:
+      v = SEL(c, FGT(c, b, CF(c, 0)), a, CF(c, 0));
+      break;
+    case OP_sigmoid_grad:
+      v = FMUL(c, FMUL(c, a, b), FSUB(c, CF(c, 1), b));
+      break;
+    case OP_ema: {
+      float m = (float)node_float(n, "momentum");
+      v = FADD(c, FMUL(c, CF(c, 1.0f - m), a), FMUL(c, CF(c, m), b));
+      break;
+    }
+    case OP_l2norm_grad: // (dl, x, norm)
+      v = FDIV(c, FMUL(c, LD(c, k->X[0], CI(c, 0)), b), LD(c, k->X[2], CI(c, 0)));
+      break;
+    case OP_sgd_buf: { // (g, buf, p, step)
+      LLVMValueRef d = a;
+      double wd = node_float(n, "weight_decay");
+      if (wd != 0)
+        d = FADD(c, d, FMUL(c, CF(c, wd), LD(c, k->X[2], i)));
+      LLVMValueRef upd = FADD(c, FMUL(c, CF(c, node_float(n, "momentum")), b),
+                              FMUL(c, CF(c, 1.0 - node_float(n, "dampening")), d));
+      v = SEL(c, step1, d, upd);
+      break;
+    }
+    case OP_sgd_update: { // (p, g, lr, buf_new?)
+      LLVMValueRef d = b;
+      double wd = node_float(n, "weight_decay"), mom = node_float(n, "momentum");
+      if (wd != 0)
+        d = FADD(c, d, FMUL(c, CF(c, wd), a));
+      if (mom != 0 && n->nin == 4) {
+        LLVMValueRef buf = LD(c, k->X[3], i);
+        d = node_int(n, "nesterov") ? FADD(c, d, FMUL(c, CF(c, mom), buf)) : buf;
+      }
+      v = FSUB(c, a, FMUL(c, lr, d));
+      break;
+    }
+    case OP_adam_moment1:
+    case OP_adam_moment2: { // (g, m, p)
+      LLVMValueRef g = a;
+      double wd = node_float(n, "weight_decay");
+      if (wd != 0)
+        g = FADD(c, g, FMUL(c, CF(c, wd), LD(c, k->X[2], i)));
+      double beta = node_float(n, n->op == OP_adam_moment1 ? "beta1" : "beta2");
+      LLVMValueRef nw = n->op == OP_adam_moment1 ? g : FMUL(c, g, g);
+      v = FADD(c, FMUL(c, b, CF(c, beta)), FMUL(c, CF(c, 1.0 - beta), nw));
+      break;
+    }
+    case OP_adam_update: { // (p, m, v, lr, step)
+      LLVMValueRef p = a;
+      double wd = node_float(n, "weight_decay");
+      // AdamW decays the weight here; Adam's L2 decay was folded into the moments.
+      if (node_int(n, "decoupled") && wd != 0)
+        p = FMUL(c, p, FSUB(c, CF(c, 1), FMUL(c, lr, CF(c, wd))));
+      LLVMValueRef den = FADD(c, FDIV(c, SQRT(c, LD(c, k->X[2], i)), bc2s),
+                              CF(c, node_float(n, "eps")));
+      v = FSUB(c, p, FMUL(c, ss, FDIV(c, b, den)));
+      break;
+    }
+    case OP_dropout_mask: {
+      double p = node_float(n, "p");
+      LLVMValueRef idx = LLVMBuildTrunc(c->b, i, c->i32, "");
+      LLVMValueRef h = LLVMBuildAdd(
+          c->b, key, LLVMBuildMul(c->b, idx, LLVMConstInt(c->i32, 0x9e3779b1u, 0), ""), "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0x85ebca6bu, 0), "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 13, 0), ""), "");
+      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0xc2b2ae35u, 0), "");
+      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+      h = LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 8, 0), "");
+      LLVMValueRef keep = LLVMBuildICmp(c->b, LLVMIntUGE, h,
+                                        LLVMConstInt(c->i32, dropout_threshold(p), 0), "");
+      v = SEL(c, keep, CF(c, (float)(1.0 / (1.0 - p))), CF(c, 0));
+      break;
+    }
+    case OP_assign:
+      v = b;
+      break;
+    case OP_reshape: // only in the test entry, where every node has its own slot
+      v = a;
+      break;
+    default:
+      unreachable();
+    }
+    ST(c, k->O, i, v);
+  }
+}
+
+static void emit_l2norm(Cg *c, K *k) {
+  LLVMValueRef acc = VAR(c, CF(c, 0));
+  FORN(c, i, numel(k->n->in[0])) {
+    LLVMValueRef v = LD(c, k->X[0], i);
+    ACC(c, acc, FMUL(c, v, v));
+  }
+  ST(c, k->O, CI(c, 0), SQRT(c, GETF(c, acc)));
+}
+
+void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMValueRef lo,
+                      LLVMValueRef hi) {
+  K k = {.n = n, .O = out, .lo = lo, .hi = hi};
+  for (int i = 0; i < n->nin; i++)
+    k.X[i] = in[i];
+  switch (n->op) {
+  case OP_conv2d:
+    return emit_conv2d(c, &k);
+  case OP_conv2d_grad_input:
+    return emit_conv2d_grad_input(c, &k);
+  case OP_conv2d_grad_weight:
+    return emit_conv2d_grad_weight(c, &k);
+  case OP_maxpool2d:
+    return emit_pool(c, &k, true, false);
+  case OP_avgpool2d:
+    return emit_pool(c, &k, false, false);
+  case OP_maxpool2d_grad:
+    return emit_pool(c, &k, true, true);
+  case OP_avgpool2d_grad:
+    return emit_pool(c, &k, false, true);
+  case OP_linear:
+    return emit_linear(c, &k);
+  case OP_linear_grad_input:
+    return emit_linear_grad_input(c, &k);
+  case OP_linear_grad_weight:
+    return emit_linear_grad_weight(c, &k);
+  case OP_batchnorm2d:
+  case OP_batchnorm2d_infer:
+  case OP_channel_mean:
+  case OP_channel_var:
+  case OP_bias_grad:
+  case OP_batchnorm2d_grad_input:
+  case OP_batchnorm2d_grad_gamma:
+    return emit_batchnorm(c, &k);
+  case OP_softmax:
+  case OP_log_softmax:
+  case OP_softmax_grad:
+  case OP_log_softmax_grad:
+    return emit_rowwise(c, &k);
+  case OP_nll_loss:
+  case OP_softmax_cross_entropy:
+  case OP_nll_loss_grad:
+  case OP_softmax_cross_entropy_grad:
+    return emit_ce(c, &k);
+  case OP_bce:
+  case OP_sigmoid_bce:
+  case OP_bce_grad:
+  case OP_sigmoid_bce_grad:
+    return emit_bce(c, &k);
+  case OP_l2norm:
+    return emit_l2norm(c, &k);
+  case OP_lr_schedule:
+    return emit_lr_schedule(c, &k);
+  case OP_relu:
+  case OP_sigmoid:
+  case OP_scale:
+  case OP_add:
+  case OP_mul:
+  case OP_relu_grad:
+  case OP_sigmoid_grad:
+  case OP_ema:
+  case OP_l2norm_grad:
+  case OP_sgd_buf:
+  case OP_sgd_update:
+  case OP_adam_moment1:
+  case OP_adam_moment2:
+  case OP_adam_update:
+  case OP_dropout_mask:
+  case OP_assign:
+  case OP_reshape:
+    return emit_elementwise(c, &k);
+  default:
+    fatal("code generation does not support op '%s'", op_info(n->op)->name);
+  }
+}

@@ -1,0 +1,25 @@
+// Shared between the kernel emitter (emit.c) and the module builder
+// (module.c): the LLVM context of one function being generated.
+#ifndef XENTCC_EMIT_H
+#define XENTCC_EMIT_H
+
+#include "loops.h"
+
+#include <llvm-c/Core.h>
+#include <math.h>
+
+typedef struct {
+  LLVMContextRef ctx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef b;
+  LLVMTypeRef f32, f64, i64, i32, i8, ptr, voidt;
+  LLVMValueRef fn;          // the function being filled
+  LLVMBasicBlockRef entry;  // its entry block, where allocas go
+} Cg;
+
+// Emits the loop nest of one op: out and in[] point at the buffers; [lo, hi)
+// is the part of the outer loop (see kernel_trip) this call computes.
+void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMValueRef lo,
+                      LLVMValueRef hi);
+
+#endif

@@ -1,0 +1,72 @@
+// The low-level IR between the graph and LLVM: explicit buffers and a list of
+// kernels. Every graph value lives in one buffer (a slice of the params or
+// state block, a function argument, a constant, or a slice of the workspace
+// chosen by a memory plan); every op becomes one kernel, a loop nest with
+// constant bounds that emit.c turns into LLVM IR.
+#ifndef XENTCC_LOOPS_H
+#define XENTCC_LOOPS_H
+
+#include "ir.h"
+
+typedef enum {
+  BUF_PARAM,     // params + offset (floats)
+  BUF_STATE,     // state + offset (floats)
+  BUF_ARG,       // a function argument: images, labels or logits
+  BUF_SCALAR,    // a scalar argument (step, epoch, base_lr) spilled to the stack
+  BUF_WORKSPACE, // workspace + offset (bytes)
+  BUF_CONST,     // a constant global
+  BUF_SLOT,      // slots[slot]: the test entry passes one pointer per node
+} BufKind;
+
+typedef struct {
+  BufKind kind;
+  int64_t offset; // floats for PARAM/STATE, bytes for WORKSPACE
+  int64_t bytes;
+  const char *arg; // BUF_ARG / BUF_SCALAR: the input's name ("image", "step", ...)
+  int slot;        // BUF_SLOT
+} Buffer;
+
+typedef struct {
+  Node *node;     // the op; its operands' and its own buffers are in LoopFunc.buf
+  bool deferred;  // an assign: runs after every other kernel of the step
+  bool parallel;  // outer loop split with xc_parallel_for
+  int64_t trip;   // the outer loop's trip count
+} Kernel;
+
+typedef enum { FN_TRAIN_STEP, FN_FORWARD, FN_SLOTS } FuncKind;
+
+// One tensor of the params or state block, in graph order.
+typedef struct {
+  Node *node;
+  int64_t offset; // floats
+} BlockEntry;
+
+typedef struct {
+  FuncKind kind;
+  const char *name;  // LLVM symbol
+  Graph *g;
+  Buffer *buf;       // indexed by node id
+  Kernel *k;
+  int nk;
+  int64_t workspace_bytes;
+} LoopFunc;
+
+// The params and state blocks shared by xc_train_step and xc_forward: laid
+// out from the training graph when there is one, so both agree on offsets.
+typedef struct {
+  BlockEntry *params, *states;
+  int nparams, nstates;
+  int64_t param_floats, state_floats;
+} Blocks;
+
+Blocks *plan_blocks(Graph *primary);
+LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks);
+void print_loops(FILE *out, const LoopFunc *f);
+int64_t kernel_trip(const Node *n, bool *parallel);
+
+// emit.c: one LLVM module per executable
+typedef struct LLVMOpaqueModule *LLVMModuleRef_;
+void emit_module_file(Model *m, const Blocks *b, LoopFunc **fns, int nfns, const char *main_fn,
+                      const char *path, const char *emit, const CodegenOptions *opt);
+
+#endif

@@ -1,0 +1,272 @@
+// Lowering: graph IR -> buffers and kernels (loops.h). Sources map to the
+// params/state blocks and the step function's arguments; every other value
+// gets a workspace slice from a first-fit memory plan that hands a slice back
+// once its last reader has run. Assigns are deferred to the end of the step,
+// so the values they copy stay live until then.
+#include "loops.h"
+
+#include <limits.h>
+#include <string.h>
+
+static Node *alias_root(Node *n) {
+  while (n->op == OP_reshape)
+    n = n->in[0];
+  return n;
+}
+
+static int64_t type_bytes(const Type *t) { return type_numel(t) * 4; }
+
+Blocks *plan_blocks(Graph *g) {
+  Blocks *b = xcalloc(1, sizeof *b);
+  b->params = xcalloc(g->nnodes + 1, sizeof *b->params);
+  b->states = xcalloc(g->nnodes + 1, sizeof *b->states);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    // Keep blocks 16-float aligned so every tensor starts on a cache line.
+    if (n->op == OP_param) {
+      b->params[b->nparams++] = (BlockEntry){n, b->param_floats};
+      b->param_floats += (type_numel(&n->type) + 15) / 16 * 16;
+    } else if (n->op == OP_state) {
+      b->states[b->nstates++] = (BlockEntry){n, b->state_floats};
+      b->state_floats += (type_numel(&n->type) + 15) / 16 * 16;
+    }
+  }
+  return b;
+}
+
+static int64_t block_offset(const BlockEntry *e, int n, Node *node, const char *what) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(e[i].node->name, node->name))
+      return e[i].offset;
+  fatal("%s '%s' of the evaluation graph is not in the training graph", what, node->name);
+}
+
+// The outer loop that kernels split across threads, and whether to split it:
+// only heavy ops, and always over a dimension whose outputs are disjoint.
+int64_t kernel_trip(const Node *n, bool *parallel) {
+  const Type *t = &n->type;
+  *parallel = false;
+  switch (n->op) {
+  case OP_conv2d:
+    *parallel = true;
+    return t->dim[0] * t->dim[1]; // (n, o) planes
+  case OP_conv2d_grad_input:
+  case OP_maxpool2d:
+  case OP_avgpool2d:
+  case OP_maxpool2d_grad:
+  case OP_avgpool2d_grad:
+    *parallel = true;
+    return t->dim[0] * t->dim[1]; // (n, c) planes
+  case OP_conv2d_grad_weight:
+    *parallel = true;
+    return t->dim[0] * t->dim[1]; // (o, c) filters
+  case OP_linear:
+  case OP_linear_grad_input:
+  case OP_linear_grad_weight:
+    *parallel = true;
+    return t->dim[0]; // rows of the output
+  default:
+    return t->rank ? t->dim[0] : 1;
+  }
+}
+
+LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks) {
+  graph_renumber(g);
+  LoopFunc *f = xcalloc(1, sizeof *f);
+  f->kind = kind;
+  f->name = name;
+  f->g = g;
+  f->buf = xcalloc(g->nnodes, sizeof *f->buf);
+  f->k = xcalloc(g->nnodes, sizeof *f->k);
+  int n = g->nnodes;
+
+  // Last reader of each buffer (through reshape aliases); INT_MAX for values
+  // read at the end of the step (returned, or copied by an assign).
+  int *last = xcalloc(n, sizeof *last);
+  for (int i = 0; i < n; i++) {
+    Node *v = g->node[i];
+    last[i] = i;
+    for (int j = 0; j < v->nin; j++) {
+      int r = alias_root(v->in[j])->id;
+      int use = v->op == OP_assign ? INT_MAX : i;
+      if (use > last[r])
+        last[r] = use;
+    }
+  }
+  for (int i = 0; i < g->nret; i++)
+    last[alias_root(g->ret[i])->id] = INT_MAX;
+
+  // Free workspace slices, first fit, split on allocation.
+  int64_t *free_off = xcalloc(2 * n + 2, sizeof *free_off);
+  int64_t *free_len = xcalloc(2 * n + 2, sizeof *free_len);
+  int nfree = 0;
+  int64_t top = 0;
+
+  for (int i = 0; i < n; i++) {
+    Node *v = g->node[i];
+    Buffer *b = &f->buf[i];
+    b->bytes = type_bytes(&v->type);
+    if (v->op == OP_const) {
+      b->kind = BUF_CONST;
+    } else if (kind == FN_SLOTS) {
+      b->kind = BUF_SLOT;
+      b->slot = i;
+    } else if (v->op == OP_param) {
+      b->kind = BUF_PARAM;
+      b->offset = block_offset(blocks->params, blocks->nparams, v, "parameter");
+    } else if (v->op == OP_state) {
+      b->kind = BUF_STATE;
+      b->offset = block_offset(blocks->states, blocks->nstates, v, "state");
+    } else if (v->op == OP_input) {
+      const char *nm = v->name ? v->name : "";
+      if (!strcmp(nm, "image") || !strcmp(nm, "label"))
+        b->kind = BUF_ARG;
+      else if (!strcmp(nm, "step") || !strcmp(nm, "epoch") || !strcmp(nm, "base_lr"))
+        b->kind = BUF_SCALAR;
+      else
+        error_at(v->loc, "the runtime feeds only %image, %label, %step, %epoch and %base_lr",
+                 "input '%%%s' cannot be fed by the runtime", nm);
+      b->arg = nm;
+    } else if (v->op == OP_reshape) { // an alias: no copy, no kernel
+      *b = f->buf[alias_root(v)->id];
+      b->bytes = type_bytes(&v->type);
+    } else if (v->op == OP_assign && kind == FN_TRAIN_STEP) {
+      // The copy lands in the target itself.
+      *b = f->buf[v->in[0]->id];
+    } else {
+      b->kind = BUF_WORKSPACE;
+      int64_t need = (b->bytes + 63) / 64 * 64;
+      int best = -1;
+      for (int j = 0; j < nfree; j++)
+        if (free_len[j] >= need && (best < 0 || free_len[j] < free_len[best]))
+          best = j;
+      if (best >= 0) {
+        b->offset = free_off[best];
+        free_off[best] += need;
+        free_len[best] -= need;
+      } else {
+        b->offset = top;
+        top += need;
+      }
+    }
+    // Hand back the slices whose last reader is this node. The output was
+    // placed first, so a kernel never reads and writes the same memory.
+    for (int j = 0; j <= i; j++) {
+      if (last[j] != i || f->buf[j].kind != BUF_WORKSPACE || g->node[j]->op == OP_reshape)
+        continue;
+      free_off[nfree] = f->buf[j].offset;
+      free_len[nfree] = (f->buf[j].bytes + 63) / 64 * 64;
+      nfree++;
+      last[j] = -1;
+    }
+    // Merge adjacent free slices so the list stays short.
+    for (bool merged = true; merged;) {
+      merged = false;
+      for (int a = 0; a < nfree && !merged; a++)
+        for (int c = 0; c < nfree && !merged; c++)
+          if (a != c && free_off[a] + free_len[a] == free_off[c]) {
+            free_len[a] += free_len[c];
+            free_off[c] = free_off[nfree - 1];
+            free_len[c] = free_len[nfree - 1];
+            nfree--;
+            merged = true;
+          }
+    }
+  }
+  f->workspace_bytes = top;
+
+  // Kernels in graph order, assigns last.
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < n; i++) {
+      Node *v = g->node[i];
+      if (op_info(v->op)->flags & OPF_SOURCE || (v->op == OP_reshape && kind != FN_SLOTS))
+        continue;
+      if ((v->op == OP_assign) != (pass == 1))
+        continue;
+      Kernel *k = &f->k[f->nk++];
+      k->node = v;
+      k->deferred = v->op == OP_assign;
+      k->trip = kernel_trip(v, &k->parallel);
+    }
+  return f;
+}
+
+static void print_buffer(FILE *out, const Buffer *b) {
+  switch (b->kind) {
+  case BUF_PARAM:
+    fprintf(out, "params[%lld:%lld]", (long long)b->offset, (long long)(b->offset + b->bytes / 4));
+    break;
+  case BUF_STATE:
+    fprintf(out, "state[%lld:%lld]", (long long)b->offset, (long long)(b->offset + b->bytes / 4));
+    break;
+  case BUF_ARG:
+  case BUF_SCALAR:
+    fprintf(out, "arg %s", b->arg);
+    break;
+  case BUF_WORKSPACE:
+    fprintf(out, "workspace+%lld (%lld bytes)", (long long)b->offset, (long long)b->bytes);
+    break;
+  case BUF_CONST:
+    fprintf(out, "const");
+    break;
+  case BUF_SLOT:
+    fprintf(out, "slot %d", b->slot);
+    break;
+  }
+}
+
+// Unnamed nodes print as print_graph numbers them: 0, 1, 2... in order.
+static int *unnamed_number;
+
+static void print_name(FILE *out, const Node *n) {
+  if (n->name)
+    fprintf(out, "%%%s", n->name);
+  else
+    fprintf(out, "%%%d", unnamed_number[n->id]);
+}
+
+// One line per buffer, then one per kernel:
+//   kernel conv2d %conv1 f32[32,6,28,28] <- %image, %conv1.weight, %conv1.bias
+//       parallel for i in [0, 192)
+void print_loops(FILE *out, const LoopFunc *f) {
+  Graph *g = f->g;
+  unnamed_number = xcalloc(g->nnodes + 1, sizeof *unnamed_number);
+  for (int i = 0, k = 0; i < g->nnodes; i++)
+    if (!g->node[i]->name)
+      unnamed_number[i] = k++;
+  fprintf(out, "func @%s workspace_bytes=%lld {\n", f->name, (long long)f->workspace_bytes);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *v = g->node[i];
+    if (v->op == OP_assign)
+      continue;
+    fprintf(out, "  buffer ");
+    print_name(out, v);
+    fprintf(out, " : %s = ", type_str(&v->type));
+    if (v->op == OP_reshape) {
+      fprintf(out, "alias ");
+      print_name(out, v->in[0]);
+      fprintf(out, " : ");
+    }
+    print_buffer(out, &f->buf[i]);
+    fprintf(out, "\n");
+  }
+  for (int i = 0; i < f->nk; i++) {
+    const Kernel *k = &f->k[i];
+    Node *v = k->node;
+    fprintf(out, "  kernel %s ", op_info(v->op)->name);
+    print_name(out, v);
+    fprintf(out, " : %s <- ", type_str(&v->type));
+    for (int j = 0; j < v->nin; j++) {
+      fprintf(out, j ? ", " : "");
+      print_name(out, v->in[j]);
+    }
+    fprintf(out, "\n    %sfor i in [0, %lld)%s\n", k->parallel ? "parallel " : "",
+            (long long)k->trip, k->deferred ? " at end of step" : "");
+  }
+  fprintf(out, "  return");
+  for (int i = 0; i < g->nret; i++) {
+    fprintf(out, i ? ", " : " ");
+    print_name(out, g->ret[i]);
+  }
+  fprintf(out, "\n}\n");
+}
