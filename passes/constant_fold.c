@@ -35,7 +35,7 @@ void pass_constant_fold(Graph *g) {
         Node *x = n->in[0];
         if (f == 1.0 && forward(g, n, x)) {
           changed = true;
-        } else if (x->op == OP_const && count_uses(g, x) == 1) {
+        } else if (x->op == OP_const && count_uses(g, x) == 1 && !(n->name && x->name)) {
           // Fold into the constant itself (float math, as at run time).
           Attr *v = &x->attr[op_attr_index(OP_const, "value")];
           for (int k = 0; k < v->n; k++)
