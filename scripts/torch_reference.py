@@ -1,0 +1,424 @@
+#!/usr/bin/python3
+"""PyTorch 1.13 reference numbers for xentcc's reference evaluator (ir/eval.c).
+
+  scripts/torch_reference.py -o REF.bin [--steps N] [MODEL.yaml...]
+
+writes one file of named tensors that tests/unit/test_eval_torch.c compares
+the evaluator against, to 1e-5 relative:
+
+  op/...       small cases of single ops and their gradients (conv2d with
+               stride and padding, pools with padding, linear, activations,
+               CrossEntropyLoss with weight and label_smoothing,
+               BCEWithLogitsLoss with pos_weight, batch norm, the L2 norm) and
+               optimizer steps (SGD, Adam, AdamW) and schedules
+  MODEL/...    nets built from YAML model files -- the seed nets
+               models/cifar10.yaml (CE + SGD momentum 0.9) and
+               models/catdog.yaml (BCE-with-logits + Adam), and the option-heavy
+               tests/torch/Inputs/*.yaml (batch norm, dropout, pools with padding,
+               class weights, label smoothing, pos_weight, l2 terms, nesterov,
+               AdamW, schedules): initial weights, then for each of N steps
+               the batch, logits, loss, every parameter's gradient, and the
+               state_dict after the step. Step s runs in epoch s - 1, so the
+               schedule moves every step.
+
+Dropout cannot use PyTorch's RNG: xentcc's mask is a hash of (layer index,
+step, element), ir/dropout_hash.h, reproduced here bit for bit.
+
+File format (little-endian): the magic b"XCREF\\0\\0\\0", u32 version (1), u32
+tensor count, then per tensor: u32 name length, the name (UTF-8), u32 dtype
+(0 f32, 1 i32), u32 rank, i64 dims[rank], the values (row-major, 4 bytes each).
+"""
+import argparse
+import math
+import os
+import struct
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+MAGIC = b"XCREF\0\0\0"
+VERSION = 1
+
+
+class RefWriter:
+    def __init__(self):
+        self.tensors = []
+
+    def add(self, name, t):
+        t = t.detach().clone()  # a snapshot: params, grads and state change in place later
+        if t.dtype in (torch.int64, torch.int32):
+            t = t.to(torch.int32)
+        else:
+            t = t.to(torch.float32)
+        self.tensors.append((name, t))
+
+    def save(self, path):
+        with open(path, "wb") as f:
+            f.write(MAGIC)
+            f.write(struct.pack("<II", VERSION, len(self.tensors)))
+            for name, t in self.tensors:
+                b = name.encode()
+                f.write(struct.pack("<I", len(b)) + b)
+                f.write(struct.pack("<II", 0 if t.dtype == torch.float32 else 1, t.dim()))
+                f.write(struct.pack("<%dq" % t.dim(), *t.shape))
+                f.write(t.numpy().astype("<f4" if t.dtype == torch.float32 else "<i4").tobytes())
+
+
+def grads(out, dy, *wrt):
+    return torch.autograd.grad(out, wrt, dy)
+
+
+# --- Single ops ---------------------------------------------------------------------
+
+def leaf(*shape, lo=-1.0, hi=1.0):
+    return (torch.rand(*shape) * (hi - lo) + lo).requires_grad_()
+
+
+def op_cases(w):
+    # conv2d, stride 2, padding 1, uneven kernel and input
+    x, k, b = leaf(2, 3, 7, 6), leaf(4, 3, 3, 2), leaf(4)
+    y = F.conv2d(x, k, b, stride=2, padding=1)
+    dy = torch.randn_like(y)
+    for n, t in zip(["x", "w", "b", "y", "dy"], [x, k, b, y, dy]):
+        w.add("op/conv2d/" + n, t)
+    for n, t in zip(["dx", "dw", "db"], grads(y, dy, x, k, b)):
+        w.add("op/conv2d/" + n, t)
+
+    # pools, kernel 3, stride 2, padding 1
+    for name, pool in [("maxpool2d", F.max_pool2d), ("avgpool2d", F.avg_pool2d)]:
+        x = leaf(2, 3, 7, 6)
+        y = pool(x, 3, 2, 1)
+        dy = torch.randn_like(y)
+        w.add("op/%s/x" % name, x)
+        w.add("op/%s/y" % name, y)
+        w.add("op/%s/dy" % name, dy)
+        w.add("op/%s/dx" % name, grads(y, dy, x)[0])
+
+    x, k, b = leaf(5, 7), leaf(4, 7), leaf(4)
+    y = F.linear(x, k, b)
+    dy = torch.randn_like(y)
+    for n, t in zip(["x", "w", "b", "y", "dy"], [x, k, b, y, dy]):
+        w.add("op/linear/" + n, t)
+    for n, t in zip(["dx", "dw", "db"], grads(y, dy, x, k, b)):
+        w.add("op/linear/" + n, t)
+
+    for name, fn in [("relu", torch.relu), ("sigmoid", torch.sigmoid),
+                     ("softmax", lambda t: torch.softmax(t, 1)),
+                     ("log_softmax", lambda t: torch.log_softmax(t, 1))]:
+        x = leaf(4, 5, lo=-3, hi=3)
+        y = fn(x)
+        dy = torch.randn_like(y)
+        w.add("op/%s/x" % name, x)
+        w.add("op/%s/y" % name, y)
+        w.add("op/%s/dy" % name, dy)
+        w.add("op/%s/dx" % name, grads(y, dy, x)[0])
+
+    # CrossEntropyLoss(weight, label_smoothing) on logits
+    x = leaf(6, 5, lo=-3, hi=3)
+    y = torch.randint(0, 5, (6,))
+    cw = torch.rand(5) * 2 + 0.2
+    w.add("op/ce/x", x)
+    w.add("op/ce/label", y)
+    w.add("op/ce/weight", cw)
+    for tag, kw in [("plain", {}), ("weighted", {"weight": cw}),
+                    ("smooth", {"label_smoothing": 0.1}),
+                    ("both", {"weight": cw, "label_smoothing": 0.3})]:
+        loss = nn.CrossEntropyLoss(**kw)(x, y)
+        w.add("op/ce/%s/loss" % tag, loss)
+        w.add("op/ce/%s/dx" % tag, grads(loss, torch.tensor(1.0), x)[0])
+
+    # BCEWithLogitsLoss(pos_weight) on [N,3]: none, one value, one per column
+    x = leaf(4, 3, lo=-4, hi=4)
+    t = torch.randint(0, 2, (4, 3)).float()
+    w.add("op/bce/x", x)
+    w.add("op/bce/target", t)
+    for tag, pw in [("plain", None), ("pw1", torch.tensor([2.5])),
+                    ("pw3", torch.tensor([2.5, 0.5, 4.0]))]:
+        loss = nn.BCEWithLogitsLoss(pos_weight=pw)(x, t)
+        w.add("op/bce/%s/loss" % tag, loss)
+        w.add("op/bce/%s/dx" % tag, grads(loss, torch.tensor(1.0), x)[0])
+
+    # BatchNorm2d in training mode, and its running statistics
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x = leaf(4, 3, 5, 5, lo=-2, hi=2)
+    y = bn(x)
+    dy = torch.randn_like(y)
+    for n, t in [("x", x), ("gamma", bn.weight), ("beta", bn.bias), ("y", y), ("dy", dy),
+                 ("running_mean", bn.running_mean), ("running_var", bn.running_var)]:
+        w.add("op/batchnorm2d/" + n, t)
+    for n, t in zip(["dx", "dgamma", "dbeta"], grads(y, dy, x, bn.weight, bn.bias)):
+        w.add("op/batchnorm2d/" + n, t)
+
+    x = leaf(3, 4)
+    norm = torch.norm(x)
+    w.add("op/l2norm/x", x)
+    w.add("op/l2norm/y", norm)
+    w.add("op/l2norm/dx", grads(norm, torch.tensor(0.7), x)[0])
+
+
+def optimizer_cases(w, steps):
+    """Each optimizer on one parameter for `steps` steps with given gradients."""
+    p0 = torch.randn(3, 4)
+    gs = torch.randn(steps, 3, 4)
+    w.add("opt/p0", p0)
+    w.add("opt/grads", gs)
+    cases = [
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1)),
+        ("sgd_momentum", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1,
+                                                    weight_decay=0.01)),
+        ("sgd_nesterov", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True,
+                                                    weight_decay=0.01)),
+        ("adam", lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.1)),
+        ("adamw", lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
+    ]
+    for name, make in cases:
+        p = nn.Parameter(p0.clone())
+        opt = make([p])
+        for s in range(steps):
+            p.grad = gs[s].clone()
+            opt.step()
+            w.add("opt/%s/step%d" % (name, s + 1), p)
+
+    # Schedules: the learning rate of each epoch 0..11 with base lr 0.1.
+    for name, make in [("step", lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5)),
+                       ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(
+                           o, T_max=8, eta_min=0.001))]:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt)
+        lrs = []
+        for _ in range(12):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        w.add("sched/%s" % name, torch.tensor(lrs))
+
+
+# --- The seed nets, built from their YAML files ---------------------------------------------
+
+def opts(layer):
+    """A layer is `relu` or {type: {options}} with an optional name."""
+    if isinstance(layer, str):
+        return layer, {}, None
+    name = layer.get("name")
+    kinds = [k for k in layer if k != "name"]
+    if len(kinds) != 1:
+        sys.exit("torch_reference.py: cannot read layer %r" % layer)
+    kind = kinds[0]
+    return kind, layer[kind] or {}, name
+
+
+def pair(v):
+    return tuple(v) if isinstance(v, list) else (v, v)
+
+
+M32 = 0xFFFFFFFF
+
+
+def fmix32(h):
+    """ir/dropout_hash.h's dropout_fmix32."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & M32
+    h ^= h >> 16
+    return h
+
+
+def dropout_mask(salt, step, p, shape):
+    """ir/dropout_hash.h: keep element i iff its 24 hash bits >= p * 2^24."""
+    key = fmix32(((salt * 0x9E3779B1) & M32) ^ fmix32(step))
+    threshold = int(p * 16777216.0)
+    n = math.prod(shape)
+    keep = [fmix32((key + i * 0x9E3779B1) & M32) >> 8 >= threshold for i in range(n)]
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)
+    return torch.tensor(keep, dtype=torch.float32).reshape(shape) * scale
+
+
+class HashDropout(nn.Module):
+    def __init__(self, p, salt):
+        super().__init__()
+        self.p, self.salt, self.step = p, salt, 1
+
+    def forward(self, x):
+        return x * dropout_mask(self.salt, self.step, self.p, x.shape)
+
+
+class Net(nn.Module):
+    """The model's layers as PyTorch modules. A named layer is an attribute
+    (conv1.weight); an unnamed one is layers.INDEX, like an nn.Sequential
+    member -- the frontend's state_dict names."""
+
+    def __init__(self, spec):
+        super().__init__()
+        c, h, wd = spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"]
+        self.layers = nn.ModuleDict()
+        self.steps = []
+        for i, layer in enumerate(spec["layers"]):
+            kind, o, name = opts(layer)
+            if kind == "conv2d":
+                m = nn.Conv2d(c, o["out_channels"], o["kernel"], stride=o.get("stride", 1),
+                              padding=o.get("padding", 0), bias=o.get("bias", True))
+                kh, kw = pair(o["kernel"])
+                sh, sw = pair(o.get("stride", 1))
+                ph, pw = pair(o.get("padding", 0))
+                c, h, wd = o["out_channels"], (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+            elif kind in ("maxpool2d", "avgpool2d"):
+                k = o["kernel"]
+                st = o.get("stride", k)
+                p = o.get("padding", 0)
+                m = (nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d)(k, st, p)
+                (kh, kw), (sh, sw), (ph, pw) = pair(k), pair(st), pair(p)
+                h, wd = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+            elif kind == "batchnorm2d":
+                m = nn.BatchNorm2d(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
+            elif kind == "relu":
+                m = nn.ReLU()
+            elif kind == "sigmoid":
+                m = nn.Sigmoid()
+            elif kind == "flatten":
+                m = nn.Flatten()
+                c, h, wd = c * h * wd, 1, 1
+            elif kind == "dropout":
+                m = HashDropout(o.get("p", 0.5), i)
+            elif kind == "linear":
+                m = nn.Linear(c, o["out_features"], bias=o.get("bias", True))
+                c = o["out_features"]
+            else:
+                sys.exit("torch_reference.py: layer kind %s is not supported here" % kind)
+            if name:
+                self.add_module(name, m)
+            else:
+                self.layers[str(i)] = m
+            self.steps.append(m)
+
+    def set_step(self, step):
+        for m in self.steps:
+            if isinstance(m, HashDropout):
+                m.step = step
+
+    def forward(self, x):
+        for m in self.steps:
+            x = m(x)
+        return x
+
+
+def loss_of(spec, net):
+    """The criterion, plus each l2 term's weight * ||param||_2."""
+    loss = spec["loss"]
+    kind, o, _ = opts({k: v for k, v in loss.items() if k != "l2"}) if isinstance(loss, dict) \
+        else (loss, {}, None)
+    if kind == "cross_entropy":
+        weight = torch.tensor(o["weight"], dtype=torch.float32) if "weight" in o else None
+        crit = nn.CrossEntropyLoss(weight=weight,
+                                   label_smoothing=float(o.get("label_smoothing", 0.0)))
+    elif kind == "bce_with_logits":
+        pw = o.get("pos_weight")
+        pw = torch.tensor(pw if isinstance(pw, list) else [pw], dtype=torch.float32) \
+            if pw is not None else None
+        crit = nn.BCEWithLogitsLoss(pos_weight=pw)
+    else:
+        sys.exit("torch_reference.py: loss %s is not supported here" % kind)
+    params = dict(net.named_parameters())
+    terms = [(params[t["param"]], float(t["weight"]))
+             for t in (loss.get("l2", []) if isinstance(loss, dict) else [])]
+
+    def total(logits, label):
+        value = crit(logits, label)
+        for p, w in terms:
+            value = value + w * torch.norm(p)
+        return value
+    return "ce" if kind == "cross_entropy" else "bce", total
+
+
+def optimizer_of(spec, params):
+    kind, o, _ = opts(spec["optimizer"])
+    o = dict(o)
+    if "betas" in o:
+        o["betas"] = tuple(o["betas"])
+    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](
+        params, **o)
+    sched = None
+    if "schedule" in spec:
+        skind, so, _ = opts(spec["schedule"])
+        if skind == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, so["step_size"], so.get("gamma", 0.1))
+        elif skind == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, so["t_max"],
+                                                               so.get("eta_min", 0.0))
+    return opt, sched
+
+
+def model_net(w, path, steps):
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    model = spec.get("model", os.path.splitext(os.path.basename(path))[0])
+    batch = spec["train"]["batch_size"]
+    torch.manual_seed(0)
+    net = Net(spec)
+    kind, criterion = loss_of(spec, net)
+    opt, sched = optimizer_of(spec, net.parameters())
+    for name, t in net.state_dict().items():
+        w.add("%s/init/%s" % (model, name), t)
+    shape = (batch, spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"])
+    with torch.no_grad():
+        outputs = net.eval()(torch.zeros(shape)).shape[1]
+    net.train()
+    for s in range(1, steps + 1):
+        image = torch.randn(shape)
+        if kind == "ce":
+            label = torch.randint(0, outputs, (batch,))
+        else:
+            label = torch.randint(0, 2, (batch, 1)).float()
+        net.set_step(s)
+        opt.zero_grad()
+        logits = net(image)
+        loss = criterion(logits, label)
+        loss.backward()
+        pre = "%s/step%d/" % (model, s)
+        w.add(pre + "image", image)
+        w.add(pre + "label", label)
+        w.add(pre + "logits", logits)
+        w.add(pre + "loss", loss)
+        w.add(pre + "lr", torch.tensor(opt.param_groups[0]["lr"]))
+        for name, p in net.named_parameters():
+            w.add(pre + "grad/" + name, p.grad)
+        opt.step()
+        if sched:
+            sched.step()  # one step per "epoch": step s runs in epoch s - 1
+        for name, t in net.state_dict().items():
+            w.add(pre + "after/" + name, t)
+
+
+def main():
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("models", nargs="*", help="YAML model files (default: the seed nets and "
+                    "tests/torch/Inputs/*.yaml)")
+    args = ap.parse_args()
+    inputs = os.path.join(root, "tests", "torch", "Inputs")
+    models = args.models or [os.path.join(root, "models", "cifar10.yaml"),
+                             os.path.join(root, "models", "catdog.yaml")] + sorted(
+        os.path.join(inputs, f) for f in os.listdir(inputs) if f.endswith(".yaml"))
+    torch.set_num_threads(1)
+    torch.manual_seed(1234)
+    w = RefWriter()
+    op_cases(w)
+    optimizer_cases(w, args.steps)
+    for path in models:
+        model_net(w, path, args.steps)
+    w.save(args.output + ".tmp")
+    os.replace(args.output + ".tmp", args.output)  # never a half-written file
+    print("torch_reference.py: wrote %d tensors to %s (torch %s)" %
+          (len(w.tensors), args.output, torch.__version__))
+
+
+if __name__ == "__main__":
+    main()
