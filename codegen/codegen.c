@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static Cg *cg_new(const char *name) {
@@ -56,27 +57,93 @@ static LLVMValueRef parallel_for_decl(Cg *c, LLVMTypeRef *ty) {
   return f ? f : LLVMAddFunction(c->mod, "xc_parallel_for", *ty);
 }
 
-// `void NAME.kI(void **ctx, i64 lo, i64 hi)`: ctx[0] is the output, then the operands.
+// Whether two buffers may share memory. Only an assign (target in, target
+// out) reads and writes the same buffer; everything else is disjoint.
+static bool overlaps(const Buffer *a, const Buffer *b) {
+  if (a->kind != b->kind)
+    return false;
+  switch (a->kind) {
+  case BUF_ARG:
+  case BUF_SCALAR:
+    return !strcmp(a->arg, b->arg);
+  case BUF_SLOT:
+    return a->slot == b->slot;
+  case BUF_CONST:
+    return false;
+  default: {
+    int64_t unit = a->kind == BUF_WORKSPACE ? 1 : 4;
+    return a->offset * unit < b->offset * unit + b->bytes &&
+           b->offset * unit < a->offset * unit + a->bytes;
+  }
+  }
+}
+
+static void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
+  unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+  LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
+}
+
+// `void NAME.OP.I(ptr out, ptr in..., i64 lo, i64 hi)`: the loop nest of one
+// kernel over [lo, hi) of its outer loop. Buffers that cannot overlap are
+// noalias, so LLVM vectorizes without runtime alias checks; noinline keeps
+// the step function a short list of calls and each kernel optimized alone.
 static LLVMValueRef emit_kernel_function(Cg *c, const LoopFunc *f, int ki) {
   Node *n = f->k[ki].node;
+  int np = n->nin + 1;
+  LLVMTypeRef params[10];
+  ir_assert(np + 2 <= 10);
+  for (int i = 0; i < np; i++)
+    params[i] = c->ptr;
+  params[np] = params[np + 1] = c->i64;
+  LLVMTypeRef ft = LLVMFunctionType(c->voidt, params, np + 2, false);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.%s.%d", f->name, op_info(n->op)->name, ki), ft);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+  if (!f->k[ki].parallel)
+    add_attr(c, fn, LLVMAttributeFunctionIndex, "noinline");
+  const Buffer *out = &f->buf[n->id];
+  bool out_shared = false;
+  for (int i = 0; i < n->nin; i++)
+    if (overlaps(out, &f->buf[n->in[i]->id])) {
+      out_shared = true;
+    } else {
+      add_attr(c, fn, i + 2, "noalias");
+      add_attr(c, fn, i + 2, "readonly");
+    }
+  if (!out_shared)
+    add_attr(c, fn, 1, "noalias");
+  for (int i = 0; i < np; i++)
+    add_attr(c, fn, i + 1, "nocapture");
+
+  begin_function(c, fn);
+  LLVMValueRef in[9];
+  for (int i = 0; i < n->nin; i++)
+    in[i] = LLVMGetParam(fn, i + 1);
+  emit_kernel_body(c, n, LLVMGetParam(fn, 0), in, LLVMGetParam(fn, np), LLVMGetParam(fn, np + 1));
+  LLVMBuildRetVoid(c->b);
+  return fn;
+}
+
+// `void NAME.OP.I.body(void **ctx, i64 lo, i64 hi)` for xc_parallel_for:
+// ctx[0] is the output, then the operands.
+static LLVMValueRef emit_parallel_body(Cg *c, LLVMValueRef kernel, int np) {
   LLVMTypeRef params[3] = {c->ptr, c->i64, c->i64};
   LLVMTypeRef ft = LLVMFunctionType(c->voidt, params, 3, false);
-  char *name = xformat("%s.%s.%d", f->name, op_info(n->op)->name, ki);
-  LLVMValueRef fn = LLVMAddFunction(c->mod, name, ft);
+  size_t len;
+  const char *kname = LLVMGetValueName2(kernel, &len);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.body", kname), ft);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
+  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
   begin_function(c, fn);
   LLVMValueRef ctx = LLVMGetParam(fn, 0);
-  LLVMValueRef in[8], out = NULL;
-  for (int i = 0; i <= n->nin; i++) {
+  LLVMValueRef args[10];
+  for (int i = 0; i < np; i++) {
     LLVMValueRef idx = CI(c, i);
-    LLVMValueRef p = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""), "");
-    // Distinct buffers never overlap: noalias lets LLVM vectorize freely.
-    if (i == 0)
-      out = p;
-    else
-      in[i - 1] = p;
+    args[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""), "");
   }
-  emit_kernel_body(c, n, out, in, LLVMGetParam(fn, 1), LLVMGetParam(fn, 2));
+  args[np] = LLVMGetParam(fn, 1);
+  args[np + 1] = LLVMGetParam(fn, 2);
+  LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kernel), kernel, args, np + 2, "");
   LLVMBuildRetVoid(c->b);
   return fn;
 }
@@ -100,8 +167,12 @@ static LLVMValueRef const_global(Cg *c, Node *n) {
 static void emit_function(Cg *c, const LoopFunc *f) {
   Graph *g = f->g;
   LLVMValueRef *kfn = xcalloc(f->nk + 1, sizeof *kfn);
-  for (int i = 0; i < f->nk; i++)
+  LLVMValueRef *body = xcalloc(f->nk + 1, sizeof *body);
+  for (int i = 0; i < f->nk; i++) {
     kfn[i] = emit_kernel_function(c, f, i);
+    if (f->k[i].parallel)
+      body[i] = emit_parallel_body(c, kfn[i], f->k[i].node->nin + 1);
+  }
 
   LLVMTypeRef ft;
   if (f->kind == FN_TRAIN_STEP) {
@@ -173,22 +244,23 @@ static void emit_function(Cg *c, const LoopFunc *f) {
   LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, CI32(c, 8), "ctx");
   LLVMTypeRef pft;
   LLVMValueRef pfor = parallel_for_decl(c, &pft);
-  LLVMTypeRef kp[3] = {c->ptr, c->i64, c->i64};
-  LLVMTypeRef kft = LLVMFunctionType(c->voidt, kp, 3, false);
   for (int i = 0; i < f->nk; i++) {
     const Kernel *k = &f->k[i];
     Node *n = k->node;
-    for (int j = 0; j <= n->nin; j++) {
-      LLVMValueRef idx = CI(c, j);
-      LLVMValueRef v = j == 0 ? buf[n->id] : buf[n->in[j - 1]->id];
-      LLVMBuildStore(c->b, v, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
-    }
+    LLVMValueRef args[10];
+    for (int j = 0; j <= n->nin; j++)
+      args[j] = j == 0 ? buf[n->id] : buf[n->in[j - 1]->id];
     if (k->parallel) {
-      LLVMValueRef args[3] = {CI(c, k->trip), kfn[i], ctx};
-      LLVMBuildCall2(c->b, pft, pfor, args, 3, "");
+      for (int j = 0; j <= n->nin; j++) {
+        LLVMValueRef idx = CI(c, j);
+        LLVMBuildStore(c->b, args[j], LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
+      }
+      LLVMValueRef pargs[3] = {CI(c, k->trip), body[i], ctx};
+      LLVMBuildCall2(c->b, pft, pfor, pargs, 3, "");
     } else {
-      LLVMValueRef args[3] = {ctx, CI(c, 0), CI(c, k->trip)};
-      LLVMBuildCall2(c->b, kft, kfn[i], args, 3, "");
+      args[n->nin + 1] = CI(c, 0);
+      args[n->nin + 2] = CI(c, k->trip);
+      LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, n->nin + 3, "");
     }
   }
   if (f->kind == FN_TRAIN_STEP) {
@@ -351,6 +423,41 @@ static LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
                                  LLVMCodeModelDefault);
 }
 
+// LLVM only warns about an unknown -mcpu and may then abort deep inside code
+// generation, so probe it in a child process on an empty module first.
+static void check_cpu(const CodegenOptions *opt) {
+  if (!opt->cpu || !strcmp(opt->cpu, "native"))
+    return;
+  int fd[2];
+  if (pipe(fd) != 0)
+    return;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fd[0]);
+    dup2(fd[1], 2);
+    LLVMTargetMachineRef tm = target_machine(opt);
+    Cg *c = cg_new("probe");
+    LLVMMemoryBufferRef mb;
+    char *err = NULL;
+    _exit(LLVMTargetMachineEmitToMemoryBuffer(tm, c->mod, LLVMObjectFile, &err, &mb) ? 1 : 0);
+  }
+  close(fd[1]);
+  char out[4096];
+  size_t len = 0;
+  ssize_t r;
+  while ((r = read(fd[0], out + len, sizeof out - 1 - len)) > 0)
+    len += r;
+  out[len] = '\0';
+  close(fd[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || strstr(out, "not a recognized"))
+    fatal("-mcpu=%s: LLVM does not know this CPU for %s; use -mcpu=native (the default) or a "
+          "name from 'llc -mcpu=help', e.g. x86-64-v3",
+          opt->cpu, LLVMGetDefaultTargetTriple());
+}
+
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
@@ -407,8 +514,10 @@ static void link_executable(const char *obj, const char *out) {
   if (stat(lib, &st) != 0)
     fatal("runtime library %s not found; build the xentcc_rt target first", lib);
   char *cmd = xformat("cc '%s' '%s' -fopenmp -ljpeg -lpng -lz -lm -o '%s'", obj, lib, out);
-  if (system(cmd) != 0)
+  if (system(cmd) != 0) {
+    unlink(obj);
     fatal("linking %s failed (command: %s)", out, cmd);
+  }
 }
 
 // --- Entry points --------------------------------------------------------------------
@@ -428,32 +537,24 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   const char *pa = opt->print_after;
   bool print_lower = pa && (!strcmp(pa, "lower") || !strcmp(pa, "all"));
   bool emit_loops = opt->emit && !strcmp(opt->emit, "loops");
-  for (LoopFunc *f = step; f; f = NULL) {
-    if (print_lower)
-      fprintf(stderr, "// -----// IR Dump After lower (%s) //----- //\n", f->name), print_loops(stderr, f);
+  LoopFunc *fns[2] = {step, fwd};
+  for (int i = 0; i < 2; i++) {
+    if (!fns[i])
+      continue;
+    if (print_lower) {
+      fprintf(stderr, "; *** IR Dump After lower (%s) ***\n", fns[i]->name);
+      print_loops(stderr, fns[i]);
+    }
     if (emit_loops)
-      print_loops(stdout, f);
-  }
-  for (LoopFunc *f = fwd; f; f = NULL) {
-    if (print_lower)
-      fprintf(stderr, "// -----// IR Dump After lower (%s) //----- //\n", f->name), print_loops(stderr, f);
-    if (emit_loops)
-      print_loops(stdout, f);
+      print_loops(stdout, fns[i]);
   }
   if (emit_loops)
     return;
 
-  int64_t ws = 0;
-  if (step && step->workspace_bytes > ws)
-    ws = step->workspace_bytes;
-  if (fwd && fwd->workspace_bytes > ws)
-    ws = fwd->workspace_bytes;
-  Graph *any = eval ? eval : train;
   Node *logits = eval ? eval->ret[0] : train->nret > 1 ? train->ret[1] : NULL;
   int outputs = logits && logits->type.rank ? (int)logits->type.dim[logits->type.rank - 1] : m->nclasses;
   Node *label = train ? graph_find(train, "label") : NULL;
   bool float_labels = label ? label->type.dtype == DT_F32 : outputs == 1;
-  (void)any;
 
   Exe exes[2];
   int nexes = 0;
@@ -464,6 +565,12 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   if (eval)
     exes[nexes++] = (Exe){"eval", {fwd}, 1, "xc_eval_main"};
 
+  // Fail before minutes of optimization if the outputs cannot be written.
+  char *outdir = dirname(xstrdup(opt->output));
+  if (access(outdir, W_OK) != 0)
+    fatal("cannot write %s-*: directory '%s' does not exist or is not writable (check -o)",
+          opt->output, outdir);
+  check_cpu(opt);
   LLVMTargetMachineRef tm = target_machine(opt);
   char *tmpdir = NULL;
   if (!opt->emit) {
@@ -473,8 +580,12 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   }
   for (int e = 0; e < nexes; e++) {
     Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
-    for (int i = 0; i < exes[e].nfns; i++)
+    int64_t ws = 0; // the runtime allocates one workspace for all step functions
+    for (int i = 0; i < exes[e].nfns; i++) {
       emit_function(c, exes[e].fns[i]);
+      if (exes[e].fns[i]->workspace_bytes > ws)
+        ws = exes[e].fns[i]->workspace_bytes;
+    }
     emit_model(c, m, blocks, ws, outputs, float_labels);
     emit_main(c, exes[e].main_fn);
     finish_module(c, tm, opt);

@@ -1,14 +1,16 @@
-// LLVM IR for the kernels of loops.h, through the LLVM C API. Each kernel is
-// its own function `void kN(void **ctx, i64 lo, i64 hi)` over the outer loop
-// [lo, hi); heavy kernels are run through the runtime's xc_parallel_for, the
-// rest called once over the whole range. Float arithmetic only, sums in a
-// fixed order, so results depend on the thread count and nothing else.
+// LLVM IR for the kernels of loops.h, through the LLVM C API: one loop nest
+// per op over constant shapes. Parallel kernels compute the part [lo, hi) of
+// their outer loop, which always indexes disjoint outputs; codegen.c wraps
+// them for the runtime's xc_parallel_for. Float arithmetic only, and every
+// sum runs in an order fixed by the shapes alone, so results do not depend
+// on the thread count, the optimization level or the target CPU.
 #include "emit.h"
 
 #include "dropout_hash.h"
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Core.h>
+#include <llvm-c/DebugInfo.h>
 #include <math.h>
 #include <string.h>
 
@@ -88,6 +90,20 @@ static LLVMValueRef VAR(Cg *c, LLVMValueRef init) {
   LLVMBuildStore(c->b, init, v);
   return v;
 }
+// A float array of n elements on the stack (in the entry block).
+static LLVMValueRef ROW(Cg *c, int64_t n) {
+  LLVMBasicBlockRef cur = LLVMGetInsertBlock(c->b);
+  LLVMValueRef first = LLVMGetFirstInstruction(c->entry);
+  if (first)
+    LLVMPositionBuilderBefore(c->b, first);
+  else
+    LLVMPositionBuilderAtEnd(c->b, c->entry);
+  LLVMValueRef v = LLVMBuildAlloca(c->b, LLVMArrayType(c->f32, n), "row");
+  LLVMSetAlignment(v, 64);
+  LLVMPositionBuilderAtEnd(c->b, cur);
+  return v;
+}
+
 static LLVMValueRef GET(Cg *c, LLVMValueRef var, LLVMTypeRef t) { return LLVMBuildLoad2(c->b, t, var, ""); }
 static LLVMValueRef GETF(Cg *c, LLVMValueRef var) { return GET(c, var, c->f32); }
 static void SET(Cg *c, LLVMValueRef var, LLVMValueRef v) { LLVMBuildStore(c->b, v, var); }
@@ -123,10 +139,39 @@ static void loop_end(Cg *c, Loop *l) {
   LLVMPositionBuilderAtEnd(c->b, l->exit);
 }
 
+// The same, but the loop carries llvm.loop.unroll.disable. Used on the
+// innermost loops over an image row: fully unrolled (trip 28 and such),
+// they would leave the row loop above innermost and LLVM would vectorize
+// that one with gathers instead of this one with contiguous loads.
+static void loop_end_vector(Cg *c, Loop *l) {
+  LLVMValueRef next = ADDI(c, l->phi, 1);
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+  LLVMValueRef br = LLVMBuildBr(c->b, l->head);
+  LLVMAddIncoming(l->phi, &next, &latch, 1);
+  const char *opt = "llvm.loop.unroll.disable";
+  LLVMMetadataRef str = LLVMMDStringInContext2(c->ctx, opt, strlen(opt));
+  LLVMMetadataRef hint = LLVMMDNodeInContext2(c->ctx, &str, 1);
+  LLVMMetadataRef tmp = LLVMTemporaryMDNode(c->ctx, NULL, 0);
+  LLVMMetadataRef ops[2] = {tmp, hint};
+  LLVMMetadataRef loop = LLVMMDNodeInContext2(c->ctx, ops, 2);
+  LLVMMetadataReplaceAllUsesWith(tmp, loop); // the loop ID refers to itself
+  unsigned kind = LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9);
+  LLVMSetMetadata(br, kind, LLVMMetadataAsValue(c->ctx, loop));
+  LLVMPositionBuilderAtEnd(c->b, l->exit);
+}
+
 #define FOR(c, var, lo, hi)                                                                        \
   for (LLVMValueRef var, *once_ = &var; once_; once_ = NULL)                                       \
     for (Loop L_##var = loop_begin(c, lo, hi, &var); once_; loop_end(c, &L_##var), once_ = NULL)
 #define FORN(c, var, n) FOR(c, var, CI(c, 0), CI(c, n))
+// A loop over an image row of `len` outputs: long rows keep their loop (see
+// loop_end_vector); short ones are left to LLVM, which unrolls them fully and
+// vectorizes across rows with the SLP vectorizer.
+#define FOR_ROW(c, var, lo, hi, len)                                                               \
+  for (LLVMValueRef var, *once_ = &var; once_; once_ = NULL)                                       \
+    for (Loop L_##var = loop_begin(c, lo, hi, &var); once_;                                        \
+         (len) >= 16 ? loop_end_vector(c, &L_##var) : loop_end(c, &L_##var), once_ = NULL)
+
 
 // Output positions o in [0, out) whose input o*s - p + k falls inside [0, in).
 static void window_range(Cg *c, LLVMValueRef k, int64_t s, int64_t p, int64_t in, int64_t out,
@@ -183,7 +228,7 @@ static void emit_conv2d(Cg *c, K *k) {
             LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
             LLVMValueRef yr = GEP(c, c->f32, y, MULI(c, oh, WO));
             LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR(c, ow, owl, owh) {
+            FOR_ROW(c, ow, owl, owh, WO) {
               LLVMValueRef xv = LD(c, xr, MULI(c, ow, s1));
               ST(c, yr, ow, FADD(c, LD(c, yr, ow), FMUL(c, wv, xv)));
             }
@@ -221,7 +266,7 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
             LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
             LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
             LLVMValueRef dxr = GEP(c, c->f32, dx, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR(c, ow, owl, owh) {
+            FOR_ROW(c, ow, owl, owh, WO) {
               LLVMValueRef j = MULI(c, ow, s1);
               ST(c, dxr, j, FADD(c, LD(c, dxr, j), FMUL(c, wv, LD(c, dyr, ow))));
             }
@@ -232,7 +277,10 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
   }
 }
 
-// dw[o,c,kh,kw] = sum over n, oh, ow of dy[n,o,oh,ow] * x[n,c,ih,iw].
+// dw[o,c,kh,kw] = sum over n, oh, ow of dy[n,o,oh,ow] * x[n,c,ih,iw]. The sum
+// keeps one partial sum per output column ow (a row of WO floats on the
+// stack), so the innermost loop is elementwise and vectorizes without
+// reordering any addition; the row is added up in order at the end.
 static void emit_conv2d_grad_weight(Cg *c, K *k) {
   Node *n = k->n;
   const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
@@ -241,6 +289,7 @@ static void emit_conv2d_grad_weight(Cg *c, K *k) {
   int64_t HO = dt->dim[2], WO = dt->dim[3];
   int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
   int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
+  LLVMValueRef part = ROW(c, WO);
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
     LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, KH * KW));
@@ -250,7 +299,7 @@ static void emit_conv2d_grad_weight(Cg *c, K *k) {
       FORN(c, kw, KW) {
         LLVMValueRef owl, owh;
         window_range(c, kw, s1, p1, W, WO, &owl, &owh);
-        LLVMValueRef acc = VAR(c, CF(c, 0));
+        FORN(c, i, WO) ST(c, part, i, CF(c, 0));
         FORN(c, b, N) {
           LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), HO * WO));
           LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), H * W));
@@ -258,9 +307,14 @@ static void emit_conv2d_grad_weight(Cg *c, K *k) {
             LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
             LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
             LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR(c, ow, owl, owh) ACC(c, acc, FMUL(c, LD(c, dyr, ow), LD(c, xr, MULI(c, ow, s1))));
+            FOR_ROW(c, ow, owl, owh, WO) {
+              LLVMValueRef prod = FMUL(c, LD(c, dyr, ow), LD(c, xr, MULI(c, ow, s1)));
+              ST(c, part, ow, FADD(c, LD(c, part, ow), prod));
+            }
           }
         }
+        LLVMValueRef acc = VAR(c, CF(c, 0));
+        FORN(c, i, WO) ACC(c, acc, LD(c, part, i));
         ST(c, dw, ADD(c, MULI(c, kh, KW), kw), GETF(c, acc));
       }
     }
@@ -283,8 +337,8 @@ static Pool pool_of(Node *n, const Type *x) {
   return p;
 }
 
-// Calls visit(c, k, plane_x, plane_y, index_in_x, oh*WO+ow, state) for each
-// window element of each output, in row-major window order.
+// The window rows [khl, khh) and columns [kwl, kwh) of output (oh, ow)
+// that fall inside the input.
 static void pool_clip(Cg *c, const Pool *p, LLVMValueRef oh, LLVMValueRef ow, LLVMValueRef *khl,
                       LLVMValueRef *khh, LLVMValueRef *kwl, LLVMValueRef *kwh) {
   LLVMValueRef h0 = ADDI(c, MULI(c, oh, p->s0), -p->p0), w0 = ADDI(c, MULI(c, ow, p->s1), -p->p1);
@@ -334,7 +388,6 @@ static void emit_pool(Cg *c, K *k, bool is_max, bool grad) {
           ST(c, dx, j, FADD(c, LD(c, dx, j), LD(c, y, yi)));
         }
       } else {
-        float inv = 1.0f / (float)(p.KH * p.KW);
         if (!grad) {
           LLVMValueRef acc = VAR(c, CF(c, 0));
           FOR(c, kh, khl, khh) FOR(c, kw, kwl, kwh)
@@ -342,7 +395,6 @@ static void emit_pool(Cg *c, K *k, bool is_max, bool grad) {
           ST(c, y, yi, FDIV(c, GETF(c, acc), CF(c, (double)(p.KH * p.KW))));
         } else {
           LLVMValueRef g = FDIV(c, LD(c, y, yi), CF(c, (double)(p.KH * p.KW)));
-          (void)inv;
           FOR(c, kh, khl, khh) FOR(c, kw, kwl, kwh) {
             LLVMValueRef j = ADD(c, base, ADD(c, MULI(c, kh, p.W), kw));
             ST(c, dx, j, FADD(c, LD(c, dx, j), g));
@@ -353,16 +405,37 @@ static void emit_pool(Cg *c, K *k, bool is_max, bool grad) {
   }
 }
 
+// sum_i a[i] * b[i] over 16 lanes: lane j adds up the elements i = j mod 16
+// in order, then the lanes are added in order. Vectorizes without letting
+// LLVM reorder additions, so the result does not depend on the target.
+enum { LANES = 16 };
+static LLVMValueRef dot(Cg *c, LLVMValueRef part, LLVMValueRef a, LLVMValueRef b, int64_t len) {
+  FORN(c, j, LANES) ST(c, part, j, CF(c, 0));
+  FORN(c, blk, len / LANES) {
+    LLVMValueRef base = MULI(c, blk, LANES);
+    FORN(c, j, LANES) {
+      LLVMValueRef i = ADD(c, base, j);
+      ST(c, part, j, FADD(c, LD(c, part, j), FMUL(c, LD(c, a, i), LD(c, b, i))));
+    }
+  }
+  FORN(c, j, len % LANES) {
+    LLVMValueRef i = ADDI(c, j, len / LANES * LANES);
+    ST(c, part, j, FADD(c, LD(c, part, j), FMUL(c, LD(c, a, i), LD(c, b, i))));
+  }
+  LLVMValueRef acc = VAR(c, CF(c, 0));
+  FORN(c, j, LANES) ACC(c, acc, LD(c, part, j));
+  return GETF(c, acc);
+}
+
 // y[n,m] = b[m] + sum_k x[n,k] * w[m,k]
 static void emit_linear(Cg *c, K *k) {
   Node *n = k->n;
   int64_t K_ = n->in[0]->type.dim[1], M = n->type.dim[1];
+  LLVMValueRef part = ROW(c, LANES);
   FOR(c, row, k->lo, k->hi) FORN(c, m, M) {
     LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, row, K_));
     LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, m, K_));
-    LLVMValueRef acc = VAR(c, CF(c, 0));
-    FORN(c, i, K_) ACC(c, acc, FMUL(c, LD(c, x, i), LD(c, w, i)));
-    LLVMValueRef v = GETF(c, acc);
+    LLVMValueRef v = dot(c, part, x, w, K_);
     if (n->nin == 3)
       v = FADD(c, v, LD(c, k->X[2], m));
     ST(c, k->O, ADD(c, MULI(c, row, M), m), v);
@@ -399,8 +472,8 @@ static void emit_linear_grad_weight(Cg *c, K *k) {
   }
 }
 
-// Per-channel reductions over [N, C, S...]: visit(v) for every element of
-// channel ch in (n, s) order.
+// Per-channel sums over [N, C, S...] into acc, in (n, s) order, of x (mode
+// 0), (x - mean)^2 (mode 1) or y * (x - mean) * rstd (mode 2).
 static void channel_sum(Cg *c, LLVMValueRef x, LLVMValueRef y, const Type *t, LLVMValueRef ch,
                         LLVMValueRef acc, LLVMValueRef mean, LLVMValueRef rstd, int mode) {
   int64_t N = t->dim[0], C = t->dim[1], S = type_numel(t) / (N * C);
@@ -562,8 +635,8 @@ static void emit_rowwise(Cg *c, K *k) {
 // Cross-entropy on log-probabilities, PyTorch 1.13 (mean reduction):
 //   W = sum_n w[y_n] (N without weights)
 //   loss = (1-ls) * sum_n -w[y_n] logp[n,y_n] / W + ls/C * sum_n sum_c -w[c] logp[n,c] / W
-// The fused op first takes log_softmax of the logits (into the workspace copy
-// kept in O for the gradient: the loss recomputes it row by row instead).
+// The fused op computes log_softmax of each row on the fly (max, then
+// log-sum-exp), as log_softmax does.
 static LLVMValueRef weight_of(Cg *c, K *k, int wi, LLVMValueRef cls) {
   return k->n->nin > wi ? LD(c, k->X[wi], cls) : CF(c, 1);
 }
@@ -576,7 +649,7 @@ static LLVMValueRef ce_denominator(Cg *c, K *k, int label, int wi, int64_t N) {
   return GETF(c, W);
 }
 
-// log-probabilities of row `row` element i: either read or computed from logits.
+// The max and log-sum-exp of one row of logits: logp[i] = x[i] - m - lse.
 static void row_stats(Cg *c, LLVMValueRef x, int64_t C, LLVMValueRef *m, LLVMValueRef *lse) {
   LLVMValueRef mx = VAR(c, CF(c, -INFINITY));
   FORN(c, i, C) SET(c, mx, FMAX(c, GETF(c, mx), LD(c, x, i)));
@@ -750,10 +823,7 @@ static void emit_elementwise(Cg *c, K *k) {
   Node *n = k->n;
   int64_t total = numel(n);
   LLVMValueRef lr = NULL, step = NULL, step1 = NULL;
-  double bc1 = 0, bc2 = 0;
   LLVMValueRef ss = NULL, bc2s = NULL, key = NULL;
-  (void)bc1;
-  (void)bc2;
   switch (n->op) {
   case OP_sgd_buf:
     step1 = LLVMBuildICmp(c->b, LLVMIntEQ, load_step(c, k->X[3]), LLVMConstInt(c->i32, 1, 0), "");
@@ -824,9 +894,12 @@ static void emit_elementwise(Cg *c, K *k) {
       v = FADD(c, FMUL(c, CF(c, 1.0f - m), a), FMUL(c, CF(c, m), b));
       break;
     }
-    case OP_l2norm_grad: // (dl, x, norm)
-      v = FDIV(c, FMUL(c, LD(c, k->X[0], CI(c, 0)), b), LD(c, k->X[2], CI(c, 0)));
+    case OP_l2norm_grad: { // (dl, x, norm); 0 at x = 0 like PyTorch's subgradient
+      LLVMValueRef norm = LD(c, k->X[2], CI(c, 0));
+      v = FDIV(c, FMUL(c, LD(c, k->X[0], CI(c, 0)), b), norm);
+      v = SEL(c, LLVMBuildFCmp(c->b, LLVMRealOEQ, norm, CF(c, 0), ""), CF(c, 0), v);
       break;
+    }
     case OP_sgd_buf: { // (g, buf, p, step)
       LLVMValueRef d = a;
       double wd = node_float(n, "weight_decay");

@@ -64,9 +64,5 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
 void print_loops(FILE *out, const LoopFunc *f);
 int64_t kernel_trip(const Node *n, bool *parallel);
 
-// emit.c: one LLVM module per executable
-typedef struct LLVMOpaqueModule *LLVMModuleRef_;
-void emit_module_file(Model *m, const Blocks *b, LoopFunc **fns, int nfns, const char *main_fn,
-                      const char *path, const char *emit, const CodegenOptions *opt);
 
 #endif

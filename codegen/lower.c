@@ -41,33 +41,62 @@ static int64_t block_offset(const BlockEntry *e, int n, Node *node, const char *
   fatal("%s '%s' of the evaluation graph is not in the training graph", what, node->name);
 }
 
-// The outer loop that kernels split across threads, and whether to split it:
-// only heavy ops, and always over a dimension whose outputs are disjoint.
-int64_t kernel_trip(const Node *n, bool *parallel) {
-  const Type *t = &n->type;
-  *parallel = false;
+// Multiply-adds of a heavy kernel, to decide whether threads pay off.
+static int64_t kernel_work(const Node *n) {
+  const Type *t = &n->type, *a = &n->in[0]->type;
   switch (n->op) {
   case OP_conv2d:
-    *parallel = true;
-    return t->dim[0] * t->dim[1]; // (n, o) planes
-  case OP_conv2d_grad_input:
+  case OP_conv2d_grad_input: {
+    const Type *w = &n->in[1]->type; // C*KH*KW per output (or per dy) element
+    return type_numel(n->op == OP_conv2d ? t : a) * (type_numel(w) / w->dim[0]);
+  }
+  case OP_conv2d_grad_weight:
+    return type_numel(t) * (type_numel(a) / a->dim[1]);
+  case OP_linear:
+  case OP_linear_grad_input:
+    return type_numel(t) * a->dim[1];
+  case OP_linear_grad_weight:
+    return type_numel(t) * a->dim[0];
+  default: { // pooling: one window per output
+    const int64_t *k = node_attr(n, "kernel")->ints;
+    bool grad = n->op == OP_maxpool2d_grad || n->op == OP_avgpool2d_grad;
+    return type_numel(grad ? a : t) * k[0] * k[1];
+  }
+  }
+}
+
+// The outer loop of a kernel, always over a dimension whose outputs are
+// disjoint, and whether to split it across threads: only when the kernel
+// does at least ~1M multiply-adds, as a parallel region costs microseconds
+// (and much more when the cores are shared).
+int64_t kernel_trip(const Node *n, bool *parallel) {
+  const Type *t = &n->type;
+  int64_t trip;
+  switch (n->op) {
+  case OP_conv2d:               // (n, o) planes
+  case OP_conv2d_grad_input:    // (n, c) planes
   case OP_maxpool2d:
   case OP_avgpool2d:
   case OP_maxpool2d_grad:
   case OP_avgpool2d_grad:
-    *parallel = true;
-    return t->dim[0] * t->dim[1]; // (n, c) planes
-  case OP_conv2d_grad_weight:
-    *parallel = true;
-    return t->dim[0] * t->dim[1]; // (o, c) filters
-  case OP_linear:
+  case OP_conv2d_grad_weight:   // (o, c) filters
+    trip = t->dim[0] * t->dim[1];
+    break;
+  case OP_linear:               // rows of the output
   case OP_linear_grad_input:
   case OP_linear_grad_weight:
-    *parallel = true;
-    return t->dim[0]; // rows of the output
+    trip = t->dim[0];
+    break;
   default:
-    return t->rank ? t->dim[0] : 1;
+    // Other kernels run their whole loop nest in one call; elementwise ones
+    // are a single flat loop over every element.
+    *parallel = false;
+    return op_info(n->op)->flags & OPF_ELEMENTWISE || n->op == OP_reshape || n->op == OP_assign
+               ? type_numel(t)
+               : 1;
   }
+  *parallel = kernel_work(n) >= (1 << 20);
+  return trip;
 }
 
 LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks) {
@@ -260,8 +289,13 @@ void print_loops(FILE *out, const LoopFunc *f) {
       fprintf(out, j ? ", " : "");
       print_name(out, v->in[j]);
     }
-    fprintf(out, "\n    %sfor i in [0, %lld)%s\n", k->parallel ? "parallel " : "",
-            (long long)k->trip, k->deferred ? " at end of step" : "");
+    if (k->parallel)
+      fprintf(out, "\n    parallel for i in [0, %lld)\n", (long long)k->trip);
+    else if (k->trip > 1)
+      fprintf(out, "\n    for i in [0, %lld)%s\n", (long long)k->trip,
+              k->deferred ? " at end of step" : "");
+    else
+      fprintf(out, "\n    once\n");
   }
   fprintf(out, "  return");
   for (int i = 0; i < g->nret; i++) {

@@ -1,0 +1,820 @@
+// Differential tests of code generation: small graphs (one op, or a few)
+// compiled with codegen_function_object into a shared object, loaded with
+// dlopen, run on random inputs and compared node by node with the reference
+// evaluator (ir/eval.c). Then whole training steps of the seed models,
+// through the xc_train_step / xc_forward ABI of runtime/xentcc_rt.h.
+#include "ir.h"
+#include "../../runtime/xentcc_rt.h"
+
+#include <check.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const Loc no_loc = {0};
+
+//
+// Building small graphs with their source values
+//
+
+enum { MAX_NODES = 1024 };
+
+typedef struct {
+  Graph *g;
+  Tensor src[MAX_NODES]; // values of the source nodes, by node id
+} Net;
+
+static Net *net_new(void) {
+  Net *t = xcalloc(1, sizeof *t);
+  t->g = graph_new("test");
+  return t;
+}
+
+static Node *source(Net *t, OpKind op, const char *name, DType dt, int rank, const int64_t *dim) {
+  Node *n = node_new(t->g, op, NULL, 0, no_loc);
+  ir_assert(n->id < MAX_NODES);
+  n->name = xstrdup(name);
+  n->type = type_make(dt, rank, dim);
+  node_fill_default_attrs(n);
+  t->src[n->id] = tensor_new(n->type);
+  return n;
+}
+
+#define DIMS(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), ((int64_t[]){__VA_ARGS__})
+#define F32(t, name, ...) source(t, OP_input, name, DT_F32, DIMS(__VA_ARGS__))
+#define I32(t, name, ...) source(t, OP_input, name, DT_I32, DIMS(__VA_ARGS__))
+#define SCALAR(t, name) source(t, OP_input, name, DT_F32, 0, NULL)
+#define STEP(t, name) source(t, OP_input, name, DT_I32, 0, NULL)
+
+#define OPN(t, op, ...)                                                                            \
+  node_new((t)->g, OP_##op, (Node *[]){__VA_ARGS__},                                               \
+           sizeof((Node *[]){__VA_ARGS__}) / sizeof(Node *), no_loc)
+
+static Node *done(Node *n) {
+  node_fill_default_attrs(n);
+  node_infer(n);
+  return n;
+}
+
+static void set_pair(Node *n, const char *attr, int64_t a, int64_t b) {
+  node_set_ints(n, attr, (int64_t[]){a, b}, 2);
+}
+
+static int64_t count(Node *n) { return type_numel(&n->type); }
+
+// A fixed-seed xorshift generator, so failures reproduce.
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static double uniform(double lo, double hi) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+static void fill(Net *t, Node *n, double lo, double hi) {
+  for (int64_t i = 0; i < count(n); i++)
+    t->src[n->id].f[i] = (float)uniform(lo, hi);
+}
+
+static void fill_ints(Net *t, Node *n, int lo, int hi) {
+  for (int64_t i = 0; i < count(n); i++)
+    t->src[n->id].i[i] = lo + (int32_t)uniform(0, hi - lo + 1);
+}
+
+static void set_int(Net *t, Node *n, int32_t v) { t->src[n->id].i[0] = v; }
+
+//
+// Compiling, loading and comparing
+//
+
+// Passes if max |got - want| <= tol * max(1e-3, max |want|).
+static bool check_tensor(const char *what, const float *got, const float *want, int64_t n,
+                         double tol) {
+  double maxdiff = 0, maxref = 1e-3;
+  int64_t worst = 0;
+  for (int64_t i = 0; i < n; i++) {
+    maxref = fmax(maxref, fabs(want[i]));
+    double d = fabs((double)got[i] - want[i]);
+    if (d > maxdiff || isnan(d)) {
+      maxdiff = d;
+      worst = i;
+    }
+  }
+  bool ok = maxdiff <= tol * maxref;
+  if (!ok) {
+    fprintf(stderr, "%s: mismatch, max |diff| %.3g at [%lld] > %.3g\n", what, maxdiff,
+            (long long)worst, tol * maxref);
+    for (int64_t i = 0; i < n && i < 6; i++)
+      fprintf(stderr, "  [%lld] got %.9g want %.9g\n", (long long)i, got[i], want[i]);
+    fprintf(stderr, "  [%lld] got %.9g want %.9g (worst)\n", (long long)worst, got[worst],
+            want[worst]);
+  }
+  return ok;
+}
+
+static char *tmpdir;
+static char *pfor_obj; // our xc_parallel_for, linked into every shared object
+
+static void sh(const char *cmd) {
+  if (system(cmd) != 0)
+    ck_abort_msg("command failed: %s", cmd);
+}
+
+// xc_parallel_for in three uneven chunks, the last one first: a kernel that
+// assumed lo == 0, wrote outside [lo, hi) or depended on the order fails.
+static void setup(void) {
+  tmpdir = xstrdup("/tmp/xentcc-test-codegen-XXXXXX");
+  ck_assert(mkdtemp(tmpdir));
+  char *src = xformat("%s/pfor.c", tmpdir);
+  FILE *f = fopen(src, "w");
+  ck_assert(f);
+  fputs("#include <stdint.h>\n"
+        "void xc_parallel_for(int64_t n, void (*body)(void *, int64_t, int64_t), void *ctx) {\n"
+        "  int64_t a = n / 3, b = n - n / 4;\n"
+        "  body(ctx, b, n);\n"
+        "  body(ctx, a, b);\n"
+        "  body(ctx, 0, a);\n"
+        "}\n",
+        f);
+  fclose(f);
+  pfor_obj = xformat("%s/pfor.o", tmpdir);
+  sh(xformat("cc -c -fPIC '%s' -o '%s'", src, pfor_obj));
+}
+
+static void teardown(void) { sh(xformat("rm -rf '%s'", tmpdir)); }
+
+static int compiled; // names each shared object uniquely
+
+// Links obj (+ our parallel_for) into a shared object and opens it.
+static void *load_object(const char *obj) {
+  char *so = xformat("%s/lib%d.so", tmpdir, compiled++);
+  sh(xformat("cc -shared '%s' '%s' -o '%s'", obj, pfor_obj, so));
+  // Lazy: the training object's main() calls xc_train_main, which is not here.
+  void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
+  ck_assert_msg(h, "dlopen: %s", dlerror());
+  return h;
+}
+
+static bool compared(const Node *n) {
+  return !(op_info(n->op)->flags & OPF_SOURCE) && n->op != OP_reshape;
+}
+
+// Compiles t->g at -O`opt`, runs it on t->src, and compares every computed
+// node with eval_graph's value.
+static void run_at(Net *t, int opt, double tol, const char *what) {
+  Graph *g = t->g;
+  Tensor *want = eval_graph(g, t->src);
+  char *obj = xformat("%s/k%d.o", tmpdir, compiled);
+  CodegenOptions o = {.opt_level = opt, .cpu = "native"};
+  codegen_function_object(g, "kernel", obj, &o);
+  void *h = load_object(obj);
+  void (*fn)(void **) = (void (*)(void **))dlsym(h, "kernel");
+  ck_assert_msg(fn, "dlsym: %s", dlerror());
+
+  void **slots = xcalloc(g->nnodes, sizeof *slots);
+  Tensor *got = xcalloc(g->nnodes, sizeof *got);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    got[i] = tensor_new(n->type);
+    // Garbage in every output, so a kernel that skips elements shows.
+    if (n->type.dtype == DT_F32)
+      for (int64_t j = 0; j < count(n); j++)
+        got[i].f[j] = NAN;
+    if (n->op == OP_input || n->op == OP_param || n->op == OP_state) {
+      size_t bytes = type_numel(&n->type) * 4;
+      memcpy(n->type.dtype == DT_F32 ? (void *)got[i].f : (void *)got[i].i,
+             n->type.dtype == DT_F32 ? (void *)t->src[i].f : (void *)t->src[i].i, bytes);
+    }
+    slots[i] = n->type.dtype == DT_F32 ? (void *)got[i].f : (void *)got[i].i;
+  }
+  fn(slots);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    if (!compared(n))
+      continue;
+    char *name = xformat("%s -O%d: node %d (%s %s)", what, opt, i, op_info(n->op)->name,
+                         n->name ? n->name : "");
+    if (n->type.dtype == DT_F32)
+      ck_assert_msg(check_tensor(name, got[i].f, want[i].f, count(n), tol), "%s differs", name);
+    else
+      ck_assert_msg(!memcmp(got[i].i, want[i].i, count(n) * 4), "%s differs", name);
+  }
+  dlclose(h);
+}
+
+// The shipping level and the unoptimized code: -O3 vectorizes and unrolls,
+// -O0 shows the kernels' plain meaning.
+static void run(Net *t, double tol, const char *what) {
+  run_at(t, 3, tol, what);
+  run_at(t, 0, tol, what);
+}
+
+static const double TOL = 2e-5; // f32 accumulation against the evaluator's doubles
+
+//
+// Forward ops
+//
+
+static void conv_case(int64_t sh_, int64_t sw, int64_t ph, int64_t pw, int64_t kh, int64_t kw,
+                      bool bias) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 2, 3, 7, 6), *w = F32(t, "w", 4, 3, kh, kw), *b = F32(t, "b", 4);
+  Node *y = bias ? OPN(t, conv2d, x, w, b) : OPN(t, conv2d, x, w);
+  set_pair(y, "stride", sh_, sw);
+  set_pair(y, "padding", ph, pw);
+  done(y);
+  Node *dy = F32(t, "dy", y->type.dim[0], y->type.dim[1], y->type.dim[2], y->type.dim[3]);
+  Node *gx = OPN(t, conv2d_grad_input, dy, w);
+  set_pair(gx, "stride", sh_, sw);
+  set_pair(gx, "padding", ph, pw);
+  gx->type = x->type;
+  done(gx);
+  Node *gw = OPN(t, conv2d_grad_weight, dy, x);
+  set_pair(gw, "stride", sh_, sw);
+  set_pair(gw, "padding", ph, pw);
+  set_pair(gw, "kernel", kh, kw);
+  done(gw);
+  done(OPN(t, bias_grad, dy));
+  fill(t, x, -1, 1);
+  fill(t, w, -0.5, 0.5);
+  fill(t, b, -0.5, 0.5);
+  fill(t, dy, -1, 1);
+  run(t, TOL, xformat("conv2d s%lld,%lld p%lld,%lld k%lld,%lld", (long long)sh_, (long long)sw,
+                      (long long)ph, (long long)pw, (long long)kh, (long long)kw));
+}
+
+START_TEST(conv2d_and_grads) {
+  conv_case(1, 1, 0, 0, 3, 3, true);
+  conv_case(1, 1, 0, 0, 3, 3, false);
+  conv_case(2, 2, 1, 1, 3, 3, true);
+  conv_case(2, 1, 1, 0, 3, 2, true); // non-square: catches swapped H and W
+  conv_case(1, 2, 2, 1, 5, 4, true); // padding wider than a stride
+}
+END_TEST
+
+static void pool_case(OpKind fwd, OpKind bwd, int64_t k, int64_t s, int64_t p, bool ties) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 2, 3, 7, 6);
+  Node *y = node_new(t->g, fwd, (Node *[]){x}, 1, no_loc);
+  set_pair(y, "kernel", k, k);
+  set_pair(y, "stride", s, s);
+  set_pair(y, "padding", p, p);
+  done(y);
+  Node *dy = F32(t, "dy", y->type.dim[0], y->type.dim[1], y->type.dim[2], y->type.dim[3]);
+  Node *gx = node_new(t->g, bwd, (Node *[]){dy, x}, 2, no_loc);
+  set_pair(gx, "kernel", k, k);
+  set_pair(gx, "stride", s, s);
+  set_pair(gx, "padding", p, p);
+  done(gx);
+  fill(t, x, -1, 1);
+  if (ties) // few distinct values: the first maximum must win, as in PyTorch
+    for (int64_t i = 0; i < count(x); i++)
+      t->src[x->id].f[i] = (float)floor(t->src[x->id].f[i] * 2);
+  fill(t, dy, -1, 1);
+  run(t, TOL, xformat("%s k%lld s%lld p%lld%s", op_info(fwd)->name, (long long)k, (long long)s,
+                      (long long)p, ties ? " ties" : ""));
+}
+
+START_TEST(pooling_and_grads) {
+  for (int ties = 0; ties < 2; ties++) {
+    pool_case(OP_maxpool2d, OP_maxpool2d_grad, 2, 2, 0, ties);
+    pool_case(OP_maxpool2d, OP_maxpool2d_grad, 3, 2, 1, ties);
+    pool_case(OP_maxpool2d, OP_maxpool2d_grad, 3, 1, 1, ties);
+  }
+  pool_case(OP_avgpool2d, OP_avgpool2d_grad, 2, 2, 0, false);
+  pool_case(OP_avgpool2d, OP_avgpool2d_grad, 3, 2, 1, false);
+  pool_case(OP_avgpool2d, OP_avgpool2d_grad, 3, 1, 1, false);
+}
+END_TEST
+
+START_TEST(linear_and_grads) {
+  for (int bias = 0; bias < 2; bias++) {
+    Net *t = net_new();
+    Node *x4 = F32(t, "x", 5, 2, 3, 3), *w = F32(t, "w", 7, 18), *b = F32(t, "b", 7);
+    Node *x = OPN(t, reshape, x4);
+    x->type = type_make(DT_F32, DIMS(5, 18));
+    done(x);
+    Node *y = done(bias ? OPN(t, linear, x, w, b) : OPN(t, linear, x, w));
+    Node *dy = F32(t, "dy", 5, 7);
+    done(OPN(t, linear_grad_input, dy, w));
+    done(OPN(t, linear_grad_weight, dy, x));
+    done(OPN(t, bias_grad, dy));
+    done(OPN(t, relu, y));
+    fill(t, x4, -1, 1);
+    fill(t, w, -1, 1);
+    fill(t, b, -1, 1);
+    fill(t, dy, -1, 1);
+    run(t, TOL, bias ? "linear with bias" : "linear without bias");
+  }
+}
+END_TEST
+
+START_TEST(elementwise) {
+  Net *t = net_new();
+  Node *a = F32(t, "a", 3, 37), *b = F32(t, "b", 3, 37);
+  Node *r = done(OPN(t, relu, a));
+  Node *s = done(OPN(t, sigmoid, a));
+  done(OPN(t, add, a, b));
+  done(OPN(t, mul, a, b));
+  Node *sc = OPN(t, scale, a);
+  node_set_float(sc, "factor", -0.37);
+  done(sc);
+  Node *e = OPN(t, ema, a, b);
+  node_set_float(e, "momentum", 0.1);
+  done(e);
+  done(OPN(t, relu_grad, b, r));
+  done(OPN(t, sigmoid_grad, b, s));
+  done(OPN(t, mul, a, a)); // the same buffer twice
+  fill(t, a, -3, 3);
+  fill(t, b, -1, 1);
+  t->src[a->id].f[5] = 0.0f;
+  run(t, TOL, "elementwise");
+}
+END_TEST
+
+START_TEST(relu_keeps_nan) {
+  Net *t = net_new();
+  Node *a = F32(t, "a", 4);
+  done(OPN(t, relu, a));
+  float v[4] = {NAN, -1, 2, -0.0f};
+  memcpy(t->src[a->id].f, v, sizeof v);
+  Tensor *want = eval_graph(t->g, t->src);
+  ck_assert(isnan(want[1].f[0]));
+  // check_tensor treats a NaN difference as a mismatch, so compare by hand.
+  char *obj = xformat("%s/nan.o", tmpdir);
+  codegen_function_object(t->g, "kernel", obj, &(CodegenOptions){.opt_level = 3, .cpu = "native"});
+  void *h = load_object(obj);
+  void (*fn)(void **) = (void (*)(void **))dlsym(h, "kernel");
+  float out[4];
+  fn((void *[]){t->src[a->id].f, out});
+  ck_assert(isnan(out[0]));
+  ck_assert(out[1] == 0 && out[2] == 2 && out[3] == 0);
+  dlclose(h);
+}
+END_TEST
+
+START_TEST(softmax_family) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 6, 11), *dy = F32(t, "dy", 6, 11);
+  Node *s = done(OPN(t, softmax, x));
+  Node *ls = done(OPN(t, log_softmax, x));
+  done(OPN(t, softmax_grad, dy, s));
+  done(OPN(t, log_softmax_grad, dy, ls));
+  fill(t, x, -4, 4);
+  t->src[x->id].f[3] = 80; // large logits must not overflow
+  fill(t, dy, -1, 1);
+  run(t, TOL, "softmax family");
+}
+END_TEST
+
+START_TEST(batchnorm) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 4, 3, 5, 6), *gm = F32(t, "gamma", 3), *bt = F32(t, "beta", 3);
+  Node *rm = F32(t, "running_mean", 3), *rv = F32(t, "running_var", 3), *dy = F32(t, "dy", 4, 3, 5, 6);
+  Node *y = OPN(t, batchnorm2d, x, gm, bt);
+  node_set_float(y, "eps", 1e-5);
+  done(y);
+  Node *yi = OPN(t, batchnorm2d_infer, x, gm, bt, rm, rv);
+  node_set_float(yi, "eps", 1e-5);
+  done(yi);
+  done(OPN(t, channel_mean, x));
+  done(OPN(t, channel_var, x));
+  Node *vu = OPN(t, channel_var, x);
+  node_set_int(vu, "unbiased", 1);
+  done(vu);
+  Node *gi = OPN(t, batchnorm2d_grad_input, dy, x, gm);
+  node_set_float(gi, "eps", 1e-5);
+  done(gi);
+  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x);
+  node_set_float(gg, "eps", 1e-5);
+  done(gg);
+  done(OPN(t, bias_grad, dy));
+  Node *flat = F32(t, "flat", 8, 5); // batch norm statistics of a linear layer's output
+  done(OPN(t, channel_mean, flat));
+  fill(t, x, -2, 3);
+  fill(t, gm, 0.5, 1.5);
+  fill(t, bt, -1, 1);
+  fill(t, rm, -0.5, 0.5);
+  fill(t, rv, 0.5, 2);
+  fill(t, dy, -1, 1);
+  fill(t, flat, -1, 1);
+  run(t, 1e-4, "batch norm");
+}
+END_TEST
+
+START_TEST(dropout) {
+  Net *t = net_new();
+  Node *step = STEP(t, "step"), *x = F32(t, "x", 4, 3, 5, 5);
+  Node *m = OPN(t, dropout_mask, step);
+  node_set_float(m, "p", 0.3);
+  node_set_int(m, "salt", 12345);
+  m->type = x->type;
+  done(m);
+  done(OPN(t, mul, x, m));
+  Node *m2 = OPN(t, dropout_mask, step);
+  node_set_float(m2, "p", 0.5);
+  node_set_int(m2, "salt", 7);
+  m2->type = type_make(DT_F32, DIMS(10, 30));
+  done(m2);
+  fill(t, x, -1, 1);
+  for (int s = 1; s <= 3; s++) {
+    set_int(t, step, s * 1000 + 7);
+    run(t, 0, xformat("dropout step %d", s * 1000 + 7)); // bit-exact
+  }
+}
+END_TEST
+
+//
+// Losses
+//
+
+static void ce_case(OpKind fwd, OpKind bwd, bool weighted, double smoothing) {
+  Net *t = net_new();
+  int C = 7;
+  Node *x = F32(t, "x", 9, C), *y = I32(t, "label", 9), *dl = SCALAR(t, "dl");
+  Node *w = OPN(t, const);
+  double wv[7] = {0.5, 1, 2, 0.25, 1.5, 3, 1};
+  node_set_floats(w, "value", wv, C);
+  w->type = type_make(DT_F32, DIMS(7));
+  done(w);
+  Node *loss = weighted ? OPN(t, nll_loss, x, y, w) : OPN(t, nll_loss, x, y);
+  loss->op = fwd;
+  node_set_float(loss, "label_smoothing", smoothing);
+  done(loss);
+  Node *g = weighted ? OPN(t, nll_loss_grad, dl, x, y, w) : OPN(t, nll_loss_grad, dl, x, y);
+  g->op = bwd;
+  node_set_float(g, "label_smoothing", smoothing);
+  done(g);
+  fill(t, x, -3, 1);
+  fill_ints(t, y, 0, C - 1);
+  t->src[dl->id].f[0] = 0.7f;
+  run(t, TOL, xformat("%s weights %d smoothing %g", op_info(fwd)->name, weighted, smoothing));
+}
+
+START_TEST(cross_entropy) {
+  for (int op = 0; op < 2; op++) {
+    OpKind fwd = op ? OP_softmax_cross_entropy : OP_nll_loss;
+    OpKind bwd = op ? OP_softmax_cross_entropy_grad : OP_nll_loss_grad;
+    ce_case(fwd, bwd, false, 0.0);
+    ce_case(fwd, bwd, true, 0.0);
+    ce_case(fwd, bwd, false, 0.1);
+    ce_case(fwd, bwd, true, 0.25);
+  }
+}
+END_TEST
+
+static void bce_case(OpKind fwd, OpKind bwd, const double *pw, int npw) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 5, 4), *tg = F32(t, "target", 5, 4), *dl = SCALAR(t, "dl");
+  Node *loss = node_new(t->g, fwd, (Node *[]){x, tg}, 2, no_loc);
+  node_set_floats(loss, "pos_weight", pw, npw);
+  done(loss);
+  Node *g = node_new(t->g, bwd, (Node *[]){dl, x, tg}, 3, no_loc);
+  node_set_floats(g, "pos_weight", pw, npw);
+  done(g);
+  if (fwd == OP_bce)
+    fill(t, x, 0.05, 0.95);
+  else
+    fill(t, x, -6, 6);
+  fill(t, tg, 0, 1); // soft targets: the formulas hold for any t in [0, 1]
+  t->src[tg->id].f[0] = 1; // and hard ones
+  t->src[tg->id].f[1] = 0;
+  t->src[tg->id].f[2] = 1;
+  t->src[tg->id].f[1] = 0;
+  t->src[dl->id].f[0] = 1.3f;
+  run(t, TOL, xformat("%s with %d pos_weight values", op_info(fwd)->name, npw));
+}
+
+START_TEST(bce) {
+  const double per_column[] = {2.0, 0.5, 1.0, 3.0}, one[] = {4.0};
+  for (int op = 0; op < 2; op++) {
+    OpKind fwd = op ? OP_sigmoid_bce : OP_bce, bwd = op ? OP_sigmoid_bce_grad : OP_bce_grad;
+    bce_case(fwd, bwd, one, 0);
+    bce_case(fwd, bwd, one, 1);
+    bce_case(fwd, bwd, per_column, 4);
+  }
+}
+END_TEST
+
+START_TEST(l2norm) {
+  for (int zero = 0; zero < 2; zero++) {
+    Net *t = net_new();
+    Node *x = F32(t, "x", 6, 7), *dl = SCALAR(t, "dl");
+    Node *n = done(OPN(t, l2norm, x));
+    done(OPN(t, l2norm_grad, dl, x, n));
+    if (!zero) // at x = 0 the subgradient is 0, as torch.norm's
+      fill(t, x, -1, 1);
+    t->src[dl->id].f[0] = 0.01f;
+    run(t, TOL, zero ? "l2norm at zero" : "l2norm");
+  }
+}
+END_TEST
+
+//
+// Optimizers and schedules
+//
+
+static void lr_case(const char *kind, int epoch) {
+  Net *t = net_new();
+  Node *base = SCALAR(t, "base_lr"), *ep = STEP(t, "epoch");
+  Node *lr = OPN(t, lr_schedule, base, ep);
+  node_set_str(lr, "kind", kind);
+  node_set_int(lr, "step_size", 3);
+  node_set_float(lr, "gamma", 0.5);
+  node_set_int(lr, "t_max", 10);
+  node_set_float(lr, "eta_min", 1e-4);
+  done(lr);
+  t->src[base->id].f[0] = 0.01f;
+  set_int(t, ep, epoch);
+  run_at(t, 3, 1e-6, xformat("lr_schedule %s epoch %d", kind, epoch));
+}
+
+START_TEST(lr_schedule) {
+  for (int e = 0; e < 12; e += 1) {
+    lr_case("constant", e);
+    lr_case("step", e);
+    lr_case("cosine", e);
+  }
+}
+END_TEST
+
+static void sgd_case(double momentum, double dampening, double wd, int nesterov, int step) {
+  Net *t = net_new();
+  Node *p = source(t, OP_param, "w", DT_F32, DIMS(5, 13));
+  Node *buf = source(t, OP_state, "w.momentum_buffer", DT_F32, DIMS(5, 13));
+  Node *g = F32(t, "w.grad", 5, 13), *lr = SCALAR(t, "lr"), *st = STEP(t, "step");
+  Node *nb = NULL, *np;
+  if (momentum != 0) {
+    nb = OPN(t, sgd_buf, g, buf, p, st);
+    node_set_float(nb, "momentum", momentum);
+    node_set_float(nb, "dampening", dampening);
+    node_set_float(nb, "weight_decay", wd);
+    done(nb);
+    np = OPN(t, sgd_update, p, g, lr, nb);
+  } else {
+    np = OPN(t, sgd_update, p, g, lr);
+  }
+  node_set_float(np, "momentum", momentum);
+  node_set_float(np, "weight_decay", wd);
+  node_set_int(np, "nesterov", nesterov);
+  done(np);
+  done(OPN(t, assign, p, np));
+  if (nb)
+    done(OPN(t, assign, buf, nb));
+  fill(t, p, -1, 1);
+  fill(t, buf, -0.1, 0.1);
+  fill(t, g, -1, 1);
+  t->src[lr->id].f[0] = 0.05f;
+  set_int(t, st, step);
+  run(t, 1e-6, xformat("sgd momentum %g dampening %g wd %g nesterov %d step %d", momentum,
+                       dampening, wd, nesterov, step));
+}
+
+START_TEST(sgd) {
+  for (int step = 1; step <= 2; step++) {
+    sgd_case(0, 0, 0, 0, step);
+    sgd_case(0, 0, 0.01, 0, step);
+    sgd_case(0.9, 0, 0, 0, step);
+    sgd_case(0.9, 0.1, 5e-4, 0, step);
+    sgd_case(0.9, 0, 5e-4, 1, step);
+  }
+}
+END_TEST
+
+static void adam_case(double wd, int decoupled, int step) {
+  Net *t = net_new();
+  Node *p = source(t, OP_param, "w", DT_F32, DIMS(3, 29));
+  Node *m = source(t, OP_state, "w.exp_avg", DT_F32, DIMS(3, 29));
+  Node *v = source(t, OP_state, "w.exp_avg_sq", DT_F32, DIMS(3, 29));
+  Node *g = F32(t, "w.grad", 3, 29), *lr = SCALAR(t, "lr"), *st = STEP(t, "step");
+  double l2 = decoupled ? 0 : wd;
+  Node *m1 = OPN(t, adam_moment1, g, m, p);
+  node_set_float(m1, "beta1", 0.9);
+  node_set_float(m1, "weight_decay", l2);
+  done(m1);
+  Node *m2 = OPN(t, adam_moment2, g, v, p);
+  node_set_float(m2, "beta2", 0.999);
+  node_set_float(m2, "weight_decay", l2);
+  done(m2);
+  Node *u = OPN(t, adam_update, p, m1, m2, lr, st);
+  node_set_float(u, "beta1", 0.9);
+  node_set_float(u, "beta2", 0.999);
+  node_set_float(u, "eps", 1e-8);
+  node_set_float(u, "weight_decay", wd);
+  node_set_int(u, "decoupled", decoupled);
+  done(u);
+  done(OPN(t, assign, p, u));
+  done(OPN(t, assign, m, m1));
+  done(OPN(t, assign, v, m2));
+  fill(t, p, -1, 1);
+  fill(t, m, -0.01, 0.01);
+  fill(t, v, 0, 1e-4);
+  fill(t, g, -1, 1);
+  t->src[lr->id].f[0] = 1e-3f;
+  set_int(t, st, step);
+  run(t, 1e-6, xformat("adam wd %g decoupled %d step %d", wd, decoupled, step));
+}
+
+START_TEST(adam) {
+  for (int step = 1; step <= 1000; step *= 10) {
+    adam_case(0, 0, step);
+    adam_case(0.01, 0, step);
+    adam_case(0.01, 1, step);
+  }
+}
+END_TEST
+
+//
+// Whole training steps and forward passes of the seed models, through the
+// executables' ABI: xc_train_step on params/state blocks laid out by xc_model.
+//
+
+static const char *const train_pipeline[] = {
+    "lint-losses", "fuse-softmax-ce", "fuse-sigmoid-bce", "autodiff",
+    "optimizer",   "constant-fold",   "cse",              "dce",
+};
+static const char *const eval_pipeline[] = {
+    "eval-mode", "fuse-softmax-ce", "fuse-sigmoid-bce", "constant-fold", "cse", "dce",
+};
+
+static Graph *clone(Graph *g) {
+  char *buf;
+  size_t len;
+  FILE *f = open_memstream(&buf, &len);
+  print_graph(f, g);
+  fclose(f);
+  return parse_graph("<clone>", buf);
+}
+
+static const XcTensorInfo *find_info(const XcTensorInfo *t, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(t[i].name, name))
+      return &t[i];
+  ck_abort_msg("%s is not in xc_model", name);
+  return NULL;
+}
+
+// Random values for every source of g; the params and state blocks hold the
+// same values at xc_model's offsets.
+static Tensor *model_sources(Graph *g, const XcModel *xm, float *params, float *state) {
+  Tensor *src = xcalloc(g->nnodes, sizeof *src);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    if (!(op_info(n->op)->flags & OPF_SOURCE) || n->op == OP_const)
+      continue;
+    src[i] = tensor_new(n->type);
+    int64_t k = type_numel(&n->type);
+    if (n->op == OP_param || n->op == OP_state) {
+      bool var = strstr(n->name, "exp_avg_sq") || strstr(n->name, "running_var");
+      for (int64_t j = 0; j < k; j++)
+        src[i].f[j] = (float)(var ? uniform(0.5, 1.0) * 1e-2 : uniform(-0.2, 0.2));
+      const XcTensorInfo *ti = n->op == OP_param ? find_info(xm->params, xm->nparams, n->name)
+                                                 : find_info(xm->states, xm->nstates, n->name);
+      memcpy((n->op == OP_param ? params : state) + ti->offset, src[i].f, k * 4);
+    } else if (!strcmp(n->name, "label") && n->type.dtype == DT_I32) {
+      for (int64_t j = 0; j < k; j++)
+        src[i].i[j] = (int32_t)uniform(0, xm->outputs);
+    } else if (!strcmp(n->name, "label")) {
+      for (int64_t j = 0; j < k; j++)
+        src[i].f[j] = uniform(0, 1) < 0.5 ? 0.0f : 1.0f;
+    } else if (!strcmp(n->name, "image")) {
+      for (int64_t j = 0; j < k; j++)
+        src[i].f[j] = (float)uniform(-1, 1);
+    } else if (!strcmp(n->name, "step")) {
+      src[i].i[0] = 3;
+    } else if (!strcmp(n->name, "epoch")) {
+      src[i].i[0] = 1;
+    } else if (!strcmp(n->name, "base_lr")) {
+      src[i].f[0] = 0.01f;
+    }
+  }
+  return src;
+}
+
+static void model_case(const char *yaml) {
+  Model *m = load_model(xformat("%s/models/%s", XENTCC_SOURCE_DIR, yaml));
+  Graph *eval = clone(m->graph), *train = m->graph;
+  PipelineOptions po = {.dump = stderr};
+  run_pipeline(train, train_pipeline, sizeof train_pipeline / sizeof *train_pipeline, &po);
+  run_pipeline(eval, eval_pipeline, sizeof eval_pipeline / sizeof *eval_pipeline, &po);
+  char *out = xformat("%s/%s", tmpdir, m->name);
+  CodegenOptions o = {.output = out, .emit = "obj", .opt_level = 3, .cpu = "native"};
+  codegen(m, train, eval, &o);
+  void *h = load_object(xformat("%s-train.o", out));
+  const XcModel *xm = dlsym(h, "xc_model");
+  float (*step)(float *, float *, const float *, const void *, int32_t, int32_t, float, void *) =
+      (float (*)(float *, float *, const float *, const void *, int32_t, int32_t, float, void *))
+          dlsym(h, "xc_train_step");
+  void (*fwd)(const float *, const float *, const float *, float *, void *) =
+      (void (*)(const float *, const float *, const float *, float *, void *))dlsym(h, "xc_forward");
+  ck_assert(xm && step && fwd);
+  ck_assert_int_eq(xm->batch_size, m->batch_size);
+
+  float *params = xcalloc(xm->param_floats + 1, 4), *state = xcalloc(xm->state_floats + 1, 4);
+  void *ws = aligned_alloc(64, (xm->workspace_bytes + 63) / 64 * 64 + 64);
+  graph_renumber(train);
+  Tensor *src = model_sources(train, xm, params, state);
+  Tensor *want = eval_graph(train, src);
+  Node *image = graph_find(train, "image"), *label = graph_find(train, "label");
+  Node *base_lr = graph_find(train, "base_lr");
+  const void *labels = label->type.dtype == DT_I32 ? (void *)src[label->id].i : src[label->id].f;
+
+  // Forward first, on the weights before the step (xc_forward leaves them alone).
+  graph_renumber(eval);
+  Tensor *esrc = xcalloc(eval->nnodes, sizeof *esrc);
+  for (int i = 0; i < eval->nnodes; i++) {
+    Node *n = eval->node[i];
+    if (!(op_info(n->op)->flags & OPF_SOURCE) || n->op == OP_const)
+      continue;
+    esrc[i] = src[graph_find(train, n->name)->id];
+  }
+  Tensor *ewant = eval_graph(eval, esrc);
+  Node *elog = eval->ret[0];
+  float *logits = xcalloc(type_numel(&elog->type), 4);
+  fwd(params, state, src[image->id].f, logits, ws);
+  ck_assert_msg(check_tensor(xformat("%s xc_forward logits", yaml), logits, ewant[elog->id].f,
+                             type_numel(&elog->type), 1e-4),
+                "%s: logits differ", yaml);
+
+  float loss = step(params, state, src[image->id].f, labels, 3, 1, base_lr ? 0.01f : 0, ws);
+  float wl = want[train->ret[0]->id].f[0];
+  ck_assert_msg(fabs(loss - wl) <= 1e-5 * fmax(1, fabs(wl)), "%s: loss %.9g, want %.9g", yaml,
+                loss, wl);
+  // Every assign's target now holds the assign's value.
+  int checked = 0;
+  for (int i = 0; i < train->nnodes; i++) {
+    Node *n = train->node[i];
+    if (n->op != OP_assign)
+      continue;
+    Node *target = n->in[0];
+    const XcTensorInfo *ti = target->op == OP_param
+                                 ? find_info(xm->params, xm->nparams, target->name)
+                                 : find_info(xm->states, xm->nstates, target->name);
+    float *got = (target->op == OP_param ? params : state) + ti->offset;
+    char *what = xformat("%s: %s after one step", yaml, target->name);
+    ck_assert_msg(check_tensor(what, got, want[i].f, type_numel(&target->type), 1e-4), "%s", what);
+    checked++;
+  }
+  ck_assert_int_gt(checked, 0);
+  free(ws);
+  dlclose(h);
+
+  // The same step with one slot per node: every activation and gradient,
+  // each to its own scale.
+  Net *t = net_new();
+  t->g = train;
+  ck_assert_int_le(train->nnodes, MAX_NODES);
+  for (int i = 0; i < train->nnodes; i++)
+    t->src[i] = src[i];
+  run_at(t, 3, 1e-5, yaml);
+}
+
+START_TEST(model_catdog) { model_case("catdog.yaml"); }
+END_TEST
+
+START_TEST(model_cifar10) { model_case("cifar10.yaml"); }
+END_TEST
+
+START_TEST(model_mnist) { model_case("mnist.yaml"); }
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("codegen");
+  TCase *ops = tcase_create("ops");
+  tcase_add_checked_fixture(ops, setup, teardown);
+  tcase_set_timeout(ops, 300);
+  tcase_add_test(ops, conv2d_and_grads);
+  tcase_add_test(ops, pooling_and_grads);
+  tcase_add_test(ops, linear_and_grads);
+  tcase_add_test(ops, elementwise);
+  tcase_add_test(ops, relu_keeps_nan);
+  tcase_add_test(ops, softmax_family);
+  tcase_add_test(ops, batchnorm);
+  tcase_add_test(ops, dropout);
+  tcase_add_test(ops, cross_entropy);
+  tcase_add_test(ops, bce);
+  tcase_add_test(ops, l2norm);
+  tcase_add_test(ops, lr_schedule);
+  tcase_add_test(ops, sgd);
+  tcase_add_test(ops, adam);
+  suite_add_tcase(s, ops);
+  TCase *models = tcase_create("models");
+  tcase_add_checked_fixture(models, setup, teardown);
+  tcase_set_timeout(models, 300);
+  tcase_add_test(models, model_catdog);
+  tcase_add_test(models, model_cifar10);
+  tcase_add_test(models, model_mnist);
+  suite_add_tcase(s, models);
+  return s;
+}
+
+int main(void) {
+  SRunner *r = srunner_create(suite());
+  srunner_run_all(r, CK_NORMAL);
+  int failed = srunner_ntests_failed(r);
+  srunner_free(r);
+  return failed ? 1 : 0;
+}
