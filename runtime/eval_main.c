@@ -119,6 +119,7 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
 }
 
 int xc_eval_main(int argc, char **argv) {
+  xc_passive_wait(argv);
   const XcModel *m = &xc_model;
   char *stem = xc_model_stem(argc > 0 ? argv[0] : m->name, "-eval");
   xc_prog = argc > 0 ? xc_basename(argv[0]) : "eval";

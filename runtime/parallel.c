@@ -5,6 +5,21 @@
 #include "rt.h"
 
 #include <omp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+// libgomp's idle threads spin between parallel regions by default. A
+// training step opens a dozen regions, and on a busy or small machine (2
+// cores shared with a data thread) the spinning threads steal the cores the
+// work needs: we measured 10x slower steps. libgomp reads OMP_WAIT_POLICY
+// only when it loads, so when the user has not chosen a policy, run the
+// program again with "passive" set. A user's own setting is respected.
+void xc_passive_wait(char **argv) {
+  if (getenv("OMP_WAIT_POLICY"))
+    return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv); // returns only on failure: carry on spinning
+}
 
 void xc_set_threads(int n) {
   // A fixed team size: dynamic adjustment would change the chunks.

@@ -53,6 +53,7 @@ void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
 
 void xc_set_threads(int n); // 0: keep OMP_NUM_THREADS / the default
 int xc_threads(void);
+void xc_passive_wait(char **argv); // re-executes with OMP_WAIT_POLICY=passive unless set
 
 //
 // init.c: PyTorch's default initialisation per XcInit

@@ -133,6 +133,7 @@ static void progress_clear(Progress *p) {
 }
 
 int xc_train_main(int argc, char **argv) {
+  xc_passive_wait(argv);
   const XcModel *m = &xc_model;
   char *stem = xc_model_stem(argc > 0 ? argv[0] : m->name, "-train");
   xc_prog = argc > 0 ? xc_basename(argv[0]) : "train";
