@@ -6,14 +6,32 @@
 
 #include <string.h>
 
+// The running statistic `stat` of batch norm bn: the state next to its gamma,
+// bn1.weight -> bn1.running_mean, as the frontend and PyTorch name them.
 static Node *running_stat(Graph *g, Node *bn, const char *stat) {
-  const char *w = bn->in[1]->name;
-  size_t len = strlen(w) > 7 ? strlen(w) - 7 : 0; // strip ".weight"
-  Node *s = graph_find(g, xformat("%.*s.%s", (int)len, w, stat));
-  if (!s || s->op != OP_state)
-    error_at(bn->loc, NULL, "eval-mode: batch norm %s has no state %.*s.%s",
-             bn->name ? bn->name : "", (int)len, w, stat);
+  const char *w = bn->in[1]->name ? bn->in[1]->name : "";
+  size_t len = strlen(w);
+  if (len > 7 && strcmp(w + len - 7, ".weight") == 0)
+    len -= 7;
+  char *want = xformat("%.*s.%s", (int)len, w, stat);
+  Node *s = graph_find(g, want);
+  if (!s || s->op != OP_state || !type_eq(&s->type, &bn->in[1]->type))
+    error_at(bn->loc, "name batch norm's gamma LAYER.weight and add states LAYER.running_mean "
+                      "and LAYER.running_var of its shape",
+             "eval-mode: batch norm %%%s has no running statistic %%%s",
+             bn->name ? bn->name : "(unnamed)", want);
   return s;
+}
+
+// Dropout in training is mul(x, dropout_mask(...)), the mask on either side.
+static Node *dropout_input(const Node *n) {
+  if (n->op != OP_mul)
+    return NULL;
+  if (n->in[1]->op == OP_dropout_mask)
+    return n->in[0];
+  if (n->in[0]->op == OP_dropout_mask)
+    return n->in[1];
+  return NULL;
 }
 
 void pass_eval_mode(Graph *g) {
@@ -31,8 +49,8 @@ void pass_eval_mode(Graph *g) {
       n->in = xcalloc(5, sizeof *n->in);
       memcpy(n->in, in, sizeof in);
       n->nin = 5;
-    } else if (n->op == OP_mul && n->in[1]->op == OP_dropout_mask) {
-      replace_all_uses(g, n, n->in[0]);
+    } else if (dropout_input(n)) {
+      replace_all_uses(g, n, dropout_input(n));
     }
   }
   for (int i = g->nnodes - 1; i >= 0; i--)

@@ -47,6 +47,10 @@ void pass_optimizer(Graph *g) {
   Node *step = scalar_input(g, "step", DT_I32);
   Node *epoch = scalar_input(g, "epoch", DT_I32);
   Node *base_lr = scalar_input(g, "base_lr", DT_F32);
+  Node *clash = graph_find(g, "lr");
+  if (clash)
+    error_at(clash->loc, "rename it; the optimizer names the learning rate %lr",
+             "optimizer: the graph already has a node %%lr");
   Node *lr = node_build(g, OP_lr_schedule, (Loc){0}, 2, base_lr, epoch);
   lr->name = xstrdup("lr");
   node_set_str(lr, "kind", graph_str(g, "schedule", "constant"));

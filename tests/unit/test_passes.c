@@ -391,6 +391,146 @@ START_TEST(eval_mode_structure) {
 }
 END_TEST
 
+// --- Differential tests: every pass leaves the values alone ------------------------
+
+// Sources for a whole model's training step, by name, so that graphs from
+// different pipelines see the same data: labels valid for the loss, step 3
+// and epoch 2 (bias correction and schedules away from their start).
+static Tensor *model_sources(Graph *g) {
+  graph_renumber(g);
+  Tensor *s = xcalloc(g->nnodes, sizeof *s);
+  int64_t classes = g->nret > 1 && g->ret[1]->type.rank == 2 ? g->ret[1]->type.dim[1] : 1;
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    if (n->op != OP_input && n->op != OP_param && n->op != OP_state)
+      continue;
+    s[i] = tensor_new(n->type);
+    for (int64_t k = 0; k < type_numel(&n->type); k++) {
+      float v = value_of(n->name, k);
+      if (!strcmp(n->name, "label") && n->type.dtype == DT_I32)
+        s[i].i[k] = (int32_t)((k * 7) % classes);
+      else if (!strcmp(n->name, "label")) // BCE targets
+        s[i].f[k] = v > 0;
+      else if (!strcmp(n->name, "step"))
+        s[i].i[k] = 3;
+      else if (!strcmp(n->name, "epoch"))
+        s[i].i[k] = 2;
+      else if (!strcmp(n->name, "base_lr"))
+        s[i].f[k] = 0.01f;
+      else if (n->op == OP_param && node_int(n, "fan_in") > 0) // PyTorch's init scale
+        s[i].f[k] = v / sqrtf((float)node_int(n, "fan_in"));
+      else if (strstr(n->name, "running_var") || strstr(n->name, "exp_avg_sq"))
+        s[i].f[k] = fabsf(v) + 0.1f; // variances are positive
+      else
+        s[i].f[k] = v;
+    }
+  }
+  return s;
+}
+
+// What a training step computes, keyed by name: "ret0", "ret1", every
+// NAME.grad, %lr, and "NAME'" for the value assigned to NAME.
+typedef struct {
+  char *key[512];
+  Tensor val[512];
+  int n;
+} Results;
+
+static void keep(Results *r, char *key, Tensor t) {
+  ck_assert_int_lt(r->n, 512);
+  r->key[r->n] = key;
+  r->val[r->n++] = t;
+}
+
+static Results *step_results(const char *yaml, const char *const *passes, int npasses) {
+  Model *m = load_model(xformat("%s/%s", XENTCC_SOURCE_DIR, yaml));
+  Graph *g = m->graph;
+  run_pipeline(g, passes, npasses, NULL);
+  Tensor *v = eval_graph(g, model_sources(g));
+  Results *r = xcalloc(1, sizeof *r);
+  for (int i = 0; i < g->nret; i++)
+    keep(r, xformat("ret%d", i), v[g->ret[i]->id]);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = g->node[i];
+    size_t len = n->name ? strlen(n->name) : 0;
+    if ((len > 5 && !strcmp(n->name + len - 5, ".grad")) || (n->name && !strcmp(n->name, "lr")))
+      keep(r, n->name, v[i]);
+    else if (n->op == OP_assign)
+      keep(r, xformat("%s'", n->in[0]->name), v[i]);
+  }
+  return r;
+}
+
+// Every value of `want` is in `got`, equal to within `tol` relative to the
+// tensor's largest element: f32 rounding (the fused losses round differently
+// from the textbook ones), and gradients that cancel to ~0 carry the
+// rounding of their large neighbours.
+static void assert_same_results(const Results *got, const Results *want, double tol,
+                                const char *what) {
+  ck_assert_int_eq(got->n, want->n);
+  for (int i = 0; i < want->n; i++) {
+    int j = 0;
+    while (j < got->n && strcmp(got->key[j], want->key[i]))
+      j++;
+    ck_assert_msg(j < got->n, "%s: no %s", what, want->key[i]);
+    const Tensor *a = &got->val[j], *b = &want->val[i];
+    ck_assert_msg(type_eq(&a->type, &b->type), "%s: %s changed type", what, want->key[i]);
+    int64_t n = type_numel(&a->type);
+    double norm = 0;
+    for (int64_t k = 0; k < n; k++)
+      norm = fmax(norm, b->f ? fabs(b->f[k]) : 0);
+    for (int64_t k = 0; k < n; k++) {
+      if (a->i) {
+        ck_assert_int_eq(a->i[k], b->i[k]);
+        continue;
+      }
+      ck_assert_msg(fabs(a->f[k] - b->f[k]) <= tol * (norm + 1e-3), "%s: %s[%ld] = %.9g, want %.9g",
+                    what, want->key[i], (long)k, a->f[k], b->f[k]);
+    }
+  }
+}
+
+static const char *const diff_models[] = {"tests/frontend/layers.yaml",
+                                          "tests/frontend/options.yaml", "models/catdog.yaml",
+                                          "models/cifar10.yaml"};
+
+// Each pass on its own after the plain training step, then the whole
+// pipeline the driver runs: the loss, logits, gradients, learning rate and
+// every assigned value stay what the textbook graph computes.
+START_TEST(train_passes_keep_values) {
+  const char *yaml = diff_models[_i];
+  const char *plain[] = {"autodiff", "optimizer"};
+  Results *want = step_results(yaml, plain, 2);
+  const char *variants[][8] = {
+      {"fuse-softmax-ce", "fuse-sigmoid-bce", "autodiff", "optimizer"},
+      {"autodiff", "optimizer", "constant-fold"},
+      {"autodiff", "optimizer", "cse"},
+      {"autodiff", "optimizer", "dce"},
+      {"lint-losses", "fuse-softmax-ce", "fuse-sigmoid-bce", "autodiff", "optimizer",
+       "constant-fold", "cse", "dce"},
+  };
+  for (int v = 0; v < 5; v++) {
+    int n = 0;
+    while (n < 8 && variants[v][n])
+      n++;
+    char *what = xformat("%s after %s..%s", yaml, variants[v][0], variants[v][n - 1]);
+    // Only the fusions compute differently; the clean-ups round at most once.
+    double tol = strcmp(variants[v][0], "autodiff") ? 2e-5 : 1e-6;
+    assert_same_results(step_results(yaml, variants[v], n), want, tol, what);
+  }
+}
+END_TEST
+
+// The evaluation pipeline's clean-ups keep the logits of eval-mode alone.
+START_TEST(eval_passes_keep_values) {
+  const char *yaml = diff_models[_i];
+  const char *plain[] = {"eval-mode"};
+  const char *all[] = {"eval-mode", "fuse-softmax-ce", "fuse-sigmoid-bce", "constant-fold", "cse",
+                       "dce"};
+  assert_same_results(step_results(yaml, all, 6), step_results(yaml, plain, 1), 2e-5, yaml);
+}
+END_TEST
+
 static Suite *passes_suite(void) {
   Suite *s = suite_create("passes");
   TCase *t = tcase_create("structure");
@@ -407,6 +547,12 @@ static Suite *passes_suite(void) {
   tcase_add_test(t, dce_keeps_params_and_state);
   tcase_add_test(t, eval_mode_structure);
   suite_add_tcase(s, t);
+  TCase *d = tcase_create("differential");
+  tcase_set_timeout(d, 120);
+  int nmodels = (int)(sizeof diff_models / sizeof *diff_models);
+  tcase_add_loop_test(d, train_passes_keep_values, 0, nmodels);
+  tcase_add_loop_test(d, eval_passes_keep_values, 0, nmodels);
+  suite_add_tcase(s, d);
   return s;
 }
 
