@@ -119,7 +119,8 @@ static LLVMValueRef emit_kernel_function(Cg *c, const LoopFunc *f, int ki) {
   LLVMValueRef in[9];
   for (int i = 0; i < n->nin; i++)
     in[i] = LLVMGetParam(fn, i + 1);
-  emit_kernel_body(c, n, LLVMGetParam(fn, 0), in, LLVMGetParam(fn, np), LLVMGetParam(fn, np + 1));
+  emit_kernel_body(c, n, LLVMGetParam(fn, 0), in, LLVMGetParam(fn, np), LLVMGetParam(fn, np + 1),
+                   f->k[ki].relu);
   LLVMBuildRetVoid(c->b);
   return fn;
 }

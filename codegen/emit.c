@@ -197,7 +197,14 @@ typedef struct {
   Node *n;
   LLVMValueRef O, X[6];
   LLVMValueRef lo, hi;
+  bool relu; // apply relu to the output (a conv2d or linear with its relu fused)
 } K;
+
+// max(a, 0), keeping NaN like torch.relu.
+static LLVMValueRef relu(Cg *c, LLVMValueRef a) {
+  LLVMValueRef v = SEL(c, FGT(c, a, CF(c, 0)), a, CF(c, 0));
+  return SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
+}
 
 // conv2d: y[n,o] = b[o] + sum over c, kh, kw of w[o,c,kh,kw] * shifted x[n,c];
 // accumulating whole output rows keeps the innermost loop contiguous.
@@ -236,6 +243,8 @@ static void emit_conv2d(Cg *c, K *k) {
         }
       }
     }
+    if (k->relu)
+      FORN(c, i, HO * WO) ST(c, y, i, relu(c, LD(c, y, i)));
   }
 }
 
@@ -438,6 +447,8 @@ static void emit_linear(Cg *c, K *k) {
     LLVMValueRef v = dot(c, part, x, w, K_);
     if (n->nin == 3)
       v = FADD(c, v, LD(c, k->X[2], m));
+    if (k->relu)
+      v = relu(c, v);
     ST(c, k->O, ADD(c, MULI(c, row, M), m), v);
   }
 }
@@ -867,9 +878,7 @@ static void emit_elementwise(Cg *c, K *k) {
     LLVMValueRef v;
     switch (n->op) {
     case OP_relu:
-      v = SEL(c, FGT(c, a, CF(c, 0)), a, CF(c, 0));
-      // keep NaN like torch.relu
-      v = SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
+      v = relu(c, a);
       break;
     case OP_sigmoid:
       v = FDIV(c, CF(c, 1), FADD(c, CF(c, 1), EXP(c, FNEG(c, a))));
@@ -983,8 +992,8 @@ static void emit_l2norm(Cg *c, K *k) {
 }
 
 void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMValueRef lo,
-                      LLVMValueRef hi) {
-  K k = {.n = n, .O = out, .lo = lo, .hi = hi};
+                      LLVMValueRef hi, bool relu) {
+  K k = {.n = n, .O = out, .lo = lo, .hi = hi, .relu = relu};
   for (int i = 0; i < n->nin; i++)
     k.X[i] = in[i];
   switch (n->op) {

@@ -18,8 +18,9 @@ typedef struct {
 } Cg;
 
 // Emits the loop nest of one op: out and in[] point at the buffers; [lo, hi)
-// is the part of the outer loop (see kernel_trip) this call computes.
+// is the part of the outer loop (see kernel_trip) this call computes; relu
+// fuses a relu into a conv2d or linear (Kernel.relu).
 void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMValueRef lo,
-                      LLVMValueRef hi);
+                      LLVMValueRef hi, bool relu);
 
 #endif

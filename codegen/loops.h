@@ -31,6 +31,7 @@ typedef struct {
   bool deferred;  // an assign: runs after every other kernel of the step
   bool parallel;  // outer loop split with xc_parallel_for
   int64_t trip;   // the outer loop's trip count
+  bool relu;      // a relu fused into this conv2d/linear: max(0, .) on the way out
 } Kernel;
 
 typedef enum { FN_TRAIN_STEP, FN_FORWARD, FN_SLOTS } FuncKind;
@@ -49,6 +50,7 @@ typedef struct {
   Kernel *k;
   int nk;
   int64_t workspace_bytes;
+  bool *folded;      // by node id: a relu computed by its producer's kernel
 } LoopFunc;
 
 // The params and state blocks shared by xc_train_step and xc_forward: laid

@@ -2,16 +2,35 @@
 // params/state blocks and the step function's arguments; every other value
 // gets a workspace slice from a first-fit memory plan that hands a slice back
 // once its last reader has run. Assigns are deferred to the end of the step,
-// so the values they copy stay live until then.
+// so the values they copy stay live until then. A relu whose operand is a
+// conv2d or linear read by nothing else is fused into that kernel: the bias
+// and the max(0, .) are applied while the output row is still in cache.
 #include "loops.h"
 
 #include <limits.h>
 #include <string.h>
 
-static Node *alias_root(Node *n) {
-  while (n->op == OP_reshape)
+// The buffer a value lives in: reshapes and fused relus share their operand's.
+static Node *alias_root(const LoopFunc *f, Node *n) {
+  while (n->op == OP_reshape || f->folded[n->id])
     n = n->in[0];
   return n;
+}
+
+// Marks each relu that its producer's kernel can compute: the producer is a
+// conv2d or linear whose only reader is that relu (so its pre-activation is
+// never needed: relu_grad reads the relu's output). The per-node test entry
+// (FN_SLOTS) checks every node's value, so it fuses nothing.
+static void fold_relus(LoopFunc *f, FuncKind kind) {
+  Graph *g = f->g;
+  f->folded = xcalloc(g->nnodes, sizeof *f->folded);
+  if (kind == FN_SLOTS)
+    return;
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *r = g->node[i], *p = r->nin ? r->in[0] : NULL;
+    if (r->op == OP_relu && (p->op == OP_conv2d || p->op == OP_linear) && count_uses(g, p) == 1)
+      f->folded[i] = true;
+  }
 }
 
 static int64_t type_bytes(const Type *t) { return type_numel(t) * 4; }
@@ -108,6 +127,7 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
   f->buf = xcalloc(g->nnodes, sizeof *f->buf);
   f->k = xcalloc(g->nnodes, sizeof *f->k);
   int n = g->nnodes;
+  fold_relus(f, kind);
 
   // Last reader of each buffer (through reshape aliases); INT_MAX for values
   // read at the end of the step (returned, or copied by an assign).
@@ -116,14 +136,14 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
     Node *v = g->node[i];
     last[i] = i;
     for (int j = 0; j < v->nin; j++) {
-      int r = alias_root(v->in[j])->id;
+      int r = alias_root(f, v->in[j])->id;
       int use = v->op == OP_assign ? INT_MAX : i;
       if (use > last[r])
         last[r] = use;
     }
   }
   for (int i = 0; i < g->nret; i++)
-    last[alias_root(g->ret[i])->id] = INT_MAX;
+    last[alias_root(f, g->ret[i])->id] = INT_MAX;
 
   // Free workspace slices, first fit, split on allocation.
   int64_t *free_off = xcalloc(2 * n + 2, sizeof *free_off);
@@ -156,8 +176,8 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
         error_at(v->loc, "the runtime feeds only %image, %label, %step, %epoch and %base_lr",
                  "input '%%%s' cannot be fed by the runtime", nm);
       b->arg = nm;
-    } else if (v->op == OP_reshape) { // an alias: no copy, no kernel
-      *b = f->buf[alias_root(v)->id];
+    } else if (v->op == OP_reshape || f->folded[i]) { // an alias: no copy, no kernel
+      *b = f->buf[alias_root(f, v)->id];
       b->bytes = type_bytes(&v->type);
     } else if (v->op == OP_assign && kind == FN_TRAIN_STEP) {
       // The copy lands in the target itself.
@@ -181,7 +201,7 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
     // Hand back the slices whose last reader is this node. The output was
     // placed first, so a kernel never reads and writes the same memory.
     for (int j = 0; j <= i; j++) {
-      if (last[j] != i || f->buf[j].kind != BUF_WORKSPACE || g->node[j]->op == OP_reshape)
+      if (last[j] != i || f->buf[j].kind != BUF_WORKSPACE || alias_root(f, g->node[j]) != g->node[j])
         continue;
       free_off[nfree] = f->buf[j].offset;
       free_len[nfree] = (f->buf[j].bytes + 63) / 64 * 64;
@@ -208,7 +228,8 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < n; i++) {
       Node *v = g->node[i];
-      if (op_info(v->op)->flags & OPF_SOURCE || (v->op == OP_reshape && kind != FN_SLOTS))
+      if (op_info(v->op)->flags & OPF_SOURCE || (v->op == OP_reshape && kind != FN_SLOTS) ||
+          f->folded[i])
         continue;
       if ((v->op == OP_assign) != (pass == 1))
         continue;
@@ -216,6 +237,9 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
       k->node = v;
       k->deferred = v->op == OP_assign;
       k->trip = kernel_trip(v, &k->parallel);
+      for (int u = i + 1; u < n; u++)
+        if (f->folded[u] && g->node[u]->in[0] == v)
+          k->relu = true;
     }
   return f;
 }
@@ -271,8 +295,8 @@ void print_loops(FILE *out, const LoopFunc *f) {
     fprintf(out, "  buffer ");
     print_name(out, v);
     fprintf(out, " : %s = ", type_str(&v->type));
-    if (v->op == OP_reshape) {
-      fprintf(out, "alias ");
+    if (v->op == OP_reshape || f->folded[i]) {
+      fprintf(out, f->folded[i] ? "fused into " : "alias ");
       print_name(out, v->in[0]);
       fprintf(out, " : ");
     }
@@ -282,7 +306,7 @@ void print_loops(FILE *out, const LoopFunc *f) {
   for (int i = 0; i < f->nk; i++) {
     const Kernel *k = &f->k[i];
     Node *v = k->node;
-    fprintf(out, "  kernel %s ", op_info(v->op)->name);
+    fprintf(out, "  kernel %s%s ", op_info(v->op)->name, k->relu ? "+relu" : "");
     print_name(out, v);
     fprintf(out, " : %s <- ", type_str(&v->type));
     for (int j = 0; j < v->nin; j++) {
