@@ -11,56 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const Loc no_loc = {0};
-
-//
-// Building small graphs with their source values
-//
-
-enum { MAX_NODES = 64 };
-
-typedef struct {
-  Graph *g;
-  Tensor src[MAX_NODES]; // values of the input nodes, by node id
-} Net;
-
-static Net *net_new(void) {
-  Net *t = xcalloc(1, sizeof *t);
-  t->g = graph_new("test");
-  return t;
-}
+#define TEST_RNG_SEED 0x2545F4914F6CDD1Dull
+#include "test_graphs.h"
 
 static Node *input(Net *t, const char *name, DType dt, int rank, const int64_t *dim) {
-  Node *n = node_new(t->g, OP_input, NULL, 0, no_loc);
-  ir_assert(n->id < MAX_NODES);
-  n->name = xstrdup(name);
-  n->type = type_make(dt, rank, dim);
-  t->src[n->id] = tensor_new(n->type);
-  return n;
-}
-
-#define DIMS(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), ((int64_t[]){__VA_ARGS__})
-#define F32(t, name, ...) input(t, name, DT_F32, DIMS(__VA_ARGS__))
-#define SCALAR(t, name) input(t, name, DT_F32, 0, NULL)
-
-// An op node with operands `...`; attributes are set by the caller before done().
-#define OPN(t, op, ...)                                                                            \
-  node_new((t)->g, OP_##op, (Node *[]){__VA_ARGS__},                                               \
-           sizeof((Node *[]){__VA_ARGS__}) / sizeof(Node *), no_loc)
-
-// Unset attributes get their zero, then the shape rule runs.
-static Node *done(Node *n) {
-  node_fill_default_attrs(n);
-  node_infer(n);
-  return n;
-}
-
-static void set_pair(Node *n, const char *attr, int64_t a, int64_t b) {
-  node_set_ints(n, attr, (int64_t[]){a, b}, 2);
+  return source(t, OP_input, name, dt, rank, dim);
 }
 
 static float *val(Net *t, Node *n) { return t->src[n->id].f; }
-static int64_t count(Node *n) { return type_numel(&n->type); }
 
 static void free_values(Graph *g, Tensor *v) {
   for (int i = 0; i < g->nnodes; i++) {
@@ -68,21 +26,6 @@ static void free_values(Graph *g, Tensor *v) {
     free(v[i].i);
   }
   free(v);
-}
-
-// A fixed-seed xorshift generator, so failures reproduce.
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-
-static double uniform(double lo, double hi) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return lo + (hi - lo) * (double)(rng_state >> 11) / 9007199254740992.0;
-}
-
-static void fill(Net *t, Node *n, double lo, double hi) {
-  for (int64_t i = 0; i < count(n); i++)
-    val(t, n)[i] = (float)uniform(lo, hi);
 }
 
 // Values at least `gap` away from 0, for kinks at 0 (relu).
