@@ -647,16 +647,25 @@ static void emit_rowwise(Cg *c, K *k) {
 //   W = sum_n w[y_n] (N without weights)
 //   loss = (1-ls) * sum_n -w[y_n] logp[n,y_n] / W + ls/C * sum_n sum_c -w[c] logp[n,c] / W
 // The fused op computes log_softmax of each row on the fly (max, then
-// log-sum-exp), as log_softmax does.
+// log-sum-exp), as log_softmax does. Rows labelled -100 (ignore_index, the
+// runtime's padding) are left out of both sums and of W, as in PyTorch.
 static LLVMValueRef weight_of(Cg *c, K *k, int wi, LLVMValueRef cls) {
   return k->n->nin > wi ? LD(c, k->X[wi], cls) : CF(c, 1);
 }
 
+// Row's label, 0 for an ignored row, and whether the row counts.
+static LLVMValueRef row_label(Cg *c, K *k, int label, LLVMValueRef row, LLVMValueRef *counts) {
+  LLVMValueRef y = LDI(c, k->X[label], row);
+  *counts = LLVMBuildICmp(c->b, LLVMIntSGE, y, CI(c, 0), "");
+  return SEL(c, *counts, y, CI(c, 0));
+}
+
 static LLVMValueRef ce_denominator(Cg *c, K *k, int label, int wi, int64_t N) {
-  if (k->n->nin <= wi)
-    return CF(c, (double)N);
   LLVMValueRef W = VAR(c, CF(c, 0));
-  FORN(c, row, N) ACC(c, W, LD(c, k->X[wi], LDI(c, k->X[label], row)));
+  FORN(c, row, N) {
+    LLVMValueRef counts, y = row_label(c, k, label, row, &counts);
+    ACC(c, W, SEL(c, counts, weight_of(c, k, wi, y), CF(c, 0)));
+  }
   return GETF(c, W);
 }
 
@@ -692,16 +701,16 @@ static void emit_ce(Cg *c, K *k) {
       LLVMValueRef m = CF(c, 0), lse = CF(c, 0);
       if (fused)
         row_stats(c, x, C, &m, &lse);
-      LLVMValueRef y = LDI(c, k->X[li], row);
+      LLVMValueRef counts, y = row_label(c, k, li, row, &counts);
       LLVMValueRef lp = FSUB(c, FSUB(c, LD(c, x, y), m), lse);
-      ACC(c, nll, FNEG(c, FMUL(c, weight_of(c, k, wi, y), lp)));
+      ACC(c, nll, SEL(c, counts, FNEG(c, FMUL(c, weight_of(c, k, wi, y), lp)), CF(c, 0)));
       if (ls != 0) {
         LLVMValueRef rs = VAR(c, CF(c, 0));
         FORN(c, i, C) {
           LLVMValueRef lpi = FSUB(c, FSUB(c, LD(c, x, i), m), lse);
           ACC(c, rs, FMUL(c, weight_of(c, k, wi, i), lpi));
         }
-        ACC(c, smooth, FNEG(c, GETF(c, rs)));
+        ACC(c, smooth, SEL(c, counts, FNEG(c, GETF(c, rs)), CF(c, 0)));
       }
     }
     LLVMValueRef loss = FDIV(c, GETF(c, nll), W);
@@ -718,7 +727,7 @@ static void emit_ce(Cg *c, K *k) {
   FORN(c, row, N) {
     LLVMValueRef x = GEP(c, c->f32, k->X[xi], MULI(c, row, C));
     LLVMValueRef o = GEP(c, c->f32, k->O, MULI(c, row, C));
-    LLVMValueRef y = LDI(c, k->X[li], row);
+    LLVMValueRef counts, y = row_label(c, k, li, row, &counts);
     LLVMValueRef wy = weight_of(c, k, wi, y);
     LLVMValueRef m = CF(c, 0), lse = CF(c, 0), total = NULL;
     if (fused) {
@@ -734,7 +743,7 @@ static void emit_ce(Cg *c, K *k) {
         LLVMValueRef p = EXP(c, FSUB(c, FSUB(c, LD(c, x, i), m), lse));
         g = FADD(c, g, FMUL(c, p, total));
       }
-      ST(c, o, i, FMUL(c, dl, g));
+      ST(c, o, i, SEL(c, counts, FMUL(c, dl, g), CF(c, 0)));
     }
   }
 }
@@ -756,44 +765,53 @@ static LLVMValueRef pos_weight(Cg *c, Node *n, LLVMValueRef i, int64_t last) {
   return LD(c, g, REMI(c, i, last));
 }
 
-// BCE family, mean over all elements.
+// A BCE target counts unless negative (bce_ignored in ir.h).
+static LLVMValueRef counts_bce(Cg *c, LLVMValueRef y) {
+  return LLVMBuildFCmp(c->b, LLVMRealOGE, y, CF(c, 0), "");
+}
+
+// BCE family, mean over the elements whose target is not negative (padding
+// rows of a partial batch have target -1; see bce_ignored).
 static void emit_bce(Cg *c, K *k) {
   Node *n = k->n;
   bool grad = n->op == OP_bce_grad || n->op == OP_sigmoid_bce_grad;
   int xi = grad ? 1 : 0;
   const Type *t = &n->in[xi]->type;
   int64_t total = type_numel(t), last = t->rank ? t->dim[t->rank - 1] : 1;
+  LLVMValueRef count = VAR(c, CF(c, 0));
+  FORN(c, i, total) ACC(c, count, SEL(c, counts_bce(c, LD(c, k->X[xi + 1], i)), CF(c, 1), CF(c, 0)));
   LLVMValueRef acc = VAR(c, CF(c, 0));
-  LLVMValueRef dl = grad ? FDIV(c, LD(c, k->X[0], CI(c, 0)), CF(c, (double)total)) : NULL;
+  LLVMValueRef dl = grad ? FDIV(c, LD(c, k->X[0], CI(c, 0)), GETF(c, count)) : NULL;
   FORN(c, i, total) {
     LLVMValueRef x = LD(c, k->X[xi], i), y = LD(c, k->X[xi + 1], i);
+    LLVMValueRef counts = counts_bce(c, y);
     LLVMValueRef pw = pos_weight(c, n, i, last);
     LLVMValueRef one_y = FSUB(c, CF(c, 1), y);
     switch (n->op) {
     case OP_bce: { // -(pw y log p + (1-y) log(1-p)), logs clamped at -100 like PyTorch
       LLVMValueRef lp = FMAX(c, LOG(c, x), CF(c, -100));
       LLVMValueRef lq = FMAX(c, LOG(c, FSUB(c, CF(c, 1), x)), CF(c, -100));
-      ACC(c, acc, FNEG(c, FADD(c, FMUL(c, FMUL(c, pw, y), lp), FMUL(c, one_y, lq))));
+      ACC(c, acc, SEL(c, counts, FNEG(c, FADD(c, FMUL(c, FMUL(c, pw, y), lp), FMUL(c, one_y, lq))), CF(c, 0)));
       break;
     }
     case OP_sigmoid_bce: { // (1-y) x + (1 + (pw-1) y) (log(e^-mv + e^(-x-mv)) + mv), mv = max(-x, 0)
       LLVMValueRef mv = FMAX(c, FNEG(c, x), CF(c, 0));
       LLVMValueRef lw = FADD(c, FMUL(c, FSUB(c, pw, CF(c, 1)), y), CF(c, 1));
       LLVMValueRef sp = FADD(c, LOG(c, FADD(c, EXP(c, FNEG(c, mv)), EXP(c, FSUB(c, FNEG(c, x), mv)))), mv);
-      ACC(c, acc, FADD(c, FMUL(c, one_y, x), FMUL(c, lw, sp)));
+      ACC(c, acc, SEL(c, counts, FADD(c, FMUL(c, one_y, x), FMUL(c, lw, sp)), CF(c, 0)));
       break;
     }
     case OP_bce_grad: { // (-pw y (1-p) + (1-y) p) / max(p (1-p), 1e-12)
       LLVMValueRef q = FSUB(c, CF(c, 1), x);
       LLVMValueRef num = FADD(c, FNEG(c, FMUL(c, FMUL(c, pw, y), q)), FMUL(c, one_y, x));
       LLVMValueRef den = FMAX(c, FMUL(c, x, q), CF(c, 1e-12));
-      ST(c, k->O, i, FMUL(c, dl, FDIV(c, num, den)));
+      ST(c, k->O, i, SEL(c, counts, FMUL(c, dl, FDIV(c, num, den)), CF(c, 0)));
       break;
     }
     case OP_sigmoid_bce_grad: { // ((pw y + 1 - y) sigmoid(x) - pw y)
       LLVMValueRef s = FDIV(c, CF(c, 1), FADD(c, CF(c, 1), EXP(c, FNEG(c, x))));
       LLVMValueRef py = FMUL(c, pw, y);
-      ST(c, k->O, i, FMUL(c, dl, FSUB(c, FMUL(c, FADD(c, py, one_y), s), py)));
+      ST(c, k->O, i, SEL(c, counts, FMUL(c, dl, FSUB(c, FMUL(c, FADD(c, py, one_y), s), py)), CF(c, 0)));
       break;
     }
     default:
@@ -801,7 +819,7 @@ static void emit_bce(Cg *c, K *k) {
     }
   }
   if (!grad)
-    ST(c, k->O, CI(c, 0), FDIV(c, GETF(c, acc), CF(c, (double)total)));
+    ST(c, k->O, CI(c, 0), FDIV(c, GETF(c, acc), GETF(c, count)));
 }
 
 static LLVMValueRef load_step(Cg *c, LLVMValueRef p) {

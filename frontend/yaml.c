@@ -20,6 +20,7 @@
 //            | adam / adamw {lr, betas, eps, weight_decay}
 //   schedule: constant | step {step_size, gamma} | cosine {t_max, eta_min}
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
+//     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
 //          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip}}
 #include "ir.h"
@@ -1100,6 +1101,27 @@ static void read_train(Model *m, YNode *root) {
   m->log_every = opt_int(v, "log_every", 100, 1, INT32_MAX, "train");
 }
 
+// drop_last: false (PyTorch's default) makes the runtime pad the last partial
+// batch of an epoch with rows the loss ignores, so the step sees exactly the
+// smaller batch -- except through batch statistics: a batchnorm2d would
+// normalise with the padding rows, so such models drop the partial batch.
+static void check_drop_last(Model *m, YNode *root) {
+  if (m->drop_last)
+    return;
+  bool batch_stats = false;
+  for (int i = 0; i < m->graph->nnodes; i++)
+    batch_stats |= m->graph->node[i]->op == OP_batchnorm2d;
+  if (!batch_stats)
+    return;
+  YNode *train = get(root, "train");
+  YNode *v = train && is_map(train) ? get(train, "drop_last") : NULL;
+  if (v)
+    warn_at(loc_of(v), "write drop_last: true (or leave it out) to say so",
+            "drop_last: false is not supported with batchnorm2d (its batch statistics are "
+            "compiled for full batches); the last partial batch of each epoch is dropped");
+  m->drop_last = true;
+}
+
 // A relative path is relative to the model file's directory.
 static char *resolve(const char *model_path, const char *p) {
   const char *slash = strrchr(model_path, '/');
@@ -1363,6 +1385,7 @@ Model *load_model(const char *path) {
 
   read_optimizer(b.g, ov);
   read_schedule(b.g, get(root, "schedule"));
+  check_drop_last(m, root);
   // Everything kept (names, paths, classes) was copied out of the document.
   yaml_document_delete(&cur_doc);
   return m;

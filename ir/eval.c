@@ -367,6 +367,9 @@ static void eval_softmax_grad(const Node *n, Tensor *out, Tensor **in) {
 // a[i,c] = (1-eps) w[y_i] [c == y_i] + eps/C w[c], and its gradient with
 // respect to logp is -a / W; with respect to the logits, through log_softmax,
 // (softmax[i,k] * sum_c a[i,c] - a[i,k]) / W.
+//
+// A row labelled -100 (PyTorch's default ignore_index) is ignored: a[i,.] = 0
+// and it adds nothing to W. The runtime pads a partial last batch that way.
 
 typedef struct {
   int64_t n, c;
@@ -382,6 +385,8 @@ static CE ce_setup(const Node *n, const Tensor *x, const Tensor *label, const Te
   CE ce = {x->type.dim[0], x->type.dim[1], weight ? weight->f : NULL, label->i,
            node_float(n, "label_smoothing"), 0};
   for (int64_t i = 0; i < ce.n; i++) {
+    if (ce.y[i] == XC_IGNORE_INDEX)
+      continue;
     if (ce.y[i] < 0 || ce.y[i] >= ce.c)
       fatal("%s: label %d of sample %lld is not a class index in [0, %lld)", op_info(n->op)->name,
             ce.y[i], (long long)i, (long long)ce.c);
@@ -391,6 +396,8 @@ static CE ce_setup(const Node *n, const Tensor *x, const Tensor *label, const Te
 }
 
 static double ce_coef(const CE *ce, int64_t i, int64_t c) {
+  if (ce->y[i] == XC_IGNORE_INDEX)
+    return 0.0;
   double a = ce->eps / (double)ce->c * class_weight(ce, c);
   if (c == ce->y[i])
     a += (1.0 - ce->eps) * class_weight(ce, c);
@@ -430,7 +437,8 @@ static void eval_cross_entropy_grad(const Node *n, Tensor *out, Tensor **in) {
 // --- Binary cross-entropy ------------------------------------------------------------
 //
 // pos_weight has 0 values (all ones), 1 value, or one per last dimension,
-// broadcast like BCEWithLogitsLoss's. Both reduce with the mean.
+// broadcast like BCEWithLogitsLoss's. Both reduce with the mean over the
+// elements whose target is not negative (bce_ignored: padding rows).
 
 static double pos_weight(const Node *n, const Type *t, int64_t i) {
   const Attr *pw = node_attr(n, "pos_weight");
@@ -441,6 +449,15 @@ static double pos_weight(const Node *n, const Type *t, int64_t i) {
   return pw->floats[i % t->dim[t->rank - 1]];
 }
 
+// The number of elements a BCE mean divides by: those whose target is not
+// negative (bce_ignored).
+static double bce_count(const Tensor *target) {
+  double n = 0;
+  for (int64_t i = 0; i < numel(target); i++)
+    n += !bce_ignored(target->f[i]);
+  return n;
+}
+
 // BCELoss on probabilities with PyTorch's guard: each log is clamped to at
 // least -100, so p = 0 or 1 gives a large finite loss instead of inf.
 //   loss = mean(-(pw * y * log p + (1 - y) * log(1 - p)))
@@ -448,17 +465,23 @@ static void eval_bce(const Node *n, Tensor *out, Tensor **in) {
   double s = 0;
   for (int64_t i = 0; i < numel(in[0]); i++) {
     double p = in[0]->f[i], y = in[1]->f[i];
+    if (bce_ignored(in[1]->f[i]))
+      continue;
     double lp = fmax(log(p), -100.0), lq = fmax(log(1.0 - p), -100.0);
     s += -(pos_weight(n, &in[0]->type, i) * y * lp + (1.0 - y) * lq);
   }
-  out->f[0] = (float)(s / numel(in[0]));
+  out->f[0] = (float)(s / bce_count(in[1]));
 }
 
 // The derivative of the clamped loss above: zero where a log is clamped.
 static void eval_bce_grad(const Node *n, Tensor *out, Tensor **in) {
-  double dl = in[0]->f[0], N = (double)numel(out);
+  double dl = in[0]->f[0], N = bce_count(in[2]);
   for (int64_t i = 0; i < numel(out); i++) {
     double p = in[1]->f[i], y = in[2]->f[i], g = 0;
+    if (bce_ignored(in[2]->f[i])) {
+      out->f[i] = 0.0f;
+      continue;
+    }
     if (log(p) > -100.0)
       g -= pos_weight(n, &out->type, i) * y / p;
     if (log(1.0 - p) > -100.0)
@@ -475,18 +498,20 @@ static void eval_sigmoid_bce(const Node *n, Tensor *out, Tensor **in) {
   double s = 0;
   for (int64_t i = 0; i < numel(in[0]); i++) {
     double x = in[0]->f[i], y = in[1]->f[i];
+    if (bce_ignored(in[1]->f[i]))
+      continue;
     double lw = 1.0 + (pos_weight(n, &in[0]->type, i) - 1.0) * y;
     s += (1.0 - y) * x + lw * (log1p(exp(-fabs(x))) + fmax(-x, 0.0));
   }
-  out->f[0] = (float)(s / numel(in[0]));
+  out->f[0] = (float)(s / bce_count(in[1]));
 }
 
 static void eval_sigmoid_bce_grad(const Node *n, Tensor *out, Tensor **in) {
-  double dl = in[0]->f[0], N = (double)numel(out);
+  double dl = in[0]->f[0], N = bce_count(in[2]);
   for (int64_t i = 0; i < numel(out); i++) {
     double x = in[1]->f[i], y = in[2]->f[i];
     double lw = 1.0 + (pos_weight(n, &out->type, i) - 1.0) * y;
-    out->f[i] = (float)(dl * ((1.0 - y) - lw * sigmoid(-x)) / N);
+    out->f[i] = bce_ignored(in[2]->f[i]) ? 0.0f : (float)(dl * ((1.0 - y) - lw * sigmoid(-x)) / N);
   }
 }
 

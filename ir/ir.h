@@ -52,6 +52,12 @@ typedef struct {
 
 enum { OPF_SOURCE = 1, OPF_SIDE_EFFECT = 2, OPF_ELEMENTWISE = 4 };
 
+// Rows the losses ignore (neither summed nor counted in the mean): a class
+// label equal to PyTorch's default ignore_index, or a negative BCE target.
+// The runtime pads a partial last batch with them (runtime/xentcc_rt.h).
+enum { XC_IGNORE_INDEX = -100 };
+static inline bool bce_ignored(float target) { return target < 0.0f; }
+
 typedef enum {
 #define OP(id, min, max, flags, schema) OP_##id,
 #include "ops.def"

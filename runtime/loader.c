@@ -3,6 +3,11 @@
 // compute (double-buffered), so the training step rarely waits. The stream
 // is the same whether or not the worker runs ahead: the order and the
 // augmentation draws depend only on the seed and the epoch.
+//
+// Unless drop_last, an epoch whose size is not a multiple of the batch ends
+// with a partial batch, padded to the compiled batch size with zero images
+// and rows the losses ignore (XC_PAD_LABEL, XC_PAD_TARGET), so the step
+// computes exactly what PyTorch computes on the smaller batch.
 #include "rt.h"
 
 #include <pthread.h>
@@ -22,7 +27,7 @@ struct Loader {
 
   float *images[2];
   void *labels[2];
-  int slot_epoch[2], slot_iter[2];
+  int slot_epoch[2], slot_iter[2], slot_rows[2];
   bool full[2];
   int produce, consume; // next slot for each side
   bool done, stop;      // the producer has made every batch; the consumer quit
@@ -55,8 +60,19 @@ static bool make_next(Loader *l, int s) {
     start_epoch(l);
   }
   bool augment = l->t.crop_padding > 0 || l->t.flip;
-  xc_make_batch(l->d, l->order + (int64_t)l->iter * l->batch, l->batch, &l->t,
-                augment ? &l->aug : NULL, l->images[s], l->labels[s], l->float_labels);
+  int64_t first = (int64_t)l->iter * l->batch;
+  int rows = (int)(l->d->n - first < l->batch ? l->d->n - first : l->batch);
+  xc_make_batch(l->d, l->order + first, rows, &l->t, augment ? &l->aug : NULL, l->images[s],
+                l->labels[s], l->float_labels);
+  size_t sample = (size_t)l->d->c * l->d->h * l->d->w;
+  memset(l->images[s] + rows * sample, 0, (l->batch - rows) * sample * sizeof(float));
+  for (int i = rows; i < l->batch; i++) {
+    if (l->float_labels)
+      ((float *)l->labels[s])[i] = XC_PAD_TARGET;
+    else
+      ((int32_t *)l->labels[s])[i] = XC_PAD_LABEL;
+  }
+  l->slot_rows[s] = rows;
   l->slot_epoch[s] = l->epoch;
   l->slot_iter[s] = l->iter++;
   return true;
@@ -88,13 +104,14 @@ static void *producer(void *arg) {
   }
 }
 
-Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, uint64_t seed,
-                     int first_epoch, int end_epoch, bool float_labels, bool threaded) {
+Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, bool drop_last,
+                     uint64_t seed, int first_epoch, int end_epoch, bool float_labels,
+                     bool threaded) {
   Loader *l = xc_calloc(1, sizeof *l);
   l->d = d;
   l->t = *t;
   l->batch = batch;
-  l->steps_per_epoch = (int)(d->n / batch); // the partial last batch is dropped
+  l->steps_per_epoch = (int)(drop_last ? d->n / batch : (d->n + batch - 1) / batch);
   l->shuffle = shuffle;
   l->seed = seed;
   l->float_labels = float_labels;
@@ -136,7 +153,7 @@ bool loader_next(Loader *l, Batch *b) {
     if (!have)
       return false;
   }
-  *b = (Batch){l->images[s], l->labels[s], l->slot_epoch[s], l->slot_iter[s]};
+  *b = (Batch){l->images[s], l->labels[s], l->slot_epoch[s], l->slot_iter[s], l->slot_rows[s]};
   return true;
 }
 

@@ -225,11 +225,14 @@ typedef struct {
   void *labels;  // batch int32 or float
   int epoch;     // from 0
   int iter;      // within the epoch, from 0
+  int rows;      // real samples; the rest (a partial last batch) is padding
 } Batch;
 
-// Epochs [first_epoch, end_epoch) of d, each of n / batch full batches.
-Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, uint64_t seed,
-                     int first_epoch, int end_epoch, bool float_labels, bool threaded);
+// Epochs [first_epoch, end_epoch) of d: n / batch full batches each, and
+// unless drop_last a last one of n % batch samples padded to batch.
+Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, bool drop_last,
+                     uint64_t seed, int first_epoch, int end_epoch, bool float_labels,
+                     bool threaded);
 int loader_steps_per_epoch(const Loader *l);
 bool loader_next(Loader *l, Batch *b); // false after the last batch
 void loader_release(Loader *l);        // done with the batch loader_next gave

@@ -20,8 +20,9 @@ float xc_lr(int32_t step, int32_t epoch, float base_lr) __attribute__((weak));
 
 static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
-    "       [--no-shuffle] [--threads T] [--init W.safetensors] [--save W.safetensors]\n"
-    "       [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval] [--strict] [--quiet]";
+    "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
+    "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
+    "       [--strict] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -65,6 +66,8 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "  --lr X             base learning rate (default %g); the compiled schedule applies\n"
       "  --seed S           seed of the initial weights, shuffling and augmentation (default %d)\n"
       "  --no-shuffle       take samples in data set order (folders: names in byte order)\n"
+      "  --drop-last        drop the last partial batch of each epoch (the YAML's\n"
+      "                     train.drop_last; default: %s)\n"
       "  --threads T        OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
       "  --init W           start from these weights (safetensors, PyTorch state_dict names)\n"
       "  --save W           final weights (default %s); the optimizer state goes to\n"
@@ -78,10 +81,11 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "  --no-eval          skip the evaluation after each epoch\n"
       "  --strict           an unreadable image is an error instead of being skipped\n"
       "  --quiet            print only errors\n\n"
-      "Every step sees exactly %d samples: the last partial batch of an epoch is dropped\n"
-      "(PyTorch would run a smaller one; shapes here are compiled in).\n",
+      "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
-      m->seed, save, m->batch_size);
+      m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save,
+      m->drop_last ? "" : "A partial last batch is padded to the compiled batch size with rows the loss\n"
+                          "ignores, so the step computes what PyTorch does on the smaller batch.\n");
   if (m->val_split > 0)
     printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
            "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
@@ -142,6 +146,7 @@ int xc_train_main(int argc, char **argv) {
   char *save = xc_format("%s.safetensors", stem);
   int epochs = m->epochs, steps = 0, seed = m->seed, threads = 0;
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
+  bool drop_last = m->drop_last;
   bool eval_each_epoch = true;
   float lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
@@ -172,6 +177,8 @@ int xc_train_main(int argc, char **argv) {
       seed = arg_int(&a, 0, 2147483647);
     } else if (arg_flag(&a, "--no-shuffle")) {
       shuffle = false;
+    } else if (arg_flag(&a, "--drop-last")) {
+      drop_last = true;
     } else if (arg_opt(&a, "--threads")) {
       threads = arg_int(&a, 1, 1024);
     } else if (arg_opt(&a, "--init")) {
@@ -238,7 +245,7 @@ int xc_train_main(int argc, char **argv) {
   double t_load = xc_now();
   DataSpec spec = xc_data_spec(m, data, true, strict, quiet);
   Dataset *d = xc_load_dataset(&spec);
-  if (d->n < m->batch_size)
+  if (d->n == 0 || (drop_last && d->n < m->batch_size))
     xc_die("use more data, or compile with a smaller train.batch_size",
            "%s: %lld samples, fewer than one batch of %d", d->path, (long long)d->n, m->batch_size);
   t_load = xc_now() - t_load;
@@ -251,7 +258,7 @@ int xc_train_main(int argc, char **argv) {
   if (resume && first_epoch >= end_epoch && !steps)
     xc_die("pass a larger --epochs to train further", "%s already holds %d epochs", save,
            first_epoch);
-  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, (uint64_t)seed, first_epoch,
+  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed, first_epoch,
                                 end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
   // A run stopped mid-epoch resumes there: the skipped batches are made
@@ -266,7 +273,8 @@ int xc_train_main(int argc, char **argv) {
            spec.split == XC_SPLIT_TRAIN ? xc_format(", %g held out for validation", m->val_split)
                                         : "");
     if (d->n % m->batch_size)
-      printf("(the last %lld samples of each epoch's order are dropped: the batch size is fixed)\n",
+      printf(drop_last ? "(drop_last: the last %lld samples of each epoch's order are dropped)\n"
+                       : "(the last batch of each epoch holds %lld samples)\n",
              (long long)(d->n % m->batch_size));
     fflush(stdout);
   }
@@ -288,7 +296,7 @@ int xc_train_main(int argc, char **argv) {
   Dataset *val = NULL;
   bool val_tried = false;
   double running = 0, epoch_loss = 0, t0 = xc_now(), t_epoch = t0, t_eval = 0;
-  int64_t start_step = step, epoch_steps = 0, images = 0;
+  int64_t start_step = step, epoch_steps = 0, images = 0, epoch_images = 0;
   bool warned_nan = false, stopped = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   while (loader_next(loader, &b)) {
@@ -296,7 +304,8 @@ int xc_train_main(int argc, char **argv) {
                                (int32_t)b.epoch, lr, workspace);
     loader_release(loader);
     step++;
-    images += m->batch_size;
+    images += b.rows;
+    epoch_images += b.rows;
     if (log)
       fprintf(log, "%lld,%d,%.9g,%.9g\n", (long long)step, b.epoch + 1, loss,
               xc_lr ? xc_lr((int32_t)step, (int32_t)b.epoch, lr) : lr);
@@ -315,7 +324,7 @@ int xc_train_main(int argc, char **argv) {
       fflush(stdout);
       running = 0;
     }
-    double now = xc_now(), ips = (step - start_step) * m->batch_size / (now - t0 - t_eval + 1e-9);
+    double now = xc_now(), ips = images / (now - t0 - t_eval + 1e-9);
     int64_t total = steps ? steps - start_step : (int64_t)(end_epoch - first_epoch) * per_epoch;
     double eta = (total - (step - start_step)) * (double)m->batch_size / (ips + 1e-9);
     progress_draw(&progress, b.epoch + 1, epochs, b.iter + 1, per_epoch, loss, ips, eta, false);
@@ -354,7 +363,7 @@ int xc_train_main(int argc, char **argv) {
       hist = xc_realloc(hist, sizeof(EpochRecord) * (nhist + 1));
       hist[nhist++] = (EpochRecord){
           b.epoch + 1, step,      epoch_loss / epoch_steps,
-          acc,         now2 - t0, epoch_steps * m->batch_size / (now2 - t_epoch + 1e-9)};
+          acc,         now2 - t0, epoch_images / (now2 - t_epoch + 1e-9)};
       xc_write_history(csv_path, svg_path, m->name, hist, nhist);
       if (!quiet) {
         progress_clear(&progress);
@@ -367,6 +376,7 @@ int xc_train_main(int argc, char **argv) {
       }
       epoch_loss = 0;
       epoch_steps = 0;
+      epoch_images = 0;
       t_epoch = xc_now();
     }
     if (stopped)
@@ -386,7 +396,7 @@ int xc_train_main(int argc, char **argv) {
     printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
            "loaded in %.2f s\n",
            (long long)(step - start_step), secs, t_eval,
-           (step - start_step) * m->batch_size / (secs - t_eval + 1e-9), t_load);
+           images / (secs - t_eval + 1e-9), t_load);
     printf("saved weights to %s\n", save);
   }
   xc_free_dataset(d);

@@ -29,9 +29,15 @@ typedef struct {
 
 typedef enum { XC_LABEL_INDEX, XC_LABEL_FLOAT } XcLabelKind;
 
+// Padding rows of a partial last batch: the generated losses leave rows
+// labelled XC_PAD_LABEL (PyTorch's ignore_index, -100) or with a negative
+// target out of the loss, its mean and its gradient.
+#define XC_PAD_LABEL (-100)
+#define XC_PAD_TARGET (-1.0f)
+
 typedef struct {
   const char *name;        // model name from the YAML
-  int batch_size;          // compiled-in: every step sees exactly this many samples
+  int batch_size;          // compiled-in: a smaller last batch is padded to it
   int channels, height, width;
   int nclasses;            // names in class_names; outputs = nclasses, or 1 for binary
   const char *const *class_names;

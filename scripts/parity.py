@@ -4,7 +4,11 @@
 weights, data and order, then compares per-step losses, final weights and
 NAME-eval's metrics with PyTorch's evaluation of its own final model.
 
-  scripts/parity.py --recipe cifar10|catdog|all --workdir DIR [--xentcc PATH]
+  scripts/parity.py --recipe cifar10|catdog|all --workdir DIR [--xentcc PATH] [--partial]
+
+--partial trains on 496 samples for 4 epochs instead of 2,048 for one: each
+epoch ends with a batch of 16, which PyTorch (drop_last=False) runs as is and
+xentcc pads to the compiled 32 with rows the loss ignores.
 
 Exit status 0 when everything is within tolerance, 1 when not; without
 python3-torch it prints SKIP and exits 0 (or --skip-code). Tolerances:
@@ -63,23 +67,23 @@ def run(cmd, **kw):
 # Data: written here, read back by both sides from the same files.
 #
 
-def make_cifar(work, rng):
+def make_cifar(work, rng, n):
     d = os.path.join(work, "cifar")
     os.makedirs(d, exist_ok=True)
-    x, y = td.synthetic(rng, STEPS * BATCH, 32, 32, 3, 10)
+    x, y = td.synthetic(rng, n, 32, 32, 3, 10)
     td.write_cifar(os.path.join(d, "data_batch_1.bin"), x, y)
     x, y = td.synthetic(rng, NTEST, 32, 32, 3, 10)
     td.write_cifar(os.path.join(d, "test_batch.bin"), x, y)
     return os.path.join(d, "data_batch_1.bin"), os.path.join(d, "test_batch.bin")
 
 
-def make_catdog(work, rng):
+def make_catdog(work, rng, n):
     """32x32 PNGs (no resize on either side) named N.cat.png / N.dog.png with
     random classes and unpadded numbers, so byte order (1, 10, 100, 1000, 1001,
     ...) interleaves the classes and differs from numeric order."""
     from PIL import Image
     dirs = []
-    for part, n in (("train", STEPS * BATCH), ("test", NTEST)):
+    for part, n in (("train", n), ("test", NTEST)):
         d = os.path.join(work, "catdog", part)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -203,10 +207,12 @@ class NearTies:
             print(f"  {name:<8} {cells}  {g:.1e} at step {step}, {idx}")
 
 
-def torch_run(torch, recipe, train, test, init_path):
-    """64 steps of the recipe from fresh seeded weights (saved to init_path
-    first), then the evaluation of the final model. Returns (losses, final
-    state_dict as numpy, confusion matrix, near-ties)."""
+def torch_run(torch, recipe, train, test, init_path, epochs):
+    """epochs passes over train in order, batches of 32 and a smaller last one
+    (a DataLoader with shuffle=False, drop_last=False), from fresh seeded
+    weights (saved to init_path first), then the evaluation of the final
+    model. Returns (losses, final state_dict as numpy, confusion matrix,
+    near-ties)."""
     torch.manual_seed(0)
     binary = recipe == "catdog"
     net = make_net(torch, 1 if binary else 10)
@@ -221,9 +227,10 @@ def torch_run(torch, recipe, train, test, init_path):
     losses = []
     ties = NearTies(torch)
     net.train()
-    for step in range(STEPS):
+    starts = list(range(0, len(x_all), BATCH)) * epochs
+    for step, first in enumerate(starts):
         ties.step = step + 1
-        sl = slice(step * BATCH, (step + 1) * BATCH)
+        sl = slice(first, first + BATCH)
         x = to_tensor(torch, x_all[sl])
         y = torch.from_numpy(y_all[sl])
         y = y.float().unsqueeze(1) if binary else y.long()
@@ -263,15 +270,15 @@ def metrics(conf):
 # xentcc's side
 #
 
-def ours_run(xentcc, yaml, name, work, data, test, init_path):
+def ours_run(xentcc, yaml, name, work, data, test, init_path, epochs):
     out = os.path.join(work, name)
     t0 = time.time()
     run([xentcc, yaml, "-o", out])
     t_compile = time.time() - t0
     log, saved = out + ".log.csv", out + ".final.safetensors"
     run([out + "-train", "--data", data, "--init", init_path, "--no-shuffle",
-         "--steps", str(STEPS), "--log", log, "--save", saved, "--threads", str(THREADS),
-         "--quiet"])
+         "--epochs", str(epochs), "--no-eval", "--log", log, "--save", saved,
+         "--threads", str(THREADS), "--quiet"])
     with open(log) as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
@@ -345,7 +352,11 @@ def main():
     ap.add_argument("--models", default=os.path.join(os.path.dirname(HERE), "models"))
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--skip-code", type=int, default=0, help="exit status without torch")
+    ap.add_argument("--partial", action="store_true",
+                    help="4 epochs of 496 samples: every epoch ends with a batch of 16")
     args = ap.parse_args()
+    # Both ways make STEPS steps.
+    ntrain, epochs = (15 * BATCH + BATCH // 2, 4) if args.partial else (STEPS * BATCH, 1)
     try:
         import torch
         import numpy  # noqa: F401
@@ -365,19 +376,19 @@ def main():
         t0 = time.time()
         init = os.path.join(work, recipe + ".init.safetensors")
         if recipe == "cifar10":
-            data, test = make_cifar(work, rng)
+            data, test = make_cifar(work, rng, ntrain)
             train_set = td.load_cifar_bin(data)
             test_set = td.load_cifar_bin(test)
             yaml = os.path.join(args.models, "cifar10.yaml")
         else:
-            data, test = make_catdog(work, rng)
+            data, test = make_catdog(work, rng, ntrain)
             train_set = td.load_folder(data, ["cat", "dog"], (32, 32))
             test_set = td.load_folder(test, ["cat", "dog"], (32, 32))
             yaml = catdog_yaml(args.models, work)
-        if len(train_set[0]) != STEPS * BATCH:
-            die(f"{data}: read {len(train_set[0])} samples, wrote {STEPS * BATCH}")
-        ref = torch_run(torch, recipe, train_set, test_set, init)
-        *ours, t_compile = ours_run(xentcc, yaml, recipe, work, data, test, init)
+        if len(train_set[0]) != ntrain:
+            die(f"{data}: read {len(train_set[0])} samples, wrote {ntrain}")
+        ref = torch_run(torch, recipe, train_set, test_set, init, epochs)
+        *ours, t_compile = ours_run(xentcc, yaml, recipe, work, data, test, init, epochs)
         ok &= compare(recipe, ref, ours)
         print(f"({recipe}: compile {t_compile:.2f} s, total {time.time() - t0:.1f} s)")
     sys.exit(0 if ok else 1)

@@ -116,30 +116,40 @@ def op_cases(w):
         w.add("op/%s/dy" % name, dy)
         w.add("op/%s/dx" % name, grads(y, dy, x)[0])
 
-    # CrossEntropyLoss(weight, label_smoothing) on logits
+    # CrossEntropyLoss(weight, label_smoothing) on logits; op/ce_ignore has
+    # two rows labelled -100, PyTorch's default ignore_index, which is how
+    # xentcc's runtime pads a partial last batch.
     x = leaf(6, 5, lo=-3, hi=3)
-    y = torch.randint(0, 5, (6,))
     cw = torch.rand(5) * 2 + 0.2
-    w.add("op/ce/x", x)
-    w.add("op/ce/label", y)
-    w.add("op/ce/weight", cw)
-    for tag, kw in [("plain", {}), ("weighted", {"weight": cw}),
-                    ("smooth", {"label_smoothing": 0.1}),
-                    ("both", {"weight": cw, "label_smoothing": 0.3})]:
-        loss = nn.CrossEntropyLoss(**kw)(x, y)
-        w.add("op/ce/%s/loss" % tag, loss)
-        w.add("op/ce/%s/dx" % tag, grads(loss, torch.tensor(1.0), x)[0])
+    y = torch.randint(0, 5, (6,))
+    for prefix, labels in [("op/ce", y), ("op/ce_ignore", torch.tensor([3, -100, 0, 4, -100, 1]))]:
+        w.add(prefix + "/x", x)
+        w.add(prefix + "/label", labels)
+        w.add(prefix + "/weight", cw)
+        for tag, kw in [("plain", {}), ("weighted", {"weight": cw}),
+                        ("smooth", {"label_smoothing": 0.1}),
+                        ("both", {"weight": cw, "label_smoothing": 0.3})]:
+            loss = nn.CrossEntropyLoss(**kw)(x, labels)
+            w.add("%s/%s/loss" % (prefix, tag), loss)
+            w.add("%s/%s/dx" % (prefix, tag), grads(loss, torch.tensor(1.0), x)[0])
 
-    # BCEWithLogitsLoss(pos_weight) on [N,3]: none, one value, one per column
-    x = leaf(4, 3, lo=-4, hi=4)
-    t = torch.randint(0, 2, (4, 3)).float()
-    w.add("op/bce/x", x)
-    w.add("op/bce/target", t)
-    for tag, pw in [("plain", None), ("pw1", torch.tensor([2.5])),
-                    ("pw3", torch.tensor([2.5, 0.5, 4.0]))]:
-        loss = nn.BCEWithLogitsLoss(pos_weight=pw)(x, t)
-        w.add("op/bce/%s/loss" % tag, loss)
-        w.add("op/bce/%s/dx" % tag, grads(loss, torch.tensor(1.0), x)[0])
+    # BCEWithLogitsLoss(pos_weight) on [N,3]: none, one value, one per column.
+    # op/bce_ignore: rows 1 and 4 of six are padding (target -1, xentcc's
+    # convention); PyTorch's numbers are for the four real rows, with zero
+    # gradient in the padding rows.
+    x = leaf(6, 3, lo=-4, hi=4)
+    t = torch.randint(0, 2, (6, 3)).float()
+    pad = t.clone()
+    pad[[1, 4]] = -1.0
+    real = torch.tensor([0, 2, 3, 5])
+    for prefix, target, rows in [("op/bce", t, torch.arange(6)), ("op/bce_ignore", pad, real)]:
+        w.add(prefix + "/x", x)
+        w.add(prefix + "/target", target)
+        for tag, pw in [("plain", None), ("pw1", torch.tensor([2.5])),
+                        ("pw3", torch.tensor([2.5, 0.5, 4.0]))]:
+            loss = nn.BCEWithLogitsLoss(pos_weight=pw)(x[rows], t[rows])
+            w.add("%s/%s/loss" % (prefix, tag), loss)
+            w.add("%s/%s/dx" % (prefix, tag), grads(loss, torch.tensor(1.0), x)[0])
 
     # BatchNorm2d in training mode, and its running statistics
     bn = nn.BatchNorm2d(3)

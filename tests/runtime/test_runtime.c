@@ -724,16 +724,18 @@ START_TEST(batches_and_loader) {
   int32_t order[3] = {4, 1, 9};
   xc_make_batch(&d, order, 3, &t, NULL, images, fl, true);
   ck_assert(images[0] == 4 / 255.0f && images[2] == 1 / 255.0f && fl[0] == 0 && fl[2] == 1);
-  // Threaded and unthreaded streams are the same; 3 batches of 3 per epoch.
+  // Threaded and unthreaded streams are the same; with drop_last 3 batches
+  // of 3 per epoch.
   int32_t seen[2][18];
   for (int threaded = 0; threaded < 2; threaded++) {
-    Loader *l = loader_start(&d, &t, 3, true, 7, 0, 2, false, threaded);
+    Loader *l = loader_start(&d, &t, 3, true, true, 7, 0, 2, false, threaded);
     ck_assert_int_eq(loader_steps_per_epoch(l), 3);
     Batch b;
     int k = 0;
     while (loader_next(l, &b)) {
       ck_assert_int_eq(b.epoch, k / 9);
       ck_assert_int_eq(b.iter, (k / 3) % 3);
+      ck_assert_int_eq(b.rows, 3);
       for (int i = 0; i < 3; i++)
         seen[threaded][k++] = (int32_t)lroundf(b.images[2 * i] * 255);
       loader_release(l);
@@ -748,11 +750,52 @@ START_TEST(batches_and_loader) {
       for (int j = i + 1; j < 9; j++)
         ck_assert_int_ne(seen[0][e * 9 + i], seen[0][e * 9 + j]);
   // Stopping early joins the worker cleanly.
-  Loader *l = loader_start(&d, &t, 3, false, 7, 0, 100, false, true);
+  Loader *l = loader_start(&d, &t, 3, false, true, 7, 0, 100, false, true);
   Batch b;
   ck_assert(loader_next(l, &b));
   ck_assert(b.images[0] == 0 && b.images[2] == 1 / 255.0f); // dataset order
   loader_free(l);
+}
+END_TEST
+
+// Without drop_last, 10 samples in batches of 3 make 4 steps an epoch; the
+// last holds one sample and two padding rows: zero images, and labels the
+// losses ignore (-100 for class indices, -1 for BCE targets).
+START_TEST(loader_partial_last_batch) {
+  Dataset d = {0};
+  d.n = 10, d.c = 1, d.h = 1, d.w = 2;
+  uint8_t px[20];
+  int32_t labels[10];
+  for (int i = 0; i < 10; i++)
+    px[2 * i] = px[2 * i + 1] = (uint8_t)(i + 1), labels[i] = i % 2;
+  d.pixels = px, d.labels = labels;
+  Transform t = {{0}, {1}, 0, false};
+  for (int float_labels = 0; float_labels < 2; float_labels++) {
+    Loader *l = loader_start(&d, &t, 3, true, false, 7, 0, 2, float_labels, true);
+    ck_assert_int_eq(loader_steps_per_epoch(l), 4);
+    Batch b;
+    int steps = 0, seen[2][11] = {{0}};
+    while (loader_next(l, &b)) {
+      ck_assert_int_eq(b.iter, steps % 4);
+      ck_assert_int_eq(b.rows, b.iter == 3 ? 1 : 3);
+      for (int i = 0; i < b.rows; i++)
+        seen[b.epoch][lroundf(b.images[2 * i] * 255)]++;
+      for (int i = b.rows; i < 3; i++) {
+        ck_assert(b.images[2 * i] == 0 && b.images[2 * i + 1] == 0);
+        if (float_labels)
+          ck_assert(((float *)b.labels)[i] == XC_PAD_TARGET);
+        else
+          ck_assert_int_eq(((int32_t *)b.labels)[i], XC_PAD_LABEL);
+      }
+      loader_release(l);
+      steps++;
+    }
+    ck_assert_int_eq(steps, 8);
+    for (int e = 0; e < 2; e++) // every sample exactly once an epoch
+      for (int v = 1; v <= 10; v++)
+        ck_assert_int_eq(seen[e][v], 1);
+    loader_free(l);
+  }
 }
 END_TEST
 
@@ -896,6 +939,7 @@ int main(void) {
   tcase_add_test(tc, image_folder_loader);
   tcase_add_test(tc, transform_normalize_and_augment);
   tcase_add_test(tc, batches_and_loader);
+  tcase_add_test(tc, loader_partial_last_batch);
   tcase_add_test(tc, metrics_multiclass);
   tcase_add_test(tc, metrics_binary);
   tcase_add_test(tc, shared_data);

@@ -368,7 +368,9 @@ END_TEST
 // Losses
 //
 
-static void ce_case(OpKind fwd, OpKind bwd, bool weighted, double smoothing) {
+// padded: rows 2 and 7 are labelled -100 (ignore_index), as the runtime pads
+// a partial last batch.
+static void ce_case(OpKind fwd, OpKind bwd, bool weighted, double smoothing, bool padded) {
   Net *t = net_new();
   int C = 7;
   Node *x = F32(t, "x", 9, C), *y = I32(t, "label", 9), *dl = SCALAR(t, "dl");
@@ -387,23 +389,29 @@ static void ce_case(OpKind fwd, OpKind bwd, bool weighted, double smoothing) {
   done(g);
   fill(t, x, -3, 1);
   fill_ints(t, y, 0, C - 1);
+  if (padded)
+    t->src[y->id].i[2] = t->src[y->id].i[7] = XC_IGNORE_INDEX;
   t->src[dl->id].f[0] = 0.7f;
-  run(t, TOL, xformat("%s weights %d smoothing %g", op_info(fwd)->name, weighted, smoothing));
+  run(t, TOL, xformat("%s weights %d smoothing %g padded %d", op_info(fwd)->name, weighted, smoothing,
+                      padded));
 }
 
 START_TEST(cross_entropy) {
   for (int op = 0; op < 2; op++) {
     OpKind fwd = op ? OP_softmax_cross_entropy : OP_nll_loss;
     OpKind bwd = op ? OP_softmax_cross_entropy_grad : OP_nll_loss_grad;
-    ce_case(fwd, bwd, false, 0.0);
-    ce_case(fwd, bwd, true, 0.0);
-    ce_case(fwd, bwd, false, 0.1);
-    ce_case(fwd, bwd, true, 0.25);
+    for (int padded = 0; padded < 2; padded++) {
+      ce_case(fwd, bwd, false, 0.0, padded);
+      ce_case(fwd, bwd, true, 0.0, padded);
+      ce_case(fwd, bwd, false, 0.1, padded);
+      ce_case(fwd, bwd, true, 0.25, padded);
+    }
   }
 }
 END_TEST
 
-static void bce_case(OpKind fwd, OpKind bwd, const double *pw, int npw) {
+// padded: row 3 is padding (target -1), as in a partial last batch.
+static void bce_case(OpKind fwd, OpKind bwd, const double *pw, int npw, bool padded) {
   Net *t = net_new();
   Node *x = F32(t, "x", 5, 4), *tg = F32(t, "target", 5, 4), *dl = SCALAR(t, "dl");
   Node *loss = node_new(t->g, fwd, (Node *[]){x, tg}, 2, no_loc);
@@ -420,18 +428,22 @@ static void bce_case(OpKind fwd, OpKind bwd, const double *pw, int npw) {
   t->src[tg->id].f[0] = 1; // and hard ones
   t->src[tg->id].f[1] = 0;
   t->src[tg->id].f[2] = 1;
-  t->src[tg->id].f[1] = 0;
+  t->src[tg->id].f[3] = 0;
+  for (int j = 0; padded && j < 4; j++)
+    t->src[tg->id].f[3 * 4 + j] = -1;
   t->src[dl->id].f[0] = 1.3f;
-  run(t, TOL, xformat("%s with %d pos_weight values", op_info(fwd)->name, npw));
+  run(t, TOL, xformat("%s with %d pos_weight values, padded %d", op_info(fwd)->name, npw, padded));
 }
 
 START_TEST(bce) {
   const double per_column[] = {2.0, 0.5, 1.0, 3.0}, one[] = {4.0};
   for (int op = 0; op < 2; op++) {
     OpKind fwd = op ? OP_sigmoid_bce : OP_bce, bwd = op ? OP_sigmoid_bce_grad : OP_bce_grad;
-    bce_case(fwd, bwd, one, 0);
-    bce_case(fwd, bwd, one, 1);
-    bce_case(fwd, bwd, per_column, 4);
+    for (int padded = 0; padded < 2; padded++) {
+      bce_case(fwd, bwd, one, 0, padded);
+      bce_case(fwd, bwd, one, 1, padded);
+      bce_case(fwd, bwd, per_column, 4, padded);
+    }
   }
 }
 END_TEST

@@ -269,16 +269,18 @@ START_TEST(activations) {
 END_TEST
 
 // CrossEntropyLoss(weight, label_smoothing): fused, and unfused as the
-// frontend writes it (log_softmax + nll_loss), forward and gradient.
+// frontend writes it (log_softmax + nll_loss), forward and gradient; in
+// op/ce_ignore two rows are labelled -100 (ignore_index).
 START_TEST(cross_entropy_options) {
+  const char *prefix = _i ? "op/ce_ignore" : "op/ce";
   const char *tags[4] = {"plain", "weighted", "smooth", "both"};
   bool weighted[4] = {false, true, false, true};
   double smoothing[4] = {0, 0, 0.1, 0.3};
   for (int i = 0; i < 4; i++)
     for (int fused = 0; fused <= 1; fused++) {
       Net *t = net_new();
-      Node *x = feed(t, ref("op/ce/x")), *y = feed(t, ref("op/ce/label"));
-      Node *w = weighted[i] ? feed(t, ref("op/ce/weight")) : NULL, *dl = feed_scalar(t, 1);
+      Node *x = feed(t, ref("%s/x", prefix)), *y = feed(t, ref("%s/label", prefix));
+      Node *w = weighted[i] ? feed(t, ref("%s/weight", prefix)) : NULL, *dl = feed_scalar(t, 1);
       Node *logp = fused ? x : done(OP(t, OP_log_softmax, x));
       OpKind lk = fused ? OP_softmax_cross_entropy : OP_nll_loss;
       OpKind gk = fused ? OP_softmax_cross_entropy_grad : OP_nll_loss_grad;
@@ -290,22 +292,25 @@ START_TEST(cross_entropy_options) {
       done(g);
       Node *dx = fused ? g : done(OP(t, OP_log_softmax_grad, g, logp));
       Tensor *v = run(t);
-      char *what = xformat("%s %s", fused ? "softmax_cross_entropy" : "nll_loss", tags[i]);
-      CHECK_TENSOR(what, &v[loss->id], ref("op/ce/%s/loss", tags[i]));
-      CHECK_TENSOR(xformat("%s grad", what), &v[dx->id], ref("op/ce/%s/dx", tags[i]));
+      char *what = xformat("%s %s %s", prefix, fused ? "softmax_cross_entropy" : "nll_loss", tags[i]);
+      CHECK_TENSOR(what, &v[loss->id], ref("%s/%s/loss", prefix, tags[i]));
+      CHECK_TENSOR(xformat("%s grad", what), &v[dx->id], ref("%s/%s/dx", prefix, tags[i]));
     }
 }
 END_TEST
 
-// BCEWithLogitsLoss(pos_weight): fused sigmoid_bce and unfused bce(sigmoid).
+// BCEWithLogitsLoss(pos_weight): fused sigmoid_bce and unfused bce(sigmoid);
+// op/bce_ignore has two padding rows (target -1) and PyTorch's numbers for
+// the other four.
 START_TEST(bce_with_logits_options) {
+  const char *prefix = _i ? "op/bce_ignore" : "op/bce";
   const char *tags[3] = {"plain", "pw1", "pw3"};
   static const double pw[3] = {2.5, 0.5, 4.0};
   int npw[3] = {0, 1, 3};
   for (int i = 0; i < 3; i++)
     for (int fused = 0; fused <= 1; fused++) {
       Net *t = net_new();
-      Node *x = feed(t, ref("op/bce/x")), *y = feed(t, ref("op/bce/target"));
+      Node *x = feed(t, ref("%s/x", prefix)), *y = feed(t, ref("%s/target", prefix));
       Node *dl = feed_scalar(t, 1);
       Node *p = fused ? x : done(OP(t, OP_sigmoid, x));
       Node *loss = OP(t, fused ? OP_sigmoid_bce : OP_bce, p, y);
@@ -316,9 +321,9 @@ START_TEST(bce_with_logits_options) {
       done(g);
       Node *dx = fused ? g : done(OP(t, OP_sigmoid_grad, g, p));
       Tensor *v = run(t);
-      char *what = xformat("%s %s", fused ? "sigmoid_bce" : "bce", tags[i]);
-      CHECK_TENSOR(what, &v[loss->id], ref("op/bce/%s/loss", tags[i]));
-      CHECK_TENSOR(xformat("%s grad", what), &v[dx->id], ref("op/bce/%s/dx", tags[i]));
+      char *what = xformat("%s %s %s", prefix, fused ? "sigmoid_bce" : "bce", tags[i]);
+      CHECK_TENSOR(what, &v[loss->id], ref("%s/%s/loss", prefix, tags[i]));
+      CHECK_TENSOR(xformat("%s grad", what), &v[dx->id], ref("%s/%s/dx", prefix, tags[i]));
     }
 }
 END_TEST
@@ -626,8 +631,8 @@ int main(void) {
   tcase_add_test(ops, pools_k3_s2_pad1);
   tcase_add_test(ops, linear);
   tcase_add_test(ops, activations);
-  tcase_add_test(ops, cross_entropy_options);
-  tcase_add_test(ops, bce_with_logits_options);
+  tcase_add_loop_test(ops, cross_entropy_options, 0, 2);
+  tcase_add_loop_test(ops, bce_with_logits_options, 0, 2);
   tcase_add_test(ops, batchnorm2d_training);
   tcase_add_test(ops, l2norm);
   tcase_add_test(ops, optimizers);
