@@ -2,8 +2,9 @@
 // already resized): CIFAR-10 binary batches, MNIST-style IDX files (plain or
 // gzip), folders of JPEG/PNG photos labelled by file name (cat.12.jpg), and
 // torchvision ImageFolder trees (root/<class>/*.jpg). Images are decoded once,
-// in parallel, before training starts, so later epochs cost no decoding; bad
-// files are reported with their path and skipped (or fatal with --strict).
+// in parallel, before training starts, so later epochs cost no decoding (and
+// with --cache later runs neither: cache.c); bad files are reported with
+// their path and skipped (or fatal with --strict).
 // Batches apply the training augmentation, then ToTensor and Normalize.
 #define _GNU_SOURCE
 #include "rt.h"
@@ -336,13 +337,6 @@ static int label_from_name(const char *name, const DataSpec *s) {
   return matches == 1 ? found : -1;
 }
 
-typedef struct {
-  char **path; // full paths
-  char **name; // as shown in messages and sorted: "cat.1.jpg" or "cat/0001.jpg"
-  int32_t *label;
-  int64_t n;
-} FileList;
-
 static void add_file(FileList *l, char *path, char *name, int label) {
   l->path = xc_realloc(l->path, sizeof(char *) * (l->n + 1));
   l->name = xc_realloc(l->name, sizeof(char *) * (l->n + 1));
@@ -393,19 +387,30 @@ static void apply_split(FileList *l, const DataSpec *s) {
   free(in_val);
 }
 
-// Decodes every file on all threads, then keeps the good ones in order.
+int64_t xc_files_decoded;
+
+// Splits the list, decodes every file on all threads (or takes the bytes
+// from the cache), then keeps the good ones in order. A cached file that did
+// not decode is reported again, so nbad and the messages stay the same.
 static Dataset *decode_files(const DataSpec *s, FileList *l, const char *format, int64_t nbad) {
+  uint64_t key = s->cache ? xc_cache_key(s, format, l) : 0;
+  apply_split(l, s);
   Dataset *d = new_dataset(s, format);
   size_t bytes = sample_bytes(d);
   d->pixels = xc_malloc(l->n * bytes + 1);
   char **err = xc_calloc(l->n + 1, sizeof(char *));
+  if (!s->cache || !xc_cache_load(s, format, key, l, d->pixels, err)) {
 #pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < l->n; i++) {
-    Image img;
-    if (xc_image_load(l->path[i], &img, &err[i])) {
-      xc_image_to_chw(&img, d->c, d->h, d->w, d->pixels + i * bytes);
-      free(img.px);
+    for (int64_t i = 0; i < l->n; i++) {
+      Image img;
+      if (xc_image_load(l->path[i], &img, &err[i])) {
+        xc_image_to_chw(&img, d->c, d->h, d->w, d->pixels + i * bytes);
+        free(img.px);
+      }
     }
+    xc_files_decoded += l->n;
+    if (s->cache)
+      xc_cache_save(s, format, key, l, d->pixels, err);
   }
   d->labels = xc_malloc(sizeof(int32_t) * (l->n + 1));
   d->files = xc_malloc(sizeof(char *) * (l->n + 1));
@@ -471,7 +476,6 @@ static Dataset *load_folder(const DataSpec *s) {
     xc_die(xc_format("name each photo after its class, e.g. %s.1.jpg; the model's classes are: %s",
                      s->class_names[0], class_list(s)),
            "%s: no file name contains one of the model's class names", s->path);
-  apply_split(&l, s);
   return decode_files(s, &l, "folder", nbad);
 }
 
@@ -502,7 +506,6 @@ static Dataset *load_image_folder(const DataSpec *s) {
     free(dir);
   }
   free_names(subs, nsub);
-  apply_split(&l, s);
   return decode_files(s, &l, "imagefolder", 0);
 }
 

@@ -9,7 +9,7 @@
 
 static const char usage_fmt[] =
     "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--json]\n"
-    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--quiet]";
+    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--cache] [--quiet]";
 
 static void print_help(const char *prog, const XcModel *m) {
   printf(usage_fmt, prog);
@@ -25,6 +25,8 @@ static void print_help(const char *prog, const XcModel *m) {
          "                     (the default when the YAML's test folder does not exist)\n"
          "  --threads T        OpenMP threads\n"
          "  --strict           an unreadable image is an error instead of being skipped\n"
+         "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
+         "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
          "  --quiet            no progress messages\n\n"
          "The whole test set is evaluated: the last partial batch is padded and the\n"
          "padding ignored.\n",
@@ -125,7 +127,7 @@ int xc_eval_main(int argc, char **argv) {
   xc_prog = argc > 0 ? xc_basename(argv[0]) : "eval";
   const char *weights = NULL, *data = NULL, *split = NULL;
   double threshold = 0.5;
-  bool json = false, strict = false, quiet = false, threshold_given = false;
+  bool json = false, strict = false, quiet = false, threshold_given = false, cache = false;
   int threads = 0;
   char **predict_files = NULL;
   int npredict = 0;
@@ -151,6 +153,8 @@ int xc_eval_main(int argc, char **argv) {
       threads = arg_int(&a, 1, 1024);
     } else if (arg_flag(&a, "--strict")) {
       strict = true;
+    } else if (arg_flag(&a, "--cache")) {
+      cache = true;
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
     } else if (arg_flag(&a, "--predict")) {
@@ -189,6 +193,7 @@ int xc_eval_main(int argc, char **argv) {
   if (!data)
     data = xc_is_dir(m->test_path) || xc_is_file(m->test_path) ? m->test_path : m->train_path;
   DataSpec spec = xc_data_spec(m, data, false, strict, quiet);
+  spec.cache = cache;
   if (split)
     spec.split = !strcmp(split, "val") ? XC_SPLIT_VAL : XC_SPLIT_ALL;
   if (spec.split == XC_SPLIT_VAL && spec.val_split <= 0)

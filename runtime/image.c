@@ -5,6 +5,7 @@
 // torchvision's Resize((h, w)) does on PIL images: a separable triangle
 // filter widened by the scale factor when shrinking (antialiasing), with
 // PIL's 22-bit fixed-point arithmetic so results match to the byte.
+// cache.c keeps these bytes between runs: changing them bumps CACHE_VERSION.
 #include "rt.h"
 
 #include <ctype.h>

@@ -173,6 +173,7 @@ typedef struct {
   uint64_t split_seed;
   bool strict; // bad images are errors, not skipped
   bool quiet;
+  bool cache;  // folders: keep the decoded bytes on disk (cache.c)
   int c, h, w; // the model's input
   int nclasses;
   const char *const *class_names;
@@ -198,6 +199,29 @@ const char *xc_detect_format(const char *path); // NULL if it cannot tell
 // for validation when the YAML's test path does not exist.
 bool xc_use_val_split(const XcModel *m);
 DataSpec xc_data_spec(const XcModel *m, const char *path, bool train, bool strict, bool quiet);
+
+// A folder's photos before decoding, in name order.
+typedef struct {
+  char **path; // full paths
+  char **name; // as shown in messages and sorted: "cat.1.jpg" or "cat/0001.jpg"
+  int32_t *label;
+  int64_t n;
+} FileList;
+
+extern int64_t xc_files_decoded; // image files data.c has decoded (tests tell cache hits by it)
+
+// cache.c, for data.c: the decoded bytes of a folder kept between runs. The
+// key hashes everything decoding depends on: the folder, l's files (before
+// the split) with their sizes and times, the model's input, the classes and
+// the split.
+uint64_t xc_cache_key(const DataSpec *s, const char *format, const FileList *l);
+// Fills pixels (slot i: file i, c*h*w bytes) and err (NULL: decoded, else
+// why not) from a valid cache file; false, with err all NULL, otherwise.
+bool xc_cache_load(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
+                   uint8_t *pixels, char **err);
+// Writes the cache file, or warns once and goes on without it.
+void xc_cache_save(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
+                   const uint8_t *pixels, char *const *err);
 
 typedef struct {
   float mean[4], std[4];

@@ -22,7 +22,7 @@ static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
-    "       [--strict] [--quiet]";
+    "       [--strict] [--cache] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -80,6 +80,8 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     'test' folder next to a 'train' --data folder, or the YAML's)\n"
       "  --no-eval          skip the evaluation after each epoch\n"
       "  --strict           an unreadable image is an error instead of being skipped\n"
+      "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
+      "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
       "  --quiet            print only errors\n\n"
       "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
@@ -146,7 +148,7 @@ int xc_train_main(int argc, char **argv) {
   char *save = xc_format("%s.safetensors", stem);
   int epochs = m->epochs, steps = 0, seed = m->seed, threads = 0;
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
-  bool drop_last = m->drop_last;
+  bool drop_last = m->drop_last, cache = false;
   bool eval_each_epoch = true;
   float lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
@@ -193,6 +195,8 @@ int xc_train_main(int argc, char **argv) {
       eval_each_epoch = false;
     } else if (arg_flag(&a, "--strict")) {
       strict = true;
+    } else if (arg_flag(&a, "--cache")) {
+      cache = true;
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
     } else {
@@ -244,6 +248,7 @@ int xc_train_main(int argc, char **argv) {
 
   double t_load = xc_now();
   DataSpec spec = xc_data_spec(m, data, true, strict, quiet);
+  spec.cache = cache;
   Dataset *d = xc_load_dataset(&spec);
   if (d->n == 0 || (drop_last && d->n < m->batch_size))
     xc_die("use more data, or compile with a smaller train.batch_size",
@@ -345,6 +350,7 @@ int xc_train_main(int argc, char **argv) {
           const char *vpath = eval_path(m, data, data_given, eval_data);
           if (vpath) {
             DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
+            vs.cache = cache;
             if (vpath != data)
               vs.split = XC_SPLIT_ALL;
             val = xc_load_dataset(&vs);

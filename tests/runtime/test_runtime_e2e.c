@@ -128,6 +128,32 @@ START_TEST(train_then_eval) {
 }
 END_TEST
 
+// --cache: the first run writes the decoded photos beside train/ and test/
+// (in the working directory's .xentcc-cache, not inside the folders); runs
+// from the cache train and evaluate exactly as runs that decode.
+START_TEST(cache_flag) {
+  char *dir = rgb_workdir(8);
+  Run r = run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
+  ASSERT_OK(r);
+  ck_assert(!xc_is_dir(xc_join(dir, ".xentcc-cache")));
+  for (int i = 0; i < 2; i++) {
+    r = run(dir, "fake-train",
+            "--data train --epochs 2 --log b.csv --save b.safetensors --cache --quiet");
+    ASSERT_OK(r);
+    ck_assert_str_eq(slurp(xc_join(dir, "b.csv")), slurp(xc_join(dir, "a.csv")));
+  }
+  ck_assert(xc_is_dir(xc_join(dir, ".xentcc-cache")));
+  ck_assert(!xc_is_dir(xc_join(dir, "train/.xentcc-cache")));
+  Run plain = run(dir, "fake-eval", "--weights a.safetensors --data test --json");
+  ASSERT_OK(plain);
+  for (int i = 0; i < 2; i++) {
+    r = run(dir, "fake-eval", "--weights b.safetensors --data test --json --cache");
+    ASSERT_OK(r);
+    ck_assert_str_eq(r.out, plain.out);
+  }
+}
+END_TEST
+
 START_TEST(determinism_steps_and_resume) {
   char *dir = rgb_workdir(8);
   Run r =
@@ -315,6 +341,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, train_then_eval);
   tcase_add_test(tc, determinism_steps_and_resume);
+  tcase_add_test(tc, cache_flag);
   tcase_add_test(tc, other_formats);
   tcase_add_test(tc, binary_model);
   tcase_add_test(tc, command_line_errors);

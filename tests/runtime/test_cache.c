@@ -1,0 +1,442 @@
+// Tests of the decoded-image cache (cache.c, DataSpec.cache) on small photo
+// folders written into the build tree: a cached load equals an uncached one
+// byte for byte (pixels, labels, file names, skipped files and their
+// messages) without decoding; changed or added files, truncated and garbage
+// cache files are misses; a read-only data folder falls back to
+// $XDG_CACHE_HOME; the two parts of a validation split are cached apart.
+// xc_files_decoded, which data.c counts, tells a hit from a miss.
+#include "rt.h"
+#include "testdata.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *const rgb_names[] = {"red", "green", "blue"};
+
+static char *tmpdir(void) { return td_mkdtemp(TEST_BINARY_DIR); }
+
+static char *slurp(const char *path, long *len) {
+  FILE *f = fopen(path, "rb");
+  if (len)
+    *len = 0;
+  if (!f)
+    return xc_strdup("");
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *s = xc_malloc(n + 1);
+  s[fread(s, 1, n, f)] = '\0';
+  fclose(f);
+  if (len)
+    *len = n;
+  return s;
+}
+
+// A folder of 12 photos of 12x10 (JPEG and PNG) plus three bad files: a
+// truncated JPEG, a text file named .jpg, and a name with no class in it.
+// Data folders are made one level down in a fresh temporary directory, as
+// the cache goes beside the data folder: PARENT/.xentcc-cache.
+static char *data_dir(void) {
+  char *dir = xc_join(tmpdir(), "data");
+  td_mkdir(dir);
+  return dir;
+}
+
+static char *cache_dir_for(const char *dir) {
+  const char *slash = strrchr(dir, '/');
+  return xc_format("%.*s/.xentcc-cache", (int)(slash - dir), dir);
+}
+
+static char *parent_of(const char *dir) {
+  return xc_format("%.*s", (int)(strrchr(dir, '/') - dir), dir);
+}
+
+static char *photo_folder(void) {
+  char *dir = data_dir();
+  td_write_photo_folder(dir, rgb_names, 3, 4, 12, 10);
+  td_truncate_copy(xc_join(dir, "red.0.jpg"), xc_join(dir, "red.99.jpg"), 0.4);
+  td_write_bytes(xc_join(dir, "blue.readme.jpg"), "not an image", 12);
+  td_write_bytes(xc_join(dir, "notes.txt"), "hello", 5);
+  return dir;
+}
+
+static DataSpec spec_for(const char *path, bool cache) {
+  DataSpec s = {0};
+  s.path = path;
+  s.train = true;
+  s.c = 3, s.h = 8, s.w = 8;
+  s.nclasses = 3;
+  s.class_names = rgb_names;
+  s.quiet = true;
+  s.cache = cache;
+  return s;
+}
+
+// Loads s and says whether the images were decoded (a miss) or not (a hit).
+static Dataset *load(const DataSpec *s, bool *decoded) {
+  int64_t before = xc_files_decoded;
+  Dataset *d = xc_load_dataset(s);
+  *decoded = xc_files_decoded != before;
+  return d;
+}
+
+static void assert_same(const Dataset *a, const Dataset *b) {
+  ck_assert_str_eq(a->format, b->format);
+  ck_assert_int_eq(a->n, b->n);
+  ck_assert_int_eq(a->nbad, b->nbad);
+  ck_assert(a->c == b->c && a->h == b->h && a->w == b->w);
+  ck_assert_int_eq(memcmp(a->pixels, b->pixels, (size_t)a->n * a->c * a->h * a->w), 0);
+  ck_assert_int_eq(memcmp(a->labels, b->labels, sizeof(int32_t) * a->n), 0);
+  for (int64_t i = 0; i < a->n; i++)
+    ck_assert_str_eq(a->files[i], b->files[i]);
+}
+
+// The cache files (*.bin) in dir: how many, and the path of the last one.
+// Temporary files must never be left behind.
+static int cache_files(const char *dir, char **last) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  if (last)
+    *last = NULL;
+  if (!d)
+    return 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    ck_assert_msg(!strstr(e->d_name, ".tmp."), "left behind: %s", e->d_name);
+    size_t len = strlen(e->d_name);
+    if (len > 4 && !strcmp(e->d_name + len - 4, ".bin")) {
+      n++;
+      if (last)
+        *last = xc_join(dir, e->d_name);
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+// Runs fn(arg) in a child with stderr captured; returns the text and sets
+// the exit status. (Forked before this process uses OpenMP: a child forked
+// after that would hang in libgomp.)
+static char *run_child(int (*fn)(void *), void *arg, int *status) {
+  char path[] = "/tmp/xentcc-test-cache-XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(fd, 2);
+    _exit(fn(arg));
+  }
+  int ws;
+  waitpid(pid, &ws, 0);
+  *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+  char *text = slurp(path, NULL);
+  close(fd);
+  unlink(path);
+  return text;
+}
+
+// Exit status 10 when the load decoded, 20 when it came from the cache.
+static int load_in_child(void *spec) {
+  bool decoded;
+  Dataset *d = load(spec, &decoded);
+  return d->n == 12 ? (decoded ? 10 : 20) : 1;
+}
+
+START_TEST(cache_equals_decoding) {
+  char *dir = photo_folder(), *cdir = cache_dir_for(dir);
+  DataSpec off = spec_for(dir, false), on = spec_for(dir, true);
+  // Messages first, in children: a cache hit reports the same skipped files
+  // as decoding does; only the first cached run adds a note on the cache.
+  off.quiet = on.quiet = false;
+  int st_off, st_first, st_hit;
+  char *err_off = run_child(load_in_child, &off, &st_off);
+  char *err_first = run_child(load_in_child, &on, &st_first);
+  char *err_hit = run_child(load_in_child, &on, &st_hit);
+  ck_assert_int_eq(st_off, 10);
+  ck_assert_int_eq(st_first, 10);
+  ck_assert_int_eq(st_hit, 20);
+  ck_assert_msg(strstr(err_off, "skipping") && strstr(err_off, "red.99.jpg") &&
+                    strstr(err_off, "blue.readme.jpg") && strstr(err_off, "skipped 3"),
+                "%s", err_off);
+  ck_assert_str_eq(err_hit, err_off);
+  ck_assert_msg(strstr(err_first, "note: cached 12 decoded images in"), "%s", err_first);
+  ck_assert_int_eq(cache_files(cdir, NULL), 1);
+
+  off.quiet = on.quiet = true;
+  bool decoded;
+  Dataset *ref = load(&off, &decoded);
+  ck_assert(decoded);
+  ck_assert_int_eq(ref->n, 12);
+  ck_assert_int_eq(ref->nbad, 3);
+  for (int round = 0; round < 2; round++) {
+    Dataset *d = load(&on, &decoded);
+    ck_assert(!decoded);
+    assert_same(d, ref);
+    xc_free_dataset(d);
+  }
+  // The folder named by a relative path is the same folder.
+  size_t root = strlen(TEST_BINARY_DIR);
+  ck_assert(!strncmp(dir, TEST_BINARY_DIR, root) && dir[root] == '/');
+  ck_assert_int_eq(chdir(TEST_BINARY_DIR), 0);
+  DataSpec rel = spec_for(dir + root + 1, true);
+  Dataset *d = load(&rel, &decoded);
+  ck_assert(!decoded);
+  assert_same(d, ref);
+  xc_free_dataset(d);
+  // With the cache removed, a cached load decodes and writes it again.
+  char *file;
+  ck_assert_int_eq(cache_files(cdir, &file), 1);
+  ck_assert_int_eq(unlink(file), 0);
+  d = load(&on, &decoded);
+  ck_assert(decoded);
+  assert_same(d, ref);
+  ck_assert_int_eq(cache_files(cdir, NULL), 1);
+  xc_free_dataset(d);
+  xc_free_dataset(ref);
+}
+END_TEST
+
+START_TEST(cache_image_folder) {
+  char *dir = data_dir();
+  for (int k = 0; k < 3; k++) {
+    char *sub = xc_join(dir, rgb_names[k]);
+    td_mkdir(sub);
+    for (int i = 0; i < 3; i++) {
+      uint8_t *img = td_image(k, i, 9, 7, 3);
+      td_write_png(xc_format("%s/%04d.png", sub, i), img, 9, 7, 3, "rgb");
+      free(img);
+    }
+  }
+  DataSpec off = spec_for(dir, false), on = spec_for(dir, true);
+  bool decoded;
+  Dataset *ref = load(&off, &decoded);
+  Dataset *first = load(&on, &decoded);
+  ck_assert(decoded);
+  // The cache is beside the tree, not in it: torchvision's ImageFolder,
+  // which would take any folder for a class, still reads the tree.
+  ck_assert(!xc_is_dir(xc_join(dir, ".xentcc-cache")) && xc_is_dir(cache_dir_for(dir)));
+  ck_assert_str_eq(xc_detect_format(dir), "imagefolder");
+  Dataset *hit = load(&on, &decoded);
+  ck_assert(!decoded);
+  ck_assert_int_eq(ref->n, 9);
+  ck_assert_str_eq(hit->files[0], "blue/0000.png");
+  assert_same(first, ref);
+  assert_same(hit, ref);
+}
+END_TEST
+
+// A changed modification time or an added file is a miss, and the same
+// cache file is rewritten rather than another one added; another model
+// input size is another cache file.
+START_TEST(cache_invalidation) {
+  char *dir = photo_folder(), *cdir = cache_dir_for(dir);
+  DataSpec on = spec_for(dir, true);
+  bool decoded;
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(decoded);
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(!decoded);
+
+  // touch: same bytes, another modification time.
+  struct timespec times[2] = {{1000000000, 5}, {1000000000, 5}};
+  ck_assert_int_eq(utimensat(AT_FDCWD, xc_join(dir, "green.2.jpg"), times, 0), 0);
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(decoded);
+  Dataset *d = load(&on, &decoded);
+  ck_assert(!decoded);
+  ck_assert_int_eq(d->n, 12);
+  xc_free_dataset(d);
+  ck_assert_int_eq(cache_files(cdir, NULL), 1);
+
+  uint8_t *img = td_image(1, 7, 12, 10, 3);
+  td_write_png(xc_join(dir, "green.7.png"), img, 12, 10, 3, "rgb");
+  free(img);
+  d = load(&on, &decoded);
+  ck_assert(decoded);
+  ck_assert_int_eq(d->n, 13);
+  xc_free_dataset(d);
+  d = load(&on, &decoded);
+  ck_assert(!decoded);
+  ck_assert_int_eq(d->n, 13);
+  DataSpec off = spec_for(dir, false);
+  Dataset *ref = load(&off, &decoded);
+  assert_same(d, ref);
+  ck_assert_int_eq(cache_files(cdir, NULL), 1);
+
+  on.h = on.w = 6;
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(decoded);
+  ck_assert_int_eq(cache_files(cdir, NULL), 2);
+}
+END_TEST
+
+// A cache file cut short, overwritten with garbage, emptied or with one
+// pixel changed is a miss (decoded again and rewritten), never a crash.
+START_TEST(cache_corrupt_files) {
+  char *dir = photo_folder(), *cdir = cache_dir_for(dir);
+  DataSpec on = spec_for(dir, true), off = spec_for(dir, false);
+  bool decoded;
+  Dataset *ref = load(&off, &decoded);
+  xc_free_dataset(load(&on, &decoded));
+  char *file;
+  ck_assert_int_eq(cache_files(cdir, &file), 1);
+  long len;
+  char *good = slurp(file, &len);
+  ck_assert_int_gt(len, 12 * 192);
+
+  char *garbage = xc_malloc(len);
+  XcRng rng;
+  xc_rng_seed(&rng, 1, 0);
+  for (long i = 0; i < len; i++)
+    garbage[i] = (char)xc_rng_next(&rng);
+  char *flipped = xc_malloc(len);
+  memcpy(flipped, good, len);
+  flipped[len - 100] ^= 1; // a pixel of the last image
+  struct {
+    const char *what;
+    const char *bytes;
+    long n;
+  } cases[] = {
+      {"truncated in the pixels", good, len / 2},
+      {"truncated in the header", good, 20},
+      {"empty", good, 0},
+      {"garbage", garbage, len},
+      {"garbage after a good header", NULL, len},
+      {"a changed pixel", flipped, len},
+  };
+  char *mixed = xc_malloc(len);
+  memcpy(mixed, garbage, len);
+  memcpy(mixed, good, 56);
+  cases[4].bytes = mixed;
+  for (int c = 0; c < 6; c++) {
+    td_write_bytes(file, cases[c].bytes, cases[c].n);
+    Dataset *d = load(&on, &decoded);
+    ck_assert_msg(decoded, "%s: not a miss", cases[c].what);
+    assert_same(d, ref);
+    xc_free_dataset(d);
+    long now;
+    ck_assert_msg(!memcmp(slurp(file, &now), good, len) && now == len, "%s: not rewritten",
+                  cases[c].what);
+    d = load(&on, &decoded);
+    ck_assert(!decoded);
+    xc_free_dataset(d);
+  }
+}
+END_TEST
+
+// A data folder the run cannot write to: the cache goes to
+// $XDG_CACHE_HOME/xentcc (created). With nowhere to write, one warning and
+// the run goes on.
+static int load_twice_unwritable(void *dir) {
+  DataSpec s = spec_for(dir, true);
+  s.quiet = false;
+  bool decoded;
+  Dataset *a = load(&s, &decoded), *b = load(&s, &decoded);
+  return a->n == 12 && b->n == 12 && decoded ? 0 : 1;
+}
+
+static void make_read_only(const char *dir) {
+  // Root writes through permissions; a file where the cache directory
+  // would go stops it as surely.
+  if (geteuid() == 0)
+    td_write_bytes(cache_dir_for(dir), "x", 1);
+  ck_assert_int_eq(chmod(parent_of(dir), 0555), 0);
+}
+
+START_TEST(cache_read_only_data) {
+  char *dir = photo_folder(), *xdg = xc_join(tmpdir(), "xdg");
+  make_read_only(dir);
+  setenv("XDG_CACHE_HOME", "/dev/null/nowhere", 1);
+  int status;
+  char *err = run_child(load_twice_unwritable, dir, &status);
+  ck_assert_msg(status == 0, "status %d:\n%s", status, err);
+  char *w = strstr(err, "cannot write the image cache");
+  ck_assert_msg(w && strstr(err, "/dev/null/nowhere/xentcc") && strstr(err, "hint:"), "%s", err);
+  ck_assert_msg(!strstr(w + 1, "cannot write the image cache"), "warned twice:\n%s", err);
+
+  setenv("XDG_CACHE_HOME", xdg, 1);
+  DataSpec on = spec_for(dir, true), off = spec_for(dir, false);
+  bool decoded;
+  Dataset *ref = load(&off, &decoded);
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(decoded);
+  char *xdir = xc_join(xdg, "xentcc");
+  ck_assert_int_eq(cache_files(xdir, NULL), 1);
+  Dataset *d = load(&on, &decoded);
+  ck_assert(!decoded);
+  assert_same(d, ref);
+  chmod(parent_of(dir), 0755);
+}
+END_TEST
+
+// The training and the validation part of a split are cached apart, and
+// each equals its uncached load.
+START_TEST(cache_val_split) {
+  char *dir = photo_folder(), *cdir = cache_dir_for(dir);
+  DataSpec on = spec_for(dir, true);
+  on.val_split = 0.25f;
+  on.split_seed = 3;
+  DataSpec off = on;
+  off.cache = false;
+  bool decoded;
+  Dataset *part[2];
+  for (int p = 0; p < 2; p++) {
+    on.split = off.split = p ? XC_SPLIT_VAL : XC_SPLIT_TRAIN;
+    Dataset *ref = load(&off, &decoded);
+    xc_free_dataset(load(&on, &decoded));
+    ck_assert(decoded);
+    part[p] = load(&on, &decoded);
+    ck_assert(!decoded);
+    assert_same(part[p], ref);
+  }
+  ck_assert_int_eq(cache_files(cdir, NULL), 2);
+  ck_assert_int_eq(part[0]->n + part[1]->n, 12);
+  for (int i = 0; i < part[1]->n; i++)
+    for (int j = 0; j < part[0]->n; j++)
+      ck_assert_str_ne(part[1]->files[i], part[0]->files[j]);
+  // Another split seed is another pair of cache files.
+  on.split_seed = 4;
+  xc_free_dataset(load(&on, &decoded));
+  ck_assert(decoded);
+  ck_assert_int_eq(cache_files(cdir, NULL), 3);
+}
+END_TEST
+
+// CIFAR-10 and IDX files are bytes already: nothing to cache.
+START_TEST(cache_only_folders) {
+  char *dir = data_dir();
+  td_write_cifar(xc_join(dir, "data_batch_1.bin"), 5, 3, 0);
+  DataSpec s = spec_for(dir, true);
+  s.h = s.w = 32;
+  Dataset *d = xc_load_dataset(&s);
+  ck_assert_int_eq(d->n, 5);
+  ck_assert(!xc_is_dir(cache_dir_for(dir)));
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("runtime_cache");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, cache_equals_decoding);
+  tcase_add_test(tc, cache_image_folder);
+  tcase_add_test(tc, cache_invalidation);
+  tcase_add_test(tc, cache_corrupt_files);
+  tcase_add_test(tc, cache_read_only_data);
+  tcase_add_test(tc, cache_val_split);
+  tcase_add_test(tc, cache_only_folders);
+  suite_add_tcase(s, tc);
+  SRunner *r = srunner_create(s);
+  srunner_run_all(r, CK_NORMAL);
+  int failed = srunner_ntests_failed(r);
+  srunner_free(r);
+  return failed ? 1 : 0;
+}
