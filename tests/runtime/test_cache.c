@@ -5,6 +5,7 @@
 // cache files are misses; a read-only data folder falls back to
 // $XDG_CACHE_HOME; the two parts of a validation split are cached apart.
 // xc_files_decoded, which data.c counts, tells a hit from a miss.
+#include "../common/capture.h"
 #include "rt.h"
 #include "testdata.h"
 
@@ -21,22 +22,6 @@ static const char *const rgb_names[] = {"red", "green", "blue"};
 
 static char *tmpdir(void) { return td_mkdtemp(TEST_BINARY_DIR); }
 
-static char *slurp(const char *path, long *len) {
-  FILE *f = fopen(path, "rb");
-  if (len)
-    *len = 0;
-  if (!f)
-    return xc_strdup("");
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = xc_malloc(n + 1);
-  s[fread(s, 1, n, f)] = '\0';
-  fclose(f);
-  if (len)
-    *len = n;
-  return s;
-}
 
 // A folder of 12 photos of 12x10 (JPEG and PNG) plus three bad files: a
 // truncated JPEG, a text file named .jpg, and a name with no class in it.
@@ -120,34 +105,11 @@ static int cache_files(const char *dir, char **last) {
   return n;
 }
 
-// Runs fn(arg) in a child with stderr captured; returns the text and sets
-// the exit status. (Forked before this process uses OpenMP: a child forked
-// after that would hang in libgomp.)
-static char *run_child(int (*fn)(void *), void *arg, int *status) {
-  char path[] = "/tmp/xentcc-test-cache-XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  fflush(NULL);
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    dup2(fd, 2);
-    _exit(fn(arg));
-  }
-  int ws;
-  waitpid(pid, &ws, 0);
-  *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-  char *text = slurp(path, NULL);
-  close(fd);
-  unlink(path);
-  return text;
-}
-
 // Exit status 10 when the load decoded, 20 when it came from the cache.
-static int load_in_child(void *spec) {
+static void load_in_child(void *spec) {
   bool decoded;
   Dataset *d = load(spec, &decoded);
-  return d->n == 12 ? (decoded ? 10 : 20) : 1;
+  _exit(d->n == 12 ? (decoded ? 10 : 20) : 1);
 }
 
 START_TEST(cache_equals_decoding) {
@@ -157,9 +119,9 @@ START_TEST(cache_equals_decoding) {
   // as decoding does; only the first cached run adds a note on the cache.
   off.quiet = on.quiet = false;
   int st_off, st_first, st_hit;
-  char *err_off = run_child(load_in_child, &off, &st_off);
-  char *err_first = run_child(load_in_child, &on, &st_first);
-  char *err_hit = run_child(load_in_child, &on, &st_hit);
+  char *err_off = run_capturing_stderr(load_in_child, &off, &st_off);
+  char *err_first = run_capturing_stderr(load_in_child, &on, &st_first);
+  char *err_hit = run_capturing_stderr(load_in_child, &on, &st_hit);
   ck_assert_int_eq(st_off, 10);
   ck_assert_int_eq(st_first, 10);
   ck_assert_int_eq(st_hit, 20);
@@ -289,7 +251,7 @@ START_TEST(cache_corrupt_files) {
   char *file;
   ck_assert_int_eq(cache_files(cdir, &file), 1);
   long len;
-  char *good = slurp(file, &len);
+  char *good = read_all(file, &len);
   ck_assert_int_gt(len, 12 * 192);
 
   char *garbage = xc_malloc(len);
@@ -323,7 +285,7 @@ START_TEST(cache_corrupt_files) {
     assert_same(d, ref);
     xc_free_dataset(d);
     long now;
-    ck_assert_msg(!memcmp(slurp(file, &now), good, len) && now == len, "%s: not rewritten",
+    ck_assert_msg(!memcmp(read_all(file, &now), good, len) && now == len, "%s: not rewritten",
                   cases[c].what);
     d = load(&on, &decoded);
     ck_assert(!decoded);
@@ -335,12 +297,12 @@ END_TEST
 // A data folder the run cannot write to: the cache goes to
 // $XDG_CACHE_HOME/xentcc (created). With nowhere to write, one warning and
 // the run goes on.
-static int load_twice_unwritable(void *dir) {
+static void load_twice_unwritable(void *dir) {
   DataSpec s = spec_for(dir, true);
   s.quiet = false;
   bool decoded;
   Dataset *a = load(&s, &decoded), *b = load(&s, &decoded);
-  return a->n == 12 && b->n == 12 && decoded ? 0 : 1;
+  _exit(a->n == 12 && b->n == 12 && decoded ? 0 : 1);
 }
 
 static void make_read_only(const char *dir) {
@@ -356,7 +318,7 @@ START_TEST(cache_read_only_data) {
   make_read_only(dir);
   setenv("XDG_CACHE_HOME", "/dev/null/nowhere", 1);
   int status;
-  char *err = run_child(load_twice_unwritable, dir, &status);
+  char *err = run_capturing_stderr(load_twice_unwritable, dir, &status);
   ck_assert_msg(status == 0, "status %d:\n%s", status, err);
   char *w = strstr(err, "cannot write the image cache");
   ck_assert_msg(w && strstr(err, "/dev/null/nowhere/xentcc") && strstr(err, "hint:"), "%s", err);

@@ -4,6 +4,7 @@
 // .bin, IDX plain and .gz, PNG and JPEG variants, broken files, folders and
 // ImageFolder trees, validation splits), PIL-exact resizing, ToTensor +
 // Normalize with augmentation, and the metrics (checked by hand).
+#include "../common/capture.h"
 #include "rt.h"
 #include "testdata.h"
 
@@ -17,45 +18,9 @@
 
 static char *tmpdir(void) { return td_mkdtemp(TEST_BINARY_DIR); }
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return xc_strdup("");
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = xc_malloc(n + 1);
-  s[fread(s, 1, n, f)] = '\0';
-  fclose(f);
-  return s;
-}
-
-// Runs fn(arg) in a child with stderr captured; returns the text and sets
-// the exit status, so tests can check the messages of xc_die.
-static char *run_dying(void (*fn)(void *), void *arg, int *status) {
-  char path[] = "/tmp/xentcc-test-rt-XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  fflush(NULL);
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    dup2(fd, 2);
-    fn(arg);
-    _exit(0);
-  }
-  int ws;
-  waitpid(pid, &ws, 0);
-  *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-  char *text = slurp(path);
-  close(fd);
-  unlink(path);
-  return text;
-}
-
 static void assert_dies(void (*fn)(void *), void *arg, const char *want1, const char *want2) {
   int status;
-  char *err = run_dying(fn, arg, &status);
+  char *err = run_capturing_stderr(fn, arg, &status);
   ck_assert_msg(status == 1, "exit status %d, stderr:\n%s", status, err);
   ck_assert_msg(strstr(err, want1), "expected '%s' in:\n%s", want1, err);
   if (want2)
@@ -92,7 +57,7 @@ START_TEST(safetensors_round_trip) {
   ck_assert_str_eq(st_meta(f, "format"), "pt");
   st_free(f);
   // The data section starts 8-byte aligned, and no temporary file is left.
-  char *raw = slurp(path);
+  char *raw = read_all(path, NULL);
   uint64_t hlen;
   memcpy(&hlen, raw, 8);
   ck_assert_int_eq((8 + hlen) % 8, 0);

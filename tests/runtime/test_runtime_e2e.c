@@ -3,6 +3,7 @@
 // IDX files written into the build tree. Checks the command-line contract
 // (flags, default output, --log CSV, --save, --json, --predict), that
 // training learns, determinism, --resume, and the error messages.
+#include "../common/capture.h"
 #include "rt.h"
 #include "testdata.h"
 
@@ -15,18 +16,7 @@
 static const char *const rgb_names[] = {"red", "green", "blue"};
 static const char *const cd_names[] = {"cat", "dog"};
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return xc_strdup("");
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = xc_malloc(n + 1);
-  s[fread(s, 1, n, f)] = '\0';
-  fclose(f);
-  return s;
-}
+static char *slurp(const char *path) { return read_all(path, NULL); }
 
 typedef struct {
   int status;

@@ -2,6 +2,7 @@
 // PyTorch's shape formulas, toposort and use replacement, the text format
 // (print -> parse -> print is exact, floats read back bit for bit), graph
 // attributes, and the verifier's messages for graphs only a pass can build.
+#include "../common/capture.h"
 #include "ir.h"
 
 #include <check.h>
@@ -22,34 +23,11 @@ static char *print_to_string(Graph *g) {
   return buf;
 }
 
-// Runs fn(arg) in a child process with stderr captured; returns what it
-// printed and its exit status, so tests can check messages of dying errors.
-static char *run_dying(void (*fn)(void *), void *arg, int *status) {
-  char path[] = "/tmp/xentcc-test-ir-XXXXXX";
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  fflush(NULL);
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    dup2(fd, 2);
-    fn(arg);
-    _exit(0);
-  }
-  int ws;
-  waitpid(pid, &ws, 0);
-  *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-  char *text = read_file(path, "captured stderr");
-  close(fd);
-  unlink(path);
-  return text;
-}
-
 static void verify_fn(void *g) { verify_graph(g); }
 
 static void assert_verify_dies(Graph *g, const char *want) {
   int status;
-  char *err = run_dying(verify_fn, g, &status);
+  char *err = run_capturing_stderr(verify_fn, g, &status);
   ck_assert_int_eq(status, 1);
   ck_assert_msg(strstr(err, want), "expected '%s' in:\n%s", want, err);
 }
@@ -189,7 +167,7 @@ static void infer_bad_conv(void *unused) {
 
 START_TEST(infer_error_exits_1) {
   int status;
-  char *err = run_dying(infer_bad_conv, NULL, &status);
+  char *err = run_capturing_stderr(infer_bad_conv, NULL, &status);
   ck_assert_int_eq(status, 1);
   ck_assert_msg(strstr(err, "weight expects 3 input channels but the input has 1"), "%s", err);
 }
@@ -345,7 +323,7 @@ static void parse_fn(void *text) { parse_graph("bad.xir", text); }
 
 START_TEST(parse_error_has_position) {
   int status;
-  char *err = run_dying(parse_fn, "graph g {\n  %x = input : f32[4]\n  %y = relu(%z) : f32[4]\n}\n",
+  char *err = run_capturing_stderr(parse_fn, "graph g {\n  %x = input : f32[4]\n  %y = relu(%z) : f32[4]\n}\n",
                         &status);
   ck_assert_int_eq(status, 1);
   ck_assert_str_eq(err, "bad.xir:3:13: error: use of undefined value %z\n"
