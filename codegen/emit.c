@@ -206,82 +206,85 @@ static LLVMValueRef relu(Cg *c, LLVMValueRef a) {
   return SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
 }
 
-// conv2d: y[n,o] = b[o] + sum over c, kh, kw of w[o,c,kh,kw] * shifted x[n,c];
-// accumulating whole output rows keeps the innermost loop contiguous.
-static void emit_conv2d(Cg *c, K *k) {
-  Node *n = k->n;
-  const Type *xt = &n->in[0]->type, *wt = &n->in[1]->type;
-  int64_t C = xt->dim[1], H = xt->dim[2], W = xt->dim[3];
-  int64_t O = wt->dim[0], KH = wt->dim[2], KW = wt->dim[3];
-  int64_t HO = n->type.dim[2], WO = n->type.dim[3];
-  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
-  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
-  FOR(c, idx, k->lo, k->hi) {
-    LLVMValueRef b = DIVI(c, idx, O), o = REMI(c, idx, O);
-    LLVMValueRef y = GEP(c, c->f32, k->O, MULI(c, idx, HO * WO));
-    LLVMValueRef init = n->nin == 3 ? LD(c, k->X[2], o) : CF(c, 0);
-    FORN(c, i, HO * WO) ST(c, y, i, init);
-    FORN(c, ch, C) {
-      LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, C), ch), H * W));
-      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), KH * KW));
-      FORN(c, kh, KH) {
-        LLVMValueRef ohl, ohh;
-        window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
-        FORN(c, kw, KW) {
-          LLVMValueRef owl, owh;
-          window_range(c, kw, s1, p1, W, WO, &owl, &owh);
-          LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, KW), kw));
-          FOR(c, oh, ohl, ohh) {
-            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
-            LLVMValueRef yr = GEP(c, c->f32, y, MULI(c, oh, WO));
-            LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR_ROW(c, ow, owl, owh, WO) {
-              LLVMValueRef xv = LD(c, xr, MULI(c, ow, s1));
-              ST(c, yr, ow, FADD(c, LD(c, yr, ow), FMUL(c, wv, xv)));
-            }
-          }
+// The sliding window of a conv2d or a pool: input planes H x W, output
+// planes HO x WO, kernel KH x KW, stride and padding per axis.
+typedef struct {
+  int64_t H, W, HO, WO, KH, KW, s0, s1, p0, p1;
+} Window;
+
+// A conv2d's, from its input x, weight w [O,C,KH,KW] and output y.
+static Window conv_window(Node *n, const Type *x, const Type *w, const Type *y) {
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  return (Window){x->dim[2], x->dim[3], y->dim[2], y->dim[3], w->dim[2], w->dim[3],
+                  s[0], s[1], p[0], p[1]};
+}
+
+// One filter w[KH,KW] between an input plane x and an output plane y:
+//   forward     y[oh,ow] += w[kh,kw] * x[oh*s0 - p0 + kh, ow*s1 - p1 + kw]
+//   transposed  x[...]   += w[kh,kw] * y[oh,ow]   (conv2d_grad_input)
+// Both walk the windows the same way: for each tap, the output rows and
+// columns whose input falls inside the plane, whole rows at a time so the
+// innermost loop is contiguous in the output.
+static void emit_conv_plane(Cg *c, const Window *g, LLVMValueRef w, LLVMValueRef x,
+                            LLVMValueRef y, bool transposed) {
+  FORN(c, kh, g->KH) {
+    LLVMValueRef ohl, ohh;
+    window_range(c, kh, g->s0, g->p0, g->H, g->HO, &ohl, &ohh);
+    FORN(c, kw, g->KW) {
+      LLVMValueRef owl, owh;
+      window_range(c, kw, g->s1, g->p1, g->W, g->WO, &owl, &owh);
+      LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, g->KW), kw));
+      FOR(c, oh, ohl, ohh) {
+        LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, g->s0), -g->p0), kh);
+        LLVMValueRef yr = GEP(c, c->f32, y, MULI(c, oh, g->WO));
+        LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, g->W), ADDI(c, kw, -g->p1)));
+        FOR_ROW(c, ow, owl, owh, g->WO) {
+          LLVMValueRef j = MULI(c, ow, g->s1);
+          if (transposed)
+            ST(c, xr, j, FADD(c, LD(c, xr, j), FMUL(c, wv, LD(c, yr, ow))));
+          else
+            ST(c, yr, ow, FADD(c, LD(c, yr, ow), FMUL(c, wv, LD(c, xr, j))));
         }
       }
     }
-    if (k->relu)
-      FORN(c, i, HO * WO) ST(c, y, i, relu(c, LD(c, y, i)));
   }
 }
 
-// dx[n,c] = sum over o, kh, kw of w[o,c,kh,kw] * dy[n,o] scattered back.
+// conv2d: y[n,o] = b[o] + sum over c of the filter w[o,c] applied to x[n,c].
+static void emit_conv2d(Cg *c, K *k) {
+  Node *n = k->n;
+  const Type *xt = &n->in[0]->type, *wt = &n->in[1]->type;
+  Window g = conv_window(n, xt, wt, &n->type);
+  int64_t C = xt->dim[1], O = wt->dim[0];
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef b = DIVI(c, idx, O), o = REMI(c, idx, O);
+    LLVMValueRef y = GEP(c, c->f32, k->O, MULI(c, idx, g.HO * g.WO));
+    LLVMValueRef init = n->nin == 3 ? LD(c, k->X[2], o) : CF(c, 0);
+    FORN(c, i, g.HO * g.WO) ST(c, y, i, init);
+    FORN(c, ch, C) {
+      LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, C), ch), g.H * g.W));
+      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), g.KH * g.KW));
+      emit_conv_plane(c, &g, w, x, y, false);
+    }
+    if (k->relu)
+      FORN(c, i, g.HO * g.WO) ST(c, y, i, relu(c, LD(c, y, i)));
+  }
+}
+
+// dx[n,c] = sum over o of the filter w[o,c] applied transposed to dy[n,o].
 static void emit_conv2d_grad_input(Cg *c, K *k) {
   Node *n = k->n;
   const Type *dt = &n->in[0]->type, *wt = &n->in[1]->type;
-  int64_t C = n->type.dim[1], H = n->type.dim[2], W = n->type.dim[3];
-  int64_t O = wt->dim[0], KH = wt->dim[2], KW = wt->dim[3];
-  int64_t HO = dt->dim[2], WO = dt->dim[3];
-  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
-  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
+  Window g = conv_window(n, &n->type, wt, dt);
+  int64_t C = n->type.dim[1], O = wt->dim[0];
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef b = DIVI(c, idx, C), ch = REMI(c, idx, C);
-    LLVMValueRef dx = GEP(c, c->f32, k->O, MULI(c, idx, H * W));
-    FORN(c, i, H * W) ST(c, dx, i, CF(c, 0));
+    LLVMValueRef dx = GEP(c, c->f32, k->O, MULI(c, idx, g.H * g.W));
+    FORN(c, i, g.H * g.W) ST(c, dx, i, CF(c, 0));
     FORN(c, o, O) {
-      LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), HO * WO));
-      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), KH * KW));
-      FORN(c, kh, KH) {
-        LLVMValueRef ohl, ohh;
-        window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
-        FORN(c, kw, KW) {
-          LLVMValueRef owl, owh;
-          window_range(c, kw, s1, p1, W, WO, &owl, &owh);
-          LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, KW), kw));
-          FOR(c, oh, ohl, ohh) {
-            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
-            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
-            LLVMValueRef dxr = GEP(c, c->f32, dx, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR_ROW(c, ow, owl, owh, WO) {
-              LLVMValueRef j = MULI(c, ow, s1);
-              ST(c, dxr, j, FADD(c, LD(c, dxr, j), FMUL(c, wv, LD(c, dyr, ow))));
-            }
-          }
-        }
-      }
+      LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), g.HO * g.WO));
+      LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), g.KH * g.KW));
+      emit_conv_plane(c, &g, w, dx, dy, true);
     }
   }
 }
@@ -293,38 +296,35 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
 static void emit_conv2d_grad_weight(Cg *c, K *k) {
   Node *n = k->n;
   const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
-  int64_t N = xt->dim[0], C = xt->dim[1], H = xt->dim[2], W = xt->dim[3];
-  int64_t O = dt->dim[1], KH = n->type.dim[2], KW = n->type.dim[3];
-  int64_t HO = dt->dim[2], WO = dt->dim[3];
-  int64_t s0 = ints(n, "stride")[0], s1 = ints(n, "stride")[1];
-  int64_t p0 = ints(n, "padding")[0], p1 = ints(n, "padding")[1];
-  LLVMValueRef part = ROW(c, WO);
+  Window g = conv_window(n, xt, &n->type, dt);
+  int64_t N = xt->dim[0], C = xt->dim[1], O = dt->dim[1];
+  LLVMValueRef part = ROW(c, g.WO);
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
-    LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, KH * KW));
-    FORN(c, kh, KH) {
+    LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, g.KH * g.KW));
+    FORN(c, kh, g.KH) {
       LLVMValueRef ohl, ohh;
-      window_range(c, kh, s0, p0, H, HO, &ohl, &ohh);
-      FORN(c, kw, KW) {
+      window_range(c, kh, g.s0, g.p0, g.H, g.HO, &ohl, &ohh);
+      FORN(c, kw, g.KW) {
         LLVMValueRef owl, owh;
-        window_range(c, kw, s1, p1, W, WO, &owl, &owh);
-        FORN(c, i, WO) ST(c, part, i, CF(c, 0));
+        window_range(c, kw, g.s1, g.p1, g.W, g.WO, &owl, &owh);
+        FORN(c, i, g.WO) ST(c, part, i, CF(c, 0));
         FORN(c, b, N) {
-          LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), HO * WO));
-          LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), H * W));
+          LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, O), o), g.HO * g.WO));
+          LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), g.H * g.W));
           FOR(c, oh, ohl, ohh) {
-            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, s0), -p0), kh);
-            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, WO));
-            LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, W), ADDI(c, kw, -p1)));
-            FOR_ROW(c, ow, owl, owh, WO) {
-              LLVMValueRef prod = FMUL(c, LD(c, dyr, ow), LD(c, xr, MULI(c, ow, s1)));
+            LLVMValueRef ih = ADD(c, ADDI(c, MULI(c, oh, g.s0), -g.p0), kh);
+            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, g.WO));
+            LLVMValueRef xr = GEP(c, c->f32, x, ADD(c, MULI(c, ih, g.W), ADDI(c, kw, -g.p1)));
+            FOR_ROW(c, ow, owl, owh, g.WO) {
+              LLVMValueRef prod = FMUL(c, LD(c, dyr, ow), LD(c, xr, MULI(c, ow, g.s1)));
               ST(c, part, ow, FADD(c, LD(c, part, ow), prod));
             }
           }
         }
         LLVMValueRef acc = VAR(c, CF(c, 0));
-        FORN(c, i, WO) ACC(c, acc, LD(c, part, i));
-        ST(c, dw, ADD(c, MULI(c, kh, KW), kw), GETF(c, acc));
+        FORN(c, i, g.WO) ACC(c, acc, LD(c, part, i));
+        ST(c, dw, ADD(c, MULI(c, kh, g.KW), kw), GETF(c, acc));
       }
     }
   }
@@ -333,14 +333,10 @@ static void emit_conv2d_grad_weight(Cg *c, K *k) {
 // Pooling over one (n, c) plane per outer index. The window of output
 // (oh, ow) is clipped to the input; padding never wins a max and counts as
 // zero in the average (count_include_pad=True divides by the full kernel).
-typedef struct {
-  int64_t H, W, HO, WO, KH, KW, s0, s1, p0, p1;
-} Pool;
-
-static Pool pool_of(Node *n, const Type *x) {
-  Pool p = {x->dim[2], x->dim[3], 0, 0, ints(n, "kernel")[0], ints(n, "kernel")[1],
-            ints(n, "stride")[0], ints(n, "stride")[1], ints(n, "padding")[0],
-            ints(n, "padding")[1]};
+static Window pool_window(Node *n, const Type *x) {
+  Window p = {x->dim[2], x->dim[3], 0, 0, ints(n, "kernel")[0], ints(n, "kernel")[1],
+              ints(n, "stride")[0], ints(n, "stride")[1], ints(n, "padding")[0],
+              ints(n, "padding")[1]};
   p.HO = (p.H + 2 * p.p0 - p.KH) / p.s0 + 1;
   p.WO = (p.W + 2 * p.p1 - p.KW) / p.s1 + 1;
   return p;
@@ -348,7 +344,7 @@ static Pool pool_of(Node *n, const Type *x) {
 
 // The window rows [khl, khh) and columns [kwl, kwh) of output (oh, ow)
 // that fall inside the input.
-static void pool_clip(Cg *c, const Pool *p, LLVMValueRef oh, LLVMValueRef ow, LLVMValueRef *khl,
+static void pool_clip(Cg *c, const Window *p, LLVMValueRef oh, LLVMValueRef ow, LLVMValueRef *khl,
                       LLVMValueRef *khh, LLVMValueRef *kwl, LLVMValueRef *kwh) {
   LLVMValueRef h0 = ADDI(c, MULI(c, oh, p->s0), -p->p0), w0 = ADDI(c, MULI(c, ow, p->s1), -p->p1);
   *khl = SMAX(c, CI(c, 0), SUB(c, CI(c, 0), h0));
@@ -360,7 +356,7 @@ static void pool_clip(Cg *c, const Pool *p, LLVMValueRef oh, LLVMValueRef ow, LL
 static void emit_pool(Cg *c, K *k, bool is_max, bool grad) {
   Node *n = k->n;
   const Type *xt = grad ? &n->in[1]->type : &n->in[0]->type;
-  Pool p = pool_of(n, xt);
+  Window p = pool_window(n, xt);
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef x = GEP(c, c->f32, grad ? k->X[1] : k->X[0], MULI(c, idx, p.H * p.W));
     LLVMValueRef y = GEP(c, c->f32, grad ? k->X[0] : k->O, MULI(c, idx, p.HO * p.WO));
@@ -779,7 +775,10 @@ static void emit_bce(Cg *c, K *k) {
   const Type *t = &n->in[xi]->type;
   int64_t total = type_numel(t), last = t->rank ? t->dim[t->rank - 1] : 1;
   LLVMValueRef count = VAR(c, CF(c, 0));
-  FORN(c, i, total) ACC(c, count, SEL(c, counts_bce(c, LD(c, k->X[xi + 1], i)), CF(c, 1), CF(c, 0)));
+  FORN(c, i, total) {
+    LLVMValueRef y = LD(c, k->X[xi + 1], i);
+    ACC(c, count, SEL(c, counts_bce(c, y), CF(c, 1), CF(c, 0)));
+  }
   LLVMValueRef acc = VAR(c, CF(c, 0));
   LLVMValueRef dl = grad ? FDIV(c, LD(c, k->X[0], CI(c, 0)), GETF(c, count)) : NULL;
   FORN(c, i, total) {
@@ -791,7 +790,8 @@ static void emit_bce(Cg *c, K *k) {
     case OP_bce: { // -(pw y log p + (1-y) log(1-p)), logs clamped at -100 like PyTorch
       LLVMValueRef lp = FMAX(c, LOG(c, x), CF(c, -100));
       LLVMValueRef lq = FMAX(c, LOG(c, FSUB(c, CF(c, 1), x)), CF(c, -100));
-      ACC(c, acc, SEL(c, counts, FNEG(c, FADD(c, FMUL(c, FMUL(c, pw, y), lp), FMUL(c, one_y, lq))), CF(c, 0)));
+      LLVMValueRef l = FNEG(c, FADD(c, FMUL(c, FMUL(c, pw, y), lp), FMUL(c, one_y, lq)));
+      ACC(c, acc, SEL(c, counts, l, CF(c, 0)));
       break;
     }
     case OP_sigmoid_bce: { // (1-y) x + (1 + (pw-1) y) (log(e^-mv + e^(-x-mv)) + mv), mv = max(-x, 0)
@@ -811,7 +811,8 @@ static void emit_bce(Cg *c, K *k) {
     case OP_sigmoid_bce_grad: { // ((pw y + 1 - y) sigmoid(x) - pw y)
       LLVMValueRef s = FDIV(c, CF(c, 1), FADD(c, CF(c, 1), EXP(c, FNEG(c, x))));
       LLVMValueRef py = FMUL(c, pw, y);
-      ST(c, k->O, i, SEL(c, counts, FMUL(c, dl, FSUB(c, FMUL(c, FADD(c, py, one_y), s), py)), CF(c, 0)));
+      LLVMValueRef g = FMUL(c, dl, FSUB(c, FMUL(c, FADD(c, py, one_y), s), py));
+      ST(c, k->O, i, SEL(c, counts, g, CF(c, 0)));
       break;
     }
     default:

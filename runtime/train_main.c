@@ -86,8 +86,9 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
       m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save,
-      m->drop_last ? "" : "A partial last batch is padded to the compiled batch size with rows the loss\n"
-                          "ignores, so the step computes what PyTorch does on the smaller batch.\n");
+      m->drop_last ? ""
+                   : "A partial last batch is padded to the compiled batch size with rows the\n"
+                     "loss ignores, so the step computes what PyTorch does on the smaller batch.\n");
   if (m->val_split > 0)
     printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
            "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
@@ -263,8 +264,8 @@ int xc_train_main(int argc, char **argv) {
   if (resume && first_epoch >= end_epoch && !steps)
     xc_die("pass a larger --epochs to train further", "%s already holds %d epochs", save,
            first_epoch);
-  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed, first_epoch,
-                                end_epoch, binary, true);
+  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed,
+                                first_epoch, end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
   // A run stopped mid-epoch resumes there: the skipped batches are made
   // (and dropped) so shuffling and augmentation continue exactly.

@@ -123,7 +123,8 @@ END_TEST
 // from the cache train and evaluate exactly as runs that decode.
 START_TEST(cache_flag) {
   char *dir = rgb_workdir(8);
-  Run r = run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
+  Run r =
+      run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
   ASSERT_OK(r);
   ck_assert(!xc_is_dir(xc_join(dir, ".xentcc-cache")));
   for (int i = 0; i < 2; i++) {

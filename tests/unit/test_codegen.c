@@ -392,8 +392,8 @@ static void ce_case(OpKind fwd, OpKind bwd, bool weighted, double smoothing, boo
   if (padded)
     t->src[y->id].i[2] = t->src[y->id].i[7] = XC_IGNORE_INDEX;
   t->src[dl->id].f[0] = 0.7f;
-  run(t, TOL, xformat("%s weights %d smoothing %g padded %d", op_info(fwd)->name, weighted, smoothing,
-                      padded));
+  run(t, TOL, xformat("%s weights %d smoothing %g padded %d", op_info(fwd)->name, weighted,
+                      smoothing, padded));
 }
 
 START_TEST(cross_entropy) {

@@ -292,7 +292,8 @@ START_TEST(cross_entropy_options) {
       done(g);
       Node *dx = fused ? g : done(OP(t, OP_log_softmax_grad, g, logp));
       Tensor *v = run(t);
-      char *what = xformat("%s %s %s", prefix, fused ? "softmax_cross_entropy" : "nll_loss", tags[i]);
+      const char *op = fused ? "softmax_cross_entropy" : "nll_loss";
+      char *what = xformat("%s %s %s", prefix, op, tags[i]);
       CHECK_TENSOR(what, &v[loss->id], ref("%s/%s/loss", prefix, tags[i]));
       CHECK_TENSOR(xformat("%s grad", what), &v[dx->id], ref("%s/%s/dx", prefix, tags[i]));
     }

@@ -323,8 +323,8 @@ static void parse_fn(void *text) { parse_graph("bad.xir", text); }
 
 START_TEST(parse_error_has_position) {
   int status;
-  char *err = run_capturing_stderr(parse_fn, "graph g {\n  %x = input : f32[4]\n  %y = relu(%z) : f32[4]\n}\n",
-                        &status);
+  char *err = run_capturing_stderr(
+      parse_fn, "graph g {\n  %x = input : f32[4]\n  %y = relu(%z) : f32[4]\n}\n", &status);
   ck_assert_int_eq(status, 1);
   ck_assert_str_eq(err, "bad.xir:3:13: error: use of undefined value %z\n"
                         "    %y = relu(%z) : f32[4]\n"
