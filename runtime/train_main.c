@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -102,6 +103,22 @@ static char *sibling(const char *save, const char *ext) {
   if (n > k && !strcmp(save + n - k, suffix))
     return xc_format("%.*s%s", (int)(n - k), save, ext);
   return xc_format("%s%s", save, ext);
+}
+
+// Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, the weights and
+// the optimizer state are saved where --resume continues, and the run exits
+// with 130. A second Ctrl-C kills at once (SA_RESETHAND).
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) { interrupted = sig; }
+
+static void catch_interrupts(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = on_interrupt;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
 }
 
 typedef struct {
@@ -305,6 +322,7 @@ int xc_train_main(int argc, char **argv) {
   int64_t start_step = step, epoch_steps = 0, images = 0, epoch_images = 0;
   bool warned_nan = false, stopped = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
+  catch_interrupts();
   while (loader_next(loader, &b)) {
     float loss = xc_train_step(params, state, b.images, b.labels, (int32_t)(step + 1),
                                (int32_t)b.epoch, lr, workspace);
@@ -337,7 +355,7 @@ int xc_train_main(int argc, char **argv) {
     last_epoch = b.epoch;
     last_iter = b.iter + 1;
     bool epoch_end = b.iter + 1 == per_epoch;
-    stopped = steps && step >= steps;
+    stopped = (steps && step >= steps) || interrupted;
     if (epoch_end) {
       // Checkpoint, evaluate, record.
       running = 0;
@@ -394,7 +412,7 @@ int xc_train_main(int argc, char **argv) {
   double secs = xc_now() - t0;
   if (log && fclose(log) != 0)
     xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
-  // A run stopped mid-epoch (--steps) still saves what it has.
+  // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has.
   if (epoch_steps || step == start_step) {
     xc_save_weights(save, m, params, state);
     xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter);
@@ -405,6 +423,15 @@ int xc_train_main(int argc, char **argv) {
            (long long)(step - start_step), secs, t_eval,
            images / (secs - t_eval + 1e-9), t_load);
     printf("saved weights to %s\n", save);
+  }
+  if (interrupted) {
+    fflush(stdout);
+    fprintf(stderr,
+            "%s: %s at step %lld (epoch %d, batch %d); the weights and optimizer state are "
+            "saved\nhint: run again with --resume (and the same --save) to continue\n",
+            xc_prog, interrupted == SIGINT ? "interrupted" : "terminated", (long long)step,
+            last_epoch + 1, last_iter);
+    return 130;
   }
   xc_free_dataset(d);
   xc_free_dataset(val);
