@@ -176,6 +176,13 @@ static void loop_end_vector(Cg *c, Loop *l) {
 // Output positions o in [0, out) whose input o*s - p + k falls inside [0, in).
 static void window_range(Cg *c, LLVMValueRef k, int64_t s, int64_t p, int64_t in, int64_t out,
                          LLVMValueRef *lo, LLVMValueRef *hi) {
+  // Without padding every output's window is inside: out = (in - K) / s + 1
+  // gives (out - 1) * s + k <= in - 1 for every tap k < K.
+  if (p == 0) {
+    *lo = CI(c, 0);
+    *hi = CI(c, out);
+    return;
+  }
   // lo = max(0, ceil((p - k) / s)); for p - k <= 0 the clamp makes truncation harmless.
   LLVMValueRef a = SUB(c, CI(c, p + s - 1), k);
   *lo = SMAX(c, CI(c, 0), DIVI(c, a, s));
