@@ -59,6 +59,7 @@ for name in "${models[@]}"; do
   xc_time=$(awk -v t="$total" -v e="$evals" 'BEGIN { printf "%.1f", t - e }')
   xc_ips=$(sed -E 's/.*, ([0-9]+) images\/s.*/\1/' <<<"$summary")
   xc_load=$(sed -E 's/.*data loaded in ([0-9.]+) s.*/\1/' <<<"$summary")
+  xc_wait=$(sed -E 's/.*, ([0-9.]+) s waiting for batches.*/\1/' <<<"$summary")
   "./$name-eval" --weights "$name.safetensors" --threads "$threads" --json --quiet >"$name.eval.json"
   xc_acc=$(json "$name.eval.json" accuracy)
 
@@ -71,13 +72,14 @@ for name in "${models[@]}"; do
   pt_load=$(json "$name.torch.json" data_seconds)
 
   rows+=("$(awk -v n="$name" -v e="$pt_epochs" -v xa="$xc_acc" -v xt="$xc_time" -v xi="$xc_ips" \
-    -v pa="$pt_acc" -v pt="$pt_time" -v pi="$pt_ips" -v xl="$xc_load" -v pl="$pt_load" 'BEGIN {
-      printf "| %s | %d | %.2f%% | %.1f s (%d img/s) | %.2f%% | %.1f s (%d img/s) | %.2fx | %.1f s / %.1f s |",
-             n, e, 100 * xa, xt, xi, 100 * pa, pt, pi, pt / xt, xl, pl }')")
+    -v pa="$pt_acc" -v pt="$pt_time" -v pi="$pt_ips" -v xl="$xc_load" -v pl="$pt_load" \
+    -v xw="$xc_wait" 'BEGIN {
+      printf "| %s | %d | %.2f%% | %.1f s (%d img/s) | %.2f%% | %.1f s (%d img/s) | %.2fx | %.1f s / %.1f s | %.2f s |",
+             n, e, 100 * xa, xt, xi, 100 * pa, pt, pi, pt / xt, xl, pl, xw }')")
 done
 
-header="| model | epochs | xentcc accuracy | xentcc train time | PyTorch accuracy | PyTorch train time | PyTorch/xentcc | data loading xentcc / PyTorch |
-| --- | --- | --- | --- | --- | --- | --- | --- |"
+header="| model | epochs | xentcc accuracy | xentcc train time | PyTorch accuracy | PyTorch train time | PyTorch/xentcc | data loading xentcc / PyTorch | xentcc waiting for batches |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 table=$(printf '%s\n' "$header" "${rows[@]}")
 echo
 echo "$table"

@@ -32,6 +32,7 @@ struct Loader {
   int produce, consume; // next slot for each side
   bool done, stop;      // the producer has made every batch; the consumer quit
   bool threaded;
+  double waited; // seconds the consumer spent waiting for a batch
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -137,6 +138,8 @@ Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuff
 
 int loader_steps_per_epoch(const Loader *l) { return l->steps_per_epoch; }
 
+double loader_wait_seconds(const Loader *l) { return l->waited; }
+
 bool loader_next(Loader *l, Batch *b) {
   int s = l->consume;
   if (!l->threaded) {
@@ -146,8 +149,12 @@ bool loader_next(Loader *l, Batch *b) {
     }
   } else {
     pthread_mutex_lock(&l->mu);
-    while (!l->full[s] && !l->done)
-      pthread_cond_wait(&l->cv, &l->mu);
+    if (!l->full[s] && !l->done) {
+      double t = xc_now();
+      while (!l->full[s] && !l->done)
+        pthread_cond_wait(&l->cv, &l->mu);
+      l->waited += xc_now() - t;
+    }
     bool have = l->full[s];
     pthread_mutex_unlock(&l->mu);
     if (!have)

@@ -258,6 +258,7 @@ Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuff
                      uint64_t seed, int first_epoch, int end_epoch, bool float_labels,
                      bool threaded);
 int loader_steps_per_epoch(const Loader *l);
+double loader_wait_seconds(const Loader *l); // the training loop's time waiting for batches
 bool loader_next(Loader *l, Batch *b); // false after the last batch
 void loader_release(Loader *l);        // done with the batch loader_next gave
 void loader_free(Loader *l);

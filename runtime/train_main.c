@@ -408,6 +408,7 @@ int xc_train_main(int argc, char **argv) {
       break;
   }
   progress_clear(&progress);
+  double waited = loader_wait_seconds(loader);
   loader_free(loader);
   double secs = xc_now() - t0;
   if (log && fclose(log) != 0)
@@ -419,9 +420,9 @@ int xc_train_main(int argc, char **argv) {
   }
   if (!quiet) {
     printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
-           "loaded in %.2f s\n",
-           (long long)(step - start_step), secs, t_eval,
-           images / (secs - t_eval + 1e-9), t_load);
+           "loaded in %.2f s, %.2f s waiting for batches\n",
+           (long long)(step - start_step), secs, t_eval, images / (secs - t_eval + 1e-9), t_load,
+           waited);
     printf("saved weights to %s\n", save);
   }
   if (interrupted) {

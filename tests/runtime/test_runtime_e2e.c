@@ -76,6 +76,7 @@ START_TEST(train_then_eval) {
   ASSERT_HAS(r.out, "test accuracy 100.00% (9 images)");
   ASSERT_HAS(r.out, "images/s");
   ASSERT_HAS(r.out, "saved weights to fake.safetensors");
+  ASSERT_HAS(r.out, "s waiting for batches");
   char *log = slurp(xc_join(dir, "log.csv"));
   ck_assert_int_eq(strncmp(log, "step,epoch,loss,lr\n", 19), 0);
   ck_assert_int_eq(count_lines(log), 1 + 18);
