@@ -4,6 +4,7 @@
 // with the runtime library into NAME-train and NAME-eval.
 #include "emit.h"
 
+#include <errno.h>
 #include <libgen.h>
 #include <limits.h>
 #include <llvm-c/Analysis.h>
@@ -509,16 +510,34 @@ static const char *runtime_dir(void) {
   return XENTCC_RUNTIME_DIR;
 }
 
-static void link_executable(const char *obj, const char *out) {
+// Links obj with the runtime into out; on failure removes obj and the
+// temporary directory before saying why.
+static void link_executable(const char *obj, const char *tmpdir, const char *out) {
   const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
   struct stat st;
-  if (stat(lib, &st) != 0)
-    fatal("runtime library %s not found; build the xentcc_rt target first", lib);
+  const char *why = NULL;
   char *cmd = xformat("cc '%s' '%s' -fopenmp -ljpeg -lpng -lz -lm -o '%s'", obj, lib, out);
-  if (system(cmd) != 0) {
-    unlink(obj);
-    fatal("linking %s failed (command: %s)", out, cmd);
+  if (stat(lib, &st) != 0)
+    why = xformat("runtime library %s not found; build the xentcc_rt target first", lib);
+  else if (system(cmd) != 0)
+    why = xformat("linking %s failed (command: %s)", out, cmd);
+  unlink(obj);
+  if (why) {
+    rmdir(tmpdir);
+    fatal("%s", why);
   }
+}
+
+// A fresh directory for the objects: in $TMPDIR, else /tmp.
+static char *make_tmpdir(void) {
+  const char *base = getenv("TMPDIR");
+  if (!base || !*base)
+    base = "/tmp";
+  char *dir = xformat("%s/xentcc-XXXXXX", base);
+  if (!mkdtemp(dir))
+    fatal("cannot create a temporary directory in %s: %s (set TMPDIR to a writable directory)",
+          base, strerror(errno));
+  return dir;
 }
 
 // --- Entry points --------------------------------------------------------------------
@@ -573,12 +592,7 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
           opt->output, outdir);
   check_cpu(opt);
   LLVMTargetMachineRef tm = target_machine(opt);
-  char *tmpdir = NULL;
-  if (!opt->emit) {
-    tmpdir = xstrdup("/tmp/xentcc-XXXXXX");
-    if (!mkdtemp(tmpdir))
-      fatal("cannot create a temporary directory in /tmp");
-  }
+  char *tmpdir = opt->emit ? NULL : make_tmpdir();
   for (int e = 0; e < nexes; e++) {
     Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
     int64_t ws = 0; // the runtime allocates one workspace for all step functions
@@ -596,8 +610,7 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
     } else {
       char *obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
       write_module(c, tm, "obj", obj);
-      link_executable(obj, xformat("%s-%s", opt->output, exes[e].suffix));
-      unlink(obj);
+      link_executable(obj, tmpdir, xformat("%s-%s", opt->output, exes[e].suffix));
     }
     LLVMDisposeBuilder(c->b);
     LLVMDisposeModule(c->mod);
