@@ -168,15 +168,7 @@ END_TEST
 
 START_TEST(cache_image_folder) {
   char *dir = data_dir();
-  for (int k = 0; k < 3; k++) {
-    char *sub = xc_join(dir, rgb_names[k]);
-    td_mkdir(sub);
-    for (int i = 0; i < 3; i++) {
-      uint8_t *img = td_image(k, i, 9, 7, 3);
-      td_write_png(xc_format("%s/%04d.png", sub, i), img, 9, 7, 3, "rgb");
-      free(img);
-    }
-  }
+  td_write_image_folder(dir, rgb_names, 3, 3, 9, 7);
   DataSpec off = spec_for(dir, false), on = spec_for(dir, true);
   bool decoded;
   Dataset *ref = load(&off, &decoded);

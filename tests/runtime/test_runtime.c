@@ -595,15 +595,7 @@ END_TEST
 START_TEST(image_folder_loader) {
   char *dir = tmpdir();
   // Directories in byte order: blue, green, red; labels follow the model's names.
-  for (int k = 0; k < 3; k++) {
-    char *sub = xc_join(dir, rgb_names[k]);
-    td_mkdir(sub);
-    for (int i = 0; i < 3; i++) {
-      uint8_t *img = td_image(k, i, 8, 8, 3);
-      td_write_png(xc_format("%s/%04d.png", sub, i), img, 8, 8, 3, "rgb");
-      free(img);
-    }
-  }
+  td_write_image_folder(dir, rgb_names, 3, 3, 8, 8);
   ck_assert_str_eq(xc_detect_format(dir), "imagefolder");
   DataSpec s = spec_for(dir, true, 3, 8, 8, 3, rgb_names);
   Dataset *d = xc_load_dataset(&s);

@@ -234,3 +234,18 @@ void td_write_photo_folder(const char *dir, const char *const *classes, int ncla
       free(img);
     }
 }
+
+void td_write_image_folder(const char *dir, const char *const *classes, int nclasses,
+                           int per_class, int w, int h) {
+  char path[4096];
+  for (int k = 0; k < nclasses; k++) {
+    snprintf(path, sizeof path, "%s/%s", dir, classes[k]);
+    td_mkdir(path);
+    for (int i = 0; i < per_class; i++) {
+      uint8_t *img = td_image(k, i, w, h, 3);
+      snprintf(path, sizeof path, "%s/%s/%04d.png", dir, classes[k], i);
+      td_write_png(path, img, w, h, 3, "rgb");
+      free(img);
+    }
+  }
+}

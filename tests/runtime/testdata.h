@@ -29,5 +29,8 @@ void td_mkdir(const char *path);
 // A folder of photos named CLASS.I.EXT for the fake models' classes.
 void td_write_photo_folder(const char *dir, const char *const *classes, int nclasses, int per_class,
                            int w, int h);
+// An ImageFolder tree: dir/CLASS/NNNN.png, per_class RGB PNGs of w x h each.
+void td_write_image_folder(const char *dir, const char *const *classes, int nclasses,
+                           int per_class, int w, int h);
 
 #endif
