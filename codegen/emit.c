@@ -213,6 +213,57 @@ static LLVMValueRef relu(Cg *c, LLVMValueRef a) {
   return SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
 }
 
+// --- Rows in registers ----------------------------------------------------------
+// An image row of n floats kept in vector registers across a loop nest, as
+// vectors of 8, 4, 2 and 1 lanes so that no load or store touches a float
+// past the row. Each lane adds its terms in the order the loops give them,
+// exactly as a float per element would: only the memory round trips go.
+
+enum { ROW_MAX_CHUNKS = 64 };
+
+typedef struct {
+  int n;
+  int64_t off[ROW_MAX_CHUNKS];
+  int width[ROW_MAX_CHUNKS];
+  LLVMValueRef var[ROW_MAX_CHUNKS]; // a VAR of <width x float>
+} RegRow;
+
+static bool reg_row_fits(int64_t len) { return len / 8 + 3 <= ROW_MAX_CHUNKS; }
+
+static LLVMValueRef splat(Cg *c, LLVMValueRef x, int w) {
+  LLVMTypeRef vt = LLVMVectorType(c->f32, w);
+  LLVMValueRef lane0 = LLVMConstInt(c->i32, 0, 0);
+  LLVMValueRef v = LLVMBuildInsertElement(c->b, LLVMGetPoison(vt), x, lane0, "");
+  return LLVMBuildShuffleVector(c->b, v, LLVMGetPoison(vt),
+                                LLVMConstNull(LLVMVectorType(c->i32, w)), "");
+}
+
+// A row of len floats, every lane set to init (a float), at this point.
+static RegRow reg_row(Cg *c, int64_t len, LLVMValueRef init) {
+  RegRow r = {0};
+  for (int64_t off = 0; off < len; r.n++) {
+    int w = len - off >= 8 ? 8 : len - off >= 4 ? 4 : len - off >= 2 ? 2 : 1;
+    r.off[r.n] = off;
+    r.width[r.n] = w;
+    r.var[r.n] = VAR(c, splat(c, init, w));
+    off += w;
+  }
+  return r;
+}
+
+// The floats p[i + off .. i + off + w) as a vector (unaligned).
+static LLVMValueRef VLD(Cg *c, LLVMValueRef p, LLVMValueRef i, int64_t off, int w) {
+  LLVMValueRef at = GEP(c, c->f32, p, ADDI(c, i, off));
+  LLVMValueRef v = LLVMBuildLoad2(c->b, LLVMVectorType(c->f32, w), at, "");
+  LLVMSetAlignment(v, 4);
+  return v;
+}
+
+static void VST(Cg *c, LLVMValueRef p, LLVMValueRef i, int64_t off, LLVMValueRef v) {
+  LLVMValueRef st = LLVMBuildStore(c->b, v, GEP(c, c->f32, p, ADDI(c, i, off)));
+  LLVMSetAlignment(st, 4);
+}
+
 // The sliding window of a conv2d or a pool: input planes H x W, output
 // planes HO x WO, kernel KH x KW, stride and padding per axis.
 typedef struct {
@@ -257,12 +308,52 @@ static void emit_conv_plane(Cg *c, const Window *g, LLVMValueRef w, LLVMValueRef
   }
 }
 
+// Stride 1, no padding: each output row is summed in registers over every
+// (c, kh, kw), in that order, and stored once.
+static void emit_conv2d_rows(Cg *c, K *k, const Window *g, int64_t C, int64_t O) {
+  Node *n = k->n;
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef b = DIVI(c, idx, O), o = REMI(c, idx, O);
+    LLVMValueRef y = GEP(c, c->f32, k->O, MULI(c, idx, g->HO * g->WO));
+    LLVMValueRef init = n->nin == 3 ? LD(c, k->X[2], o) : CF(c, 0);
+    FORN(c, oh, g->HO) {
+      RegRow acc = reg_row(c, g->WO, init);
+      FORN(c, ch, C) {
+        LLVMValueRef x = GEP(c, c->f32, k->X[0], MULI(c, ADD(c, MULI(c, b, C), ch), g->H * g->W));
+        LLVMValueRef w = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, o, C), ch), g->KH * g->KW));
+        FORN(c, kh, g->KH) {
+          LLVMValueRef xr = GEP(c, c->f32, x, MULI(c, ADD(c, oh, kh), g->W));
+          FORN(c, kw, g->KW) {
+            LLVMValueRef wv = LD(c, w, ADD(c, MULI(c, kh, g->KW), kw));
+            for (int j = 0; j < acc.n; j++) {
+              LLVMValueRef xv = VLD(c, xr, kw, acc.off[j], acc.width[j]);
+              LLVMValueRef prod = FMUL(c, splat(c, wv, acc.width[j]), xv);
+              SET(c, acc.var[j], FADD(c, GET(c, acc.var[j], LLVMTypeOf(prod)), prod));
+            }
+          }
+        }
+      }
+      for (int j = 0; j < acc.n; j++) {
+        LLVMValueRef v = GET(c, acc.var[j], LLVMVectorType(c->f32, acc.width[j]));
+        if (k->relu) {
+          LLVMValueRef zero = LLVMConstNull(LLVMTypeOf(v));
+          LLVMValueRef pos = SEL(c, FGT(c, v, zero), v, zero);
+          v = SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, v, v, ""), v, pos);
+        }
+        VST(c, y, MULI(c, oh, g->WO), acc.off[j], v);
+      }
+    }
+  }
+}
+
 // conv2d: y[n,o] = b[o] + sum over c of the filter w[o,c] applied to x[n,c].
 static void emit_conv2d(Cg *c, K *k) {
   Node *n = k->n;
   const Type *xt = &n->in[0]->type, *wt = &n->in[1]->type;
   Window g = conv_window(n, xt, wt, &n->type);
   int64_t C = xt->dim[1], O = wt->dim[0];
+  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO))
+    return emit_conv2d_rows(c, k, &g, C, O);
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef b = DIVI(c, idx, O), o = REMI(c, idx, O);
     LLVMValueRef y = GEP(c, c->f32, k->O, MULI(c, idx, g.HO * g.WO));
@@ -300,11 +391,48 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
 // keeps one partial sum per output column ow (a row of WO floats on the
 // stack), so the innermost loop is elementwise and vectorizes without
 // reordering any addition; the row is added up in order at the end.
+// Stride 1, no padding: the partial sums of a tap stay in registers.
+static void emit_conv2d_grad_weight_rows(Cg *c, K *k, const Window *g, int64_t N, int64_t C,
+                                         int64_t O) {
+  FOR(c, idx, k->lo, k->hi) {
+    LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
+    LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, g->KH * g->KW));
+    FORN(c, kh, g->KH) {
+      FORN(c, kw, g->KW) {
+        RegRow part = reg_row(c, g->WO, CF(c, 0));
+        FORN(c, b, N) {
+          LLVMValueRef plane = ADD(c, MULI(c, b, O), o);
+          LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, plane, g->HO * g->WO));
+          LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), g->H * g->W));
+          FORN(c, oh, g->HO) {
+            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, g->WO));
+            LLVMValueRef xr = GEP(c, c->f32, x, MULI(c, ADD(c, oh, kh), g->W));
+            for (int j = 0; j < part.n; j++) {
+              LLVMValueRef prod = FMUL(c, VLD(c, dyr, CI(c, 0), part.off[j], part.width[j]),
+                                       VLD(c, xr, kw, part.off[j], part.width[j]));
+              SET(c, part.var[j], FADD(c, GET(c, part.var[j], LLVMTypeOf(prod)), prod));
+            }
+          }
+        }
+        LLVMValueRef acc = CF(c, 0);
+        for (int j = 0; j < part.n; j++) {
+          LLVMValueRef v = GET(c, part.var[j], LLVMVectorType(c->f32, part.width[j]));
+          for (int l = 0; l < part.width[j]; l++)
+            acc = FADD(c, acc, LLVMBuildExtractElement(c->b, v, LLVMConstInt(c->i32, l, 0), ""));
+        }
+        ST(c, dw, ADD(c, MULI(c, kh, g->KW), kw), acc);
+      }
+    }
+  }
+}
+
 static void emit_conv2d_grad_weight(Cg *c, K *k) {
   Node *n = k->n;
   const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
   Window g = conv_window(n, xt, &n->type, dt);
   int64_t N = xt->dim[0], C = xt->dim[1], O = dt->dim[1];
+  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO))
+    return emit_conv2d_grad_weight_rows(c, k, &g, N, C, O);
   LLVMValueRef part = ROW(c, g.WO);
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);

@@ -155,10 +155,10 @@ static const double TOL = 2e-5; // f32 accumulation against the evaluator's doub
 // Forward ops
 //
 
-static void conv_case(int64_t sh_, int64_t sw, int64_t ph, int64_t pw, int64_t kh, int64_t kw,
-                      bool bias) {
+static void conv_case_sized(int64_t h, int64_t w_, int64_t sh_, int64_t sw, int64_t ph, int64_t pw,
+                            int64_t kh, int64_t kw, bool bias) {
   Net *t = net_new();
-  Node *x = F32(t, "x", 2, 3, 7, 6), *w = F32(t, "w", 4, 3, kh, kw), *b = F32(t, "b", 4);
+  Node *x = F32(t, "x", 2, 3, h, w_), *w = F32(t, "w", 4, 3, kh, kw), *b = F32(t, "b", 4);
   Node *y = bias ? OPN(t, conv2d, x, w, b) : OPN(t, conv2d, x, w);
   set_pair(y, "stride", sh_, sw);
   set_pair(y, "padding", ph, pw);
@@ -179,8 +179,14 @@ static void conv_case(int64_t sh_, int64_t sw, int64_t ph, int64_t pw, int64_t k
   fill(t, w, -0.5, 0.5);
   fill(t, b, -0.5, 0.5);
   fill(t, dy, -1, 1);
-  run(t, TOL, xformat("conv2d s%lld,%lld p%lld,%lld k%lld,%lld", (long long)sh_, (long long)sw,
-                      (long long)ph, (long long)pw, (long long)kh, (long long)kw));
+  run(t, TOL, xformat("conv2d %lldx%lld s%lld,%lld p%lld,%lld k%lld,%lld", (long long)h,
+                      (long long)w_, (long long)sh_, (long long)sw, (long long)ph, (long long)pw,
+                      (long long)kh, (long long)kw));
+}
+
+static void conv_case(int64_t sh_, int64_t sw, int64_t ph, int64_t pw, int64_t kh, int64_t kw,
+                      bool bias) {
+  conv_case_sized(7, 6, sh_, sw, ph, pw, kh, kw, bias);
 }
 
 START_TEST(conv2d_and_grads) {
@@ -189,6 +195,10 @@ START_TEST(conv2d_and_grads) {
   conv_case(2, 2, 1, 1, 3, 3, true);
   conv_case(2, 1, 1, 0, 3, 2, true); // non-square: catches swapped H and W
   conv_case(1, 2, 2, 1, 5, 4, true); // padding wider than a stride
+  // Stride 1 without padding keeps output rows in registers as vectors of
+  // 8, 4, 2 and 1 floats: rows of 34 (8+8+8+8+2) and 21 (8+8+4+1).
+  conv_case_sized(9, 38, 1, 1, 0, 0, 5, 5, true);
+  conv_case_sized(6, 23, 1, 1, 0, 0, 3, 3, false);
 }
 END_TEST
 
