@@ -230,6 +230,16 @@ int xc_train_main(int argc, char **argv) {
   char *optim_path = sibling(save, ".optim.safetensors");
   char *csv_path = sibling(save, ".history.csv");
   char *svg_path = sibling(save, ".curves.svg");
+  // Checkpoints go next to --save after every epoch: a directory that cannot
+  // take them is an error now, not after the first epoch's work.
+  char *save_dir = xc_strdup(save);
+  char *slash = strrchr(save_dir, '/');
+  if (slash)
+    *(slash == save_dir ? slash + 1 : slash) = '\0';
+  if (access(slash ? save_dir : ".", W_OK) != 0)
+    xc_die("pass --save in an existing, writable directory",
+           "cannot write checkpoints next to %s: %s", save, strerror(errno));
+  free(save_dir);
 
   // Weights and optimizer state.
   float *params = xc_alloc_floats(m->param_floats);

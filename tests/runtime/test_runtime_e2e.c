@@ -309,6 +309,11 @@ START_TEST(command_line_errors) {
   r = run(dir, "fake-train", "");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "no data");
+  // A --save directory that cannot take checkpoints fails before training.
+  r = run(dir, "fake-train", "--data train --save no/such/dir/w.safetensors");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "cannot write checkpoints next to no/such/dir/w.safetensors");
+  ck_assert_msg(!strstr(r.out, "training fake"), "trained first:\n%s", r.out);
   // Too few samples for one batch.
   char *tiny = xc_join(dir, "tiny");
   td_mkdir(tiny);
