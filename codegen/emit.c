@@ -228,7 +228,10 @@ typedef struct {
   LLVMValueRef var[ROW_MAX_CHUNKS]; // a VAR of <width x float>
 } RegRow;
 
-static bool reg_row_fits(int64_t len) { return len / 8 + 3 <= ROW_MAX_CHUNKS; }
+// Rows short of 16 floats stay with the stack rows: LLVM unrolls those loops
+// completely and vectorizes across them, which measured faster (cifar10's
+// conv2, rows of 10: 2x) than vectors of 8 and 2.
+static bool reg_row_fits(int64_t len) { return len >= 16 && len / 8 + 3 <= ROW_MAX_CHUNKS; }
 
 static LLVMValueRef splat(Cg *c, LLVMValueRef x, int w) {
   LLVMTypeRef vt = LLVMVectorType(c->f32, w);
