@@ -394,36 +394,45 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
 // keeps one partial sum per output column ow (a row of WO floats on the
 // stack), so the innermost loop is elementwise and vectorizes without
 // reordering any addition; the row is added up in order at the end.
-// Stride 1, no padding: the partial sums of a tap stay in registers.
+// Stride 1, no padding: the partial sums of a tap stay in registers, those
+// of a whole kernel row (kw = 0 .. KW-1) at once, so each sample's dy row
+// is loaded once for KW taps and the planes pass through the caches KH
+// times per (o, c) instead of KH * KW times.
 static void emit_conv2d_grad_weight_rows(Cg *c, K *k, const Window *g, int64_t N, int64_t C,
                                          int64_t O) {
+  enum { MAX_KW = 16 };
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
     LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, g->KH * g->KW));
     FORN(c, kh, g->KH) {
-      FORN(c, kw, g->KW) {
-        RegRow part = reg_row(c, g->WO, CF(c, 0));
-        FORN(c, b, N) {
-          LLVMValueRef plane = ADD(c, MULI(c, b, O), o);
-          LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, plane, g->HO * g->WO));
-          LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), g->H * g->W));
-          FORN(c, oh, g->HO) {
-            LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, g->WO));
-            LLVMValueRef xr = GEP(c, c->f32, x, MULI(c, ADD(c, oh, kh), g->W));
-            for (int j = 0; j < part.n; j++) {
-              LLVMValueRef prod = FMUL(c, VLD(c, dyr, CI(c, 0), part.off[j], part.width[j]),
-                                       VLD(c, xr, kw, part.off[j], part.width[j]));
-              SET(c, part.var[j], FADD(c, GET(c, part.var[j], LLVMTypeOf(prod)), prod));
+      RegRow part[MAX_KW];
+      for (int kw = 0; kw < g->KW; kw++)
+        part[kw] = reg_row(c, g->WO, CF(c, 0));
+      FORN(c, b, N) {
+        LLVMValueRef plane = ADD(c, MULI(c, b, O), o);
+        LLVMValueRef dy = GEP(c, c->f32, k->X[0], MULI(c, plane, g->HO * g->WO));
+        LLVMValueRef x = GEP(c, c->f32, k->X[1], MULI(c, ADD(c, MULI(c, b, C), ch), g->H * g->W));
+        FORN(c, oh, g->HO) {
+          LLVMValueRef dyr = GEP(c, c->f32, dy, MULI(c, oh, g->WO));
+          LLVMValueRef xr = GEP(c, c->f32, x, MULI(c, ADD(c, oh, kh), g->W));
+          for (int j = 0; j < part[0].n; j++) {
+            int w = part[0].width[j];
+            LLVMValueRef dv = VLD(c, dyr, CI(c, 0), part[0].off[j], w);
+            for (int kw = 0; kw < g->KW; kw++) {
+              LLVMValueRef prod = FMUL(c, dv, VLD(c, xr, CI(c, kw), part[kw].off[j], w));
+              SET(c, part[kw].var[j], FADD(c, GET(c, part[kw].var[j], LLVMTypeOf(prod)), prod));
             }
           }
         }
+      }
+      for (int kw = 0; kw < g->KW; kw++) {
         LLVMValueRef acc = CF(c, 0);
-        for (int j = 0; j < part.n; j++) {
-          LLVMValueRef v = GET(c, part.var[j], LLVMVectorType(c->f32, part.width[j]));
-          for (int l = 0; l < part.width[j]; l++)
+        for (int j = 0; j < part[kw].n; j++) {
+          LLVMValueRef v = GET(c, part[kw].var[j], LLVMVectorType(c->f32, part[kw].width[j]));
+          for (int l = 0; l < part[kw].width[j]; l++)
             acc = FADD(c, acc, LLVMBuildExtractElement(c->b, v, LLVMConstInt(c->i32, l, 0), ""));
         }
-        ST(c, dw, ADD(c, MULI(c, kh, g->KW), kw), acc);
+        ST(c, dw, ADDI(c, MULI(c, kh, g->KW), kw), acc);
       }
     }
   }
@@ -434,7 +443,7 @@ static void emit_conv2d_grad_weight(Cg *c, K *k) {
   const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
   Window g = conv_window(n, xt, &n->type, dt);
   int64_t N = xt->dim[0], C = xt->dim[1], O = dt->dim[1];
-  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO))
+  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO) && g.KW <= 16)
     return emit_conv2d_grad_weight_rows(c, k, &g, N, C, O);
   LLVMValueRef part = ROW(c, g.WO);
   FOR(c, idx, k->lo, k->hi) {
