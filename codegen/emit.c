@@ -207,9 +207,10 @@ typedef struct {
   bool relu; // apply relu to the output (a conv2d or linear with its relu fused)
 } K;
 
-// max(a, 0), keeping NaN like torch.relu.
+// max(a, 0), keeping NaN like torch.relu; a is a float or a vector of them.
 static LLVMValueRef relu(Cg *c, LLVMValueRef a) {
-  LLVMValueRef v = SEL(c, FGT(c, a, CF(c, 0)), a, CF(c, 0));
+  LLVMValueRef zero = LLVMConstNull(LLVMTypeOf(a));
+  LLVMValueRef v = SEL(c, FGT(c, a, zero), a, zero);
   return SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, a, a, ""), a, v);
 }
 
@@ -338,12 +339,7 @@ static void emit_conv2d_rows(Cg *c, K *k, const Window *g, int64_t C, int64_t O)
       }
       for (int j = 0; j < acc.n; j++) {
         LLVMValueRef v = GET(c, acc.var[j], LLVMVectorType(c->f32, acc.width[j]));
-        if (k->relu) {
-          LLVMValueRef zero = LLVMConstNull(LLVMTypeOf(v));
-          LLVMValueRef pos = SEL(c, FGT(c, v, zero), v, zero);
-          v = SEL(c, LLVMBuildFCmp(c->b, LLVMRealUNO, v, v, ""), v, pos);
-        }
-        VST(c, y, MULI(c, oh, g->WO), acc.off[j], v);
+        VST(c, y, MULI(c, oh, g->WO), acc.off[j], k->relu ? relu(c, v) : v);
       }
     }
   }
@@ -390,17 +386,14 @@ static void emit_conv2d_grad_input(Cg *c, K *k) {
   }
 }
 
-// dw[o,c,kh,kw] = sum over n, oh, ow of dy[n,o,oh,ow] * x[n,c,ih,iw]. The sum
-// keeps one partial sum per output column ow (a row of WO floats on the
-// stack), so the innermost loop is elementwise and vectorizes without
-// reordering any addition; the row is added up in order at the end.
+enum { MAX_KW = 16 }; // kernel widths whose row of taps is kept in registers
+
 // Stride 1, no padding: the partial sums of a tap stay in registers, those
 // of a whole kernel row (kw = 0 .. KW-1) at once, so each sample's dy row
 // is loaded once for KW taps and the planes pass through the caches KH
 // times per (o, c) instead of KH * KW times.
 static void emit_conv2d_grad_weight_rows(Cg *c, K *k, const Window *g, int64_t N, int64_t C,
                                          int64_t O) {
-  enum { MAX_KW = 16 };
   FOR(c, idx, k->lo, k->hi) {
     LLVMValueRef o = DIVI(c, idx, C), ch = REMI(c, idx, C);
     LLVMValueRef dw = GEP(c, c->f32, k->O, MULI(c, idx, g->KH * g->KW));
@@ -438,12 +431,16 @@ static void emit_conv2d_grad_weight_rows(Cg *c, K *k, const Window *g, int64_t N
   }
 }
 
+// dw[o,c,kh,kw] = sum over n, oh, ow of dy[n,o,oh,ow] * x[n,c,ih,iw]. The sum
+// keeps one partial sum per output column ow (a row of WO floats on the
+// stack), so the innermost loop is elementwise and vectorizes without
+// reordering any addition; the row is added up in order at the end.
 static void emit_conv2d_grad_weight(Cg *c, K *k) {
   Node *n = k->n;
   const Type *dt = &n->in[0]->type, *xt = &n->in[1]->type;
   Window g = conv_window(n, xt, &n->type, dt);
   int64_t N = xt->dim[0], C = xt->dim[1], O = dt->dim[1];
-  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO) && g.KW <= 16)
+  if (g.s0 == 1 && g.s1 == 1 && g.p0 == 0 && g.p1 == 0 && reg_row_fits(g.WO) && g.KW <= MAX_KW)
     return emit_conv2d_grad_weight_rows(c, k, &g, N, C, O);
   LLVMValueRef part = ROW(c, g.WO);
   FOR(c, idx, k->lo, k->hi) {
