@@ -8,7 +8,6 @@
 #include "rt.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,14 +271,7 @@ static bool write_cache(const char *path, const CacheHeader *hd, const char *tab
   if (!ok) {
     unlink(tmp);
   } else {
-    char *dir = xc_strdup(path);
-    *strrchr(dir, '/') = '\0';
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-      fsync(dfd);
-      close(dfd);
-    }
-    free(dir);
+    xc_sync_dir_of(path);
   }
   free(tmp);
   errno = e;

@@ -34,6 +34,9 @@ bool xc_is_file(const char *path);
 const char *xc_basename(const char *path);
 char *xc_join(const char *dir, const char *name);
 int xc_cmp_str(const void *a, const void *b); // qsort over char*: byte order
+// fsync of the directory holding path, so a rename into it survives a crash
+// (best effort: errors are ignored).
+void xc_sync_dir_of(const char *path);
 
 // splitmix64-seeded xoshiro256**: small, fast, and the same on every
 // machine, so a seed names one run.

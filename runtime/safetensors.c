@@ -7,8 +7,6 @@
 #include "rt.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -508,14 +506,7 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
   if (!ok) {
     unlink(tmp);
   } else {
-    // Make the rename itself durable.
-    char *dir = xc_strdup(path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-      fsync(dfd);
-      close(dfd);
-    }
-    free(dir);
+    xc_sync_dir_of(path); // the rename itself durable
   }
   free(header);
   free(tmp);

@@ -5,11 +5,14 @@
 #define _GNU_SOURCE
 #include "rt.h"
 
+#include <fcntl.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *xc_prog = "xentcc";
 
@@ -163,4 +166,14 @@ void xc_shuffle(XcRng *r, int32_t *a, int64_t n) {
     a[i] = a[j];
     a[j] = t;
   }
+}
+
+void xc_sync_dir_of(const char *path) {
+  char *copy = xc_strdup(path);
+  int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+  free(copy);
 }
