@@ -510,9 +510,8 @@ static const char *runtime_dir(void) {
   return XENTCC_RUNTIME_DIR;
 }
 
-// Links obj with the runtime into out; on failure removes obj and the
-// temporary directory before saying why.
-static void link_executable(const char *obj, const char *tmpdir, const char *out) {
+// Links obj with the runtime into out.
+static void link_executable(const char *obj, const char *out) {
   const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
   struct stat st;
   const char *why = NULL;
@@ -521,15 +520,31 @@ static void link_executable(const char *obj, const char *tmpdir, const char *out
     why = xformat("runtime library %s not found; build the xentcc_rt target first", lib);
   else if (system(cmd) != 0)
     why = xformat("linking %s failed (command: %s)", out, cmd);
-  unlink(obj);
-  if (why) {
-    rmdir(tmpdir);
+  if (why)
     fatal("%s", why);
-  }
 }
 
-// A fresh directory for the objects: in $TMPDIR, else /tmp.
+// The directory holding an object between writing and linking, and the
+// object: removed however the compiler ends (exit runs remove_scratch), so a
+// failed compile leaves nothing in $TMPDIR.
+static char *scratch_dir, *scratch_obj;
+
+static void remove_scratch(void) {
+  if (scratch_obj)
+    unlink(scratch_obj);
+  if (scratch_dir)
+    rmdir(scratch_dir);
+  scratch_obj = scratch_dir = NULL;
+}
+
+// A fresh directory for the object: in $TMPDIR, else /tmp. Made only once
+// the module has verified and been optimized, so an internal error (which
+// aborts, skipping exit handlers) never finds one.
 static char *make_tmpdir(void) {
+  static bool registered;
+  if (!registered)
+    atexit(remove_scratch);
+  registered = true;
   const char *base = getenv("TMPDIR");
   if (!base || !*base)
     base = "/tmp";
@@ -537,6 +552,7 @@ static char *make_tmpdir(void) {
   if (!mkdtemp(dir))
     fatal("cannot create a temporary directory in %s: %s (set TMPDIR to a writable directory)",
           base, strerror(errno));
+  scratch_dir = dir;
   return dir;
 }
 
@@ -592,7 +608,6 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
           opt->output, outdir);
   check_cpu(opt);
   LLVMTargetMachineRef tm = target_machine(opt);
-  char *tmpdir = opt->emit ? NULL : make_tmpdir();
   for (int e = 0; e < nexes; e++) {
     Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
     int64_t ws = 0; // the runtime allocates one workspace for all step functions
@@ -608,16 +623,16 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
       const char *ext = !strcmp(opt->emit, "llvm") ? "ll" : !strcmp(opt->emit, "asm") ? "s" : "o";
       write_module(c, tm, opt->emit, xformat("%s-%s.%s", opt->output, exes[e].suffix, ext));
     } else {
-      char *obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
+      char *tmpdir = make_tmpdir();
+      char *obj = scratch_obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
       write_module(c, tm, "obj", obj);
-      link_executable(obj, tmpdir, xformat("%s-%s", opt->output, exes[e].suffix));
+      link_executable(obj, xformat("%s-%s", opt->output, exes[e].suffix));
+      remove_scratch();
     }
     LLVMDisposeBuilder(c->b);
     LLVMDisposeModule(c->mod);
     LLVMContextDispose(c->ctx);
   }
-  if (tmpdir)
-    rmdir(tmpdir);
 }
 
 void codegen_function_object(Graph *g, const char *fn, const char *obj_path,

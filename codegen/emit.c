@@ -992,6 +992,17 @@ static void emit_lr_schedule(Cg *c, K *k) {
   ST(c, k->O, CI(c, 0), LLVMBuildFPTrunc(c->b, lr, c->f32, ""));
 }
 
+// Operand j of an elementwise op at element i: one value per element when
+// it has the output's element count (a scalar output included: `add` of
+// two losses), NULL for the scalar settings (lr, step) read separately.
+static LLVMValueRef elementwise_operand(Cg *c, K *k, int j, LLVMValueRef i) {
+  Node *n = k->n;
+  if (j >= n->nin || n->op == OP_dropout_mask ||
+      type_numel(&n->in[j]->type) != numel(n) || n->in[j]->type.dtype != DT_F32)
+    return NULL;
+  return LD(c, k->X[j], i);
+}
+
 // Elementwise ops, including the optimizer updates (PyTorch's formulas).
 static void emit_elementwise(Cg *c, K *k) {
   Node *n = k->n;
@@ -1036,8 +1047,7 @@ static void emit_elementwise(Cg *c, K *k) {
     break;
   }
   FORN(c, i, total) {
-    LLVMValueRef a = n->nin > 0 && n->op != OP_dropout_mask ? LD(c, k->X[0], i) : NULL;
-    LLVMValueRef b = n->nin > 1 && n->in[1]->type.rank > 0 ? LD(c, k->X[1], i) : NULL;
+    LLVMValueRef a = elementwise_operand(c, k, 0, i), b = elementwise_operand(c, k, 1, i);
     LLVMValueRef v;
     switch (n->op) {
     case OP_relu:

@@ -4,7 +4,7 @@ that need the same data on the PyTorch side and ours (parity tests), plus
 safetensors reading and writing with nothing but numpy (Debian's python3 has
 no safetensors module).
 
-  scripts/make_test_data.py OUTDIR [--n 256] [--seed 0]
+  scripts/make_test_data.py OUTDIR [--n 256] [--seed 0] [--classes 10]
 
 writes OUTDIR/cifar/{data_batch_1.bin,test_batch.bin} (CIFAR-10 binary,
 10 classes), OUTDIR/catdog/train/{cat,dog}.N.png (photos of varying sizes,
@@ -114,6 +114,7 @@ def main():
     ap.add_argument("outdir")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", type=int, default=10, help="classes of the IDX data")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     out = args.outdir
@@ -126,7 +127,7 @@ def main():
 
     os.makedirs(os.path.join(out, "idx"), exist_ok=True)
     for prefix, n in (("train", args.n), ("t10k", max(args.n // 4, 1))):
-        x, y = synthetic(rng, n, 28, 28, 1, 10)
+        x, y = synthetic(rng, n, 28, 28, 1, args.classes)
         write_idx(os.path.join(out, "idx", f"{prefix}-images-idx3-ubyte.gz"), x[..., 0])
         write_idx(os.path.join(out, "idx", f"{prefix}-labels-idx1-ubyte.gz"), y)
 
