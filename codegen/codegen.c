@@ -178,8 +178,8 @@ static void emit_function(Cg *c, const LoopFunc *f) {
 
   LLVMTypeRef ft;
   if (f->kind == FN_TRAIN_STEP) {
-    LLVMTypeRef p[8] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i32, c->i32, c->f32, c->ptr};
-    ft = LLVMFunctionType(c->f32, p, 8, false);
+    LLVMTypeRef p[6] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
+    ft = LLVMFunctionType(c->f32, p, 6, false);
   } else if (f->kind == FN_FORWARD) {
     LLVMTypeRef p[5] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
     ft = LLVMFunctionType(c->voidt, p, 5, false);
@@ -192,7 +192,10 @@ static void emit_function(Cg *c, const LoopFunc *f) {
   bool train = f->kind == FN_TRAIN_STEP;
   LLVMValueRef params = LLVMGetParam(fn, 0), state = LLVMGetParam(fn, 1);
   LLVMValueRef images = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, 2);
-  LLVMValueRef ws = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, train ? 7 : 4);
+  LLVMValueRef ws = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, train ? 5 : 4);
+  // XcStepArgs: {i32 step, i32 seed, float lr, float momentum}.
+  LLVMTypeRef args_t = LLVMStructTypeInContext(
+      c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32}, 4, false);
 
   LLVMValueRef *buf = xcalloc(g->nnodes, sizeof *buf);
   for (int i = 0; i < g->nnodes; i++) {
@@ -222,10 +225,10 @@ static void emit_function(Cg *c, const LoopFunc *f) {
       if (!train)
         error_at(n->loc, "the evaluation graph takes only %image", "the forward pass cannot read %%%s",
                  b->arg);
-      int pi = !strcmp(b->arg, "step") ? 4 : !strcmp(b->arg, "epoch") ? 5 : 6;
-      LLVMValueRef v = LLVMGetParam(fn, pi);
-      buf[i] = LLVMBuildAlloca(c->b, LLVMTypeOf(v), b->arg);
-      LLVMBuildStore(c->b, v, buf[i]);
+      DType dt;
+      int field = step_arg_field(b->arg, &dt);
+      ir_assert(field >= 0);
+      buf[i] = LLVMBuildStructGEP2(c->b, args_t, LLVMGetParam(fn, 4), field, b->arg);
       break;
     }
     case BUF_CONST:
@@ -338,17 +341,82 @@ static const char *absolute(const char *path) {
   return len ? out : "/";
 }
 
+// XcSchedule (runtime/xentcc_rt.h) from the graph attributes the frontend
+// set (docs/ir.md), field for field.
+static LLVMValueRef schedule_struct(Cg *c, const Graph *g, LLVMTypeRef *type) {
+  static const char *const kinds[] = {"constant", "step",   "multistep", "exponential",
+                                      "cosine",   "linear", "one_cycle"};
+  const char *name = graph_str(g, "schedule", "constant");
+  int kind = -1;
+  for (int i = 0; i < (int)(sizeof kinds / sizeof *kinds); i++)
+    if (!strcmp(kinds[i], name))
+      kind = i;
+  if (kind < 0)
+    fatal("graph %s: unknown schedule '%s'; use one of constant, step, multistep, exponential, "
+          "cosine, linear, one_cycle",
+          g->name, name);
+  const Attr *ms = graph_attr(g, "milestones");
+  int nms = ms && ms->kind == 'I' ? ms->n : 0;
+  LLVMValueRef *mv = xcalloc(nms + 1, sizeof *mv);
+  for (int i = 0; i < nms; i++)
+    mv[i] = CI(c, ms->ints[i]);
+  LLVMValueRef milestones = LLVMConstNull(c->ptr);
+  if (nms) {
+    LLVMValueRef init = LLVMConstArray(c->i64, mv, nms);
+    milestones = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_milestones");
+    LLVMSetInitializer(milestones, init);
+    LLVMSetGlobalConstant(milestones, true);
+    LLVMSetLinkage(milestones, LLVMPrivateLinkage);
+  }
+  LLVMTypeRef f64 = c->f64, i64 = c->i64, i32 = c->i32;
+  LLVMTypeRef ft[] = {i32, i32, f64, i64, c->ptr, i64, i64, f64, f64, f64, i64, i64,
+                      f64, f64, f64, i32, i32, i32, i32, f64, f64, i64, f64};
+  int n = sizeof ft / sizeof *ft;
+#define F(name, d) LLVMConstReal(f64, graph_float(g, name, d))
+#define I(name, d) CI(c, graph_int(g, name, d))
+  LLVMValueRef v[] = {CI32(c, kind),
+                      CI32(c, !strcmp(graph_str(g, "interval", "epoch"), "step")),
+                      F("gamma", 0.1),
+                      I("step_size", 1),
+                      milestones,
+                      CI(c, nms),
+                      I("t_max", 1),
+                      F("eta_min", 0),
+                      F("start_factor", 1.0 / 3),
+                      F("end_factor", 1),
+                      I("total_iters", 5),
+                      I("total_steps", 0),
+                      F("pct_start", 0.3),
+                      F("div_factor", 25),
+                      F("final_div_factor", 1e4),
+                      CI32(c, !strcmp(graph_str(g, "anneal_strategy", "cos"), "linear")),
+                      CI32(c, graph_int(g, "three_phase", 0)),
+                      CI32(c, graph_int(g, "cycle_momentum", 1)),
+                      CI32(c, 0),
+                      F("base_momentum", 0.85),
+                      F("max_momentum", 0.95),
+                      I("warmup_iters", 0),
+                      F("warmup_factor", 1.0 / 3)};
+#undef F
+#undef I
+  ir_assert((int)(sizeof v / sizeof *v) == n);
+  *type = LLVMStructCreateNamed(c->ctx, "XcSchedule");
+  LLVMStructSetBody(*type, ft, n, false);
+  return LLVMConstNamedStruct(*type, v, n);
+}
+
 static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int outputs,
                        bool float_labels) {
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
   LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
   LLVMStructSetBody(ti, ti_fields, 6, false);
-  LLVMTypeRef f4 = LLVMArrayType(c->f32, 4);
+  LLVMTypeRef f4 = LLVMArrayType(c->f32, 4), st;
+  LLVMValueRef schedule = schedule_struct(c, m->graph, &st);
   // Field for field the C layout of XcModel in runtime/xentcc_rt.h.
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->i32,
-                      c->i32, c->i32, c->i32, c->f32, c->ptr, c->ptr, c->ptr, c->f32, f4,
-                      f4,     c->i32, c->i32};
+                      c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
+                      f4,     f4,     c->i32, c->i32};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -367,7 +435,10 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
     mean[i] = LLVMConstReal(c->f32, m->data.mean[i]);
     std[i] = LLVMConstReal(c->f32, m->data.std[i]);
   }
-  double lr = graph_float(m->graph, "lr", 0.001);
+  // OneCycleLR replaces the optimizer's learning rate with its max_lr.
+  double lr = !strcmp(graph_str(m->graph, "schedule", ""), "one_cycle")
+                  ? graph_float(m->graph, "max_lr", 0.001)
+                  : graph_float(m->graph, "lr", 0.001);
   LLVMValueRef v[] = {
       cstring(c, m->name), CI32(c, m->batch_size), CI32(c, m->channels), CI32(c, m->height),
       CI32(c, m->width), CI32(c, m->nclasses), cn, CI32(c, outputs),
@@ -375,7 +446,7 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
       tensor_table(c, b->params, b->nparams, ti), CI(c, b->param_floats), CI32(c, b->nstates),
       tensor_table(c, b->states, b->nstates, ti), CI(c, b->state_floats), CI(c, workspace),
       CI32(c, m->epochs), CI32(c, m->seed), CI32(c, m->shuffle), CI32(c, m->drop_last),
-      CI32(c, m->log_every), LLVMConstReal(c->f32, lr),
+      CI32(c, m->log_every), LLVMConstReal(c->f64, lr), schedule,
       cstring(c, m->data.format ? m->data.format : ""),
       cstring(c, absolute(m->data.train)), cstring(c, absolute(m->data.test)),
       LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),

@@ -971,25 +971,28 @@ static LLVMValueRef load_step(Cg *c, LLVMValueRef p) {
   return LLVMBuildLoad2(c->b, c->i32, p, "");
 }
 
-// lr_schedule in double, like PyTorch's Python floats.
-static void emit_lr_schedule(Cg *c, K *k) {
-  Node *n = k->n;
-  const char *kind = node_str(n, "kind");
-  LLVMValueRef base = LLVMBuildFPExt(c->b, LD(c, k->X[0], CI(c, 0)), c->f64, "");
-  LLVMValueRef ep = load_step(c, k->X[1]);
-  LLVMValueRef lr = base;
-  if (!strcmp(kind, "step")) {
-    LLVMValueRef e = LLVMBuildSDiv(c->b, ep, LLVMConstInt(c->i32, node_int(n, "step_size"), 0), "");
-    lr = FMUL(c, base, F2(c, "llvm.pow", CD(c, node_float(n, "gamma")),
-                          LLVMBuildSIToFP(c->b, e, c->f64, "")));
-  } else if (!strcmp(kind, "cosine")) {
-    double emin = node_float(n, "eta_min");
-    LLVMValueRef e = LLVMBuildSIToFP(c->b, ep, c->f64, "");
-    LLVMValueRef cs = F1(c, "llvm.cos", FMUL(c, e, CD(c, M_PI / (double)node_int(n, "t_max"))));
-    lr = FADD(c, CD(c, emin),
-              FMUL(c, FMUL(c, FSUB(c, base, CD(c, emin)), FADD(c, CD(c, 1), cs)), CD(c, 0.5)));
-  }
-  ST(c, k->O, CI(c, 0), LLVMBuildFPTrunc(c->b, lr, c->f32, ""));
+// MurmurHash3's finaliser, dropout_fmix32 of ir/dropout_hash.h.
+static LLVMValueRef fmix32(Cg *c, LLVMValueRef h) {
+  h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+  h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0x85ebca6bu, 0), "");
+  h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 13, 0), ""), "");
+  h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0xc2b2ae35u, 0), "");
+  return LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+}
+
+// A setting a schedule may move: operand j (%momentum) when the op has it,
+// else the attribute, as a float.
+static LLVMValueRef scheduled(Cg *c, K *k, int j, const char *attr) {
+  return k->n->nin > j ? LD(c, k->X[j], CI(c, 0)) : CF(c, node_float(k->n, attr));
+}
+
+// 1 - that setting, computed in double and rounded once, as PyTorch's
+// `alpha=1 - beta1` from a Python float.
+static LLVMValueRef one_minus_scheduled(Cg *c, K *k, int j, const char *attr) {
+  if (k->n->nin <= j)
+    return CF(c, 1.0 - node_float(k->n, attr));
+  LLVMValueRef v = LLVMBuildFPExt(c->b, LD(c, k->X[j], CI(c, 0)), c->f64, "");
+  return LLVMBuildFPTrunc(c->b, FSUB(c, CD(c, 1.0), v), c->f32, "");
 }
 
 // Operand j of an elementwise op at element i: one value per element when
@@ -1007,40 +1010,39 @@ static LLVMValueRef elementwise_operand(Cg *c, K *k, int j, LLVMValueRef i) {
 static void emit_elementwise(Cg *c, K *k) {
   Node *n = k->n;
   int64_t total = numel(n);
-  LLVMValueRef lr = NULL, step = NULL, step1 = NULL;
+  LLVMValueRef lr = NULL, step = NULL, step1 = NULL, mom = NULL, mom_c = NULL;
   LLVMValueRef ss = NULL, bc2s = NULL, key = NULL;
   switch (n->op) {
   case OP_sgd_buf:
     step1 = LLVMBuildICmp(c->b, LLVMIntEQ, load_step(c, k->X[3]), LLVMConstInt(c->i32, 1, 0), "");
+    mom = scheduled(c, k, 4, "momentum");
     break;
   case OP_sgd_update:
     lr = LD(c, k->X[2], CI(c, 0));
+    mom = scheduled(c, k, 4, "momentum");
+    break;
+  case OP_adam_moment1:
+    mom = scheduled(c, k, 3, "beta1");
+    mom_c = one_minus_scheduled(c, k, 3, "beta1");
     break;
   case OP_adam_update: {
     lr = LD(c, k->X[3], CI(c, 0));
     step = LLVMBuildSIToFP(c->b, load_step(c, k->X[4]), c->f64, "");
-    LLVMValueRef b1 = FSUB(c, CD(c, 1), F2(c, "llvm.pow", CD(c, node_float(n, "beta1")), step));
+    LLVMValueRef beta1 = LLVMBuildFPExt(c->b, scheduled(c, k, 5, "beta1"), c->f64, "");
+    LLVMValueRef b1 = FSUB(c, CD(c, 1), F2(c, "llvm.pow", beta1, step));
     LLVMValueRef b2 = FSUB(c, CD(c, 1), F2(c, "llvm.pow", CD(c, node_float(n, "beta2")), step));
     ss = LLVMBuildFPTrunc(c->b, FDIV(c, LLVMBuildFPExt(c->b, lr, c->f64, ""), b1), c->f32, "");
     bc2s = LLVMBuildFPTrunc(c->b, SQRT(c, b2), c->f32, "");
     break;
   }
   case OP_dropout_mask: {
-    // dropout_key(salt, step) from ir/dropout_hash.h, once per kernel.
+    // dropout_key(seed, salt, step) from ir/dropout_hash.h, once per kernel.
     uint32_t salt = (uint32_t)node_int(n, "salt");
     LLVMValueRef st = LLVMBuildLoad2(c->b, c->i32, k->X[0], "");
-    key = NULL;
-    LLVMValueRef h = st;
-    for (int r = 0; r < 2; r++) {
-      if (r == 1)
-        h = LLVMBuildXor(c->b, LLVMConstInt(c->i32, salt * 0x9e3779b1u, 0), h, "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
-      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0x85ebca6bu, 0), "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 13, 0), ""), "");
-      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0xc2b2ae35u, 0), "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
-    }
-    key = h;
+    LLVMValueRef seed = LLVMBuildLoad2(c->b, c->i32, k->X[1], "");
+    LLVMValueRef h = LLVMBuildXor(c->b, st, fmix32(c, seed), "");
+    h = LLVMBuildXor(c->b, LLVMConstInt(c->i32, salt * 0x9e3779b1u, 0), fmix32(c, h), "");
+    key = fmix32(c, h);
     break;
   }
   default:
@@ -1087,19 +1089,19 @@ static void emit_elementwise(Cg *c, K *k) {
       double wd = node_float(n, "weight_decay");
       if (wd != 0)
         d = FADD(c, d, FMUL(c, CF(c, wd), LD(c, k->X[2], i)));
-      LLVMValueRef upd = FADD(c, FMUL(c, CF(c, node_float(n, "momentum")), b),
+      LLVMValueRef upd = FADD(c, FMUL(c, mom, b),
                               FMUL(c, CF(c, 1.0 - node_float(n, "dampening")), d));
       v = SEL(c, step1, d, upd);
       break;
     }
     case OP_sgd_update: { // (p, g, lr, buf_new?)
       LLVMValueRef d = b;
-      double wd = node_float(n, "weight_decay"), mom = node_float(n, "momentum");
+      double wd = node_float(n, "weight_decay");
       if (wd != 0)
         d = FADD(c, d, FMUL(c, CF(c, wd), a));
-      if (mom != 0 && n->nin == 4) {
+      if (n->nin >= 4) {
         LLVMValueRef buf = LD(c, k->X[3], i);
-        d = node_int(n, "nesterov") ? FADD(c, d, FMUL(c, CF(c, mom), buf)) : buf;
+        d = node_int(n, "nesterov") ? FADD(c, d, FMUL(c, mom, buf)) : buf;
       }
       v = FSUB(c, a, FMUL(c, lr, d));
       break;
@@ -1110,9 +1112,10 @@ static void emit_elementwise(Cg *c, K *k) {
       double wd = node_float(n, "weight_decay");
       if (wd != 0)
         g = FADD(c, g, FMUL(c, CF(c, wd), LD(c, k->X[2], i)));
-      double beta = node_float(n, n->op == OP_adam_moment1 ? "beta1" : "beta2");
-      LLVMValueRef nw = n->op == OP_adam_moment1 ? g : FMUL(c, g, g);
-      v = FADD(c, FMUL(c, b, CF(c, beta)), FMUL(c, CF(c, 1.0 - beta), nw));
+      bool first = n->op == OP_adam_moment1;
+      LLVMValueRef beta = first ? mom : CF(c, node_float(n, "beta2"));
+      LLVMValueRef nw = first ? g : FMUL(c, g, g);
+      v = FADD(c, FMUL(c, b, beta), FMUL(c, first ? mom_c : CF(c, 1.0 - node_float(n, "beta2")), nw));
       break;
     }
     case OP_adam_update: { // (p, m, v, lr, step)
@@ -1129,13 +1132,8 @@ static void emit_elementwise(Cg *c, K *k) {
     case OP_dropout_mask: {
       double p = node_float(n, "p");
       LLVMValueRef idx = LLVMBuildTrunc(c->b, i, c->i32, "");
-      LLVMValueRef h = LLVMBuildAdd(
-          c->b, key, LLVMBuildMul(c->b, idx, LLVMConstInt(c->i32, 0x9e3779b1u, 0), ""), "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
-      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0x85ebca6bu, 0), "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 13, 0), ""), "");
-      h = LLVMBuildMul(c->b, h, LLVMConstInt(c->i32, 0xc2b2ae35u, 0), "");
-      h = LLVMBuildXor(c->b, h, LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 16, 0), ""), "");
+      LLVMValueRef h = fmix32(c, LLVMBuildAdd(
+          c->b, key, LLVMBuildMul(c->b, idx, LLVMConstInt(c->i32, 0x9e3779b1u, 0), ""), ""));
       h = LLVMBuildLShr(c->b, h, LLVMConstInt(c->i32, 8, 0), "");
       LLVMValueRef keep = LLVMBuildICmp(c->b, LLVMIntUGE, h,
                                         LLVMConstInt(c->i32, dropout_threshold(p), 0), "");
@@ -1215,8 +1213,6 @@ void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMVa
     return emit_bce(c, &k);
   case OP_l2norm:
     return emit_l2norm(c, &k);
-  case OP_lr_schedule:
-    return emit_lr_schedule(c, &k);
   case OP_relu:
   case OP_sigmoid:
   case OP_scale:

@@ -12,7 +12,7 @@ typedef enum {
   BUF_PARAM,     // params + offset (floats)
   BUF_STATE,     // state + offset (floats)
   BUF_ARG,       // a function argument: images, labels or logits
-  BUF_SCALAR,    // a scalar argument (step, epoch, base_lr) spilled to the stack
+  BUF_SCALAR,    // a field of the step's XcStepArgs (step, seed, lr, momentum)
   BUF_WORKSPACE, // workspace + offset (bytes)
   BUF_CONST,     // a constant global
   BUF_SLOT,      // slots[slot]: the test entry passes one pointer per node
@@ -60,6 +60,10 @@ typedef struct {
   int nparams, nstates;
   int64_t param_floats, state_floats;
 } Blocks;
+
+// The scalar inputs of a training step: the fields of XcStepArgs
+// (runtime/xentcc_rt.h), in order. Field index of input `name`, or -1.
+int step_arg_field(const char *name, DType *dtype);
 
 Blocks *plan_blocks(Graph *primary);
 LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks);

@@ -35,6 +35,19 @@ static void fold_relus(LoopFunc *f, FuncKind kind) {
 
 static int64_t type_bytes(const Type *t) { return type_numel(t) * 4; }
 
+int step_arg_field(const char *name, DType *dtype) {
+  static const struct {
+    const char *name;
+    DType dtype;
+  } fields[] = {{"step", DT_I32}, {"seed", DT_I32}, {"lr", DT_F32}, {"momentum", DT_F32}};
+  for (int i = 0; i < (int)(sizeof fields / sizeof *fields); i++)
+    if (!strcmp(fields[i].name, name)) {
+      *dtype = fields[i].dtype;
+      return i;
+    }
+  return -1;
+}
+
 Blocks *plan_blocks(Graph *g) {
   Blocks *b = xcalloc(1, sizeof *b);
   b->params = xcalloc(g->nnodes + 1, sizeof *b->params);
@@ -168,12 +181,16 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
       b->offset = block_offset(blocks->states, blocks->nstates, v, "state");
     } else if (v->op == OP_input) {
       const char *nm = v->name ? v->name : "";
+      DType dt;
       if (!strcmp(nm, "image") || !strcmp(nm, "label"))
         b->kind = BUF_ARG;
-      else if (!strcmp(nm, "step") || !strcmp(nm, "epoch") || !strcmp(nm, "base_lr"))
+      else if (step_arg_field(nm, &dt) >= 0 && dt == v->type.dtype && v->type.rank == 0)
         b->kind = BUF_SCALAR;
+      else if (step_arg_field(nm, &dt) >= 0)
+        error_at(v->loc, "declare it as the runtime feeds it",
+                 "input '%%%s' must be %s[]", nm, dt == DT_F32 ? "f32" : "i32");
       else
-        error_at(v->loc, "the runtime feeds only %image, %label, %step, %epoch and %base_lr",
+        error_at(v->loc, "the runtime feeds only %image, %label, %step, %seed, %lr and %momentum",
                  "input '%%%s' cannot be fed by the runtime", nm);
       b->arg = nm;
     } else if (v->op == OP_reshape || f->folded[i]) { // an alias: no copy, no kernel

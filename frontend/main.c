@@ -31,6 +31,8 @@ static void usage(FILE *out) {
         "  --print-after=PASS     print the IR after PASS (or 'lower' for the loop IR)\n"
         "  --disable-pass=PASS    skip PASS (repeatable)\n"
         "  --list-passes          list the passes and exit\n"
+        "  --list-options         list every option a model file accepts (with MODEL.yaml:\n"
+        "                         the options that model uses) and exit\n"
         "  -O0 -O1 -O2 -O3        LLVM optimization level (default -O3)\n"
         "  -mcpu=CPU              target CPU (default: native, the host)\n"
         "  -h, --help             this text\n",
@@ -85,6 +87,7 @@ int main(int argc, char **argv) {
   CodegenOptions cg = {.opt_level = 3, .cpu = "native"};
   PipelineOptions po = {.dump = stderr};
   const char **disabled = xcalloc(argc, sizeof *disabled);
+  bool list_options = false;
 
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v;
@@ -94,6 +97,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--list-passes")) {
       list_passes();
       return 0;
+    } else if (!strcmp(a, "--list-options")) {
+      list_options = true;
     } else if (!strcmp(a, "-o")) {
       if (++i == argc)
         fatal("-o needs a name, e.g. -o build/catdog");
@@ -127,6 +132,10 @@ int main(int argc, char **argv) {
     }
   }
   po.disabled = disabled;
+  if (list_options && !input) {
+    print_schema(stdout);
+    return 0;
+  }
   if (!input) {
     usage(stderr);
     return 1;
@@ -141,6 +150,10 @@ int main(int argc, char **argv) {
 
   Model *m = load_model(input);
   verify_graph(m->graph);
+  if (list_options) {
+    print_used_options(stdout);
+    return 0;
+  }
 
   if (emit && (!strcmp(emit, "ir") || !strcmp(emit, "dot"))) {
     Graph *g = m->graph;

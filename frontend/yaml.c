@@ -226,6 +226,46 @@ static void check_keys(const YNode *map, const char *ctx, const char *const *key
   }
 }
 
+//
+// The schema: every mapping a model file may hold, named by its path, with
+// the keys it accepts. accept() and choose() are the only ways a key or a
+// kind gets in, and they note what a model uses, so `xentcc --list-options`
+// (all of it, from this table) and `xentcc MODEL.yaml --list-options` (what
+// MODEL uses) let a test prove every accepted option reaches executables.
+//
+
+typedef struct {
+  const char *path;        // "schedule.cosine"; "" for the top level
+  const char *const *keys; // NULL-terminated
+  bool values;             // a choice of scalar values, listed as path=value
+} Section;
+
+static char **used_options;
+static int nused;
+
+static void note_used(const char *option) {
+  for (int i = 0; i < nused; i++)
+    if (!strcmp(used_options[i], option))
+      return;
+  used_options = realloc(used_options, sizeof(char *) * (nused + 1));
+  if (!used_options)
+    fatal("out of memory");
+  used_options[nused++] = xstrdup(option);
+}
+
+static char *option_name(const Section *sec, const char *key) {
+  if (sec->values)
+    return xformat("%s=%s", sec->path, key);
+  return *sec->path ? xformat("%s.%s", sec->path, key) : xstrdup(key);
+}
+
+// check_keys, then note each key as used.
+static void accept(const YNode *map, const char *ctx, const Section *sec) {
+  check_keys(map, ctx, sec->keys);
+  for (int i = 0; i < map_len(map); i++)
+    note_used(option_name(sec, sval(map_key(map, i))));
+}
+
 static YNode *want_map(YNode *v, const char *ctx, const char *what, const char *example) {
   if (!is_map(v))
     error_at(loc_of(v), xformat("write it as a mapping, e.g. %s", example),
@@ -375,9 +415,11 @@ static double *to_floats(YNode *v, const char *ctx, const char *key, int count, 
 
 // A choice written either as a bare name (`relu`, `adam`) or as a mapping
 // with exactly one key, the name, holding its options (`{sgd: {lr: 0.1}}`).
-// Returns the index into `kinds`; *opts is the options mapping or NULL.
-static int choice(YNode *v, const char *ctx, const char *what, const char *const *kinds,
+// Returns the index into the section's kinds; *opts is the options mapping
+// or NULL.
+static int choice(YNode *v, const char *ctx, const char *what, const Section *sec,
                   const char *example, YNode **opts, YNode **name_node) {
+  const char *const *kinds = sec->keys;
   YNode *name = v;
   *opts = NULL;
   if (is_map(v)) {
@@ -397,6 +439,7 @@ static int choice(YNode *v, const char *ctx, const char *what, const char *const
     if (!strcmp(sval(name), kinds[i])) {
       if (name_node)
         *name_node = name;
+      note_used(option_name(sec, kinds[i]));
       return i;
     }
   error_at(loc_of(name), suggest(sval(name), kinds), "%sunknown %s '%s'", in(ctx), what,
@@ -423,10 +466,12 @@ typedef struct {
   Model *m;
   Graph *g;
   int64_t batch;
-  Node *step; // %step, when a dropout layer needs it
+  Node *step, *seed; // %step and %seed, when a dropout layer needs them
   Layer *layers;
   int nlayers;
 } Builder;
+
+static void accept_layer(Layer *l); // the layer's options, by the table of kinds below
 
 static Node *emit(Builder *b, Layer *l, OpKind op, Node **in, int nin) {
   Node *n = node_new(b->g, op, in, nin, l->loc);
@@ -492,7 +537,7 @@ static const char *const conv2d_keys[] = {"out_channels", "kernel",      "stride
                                           "bias",         "in_channels", NULL};
 
 static Node *build_conv2d(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, conv2d_keys);
+  accept_layer(l);
   want_image(l, x);
   const char *ex = "{conv2d: {out_channels: 6, kernel: 5}}";
   int64_t out = to_int(need(l->opts, l->loc, "out_channels", l->desc, ex), l->desc, "out_channels",
@@ -523,7 +568,7 @@ static const char *const pool_keys[] = {"kernel", "stride", "padding", NULL};
 
 // nn.MaxPool2d / nn.AvgPool2d: stride defaults to the kernel size.
 static Node *build_pool(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, pool_keys);
+  accept_layer(l);
   want_image(l, x);
   int64_t k[2], s[2], p[2] = {0, 0};
   to_pair(
@@ -545,7 +590,7 @@ static Node *build_pool(Builder *b, Layer *l, Node *x) {
 static const char *const no_keys[] = {NULL};
 
 static Node *build_activation(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, no_keys);
+  accept_layer(l);
   OpKind op = op_lookup(l->type);
   if (op == OP_softmax || op == OP_log_softmax)
     want_flat(l, x);
@@ -556,7 +601,7 @@ static Node *build_activation(Builder *b, Layer *l, Node *x) {
 
 // nn.Flatten(): [N, C, H, W] -> [N, C*H*W].
 static Node *build_flatten(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, no_keys);
+  accept_layer(l);
   int64_t d[2] = {x->type.dim[0], type_numel(&x->type) / x->type.dim[0]};
   Node *n = emit(b, l, OP_reshape, &x, 1);
   n->type = type_make(DT_F32, 2, d);
@@ -567,7 +612,7 @@ static Node *build_flatten(Builder *b, Layer *l, Node *x) {
 static const char *const linear_keys[] = {"out_features", "in_features", "bias", NULL};
 
 static Node *build_linear(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, linear_keys);
+  accept_layer(l);
   want_flat(l, x);
   int64_t out = to_int(need(l->opts, l->loc, "out_features", l->desc,
                             "give the number of outputs, e.g. {linear: {out_features: 10}}"),
@@ -589,12 +634,13 @@ static const char *const dropout_keys[] = {"p", NULL};
 
 // nn.Dropout(p): x * mask, the mask a function of the optimizer step.
 static Node *build_dropout(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, dropout_keys);
+  accept_layer(l);
   double p = 0.5;
   if (get(l->opts, "p"))
     p = to_float_in(get(l->opts, "p"), l->desc, "p", 0.0, 1.0, true,
                     "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
-  Node *mask = emit(b, l, OP_dropout_mask, &b->step, 1);
+  Node *mask_in[2] = {b->step, b->seed};
+  Node *mask = emit(b, l, OP_dropout_mask, mask_in, 2);
   node_set_float(mask, "p", p);
   node_set_int(mask, "salt", l->index);
   mask->type = x->type;
@@ -610,7 +656,7 @@ static const char *const batchnorm_keys[] = {"eps", "momentum", "num_features", 
 // nn.BatchNorm2d in training mode: normalise with the batch's statistics and
 // move the running statistics towards them (unbiased variance, as PyTorch).
 static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
-  check_keys(l->opts, l->desc, batchnorm_keys);
+  accept_layer(l);
   want_image(l, x);
   double eps = 1e-5, momentum = 0.1;
   if (get(l->opts, "eps"))
@@ -678,9 +724,14 @@ static const LayerKind *layer_kind(const char *type) {
   return NULL;
 }
 
+static void accept_layer(Layer *l) {
+  Section sec = {xformat("layers.%s", l->type), layer_kind(l->type)->keys, false};
+  accept(l->opts, l->desc, &sec);
+}
+
 // Names the graph itself uses; a layer called like one would collide.
-static const char *const reserved_names[] = {"image",   "label", "loss",   "step", "epoch",
-                                             "base_lr", "lr",    "layers", NULL};
+static const char *const reserved_names[] = {"image", "label",    "loss",   "step",
+                                             "seed",  "momentum", "lr",     "layers", NULL};
 
 static bool valid_ident(const char *s) {
   if (!isalpha((unsigned char)*s) && *s != '_')
@@ -755,6 +806,9 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
   if (!kind)
     error_at(loc_of(type_key), suggest(l->type, types), "%s: unknown layer type '%s'", ctx,
              l->type);
+  note_used(xformat("layers.%s", l->type));
+  if (l->name)
+    note_used("layers.name");
 
   if (l->name) {
     YNode *nn = get(item, "name");
@@ -803,6 +857,7 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
 enum { LOSS_CE, LOSS_BCE };
 static const char *const loss_kinds[] = {"cross_entropy", "bce_with_logits", NULL};
 static const char *const loss_keys[] = {"cross_entropy", "bce_with_logits", "l2", NULL};
+static const Section loss_sec = {"loss", loss_keys, false}, loss_kind_sec = {"loss", loss_kinds, false};
 
 typedef struct {
   YNode *node;      // the `loss:` value
@@ -815,7 +870,7 @@ static LossSpec read_loss_kind(YNode *v) {
   LossSpec ls = {.node = v};
   const char *ex = "{cross_entropy: {label_smoothing: 0.0}}";
   if (is_map(v)) {
-    check_keys(v, "loss", loss_keys);
+    accept(v, "loss", &loss_sec);
     for (int i = 0; i < map_len(v); i++) {
       const char *k = sval(map_key(v, i));
       if (!strcmp(k, "l2"))
@@ -833,7 +888,7 @@ static LossSpec read_loss_kind(YNode *v) {
       error_at(loc_of(v), xformat("add one of cross_entropy or bce_with_logits, e.g. %s", ex),
                "loss: no loss kind given");
   } else {
-    ls.kind = choice(v, NULL, "loss", loss_kinds, ex, &ls.opts, &ls.kind_node);
+    ls.kind = choice(v, NULL, "loss", &loss_kind_sec, ex, &ls.opts, &ls.kind_node);
   }
   return ls;
 }
@@ -841,6 +896,8 @@ static LossSpec read_loss_kind(YNode *v) {
 static const char *const ce_keys[] = {"label_smoothing", "weight", NULL};
 static const char *const bce_keys[] = {"pos_weight", NULL};
 static const char *const l2_keys[] = {"param", "weight", NULL};
+static const Section ce_sec = {"loss.cross_entropy", ce_keys, false},
+                     bce_sec = {"loss.bce_with_logits", bce_keys, false}, l2_sec = {"loss.l2", l2_keys, false};
 
 // "the last layer 'fc3'" or "the last layer (layer 12, relu)".
 static const char *last_layer(Builder *b) {
@@ -860,7 +917,7 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
   YNode *opts = or_empty(ls->opts);
   Node *loss;
   if (ls->kind == LOSS_CE) {
-    check_keys(opts, "cross_entropy", ce_keys);
+    accept(opts, "cross_entropy", &ce_sec);
     if (outs < 2)
       error_at(loc,
                "for two classes with one output use bce_with_logits (PyTorch: BCEWithLogitsLoss), "
@@ -892,7 +949,7 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
     loss = node_new(g, OP_nll_loss, in, wv ? 3 : 2, loc);
     node_set_float(loss, "label_smoothing", smoothing);
   } else {
-    check_keys(opts, "bce_with_logits", bce_keys);
+    accept(opts, "bce_with_logits", &bce_sec);
     if (outs != 1)
       error_at(loc,
                xformat("for %lld mutually exclusive classes use cross_entropy (PyTorch: "
@@ -929,7 +986,7 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
     for (int i = 0; i < seq_len(terms); i++) {
       YNode *t =
           want_map(seq_at(terms, i), "loss l2", "each term", "{param: fc3.weight, weight: 0.01}");
-      check_keys(t, "loss l2", l2_keys);
+      accept(t, "loss l2", &l2_sec);
       const char *ex = "write {param: fc3.weight, weight: 0.01}";
       YNode *pn = need(t, loc_of(t), "param", "loss l2", ex);
       const char *pname = to_str(pn, "loss l2", "param");
@@ -967,23 +1024,26 @@ static const char *const optimizer_kinds[] = {"sgd", "adam", "adamw", NULL};
 static const char *const sgd_keys[] = {"lr",           "momentum", "dampening",
                                        "weight_decay", "nesterov", NULL};
 static const char *const adam_keys[] = {"lr", "betas", "eps", "weight_decay", NULL};
+static const Section optimizer_sec = {"optimizer", optimizer_kinds, false};
+static const Section optimizer_opts_sec[] = {
+    {"optimizer.sgd", sgd_keys, false}, {"optimizer.adam", adam_keys, false}, {"optimizer.adamw", adam_keys, false}};
 
 static void read_optimizer(Graph *g, YNode *v) {
   YNode *opts, *name;
   const char *ex = "{sgd: {lr: 0.001, momentum: 0.9}} or {adam: {lr: 0.0001}}";
-  int kind = choice(v, NULL, "optimizer", optimizer_kinds, ex, &opts, &name);
+  int kind = choice(v, NULL, "optimizer", &optimizer_sec, ex, &opts, &name);
   const char *ctx = xformat("optimizer '%s'", optimizer_kinds[kind]);
   opts = or_empty(opts);
   graph_set_attr(g, "optimizer", attr_str(optimizer_kinds[kind]));
   double lr;
   if (kind == 0) {
-    check_keys(opts, ctx, sgd_keys);
+    accept(opts, ctx, &optimizer_opts_sec[kind]);
     // torch.optim.SGD has no default learning rate.
     lr = to_float_in(need(opts, loc_of(name), "lr", ctx,
                           "torch.optim.SGD needs a learning rate: {sgd: {lr: 0.01}}"),
                      ctx, "lr", 0.0, INFINITY, false, NULL);
   } else {
-    check_keys(opts, ctx, adam_keys);
+    accept(opts, ctx, &optimizer_opts_sec[kind]);
     lr = opt_float_in(opts, "lr", 0.001, 0.0, INFINITY, false, ctx);
   }
   if (lr <= 0)
@@ -1020,46 +1080,200 @@ static void read_optimizer(Graph *g, YNode *v) {
   }
 }
 
-static const char *const schedule_kinds[] = {"constant", "step", "cosine", NULL};
+// torch.optim.lr_scheduler's schedulers by their arguments' names. The
+// runtime evaluates them (runtime/schedule.c); here they become graph
+// attributes that codegen copies into xc_model.
+enum { SCHED_CONSTANT, SCHED_STEP, SCHED_MULTISTEP, SCHED_EXPONENTIAL, SCHED_COSINE, SCHED_LINEAR,
+       SCHED_ONE_CYCLE };
+static const char *const schedule_kinds[] = {"constant", "step",   "multistep", "exponential",
+                                             "cosine",   "linear", "one_cycle", NULL};
+static const char *const schedule_keys[] = {"constant", "step",   "multistep", "exponential",
+                                            "cosine",   "linear", "one_cycle", "warmup",
+                                            "interval", NULL};
 static const char *const step_keys[] = {"step_size", "gamma", NULL};
+static const char *const multistep_keys[] = {"milestones", "gamma", NULL};
+static const char *const exponential_keys[] = {"gamma", NULL};
 static const char *const cosine_keys[] = {"t_max", "eta_min", NULL};
+static const char *const linear_lr_keys[] = {"start_factor", "end_factor", "total_iters", NULL};
+static const char *const one_cycle_keys[] = {
+    "max_lr",     "total_steps",   "pct_start",      "anneal_strategy", "div_factor",
+    "final_div_factor", "three_phase", "cycle_momentum", "base_momentum", "max_momentum", NULL};
+static const char *const warmup_keys[] = {"total_iters", "start_factor", NULL};
+static const char *const intervals[] = {"epoch", "step", NULL};
+static const char *const anneal_strategies[] = {"cos", "linear", NULL};
+static const Section schedule_sec = {"schedule", schedule_keys, false},
+                     schedule_kind_sec = {"schedule", schedule_kinds, false},
+                     warmup_sec = {"schedule.warmup", warmup_keys, false},
+                     interval_sec = {"schedule.interval", intervals, true},
+                     anneal_sec = {"schedule.one_cycle.anneal_strategy", anneal_strategies, true};
+static const Section schedule_opts_sec[] = {
+    {"schedule.constant", no_keys, false},       {"schedule.step", step_keys, false},
+    {"schedule.multistep", multistep_keys, false}, {"schedule.exponential", exponential_keys, false},
+    {"schedule.cosine", cosine_keys, false},     {"schedule.linear", linear_lr_keys, false},
+    {"schedule.one_cycle", one_cycle_keys, false}};
 
-// StepLR(step_size, gamma=0.1) and CosineAnnealingLR(T_max, eta_min=0),
-// stepped once per epoch. Settings a schedule does not use are 0.
-static void read_schedule(Graph *g, YNode *v) {
-  int kind = 0;
-  int64_t step_size = 0, t_max = 0;
-  double gamma = 0.1, eta_min = 0.0;
-  if (v) {
-    YNode *opts, *name;
-    kind = choice(v, NULL, "schedule", schedule_kinds,
-                  "{cosine: {t_max: 10}} or {step: {step_size: 5, gamma: 0.1}}", &opts, &name);
-    const char *ctx = xformat("schedule '%s'", schedule_kinds[kind]);
-    opts = or_empty(opts);
-    if (kind == 0) {
-      check_keys(opts, ctx, no_keys);
-    } else if (kind == 1) {
-      check_keys(opts, ctx, step_keys);
-      step_size =
-          to_int(need(opts, loc_of(name), "step_size", ctx,
-                      "StepLR needs step_size (epochs between decays): {step: {step_size: 5}}"),
-                 ctx, "step_size", 1, INT32_MAX);
-      gamma = opt_float_in(opts, "gamma", 0.1, 0.0, INFINITY, false, ctx);
-    } else {
-      check_keys(opts, ctx, cosine_keys);
-      t_max =
-          to_int(need(opts, loc_of(name), "t_max", ctx,
-                      "CosineAnnealingLR needs t_max (epochs of one half cosine), e.g. the number "
-                      "of epochs: {cosine: {t_max: 10}}"),
-                 ctx, "t_max", 1, INT32_MAX);
-      eta_min = opt_float_in(opts, "eta_min", 0.0, 0.0, INFINITY, false, ctx);
-    }
+// A list of non-negative integers (MultiStepLR's milestones), sorted: PyTorch
+// counts them, so the order does not matter and a repeated one decays twice.
+static int64_t *to_sorted_ints(YNode *v, const char *ctx, const char *key, int *n) {
+  want_seq(v, ctx, xformat("'%s'", key), "[30, 80]");
+  *n = seq_len(v);
+  if (*n == 0)
+    error_at(loc_of(v), "list the epochs (or steps) at which to decay, e.g. [30, 80]",
+             "%s'%s' is empty", in(ctx), key);
+  int64_t *out = xcalloc(*n, sizeof *out);
+  for (int i = 0; i < *n; i++) {
+    int64_t x = to_int(seq_at(v, i), ctx, key, 0, INT32_MAX);
+    int j = i;
+    for (; j > 0 && out[j - 1] > x; j--)
+      out[j] = out[j - 1];
+    out[j] = x;
   }
+  return out;
+}
+
+static void set_float(Graph *g, const char *name, double v) { graph_set_attr(g, name, attr_float(v)); }
+static void set_int(Graph *g, const char *name, int64_t v) { graph_set_attr(g, name, attr_int(v)); }
+
+// The one-cycle schedule's settings (OneCycleLR's defaults).
+static void read_one_cycle(Graph *g, YNode *opts, YNode *name, const char *ctx) {
+  set_float(g, "max_lr",
+            to_float_in(need(opts, loc_of(name), "max_lr", ctx,
+                             "OneCycleLR needs the peak learning rate: {one_cycle: {max_lr: 0.1}}"),
+                        ctx, "max_lr", 0.0, INFINITY, false, NULL));
+  if (graph_float(g, "max_lr", 0) <= 0)
+    error_at(loc_of(get(opts, "max_lr")), NULL, "%s: 'max_lr' must be positive", ctx);
+  // 0: the whole run (epochs x steps per epoch, as OneCycleLR(epochs=, steps_per_epoch=)).
+  set_int(g, "total_steps", opt_int(opts, "total_steps", 0, 1, INT32_MAX, ctx));
+  set_float(g, "pct_start", opt_float_in(opts, "pct_start", 0.3, 0.0, 1.0, false, ctx));
+  int anneal = 0;
+  YNode *av = get(opts, "anneal_strategy");
+  if (av) {
+    YNode *o;
+    anneal = choice(av, ctx, "anneal_strategy", &anneal_sec, "cos or linear", &o, NULL);
+    if (o)
+      error_at(loc_of(av), "write anneal_strategy: cos (or linear)",
+               "%s: anneal_strategy takes no options", ctx);
+  }
+  graph_set_attr(g, "anneal_strategy", attr_str(anneal_strategies[anneal]));
+  set_float(g, "div_factor", opt_float_in(opts, "div_factor", 25.0, 0.0, INFINITY, false, ctx));
+  set_float(g, "final_div_factor",
+            opt_float_in(opts, "final_div_factor", 1e4, 0.0, INFINITY, false, ctx));
+  if (graph_float(g, "div_factor", 1) == 0 || graph_float(g, "final_div_factor", 1) == 0)
+    error_at(loc_of(opts), "the initial lr is max_lr / div_factor and the last initial_lr / "
+                           "final_div_factor; use factors above 0",
+             "%s: div_factor and final_div_factor must be positive", ctx);
+  set_int(g, "three_phase", opt_bool(opts, "three_phase", false, ctx));
+  set_int(g, "cycle_momentum", opt_bool(opts, "cycle_momentum", true, ctx));
+  set_float(g, "base_momentum", opt_float_in(opts, "base_momentum", 0.85, 0.0, 1.0, false, ctx));
+  set_float(g, "max_momentum", opt_float_in(opts, "max_momentum", 0.95, 0.0, 1.0, false, ctx));
+}
+
+// schedule: KIND or {KIND: {options}}, optionally with warmup (a LinearLR
+// first, as SequentialLR) and interval (epoch, the default, or step: how
+// often the scheduler steps, as calling scheduler.step() per epoch or per
+// batch). Only the settings of the chosen kind become graph attributes.
+static void read_schedule(Graph *g, YNode *v) {
+  const char *ex = "{cosine: {t_max: 10}} or {step: {step_size: 5, gamma: 0.1}}";
+  int kind = SCHED_CONSTANT;
+  YNode *opts = NULL, *name = NULL, *warmup = NULL, *interval = NULL;
+  if (v && is_map(v) && (get(v, "warmup") || get(v, "interval"))) {
+    // The kind next to its companions: {cosine: {...}, warmup: {...}, interval: step}.
+    accept(v, "schedule", &schedule_sec);
+    warmup = get(v, "warmup"), interval = get(v, "interval");
+    for (int i = 0; i < map_len(v); i++) {
+      YNode *k = map_key(v, i);
+      if (!strcmp(sval(k), "warmup") || !strcmp(sval(k), "interval"))
+        continue;
+      if (name)
+        error_at(loc_of(k), "one schedule at a time; a warm-up goes in warmup: {...}",
+                 "schedule: two schedules, '%s' and '%s'", sval(name), sval(k));
+      kind = choice(k, NULL, "schedule", &schedule_kind_sec, ex, &opts, &name);
+      YNode *o = map_val(v, i);
+      if (!is_null(o))
+        opts = want_map(o, "schedule", xformat("the options of '%s'", sval(k)), ex);
+    }
+  } else if (v) {
+    kind = choice(v, NULL, "schedule", &schedule_kind_sec, ex, &opts, &name);
+  }
+  const char *ctx = xformat("schedule '%s'", schedule_kinds[kind]);
+  opts = or_empty(opts);
+  accept(opts, ctx, &schedule_opts_sec[kind]);
   graph_set_attr(g, "schedule", attr_str(schedule_kinds[kind]));
-  graph_set_attr(g, "step_size", attr_int(step_size));
-  graph_set_attr(g, "gamma", attr_float(gamma));
-  graph_set_attr(g, "t_max", attr_int(t_max));
-  graph_set_attr(g, "eta_min", attr_float(eta_min));
+  Loc at = name ? loc_of(name) : v ? loc_of(v) : (Loc){0};
+  switch (kind) {
+  case SCHED_STEP:
+    set_int(g, "step_size",
+            to_int(need(opts, at, "step_size", ctx,
+                        "StepLR needs step_size (epochs between decays): {step: {step_size: 5}}"),
+                   ctx, "step_size", 1, INT32_MAX));
+    set_float(g, "gamma", opt_float_in(opts, "gamma", 0.1, 0.0, INFINITY, false, ctx));
+    break;
+  case SCHED_MULTISTEP: {
+    int n;
+    int64_t *ms = to_sorted_ints(
+        need(opts, at, "milestones", ctx, "MultiStepLR needs milestones: {multistep: {milestones: [30, 80]}}"),
+        ctx, "milestones", &n);
+    graph_set_attr(g, "milestones", attr_ints(ms, n));
+    set_float(g, "gamma", opt_float_in(opts, "gamma", 0.1, 0.0, INFINITY, false, ctx));
+    break;
+  }
+  case SCHED_EXPONENTIAL:
+    set_float(g, "gamma",
+              to_float_in(need(opts, at, "gamma", ctx,
+                               "ExponentialLR needs gamma, the factor per epoch: {exponential: {gamma: 0.9}}"),
+                          ctx, "gamma", 0.0, INFINITY, false, NULL));
+    break;
+  case SCHED_COSINE:
+    set_int(g, "t_max",
+            to_int(need(opts, at, "t_max", ctx,
+                        "CosineAnnealingLR needs t_max (epochs of one half cosine), e.g. the number "
+                        "of epochs: {cosine: {t_max: 10}}"),
+                   ctx, "t_max", 1, INT32_MAX));
+    set_float(g, "eta_min", opt_float_in(opts, "eta_min", 0.0, 0.0, INFINITY, false, ctx));
+    break;
+  case SCHED_LINEAR: {
+    // LinearLR checks: 0 < start_factor <= 1, 0 <= end_factor <= 1.
+    double start = opt_float_in(opts, "start_factor", 1.0 / 3, 0.0, 1.0, false, ctx);
+    if (start == 0)
+      error_at(loc_of(get(opts, "start_factor")), "use a start_factor in (0, 1], like LinearLR",
+               "%s: 'start_factor' must be above 0", ctx);
+    set_float(g, "start_factor", start);
+    set_float(g, "end_factor", opt_float_in(opts, "end_factor", 1.0, 0.0, 1.0, false, ctx));
+    set_int(g, "total_iters", opt_int(opts, "total_iters", 5, 1, INT32_MAX, ctx));
+    break;
+  }
+  case SCHED_ONE_CYCLE:
+    read_one_cycle(g, opts, name, ctx);
+    break;
+  }
+  if (warmup) {
+    if (kind == SCHED_ONE_CYCLE)
+      error_at(loc_of(warmup), "one_cycle warms up by itself (pct_start); remove warmup",
+               "schedule: warmup does not combine with one_cycle");
+    want_map(warmup, "schedule", "'warmup'", "{total_iters: 5, start_factor: 0.1}");
+    accept(warmup, "schedule.warmup", &warmup_sec);
+    const char *wctx = "schedule.warmup";
+    set_int(g, "warmup_iters",
+            to_int(need(warmup, loc_of(warmup), "total_iters", wctx,
+                        "say how many epochs (or steps) the warm-up lasts: {total_iters: 5}"),
+                   wctx, "total_iters", 1, INT32_MAX));
+    double f = opt_float_in(warmup, "start_factor", 1.0 / 3, 0.0, 1.0, false, wctx);
+    if (f == 0)
+      error_at(loc_of(get(warmup, "start_factor")), "use a start_factor in (0, 1], like LinearLR",
+               "%s: 'start_factor' must be above 0", wctx);
+    set_float(g, "warmup_factor", f);
+  }
+  // OneCycleLR is stepped after every batch; the others after every epoch.
+  int per_step = kind == SCHED_ONE_CYCLE;
+  if (interval) {
+    YNode *o;
+    per_step = choice(interval, "schedule", "interval", &interval_sec,
+                      "interval: epoch (or step)", &o, NULL);
+    if (o)
+      error_at(loc_of(interval), "write interval: epoch or interval: step",
+               "schedule: interval takes no options");
+  }
+  graph_set_attr(g, "interval", attr_str(intervals[per_step]));
 }
 
 //
@@ -1077,12 +1291,18 @@ static const char *const formats[] = {"cifar10", "idx", "folder", "imagefolder",
 static const char *const normalize_keys[] = {"mean", "std", NULL};
 static const char *const augment_keys[] = {"random_crop", "random_horizontal_flip", NULL};
 static const char *const crop_keys[] = {"padding", NULL};
+static const Section top_sec = {"", top_keys, false}, input_sec = {"input", input_keys, false},
+                     train_sec = {"train", train_keys, false}, data_sec = {"data", data_keys, false},
+                     format_sec = {"data.format", formats, true},
+                     normalize_sec = {"data.normalize", normalize_keys, false},
+                     augment_sec = {"data.augment", augment_keys, false},
+                     crop_sec = {"data.augment.random_crop", crop_keys, false};
 
 static void read_input(Model *m, YNode *root) {
   YNode *v = want_map(
       need(root, loc_of(root), "input", NULL, "add input: {channels: 3, height: 32, width: 32}"),
       NULL, "'input'", "{channels: 3, height: 32, width: 32}");
-  check_keys(v, "input", input_keys);
+  accept(v, "input", &input_sec);
   const char *hint = "write input: {channels: 3, height: 32, width: 32}";
   m->channels = to_int(need(v, loc_of(v), "channels", "input", hint), "input", "channels", 1, 4);
   m->height = to_int(need(v, loc_of(v), "height", "input", hint), "input", "height", 1, MAX_WINDOW);
@@ -1092,7 +1312,7 @@ static void read_input(Model *m, YNode *root) {
 static void read_train(Model *m, YNode *root) {
   YNode *v = get(root, "train");
   v = v ? want_map(v, NULL, "'train'", "{epochs: 10, batch_size: 32}") : &empty_map;
-  check_keys(v, "train", train_keys);
+  accept(v, "train", &train_sec);
   m->epochs = opt_int(v, "epochs", 10, 1, INT32_MAX, "train");
   m->batch_size = opt_int(v, "batch_size", 32, 1, MAX_DIM, "train");
   m->shuffle = opt_bool(v, "shuffle", true, "train");
@@ -1136,7 +1356,7 @@ static void read_data(Model *m, YNode *root) {
                            "say where the images are, e.g. data: {format: cifar10, train: "
                            "../data/cifar-10-batches-bin, test: ../data/cifar-10-batches-bin}"),
                       NULL, "'data'", "{format: cifar10, train: DIR, test: DIR}");
-  check_keys(v, "data", data_keys);
+  accept(v, "data", &data_sec);
   YNode *fv = need(v, loc_of(v), "format", "data", xformat("add format: one of %s", join(formats)));
   d->format = xstrdup(to_str(fv, "data", "format"));
   bool known = false;
@@ -1144,6 +1364,7 @@ static void read_data(Model *m, YNode *root) {
     known |= !strcmp(formats[i], d->format);
   if (!known)
     error_at(loc_of(fv), suggest(d->format, formats), "data: unknown format '%s'", d->format);
+  note_used(option_name(&format_sec, d->format));
   if (!strcmp(d->format, "cifar10") && (m->channels != 3 || m->height != 32 || m->width != 32))
     error_at(loc_of(fv), "set input: {channels: 3, height: 32, width: 32}",
              "data: CIFAR-10 images are 3x32x32 but the input is %dx%dx%d", m->channels, m->height,
@@ -1164,7 +1385,7 @@ static void read_data(Model *m, YNode *root) {
   YNode *nv = get(v, "normalize");
   if (nv) {
     want_map(nv, "data", "'normalize'", "{mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}");
-    check_keys(nv, "data.normalize", normalize_keys);
+    accept(nv, "data.normalize", &normalize_sec);
     const char *hint =
         xformat("give one value per input channel (%d), like transforms.Normalize", m->channels);
     const char *keys[2] = {"mean", "std"};
@@ -1186,11 +1407,11 @@ static void read_data(Model *m, YNode *root) {
   YNode *av = get(v, "augment");
   if (av) {
     want_map(av, "data", "'augment'", "{random_crop: {padding: 4}, random_horizontal_flip: true}");
-    check_keys(av, "data.augment", augment_keys);
+    accept(av, "data.augment", &augment_sec);
     YNode *cv = get(av, "random_crop");
     if (cv) {
       want_map(cv, "data.augment", "'random_crop'", "{padding: 4}");
-      check_keys(cv, "data.augment.random_crop", crop_keys);
+      accept(cv, "data.augment.random_crop", &crop_sec);
       d->random_crop_padding = to_int(need(cv, loc_of(cv), "padding", "data.augment.random_crop",
                                            "write random_crop: {padding: 4}"),
                                       "data.augment.random_crop", "padding", 1, MAX_WINDOW);
@@ -1320,7 +1541,7 @@ Model *load_model(const char *path) {
   yaml_parser_delete(&parser);
 
   want_map(root, NULL, "the model file", "model: cifar10, input: ..., layers: ...");
-  check_keys(root, NULL, top_keys);
+  accept(root, NULL, &top_sec);
 
   Model *m = xcalloc(1, sizeof *m);
   m->path = cur_path;
@@ -1366,6 +1587,9 @@ Model *load_model(const char *path) {
       b.step = node_new(b.g, OP_input, NULL, 0, (Loc){0});
       b.step->name = xstrdup("step");
       b.step->type = type_make(DT_I32, 0, NULL);
+      b.seed = node_new(b.g, OP_input, NULL, 0, (Loc){0});
+      b.seed->name = xstrdup("seed");
+      b.seed->type = type_make(DT_I32, 0, NULL);
     }
 
   Node *x = image;
@@ -1390,3 +1614,48 @@ Model *load_model(const char *path) {
   yaml_document_delete(&cur_doc);
   return m;
 }
+
+//
+// The schema as a list: every option `path.key` the frontend accepts, every
+// kind `path.kind`, every value of a scalar choice `path=value`.
+//
+
+static const Section *const schema[] = {
+    &top_sec,          &input_sec,          &train_sec,       &data_sec,
+    &format_sec,       &normalize_sec,      &augment_sec,     &crop_sec,
+    &loss_sec,         &ce_sec,             &bce_sec,         &l2_sec,
+    &optimizer_sec,    &optimizer_opts_sec[0], &optimizer_opts_sec[1], &optimizer_opts_sec[2],
+    &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,
+    &schedule_opts_sec[0], &schedule_opts_sec[1], &schedule_opts_sec[2], &schedule_opts_sec[3],
+    &schedule_opts_sec[4], &schedule_opts_sec[5], &schedule_opts_sec[6],
+};
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void print_sorted(FILE *out, char **names, int n) {
+  qsort(names, n, sizeof *names, cmp_str);
+  for (int i = 0; i < n; i++)
+    if (i == 0 || strcmp(names[i], names[i - 1]))
+      fprintf(out, "%s\n", names[i]);
+}
+
+void print_schema(FILE *out) {
+  char **names = NULL;
+  int n = 0;
+#define ADD(x) (names = realloc(names, sizeof *names * (n + 1)), names[n++] = (x))
+  for (size_t i = 0; i < sizeof schema / sizeof *schema; i++)
+    for (int k = 0; schema[i]->keys[k]; k++)
+      ADD(option_name(schema[i], schema[i]->keys[k]));
+  ADD(xstrdup("layers.name"));
+  for (int i = 0; i < NKINDS; i++) {
+    ADD(xformat("layers.%s", layer_kinds[i].type));
+    for (int k = 0; layer_kinds[i].keys[k]; k++)
+      ADD(xformat("layers.%s.%s", layer_kinds[i].type, layer_kinds[i].keys[k]));
+  }
+#undef ADD
+  print_sorted(out, names, n);
+}
+
+void print_used_options(FILE *out) { print_sorted(out, used_options, nused); }

@@ -1,6 +1,9 @@
-// The dropout mask as a pure function of (salt, step, flat index), shared by
-// the reference evaluator and generated code so both drop the same elements.
-// No random state is carried between steps: a mask is recomputed, not stored.
+// The dropout mask as a pure function of (seed, salt, step, flat index),
+// shared by the reference evaluator and generated code so both drop the same
+// elements. No random state is carried between steps: a mask is recomputed,
+// not stored. The seed is the run's --seed, so it governs the masks as
+// torch.manual_seed does PyTorch's (the masks themselves differ from
+// PyTorch's: its generator is not reproduced).
 #ifndef XENTCC_DROPOUT_HASH_H
 #define XENTCC_DROPOUT_HASH_H
 
@@ -17,10 +20,11 @@ static inline uint32_t dropout_fmix32(uint32_t h) {
   return h;
 }
 
-// Per (layer, step): salt is the dropout_mask node's `salt` attribute, step
-// the optimizer step (from 1). Loop-invariant in generated code.
-static inline uint32_t dropout_key(uint32_t salt, uint32_t step) {
-  return dropout_fmix32(salt * 0x9e3779b1u ^ dropout_fmix32(step));
+// Per (run, layer, step): seed is the run's seed, salt the dropout_mask
+// node's `salt` attribute, step the optimizer step (from 1).
+// Loop-invariant in generated code.
+static inline uint32_t dropout_key(uint32_t seed, uint32_t salt, uint32_t step) {
+  return dropout_fmix32(salt * 0x9e3779b1u ^ dropout_fmix32(step ^ dropout_fmix32(seed)));
 }
 
 // A uniform 24-bit number for element `index` (row-major flat index).
@@ -33,8 +37,9 @@ static inline uint32_t dropout_bits(uint32_t key, uint32_t index) {
 // threshold is computed once, in double, at compile time.
 static inline uint32_t dropout_threshold(double p) { return (uint32_t)(p * 16777216.0); }
 
-static inline bool dropout_keep(uint32_t salt, uint32_t step, uint32_t index, uint32_t threshold) {
-  return dropout_bits(dropout_key(salt, step), index) >= threshold;
+static inline bool dropout_keep(uint32_t seed, uint32_t salt, uint32_t step, uint32_t index,
+                                uint32_t threshold) {
+  return dropout_bits(dropout_key(seed, salt, step), index) >= threshold;
 }
 
 #endif

@@ -533,11 +533,12 @@ static void eval_l2norm_grad(const Node *n, Tensor *out, Tensor **in) {
 
 // --- Dropout ----------------------------------------------------------------------------
 
-// 0 or 1/(1-p) per element, from dropout_hash.h's hash of (salt, step, index).
+// 0 or 1/(1-p) per element, from dropout_hash.h's hash of (seed, salt, step, index).
 static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
   double p = node_float(n, "p");
   uint32_t threshold = dropout_threshold(p);
-  uint32_t key = dropout_key((uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
+  uint32_t key =
+      dropout_key((uint32_t)in[1]->i[0], (uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
   float scale = (float)(1.0 / (1.0 - p));
   for (int64_t i = 0; i < numel(out); i++)
     out->f[i] = dropout_bits(key, (uint32_t)i) >= threshold ? scale : 0.0f;
@@ -624,31 +625,19 @@ static void eval_batchnorm2d_grad(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-// --- Optimizers and schedules (torch.optim, PyTorch 1.13) ------------------------------------
+// --- Optimizers (torch.optim, PyTorch 1.13) --------------------------------------------
 
-// lr at `epoch` (from 0), in closed form:
-//   constant: base
-//   step:     base * gamma^(epoch // step_size)                     (StepLR)
-//   cosine:   eta_min + (base - eta_min) (1 + cos(pi epoch / T_max)) / 2  (CosineAnnealingLR)
-static void eval_lr_schedule(const Node *n, Tensor *out, Tensor **in) {
-  double base = in[0]->f[0], lr = base;
-  int64_t epoch = in[1]->i[0];
-  const char *kind = node_str(n, "kind");
-  if (!strcmp(kind, "step"))
-    lr = base * pow(node_float(n, "gamma"), (double)(epoch / node_int(n, "step_size")));
-  else if (!strcmp(kind, "cosine")) {
-    double eta_min = node_float(n, "eta_min");
-    lr = eta_min + (base - eta_min) * (1.0 + cos(M_PI * epoch / node_int(n, "t_max"))) / 2.0;
-  } else if (strcmp(kind, "constant"))
-    unreachable();
-  out->f[0] = (float)lr;
+// A setting that a schedule may move: the optional operand `i` when there
+// (%momentum), else the attribute.
+static double scheduled(const Node *n, Tensor **in, int i, const char *attr) {
+  return n->nin > i ? in[i]->f[0] : node_float(n, attr);
 }
 
 // torch.optim.SGD, with d = g + weight_decay * p:
 //   sgd_buf:    step 1: buf = d; later: buf = momentum * buf + (1 - dampening) * d
 //   sgd_update: p - lr * (momentum == 0 ? d : nesterov ? d + momentum * buf : buf)
 static void eval_sgd_buf(const Node *n, Tensor *out, Tensor **in) {
-  double mom = node_float(n, "momentum"), damp = node_float(n, "dampening"),
+  double mom = scheduled(n, in, 4, "momentum"), damp = node_float(n, "dampening"),
          wd = node_float(n, "weight_decay");
   bool first = in[3]->i[0] <= 1;
   for (int64_t i = 0; i < numel(out); i++) {
@@ -658,11 +647,11 @@ static void eval_sgd_buf(const Node *n, Tensor *out, Tensor **in) {
 }
 
 static void eval_sgd_update(const Node *n, Tensor *out, Tensor **in) {
-  double mom = node_float(n, "momentum"), wd = node_float(n, "weight_decay"), lr = in[2]->f[0];
+  double mom = scheduled(n, in, 4, "momentum"), wd = node_float(n, "weight_decay"), lr = in[2]->f[0];
   bool nesterov = node_int(n, "nesterov");
   for (int64_t i = 0; i < numel(out); i++) {
     double p = in[0]->f[i], d = in[1]->f[i] + wd * p;
-    if (mom != 0.0)
+    if (n->nin >= 4)
       d = nesterov ? d + mom * in[3]->f[i] : in[3]->f[i];
     out->f[i] = (float)(p - lr * d);
   }
@@ -674,7 +663,7 @@ static void eval_sgd_update(const Node *n, Tensor *out, Tensor **in) {
 //   adam_moment2: v = beta2 * v + (1 - beta2) * g'^2
 static void eval_adam_moment(const Node *n, Tensor *out, Tensor **in) {
   bool first = n->op == OP_adam_moment1;
-  double beta = node_float(n, first ? "beta1" : "beta2"), wd = node_float(n, "weight_decay");
+  double beta = first ? scheduled(n, in, 3, "beta1") : node_float(n, "beta2"), wd = node_float(n, "weight_decay");
   for (int64_t i = 0; i < numel(out); i++) {
     double g = in[0]->f[i] + wd * in[2]->f[i];
     out->f[i] = (float)(beta * in[1]->f[i] + (1.0 - beta) * (first ? g : g * g));
@@ -685,7 +674,7 @@ static void eval_adam_moment(const Node *n, Tensor *out, Tensor **in) {
 //   AdamW only: p = p * (1 - lr * weight_decay)
 //   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 static void eval_adam_update(const Node *n, Tensor *out, Tensor **in) {
-  double b1 = node_float(n, "beta1"), b2 = node_float(n, "beta2"), eps = node_float(n, "eps"),
+  double b1 = scheduled(n, in, 5, "beta1"), b2 = node_float(n, "beta2"), eps = node_float(n, "eps"),
          wd = node_float(n, "weight_decay"), lr = in[3]->f[0], t = in[4]->i[0];
   double step_size = lr / (1.0 - pow(b1, t)), bc2_sqrt = sqrt(1.0 - pow(b2, t));
   bool decoupled = node_int(n, "decoupled");
@@ -710,11 +699,11 @@ static void check_source(Graph *g, const Node *n, const Tensor *t) {
 
 Tensor *eval_graph(Graph *g, const Tensor *sources) {
   Tensor *val = xcalloc(g->nnodes ? g->nnodes : 1, sizeof *val);
-  Tensor *in[5]; // no op takes more operands
+  Tensor *in[6]; // no op takes more operands
   for (int i = 0; i < g->nnodes; i++) {
     Node *n = g->node[i];
     ir_assert(n->id == i); // sources and results are indexed by id
-    ir_assert(n->nin <= 5);
+    ir_assert(n->nin <= 6);
     for (int j = 0; j < n->nin; j++) {
       ir_assert(n->in[j]->id < i);
       in[j] = &val[n->in[j]->id];
@@ -777,7 +766,6 @@ Tensor *eval_graph(Graph *g, const Tensor *sources) {
     case OP_l2norm_grad: eval_l2norm_grad(n, out, in); break;
     case OP_batchnorm2d_grad_input:
     case OP_batchnorm2d_grad_gamma: eval_batchnorm2d_grad(n, out, in); break;
-    case OP_lr_schedule: eval_lr_schedule(n, out, in); break;
     case OP_sgd_buf: eval_sgd_buf(n, out, in); break;
     case OP_sgd_update: eval_sgd_update(n, out, in); break;
     case OP_adam_moment1:

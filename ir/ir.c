@@ -267,6 +267,13 @@ Attr attr_int(int64_t v) { return (Attr){.kind = 'i', .i = v}; }
 Attr attr_float(double v) { return (Attr){.kind = 'f', .f = v}; }
 Attr attr_str(const char *s) { return (Attr){.kind = 's', .s = xstrdup(s)}; }
 
+Attr attr_ints(const int64_t *v, int n) {
+  Attr a = {.kind = 'I', .n = n, .ints = xcalloc(n, sizeof(int64_t))};
+  if (n)
+    memcpy(a.ints, v, sizeof *v * n);
+  return a;
+}
+
 Attr attr_floats(const double *v, int n) {
   Attr a = {.kind = 'F', .n = n, .floats = xcalloc(n, sizeof(double))};
   if (n)

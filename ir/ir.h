@@ -155,6 +155,7 @@ const char *graph_str(const Graph *g, const char *name, const char *dflt);
 Attr attr_int(int64_t v);
 Attr attr_float(double v);
 Attr attr_str(const char *s);
+Attr attr_ints(const int64_t *v, int n);
 Attr attr_floats(const double *v, int n);
 
 //
@@ -234,6 +235,11 @@ typedef struct {
 } Model;
 
 Model *load_model(const char *path); // dies with file:line:col on any error
+// Every option the model file format accepts (`layers.conv2d.kernel`,
+// `schedule.cosine`, `data.format=idx`), one per line, sorted; and those the
+// models loaded so far used.
+void print_schema(FILE *out);
+void print_used_options(FILE *out);
 
 //
 // passes/: one file per pass, one entry point each

@@ -218,6 +218,7 @@ static const char *infer(const Node *n, Type *out) {
     return NULL;
   case OP_dropout_mask: {
     CHECK(want_scalar(n, 0, DT_I32, "step"));
+    CHECK(want_scalar(n, 1, DT_I32, "seed"));
     double p = node_float(n, "p");
     if (!(p >= 0.0 && p < 1.0))
       FAIL("dropout probability must be in [0, 1), got %g", p);
@@ -323,33 +324,24 @@ static const char *infer(const Node *n, Type *out) {
     CHECK(want_rank(n, 1, 4, "input"));
     CHECK(want_same(n, 0, 1));
     return channel_rule(n, out);
-  case OP_lr_schedule: {
-    CHECK(want_scalar(n, 0, DT_F32, "base learning rate"));
-    CHECK(want_scalar(n, 1, DT_I32, "epoch"));
-    const char *k = node_str(n, "kind");
-    if (strcmp(k, "constant") && strcmp(k, "step") && strcmp(k, "cosine"))
-      FAIL("unknown schedule '%s'; use constant, step or cosine", k);
-    if (!strcmp(k, "step") && node_int(n, "step_size") < 1)
-      FAIL("step schedule needs step_size >= 1");
-    if (!strcmp(k, "cosine") && node_int(n, "t_max") < 1)
-      FAIL("cosine schedule needs t_max >= 1");
-    *out = scalar(DT_F32);
-    return NULL;
-  }
   case OP_sgd_buf:
     CHECK(want_f32(n, 0, "gradient"));
     CHECK(want_same(n, 0, 1));
     CHECK(want_same(n, 0, 2));
     CHECK(want_scalar(n, 3, DT_I32, "step"));
+    if (n->nin == 5)
+      CHECK(want_scalar(n, 4, DT_F32, "momentum"));
     *out = *T(n, 0);
     return NULL;
   case OP_sgd_update:
     CHECK(want_f32(n, 0, "parameter"));
     CHECK(want_same(n, 0, 1));
     CHECK(want_scalar(n, 2, DT_F32, "learning rate"));
-    if (n->nin == 4)
+    if (n->nin >= 4)
       CHECK(want_same(n, 0, 3));
-    if (node_float(n, "momentum") != 0.0 && n->nin != 4)
+    if (n->nin == 5)
+      CHECK(want_scalar(n, 4, DT_F32, "momentum"));
+    if (node_float(n, "momentum") != 0.0 && n->nin < 4)
       FAIL("sgd_update with momentum needs the momentum buffer operand");
     *out = *T(n, 0);
     return NULL;
@@ -358,6 +350,8 @@ static const char *infer(const Node *n, Type *out) {
     CHECK(want_f32(n, 0, "gradient"));
     CHECK(want_same(n, 0, 1));
     CHECK(want_same(n, 0, 2));
+    if (n->nin == 4)
+      CHECK(want_scalar(n, 3, DT_F32, "beta1"));
     *out = *T(n, 0);
     return NULL;
   case OP_adam_update:
@@ -366,6 +360,8 @@ static const char *infer(const Node *n, Type *out) {
     CHECK(want_same(n, 0, 2));
     CHECK(want_scalar(n, 3, DT_F32, "learning rate"));
     CHECK(want_scalar(n, 4, DT_I32, "step"));
+    if (n->nin == 6)
+      CHECK(want_scalar(n, 5, DT_F32, "beta1"));
     *out = *T(n, 0);
     return NULL;
   case OP_assign:

@@ -140,12 +140,12 @@ static void backprop(AD *ad, Node *n, Node *dy) {
 }
 
 // Ops through which no gradient flows, as in PyTorch: the running
-// statistics and their updates (computed under no_grad), dropout's mask, the
-// learning rate. Every other op on the way from a param to the loss needs a
+// statistics and their updates (computed under no_grad), dropout's mask.
+// Every other op on the way from a param to the loss needs a
 // rule above, or autodiff stops with an error rather than drop a gradient.
 static bool blocks_gradient(OpKind op) {
   return op == OP_channel_mean || op == OP_channel_var || op == OP_ema || op == OP_assign ||
-         op == OP_dropout_mask || op == OP_lr_schedule;
+         op == OP_dropout_mask;
 }
 
 void pass_autodiff(Graph *g) {

@@ -1,8 +1,11 @@
 // optimizer: appends the parameter updates of the training step as graph
-// ops, with PyTorch's formulas (torch.optim.SGD, Adam, AdamW) and the
-// learning-rate schedule, reading the settings from the graph attributes.
-// Optimizer state lives in `state` nodes named like PyTorch's optimizer
-// state_dict entries (momentum_buffer, exp_avg, exp_avg_sq).
+// ops, with PyTorch's formulas (torch.optim.SGD, Adam, AdamW), reading the
+// settings from the graph attributes. The learning rate is an input, %lr:
+// the runtime evaluates the schedule (graph attribute `schedule`) each step,
+// as PyTorch's schedulers run on the host; a one-cycle schedule that cycles
+// momentum feeds %momentum too (SGD's momentum, Adam's beta1). Optimizer
+// state lives in `state` nodes named like PyTorch's optimizer state_dict
+// entries (momentum_buffer, exp_avg, exp_avg_sq).
 #include "ir.h"
 
 #include <string.h>
@@ -45,20 +48,11 @@ void pass_optimizer(Graph *g) {
   double wd = graph_float(g, "weight_decay", 0.0);
 
   Node *step = scalar_input(g, "step", DT_I32);
-  Node *epoch = scalar_input(g, "epoch", DT_I32);
-  Node *base_lr = scalar_input(g, "base_lr", DT_F32);
-  Node *clash = graph_find(g, "lr");
-  if (clash)
-    error_at(clash->loc, "rename it; the optimizer names the learning rate %lr",
-             "optimizer: the graph already has a node %%lr");
-  Node *lr = node_build(g, OP_lr_schedule, (Loc){0}, 2, base_lr, epoch);
-  lr->name = xstrdup("lr");
-  node_set_str(lr, "kind", graph_str(g, "schedule", "constant"));
-  node_set_int(lr, "step_size", graph_int(g, "step_size", 0));
-  node_set_float(lr, "gamma", graph_float(g, "gamma", 0.1));
-  node_set_int(lr, "t_max", graph_int(g, "t_max", 0));
-  node_set_float(lr, "eta_min", graph_float(g, "eta_min", 0.0));
-  node_infer(lr);
+  Node *lr = scalar_input(g, "lr", DT_F32);
+  // OneCycleLR(cycle_momentum=True) moves SGD's momentum or Adam's beta1.
+  bool cycled = !strcmp(graph_str(g, "schedule", "constant"), "one_cycle") &&
+                graph_int(g, "cycle_momentum", 1);
+  Node *momentum_in = cycled ? scalar_input(g, "momentum", DT_F32) : NULL;
 
   int nparams = g->nnodes;
   for (int i = 0; i < nparams; i++) {
@@ -72,17 +66,19 @@ void pass_optimizer(Graph *g) {
     if (sgd) {
       double momentum = graph_float(g, "momentum", 0.0);
       Node *buf_new = NULL;
-      if (momentum != 0.0) {
+      if (momentum != 0.0 || cycled) {
         Node *buf = state_like(g, p, "momentum_buffer");
-        buf_new = node_build(g, OP_sgd_buf, p->loc, 4, grad, buf, p, step);
+        buf_new = cycled ? node_build(g, OP_sgd_buf, p->loc, 5, grad, buf, p, step, momentum_in)
+                         : node_build(g, OP_sgd_buf, p->loc, 4, grad, buf, p, step);
         node_set_float(buf_new, "momentum", momentum);
         node_set_float(buf_new, "dampening", graph_float(g, "dampening", 0.0));
         node_set_float(buf_new, "weight_decay", wd);
         node_infer(buf_new);
         assign(g, buf, buf_new);
       }
-      next = buf_new ? node_build(g, OP_sgd_update, p->loc, 4, p, grad, lr, buf_new)
-                     : node_build(g, OP_sgd_update, p->loc, 3, p, grad, lr);
+      next = cycled    ? node_build(g, OP_sgd_update, p->loc, 5, p, grad, lr, buf_new, momentum_in)
+             : buf_new ? node_build(g, OP_sgd_update, p->loc, 4, p, grad, lr, buf_new)
+                       : node_build(g, OP_sgd_update, p->loc, 3, p, grad, lr);
       node_set_float(next, "momentum", momentum);
       node_set_float(next, "weight_decay", wd);
       node_set_int(next, "nesterov", graph_int(g, "nesterov", 0));
@@ -91,7 +87,8 @@ void pass_optimizer(Graph *g) {
       double moment_wd = adamw ? 0.0 : wd;
       double beta1 = graph_float(g, "beta1", 0.9), beta2 = graph_float(g, "beta2", 0.999);
       Node *m = state_like(g, p, "exp_avg"), *v = state_like(g, p, "exp_avg_sq");
-      Node *m_new = node_build(g, OP_adam_moment1, p->loc, 3, grad, m, p);
+      Node *m_new = cycled ? node_build(g, OP_adam_moment1, p->loc, 4, grad, m, p, momentum_in)
+                           : node_build(g, OP_adam_moment1, p->loc, 3, grad, m, p);
       node_set_float(m_new, "beta1", beta1);
       node_set_float(m_new, "weight_decay", moment_wd);
       node_infer(m_new);
@@ -101,7 +98,8 @@ void pass_optimizer(Graph *g) {
       node_infer(v_new);
       assign(g, m, m_new);
       assign(g, v, v_new);
-      next = node_build(g, OP_adam_update, p->loc, 5, p, m_new, v_new, lr, step);
+      next = cycled ? node_build(g, OP_adam_update, p->loc, 6, p, m_new, v_new, lr, step, momentum_in)
+                    : node_build(g, OP_adam_update, p->loc, 5, p, m_new, v_new, lr, step);
       node_set_float(next, "beta1", beta1);
       node_set_float(next, "beta2", beta2);
       node_set_float(next, "eps", graph_float(g, "eps", 1e-8));

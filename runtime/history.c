@@ -16,12 +16,12 @@ static void write_csv(const char *path, const EpochRecord *r, int n) {
     xc_warn("check that the directory is writable", "cannot write %s: %s", path, strerror(errno));
     return;
   }
-  fprintf(f, "epoch,step,train_loss,val_accuracy,seconds,images_per_s\n");
+  fprintf(f, "epoch,step,train_loss,val_accuracy,seconds,images_per_s,lr\n");
   for (int i = 0; i < n; i++) {
     fprintf(f, "%d,%lld,%.9g,", r[i].epoch, (long long)r[i].step, r[i].train_loss);
     if (!isnan(r[i].val_acc))
       fprintf(f, "%.6f", r[i].val_acc);
-    fprintf(f, ",%.3f,%.1f\n", r[i].seconds, r[i].images_per_s);
+    fprintf(f, ",%.3f,%.1f,%.9g\n", r[i].seconds, r[i].images_per_s, r[i].lr);
   }
   if (fclose(f) != 0 || rename(tmp, path) != 0)
     xc_warn(NULL, "cannot write %s: %s", path, strerror(errno));

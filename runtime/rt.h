@@ -51,6 +51,22 @@ uint32_t xc_rng_below(XcRng *r, uint32_t n); // [0, n), unbiased
 void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
 
 //
+// schedule.c: the learning rate (and cycled momentum) of each step
+//
+
+typedef struct {
+  double lr;
+  double momentum; // one-cycle with cycle_momentum only
+} XcHyper;
+
+// The schedule's value at scheduler step t (see xc_schedule_t). total: the
+// run's length in the schedule's units, for a one-cycle schedule without
+// total_steps.
+XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t total);
+// t of optimizer step `step` (from 1) in epoch `epoch` (from 0).
+int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch);
+
+//
 // parallel.c: OpenMP thread count
 //
 
@@ -319,6 +335,7 @@ typedef struct {
   double val_acc;    // NAN when there was no evaluation
   double seconds;    // since training started
   double images_per_s;
+  double lr;         // the learning rate of the epoch's last step
 } EpochRecord;
 
 void xc_write_history(const char *csv_path, const char *svg_path, const char *model,

@@ -12,12 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-// Optional symbols of the generated object: a forward function for the
-// per-epoch evaluation, and the learning rate the compiled schedule uses at
-// a step (for the --log lr column). Without them the runtime skips the
-// evaluation and logs the base learning rate.
+// Optional in the generated object: a forward function for the per-epoch
+// evaluation. Without it the runtime skips the evaluation.
 #pragma weak xc_forward
-float xc_lr(int32_t step, int32_t epoch, float base_lr) __attribute__((weak));
 
 static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
@@ -168,7 +165,7 @@ int xc_train_main(int argc, char **argv) {
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
   bool drop_last = m->drop_last, cache = false;
   bool eval_each_epoch = true;
-  float lr = m->lr;
+  double lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
   for (; a.i < argc; a.i++) {
     if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
@@ -192,7 +189,7 @@ int xc_train_main(int argc, char **argv) {
                          b),
                "--batch-size %d: this executable was compiled for batch size %d", b, m->batch_size);
     } else if (arg_opt(&a, "--lr")) {
-      lr = (float)arg_double(&a, 0, 1e6);
+      lr = arg_double(&a, 0, 1e6);
     } else if (arg_opt(&a, "--seed")) {
       seed = arg_int(&a, 0, 2147483647);
     } else if (arg_flag(&a, "--no-shuffle")) {
@@ -294,6 +291,18 @@ int xc_train_main(int argc, char **argv) {
   Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed,
                                 first_epoch, end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
+  // The schedule's length: one-cycle anneals over the whole run unless the
+  // YAML gives total_steps, which the run must not exceed (PyTorch raises).
+  const XcSchedule *sched = &m->schedule;
+  int64_t run_steps = steps ? steps : (int64_t)end_epoch * per_epoch;
+  int64_t run_total = sched->per_step ? run_steps : epochs > 0 ? end_epoch
+                                                               : (run_steps + per_epoch - 1) / per_epoch;
+  if (sched->kind == XC_SCHED_ONE_CYCLE && sched->total_steps && run_total > sched->total_steps)
+    xc_die(xc_format("train for at most %lld %s, or raise total_steps in the YAML's schedule",
+                     (long long)sched->total_steps, sched->per_step ? "steps" : "epochs"),
+           "this run takes %lld %s but the one_cycle schedule has total_steps %lld",
+           (long long)run_total, sched->per_step ? "steps" : "epochs",
+           (long long)sched->total_steps);
   // A run stopped mid-epoch resumes there: the skipped batches are made
   // (and dropped) so shuffling and augmentation continue exactly.
   Batch b;
@@ -333,16 +342,18 @@ int xc_train_main(int argc, char **argv) {
   bool warned_nan = false, stopped = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   catch_interrupts();
+  float step_lr = (float)lr;
   while (loader_next(loader, &b)) {
-    float loss = xc_train_step(params, state, b.images, b.labels, (int32_t)(step + 1),
-                               (int32_t)b.epoch, lr, workspace);
+    XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
+    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum};
+    float loss = xc_train_step(params, state, b.images, b.labels, &args, workspace);
     loader_release(loader);
     step++;
+    step_lr = args.lr;
     images += b.rows;
     epoch_images += b.rows;
     if (log)
-      fprintf(log, "%lld,%d,%.9g,%.9g\n", (long long)step, b.epoch + 1, loss,
-              xc_lr ? xc_lr((int32_t)step, (int32_t)b.epoch, lr) : lr);
+      fprintf(log, "%lld,%d,%.9g,%.9g\n", (long long)step, b.epoch + 1, loss, args.lr);
     if (!isfinite(loss) && !warned_nan) {
       progress_clear(&progress);
       xc_warn("lower the learning rate (--lr) or check the data's normalisation",
@@ -398,11 +409,11 @@ int xc_train_main(int argc, char **argv) {
       hist = xc_realloc(hist, sizeof(EpochRecord) * (nhist + 1));
       hist[nhist++] = (EpochRecord){
           b.epoch + 1, step,      epoch_loss / epoch_steps,
-          acc,         now2 - t0, epoch_images / (now2 - t_epoch + 1e-9)};
+          acc,         now2 - t0, epoch_images / (now2 - t_epoch + 1e-9), step_lr};
       xc_write_history(csv_path, svg_path, m->name, hist, nhist);
       if (!quiet) {
         progress_clear(&progress);
-        printf("epoch %d: mean loss %.4f", b.epoch + 1, epoch_loss / epoch_steps);
+        printf("epoch %d: mean loss %.4f, lr %.4g", b.epoch + 1, epoch_loss / epoch_steps, step_lr);
         if (!isnan(acc))
           printf(", %s accuracy %.2f%% (%lld images)", xc_use_val_split(m) ? "validation" : "test",
                  100 * acc, (long long)val->n);

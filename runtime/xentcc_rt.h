@@ -29,6 +29,49 @@ typedef struct {
 
 typedef enum { XC_LABEL_INDEX, XC_LABEL_FLOAT } XcLabelKind;
 
+// The learning-rate schedule, evaluated by the runtime once per step
+// (schedule.c) as PyTorch's schedulers run on the host; the step function
+// takes the result as XcStepArgs.lr. Closed forms of torch.optim.lr_scheduler.
+typedef enum {
+  XC_SCHED_CONSTANT,    // base
+  XC_SCHED_STEP,        // StepLR(step_size, gamma)
+  XC_SCHED_MULTISTEP,   // MultiStepLR(milestones, gamma)
+  XC_SCHED_EXPONENTIAL, // ExponentialLR(gamma)
+  XC_SCHED_COSINE,      // CosineAnnealingLR(t_max, eta_min)
+  XC_SCHED_LINEAR,      // LinearLR(start_factor, end_factor, total_iters)
+  XC_SCHED_ONE_CYCLE,   // OneCycleLR(max_lr, total_steps, ...), momentum cycled too
+} XcScheduleKind;
+
+typedef struct {
+  int32_t kind;               // XcScheduleKind
+  int32_t per_step;           // 1: advances every optimizer step; 0: every epoch
+  double gamma;               // step, multistep, exponential
+  int64_t step_size;          // step
+  const int64_t *milestones;  // multistep, ascending (repeats multiply again)
+  int64_t nmilestones;
+  int64_t t_max;              // cosine
+  double eta_min;             // cosine
+  double start_factor, end_factor; // linear
+  int64_t total_iters;             // linear
+  int64_t total_steps;        // one-cycle (its max_lr is XcModel.lr): 0 means the whole run
+  double pct_start, div_factor, final_div_factor;
+  int32_t anneal_linear;      // one-cycle: 0 cosine annealing, 1 linear
+  int32_t three_phase;
+  int32_t cycle_momentum;     // one-cycle: momentum (SGD) or beta1 (Adam) moves too
+  int32_t unused;             // 0
+  double base_momentum, max_momentum;
+  int64_t warmup_iters;       // a LinearLR warm-up first (SequentialLR); 0: none
+  double warmup_factor;       // its start_factor
+} XcSchedule;
+
+// What the training loop hands each step besides the batch.
+typedef struct {
+  int32_t step;     // optimizer steps so far, this one included (from 1)
+  uint32_t seed;    // the run's --seed: dropout masks hash (seed, layer, step, element)
+  float lr;         // this step's learning rate, the schedule's value
+  float momentum;   // SGD momentum or Adam's beta1 when the schedule cycles it
+} XcStepArgs;
+
 // Padding rows of a partial last batch: the generated losses leave rows
 // labelled XC_PAD_LABEL (PyTorch's ignore_index, -100) or with a negative
 // target out of the loss, its mean and its gradient.
@@ -54,7 +97,8 @@ typedef struct {
 
   // Defaults from the YAML; the command line overrides them.
   int epochs, seed, shuffle, drop_last, log_every;
-  float lr;
+  double lr;                // the optimizer's lr (one-cycle: max_lr)
+  XcSchedule schedule;
   const char *data_format;  // cifar10 | idx | folder | imagefolder
   const char *train_path;   // absolute, or "" when the YAML names none
   const char *test_path;
@@ -67,21 +111,17 @@ typedef struct {
 extern const XcModel xc_model;
 
 // One optimizer step on a batch. images: [B,C,H,W] normalised; labels: B
-// int32 class indices or B floats. step counts optimizer steps from 1;
-// epoch from 0. Updates params and state in place; returns the batch's
-// forward loss. workspace has xc_model.workspace_bytes bytes, 64-aligned.
+// int32 class indices or B floats. Updates params and state in place;
+// returns the batch's forward loss. workspace has xc_model.workspace_bytes
+// bytes, 64-aligned.
 float xc_train_step(float *params, float *state, const float *images, const void *labels,
-                    int32_t step, int32_t epoch, float base_lr, void *workspace);
+                    const XcStepArgs *args, void *workspace);
 
 // Forward only (eval mode): logits [B, outputs]. Defined in the evaluation
 // object, and in the training object too, for the per-epoch evaluation (so
 // the training object's workspace_bytes covers both).
 void xc_forward(const float *params, const float *state, const float *images, float *logits,
                 void *workspace);
-
-// Optional, in the training object: the learning rate the compiled schedule
-// uses for a step, so logs show it. Without it logs show base_lr.
-float xc_lr(int32_t step, int32_t epoch, float base_lr);
 
 // The runtime's main programs; the generated object's main() calls one.
 int xc_train_main(int argc, char **argv);

@@ -10,7 +10,7 @@ the evaluator against, to 1e-5 relative:
                stride and padding, pools with padding, linear, activations,
                CrossEntropyLoss with weight and label_smoothing,
                BCEWithLogitsLoss with pos_weight, batch norm, the L2 norm) and
-               optimizer steps (SGD, Adam, AdamW) and schedules
+               optimizer steps (SGD, Adam, AdamW)
   MODEL/...    nets built from YAML model files -- the seed nets
                models/cifar10.yaml (CE + SGD momentum 0.9) and
                models/catdog.yaml (BCE-with-logits + Adam), and the option-heavy
@@ -21,8 +21,8 @@ the evaluator against, to 1e-5 relative:
                state_dict after the step. Step s runs in epoch s - 1, so the
                schedule moves every step.
 
-Dropout cannot use PyTorch's RNG: xentcc's mask is a hash of (layer index,
-step, element), ir/dropout_hash.h, reproduced here bit for bit.
+Dropout cannot use PyTorch's RNG: xentcc's mask is a hash of (seed, layer
+index, step, element), ir/dropout_hash.h, reproduced here bit for bit (seed 0).
 
 File format (little-endian): the magic b"XCREF\\0\\0\\0", u32 version (1), u32
 tensor count, then per tensor: u32 name length, the name (UTF-8), u32 dtype
@@ -195,19 +195,6 @@ def optimizer_cases(w, steps):
             opt.step()
             w.add("opt/%s/step%d" % (name, s + 1), p)
 
-    # Schedules: the learning rate of each epoch 0..11 with base lr 0.1.
-    for name, make in [("step", lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5)),
-                       ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(
-                           o, T_max=8, eta_min=0.001))]:
-        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        sched = make(opt)
-        lrs = []
-        for _ in range(12):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        w.add("sched/%s" % name, torch.tensor(lrs))
-
 
 # --- The seed nets, built from their YAML files ---------------------------------------------
 
@@ -240,9 +227,9 @@ def fmix32(h):
     return h
 
 
-def dropout_mask(salt, step, p, shape):
+def dropout_mask(salt, step, p, shape, seed=0):
     """ir/dropout_hash.h: keep element i iff its 24 hash bits >= p * 2^24."""
-    key = fmix32(((salt * 0x9E3779B1) & M32) ^ fmix32(step))
+    key = fmix32(((salt * 0x9E3779B1) & M32) ^ fmix32(step ^ fmix32(seed)))
     threshold = int(p * 16777216.0)
     n = math.prod(shape)
     keep = [fmix32((key + i * 0x9E3779B1) & M32) >> 8 >= threshold for i in range(n)]

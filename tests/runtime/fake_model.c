@@ -1,9 +1,10 @@
 // A hand-written stand-in for the code xentcc generates, for the runtime's
 // tests only: a linear classifier on 3x8x8 images (fc.weight [K, 192],
 // fc.bias [K]) trained with SGD momentum 0.9 and CrossEntropyLoss, or with
-// FAKE_BINARY one logit and BCEWithLogitsLoss with a 1/(1+epoch) schedule
-// exported as xc_lr. It implements xentcc_rt.h exactly as generated code
-// must, so the real mains run on it unchanged.
+// FAKE_BINARY one logit and BCEWithLogitsLoss with a StepLR(1, 0.5)
+// schedule. It implements xentcc_rt.h exactly as generated code must, so the
+// real mains run on it unchanged. It tests the runtime's plumbing only:
+// generated code is tested by compiling real models.
 #include "xentcc_rt.h"
 
 #include <math.h>
@@ -19,12 +20,14 @@ static const char *const names[] = {"cat", "dog"};
 #define NCLASSES 2
 #define LABELS XC_LABEL_FLOAT
 #define VAL_SPLIT 0.25f
+#define SCHEDULE {.kind = XC_SCHED_STEP, .gamma = 0.5, .step_size = 1}
 #else
 enum { K = 3 };
 static const char *const names[] = {"red", "green", "blue"};
 #define NCLASSES 3
 #define LABELS XC_LABEL_INDEX
 #define VAL_SPLIT 0.0f
+#define SCHEDULE {.kind = XC_SCHED_CONSTANT}
 #endif
 
 static const XcTensorInfo params[] = {
@@ -58,7 +61,8 @@ const XcModel xc_model = {
     .shuffle = 1,
     .drop_last = 1,
     .log_every = 2,
-    .lr = 0.05f,
+    .lr = 0.05,
+    .schedule = SCHEDULE,
     .data_format = "folder",
     .train_path = "",
     .test_path = "",
@@ -89,12 +93,9 @@ void xc_forward(const float *p, const float *state, const float *images, float *
   xc_parallel_for(B, forward_rows, &c);
 }
 
-#ifdef FAKE_BINARY
-float xc_lr(int32_t step, int32_t epoch, float base_lr) { return base_lr / (1 + epoch); }
-#endif
-
-float xc_train_step(float *p, float *state, const float *images, const void *labels, int32_t step,
-                    int32_t epoch, float base_lr, void *workspace) {
+float xc_train_step(float *p, float *state, const float *images, const void *labels,
+                    const XcStepArgs *args, void *workspace) {
+  int32_t step = args->step;
   // FAKE_INTERRUPT_AT=N: a Ctrl-C arrives during step N (tests of saving on
   // interrupt without timing).
   const char *at = getenv("FAKE_INTERRUPT_AT");
@@ -128,11 +129,7 @@ float xc_train_step(float *p, float *state, const float *images, const void *lab
       grad[K * D + k] += dlogit[k];
     }
   }
-#ifdef FAKE_BINARY
-  float lr = base_lr / (1 + epoch);
-#else
-  float lr = base_lr;
-#endif
+  float lr = args->lr;
   // torch.optim.SGD(momentum=0.9): buf = 0.9 * buf + g (buf = g at step 1).
   for (int i = 0; i < K * D + K; i++) {
     state[i] = step == 1 ? grad[i] : 0.9f * state[i] + grad[i];

@@ -259,11 +259,14 @@ START_TEST(binary_model) {
   ASSERT_HAS(r.err, "dog.broken.jpg");
   ASSERT_HAS(r.err, "skipped 1 unreadable file");
   ASSERT_HAS(r.out, "validation accuracy");
-  // The lr column shows the compiled schedule's value (xc_lr): 0.05 / (1 + epoch).
+  // The lr column shows what the step was given: StepLR(1, 0.5) from 0.05.
   char *log = slurp(xc_join(dir, "log.csv"));
   ASSERT_HAS(log, "\n1,1,");
   ASSERT_HAS(log, ",0.0250000004\n");
-  ASSERT_HAS(log, ",0.0166666675\n");
+  ASSERT_HAS(log, ",0.0125000002\n");
+  char *hist = slurp(xc_join(dir, "fake-bin.history.csv"));
+  ASSERT_HAS(hist, ",lr\n");
+  ASSERT_HAS(hist, ",0.0125000002\n");
   r = run(dir, "fake-bin-eval", "--weights fake-bin.safetensors --data train --json");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "\"samples\": 5");

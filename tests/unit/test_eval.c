@@ -694,46 +694,20 @@ START_TEST(torch_adamw) {
 }
 END_TEST
 
-// optimizer SGD(lr=0.1); lr read from param_groups before each of 8 epochs with
-//   StepLR(step_size=3, gamma=0.5) and CosineAnnealingLR(T_max=5, eta_min=0.001).
-START_TEST(torch_lr_schedule) {
-  static const double step_lr[8] = {0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025};
-  static const double cosine_lr[8] = {0.1, 0.0905463412215599, 0.06579634122155989,
-                                      0.035203658778440096, 0.010453658778440105, 0.001,
-                                      0.010453658778440102, 0.03520365877844012};
-  for (int kind = 0; kind < 3; kind++) {
-    Net *t = net_new();
-    Node *base = SCALAR(t, "base_lr"), *epoch = input(t, "epoch", DT_I32, 0, NULL);
-    Node *lr = OPN(t, lr_schedule, base, epoch);
-    node_set_str(lr, "kind", (const char *[]){"constant", "step", "cosine"}[kind]);
-    node_set_int(lr, "step_size", 3);
-    node_set_float(lr, "gamma", 0.5);
-    node_set_int(lr, "t_max", 5);
-    node_set_float(lr, "eta_min", 0.001);
-    done(lr);
-    val(t, base)[0] = 0.1f;
-    for (int e = 0; e < 8; e++) {
-      t->src[epoch->id].i[0] = e;
-      double want = kind == 0 ? 0.1 : kind == 1 ? step_lr[e] : cosine_lr[e];
-      assert_values(t, lr, &want, 1e-6, xformat("%s lr at epoch %d", node_str(lr, "kind"), e));
-    }
-  }
-}
-END_TEST
-
 //
-// Dropout masks: 0 or 1/(1-p), a pure function of (salt, step, index)
+// Dropout masks: 0 or 1/(1-p), a pure function of (seed, salt, step, index)
 //
 
-static Tensor *mask_values(double p, int salt, int step, Node **mask_out) {
+static Tensor *mask_values(double p, int seed, int salt, int step, Node **mask_out) {
   Net *t = net_new();
-  Node *s = input(t, "step", DT_I32, 0, NULL);
-  Node *m = OPN(t, dropout_mask, s);
+  Node *s = input(t, "step", DT_I32, 0, NULL), *sd = input(t, "seed", DT_I32, 0, NULL);
+  Node *m = OPN(t, dropout_mask, s, sd);
   m->type = type_make(DT_F32, 2, (int64_t[]){100, 100});
   node_set_float(m, "p", p);
   node_set_int(m, "salt", salt);
   done(m);
   t->src[s->id].i[0] = step;
+  t->src[sd->id].i[0] = seed;
   *mask_out = m;
   return eval_graph(t->g, t->src);
 }
@@ -742,30 +716,33 @@ START_TEST(dropout_mask_values) {
   Node *m;
   double p = 0.3;
   float scale = (float)(1.0 / (1.0 - p));
-  Tensor *a = mask_values(p, 7, 1, &m), *b = mask_values(p, 7, 1, &m);
-  Tensor *other_step = mask_values(p, 7, 2, &m), *other_salt = mask_values(p, 8, 1, &m);
+  Tensor *a = mask_values(p, 0, 7, 1, &m), *b = mask_values(p, 0, 7, 1, &m);
+  Tensor *other_step = mask_values(p, 0, 7, 2, &m), *other_salt = mask_values(p, 0, 8, 1, &m);
+  Tensor *other_seed = mask_values(p, 1, 7, 1, &m);
   const float *x = a[m->id].f;
-  int kept = 0, same_step = 0, same_salt = 0;
+  int kept = 0, same_step = 0, same_salt = 0, same_seed = 0;
   uint32_t threshold = dropout_threshold(p);
   for (int i = 0; i < 10000; i++) {
     ck_assert(x[i] == 0.0f || x[i] == scale);
     ck_assert(x[i] == b[m->id].f[i]); // deterministic
-    ck_assert(x[i] == (dropout_keep(7, 1, i, threshold) ? scale : 0.0f)); // the shared hash
+    ck_assert(x[i] == (dropout_keep(0, 7, 1, i, threshold) ? scale : 0.0f)); // the shared hash
     kept += x[i] != 0;
     same_step += x[i] == other_step[m->id].f[i];
     same_salt += x[i] == other_salt[m->id].f[i];
+    same_seed += x[i] == other_seed[m->id].f[i];
   }
   // 10000 draws: the kept fraction is 0.7 +- 0.0046 (1 sigma).
   ck_assert_msg(abs(kept - 7000) < 250, "kept %d of 10000 at p = 0.3", kept);
   // Independent masks agree on 0.7^2 + 0.3^2 = 58% of elements.
   ck_assert_msg(abs(same_step - 5800) < 300, "step 2 agrees with step 1 on %d", same_step);
   ck_assert_msg(abs(same_salt - 5800) < 300, "salt 8 agrees with salt 7 on %d", same_salt);
+  ck_assert_msg(abs(same_seed - 5800) < 300, "seed 1 agrees with seed 0 on %d", same_seed);
 }
 END_TEST
 
 START_TEST(dropout_p_zero_keeps_all) {
   Node *m;
-  Tensor *v = mask_values(0.0, 3, 5, &m);
+  Tensor *v = mask_values(0.0, 9, 3, 5, &m);
   for (int i = 0; i < 10000; i++)
     ck_assert(v[m->id].f[i] == 1.0f);
 }
@@ -860,7 +837,6 @@ static Suite *eval_suite(void) {
   tcase_add_test(torch, torch_sgd_nesterov);
   tcase_add_test(torch, torch_adam);
   tcase_add_test(torch, torch_adamw);
-  tcase_add_test(torch, torch_lr_schedule);
   suite_add_tcase(s, torch);
   TCase *misc = tcase_create("other_ops");
   tcase_add_test(misc, dropout_mask_values);

@@ -228,11 +228,12 @@ START_TEST(optimizer_sgd_momentum_state) {
   ck_assert_int_eq(count_op(g, OP_sgd_buf), 4);
   ck_assert_int_eq(count_op(g, OP_sgd_update), 4);
   ck_assert_int_eq(count_op(g, OP_assign), 8);
-  ck_assert_int_eq(count_op(g, OP_lr_schedule), 1);
   Node *buf = graph_find(g, "fc1.weight.momentum_buffer");
   ck_assert(buf && buf->op == OP_state);
   ck_assert(type_eq(&buf->type, &graph_find(g, "fc1.weight")->type));
-  ck_assert(graph_find(g, "step") && graph_find(g, "epoch") && graph_find(g, "base_lr"));
+  Node *lr = graph_find(g, "lr");
+  ck_assert(graph_find(g, "step") && lr && lr->op == OP_input && lr->type.dtype == DT_F32);
+  ck_assert(!graph_find(g, "momentum")); // fed only when a schedule cycles it
   ck_assert_str_eq(g->ret[0]->name, "loss");
 }
 END_TEST
@@ -361,7 +362,8 @@ START_TEST(eval_mode_structure) {
   Node *flat = node_build(g, OP_reshape, no_loc, 1, bn);
   flat->type = type_make(DT_F32, DIMS(2, 48));
   node_infer(flat);
-  Node *mask = node_build(g, OP_dropout_mask, no_loc, 1, step);
+  Node *seed = source(g, OP_input, "seed", DT_I32, 0, NULL);
+  Node *mask = node_build(g, OP_dropout_mask, no_loc, 2, step, seed);
   mask->type = flat->type;
   node_set_float(mask, "p", 0.5);
   node_set_int(mask, "salt", 1);
@@ -413,10 +415,12 @@ static Tensor *model_sources(Graph *g) {
         s[i].f[k] = v > 0;
       else if (!strcmp(n->name, "step"))
         s[i].i[k] = 3;
-      else if (!strcmp(n->name, "epoch"))
-        s[i].i[k] = 2;
-      else if (!strcmp(n->name, "base_lr"))
+      else if (!strcmp(n->name, "seed"))
+        s[i].i[k] = 5;
+      else if (!strcmp(n->name, "lr"))
         s[i].f[k] = 0.01f;
+      else if (!strcmp(n->name, "momentum"))
+        s[i].f[k] = 0.9f;
       else if (n->op == OP_param && node_int(n, "fan_in") > 0) // PyTorch's init scale
         s[i].f[k] = v / sqrtf((float)node_int(n, "fan_in"));
       else if (strstr(n->name, "running_var") || strstr(n->name, "exp_avg_sq"))
