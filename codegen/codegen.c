@@ -416,7 +416,7 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
-                      f4,     f4,     c->i32, c->i32};
+                      f4,     f4,     c->i32, c->i32, c->i32, c->i32};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -451,7 +451,7 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
       cstring(c, absolute(m->data.train)), cstring(c, absolute(m->data.test)),
       LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),
       LLVMConstArray(c->f32, std, 4), CI32(c, m->data.random_crop_padding),
-      CI32(c, m->data.random_flip)};
+      CI32(c, m->data.random_flip), CI32(c, m->data.convert), CI32(c, m->data.resize)};
   LLVMValueRef g = LLVMAddGlobal(c->mod, mt, "xc_model");
   LLVMSetInitializer(g, LLVMConstNamedStruct(mt, v, nmf));
   LLVMSetGlobalConstant(g, true);

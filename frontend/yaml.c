@@ -22,7 +22,8 @@
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
 //     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
-//          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip}}
+//          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip},
+//          convert: rgb|grey, resize: false}   (CIFAR/IDX data of another shape)
 #include "ir.h"
 
 #include <ctype.h>
@@ -1285,8 +1286,9 @@ static const char *const top_keys[] = {"model",     "input",    "classes", "laye
 static const char *const input_keys[] = {"channels", "height", "width", NULL};
 static const char *const train_keys[] = {"epochs",    "batch_size", "shuffle", "seed",
                                          "drop_last", "log_every",  NULL};
-static const char *const data_keys[] = {"format",    "train",   "test", "val_split",
-                                        "normalize", "augment", NULL};
+static const char *const data_keys[] = {"format",    "train",   "test",   "val_split",
+                                        "normalize", "augment", "convert", "resize", NULL};
+static const char *const conversions[] = {"rgb", "grey", NULL};
 static const char *const formats[] = {"cifar10", "idx", "folder", "imagefolder", NULL};
 static const char *const normalize_keys[] = {"mean", "std", NULL};
 static const char *const augment_keys[] = {"random_crop", "random_horizontal_flip", NULL};
@@ -1294,6 +1296,7 @@ static const char *const crop_keys[] = {"padding", NULL};
 static const Section top_sec = {"", top_keys, false}, input_sec = {"input", input_keys, false},
                      train_sec = {"train", train_keys, false}, data_sec = {"data", data_keys, false},
                      format_sec = {"data.format", formats, true},
+                     convert_sec = {"data.convert", conversions, true},
                      normalize_sec = {"data.normalize", normalize_keys, false},
                      augment_sec = {"data.augment", augment_keys, false},
                      crop_sec = {"data.augment.random_crop", crop_keys, false};
@@ -1365,10 +1368,6 @@ static void read_data(Model *m, YNode *root) {
   if (!known)
     error_at(loc_of(fv), suggest(d->format, formats), "data: unknown format '%s'", d->format);
   note_used(option_name(&format_sec, d->format));
-  if (!strcmp(d->format, "cifar10") && (m->channels != 3 || m->height != 32 || m->width != 32))
-    error_at(loc_of(fv), "set input: {channels: 3, height: 32, width: 32}",
-             "data: CIFAR-10 images are 3x32x32 but the input is %dx%dx%d", m->channels, m->height,
-             m->width);
   if ((!strcmp(d->format, "folder") || !strcmp(d->format, "imagefolder")) && m->channels != 1 &&
       m->channels != 3)
     error_at(loc_of(fv), "use channels: 3 for RGB photos or 1 for grayscale",
@@ -1379,6 +1378,33 @@ static void read_data(Model *m, YNode *root) {
   if (get(v, "test"))
     d->test = resolve(m->path, to_str(get(v, "test"), "data", "test"));
   d->val_split = opt_float_in(v, "val_split", 0.0, 0.0, 1.0, true, "data");
+  // Tensor data of another shape: converted and resized only on request, as
+  // a torchvision transform would be written (Grayscale, Resize).
+  YNode *cv = get(v, "convert");
+  if (cv) {
+    YNode *o;
+    int to = choice(cv, "data", "convert", &convert_sec, "convert: rgb (or grey)", &o, NULL);
+    if (o)
+      error_at(loc_of(cv), "write convert: rgb or convert: grey", "data: convert takes no options");
+    if ((to == 0) != (m->channels == 3))
+      error_at(loc_of(cv),
+               xformat("the input has %d channel%s; write convert: %s", m->channels,
+                       m->channels == 1 ? "" : "s", m->channels == 1 ? "grey" : "rgb"),
+               "data: convert: %s does not match the input's %d channel%s", conversions[to],
+               m->channels, m->channels == 1 ? "" : "s");
+    if (m->channels != 1 && m->channels != 3)
+      error_at(loc_of(cv), "images convert between RGB (3 channels) and grey (1)",
+               "data: convert needs an input of 1 or 3 channels, not %d", m->channels);
+    d->convert = true;
+  }
+  d->resize = opt_bool(v, "resize", false, "data");
+  if (!strcmp(d->format, "cifar10") && ((m->channels != 3 && !d->convert) ||
+                                        ((m->height != 32 || m->width != 32) && !d->resize)))
+    error_at(loc_of(fv),
+             "set input: {channels: 3, height: 32, width: 32}, or ask for the conversion with "
+             "data: {convert: grey, resize: true} as a torchvision transform would",
+             "data: CIFAR-10 images are 3x32x32 but the input is %dx%dx%d", m->channels, m->height,
+             m->width);
 
   for (int c = 0; c < 4; c++)
     d->mean[c] = 0.0, d->std[c] = 1.0;
@@ -1622,7 +1648,7 @@ Model *load_model(const char *path) {
 
 static const Section *const schema[] = {
     &top_sec,          &input_sec,          &train_sec,       &data_sec,
-    &format_sec,       &normalize_sec,      &augment_sec,     &crop_sec,
+    &format_sec,       &convert_sec,        &normalize_sec,   &augment_sec,     &crop_sec,
     &loss_sec,         &ce_sec,             &bce_sec,         &l2_sec,
     &optimizer_sec,    &optimizer_opts_sec[0], &optimizer_opts_sec[1], &optimizer_opts_sec[2],
     &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 void xc_free_dataset(Dataset *d) {
@@ -96,7 +97,7 @@ static bool has_image_files(const char *dir) {
 const char *xc_detect_format(const char *path) {
   if (xc_is_file(path)) {
     const char *base = xc_basename(path);
-    if (strstr(base, "idx3") || strstr(base, "idx1"))
+    if (strstr(base, "idx3") || strstr(base, "idx4") || strstr(base, "idx1"))
       return "idx";
     size_t n = strlen(base);
     if (n > 4 && !strcmp(base + n - 4, ".bin"))
@@ -112,7 +113,9 @@ const char *xc_detect_format(const char *path) {
     return "cifar10";
   }
   if ((p = find_prefixed(path, "train-images", "idx3")) ||
-      (p = find_prefixed(path, "t10k-images", "idx3"))) {
+      (p = find_prefixed(path, "t10k-images", "idx3")) ||
+      (p = find_prefixed(path, "train-images", "idx4")) ||
+      (p = find_prefixed(path, "t10k-images", "idx4"))) {
     free(p);
     return "idx";
   }
@@ -159,20 +162,48 @@ static void check_label(const DataSpec *s, int label, const char *file, int64_t 
 
 enum { CIFAR_SIDE = 32, CIFAR_PIXELS = 3 * 32 * 32, CIFAR_RECORD = 1 + CIFAR_PIXELS };
 
+// Tensor data whose stored samples (c, h, w) are not the model's input: an
+// error naming both shapes, unless the YAML asked for the conversion.
+static void check_stored_shape(const DataSpec *s, const char *file, int c, int h, int w) {
+  bool channels = c != s->c, size = h != s->h || w != s->w;
+  // Conversions are PIL's: between RGB and grey, and resizing either.
+  bool convertible = (c == 1 || c == 3) && (s->c == 1 || s->c == 3);
+  bool need_convert = channels && !s->convert, need_resize = size && !s->resize;
+  if (need_convert || need_resize || ((channels || size) && !convertible))
+    xc_die(!convertible
+               ? "store the images with the model's shape, or change input: to match them"
+               : xc_format("change input: to {channels: %d, height: %d, width: %d}, or convert "
+                           "on loading as a torchvision transform would: data: {%s%s%s}",
+                           c, h, w, need_convert ? (s->c == 3 ? "convert: rgb" : "convert: grey") : "",
+                           need_convert && need_resize ? ", " : "", need_resize ? "resize: true" : ""),
+           "%s holds %dx%dx%d images but the model's input is %dx%dx%d", file, c, h, w, s->c,
+           s->h, s->w);
+}
+
+// a * b, or death with a hint when it does not fit in memory's terms.
+static int64_t bytes_of(const char *file, int64_t a, int64_t b) {
+  if (a < 0 || b < 0 || (b && a > ((int64_t)1 << 40) / b))
+    xc_die("use a smaller data set or input", "%s: %lld x %lld bytes is more than this runtime "
+           "loads (1 TiB)", file, (long long)a, (long long)b);
+  return a * b;
+}
+
 static void load_cifar_file(Dataset *d, const DataSpec *s, const char *file) {
   FILE *fp = fopen(file, "rb");
   if (!fp)
     xc_die(data_hint(s), "cannot open %s: %s", file, strerror(errno));
-  fseek(fp, 0, SEEK_END);
-  long size = ftell(fp);
-  rewind(fp);
+  struct stat st;
+  if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode))
+    xc_die(data_hint(s), "%s: not a regular file", file);
+  int64_t size = st.st_size;
   if (size <= 0 || size % CIFAR_RECORD)
     xc_die("CIFAR-10 binary files hold records of 3073 bytes (cifar-10-binary.tar.gz, not the "
            "Python version)",
-           "%s: size %ld is not a multiple of 3073 bytes", file, size);
+           "%s: size %lld is not a multiple of 3073 bytes", file, (long long)size);
+  check_stored_shape(s, file, 3, CIFAR_SIDE, CIFAR_SIDE);
   int64_t count = size / CIFAR_RECORD;
-  d->pixels = xc_realloc(d->pixels, (d->n + count) * sample_bytes(d));
-  d->labels = xc_realloc(d->labels, (d->n + count) * sizeof(int32_t));
+  d->pixels = xc_realloc(d->pixels, bytes_of(file, d->n + count, sample_bytes(d)));
+  d->labels = xc_realloc(d->labels, bytes_of(file, d->n + count, sizeof(int32_t)));
   uint8_t rec[CIFAR_RECORD], hwc[CIFAR_PIXELS];
   bool same = d->c == 3 && d->h == CIFAR_SIDE && d->w == CIFAR_SIDE;
   for (int64_t r = 0; r < count; r++, d->n++) {
@@ -220,30 +251,50 @@ static Dataset *load_cifar(const DataSpec *s) {
 // IDX (MNIST, Fashion-MNIST): big-endian header, then bytes; gzip or plain
 //
 
-static uint8_t *read_idx(const char *file, int want_dims, int64_t *dims) {
+// An IDX file of unsigned bytes (gzip or plain): its dimensions into dims
+// (*ndims of them, one of the counts in `allowed`: labels 1, images 3 (N, H,
+// W: grey) or 4 (N, C, H, W)) and its data. Sizes are checked before any
+// arithmetic, and memory grows with the bytes actually read, so a small file
+// claiming a huge size costs nothing.
+enum { IDX_MAX_BYTES = 1 << 30 }; // 1 GiB: 15x Fashion-MNIST's training images
+
+static uint8_t *read_idx(const char *file, const int *allowed, int nallowed, int *ndims,
+                         int64_t *dims) {
+  if (!xc_is_file(file))
+    xc_die("check the path", "%s: not a regular file", file);
   gzFile gz = gzopen(file, "rb");
   if (!gz)
     xc_die("check the path", "cannot open %s: %s", file, strerror(errno));
-  uint8_t head[4 + 4 * 3];
-  int hlen = 4 + 4 * want_dims;
-  if (gzread(gz, head, hlen) != hlen)
+  uint8_t head[4 + 4 * 4];
+  if (gzread(gz, head, 4) != 4)
     xc_die("the file is truncated or not an IDX file", "%s: cannot read the IDX header", file);
-  if (head[0] || head[1] || head[2] != 0x08 || head[3] != want_dims)
-    xc_die("MNIST images are IDX files of type 0x0803, labels 0x0801",
+  bool known_dims = false;
+  for (int i = 0; i < nallowed; i++)
+    known_dims |= head[3] == allowed[i];
+  if (head[0] || head[1] || head[2] != 0x08 || !known_dims)
+    xc_die("MNIST images are IDX files of type 0x0803 (or 0x0804: N, C, H, W), labels 0x0801",
            "%s: not an IDX file of unsigned bytes with %d dimensions (magic %02x%02x%02x%02x)",
-           file, want_dims, head[0], head[1], head[2], head[3]);
+           file, allowed[0], head[0], head[1], head[2], head[3]);
+  *ndims = head[3];
+  if (gzread(gz, head + 4, 4 * *ndims) != 4 * *ndims)
+    xc_die("the file is truncated or not an IDX file", "%s: cannot read the IDX header", file);
   int64_t total = 1;
-  for (int i = 0; i < want_dims; i++) {
+  for (int i = 0; i < *ndims; i++) {
     const uint8_t *p = head + 4 + 4 * i;
     dims[i] = (int64_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
+    if (dims[i] <= 0 || dims[i] > IDX_MAX_BYTES || total > IDX_MAX_BYTES / dims[i])
+      xc_die("the file is damaged, or larger than this runtime loads (1 GiB)",
+             "%s: unreasonable IDX dimensions", file);
     total *= dims[i];
-    if (dims[i] <= 0 || total > ((int64_t)1 << 34))
-      xc_die(NULL, "%s: unreasonable IDX dimensions", file);
   }
-  uint8_t *data = xc_malloc(total);
+  int64_t cap = total < (1 << 24) ? total : 1 << 24;
+  uint8_t *data = xc_malloc(cap);
   for (int64_t got = 0; got < total;) {
-    int chunk = total - got > (1 << 30) ? 1 << 30 : (int)(total - got);
-    int r = gzread(gz, data + got, chunk);
+    if (got == cap) {
+      cap = cap * 2 < total ? cap * 2 : total;
+      data = xc_realloc(data, cap);
+    }
+    int r = gzread(gz, data + got, (unsigned)(cap - got));
     if (r <= 0)
       xc_die("the file is truncated; download it again", "%s: %lld of %lld data bytes", file,
              (long long)got, (long long)total);
@@ -262,7 +313,7 @@ static Dataset *load_idx(const DataSpec *s) {
     char *b = (char *)xc_basename(labels), *p;
     if ((p = strstr(b, "images")))
       memcpy(p, "labels", 6);
-    if ((p = strstr(b, "idx3")))
+    if ((p = strstr(b, "idx3")) || (p = strstr(b, "idx4")))
       p[3] = '1';
     if (!strcmp(labels, images) || !xc_is_file(labels))
       xc_die("keep the labels file next to the images file", "%s: no labels file %s next to it",
@@ -271,33 +322,49 @@ static Dataset *load_idx(const DataSpec *s) {
     const char *pre = s->train ? "train" : "t10k";
     char *ip = xc_format("%s-images", pre), *lp = xc_format("%s-labels", pre);
     images = find_prefixed(s->path, ip, "idx3");
+    if (!images)
+      images = find_prefixed(s->path, ip, "idx4");
     labels = find_prefixed(s->path, lp, "idx1");
     if (!images || !labels)
-      xc_die(data_hint(s), "%s: no %s-idx3-ubyte[.gz] and %s-idx1-ubyte[.gz] in this directory",
+      xc_die(data_hint(s), "%s: no %s-idx3-ubyte[.gz] (or idx4) and %s-idx1-ubyte[.gz] in this directory",
              s->path, ip, lp);
     free(ip), free(lp);
   }
-  int64_t idim[3], ldim[1];
-  uint8_t *px = read_idx(images, 3, idim);
-  uint8_t *lab = read_idx(labels, 1, ldim);
+  int64_t idim[4], ldim[1];
+  int nd, nl;
+  uint8_t *px = read_idx(images, (int[]){3, 4}, 2, &nd, idim);
+  uint8_t *lab = read_idx(labels, (int[]){1}, 1, &nl, ldim);
   if (ldim[0] != idim[0])
     xc_die("the two files come from different releases",
            "%s has %lld images but %s has %lld labels", images, (long long)idim[0], labels,
            (long long)ldim[0]);
+  // idx3: N x H x W grey; idx4: N x C x H x W.
+  int ic = nd == 4 ? (int)idim[1] : 1, ih = (int)idim[nd - 2], iw = (int)idim[nd - 1];
+  if (ih > 65535 || iw > 65535 || ic > 4)
+    xc_die("images are at most 65535 pixels on a side, with at most 4 channels",
+           "%s: images of %dx%dx%d", images, ic, ih, iw);
+  check_stored_shape(s, images, ic, ih, iw);
   Dataset *d = new_dataset(s, "idx");
   d->n = idim[0];
-  d->pixels = xc_malloc(d->n * sample_bytes(d));
-  d->labels = xc_malloc(d->n * sizeof(int32_t));
-  int ih = (int)idim[1], iw = (int)idim[2];
-  bool same = d->c == 1 && d->h == ih && d->w == iw;
+  d->pixels = xc_malloc(bytes_of(images, d->n, sample_bytes(d)));
+  d->labels = xc_malloc(bytes_of(labels, d->n, sizeof(int32_t)));
+  size_t stored = (size_t)ic * ih * iw;
+  bool same = d->c == ic && d->h == ih && d->w == iw;
+  uint8_t *hwc = same ? NULL : xc_malloc(stored);
   for (int64_t i = 0; i < d->n; i++) {
     check_label(s, lab[i], labels, i);
     d->labels[i] = lab[i];
-    if (same)
-      memcpy(d->pixels + i * sample_bytes(d), px + i * ih * iw, (size_t)ih * iw);
-    else
-      put_hwc(d, i, px + i * ih * iw, iw, ih, 1);
+    const uint8_t *chw = px + i * stored;
+    if (same) {
+      memcpy(d->pixels + i * sample_bytes(d), chw, stored);
+      continue;
+    }
+    for (int p = 0; p < ih * iw; p++)
+      for (int ch = 0; ch < ic; ch++)
+        hwc[(size_t)p * ic + ch] = chw[(size_t)ch * ih * iw + p];
+    put_hwc(d, i, hwc, iw, ih, ic);
   }
+  free(hwc);
   free(px), free(lab), free(images), free(labels);
   return d;
 }
@@ -556,6 +623,7 @@ DataSpec xc_data_spec(const XcModel *m, const char *path, bool train, bool stric
   s.strict = strict;
   s.quiet = quiet;
   s.c = m->channels, s.h = m->height, s.w = m->width;
+  s.convert = m->convert, s.resize = m->resize;
   s.nclasses = m->nclasses;
   s.class_names = m->class_names;
   s.format_hint = m->data_format;

@@ -194,6 +194,8 @@ typedef struct {
   bool quiet;
   bool cache;  // folders: keep the decoded bytes on disk (cache.c)
   int c, h, w; // the model's input
+  bool convert; // tensor data of other channels is converted (RGB <-> grey), else an error
+  bool resize;  // tensor data of another size is resized, else an error
   int nclasses;
   const char *const *class_names;
   const char *format_hint; // the YAML's data format, for messages

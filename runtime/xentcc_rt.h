@@ -106,6 +106,10 @@ typedef struct {
   float mean[4], std[4];    // Normalize(mean, std) per channel after ToTensor()
   int random_crop_padding;
   int random_flip;
+  // Tensor data (CIFAR-10 .bin, IDX) whose stored shape differs from the
+  // input: converted (RGB <-> grey) and resized only when the YAML says so
+  // (data: {convert: rgb|grey, resize: true}); otherwise an error.
+  int convert, resize;
 } XcModel;
 
 extern const XcModel xc_model;

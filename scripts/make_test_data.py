@@ -4,7 +4,7 @@ that need the same data on the PyTorch side and ours (parity tests), plus
 safetensors reading and writing with nothing but numpy (Debian's python3 has
 no safetensors module).
 
-  scripts/make_test_data.py OUTDIR [--n 256] [--seed 0] [--classes 10]
+  scripts/make_test_data.py OUTDIR [--n 256] [--seed 0] [--classes 10] [--idx-shape C,H,W]
 
 writes OUTDIR/cifar/{data_batch_1.bin,test_batch.bin} (CIFAR-10 binary,
 10 classes), OUTDIR/catdog/train/{cat,dog}.N.png (photos of varying sizes,
@@ -101,7 +101,8 @@ def load_folder(path, classes, size):
 
 
 def write_idx(path, array):
-    kind = {1: 0x801, 3: 0x803}[array.ndim]
+    """array: labels [n], grey images [n, h, w] or images [n, c, h, w] (0x0804)."""
+    kind = {1: 0x801, 3: 0x803, 4: 0x804}[array.ndim]
     with gzip.open(path, "wb") as f:
         f.write(struct.pack(">I", kind))
         for d in array.shape:
@@ -115,6 +116,8 @@ def main():
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=10, help="classes of the IDX data")
+    ap.add_argument("--idx-shape", default="1,28,28",
+                    help="C,H,W of the IDX images (C > 1: N x C x H x W, IDX type 0x0804)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     out = args.outdir
@@ -126,9 +129,14 @@ def main():
     write_cifar(os.path.join(out, "cifar", "test_batch.bin"), x, y)
 
     os.makedirs(os.path.join(out, "idx"), exist_ok=True)
+    c, h, w = (int(v) for v in args.idx_shape.split(","))
     for prefix, n in (("train", args.n), ("t10k", max(args.n // 4, 1))):
-        x, y = synthetic(rng, n, 28, 28, 1, args.classes)
-        write_idx(os.path.join(out, "idx", f"{prefix}-images-idx3-ubyte.gz"), x[..., 0])
+        x, y = synthetic(rng, n, h, w, c, args.classes)
+        if c == 1:
+            write_idx(os.path.join(out, "idx", f"{prefix}-images-idx3-ubyte.gz"), x[..., 0])
+        else:
+            write_idx(os.path.join(out, "idx", f"{prefix}-images-idx4-ubyte.gz"),
+                      x.transpose(0, 3, 1, 2))
         write_idx(os.path.join(out, "idx", f"{prefix}-labels-idx1-ubyte.gz"), y)
 
     try:

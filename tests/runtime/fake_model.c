@@ -69,6 +69,9 @@ const XcModel xc_model = {
     .val_split = VAL_SPLIT,
     .mean = {0.5f, 0.5f, 0.5f},
     .std = {0.5f, 0.5f, 0.5f},
+    // data: {convert: rgb, resize: true}: CIFAR-10 and IDX data load too.
+    .convert = 1,
+    .resize = 1,
 };
 
 typedef struct {

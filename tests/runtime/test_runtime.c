@@ -451,10 +451,12 @@ START_TEST(cifar_loader) {
   ck_assert_int_eq(d->n, 3);
   ck_assert_int_eq(d->labels[0], 0);
   xc_free_dataset(d);
-  // A single file; a model of another size gets resized images.
+  // A single file; a model of another shape gets converted, resized images
+  // when the YAML asks (data: {convert: grey, resize: true}).
   s.path = xc_join(dir, "data_batch_2.bin");
   s.h = s.w = 16;
   s.c = 1;
+  s.convert = s.resize = true;
   d = xc_load_dataset(&s);
   ck_assert_int_eq(d->n, 4);
   ck_assert_int_eq(d->labels[0], 5);
@@ -474,6 +476,15 @@ START_TEST(cifar_errors) {
   assert_dies(load_g_spec, NULL, "data_batch_1.bin: record 3 has label 3", "3 classes");
   td_write_bytes(bad, "short", 5);
   assert_dies(load_g_spec, NULL, "data_batch_1.bin: size 5 is not a multiple of 3073", NULL);
+  // Another shape without the YAML's say-so: both shapes named, and the fix.
+  td_write_cifar(bad, 5, 3, 0);
+  g_spec.c = 1, g_spec.h = g_spec.w = 28;
+  assert_dies(load_g_spec, NULL, "data_batch_1.bin holds 3x32x32 images but the model's input is 1x28x28",
+              "data: {convert: grey, resize: true}");
+  g_spec.convert = true;
+  assert_dies(load_g_spec, NULL, "holds 3x32x32 images but the model's input is 1x28x28",
+              "data: {resize: true}");
+  g_spec.c = 3, g_spec.h = g_spec.w = 32, g_spec.convert = false;
   g_spec.path = xc_join(dir, "does-not-exist");
   assert_dies(load_g_spec, NULL, "does-not-exist does not exist", "--data");
   char *empty = xc_join(dir, "empty");
@@ -500,14 +511,26 @@ START_TEST(idx_loader) {
     d = xc_load_dataset(&s);
     ck_assert_int_eq(d->n, 5);
     xc_free_dataset(d);
-    // The images file itself, its labels found next to it; 3 channels repeat grey.
+    // The images file itself, its labels found next to it; 3 channels repeat
+    // grey when the YAML asks for it (convert: rgb).
     s.path = xc_format("%s/train-images-idx3-ubyte%s", dir, gz ? ".gz" : "");
     s.c = 3;
+    s.convert = true;
     d = xc_load_dataset(&s);
     ck_assert_int_eq(d->n, 12);
     ck_assert_int_eq(d->pixels[784 + 5], d->pixels[5]);
     xc_free_dataset(d);
   }
+  // N x C x H x W (IDX 0x0804): any channel count, loaded as stored.
+  char *dir = tmpdir();
+  td_write_idx4(dir, "train", 7, 2, 5, 9, 10);
+  ck_assert_str_eq(xc_detect_format(dir), "idx");
+  DataSpec s = spec_for(dir, true, 2, 5, 9, 10, ten);
+  Dataset *d = xc_load_dataset(&s);
+  ck_assert_int_eq(d->n, 7);
+  ck_assert_int_eq(d->labels[6], 6);
+  ck_assert_int_eq(d->pixels[6 * 90 + 45 + 2 * 9 + 4], td_pixel(6, 6, 4, 2, 1));
+  xc_free_dataset(d);
 }
 END_TEST
 
@@ -523,6 +546,22 @@ START_TEST(idx_errors) {
                    xc_join(tdir, "train-images-idx3-ubyte"), 0.5);
   g_spec.path = tdir;
   assert_dies(load_g_spec, NULL, "train-images-idx3-ubyte: 40 of 96 data bytes", "truncated");
+  // Grey 4x4 images for a 3x4x4 model: named, with the fix.
+  td_write_idx(tdir, "train", 6, 4, 2, false);
+  g_spec.c = 3;
+  assert_dies(load_g_spec, NULL, "holds 1x4x4 images but the model's input is 3x4x4",
+              "data: {convert: rgb}");
+  // Hostile headers: sizes whose product overflows, and a file claiming
+  // 1 GiB that holds 8 bytes, fail at once, without allocating the claim.
+  char *hdir = tmpdir();
+  uint8_t huge[] = {0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff};
+  td_write_bytes(xc_join(hdir, "train-images-idx3-ubyte"), (const char *)huge, sizeof huge);
+  td_write_bytes(xc_join(hdir, "train-labels-idx1-ubyte"), "\0\0\x08\x01\0\0\0\x01\0", 9);
+  g_spec.path = hdir, g_spec.c = 1;
+  assert_dies(load_g_spec, NULL, "unreasonable IDX dimensions", NULL);
+  uint8_t claim[] = {0, 0, 8, 3, 0, 1, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x80, 1, 2, 3, 4, 5, 6, 7, 8};
+  td_write_bytes(xc_join(hdir, "train-images-idx3-ubyte"), (const char *)claim, sizeof claim);
+  assert_dies(load_g_spec, NULL, "train-images-idx3-ubyte: 8 of 1073741824 data bytes", "truncated");
 }
 END_TEST
 

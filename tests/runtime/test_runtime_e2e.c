@@ -221,7 +221,8 @@ END_TEST
 
 START_TEST(other_formats) {
   char *dir = td_mkdtemp(TEST_BINARY_DIR);
-  // CIFAR-10 binary (3 classes of this model within labels 0..2), resized to 8x8.
+  // CIFAR-10 binary (3 classes of this model within labels 0..2), resized to
+  // 8x8: the fake model says data: {convert: rgb, resize: true}.
   char *cifar = xc_join(dir, "cifar");
   td_mkdir(cifar);
   td_write_cifar(xc_join(cifar, "data_batch_1.bin"), 12, 3, 0);

@@ -83,6 +83,27 @@ void td_write_idx(const char *dir, const char *prefix, int n, int side, int ncla
   free(img), free(lab);
 }
 
+// N x C x H x W images (IDX type 0x0804), pixel (x, y, ch) of sample i
+// td_pixel(i % nclasses, i, x, y, ch), and their labels.
+void td_write_idx4(const char *dir, const char *prefix, int n, int c, int h, int w, int nclasses) {
+  size_t per = (size_t)c * h * w, ilen = 20 + n * per, llen = 8 + n;
+  uint8_t *img = malloc(ilen), *lab = malloc(llen);
+  be32(img, 0x804), be32(img + 4, n), be32(img + 8, c), be32(img + 12, h), be32(img + 16, w);
+  be32(lab, 0x801), be32(lab + 4, n);
+  for (int i = 0; i < n; i++) {
+    lab[8 + i] = i % nclasses;
+    for (int ch = 0; ch < c; ch++)
+      for (int p = 0; p < h * w; p++)
+        img[20 + i * per + (size_t)ch * h * w + p] = td_pixel(i % nclasses, i, p % w, p / w, ch);
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s-images-idx4-ubyte", dir, prefix);
+  write_maybe_gz(path, img, ilen, false);
+  snprintf(path, sizeof path, "%s/%s-labels-idx1-ubyte", dir, prefix);
+  write_maybe_gz(path, lab, llen, false);
+  free(img), free(lab);
+}
+
 void td_write_png(const char *path, const uint8_t *hwc, int w, int h, int c, const char *kind) {
   FILE *f = fopen(path, "wb");
   if (!f)

@@ -16,6 +16,7 @@ uint8_t td_pixel(int label, int index, int x, int y, int ch);
 uint8_t *td_image(int label, int index, int w, int h, int c);
 
 void td_write_cifar(const char *path, int n, int nclasses, int first_index);
+void td_write_idx4(const char *dir, const char *prefix, int n, int c, int h, int w, int nclasses);
 void td_write_idx(const char *dir, const char *prefix, int n, int side, int nclasses, bool gz);
 // kind: "rgb", "grey", "rgba", "palette", "rgb16", "grey16"
 void td_write_png(const char *path, const uint8_t *hwc, int w, int h, int c, const char *kind);
