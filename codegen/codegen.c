@@ -341,6 +341,19 @@ static const char *absolute(const char *path) {
   return len ? out : "/";
 }
 
+// A constant array of n C strings.
+static LLVMValueRef string_table(Cg *c, char **s, int n, const char *name) {
+  LLVMValueRef *v = xcalloc(n + 1, sizeof *v);
+  for (int i = 0; i < n; i++)
+    v[i] = cstring(c, s[i]);
+  LLVMValueRef init = LLVMConstArray(c->ptr, v, n);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), name);
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  return g;
+}
+
 // XcSchedule (runtime/xentcc_rt.h) from the graph attributes the frontend
 // set (docs/ir.md), field for field.
 static LLVMValueRef schedule_struct(Cg *c, const Graph *g, LLVMTypeRef *type) {
@@ -414,21 +427,15 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
   LLVMValueRef schedule = schedule_struct(c, m->graph, &st);
   // Field for field the C layout of XcModel in runtime/xentcc_rt.h.
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
-                      c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->i32,
+                      c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->ptr,
+                      c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
                       f4,     f4,     c->i32, c->i32, c->i32, c->i32};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
 
-  LLVMValueRef *names = xcalloc(m->nclasses + 1, sizeof *names);
-  for (int i = 0; i < m->nclasses; i++)
-    names[i] = cstring(c, m->classes[i]);
-  LLVMValueRef cn_init = LLVMConstArray(c->ptr, names, m->nclasses);
-  LLVMValueRef cn = LLVMAddGlobal(c->mod, LLVMTypeOf(cn_init), "xc_class_names");
-  LLVMSetInitializer(cn, cn_init);
-  LLVMSetGlobalConstant(cn, true);
-  LLVMSetLinkage(cn, LLVMPrivateLinkage);
+  LLVMValueRef cn = string_table(c, m->classes, m->nclasses, "xc_class_names");
 
   LLVMValueRef mean[4], std[4];
   for (int i = 0; i < 4; i++) {
@@ -445,6 +452,7 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
       CI32(c, float_labels ? 1 : 0), CI32(c, b->nparams),
       tensor_table(c, b->params, b->nparams, ti), CI(c, b->param_floats), CI32(c, b->nstates),
       tensor_table(c, b->states, b->nstates, ti), CI(c, b->state_floats), CI(c, workspace),
+      CI32(c, m->ncounters), string_table(c, m->counters, m->ncounters, "xc_counter_names"),
       CI32(c, m->epochs), CI32(c, m->seed), CI32(c, m->shuffle), CI32(c, m->drop_last),
       CI32(c, m->log_every), LLVMConstReal(c->f64, lr), schedule,
       cstring(c, m->data.format ? m->data.format : ""),

@@ -668,6 +668,11 @@ static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
 
   Node *in[3] = {x, param(b, l, "weight", 1, &c, "ones", 0, false),
                  param(b, l, "bias", 1, &c, "zeros", 0, false)};
+  Model *m = b->m;
+  m->counters = realloc(m->counters, sizeof(char *) * (m->ncounters + 1));
+  if (!m->counters)
+    fatal("out of memory");
+  m->counters[m->ncounters++] = xformat("%s.num_batches_tracked", l->prefix);
   Node *mean = param(b, l, "running_mean", 1, &c, "zeros", 0, true);
   Node *var = param(b, l, "running_var", 1, &c, "ones", 0, true);
   Node *n = emit(b, l, OP_batchnorm2d, in, 3);

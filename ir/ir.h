@@ -233,6 +233,8 @@ typedef struct {
   bool shuffle, drop_last;
   int log_every;        // iterations between loss lines (100 like the seed)
   DataSpec data;
+  char **counters;      // int64 buffers the runtime keeps: NAME.num_batches_tracked per batch norm
+  int ncounters;
   Graph *graph;         // forward graph with loss, as written (unfused)
 } Model;
 

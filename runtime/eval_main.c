@@ -183,7 +183,7 @@ int xc_eval_main(int argc, char **argv) {
   float *params = xc_alloc_floats(m->param_floats);
   float *state = xc_alloc_floats(m->state_floats);
   xc_init_tensors(state, m->states, m->nstates, 0, 2);
-  xc_load_weights(weights, m, params, state);
+  xc_load_weights(weights, m, params, state, NULL);
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   if (npredict)
     return predict(m, params, state, ws, predict_files, npredict, json, threshold);

@@ -121,6 +121,7 @@ typedef struct {
   int rank;
   const int64_t *dim;
   const float *data;
+  const int64_t *i64; // instead of data: an int64 tensor (PyTorch's num_batches_tracked)
 } StTensor;
 
 // Writes tensors atomically: PATH.tmp.PID, fsync, rename over PATH. Returns
@@ -132,12 +133,16 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
 // otherwise absence is an error. Shape mismatches always die.
 void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int n, bool missing_ok,
                   const char *what);
-void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state);
+// counters: the model's int64 buffers (num_batches_tracked), one per
+// m->counter_names, or NULL (evaluation) to skip them.
+void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
+                     const int64_t *counters);
 void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
                        int iter);
 // Loads params (and model buffers from state) from a weights file; warns on
 // extra keys; dies naming the file on missing or mis-shaped tensors.
-void xc_load_weights(const char *path, const XcModel *m, float *params, float *state);
+void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,
+                     int64_t *counters);
 
 //
 // image.c: JPEG/PNG decoding, resizing like PIL's bilinear, colour conversion

@@ -237,14 +237,16 @@ static bool parse_meta(Json *j, StFile *f) {
 }
 
 static int dtype_size(const char *d) {
-  if (!strcmp(d, "F32"))
+  if (!strcmp(d, "F32") || !strcmp(d, "I32"))
     return 4;
-  if (!strcmp(d, "F64"))
+  if (!strcmp(d, "F64") || !strcmp(d, "I64"))
     return 8;
   if (!strcmp(d, "F16") || !strcmp(d, "BF16"))
     return 2;
   return 0;
 }
+
+static bool is_float(const char *d) { return d[0] == 'F' || !strcmp(d, "BF16"); }
 
 StFile *st_read(const char *path, char **err) {
   *err = NULL;
@@ -416,7 +418,7 @@ void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int 
       xc_die("the weights were saved from a different model; check the layer sizes in the YAML",
              "%s: '%s' has shape %s, but the model's %s is %s", f->path, t->name,
              xc_shape_str(e->rank, e->dim), what, xc_shape_str(t->rank, t->dim));
-    if (!dtype_size(e->dtype))
+    if (!dtype_size(e->dtype) || !is_float(e->dtype))
       xc_die("save the tensors as float32 (tensor.float())", "%s: '%s' has dtype %s", f->path,
              t->name, e->dtype);
     copy_tensor(f, e, block + t->offset, xc_numel(t));
@@ -462,14 +464,14 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
     if (i || nmeta)
       fputc(',', h);
     put_json_string(h, t[i].name);
-    fputs(":{\"dtype\":\"F32\",\"shape\":[", h);
-    int64_t numel = 1;
+    fprintf(h, ":{\"dtype\":\"%s\",\"shape\":[", t[i].i64 ? "I64" : "F32");
+    int64_t numel = 1, size = t[i].i64 ? 8 : 4;
     for (int d = 0; d < t[i].rank; d++) {
       fprintf(h, "%s%lld", d ? "," : "", (long long)t[i].dim[d]);
       numel *= t[i].dim[d];
     }
-    fprintf(h, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + 4 * numel));
-    off += 4 * numel;
+    fprintf(h, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + size * numel));
+    off += size * numel;
   }
   fputc('}', h);
   // Pad with spaces so the data starts 8-byte aligned, as the reference
@@ -494,7 +496,8 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
     int64_t numel = 1;
     for (int d = 0; d < t[i].rank; d++)
       numel *= t[i].dim[d];
-    ok = fwrite(t[i].data, 4, numel, fp) == (size_t)numel;
+    ok = t[i].i64 ? fwrite(t[i].i64, 8, numel, fp) == (size_t)numel
+                  : fwrite(t[i].data, 4, numel, fp) == (size_t)numel;
   }
   ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
   int e = errno;
@@ -515,17 +518,21 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
 }
 
 static StTensor tensor_of(const XcTensorInfo *t, const float *block) {
-  return (StTensor){t->name, t->rank, t->dim, block + t->offset};
+  return (StTensor){t->name, t->rank, t->dim, block + t->offset, NULL};
 }
 
-void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state) {
-  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + 1));
+void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
+                     const int64_t *counters) {
+  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + m->ncounters + 1));
   int n = 0;
   for (int i = 0; i < m->nparams; i++)
     t[n++] = tensor_of(&m->params[i], params);
   for (int i = 0; i < m->nstates; i++)
     if (!xc_is_optimizer_state(m, &m->states[i]))
       t[n++] = tensor_of(&m->states[i], state);
+  // As PyTorch's state_dict: int64 scalars, after the layer's other buffers.
+  for (int i = 0; counters && i < m->ncounters; i++)
+    t[n++] = (StTensor){m->counter_names[i], 0, NULL, NULL, &counters[i]};
   const char *meta[] = {"format", "pt", "model", m->name};
   if (!st_write(path, t, n, meta, 2))
     xc_die("check that the directory exists and is writable", "cannot write weights to %s: %s",
@@ -549,7 +556,37 @@ void xc_save_optimizer(const char *path, const XcModel *m, const float *state, i
   free(s), free(e), free(it), free(t);
 }
 
-void xc_load_weights(const char *path, const XcModel *m, float *params, float *state) {
+// An int64 buffer (num_batches_tracked) as PyTorch writes it; other integer
+// or float dtypes holding a whole number are taken too.
+static int64_t load_counter(const StFile *f, const StEntry *e) {
+  int64_t numel = 1;
+  for (int d = 0; d < e->rank; d++)
+    numel *= e->dim[d];
+  const uint8_t *p = f->data + e->begin;
+  if (numel != 1 || !dtype_size(e->dtype))
+    xc_die("it is a batch norm's count of training batches: a single integer",
+           "%s: '%s' has %lld elements of %s", f->path, e->name, (long long)numel, e->dtype);
+  if (!strcmp(e->dtype, "I64") || !strcmp(e->dtype, "I32")) {
+    int64_t v = 0;
+    for (int b = dtype_size(e->dtype) - 1; b >= 0; b--)
+      v = (int64_t)((uint64_t)v << 8 | p[b]);
+    if (!strcmp(e->dtype, "I32"))
+      v = (int32_t)v;
+    if (v < 0)
+      xc_die("it counts training batches; save it from a model's state_dict",
+             "%s: '%s' is %lld, a negative count", f->path, e->name, (long long)v);
+    return v;
+  }
+  float x;
+  copy_tensor(f, e, &x, 1);
+  if (!(x >= 0 && x == (float)(int64_t)x))
+    xc_die("it counts training batches; save it from a model's state_dict",
+           "%s: '%s' is %g, not a count", f->path, e->name, x);
+  return (int64_t)x;
+}
+
+void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,
+                     int64_t *counters) {
   char *err;
   StFile *f = st_read(path, &err);
   if (!f)
@@ -571,6 +608,15 @@ void xc_load_weights(const char *path, const XcModel *m, float *params, float *s
       xc_warn(NULL, "%s: buffer '%s' is missing; keeping its initial value", path, t->name);
     }
   }
+  for (int i = 0; i < m->ncounters; i++) {
+    const StEntry *e = st_find(f, m->counter_names[i]);
+    if (e) {
+      int64_t v = load_counter(f, e);
+      if (counters)
+        counters[i] = v;
+      known++;
+    }
+  }
   if (f->n > known) {
     int extra = 0;
     for (int i = 0; i < f->n; i++) {
@@ -579,6 +625,8 @@ void xc_load_weights(const char *path, const XcModel *m, float *params, float *s
         found = !strcmp(f->e[i].name, m->params[p].name);
       for (int s = 0; s < m->nstates && !found; s++)
         found = !strcmp(f->e[i].name, m->states[s].name);
+      for (int c = 0; c < m->ncounters && !found; c++)
+        found = !strcmp(f->e[i].name, m->counter_names[c]);
       if (!found && extra++ < 5)
         xc_warn("extra tensors are ignored", "%s: '%s' is not a tensor of model '%s'", path,
                 f->e[i].name, m->name);

@@ -243,15 +243,18 @@ int xc_train_main(int argc, char **argv) {
   float *state = xc_alloc_floats(m->state_floats);
   xc_init_tensors(params, m->params, m->nparams, (uint64_t)seed, 1);
   xc_init_tensors(state, m->states, m->nstates, (uint64_t)seed, 2);
+  // Each batch norm's num_batches_tracked, counted here as PyTorch counts
+  // its training forward passes; saved with the weights.
+  int64_t *counters = xc_calloc(m->ncounters + 1, sizeof *counters);
   int first_epoch = 0, skip_iters = 0;
   int64_t step = 0;
   if (init)
-    xc_load_weights(init, m, params, state);
+    xc_load_weights(init, m, params, state, counters);
   if (resume) {
     if (!xc_is_file(save) || !xc_is_file(optim_path))
       xc_die("train without --resume first; checkpoints are written after every epoch",
              "--resume: no checkpoint %s with %s", save, optim_path);
-    xc_load_weights(save, m, params, state);
+    xc_load_weights(save, m, params, state, counters);
     char *err;
     StFile *f = st_read(optim_path, &err);
     if (!f)
@@ -350,6 +353,8 @@ int xc_train_main(int argc, char **argv) {
     loader_release(loader);
     step++;
     step_lr = args.lr;
+    for (int i = 0; i < m->ncounters; i++)
+      counters[i]++;
     images += b.rows;
     epoch_images += b.rows;
     if (log)
@@ -380,7 +385,7 @@ int xc_train_main(int argc, char **argv) {
     if (epoch_end) {
       // Checkpoint, evaluate, record.
       running = 0;
-      xc_save_weights(save, m, params, state);
+      xc_save_weights(save, m, params, state, counters);
       xc_save_optimizer(optim_path, m, state, (int)step, b.epoch + 1, 0);
       double acc = NAN;
       if (eval_each_epoch && xc_forward && !stopped) {
@@ -436,7 +441,7 @@ int xc_train_main(int argc, char **argv) {
     xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
   // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has.
   if (epoch_steps || step == start_step) {
-    xc_save_weights(save, m, params, state);
+    xc_save_weights(save, m, params, state, counters);
     xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter);
   }
   if (!quiet) {

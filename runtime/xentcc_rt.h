@@ -94,6 +94,11 @@ typedef struct {
   const XcTensorInfo *states;
   int64_t state_floats;
   int64_t workspace_bytes; // scratch for activations and gradients
+  // int64 buffers of the state_dict kept by the runtime: each batch norm's
+  // NAME.num_batches_tracked, which PyTorch adds 1 to in every training
+  // forward pass; saved and loaded with the weights.
+  int ncounters;
+  const char *const *counter_names;
 
   // Defaults from the YAML; the command line overrides them.
   int epochs, seed, shuffle, drop_last, log_every;

@@ -36,7 +36,7 @@ START_TEST(safetensors_round_trip) {
   char *dir = tmpdir(), *path = xc_join(dir, "w.safetensors");
   float a[6] = {1, -2.5f, 3e-8f, INFINITY, 0, 7}, b[1] = {42};
   int64_t da[2] = {2, 3}, db[1] = {1};
-  StTensor t[] = {{"conv1.weight", 2, da, a}, {"we\"ird\\name", 1, db, b}};
+  StTensor t[] = {{"conv1.weight", 2, da, a, NULL}, {"we\"ird\\name", 1, db, b, NULL}};
   const char *meta[] = {"format", "pt", "step", "12"};
   ck_assert(st_write(path, t, 2, meta, 2));
   char *err;
@@ -125,8 +125,8 @@ START_TEST(safetensors_malformed) {
 END_TEST
 
 static void save_and_load(const char *path, float *params, float *state) {
-  xc_save_weights(path, &xc_model, params, state);
-  xc_load_weights(path, &xc_model, params, state);
+  xc_save_weights(path, &xc_model, params, state, NULL);
+  xc_load_weights(path, &xc_model, params, state, NULL);
 }
 
 START_TEST(weights_save_load) {
@@ -156,8 +156,51 @@ END_TEST
 static char *g_path;
 static void load_g_path(void *unused) {
   float *p = xc_alloc_floats(xc_model.param_floats), *s = xc_alloc_floats(xc_model.state_floats);
-  xc_load_weights(g_path, &xc_model, p, s);
+  xc_load_weights(g_path, &xc_model, p, s, NULL);
 }
+
+// A batch norm's num_batches_tracked: an int64 scalar in the file, as
+// PyTorch's state_dict holds it, read back; PyTorch's I64 and a float
+// holding a whole number load too; a fraction is refused.
+static const char *const bn_counter[] = {"bn1.num_batches_tracked"};
+static void load_counter_g_path(void *unused) {
+  XcModel m = xc_model;
+  m.ncounters = 1, m.counter_names = bn_counter;
+  float *p = xc_alloc_floats(m.param_floats), *s = xc_alloc_floats(m.state_floats);
+  int64_t c = 0;
+  xc_load_weights(g_path, &m, p, s, &c);
+}
+
+START_TEST(weights_counters) {
+  XcModel m = xc_model;
+  m.ncounters = 1, m.counter_names = bn_counter;
+  char *dir = tmpdir(), *path = xc_join(dir, "bn.safetensors");
+  float *p = xc_alloc_floats(m.param_floats), *s = xc_alloc_floats(m.state_floats);
+  int64_t c = 5000000000;
+  xc_save_weights(path, &m, p, s, &c);
+  char *err;
+  StFile *f = st_read(path, &err);
+  const StEntry *e = st_find(f, "bn1.num_batches_tracked");
+  ck_assert(e && e->rank == 0 && !strcmp(e->dtype, "I64"));
+  st_free(f);
+  c = 0;
+  xc_load_weights(path, &m, p, s, &c);
+  ck_assert(c == 5000000000);
+  // Another model without batch norm reads the file with only a warning.
+  g_path = xc_join(dir, "bn-f32.safetensors");
+  float whole = 7, half = 7.5f;
+  StTensor t[] = {{"fc.weight", 2, xc_model.params[0].dim, p, NULL},
+                  {"fc.bias", 1, xc_model.params[1].dim, p + xc_model.params[1].offset, NULL},
+                  {"bn1.num_batches_tracked", 0, NULL, &whole, NULL}};
+  ck_assert(st_write(g_path, t, 3, NULL, 0));
+  c = 0;
+  xc_load_weights(g_path, &m, p, s, &c);
+  ck_assert(c == 7);
+  t[2].data = &half;
+  ck_assert(st_write(g_path, t, 3, NULL, 0));
+  assert_dies(load_counter_g_path, NULL, "'bn1.num_batches_tracked' is 7.5, not a count", NULL);
+}
+END_TEST
 
 START_TEST(weights_errors) {
   char *dir = tmpdir();
@@ -165,7 +208,7 @@ START_TEST(weights_errors) {
   g_path = xc_join(dir, "shape.safetensors");
   float z[1000] = {0};
   int64_t wd[2] = {xc_model.params[0].dim[0], 5}, bd[1] = {xc_model.params[1].dim[0]};
-  StTensor t[] = {{"fc.weight", 2, wd, z}, {"fc.bias", 1, bd, z}};
+  StTensor t[] = {{"fc.weight", 2, wd, z, NULL}, {"fc.bias", 1, bd, z, NULL}};
   ck_assert(st_write(g_path, t, 2, NULL, 0));
   assert_dies(load_g_path, NULL, "shape.safetensors: 'fc.weight' has shape", ",5]");
   // A missing parameter.
@@ -919,6 +962,7 @@ int main(void) {
   tcase_add_test(tc, safetensors_malformed);
   tcase_add_test(tc, weights_save_load);
   tcase_add_test(tc, weights_errors);
+  tcase_add_test(tc, weights_counters);
   tcase_add_test(tc, init_bounds_and_determinism);
   tcase_add_test(tc, shuffle_determinism);
   tcase_add_test(tc, parallel_for_chunks);

@@ -328,7 +328,7 @@ START_TEST(command_line_errors) {
   // --init with a file of another model.
   float z[400] = {0};
   int64_t wd[2] = {3, 100}, bd[1] = {3};
-  StTensor t[] = {{"fc.weight", 2, wd, z}, {"fc.bias", 1, bd, z}};
+  StTensor t[] = {{"fc.weight", 2, wd, z, NULL}, {"fc.bias", 1, bd, z, NULL}};
   ck_assert(st_write(xc_join(dir, "other.safetensors"), t, 2, NULL, 0));
   r = run(dir, "fake-train", "--data train --init other.safetensors");
   ck_assert_int_eq(r.status, 1);
