@@ -23,13 +23,16 @@ import numpy as np
 
 
 def write_safetensors(path, tensors, metadata=None):
-    """tensors: {name: float32 array}, written in the given order."""
+    """tensors: {name: array}, written in the given order: integer arrays as
+    I64 (PyTorch's num_batches_tracked), everything else as F32."""
     header, offset, blobs = {}, 0, []
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, t in tensors.items():
-        a = np.ascontiguousarray(np.asarray(t, dtype="<f4"))
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
+        t = np.asarray(t)
+        integer = np.issubdtype(t.dtype, np.integer)
+        a = np.ascontiguousarray(t.astype("<i8" if integer else "<f4"))
+        header[name] = {"dtype": "I64" if integer else "F32", "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         blobs.append(a.tobytes())
@@ -45,7 +48,7 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def read_safetensors(path):
-    """Returns ({name: float32 array}, metadata)."""
+    """Returns ({name: float32 array, or int64 for I64 tensors}, metadata)."""
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -54,8 +57,9 @@ def read_safetensors(path):
     out = {}
     for name, e in header.items():
         b, end = e["data_offsets"]
-        dtype = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}[e["dtype"]]
-        out[name] = np.frombuffer(data[b:end], dtype=dtype).astype(np.float32).reshape(e["shape"])
+        dtype = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8"}[e["dtype"]]
+        a = np.frombuffer(data[b:end], dtype=dtype).reshape(e["shape"])
+        out[name] = a.astype(np.int64) if e["dtype"] == "I64" else a.astype(np.float32)
     return out, meta
 
 

@@ -4,11 +4,19 @@
 weights, data and order, then compares per-step losses, final weights and
 NAME-eval's metrics with PyTorch's evaluation of its own final model.
 
-  scripts/parity.py --recipe cifar10|catdog|all --workdir DIR [--xentcc PATH] [--partial]
+  scripts/parity.py --recipe cifar10|catdog|all --workdir DIR [--xentcc PATH]
+                    [--partial | --custom-loss]
 
 --partial trains on 496 samples for 4 epochs instead of 2,048 for one: each
 epoch ends with a batch of 16, which PyTorch (drop_last=False) runs as is and
 xentcc pads to the compiled 32 with rows the loss ignores.
+
+--custom-loss trains the source article's custom loss, ce_loss + 0.01 *
+torch.norm(model.fc3.weight, p=2) (BCE for catdog), with
+CosineAnnealingLR(T_max=10, eta_min=1e-6) stepped once per epoch: the YAML
+gets loss.l2 and schedule.cosine, and 8 epochs of 256 samples make the 64
+steps, so the learning rate moves every 8 steps; the logged lr of every step
+must match PyTorch's within 1e-6 relative.
 
 Exit status 0 when everything is within tolerance, 1 when not; without
 python3-torch it prints SKIP and exits 0 (or --skip-code). Tolerances:
@@ -46,7 +54,9 @@ except ImportError as e:  # checked again, with the skip message, in main()
 
 STEPS, BATCH, THREADS = 64, 32, 2
 LOSS_RTOL = 1e-4
+LR_RTOL = 1e-6
 WEIGHT_RTOL = 1e-4
+L2_WEIGHT, T_MAX, ETA_MIN = 0.01, 10, 1e-6
 NTEST = 512
 
 
@@ -111,6 +121,22 @@ def catdog_yaml(models, work):
     with open(path, "w") as f:
         f.write(new)
     return path
+
+
+def custom_loss_yaml(path, work, recipe):
+    """The recipe with the article's custom loss term and a cosine schedule."""
+    import yaml
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    loss = spec["loss"]
+    kind = loss if isinstance(loss, str) else [k for k in loss if k != "l2"][0]
+    spec["loss"] = {kind: None if isinstance(loss, str) else loss[kind],
+                    "l2": [{"param": "fc3.weight", "weight": L2_WEIGHT}]}
+    spec["schedule"] = {"cosine": {"t_max": T_MAX, "eta_min": ETA_MIN}}
+    out = os.path.join(work, recipe + "-custom.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    return out
 
 
 def to_tensor(torch, u8):
@@ -207,11 +233,12 @@ class NearTies:
             print(f"  {name:<8} {cells}  {g:.1e} at step {step}, {idx}")
 
 
-def torch_run(torch, recipe, train, test, init_path, epochs):
+def torch_run(torch, recipe, train, test, init_path, epochs, custom):
     """epochs passes over train in order, batches of 32 and a smaller last one
     (a DataLoader with shuffle=False, drop_last=False), from fresh seeded
     weights (saved to init_path first), then the evaluation of the final
-    model. Returns (losses, final state_dict as numpy, confusion matrix,
+    model. custom: the l2 term and the cosine schedule of --custom-loss.
+    Returns (losses, lrs, final state_dict as numpy, confusion matrix,
     near-ties)."""
     torch.manual_seed(0)
     binary = recipe == "catdog"
@@ -223,8 +250,10 @@ def torch_run(torch, recipe, train, test, init_path, epochs):
     else:
         crit = torch.nn.CrossEntropyLoss()
         opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T_MAX, eta_min=ETA_MIN) \
+        if custom else None
     x_all, y_all = train
-    losses = []
+    losses, lrs = [], []
     ties = NearTies(torch)
     net.train()
     starts = list(range(0, len(x_all), BATCH)) * epochs
@@ -234,11 +263,16 @@ def torch_run(torch, recipe, train, test, init_path, epochs):
         x = to_tensor(torch, x_all[sl])
         y = torch.from_numpy(y_all[sl])
         y = y.float().unsqueeze(1) if binary else y.long()
+        lrs.append(opt.param_groups[0]["lr"])
         opt.zero_grad()
         loss = crit(net(x, ties), y)
+        if custom:
+            loss = loss + L2_WEIGHT * torch.norm(net.fc3.weight, p=2)
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if sched and (step + 1) % (len(starts) // epochs) == 0:
+            sched.step()  # once per epoch
 
     net.eval()
     x_test, y_test = test
@@ -250,7 +284,7 @@ def torch_run(torch, recipe, train, test, init_path, epochs):
     for t, p in zip(y_test, pred.numpy()):
         conf[int(t), int(p)] += 1
     weights = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-    return losses, weights, conf, ties
+    return losses, lrs, weights, conf, ties
 
 
 def metrics(conf):
@@ -282,11 +316,12 @@ def ours_run(xentcc, yaml, name, work, data, test, init_path, epochs):
     with open(log) as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
+    lrs = [float(r["lr"]) for r in rows]
     weights, _ = td.read_safetensors(saved)
     js = run([out + "-eval", "--weights", saved, "--data", test, "--json", "--threads",
               str(THREADS), "--quiet"])
     ev = json.loads(js.strip().splitlines()[-1])
-    return losses, weights, ev, t_compile
+    return losses, lrs, weights, ev, t_compile
 
 
 #
@@ -294,8 +329,8 @@ def ours_run(xentcc, yaml, name, work, data, test, init_path, epochs):
 #
 
 def compare(recipe, ref, ours):
-    t_losses, t_w, t_conf, ties = ref
-    o_losses, o_w, o_ev = ours
+    t_losses, t_lrs, t_w, t_conf, ties = ref
+    o_losses, o_lrs, o_w, o_ev = ours
     ok = True
     print(f"\n== {recipe}: {STEPS} steps, batch {BATCH}, {THREADS} threads ==")
     print(f"{'quantity':<28} {'max difference':>16} {'tolerance':>12}  result")
@@ -314,6 +349,11 @@ def compare(recipe, ref, ours):
         f"  (worst step {worst + 1}: ours {o_losses[worst]:.9g}, torch {t_losses[worst]:.9g})")
     print(f"{'':<28} first step: ours {o_losses[0]:.9g}, torch {t_losses[0]:.9g}; "
           f"last: ours {o_losses[-1]:.9g}, torch {t_losses[-1]:.9g}")
+    rel = [abs(o - t) / t for o, t in zip(o_lrs, t_lrs)]
+    worst = int(np.argmax(rel))
+    row("lr (relative)", rel[worst], LR_RTOL, rel[worst] <= LR_RTOL,
+        f"  (worst step {worst + 1}: ours {o_lrs[worst]:.9g}, torch {t_lrs[worst]:.9g}; "
+        f"torch's runs {min(t_lrs):.3g}..{max(t_lrs):.3g})")
 
     if set(o_w) != set(t_w):
         print(f"weight names differ: ours {sorted(o_w)}, torch {sorted(t_w)}: FAIL")
@@ -354,9 +394,12 @@ def main():
     ap.add_argument("--skip-code", type=int, default=0, help="exit status without torch")
     ap.add_argument("--partial", action="store_true",
                     help="4 epochs of 496 samples: every epoch ends with a batch of 16")
+    ap.add_argument("--custom-loss", action="store_true",
+                    help="the l2 term on fc3.weight and a cosine schedule, 8 epochs of 256")
     args = ap.parse_args()
-    # Both ways make STEPS steps.
-    ntrain, epochs = (15 * BATCH + BATCH // 2, 4) if args.partial else (STEPS * BATCH, 1)
+    # Every way makes STEPS steps.
+    ntrain, epochs = (15 * BATCH + BATCH // 2, 4) if args.partial else \
+        (8 * BATCH, 8) if args.custom_loss else (STEPS * BATCH, 1)
     try:
         import torch
         import numpy  # noqa: F401
@@ -387,7 +430,9 @@ def main():
             yaml = catdog_yaml(args.models, work)
         if len(train_set[0]) != ntrain:
             die(f"{data}: read {len(train_set[0])} samples, wrote {ntrain}")
-        ref = torch_run(torch, recipe, train_set, test_set, init, epochs)
+        if args.custom_loss:
+            yaml = custom_loss_yaml(yaml, work, recipe)
+        ref = torch_run(torch, recipe, train_set, test_set, init, epochs, args.custom_loss)
         *ours, t_compile = ours_run(xentcc, yaml, recipe, work, data, test, init, epochs)
         ok &= compare(recipe, ref, ours)
         print(f"({recipe}: compile {t_compile:.2f} s, total {time.time() - t0:.1f} s)")

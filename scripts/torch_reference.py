@@ -21,15 +21,13 @@ the evaluator against, to 1e-5 relative:
                state_dict after the step. Step s runs in epoch s - 1, so the
                schedule moves every step.
 
-Dropout cannot use PyTorch's RNG: xentcc's mask is a hash of (seed, layer
-index, step, element), ir/dropout_hash.h, reproduced here bit for bit (seed 0).
+The models are built by torch_model.py (dropout masks: xentcc's hash, seed 0).
 
 File format (little-endian): the magic b"XCREF\\0\\0\\0", u32 version (1), u32
 tensor count, then per tensor: u32 name length, the name (UTF-8), u32 dtype
 (0 f32, 1 i32), u32 rank, i64 dims[rank], the values (row-major, 4 bytes each).
 """
 import argparse
-import math
 import os
 import struct
 import sys
@@ -38,6 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_model import Net, loss_of, optimizer_of, scheduler_of  # noqa: E402
 
 MAGIC = b"XCREF\0\0\0"
 VERSION = 1
@@ -198,156 +199,11 @@ def optimizer_cases(w, steps):
 
 # --- The seed nets, built from their YAML files ---------------------------------------------
 
-def opts(layer):
-    """A layer is `relu` or {type: {options}} with an optional name."""
-    if isinstance(layer, str):
-        return layer, {}, None
-    name = layer.get("name")
-    kinds = [k for k in layer if k != "name"]
-    if len(kinds) != 1:
-        sys.exit("torch_reference.py: cannot read layer %r" % layer)
-    kind = kinds[0]
-    return kind, layer[kind] or {}, name
-
-
-def pair(v):
-    return tuple(v) if isinstance(v, list) else (v, v)
-
-
-M32 = 0xFFFFFFFF
-
-
-def fmix32(h):
-    """ir/dropout_hash.h's dropout_fmix32."""
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    h ^= h >> 16
-    return h
-
-
-def dropout_mask(salt, step, p, shape, seed=0):
-    """ir/dropout_hash.h: keep element i iff its 24 hash bits >= p * 2^24."""
-    key = fmix32(((salt * 0x9E3779B1) & M32) ^ fmix32(step ^ fmix32(seed)))
-    threshold = int(p * 16777216.0)
-    n = math.prod(shape)
-    keep = [fmix32((key + i * 0x9E3779B1) & M32) >> 8 >= threshold for i in range(n)]
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)
-    return torch.tensor(keep, dtype=torch.float32).reshape(shape) * scale
-
-
-class HashDropout(nn.Module):
-    def __init__(self, p, salt):
-        super().__init__()
-        self.p, self.salt, self.step = p, salt, 1
-
-    def forward(self, x):
-        return x * dropout_mask(self.salt, self.step, self.p, x.shape)
-
-
-class Net(nn.Module):
-    """The model's layers as PyTorch modules. A named layer is an attribute
-    (conv1.weight); an unnamed one is layers.INDEX, like an nn.Sequential
-    member -- the frontend's state_dict names."""
-
-    def __init__(self, spec):
-        super().__init__()
-        c, h, wd = spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"]
-        self.layers = nn.ModuleDict()
-        self.steps = []
-        for i, layer in enumerate(spec["layers"]):
-            kind, o, name = opts(layer)
-            if kind == "conv2d":
-                m = nn.Conv2d(c, o["out_channels"], o["kernel"], stride=o.get("stride", 1),
-                              padding=o.get("padding", 0), bias=o.get("bias", True))
-                kh, kw = pair(o["kernel"])
-                sh, sw = pair(o.get("stride", 1))
-                ph, pw = pair(o.get("padding", 0))
-                c, h, wd = o["out_channels"], (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-            elif kind in ("maxpool2d", "avgpool2d"):
-                k = o["kernel"]
-                st = o.get("stride", k)
-                p = o.get("padding", 0)
-                m = (nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d)(k, st, p)
-                (kh, kw), (sh, sw), (ph, pw) = pair(k), pair(st), pair(p)
-                h, wd = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-            elif kind == "batchnorm2d":
-                m = nn.BatchNorm2d(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
-            elif kind == "relu":
-                m = nn.ReLU()
-            elif kind == "sigmoid":
-                m = nn.Sigmoid()
-            elif kind == "flatten":
-                m = nn.Flatten()
-                c, h, wd = c * h * wd, 1, 1
-            elif kind == "dropout":
-                m = HashDropout(o.get("p", 0.5), i)
-            elif kind == "linear":
-                m = nn.Linear(c, o["out_features"], bias=o.get("bias", True))
-                c = o["out_features"]
-            else:
-                sys.exit("torch_reference.py: layer kind %s is not supported here" % kind)
-            if name:
-                self.add_module(name, m)
-            else:
-                self.layers[str(i)] = m
-            self.steps.append(m)
-
-    def set_step(self, step):
-        for m in self.steps:
-            if isinstance(m, HashDropout):
-                m.step = step
-
-    def forward(self, x):
-        for m in self.steps:
-            x = m(x)
-        return x
-
-
-def loss_of(spec, net):
-    """The criterion, plus each l2 term's weight * ||param||_2."""
-    loss = spec["loss"]
-    kind, o, _ = opts({k: v for k, v in loss.items() if k != "l2"}) if isinstance(loss, dict) \
-        else (loss, {}, None)
-    if kind == "cross_entropy":
-        weight = torch.tensor(o["weight"], dtype=torch.float32) if "weight" in o else None
-        crit = nn.CrossEntropyLoss(weight=weight,
-                                   label_smoothing=float(o.get("label_smoothing", 0.0)))
-    elif kind == "bce_with_logits":
-        pw = o.get("pos_weight")
-        pw = torch.tensor(pw if isinstance(pw, list) else [pw], dtype=torch.float32) \
-            if pw is not None else None
-        crit = nn.BCEWithLogitsLoss(pos_weight=pw)
-    else:
-        sys.exit("torch_reference.py: loss %s is not supported here" % kind)
-    params = dict(net.named_parameters())
-    terms = [(params[t["param"]], float(t["weight"]))
-             for t in (loss.get("l2", []) if isinstance(loss, dict) else [])]
-
-    def total(logits, label):
-        value = crit(logits, label)
-        for p, w in terms:
-            value = value + w * torch.norm(p)
-        return value
-    return "ce" if kind == "cross_entropy" else "bce", total
-
-
-def optimizer_of(spec, params):
-    kind, o, _ = opts(spec["optimizer"])
-    o = dict(o)
-    if "betas" in o:
-        o["betas"] = tuple(o["betas"])
-    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](
-        params, **o)
-    sched = None
-    if "schedule" in spec:
-        skind, so, _ = opts(spec["schedule"])
-        if skind == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, so["step_size"], so.get("gamma", 0.1))
-        elif skind == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, so["t_max"],
-                                                               so.get("eta_min", 0.0))
+def optimizer_and_schedule(spec, params):
+    """The optimizer and, stepped once per step here (step s runs in epoch s - 1),
+    the schedule."""
+    opt = optimizer_of(spec, params)
+    sched, _ = scheduler_of(spec, opt, 1 << 20)
     return opt, sched
 
 
@@ -359,7 +215,7 @@ def model_net(w, path, steps):
     torch.manual_seed(0)
     net = Net(spec)
     kind, criterion = loss_of(spec, net)
-    opt, sched = optimizer_of(spec, net.parameters())
+    opt, sched = optimizer_and_schedule(spec, net.parameters())
     for name, t in net.state_dict().items():
         w.add("%s/init/%s" % (model, name), t)
     shape = (batch, spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"])

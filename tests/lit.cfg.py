@@ -1,7 +1,6 @@
 # lit configuration for xentcc's golden tests: every .xir / .yaml / .test file
 # under tests/ carries its own RUN: lines, checked with LLVM's FileCheck.
 import os
-import shutil
 import lit.formats
 
 config.name = "xentcc"
@@ -17,7 +16,3 @@ config.environment["PATH"] = os.pathsep.join(
 config.environment["ASAN_OPTIONS"] = "detect_leaks=0"
 config.substitutions.append(("%models", os.path.join(config.xentcc_source_dir, "models")))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
-if config.have_torch:
-    config.available_features.add("torch")
-if shutil.which("dot"):
-    config.available_features.add("dot")

@@ -3,7 +3,8 @@
 // models -- the seed nets (models/cifar10.yaml, models/catdog.yaml) and the
 // option-heavy tests/torch/Inputs/*.yaml -- through the real frontend and
 // passes, all against a file written by scripts/torch_reference.py with
-// PyTorch 1.13. Exits 77 (CTest's skip) when that file is absent.
+// PyTorch 1.13. Fails when that file is absent: the test command installs
+// python3-torch and the fixture writes it.
 #include "ir.h"
 
 #include <check.h>
@@ -18,8 +19,6 @@
 #ifndef XENTCC_SOURCE_DIR
 #define XENTCC_SOURCE_DIR "."
 #endif
-
-enum { SKIP = 77 };
 
 // The agreement asked for: 1e-5 relative. Each element is held to 1e-5 of
 // the larger of its own magnitude and its tensor's largest, so that entries
@@ -588,11 +587,11 @@ int main(void) {
   ref_path = env ? env : XENTCC_BINARY_DIR "/tests/torch_reference.bin";
   FILE *f = fopen(ref_path, "rb");
   if (!f) {
-    printf("SKIPPED: no PyTorch reference file %s\n"
+    printf("FAILED: no PyTorch reference file %s\n"
            "hint: it is written by /usr/bin/python3 scripts/torch_reference.py -o %s, which "
            "needs python3-torch\n",
            ref_path, ref_path);
-    return SKIP;
+    return 1;
   }
   fseek(f, 0, SEEK_END);
   long size = ftell(f);
