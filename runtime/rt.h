@@ -51,6 +51,22 @@ uint32_t xc_rng_below(XcRng *r, uint32_t n); // [0, n), unbiased
 void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
 
 //
+// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by
+//
+
+typedef struct {
+  uint32_t h[8];   // the hash value so far
+  uint64_t len;    // bytes hashed
+  uint8_t buf[64]; // a partial block
+  size_t nbuf;
+} XcSha256;
+
+void xc_sha256_init(XcSha256 *s);
+void xc_sha256_update(XcSha256 *s, const void *data, size_t n);
+void xc_sha256_final(XcSha256 *s, uint8_t out[32]);
+void xc_sha256(const void *data, size_t n, uint8_t out[32]);
+
+//
 // parallel.c: OpenMP thread count
 //
 

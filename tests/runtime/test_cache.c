@@ -3,7 +3,8 @@
 // byte for byte (pixels, labels, file names, skipped files and their
 // messages) without decoding; changed or added files, truncated and garbage
 // cache files are misses; a read-only data folder falls back to
-// $XDG_CACHE_HOME; the two parts of a validation split are cached apart.
+// $XDG_CACHE_HOME; the two parts of a validation split are cached apart;
+// SHA-256, which the cache is to name photos by.
 // xc_files_decoded, which data.c counts, tells a hit from a miss.
 #include "../common/capture.h"
 #include "rt.h"
@@ -376,6 +377,81 @@ START_TEST(cache_only_folders) {
 }
 END_TEST
 
+//
+// SHA-256
+//
+
+static char *hex(const uint8_t sum[32]) {
+  static char s[65];
+  for (int i = 0; i < 32; i++)
+    sprintf(s + 2 * i, "%02x", sum[i]);
+  return s;
+}
+
+// FIPS 180-4's examples (NIST's "SHA256.pdf" and "SHA2_Additional.pdf"),
+// plus lengths at the padding's edges (55, 56, 63, 64, 119, 120 bytes: the
+// length fits in the last block or needs another), from Python's hashlib;
+// any split of the input into updates gives the same hash.
+START_TEST(sha256_vectors) {
+  uint8_t sum[32];
+  static const struct {
+    const char *msg;
+    const char *want;
+  } fips[] = {
+      {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+      {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+      {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+      {"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrl"
+       "mnopqrsmnopqrstnopqrstu",
+       "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"},
+  };
+  for (int i = 0; i < 4; i++) {
+    xc_sha256(fips[i].msg, strlen(fips[i].msg), sum);
+    ck_assert_str_eq(hex(sum), fips[i].want);
+    size_t n = strlen(fips[i].msg);
+    for (size_t cut = 0; cut <= n; cut++) {
+      XcSha256 h;
+      xc_sha256_init(&h);
+      xc_sha256_update(&h, fips[i].msg, cut);
+      xc_sha256_update(&h, fips[i].msg + cut, n - cut);
+      xc_sha256_final(&h, sum);
+      ck_assert_str_eq(hex(sum), fips[i].want);
+    }
+  }
+  // One million 'a', in updates of 1, 7, 64 and 1000 bytes.
+  char *a = xc_malloc(1000000);
+  memset(a, 'a', 1000000);
+  xc_sha256(a, 1000000, sum);
+  ck_assert_str_eq(hex(sum), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  static const size_t steps[] = {1, 7, 64, 1000};
+  for (int k = 0; k < 4; k++) {
+    XcSha256 h;
+    xc_sha256_init(&h);
+    for (size_t at = 0; at < 1000000; at += steps[k])
+      xc_sha256_update(&h, a + at, 1000000 - at < steps[k] ? 1000000 - at : steps[k]);
+    xc_sha256_final(&h, sum);
+    ck_assert_str_eq(hex(sum), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  }
+  static const struct {
+    size_t n;
+    const char *want;
+  } edges[] = {
+      {55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"},
+      {56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"},
+      {63, "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34"},
+      {64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"},
+      {119, "31eba51c313a5c08226adf18d4a359cfdfd8d2e816b13f4af952f7ea6584dcfb"},
+      {120, "2f3d335432c70b580af0e8e1b3674a7c020d683aa5f73aaaedfdc55af904c21c"},
+  };
+  for (int i = 0; i < 6; i++) {
+    xc_sha256(a, edges[i].n, sum);
+    ck_assert_msg(!strcmp(hex(sum), edges[i].want), "%zu bytes", edges[i].n);
+  }
+  free(a);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("runtime_cache");
   TCase *tc = tcase_create("core");
@@ -387,6 +463,7 @@ int main(void) {
   tcase_add_test(tc, cache_read_only_data);
   tcase_add_test(tc, cache_val_split);
   tcase_add_test(tc, cache_only_folders);
+  tcase_add_test(tc, sha256_vectors);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
