@@ -148,8 +148,19 @@ typedef struct {
   uint8_t *px; // h * w * c, interleaved (HWC)
 } Image;
 
-// Decodes a JPEG or PNG file by its content; false and *err on failure.
+// PIL's Image.MAX_IMAGE_PIXELS: images over it warn, over twice it are
+// refused (a decompression bomb); --max-image-pixels sets another limit.
+#define XC_MAX_IMAGE_PIXELS 89478485
+int64_t xc_pixel_limit(int64_t max_image_pixels); // 0: XC_MAX_IMAGE_PIXELS
+
+// Decodes a JPEG or PNG file by its content; false and *err on failure
+// (not a regular file, not an image, more than twice max_image_pixels
+// pixels, truncated, corrupt). xc_image_load: the default limit.
+bool xc_image_load_max(const char *path, int64_t max_image_pixels, Image *img, char **err);
 bool xc_image_load(const char *path, Image *img, char **err);
+// Opens a file for reading if it is a regular file (after symbolic links),
+// never blocking on a FIFO; -1 and *err (allocated) otherwise.
+int xc_open_regular(const char *path, char **err);
 // Converts to the model's channel count and size (PIL's bilinear with
 // antialias on downscaling) and writes CHW bytes to out.
 void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out);
@@ -193,6 +204,7 @@ typedef struct {
   bool strict; // bad images are errors, not skipped
   bool quiet;
   bool cache;  // folders: keep the decoded bytes on disk (cache.c)
+  int64_t max_image_pixels; // photos: PIL's limit (0: XC_MAX_IMAGE_PIXELS)
   int c, h, w; // the model's input
   int nclasses;
   const char *const *class_names;
