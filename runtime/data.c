@@ -425,14 +425,16 @@ static void warn_large(const DataSpec *s, const FileList *l, const int64_t *sour
 // from the cache), then keeps the good ones in order. A cached file that did
 // not decode is reported again, so nbad and the messages stay the same.
 static Dataset *decode_files(const DataSpec *s, FileList *l, const char *format, int64_t nbad) {
-  uint64_t key = s->cache ? xc_cache_key(s, format, l) : 0;
   apply_split(l, s);
+  uint8_t key[32];
+  if (s->cache)
+    xc_cache_key(s, format, l, key);
   Dataset *d = new_dataset(s, format);
   size_t bytes = sample_bytes(d);
   d->pixels = xc_malloc(l->n * bytes + 1);
   char **err = xc_calloc(l->n + 1, sizeof(char *));
   int64_t *source_pixels = xc_calloc(l->n + 1, sizeof(int64_t)); // w*h of each file
-  if (!s->cache || !xc_cache_load(s, format, key, l, d->pixels, err)) {
+  if (!s->cache || !xc_cache_load(s, format, key, l, d->pixels, err, source_pixels)) {
 #pragma omp parallel for schedule(dynamic, 16)
     for (int64_t i = 0; i < l->n; i++) {
       Image img;
@@ -444,7 +446,7 @@ static Dataset *decode_files(const DataSpec *s, FileList *l, const char *format,
     }
     xc_files_decoded += l->n;
     if (s->cache)
-      xc_cache_save(s, format, key, l, d->pixels, err);
+      xc_cache_save(s, format, key, l, d->pixels, err, source_pixels);
   }
   warn_large(s, l, source_pixels);
   free(source_pixels);

@@ -242,17 +242,18 @@ typedef struct {
 extern int64_t xc_files_decoded; // image files data.c has decoded (tests tell cache hits by it)
 
 // cache.c, for data.c: the decoded bytes of a folder kept between runs. The
-// key hashes everything decoding depends on: the folder, l's files (before
-// the split) with their sizes and times, the model's input, the classes and
-// the split.
-uint64_t xc_cache_key(const DataSpec *s, const char *format, const FileList *l);
-// Fills pixels (slot i: file i, c*h*w bytes) and err (NULL: decoded, else
-// why not) from a valid cache file; false, with err all NULL, otherwise.
-bool xc_cache_load(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
-                   uint8_t *pixels, char **err);
+// key hashes everything decoding depends on: the folder, the model's input,
+// the classes, the split, the pixel limit, and l's files (the view, after
+// the split) with their names, labels and SHA-256 of their bytes.
+void xc_cache_key(const DataSpec *s, const char *format, const FileList *l, uint8_t key[32]);
+// Fills pixels (slot i: file i, c*h*w bytes), err (NULL: decoded, else why
+// not) and source_pixels (the w*h each decoded file had) from a valid cache
+// file; false, with err all NULL, otherwise.
+bool xc_cache_load(const DataSpec *s, const char *format, const uint8_t key[32], const FileList *l,
+                   uint8_t *pixels, char **err, int64_t *source_pixels);
 // Writes the cache file, or warns once and goes on without it.
-void xc_cache_save(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
-                   const uint8_t *pixels, char *const *err);
+void xc_cache_save(const DataSpec *s, const char *format, const uint8_t key[32], const FileList *l,
+                   const uint8_t *pixels, char *const *err, const int64_t *source_pixels);
 
 typedef struct {
   float mean[4], std[4];
