@@ -38,9 +38,21 @@ static const char *data_hint(const DataSpec *s) {
                    s->format_hint && *s->format_hint ? s->format_hint : "");
 }
 
-// Directory entries (not "." files), sorted by byte order; dirs selects
-// subdirectories instead of files.
-static char **list_dir(const char *path, bool dirs, int *count) {
+// Which directory entries a listing keeps, given the name and whether it
+// is a directory (after symbolic links).
+typedef bool (*EntryFilter)(const char *name, bool is_dir);
+
+static bool subdirs(const char *name, bool is_dir) { return is_dir; }
+static bool non_dirs(const char *name, bool is_dir) { return !is_dir; }
+// A photo folder's entries: whatever is not a folder (decoding reads only
+// regular files and reports a FIFO, a device or a socket), and a folder
+// named like a photo, which is reported too rather than passed over.
+static bool photo_entries(const char *name, bool is_dir) {
+  return !is_dir || xc_is_image_name(name);
+}
+
+// Directory entries (not "." files) that keep accepts, sorted by byte order.
+static char **list_entries(const char *path, EntryFilter keep, int *count) {
   DIR *d = opendir(path);
   if (!d)
     xc_die("check the path", "cannot read directory %s: %s", path, strerror(errno));
@@ -53,7 +65,7 @@ static char **list_dir(const char *path, bool dirs, int *count) {
     char *full = xc_join(path, e->d_name);
     bool is_dir = xc_is_dir(full);
     free(full);
-    if (is_dir != dirs)
+    if (!keep(e->d_name, is_dir))
       continue;
     names = xc_realloc(names, sizeof(char *) * (n + 1));
     names[n++] = xc_strdup(e->d_name);
@@ -63,6 +75,11 @@ static char **list_dir(const char *path, bool dirs, int *count) {
     qsort(names, n, sizeof(char *), xc_cmp_str);
   *count = n;
   return names;
+}
+
+// Subdirectories (dirs) or the other entries.
+static char **list_dir(const char *path, bool dirs, int *count) {
+  return list_entries(path, dirs ? subdirs : non_dirs, count);
 }
 
 static void free_names(char **names, int n) {
@@ -456,29 +473,50 @@ static void apply_split(FileList *l, const DataSpec *s) {
 
 int64_t xc_files_decoded;
 
+// PIL warns about an image over its pixel limit and reads it; one warning
+// for the data set, naming the first such file (the rest were refused).
+static void warn_large(const DataSpec *s, const FileList *l, const int64_t *source_pixels) {
+  int64_t limit = xc_pixel_limit(s->max_image_pixels), count = 0, first = -1;
+  for (int64_t i = 0; i < l->n; i++)
+    if (source_pixels[i] > limit && count++ == 0)
+      first = i;
+  if (count && !s->quiet)
+    xc_warn("images over twice the limit are refused; --max-image-pixels N sets the limit",
+            "%s: %lld pixels, over the limit of %lld (a decompression bomb?)%s; read anyway, as "
+            "PIL does",
+            l->path[first], (long long)source_pixels[first], (long long)limit,
+            count > 1 ? xc_format(", as are %lld more images", (long long)(count - 1)) : "");
+}
+
 // Splits the list, decodes every file on all threads (or takes the bytes
 // from the cache), then keeps the good ones in order. A cached file that did
 // not decode is reported again, so nbad and the messages stay the same.
 static Dataset *decode_files(const DataSpec *s, FileList *l, const char *format, int64_t nbad) {
-  uint64_t key = s->cache ? xc_cache_key(s, format, l) : 0;
   apply_split(l, s);
+  uint8_t key[32];
+  if (s->cache)
+    xc_cache_key(s, format, l, key);
   Dataset *d = new_dataset(s, format);
   size_t bytes = sample_bytes(d);
   d->pixels = xc_malloc(l->n * bytes + 1);
   char **err = xc_calloc(l->n + 1, sizeof(char *));
-  if (!s->cache || !xc_cache_load(s, format, key, l, d->pixels, err)) {
+  int64_t *source_pixels = xc_calloc(l->n + 1, sizeof(int64_t)); // w*h of each file
+  if (!s->cache || !xc_cache_load(s, format, key, l, d->pixels, err, source_pixels)) {
 #pragma omp parallel for schedule(dynamic, 16)
     for (int64_t i = 0; i < l->n; i++) {
       Image img;
-      if (xc_image_load(l->path[i], &img, &err[i])) {
+      if (xc_image_load_max(l->path[i], s->max_image_pixels, &img, &err[i])) {
+        source_pixels[i] = (int64_t)img.w * img.h;
         xc_image_to_chw(&img, d->c, d->h, d->w, d->pixels + i * bytes);
         free(img.px);
       }
     }
     xc_files_decoded += l->n;
     if (s->cache)
-      xc_cache_save(s, format, key, l, d->pixels, err);
+      xc_cache_save(s, format, key, l, d->pixels, err, source_pixels);
   }
+  warn_large(s, l, source_pixels);
+  free(source_pixels);
   d->labels = xc_malloc(sizeof(int32_t) * (l->n + 1));
   d->files = xc_malloc(sizeof(char *) * (l->n + 1));
   for (int64_t i = 0; i < l->n; i++) {
@@ -524,7 +562,7 @@ static char *class_list(const DataSpec *s) {
 static Dataset *load_folder(const DataSpec *s) {
   check_channels(s);
   int n;
-  char **names = list_dir(s->path, false, &n);
+  char **names = list_entries(s->path, photo_entries, &n);
   FileList l = {0};
   int64_t nbad = 0;
   for (int i = 0; i < n; i++) {
@@ -564,7 +602,7 @@ static Dataset *load_image_folder(const DataSpec *s) {
     }
     char *dir = xc_join(s->path, subs[i]);
     int n;
-    char **names = list_dir(dir, false, &n);
+    char **names = list_entries(dir, photo_entries, &n);
     for (int j = 0; j < n; j++) {
       add_file(&l, xc_join(dir, names[j]), xc_format("%s/%s", subs[i], names[j]), label);
       free(names[j]);

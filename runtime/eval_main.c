@@ -9,7 +9,8 @@
 
 static const char usage_fmt[] =
     "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--json]\n"
-    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--cache] [--quiet]";
+    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--cache]\n"
+    "       [--max-image-pixels N] [--quiet]";
 
 static void print_help(const char *prog, const XcModel *m) {
   printf(usage_fmt, prog);
@@ -27,13 +28,16 @@ static void print_help(const char *prog, const XcModel *m) {
          "  --strict           an unreadable image is an error instead of being skipped\n"
          "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
          "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
+         "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
+         "                     as decompression bombs (default %d, PIL's)\n"
          "  --quiet            no progress messages\n\n"
          "The whole test set is evaluated: the last partial batch is padded and the\n"
          "padding ignored.\n",
          m->name, m->nclasses, m->name,
          *m->test_path && (xc_is_dir(m->test_path) || xc_is_file(m->test_path)) ? m->test_path
          : *m->train_path ? xc_format("%s (held-out part)", m->train_path)
-                          : "none: pass --data");
+                          : "none: pass --data",
+         XC_MAX_IMAGE_PIXELS);
 }
 
 static void json_str(const char *s) {
@@ -53,7 +57,7 @@ static void json_str(const char *s) {
 // Class probabilities of each image; a file that does not decode is
 // reported and the exit status is 1.
 static int predict(const XcModel *m, const float *params, const float *state, void *ws,
-                   char **files, int n, bool json, double threshold) {
+                   char **files, int n, bool json, double threshold, int max_pixels) {
   int b = m->batch_size, k = m->outputs == 1 ? 2 : m->outputs, status = 0;
   size_t floats = (size_t)m->channels * m->height * m->width;
   float *images = xc_alloc_floats((int64_t)b * floats);
@@ -71,12 +75,16 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
     for (int i = 0; i < real; i++) {
       Image img;
       char *err;
-      ok[start + i] = xc_image_load(files[start + i], &img, &err);
+      ok[start + i] = xc_image_load_max(files[start + i], max_pixels, &img, &err);
       if (!ok[start + i]) {
         xc_warn("--predict takes JPEG or PNG files", "%s: %s", files[start + i], err);
         status = 1;
         continue;
       }
+      if ((int64_t)img.w * img.h > xc_pixel_limit(max_pixels))
+        xc_warn("--max-image-pixels N sets the limit",
+                "%s: %lld pixels, over the limit of %lld (a decompression bomb?); read anyway",
+                files[start + i], (long long)img.w * img.h, (long long)xc_pixel_limit(max_pixels));
       xc_image_to_chw(&img, m->channels, m->height, m->width, chw);
       free(img.px);
       xc_transform(&t, chw, m->channels, m->height, m->width, images + i * floats, NULL);
@@ -128,7 +136,7 @@ int xc_eval_main(int argc, char **argv) {
   const char *weights = NULL, *data = NULL, *split = NULL;
   double threshold = 0.5;
   bool json = false, strict = false, quiet = false, threshold_given = false, cache = false;
-  int threads = 0;
+  int threads = 0, max_pixels = 0;
   char **predict_files = NULL;
   int npredict = 0;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
@@ -155,6 +163,8 @@ int xc_eval_main(int argc, char **argv) {
       strict = true;
     } else if (arg_flag(&a, "--cache")) {
       cache = true;
+    } else if (arg_opt(&a, "--max-image-pixels")) {
+      max_pixels = arg_int(&a, 1, 2147483647);
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
     } else if (arg_flag(&a, "--predict")) {
@@ -186,7 +196,7 @@ int xc_eval_main(int argc, char **argv) {
   xc_load_weights(weights, m, params, state, NULL);
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   if (npredict)
-    return predict(m, params, state, ws, predict_files, npredict, json, threshold);
+    return predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);
 
   // The test set: --data, else the YAML's test path, else the held-out part
   // of the training folder.
@@ -194,6 +204,7 @@ int xc_eval_main(int argc, char **argv) {
     data = xc_is_dir(m->test_path) || xc_is_file(m->test_path) ? m->test_path : m->train_path;
   DataSpec spec = xc_data_spec(m, data, false, strict, quiet);
   spec.cache = cache;
+  spec.max_image_pixels = max_pixels;
   if (split)
     spec.split = !strcmp(split, "val") ? XC_SPLIT_VAL : XC_SPLIT_ALL;
   if (spec.split == XC_SPLIT_VAL && spec.val_split <= 0)

@@ -67,6 +67,22 @@ XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t t
 int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch);
 
 //
+// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by
+//
+
+typedef struct {
+  uint32_t h[8];   // the hash value so far
+  uint64_t len;    // bytes hashed
+  uint8_t buf[64]; // a partial block
+  size_t nbuf;
+} XcSha256;
+
+void xc_sha256_init(XcSha256 *s);
+void xc_sha256_update(XcSha256 *s, const void *data, size_t n);
+void xc_sha256_final(XcSha256 *s, uint8_t out[32]);
+void xc_sha256(const void *data, size_t n, uint8_t out[32]);
+
+//
 // parallel.c: OpenMP thread count
 //
 
@@ -153,8 +169,19 @@ typedef struct {
   uint8_t *px; // h * w * c, interleaved (HWC)
 } Image;
 
-// Decodes a JPEG or PNG file by its content; false and *err on failure.
+// PIL's Image.MAX_IMAGE_PIXELS: images over it warn, over twice it are
+// refused (a decompression bomb); --max-image-pixels sets another limit.
+#define XC_MAX_IMAGE_PIXELS 89478485
+int64_t xc_pixel_limit(int64_t max_image_pixels); // 0: XC_MAX_IMAGE_PIXELS
+
+// Decodes a JPEG or PNG file by its content; false and *err on failure
+// (not a regular file, not an image, more than twice max_image_pixels
+// pixels, truncated, corrupt). xc_image_load: the default limit.
+bool xc_image_load_max(const char *path, int64_t max_image_pixels, Image *img, char **err);
 bool xc_image_load(const char *path, Image *img, char **err);
+// Opens a file for reading if it is a regular file (after symbolic links),
+// never blocking on a FIFO; -1 and *err (allocated) otherwise.
+int xc_open_regular(const char *path, char **err);
 // Converts to the model's channel count and size (PIL's bilinear with
 // antialias on downscaling) and writes CHW bytes to out.
 void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out);
@@ -198,6 +225,7 @@ typedef struct {
   bool strict; // bad images are errors, not skipped
   bool quiet;
   bool cache;  // folders: keep the decoded bytes on disk (cache.c)
+  int64_t max_image_pixels; // photos: PIL's limit (0: XC_MAX_IMAGE_PIXELS)
   int c, h, w; // the model's input
   bool convert; // tensor data of other channels is converted (RGB <-> grey), else an error
   bool resize;  // tensor data of another size is resized, else an error
@@ -237,17 +265,18 @@ typedef struct {
 extern int64_t xc_files_decoded; // image files data.c has decoded (tests tell cache hits by it)
 
 // cache.c, for data.c: the decoded bytes of a folder kept between runs. The
-// key hashes everything decoding depends on: the folder, l's files (before
-// the split) with their sizes and times, the model's input, the classes and
-// the split.
-uint64_t xc_cache_key(const DataSpec *s, const char *format, const FileList *l);
-// Fills pixels (slot i: file i, c*h*w bytes) and err (NULL: decoded, else
-// why not) from a valid cache file; false, with err all NULL, otherwise.
-bool xc_cache_load(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
-                   uint8_t *pixels, char **err);
+// key hashes everything decoding depends on: the folder, the model's input,
+// the classes, the split, the pixel limit, and l's files (the view, after
+// the split) with their names, labels and SHA-256 of their bytes.
+void xc_cache_key(const DataSpec *s, const char *format, const FileList *l, uint8_t key[32]);
+// Fills pixels (slot i: file i, c*h*w bytes), err (NULL: decoded, else why
+// not) and source_pixels (the w*h each decoded file had) from a valid cache
+// file; false, with err all NULL, otherwise.
+bool xc_cache_load(const DataSpec *s, const char *format, const uint8_t key[32], const FileList *l,
+                   uint8_t *pixels, char **err, int64_t *source_pixels);
 // Writes the cache file, or warns once and goes on without it.
-void xc_cache_save(const DataSpec *s, const char *format, uint64_t key, const FileList *l,
-                   const uint8_t *pixels, char *const *err);
+void xc_cache_save(const DataSpec *s, const char *format, const uint8_t key[32], const FileList *l,
+                   const uint8_t *pixels, char *const *err, const int64_t *source_pixels);
 
 typedef struct {
   float mean[4], std[4];

@@ -20,7 +20,7 @@ static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
-    "       [--strict] [--cache] [--quiet]";
+    "       [--strict] [--cache] [--max-image-pixels N] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -80,10 +80,12 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "  --strict           an unreadable image is an error instead of being skipped\n"
       "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
       "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
+      "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
+      "                     as decompression bombs (default %d, PIL's)\n"
       "  --quiet            print only errors\n\n"
       "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
-      m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save,
+      m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save, XC_MAX_IMAGE_PIXELS,
       m->drop_last ? ""
                    : "A partial last batch is padded to the compiled batch size with rows the\n"
                      "loss ignores, so the step computes what PyTorch does on the smaller batch.\n");
@@ -164,6 +166,7 @@ int xc_train_main(int argc, char **argv) {
   int epochs = m->epochs, steps = 0, seed = m->seed, threads = 0;
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
   bool drop_last = m->drop_last, cache = false;
+  int max_pixels = 0;
   bool eval_each_epoch = true;
   double lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
@@ -212,6 +215,8 @@ int xc_train_main(int argc, char **argv) {
       strict = true;
     } else if (arg_flag(&a, "--cache")) {
       cache = true;
+    } else if (arg_opt(&a, "--max-image-pixels")) {
+      max_pixels = arg_int(&a, 1, 2147483647);
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
     } else {
@@ -277,6 +282,7 @@ int xc_train_main(int argc, char **argv) {
   double t_load = xc_now();
   DataSpec spec = xc_data_spec(m, data, true, strict, quiet);
   spec.cache = cache;
+  spec.max_image_pixels = max_pixels;
   Dataset *d = xc_load_dataset(&spec);
   if (d->n == 0 || (drop_last && d->n < m->batch_size))
     xc_die("use more data, or compile with a smaller train.batch_size",
@@ -396,6 +402,7 @@ int xc_train_main(int argc, char **argv) {
           if (vpath) {
             DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
             vs.cache = cache;
+            vs.max_image_pixels = max_pixels;
             if (vpath != data)
               vs.split = XC_SPLIT_ALL;
             val = xc_load_dataset(&vs);

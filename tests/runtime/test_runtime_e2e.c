@@ -358,6 +358,41 @@ START_TEST(command_line_errors) {
 }
 END_TEST
 
+// --max-image-pixels N: PIL's limit on pixels per photo, for both
+// executables. Training photos are 12x10 (120 pixels), test photos 16x16
+// (256): over N they warn, over 2N they are refused like unreadable files.
+START_TEST(max_image_pixels_option) {
+  char *dir = rgb_workdir(2);
+  Run r = run(dir, "fake-train", "--data train --epochs 1 --no-eval --max-image-pixels 100");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.err, "120 pixels, over the limit of 100 (a decompression bomb?), as are");
+  r = run(dir, "fake-train", "--data train --epochs 1 --max-image-pixels=59");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "12x10, 120 pixels, over twice the limit of 59");
+  ASSERT_HAS(r.err, "no readable images");
+  r = run(dir, "fake-eval", "--data test --max-image-pixels 100");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "16x16, 256 pixels, over twice the limit of 100");
+  r = run(dir, "fake-eval", "--data test --max-image-pixels 200 --json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.err, "256 pixels, over the limit of 200");
+  r = run(dir, "fake-eval", "--predict test/red.0.jpg --max-image-pixels 100");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "test/red.0.jpg: the image is 16x16, 256 pixels, over twice the limit of 100");
+  r = run(dir, "fake-eval", "--predict test/red.0.jpg --max-image-pixels 200");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.err, "test/red.0.jpg: 256 pixels, over the limit of 200");
+  r = run(dir, "fake-train", "--data train --max-image-pixels 0");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--max-image-pixels: bad value '0'");
+  r = run(dir, "fake-train", "--help");
+  ASSERT_HAS(r.out, "--max-image-pixels N");
+  ASSERT_HAS(r.out, "89478485");
+  r = run(dir, "fake-eval", "--help");
+  ASSERT_HAS(r.out, "--max-image-pixels N");
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("runtime-e2e");
   TCase *tc = tcase_create("e2e");
@@ -368,6 +403,7 @@ int main(void) {
   tcase_add_test(tc, other_formats);
   tcase_add_test(tc, binary_model);
   tcase_add_test(tc, command_line_errors);
+  tcase_add_test(tc, max_image_pixels_option);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);
   srunner_run_all(r, CK_NORMAL);
