@@ -18,7 +18,13 @@
 //         plus l2: [{param, weight}]
 //   optimizer: sgd {lr, momentum, dampening, weight_decay, nesterov}
 //            | adam / adamw {lr, betas, eps, weight_decay}
-//   schedule: constant | step {step_size, gamma} | cosine {t_max, eta_min}
+//   schedule: constant | step {step_size, gamma} | multistep {milestones, gamma}
+//           | exponential {gamma} | cosine {t_max, eta_min}
+//           | linear {start_factor, end_factor, total_iters}
+//           | one_cycle {max_lr, total_steps, pct_start, anneal_strategy, div_factor,
+//                        final_div_factor, three_phase, cycle_momentum, base_momentum,
+//                        max_momentum},
+//             plus warmup: {total_iters, start_factor} and interval: epoch|step
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
 //     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
