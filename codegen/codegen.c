@@ -176,26 +176,30 @@ static void emit_function(Cg *c, const LoopFunc *f) {
       body[i] = emit_parallel_body(c, kfn[i], f->k[i].node->nin + 1);
   }
 
-  LLVMTypeRef ft;
-  if (f->kind == FN_TRAIN_STEP) {
-    LLVMTypeRef p[6] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
-    ft = LLVMFunctionType(c->f32, p, 6, false);
-  } else if (f->kind == FN_FORWARD) {
-    LLVMTypeRef p[5] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
-    ft = LLVMFunctionType(c->voidt, p, 5, false);
-  } else {
-    LLVMTypeRef p[1] = {c->ptr};
-    ft = LLVMFunctionType(c->voidt, p, 1, false);
-  }
+  // Where each pointer argument is, per function (-1: absent); the C
+  // prototypes are in runtime/xentcc_rt.h. FN_SLOTS takes one array of
+  // pointers, one per node.
+  static const struct {
+    int params, state, images, labels, args, grads, logits, ws, count;
+  } sig[] = {
+      [FN_GRAD_STEP] = {0, 1, 2, 3, 4, 5, -1, 6, 7},
+      [FN_APPLY_STEP] = {0, 1, -1, -1, 3, 2, -1, 4, 5},
+      [FN_FORWARD] = {0, 1, 2, -1, -1, -1, 3, 4, 5},
+      [FN_SLOTS] = {0, -1, -1, -1, -1, -1, -1, -1, 1},
+  };
+  const __typeof__(sig[0]) *s = &sig[f->kind];
+  LLVMTypeRef ptrs[8] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
+  LLVMTypeRef ft = LLVMFunctionType(f->kind == FN_GRAD_STEP ? c->f32 : c->voidt, ptrs, s->count, false);
   LLVMValueRef fn = LLVMAddFunction(c->mod, f->name, ft);
   begin_function(c, fn);
-  bool train = f->kind == FN_TRAIN_STEP;
-  LLVMValueRef params = LLVMGetParam(fn, 0), state = LLVMGetParam(fn, 1);
-  LLVMValueRef images = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, 2);
-  LLVMValueRef ws = f->kind == FN_SLOTS ? NULL : LLVMGetParam(fn, train ? 5 : 4);
-  // XcStepArgs: {i32 step, i32 seed, float lr, float momentum}.
+#define ARG(i) ((i) >= 0 ? LLVMGetParam(fn, (i)) : NULL)
+  LLVMValueRef params = ARG(s->params), state = ARG(s->state), images = ARG(s->images);
+  LLVMValueRef labels = ARG(s->labels), args = ARG(s->args), grads = ARG(s->grads);
+  LLVMValueRef ws = ARG(s->ws);
+#undef ARG
+  // XcStepArgs: {i32 step, i32 seed, float lr, float momentum, i32 opt_step}.
   LLVMTypeRef args_t = LLVMStructTypeInContext(
-      c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32}, 4, false);
+      c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32, c->i32}, 5, false);
 
   LLVMValueRef *buf = xcalloc(g->nnodes, sizeof *buf);
   for (int i = 0; i < g->nnodes; i++) {
@@ -209,28 +213,33 @@ static void emit_function(Cg *c, const LoopFunc *f) {
     case BUF_STATE:
       buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, state, &off, 1, "");
       break;
+    case BUF_GRAD:
+      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, grads, &off, 1, "");
+      break;
     case BUF_WORKSPACE:
       buf[i] = LLVMBuildInBoundsGEP2(c->b, c->i8, ws, &off, 1, "");
       break;
     case BUF_ARG:
-      if (!strcmp(b->arg, "image"))
-        buf[i] = images;
-      else if (train)
-        buf[i] = LLVMGetParam(fn, 3);
-      else
-        error_at(n->loc, "the evaluation graph takes only %image", "the forward pass cannot read %%%s",
-                 b->arg);
-      break;
     case BUF_SCALAR: {
-      if (!train)
-        error_at(n->loc, "the evaluation graph takes only %image", "the forward pass cannot read %%%s",
-                 b->arg);
+      bool image = !strcmp(b->arg, "image");
+      LLVMValueRef where = image ? images : b->kind == BUF_ARG ? labels : args;
+      if (!where && f->kind == FN_FORWARD)
+        error_at(n->loc, "the evaluation graph takes only %image",
+                 "the forward pass cannot read %%%s", b->arg);
+      if (!where) // an input only the other half of the step reads
+        break;
+      if (b->kind == BUF_ARG) {
+        buf[i] = where;
+        break;
+      }
       DType dt;
       int field = step_arg_field(b->arg, &dt);
       ir_assert(field >= 0);
-      buf[i] = LLVMBuildStructGEP2(c->b, args_t, LLVMGetParam(fn, 4), field, b->arg);
+      buf[i] = LLVMBuildStructGEP2(c->b, args_t, args, field, b->arg);
       break;
     }
+    case BUF_ABSENT:
+      break;
     case BUF_CONST:
       buf[i] = const_global(c, n);
       break;
@@ -268,7 +277,7 @@ static void emit_function(Cg *c, const LoopFunc *f) {
       LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, n->nin + 3, "");
     }
   }
-  if (f->kind == FN_TRAIN_STEP) {
+  if (f->kind == FN_GRAD_STEP) {
     LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, buf[g->ret[0]->id], "loss"));
   } else if (f->kind == FN_FORWARD) {
     int64_t bytes = type_numel(&g->ret[0]->type) * 4;
@@ -277,6 +286,43 @@ static void emit_function(Cg *c, const LoopFunc *f) {
   } else {
     LLVMBuildRetVoid(c->b);
   }
+}
+
+// `int32_t xc_grad_check(const float *grads)`: the index (in xc_model.params)
+// of the first parameter whose gradient holds a NaN or an infinity, or -1.
+// x - x is NaN exactly when x is not finite.
+static void emit_grad_check(Cg *c, Graph *g, const Blocks *b) {
+  LLVMTypeRef ft = LLVMFunctionType(c->i32, &c->ptr, 1, false);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_grad_check", ft);
+  begin_function(c, fn);
+  LLVMValueRef grads = LLVMGetParam(fn, 0);
+  for (int t = 0; t < b->nparams; t++) {
+    Node *p = b->params[t].node;
+    if (!graph_find(g, xformat("%s.grad", p->name)))
+      continue; // frozen: no gradient
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
+    LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c->ctx, fn, "scan");
+    LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, fn, "bad");
+    LLVMBasicBlockRef next = LLVMAppendBasicBlockInContext(c->ctx, fn, "next");
+    LLVMBuildBr(c->b, loop);
+    LLVMPositionBuilderAtEnd(c->b, loop);
+    LLVMValueRef i = LLVMBuildPhi(c->b, c->i64, "i");
+    LLVMValueRef at = LLVMBuildAdd(c->b, i, CI(c, b->params[t].offset), "");
+    LLVMValueRef x = LLVMBuildLoad2(c->b, c->f32, LLVMBuildInBoundsGEP2(c->b, c->f32, grads, &at, 1, ""), "");
+    LLVMValueRef nan = LLVMBuildFCmp(c->b, LLVMRealUNO, LLVMBuildFSub(c->b, x, x, ""),
+                                     LLVMConstReal(c->f32, 0), "");
+    LLVMValueRef i1 = LLVMBuildAdd(c->b, i, CI(c, 1), "");
+    LLVMValueRef done = LLVMBuildICmp(c->b, LLVMIntEQ, i1, CI(c, type_numel(&p->type)), "");
+    LLVMBasicBlockRef cont = LLVMAppendBasicBlockInContext(c->ctx, fn, "cont");
+    LLVMBuildCondBr(c->b, nan, bad, cont);
+    LLVMPositionBuilderAtEnd(c->b, cont);
+    LLVMBuildCondBr(c->b, done, next, loop);
+    LLVMAddIncoming(i, (LLVMValueRef[]){CI(c, 0), i1}, (LLVMBasicBlockRef[]){pre, cont}, 2);
+    LLVMPositionBuilderAtEnd(c->b, bad);
+    LLVMBuildRet(c->b, CI32(c, t));
+    LLVMPositionBuilderAtEnd(c->b, next);
+  }
+  LLVMBuildRet(c->b, CI32(c, -1));
 }
 
 // --- xc_model ------------------------------------------------------------------
@@ -639,7 +685,7 @@ static char *make_tmpdir(void) {
 
 typedef struct {
   const char *suffix; // "train" or "eval"
-  LoopFunc *fns[2];
+  LoopFunc *fns[3];
   int nfns;
   const char *main_fn;
 } Exe;
@@ -647,13 +693,14 @@ typedef struct {
 void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   ir_assert(train || eval);
   Blocks *blocks = plan_blocks(train ? train : eval);
-  LoopFunc *step = train ? lower_graph(train, FN_TRAIN_STEP, "xc_train_step", blocks) : NULL;
+  LoopFunc *grad = train ? lower_graph(train, FN_GRAD_STEP, "xc_grad_step", blocks) : NULL;
+  LoopFunc *apply = train ? lower_graph(train, FN_APPLY_STEP, "xc_apply_step", blocks) : NULL;
   LoopFunc *fwd = eval ? lower_graph(eval, FN_FORWARD, "xc_forward", blocks) : NULL;
   const char *pa = opt->print_after;
   bool print_lower = pa && (!strcmp(pa, "lower") || !strcmp(pa, "all"));
   bool emit_loops = opt->emit && !strcmp(opt->emit, "loops");
-  LoopFunc *fns[2] = {step, fwd};
-  for (int i = 0; i < 2; i++) {
+  LoopFunc *fns[3] = {grad, apply, fwd};
+  for (int i = 0; i < 3; i++) {
     if (!fns[i])
       continue;
     if (print_lower) {
@@ -674,7 +721,7 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   Exe exes[2];
   int nexes = 0;
   if (train) {
-    exes[nexes] = (Exe){"train", {step, fwd}, fwd ? 2 : 1, "xc_train_main"};
+    exes[nexes] = (Exe){"train", {grad, apply, fwd}, fwd ? 3 : 2, "xc_train_main"};
     nexes++;
   }
   if (eval)
@@ -695,6 +742,8 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
       if (exes[e].fns[i]->workspace_bytes > ws)
         ws = exes[e].fns[i]->workspace_bytes;
     }
+    if (train && !strcmp(exes[e].suffix, "train"))
+      emit_grad_check(c, train, blocks);
     emit_model(c, m, blocks, ws, outputs, float_labels);
     emit_main(c, exes[e].main_fn);
     finish_module(c, tm, opt);

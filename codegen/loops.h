@@ -11,11 +11,13 @@
 typedef enum {
   BUF_PARAM,     // params + offset (floats)
   BUF_STATE,     // state + offset (floats)
+  BUF_GRAD,      // grads + offset (floats): a parameter's gradient, laid out like params
   BUF_ARG,       // a function argument: images, labels or logits
   BUF_SCALAR,    // a field of the step's XcStepArgs (step, seed, lr, momentum)
   BUF_WORKSPACE, // workspace + offset (bytes)
   BUF_CONST,     // a constant global
   BUF_SLOT,      // slots[slot]: the test entry passes one pointer per node
+  BUF_ABSENT,    // computed by the other half of a training step; not read here
 } BufKind;
 
 typedef struct {
@@ -34,7 +36,13 @@ typedef struct {
   bool relu;      // a relu fused into this conv2d/linear: max(0, .) on the way out
 } Kernel;
 
-typedef enum { FN_TRAIN_STEP, FN_FORWARD, FN_SLOTS } FuncKind;
+// A training step is two functions, so that the runtime can look at the
+// gradients between them (a non-finite one skips or stops the update; later
+// loss scaling and an allreduce across processes sit there too):
+//   FN_GRAD_STEP   forward and backward: the loss, every parameter's
+//                  gradient into the grads block, batch-norm statistics
+//   FN_APPLY_STEP  the optimizer: params and optimizer state from the grads
+typedef enum { FN_GRAD_STEP, FN_APPLY_STEP, FN_FORWARD, FN_SLOTS } FuncKind;
 
 // One tensor of the params or state block, in graph order.
 typedef struct {
@@ -51,6 +59,7 @@ typedef struct {
   int nk;
   int64_t workspace_bytes;
   bool *folded;      // by node id: a relu computed by its producer's kernel
+  bool *member;      // by node id: the node's kernel runs in this function
 } LoopFunc;
 
 // The params and state blocks shared by xc_train_step and xc_forward: laid
@@ -69,6 +78,8 @@ Blocks *plan_blocks(Graph *primary);
 LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks);
 void print_loops(FILE *out, const LoopFunc *f);
 int64_t kernel_trip(const Node *n, bool *parallel);
+// The parameter whose gradient node n is (named PARAM.grad), or NULL.
+Node *gradient_of(Graph *g, Node *n);
 
 
 #endif

@@ -39,7 +39,8 @@ int step_arg_field(const char *name, DType *dtype) {
   static const struct {
     const char *name;
     DType dtype;
-  } fields[] = {{"step", DT_I32}, {"seed", DT_I32}, {"lr", DT_F32}, {"momentum", DT_F32}};
+  } fields[] = {{"step", DT_I32},     {"seed", DT_I32},    {"lr", DT_F32},
+                {"momentum", DT_F32}, {"opt_step", DT_I32}};
   for (int i = 0; i < (int)(sizeof fields / sizeof *fields); i++)
     if (!strcmp(fields[i].name, name)) {
       *dtype = fields[i].dtype;
@@ -131,6 +132,54 @@ int64_t kernel_trip(const Node *n, bool *parallel) {
   return trip;
 }
 
+Node *gradient_of(Graph *g, Node *n) {
+  size_t len = n->name ? strlen(n->name) : 0;
+  if (len <= 5 || strcmp(n->name + len - 5, ".grad"))
+    return NULL;
+  Node *p = graph_find(g, xstrndup(n->name, len - 5));
+  return p && p->op == OP_param ? p : NULL;
+}
+
+// The optimizer's part of a training graph: its update ops and the assigns
+// that store their results (batch-norm statistics are the forward pass's).
+static bool is_update(const Node *n) {
+  switch (n->op) {
+  case OP_sgd_buf:
+  case OP_sgd_update:
+  case OP_adam_moment1:
+  case OP_adam_moment2:
+  case OP_adam_update:
+    return true;
+  case OP_assign:
+    return is_update(n->in[1]);
+  default:
+    return false;
+  }
+}
+
+// Which nodes' kernels run in f: for a training step split in two, the
+// update ops in FN_APPLY_STEP and all the others in FN_GRAD_STEP, whose
+// gradients are the only values the second reads from the first.
+static void choose_members(LoopFunc *f) {
+  Graph *g = f->g;
+  f->member = xcalloc(g->nnodes, sizeof *f->member);
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *v = g->node[i];
+    if (op_info(v->op)->flags & OPF_SOURCE)
+      continue;
+    bool update = is_update(v);
+    f->member[i] = f->kind == FN_APPLY_STEP ? update : f->kind == FN_GRAD_STEP ? !update : true;
+    if (f->kind == FN_APPLY_STEP && update)
+      for (int j = 0; j < v->nin; j++) {
+        Node *u = v->in[j];
+        if (!(op_info(u->op)->flags & OPF_SOURCE) && !is_update(u) && !gradient_of(g, u))
+          error_at(v->loc, "the optimizer reads parameters, their gradients and its state",
+                   "optimizer op %s reads %%%s, which is neither", op_info(v->op)->name,
+                   u->name ? u->name : "(unnamed)");
+      }
+  }
+}
+
 LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks) {
   graph_renumber(g);
   LoopFunc *f = xcalloc(1, sizeof *f);
@@ -141,6 +190,8 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
   f->k = xcalloc(g->nnodes, sizeof *f->k);
   int n = g->nnodes;
   fold_relus(f, kind);
+  choose_members(f);
+  bool step_part = kind == FN_GRAD_STEP || kind == FN_APPLY_STEP;
 
   // Last reader of each buffer (through reshape aliases); INT_MAX for values
   // read at the end of the step (returned, or copied by an assign).
@@ -179,6 +230,11 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
     } else if (v->op == OP_state) {
       b->kind = BUF_STATE;
       b->offset = block_offset(blocks->states, blocks->nstates, v, "state");
+    } else if (step_part && gradient_of(g, v)) {
+      b->kind = BUF_GRAD;
+      b->offset = block_offset(blocks->params, blocks->nparams, gradient_of(g, v), "parameter");
+    } else if (step_part && !f->member[i] && !(op_info(v->op)->flags & OPF_SOURCE)) {
+      b->kind = BUF_ABSENT;
     } else if (v->op == OP_input) {
       const char *nm = v->name ? v->name : "";
       DType dt;
@@ -196,7 +252,7 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
     } else if (v->op == OP_reshape || f->folded[i]) { // an alias: no copy, no kernel
       *b = f->buf[alias_root(f, v)->id];
       b->bytes = type_bytes(&v->type);
-    } else if (v->op == OP_assign && kind == FN_TRAIN_STEP) {
+    } else if (v->op == OP_assign && step_part) {
       // The copy lands in the target itself.
       *b = f->buf[v->in[0]->id];
     } else {
@@ -246,7 +302,7 @@ LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *b
     for (int i = 0; i < n; i++) {
       Node *v = g->node[i];
       if (op_info(v->op)->flags & OPF_SOURCE || (v->op == OP_reshape && kind != FN_SLOTS) ||
-          f->folded[i])
+          f->folded[i] || !f->member[i])
         continue;
       if ((v->op == OP_assign) != (pass == 1))
         continue;
@@ -269,6 +325,9 @@ static void print_buffer(FILE *out, const Buffer *b) {
   case BUF_STATE:
     fprintf(out, "state[%lld:%lld]", (long long)b->offset, (long long)(b->offset + b->bytes / 4));
     break;
+  case BUF_GRAD:
+    fprintf(out, "grads[%lld:%lld]", (long long)b->offset, (long long)(b->offset + b->bytes / 4));
+    break;
   case BUF_ARG:
   case BUF_SCALAR:
     fprintf(out, "arg %s", b->arg);
@@ -281,6 +340,8 @@ static void print_buffer(FILE *out, const Buffer *b) {
     break;
   case BUF_SLOT:
     fprintf(out, "slot %d", b->slot);
+    break;
+  case BUF_ABSENT:
     break;
   }
 }
@@ -305,9 +366,17 @@ void print_loops(FILE *out, const LoopFunc *f) {
     if (!g->node[i]->name)
       unnamed_number[i] = k++;
   fprintf(out, "func @%s workspace_bytes=%lld {\n", f->name, (long long)f->workspace_bytes);
+  // The buffers this function touches: its kernels' outputs and operands.
+  bool *used = xcalloc(g->nnodes, sizeof *used);
+  for (int i = 0; i < g->nnodes; i++)
+    if (f->member[i] || (f->kind != FN_APPLY_STEP && g->nret && g->ret[0] == g->node[i])) {
+      used[i] = true;
+      for (int j = 0; j < g->node[i]->nin; j++)
+        used[g->node[i]->in[j]->id] = true;
+    }
   for (int i = 0; i < g->nnodes; i++) {
     Node *v = g->node[i];
-    if (v->op == OP_assign)
+    if (v->op == OP_assign || f->buf[i].kind == BUF_ABSENT || !used[i])
       continue;
     fprintf(out, "  buffer ");
     print_name(out, v);
@@ -338,10 +407,11 @@ void print_loops(FILE *out, const LoopFunc *f) {
     else
       fprintf(out, "\n    once\n");
   }
+  // The step's loss, the forward pass's logits; the optimizer returns nothing.
   fprintf(out, "  return");
-  for (int i = 0; i < g->nret; i++) {
-    fprintf(out, i ? ", " : " ");
-    print_name(out, g->ret[i]);
+  if (f->kind != FN_APPLY_STEP && g->nret) {
+    fprintf(out, " ");
+    print_name(out, g->ret[0]);
   }
   fprintf(out, "\n}\n");
 }

@@ -34,6 +34,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,6 +342,11 @@ static double to_float(YNode *v, const char *ctx, const char *key) {
   double x = strtod(s, &end);
   if (end == s || *end || !isfinite(x))
     error_at(loc_of(v), NULL, "%s'%s' must be a finite number, got '%s'", in(ctx), key, s);
+  // Every setting ends up in float32 somewhere (the weights, the images, the
+  // step's lr): one it cannot hold would silently become inf or 0.
+  if (x != 0 && (fabs(x) > FLT_MAX || fabs(x) < FLT_MIN))
+    error_at(loc_of(v), "float32 holds magnitudes from 1.2e-38 to 3.4e+38 (and 0)",
+             "%s'%s' is %s, which float32 cannot represent", in(ctx), key, s);
   return x;
 }
 

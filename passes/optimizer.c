@@ -47,7 +47,10 @@ void pass_optimizer(Graph *g) {
     fatal("optimizer: unknown optimizer '%s' in graph %s; use sgd, adam or adamw", opt, g->name);
   double wd = graph_float(g, "weight_decay", 0.0);
 
-  Node *step = scalar_input(g, "step", DT_I32);
+  // The optimizer's own step count (PyTorch's state['step']): updates applied
+  // so far, this one included; a step skipped for a non-finite gradient
+  // (--nan-policy=skip) does not count, as GradScaler's skipped steps do not.
+  Node *step = scalar_input(g, "opt_step", DT_I32);
   Node *lr = scalar_input(g, "lr", DT_F32);
   // OneCycleLR(cycle_momentum=True) moves SGD's momentum or Adam's beta1.
   bool cycled = !strcmp(graph_str(g, "schedule", "constant"), "one_cycle") &&

@@ -194,6 +194,15 @@ int xc_eval_main(int argc, char **argv) {
   float *state = xc_alloc_floats(m->state_floats);
   xc_init_tensors(state, m->states, m->nstates, 0, 2);
   xc_load_weights(weights, m, params, state, NULL);
+  // Weights with NaN or infinities (a diverged run saved by an older
+  // xentcc, or written elsewhere) give meaningless metrics: say so.
+  const XcTensorInfo *bad = xc_first_nonfinite(params, m->params, m->nparams);
+  if (!bad)
+    bad = xc_first_nonfinite(state, m->states, m->nstates);
+  if (bad)
+    xc_warn("the training diverged; train again with a lower --lr",
+            "%s: %s holds a NaN or an infinity; the results below mean nothing", weights,
+            bad->name);
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   if (npredict)
     return predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);

@@ -26,6 +26,8 @@ void *xc_malloc(size_t n); // dies with "out of memory"
 void *xc_calloc(size_t n, size_t size);
 void *xc_realloc(void *p, size_t n);
 float *xc_alloc_floats(int64_t n); // zeroed, 64-byte aligned
+// The first tensor of a block holding a NaN or an infinity, or NULL.
+const XcTensorInfo *xc_first_nonfinite(const float *block, const XcTensorInfo *t, int n);
 char *xc_strdup(const char *s);
 char *xc_format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double xc_now(void); // seconds, monotonic
@@ -154,7 +156,7 @@ void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int 
 void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
                      const int64_t *counters);
 void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter);
+                       int iter, int opt_step);
 // Loads params (and model buffers from state) from a weights file; warns on
 // extra keys; dies naming the file on missing or mis-shaped tensors.
 void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,

@@ -541,19 +541,23 @@ void xc_save_weights(const char *path, const XcModel *m, const float *params, co
 }
 
 void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter) {
+                       int iter, int opt_step) {
   StTensor *t = xc_malloc(sizeof(StTensor) * (m->nstates + 1));
   int n = 0;
   for (int i = 0; i < m->nstates; i++)
     if (xc_is_optimizer_state(m, &m->states[i]))
       t[n++] = tensor_of(&m->states[i], state);
   // epoch: complete epochs; iter: batches done in the next one.
+  // opt_step: updates applied (steps skipped for a non-finite gradient do
+  // not count), the optimizer's own step number.
   char *s = xc_format("%d", step), *e = xc_format("%d", epoch), *it = xc_format("%d", iter);
-  const char *meta[] = {"format", "pt", "model", m->name, "step", s, "epoch", e, "iter", it};
-  if (!st_write(path, t, n, meta, 5))
+  char *os = xc_format("%d", opt_step);
+  const char *meta[] = {"format", "pt", "model", m->name, "step", s, "epoch", e, "iter", it,
+                        "opt_step", os};
+  if (!st_write(path, t, n, meta, 6))
     xc_die("check that the directory exists and is writable",
            "cannot write optimizer state to %s: %s", path, strerror(errno));
-  free(s), free(e), free(it), free(t);
+  free(s), free(e), free(it), free(os), free(t);
 }
 
 // An int64 buffer (num_batches_tracked) as PyTorch writes it; other integer

@@ -1,4 +1,5 @@
-// NAME-train: the training loop around the generated xc_train_step. Loads
+// NAME-train: the training loop around the generated step (xc_grad_step,
+// xc_grad_check, xc_apply_step). Loads
 // the data, initialises the weights (PyTorch's defaults, seeded) or reads
 // them with --init, runs epochs of shuffled fixed-size batches, prints the
 // PyTorch tutorial's "[epoch, iter] loss" lines, checkpoints each epoch
@@ -20,7 +21,7 @@ static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
-    "       [--strict] [--cache] [--max-image-pixels N] [--quiet]";
+    "       [--strict] [--cache] [--max-image-pixels N] [--nan-policy stop|skip] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -78,6 +79,10 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     'test' folder next to a 'train' --data folder, or the YAML's)\n"
       "  --no-eval          skip the evaluation after each epoch\n"
       "  --strict           an unreadable image is an error instead of being skipped\n"
+      "  --nan-policy P     a step whose loss or gradients hold a NaN or an infinity:\n"
+      "                     stop (the default: exit 1, the weights of the step before kept\n"
+      "                     and the last checkpoint intact) or skip (no update, as\n"
+      "                     GradScaler skips a step; counted and reported)\n"
       "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
       "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
       "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
@@ -118,6 +123,22 @@ static void catch_interrupts(void) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+}
+
+// Weights about to be saved hold only finite numbers: an update from finite
+// gradients can still overflow (a huge learning rate), and a checkpoint of
+// such weights would overwrite the last good one.
+static void check_weights_finite(const XcModel *m, const float *params, const float *state,
+                                 const char *save, int64_t step, int last_saved_epoch) {
+  const XcTensorInfo *bad = xc_first_nonfinite(params, m->params, m->nparams);
+  if (!bad)
+    bad = xc_first_nonfinite(state, m->states, m->nstates);
+  if (bad)
+    xc_die(xc_format("lower the learning rate (--lr); the last checkpoint (%s, written after "
+                     "epoch %d) is intact and --resume continues from it",
+                     save, last_saved_epoch),
+           "after step %lld, %s holds a NaN or an infinity; training stopped without saving",
+           (long long)step, bad->name);
 }
 
 typedef struct {
@@ -167,7 +188,7 @@ int xc_train_main(int argc, char **argv) {
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
   bool drop_last = m->drop_last, cache = false;
   int max_pixels = 0;
-  bool eval_each_epoch = true;
+  bool eval_each_epoch = true, nan_skip = false;
   double lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
   for (; a.i < argc; a.i++) {
@@ -215,6 +236,11 @@ int xc_train_main(int argc, char **argv) {
       strict = true;
     } else if (arg_flag(&a, "--cache")) {
       cache = true;
+    } else if (arg_opt(&a, "--nan-policy")) {
+      if (strcmp(a.value, "stop") && strcmp(a.value, "skip"))
+        xc_die("write --nan-policy stop or --nan-policy skip",
+               "--nan-policy %s: unknown policy", a.value);
+      nan_skip = !strcmp(a.value, "skip");
     } else if (arg_opt(&a, "--max-image-pixels")) {
       max_pixels = arg_int(&a, 1, 2147483647);
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
@@ -252,7 +278,7 @@ int xc_train_main(int argc, char **argv) {
   // its training forward passes; saved with the weights.
   int64_t *counters = xc_calloc(m->ncounters + 1, sizeof *counters);
   int first_epoch = 0, skip_iters = 0;
-  int64_t step = 0;
+  int64_t step = 0, opt_step = 0;
   if (init)
     xc_load_weights(init, m, params, state, counters);
   if (resume) {
@@ -274,8 +300,9 @@ int xc_train_main(int argc, char **argv) {
              optim_path);
     step = atoll(s);
     first_epoch = atoi(e);
-    const char *it = st_meta(f, "iter");
+    const char *it = st_meta(f, "iter"), *os = st_meta(f, "opt_step");
     skip_iters = it ? atoi(it) : 0;
+    opt_step = os ? atoll(os) : step;
     st_free(f);
   }
 
@@ -336,10 +363,12 @@ int xc_train_main(int argc, char **argv) {
     if (!log)
       xc_die("check that the directory exists and is writable", "cannot write %s: %s", log_path,
              strerror(errno));
-    fprintf(log, "step,epoch,loss,lr\n");
+    fprintf(log, "step,epoch,loss,lr,skipped\n");
   }
 
   void *workspace = xc_alloc_floats((m->workspace_bytes + 3) / 4);
+  float *grads = xc_alloc_floats(m->param_floats);
+  int64_t skipped = 0;
   int log_every = m->log_every > 0 ? m->log_every : 100;
   Progress progress = {!quiet && isatty(2), 0};
   EpochRecord *hist = xc_calloc(1, sizeof(EpochRecord));
@@ -348,15 +377,49 @@ int xc_train_main(int argc, char **argv) {
   bool val_tried = false;
   double running = 0, epoch_loss = 0, t0 = xc_now(), t_epoch = t0, t_eval = 0;
   int64_t start_step = step, epoch_steps = 0, images = 0, epoch_images = 0;
-  bool warned_nan = false, stopped = false;
+  bool stopped = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   catch_interrupts();
   float step_lr = (float)lr;
+  int last_saved_epoch = first_epoch;
   while (loader_next(loader, &b)) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
-    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum};
-    float loss = xc_train_step(params, state, b.images, b.labels, &args, workspace);
+    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
+                       (int32_t)(opt_step + 1)};
+    float loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, workspace);
     loader_release(loader);
+    // A NaN or an infinity in the loss or a gradient: stop before the update
+    // (the weights stay those of the step before, the last checkpoint is
+    // untouched) or skip the update as GradScaler does.
+    int bad = xc_grad_check(grads);
+    bool finite = isfinite(loss) && bad < 0;
+    if (!finite && !nan_skip) {
+      progress_clear(&progress);
+      if (log)
+        fclose(log);
+      xc_die(xc_format("lower the learning rate (--lr), check the data's normalisation, or pass "
+                       "--nan-policy skip to skip such steps; the last checkpoint (%s, written "
+                       "after epoch %d) is intact and --resume continues from it",
+                       save, last_saved_epoch),
+             "step %lld (epoch %d, batch %d): %s%s%s; training stopped before updating the "
+             "weights",
+             (long long)step + 1, b.epoch + 1, b.iter + 1,
+             isfinite(loss) ? "" : xc_format("the loss is %g", loss),
+             !isfinite(loss) && bad >= 0 ? " and " : "",
+             bad >= 0 ? xc_format("the gradient of %s holds a NaN or an infinity",
+                                  m->params[bad].name)
+                      : "");
+    }
+    if (finite) {
+      xc_apply_step(params, state, grads, &args, workspace);
+      opt_step++;
+    } else if (skipped++ == 0) {
+      progress_clear(&progress);
+      xc_warn("--nan-policy skip: such steps are counted and reported at the end",
+              "step %lld: %s; the update is skipped", (long long)step + 1,
+              bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
+                       : xc_format("the loss is %g", loss));
+    }
     step++;
     step_lr = args.lr;
     for (int i = 0; i < m->ncounters; i++)
@@ -364,13 +427,8 @@ int xc_train_main(int argc, char **argv) {
     images += b.rows;
     epoch_images += b.rows;
     if (log)
-      fprintf(log, "%lld,%d,%.9g,%.9g\n", (long long)step, b.epoch + 1, loss, args.lr);
-    if (!isfinite(loss) && !warned_nan) {
-      progress_clear(&progress);
-      xc_warn("lower the learning rate (--lr) or check the data's normalisation",
-              "the loss is %g at step %lld", loss, (long long)step);
-      warned_nan = true;
-    }
+      fprintf(log, "%lld,%d,%.9g,%.9g,%d\n", (long long)step, b.epoch + 1, loss, args.lr,
+              !finite);
     running += loss;
     epoch_loss += loss;
     epoch_steps++;
@@ -391,8 +449,10 @@ int xc_train_main(int argc, char **argv) {
     if (epoch_end) {
       // Checkpoint, evaluate, record.
       running = 0;
+      check_weights_finite(m, params, state, save, step, last_saved_epoch);
       xc_save_weights(save, m, params, state, counters);
-      xc_save_optimizer(optim_path, m, state, (int)step, b.epoch + 1, 0);
+      xc_save_optimizer(optim_path, m, state, (int)step, b.epoch + 1, 0, (int)opt_step);
+      last_saved_epoch = b.epoch + 1;
       double acc = NAN;
       if (eval_each_epoch && xc_forward && !stopped) {
         double te = xc_now();
@@ -448,9 +508,14 @@ int xc_train_main(int argc, char **argv) {
     xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
   // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has.
   if (epoch_steps || step == start_step) {
+    check_weights_finite(m, params, state, save, step, last_saved_epoch);
     xc_save_weights(save, m, params, state, counters);
-    xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter);
+    xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter, (int)opt_step);
   }
+  if (skipped)
+    xc_warn("lower the learning rate (--lr) or check the data",
+            "skipped %lld of %lld steps whose loss or gradients were not finite",
+            (long long)skipped, (long long)(step - start_step));
   if (!quiet) {
     printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
            "loaded in %.2f s, %.2f s waiting for batches\n",

@@ -6,6 +6,7 @@
 #include "rt.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -166,6 +167,16 @@ void xc_shuffle(XcRng *r, int32_t *a, int64_t n) {
     a[i] = a[j];
     a[j] = t;
   }
+}
+
+const XcTensorInfo *xc_first_nonfinite(const float *block, const XcTensorInfo *t, int n) {
+  for (int i = 0; i < n; i++) {
+    const float *p = block + t[i].offset;
+    for (int64_t j = 0, len = xc_numel(&t[i]); j < len; j++)
+      if (!isfinite(p[j]))
+        return &t[i];
+  }
+  return NULL;
 }
 
 void xc_sync_dir_of(const char *path) {

@@ -66,10 +66,12 @@ typedef struct {
 
 // What the training loop hands each step besides the batch.
 typedef struct {
-  int32_t step;     // optimizer steps so far, this one included (from 1)
+  int32_t step;     // training steps so far, this one included (from 1)
   uint32_t seed;    // the run's --seed: dropout masks hash (seed, layer, step, element)
   float lr;         // this step's learning rate, the schedule's value
   float momentum;   // SGD momentum or Adam's beta1 when the schedule cycles it
+  int32_t opt_step; // updates applied so far, this one included (PyTorch's state['step']);
+                    // below step when steps were skipped for a non-finite gradient
 } XcStepArgs;
 
 // Padding rows of a partial last batch: the generated losses leave rows
@@ -119,12 +121,23 @@ typedef struct {
 
 extern const XcModel xc_model;
 
-// One optimizer step on a batch. images: [B,C,H,W] normalised; labels: B
-// int32 class indices or B floats. Updates params and state in place;
-// returns the batch's forward loss. workspace has xc_model.workspace_bytes
-// bytes, 64-aligned.
-float xc_train_step(float *params, float *state, const float *images, const void *labels,
-                    const XcStepArgs *args, void *workspace);
+// A training step is two calls, with the runtime's look at the gradients
+// between them (runtime/train_main.c: a NaN or an infinity stops the run or
+// skips the update). workspace has xc_model.workspace_bytes bytes, 64-aligned;
+// grads has xc_model.param_floats floats, laid out like params.
+//
+// Forward and backward on a batch. images: [B,C,H,W] normalised; labels: B
+// int32 class indices or B floats. Writes every parameter's gradient into
+// grads and updates batch-norm statistics in state; returns the batch's loss.
+float xc_grad_step(const float *params, float *state, const float *images, const void *labels,
+                   const XcStepArgs *args, float *grads, void *workspace);
+// The index in xc_model.params of the first parameter whose gradient holds a
+// NaN or an infinity, or -1 when all are finite.
+int32_t xc_grad_check(const float *grads);
+// The optimizer: params and its state updated from grads (args->opt_step is
+// the update's number).
+void xc_apply_step(float *params, float *state, const float *grads, const XcStepArgs *args,
+                   void *workspace);
 
 // Forward only (eval mode): logits [B, outputs]. Defined in the evaluation
 // object, and in the training object too, for the per-epoch evaluation (so

@@ -55,7 +55,7 @@ const XcModel xc_model = {
     .nstates = 2,
     .states = states,
     .state_floats = K * D + K,
-    .workspace_bytes = (B * K + K * D + K) * sizeof(float),
+    .workspace_bytes = B * K * sizeof(float),
     .epochs = 2,
     .seed = 0,
     .shuffle = 1,
@@ -96,15 +96,14 @@ void xc_forward(const float *p, const float *state, const float *images, float *
   xc_parallel_for(B, forward_rows, &c);
 }
 
-float xc_train_step(float *p, float *state, const float *images, const void *labels,
-                    const XcStepArgs *args, void *workspace) {
-  int32_t step = args->step;
+float xc_grad_step(const float *p, float *state, const float *images, const void *labels,
+                   const XcStepArgs *args, float *grad, void *workspace) {
   // FAKE_INTERRUPT_AT=N: a Ctrl-C arrives during step N (tests of saving on
   // interrupt without timing).
   const char *at = getenv("FAKE_INTERRUPT_AT");
-  if (at && atoi(at) == step)
+  if (at && atoi(at) == args->step)
     raise(SIGINT);
-  float *logits = workspace, *grad = logits + B * K;
+  float *logits = workspace;
   xc_forward(p, state, images, logits, workspace);
   memset(grad, 0, (K * D + K) * sizeof(float));
   double loss = 0;
@@ -132,11 +131,21 @@ float xc_train_step(float *p, float *state, const float *images, const void *lab
       grad[K * D + k] += dlogit[k];
     }
   }
-  float lr = args->lr;
-  // torch.optim.SGD(momentum=0.9): buf = 0.9 * buf + g (buf = g at step 1).
-  for (int i = 0; i < K * D + K; i++) {
-    state[i] = step == 1 ? grad[i] : 0.9f * state[i] + grad[i];
-    p[i] -= lr * state[i];
-  }
   return (float)(loss / B);
+}
+
+int32_t xc_grad_check(const float *grad) {
+  for (int i = 0; i < K * D + K; i++)
+    if (!isfinite(grad[i]))
+      return i < K * D ? 0 : 1;
+  return -1;
+}
+
+// torch.optim.SGD(momentum=0.9): buf = 0.9 * buf + g (buf = g at step 1).
+void xc_apply_step(float *p, float *state, const float *grad, const XcStepArgs *args,
+                   void *workspace) {
+  for (int i = 0; i < K * D + K; i++) {
+    state[i] = args->opt_step == 1 ? grad[i] : 0.9f * state[i] + grad[i];
+    p[i] -= args->lr * state[i];
+  }
 }

@@ -144,11 +144,12 @@ START_TEST(weights_save_load) {
   ck_assert_ptr_null(st_find(f, "fc.weight.momentum_buffer"));
   st_free(f);
   char *opath = xc_join(dir, "m.optim.safetensors");
-  xc_save_optimizer(opath, &xc_model, s, 7, 1, 3);
+  xc_save_optimizer(opath, &xc_model, s, 7, 1, 3, 6);
   f = st_read(opath, &err);
   ck_assert_ptr_nonnull(st_find(f, "fc.weight.momentum_buffer"));
   ck_assert_str_eq(st_meta(f, "step"), "7");
   ck_assert_str_eq(st_meta(f, "iter"), "3");
+  ck_assert_str_eq(st_meta(f, "opt_step"), "6");
   st_free(f);
 }
 END_TEST

@@ -78,7 +78,7 @@ START_TEST(train_then_eval) {
   ASSERT_HAS(r.out, "saved weights to fake.safetensors");
   ASSERT_HAS(r.out, "s waiting for batches");
   char *log = slurp(xc_join(dir, "log.csv"));
-  ck_assert_int_eq(strncmp(log, "step,epoch,loss,lr\n", 19), 0);
+  ck_assert_int_eq(strncmp(log, "step,epoch,loss,lr,skipped\n", 27), 0);
   ck_assert_int_eq(count_lines(log), 1 + 18);
   int step, epoch;
   double loss, lr;
@@ -263,8 +263,8 @@ START_TEST(binary_model) {
   // The lr column shows what the step was given: StepLR(1, 0.5) from 0.05.
   char *log = slurp(xc_join(dir, "log.csv"));
   ASSERT_HAS(log, "\n1,1,");
-  ASSERT_HAS(log, ",0.0250000004\n");
-  ASSERT_HAS(log, ",0.0125000002\n");
+  ASSERT_HAS(log, ",0.0250000004,0\n");
+  ASSERT_HAS(log, ",0.0125000002,0\n");
   char *hist = slurp(xc_join(dir, "fake-bin.history.csv"));
   ASSERT_HAS(hist, ",lr\n");
   ASSERT_HAS(hist, ",0.0125000002\n");

@@ -2,7 +2,7 @@
 // compiled with codegen_function_object into a shared object, loaded with
 // dlopen, run on random inputs and compared node by node with the reference
 // evaluator (ir/eval.c). Then whole training steps of the seed models,
-// through the xc_train_step / xc_forward ABI of runtime/xentcc_rt.h.
+// through the xc_grad_step / xc_apply_step / xc_forward ABI of runtime/xentcc_rt.h.
 #include "ir.h"
 #include "../../runtime/xentcc_rt.h"
 
@@ -580,7 +580,7 @@ END_TEST
 
 //
 // Whole training steps and forward passes of the seed models, through the
-// executables' ABI: xc_train_step on params/state blocks laid out by xc_model.
+// executables. ABI: xc_grad_step and xc_apply_step on blocks laid out by xc_model.
 //
 
 static const char *const train_pipeline[] = {
@@ -598,6 +598,13 @@ static Graph *clone(Graph *g) {
   print_graph(f, g);
   fclose(f);
   return parse_graph("<clone>", buf);
+}
+
+static int64_t xc_numel_of(const XcTensorInfo *t) {
+  int64_t n = 1;
+  for (int d = 0; d < t->rank; d++)
+    n *= t->dim[d];
+  return n;
 }
 
 static const XcTensorInfo *find_info(const XcTensorInfo *t, int n, const char *name) {
@@ -636,6 +643,8 @@ static Tensor *model_sources(Graph *g, const XcModel *xm, float *params, float *
         src[i].f[j] = (float)uniform(-1, 1);
     } else if (!strcmp(n->name, "step")) {
       src[i].i[0] = 3;
+    } else if (!strcmp(n->name, "opt_step")) {
+      src[i].i[0] = 2;
     } else if (!strcmp(n->name, "seed")) {
       src[i].i[0] = 11;
     } else if (!strcmp(n->name, "lr")) {
@@ -658,12 +667,16 @@ static void model_case(const char *yaml) {
   codegen(m, train, eval, &o);
   void *h = load_object(xformat("%s-train.o", out));
   const XcModel *xm = dlsym(h, "xc_model");
-  float (*step)(float *, float *, const float *, const void *, const XcStepArgs *, void *) =
-      (float (*)(float *, float *, const float *, const void *, const XcStepArgs *, void *))dlsym(
-          h, "xc_train_step");
+  typedef float GradFn(const float *, float *, const float *, const void *, const XcStepArgs *,
+                       float *, void *);
+  typedef int32_t CheckFn(const float *);
+  typedef void ApplyFn(float *, float *, const float *, const XcStepArgs *, void *);
+  GradFn *grad_step = (GradFn *)dlsym(h, "xc_grad_step");
+  CheckFn *grad_check = (CheckFn *)dlsym(h, "xc_grad_check");
+  ApplyFn *apply_step = (ApplyFn *)dlsym(h, "xc_apply_step");
   void (*fwd)(const float *, const float *, const float *, float *, void *) =
       (void (*)(const float *, const float *, const float *, float *, void *))dlsym(h, "xc_forward");
-  ck_assert(xm && step && fwd);
+  ck_assert(xm && grad_step && grad_check && apply_step && fwd);
   ck_assert_int_eq(xm->batch_size, m->batch_size);
 
   float *params = xcalloc(xm->param_floats + 1, 4), *state = xcalloc(xm->state_floats + 1, 4);
@@ -691,11 +704,21 @@ static void model_case(const char *yaml) {
                              type_numel(&elog->type), 1e-4),
                 "%s: logits differ", yaml);
 
-  XcStepArgs args = {.step = 3, .seed = 11, .lr = 0.01f, .momentum = 0.9f};
-  float loss = step(params, state, src[image->id].f, labels, &args, ws);
+  XcStepArgs args = {.step = 3, .seed = 11, .lr = 0.01f, .momentum = 0.9f, .opt_step = 2};
+  float *grads = xcalloc(xm->param_floats + 1, 4);
+  float loss = grad_step(params, state, src[image->id].f, labels, &args, grads, ws);
   float wl = want[train->ret[0]->id].f[0];
   ck_assert_msg(fabs(loss - wl) <= 1e-5 * fmax(1, fabs(wl)), "%s: loss %.9g, want %.9g", yaml,
                 loss, wl);
+  // Every gradient is in the grads block, laid out like params.
+  for (int i = 0; i < xm->nparams; i++) {
+    Node *gn = graph_find(train, xformat("%s.grad", xm->params[i].name));
+    char *what = xformat("%s: %s.grad", yaml, xm->params[i].name);
+    ck_assert_msg(check_tensor(what, grads + xm->params[i].offset, want[gn->id].f,
+                               type_numel(&gn->type), 1e-4), "%s", what);
+  }
+  ck_assert_int_eq(grad_check(grads), -1);
+  apply_step(params, state, grads, &args, ws);
   // Every assign's target now holds the assign's value.
   int checked = 0;
   for (int i = 0; i < train->nnodes; i++) {
@@ -712,6 +735,13 @@ static void model_case(const char *yaml) {
     checked++;
   }
   ck_assert_int_gt(checked, 0);
+  // xc_grad_check names the first parameter whose gradient is not finite.
+  int last = xm->nparams - 1;
+  grads[xm->params[last].offset + xc_numel_of(&xm->params[last]) - 1] = INFINITY;
+  ck_assert_int_eq(grad_check(grads), last);
+  grads[xm->params[1].offset] = NAN;
+  ck_assert_int_eq(grad_check(grads), 1);
+  free(grads);
   free(ws);
   dlclose(h);
 

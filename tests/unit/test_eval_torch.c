@@ -528,7 +528,7 @@ static void train_model(const char *model, bool fused) {
         continue;
       if (!strcmp(n->name, "image") || !strcmp(n->name, "label"))
         src[i] = *ref("%s/step%d/%s", model, s, n->name);
-      else if (!strcmp(n->name, "step"))
+      else if (!strcmp(n->name, "step") || !strcmp(n->name, "opt_step"))
         src[i] = tensor_new(n->type), src[i].i[0] = s;
       else if (!strcmp(n->name, "seed"))
         src[i] = tensor_new(n->type), src[i].i[0] = 0;

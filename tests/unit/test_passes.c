@@ -232,7 +232,7 @@ START_TEST(optimizer_sgd_momentum_state) {
   ck_assert(buf && buf->op == OP_state);
   ck_assert(type_eq(&buf->type, &graph_find(g, "fc1.weight")->type));
   Node *lr = graph_find(g, "lr");
-  ck_assert(graph_find(g, "step") && lr && lr->op == OP_input && lr->type.dtype == DT_F32);
+  ck_assert(graph_find(g, "opt_step") && lr && lr->op == OP_input && lr->type.dtype == DT_F32);
   ck_assert(!graph_find(g, "momentum")); // fed only when a schedule cycles it
   ck_assert_str_eq(g->ret[0]->name, "loss");
 }
@@ -413,7 +413,7 @@ static Tensor *model_sources(Graph *g) {
         s[i].i[k] = (int32_t)((k * 7) % classes);
       else if (!strcmp(n->name, "label")) // BCE targets
         s[i].f[k] = v > 0;
-      else if (!strcmp(n->name, "step"))
+      else if (!strcmp(n->name, "step") || !strcmp(n->name, "opt_step"))
         s[i].i[k] = 3;
       else if (!strcmp(n->name, "seed"))
         s[i].i[k] = 5;
