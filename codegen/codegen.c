@@ -256,11 +256,32 @@ static void emit_function(Cg *c, const LoopFunc *f) {
       buf[i] = buf[g->node[i]->in[0]->id];
 
   LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, CI32(c, 8), "ctx");
-  LLVMTypeRef pft;
+  LLVMTypeRef pft, prof_t = LLVMFunctionType(c->voidt, &c->i32, 1, false);
   LLVMValueRef pfor = parallel_for_decl(c, &pft);
+  LLVMValueRef enter = LLVMGetNamedFunction(c->mod, "xc_prof_enter");
+  LLVMValueRef leave = LLVMGetNamedFunction(c->mod, "xc_prof_leave");
+  if (!enter)
+    enter = LLVMAddFunction(c->mod, "xc_prof_enter", prof_t);
+  if (!leave)
+    leave = LLVMAddFunction(c->mod, "xc_prof_leave", prof_t);
+  static const char *const fname[] = {[FN_GRAD_STEP] = "grad", [FN_APPLY_STEP] = "apply",
+                                      [FN_FORWARD] = "forward", [FN_SLOTS] = "slots"};
   for (int i = 0; i < f->nk; i++) {
     const Kernel *k = &f->k[i];
     Node *n = k->node;
+    // --profile: the runtime times each kernel call (xc_prof_enter/leave
+    // return at once when it is off).
+    int id = c->nkernels++;
+    c->kernels = realloc(c->kernels, sizeof *c->kernels * c->nkernels);
+    if (!c->kernels)
+      fatal("out of memory");
+    c->kernels[id] = (KernelInfo){fname[f->kind],
+                                  xformat("%s%s", op_info(n->op)->name, k->relu ? "+relu" : ""),
+                                  n->name ? n->name : "", kernel_flops(n)};
+    LLVMValueRef idv = CI32(c, id);
+    bool profiled = f->kind != FN_SLOTS; // the test entry links no runtime
+    if (profiled)
+      LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");
     LLVMValueRef args[10];
     for (int j = 0; j <= n->nin; j++)
       args[j] = j == 0 ? buf[n->id] : buf[n->in[j - 1]->id];
@@ -276,6 +297,8 @@ static void emit_function(Cg *c, const LoopFunc *f) {
       args[n->nin + 2] = CI(c, k->trip);
       LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, n->nin + 3, "");
     }
+    if (profiled)
+      LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
   }
   if (f->kind == FN_GRAD_STEP) {
     LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, buf[g->ret[0]->id], "loss"));
@@ -464,19 +487,91 @@ static LLVMValueRef schedule_struct(Cg *c, const Graph *g, LLVMTypeRef *type) {
   return LLVMConstNamedStruct(*type, v, n);
 }
 
+// The kernels of this module, for --profile (XcKernelInfo).
+static LLVMValueRef kernel_table(Cg *c, LLVMTypeRef *type) {
+  LLVMTypeRef f[4] = {c->ptr, c->ptr, c->ptr, c->i64};
+  *type = LLVMStructCreateNamed(c->ctx, "XcKernelInfo");
+  LLVMStructSetBody(*type, f, 4, false);
+  LLVMValueRef *rows = xcalloc(c->nkernels + 1, sizeof *rows);
+  for (int i = 0; i < c->nkernels; i++) {
+    KernelInfo *k = &c->kernels[i];
+    LLVMValueRef v[4] = {cstring(c, k->function), cstring(c, k->op), cstring(c, k->layer),
+                         CI(c, k->flops)};
+    rows[i] = LLVMConstNamedStruct(*type, v, 4);
+  }
+  LLVMValueRef init = LLVMConstArray(*type, rows, c->nkernels);
+  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_kernels");
+  LLVMSetInitializer(g, init);
+  LLVMSetGlobalConstant(g, true);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  return g;
+}
+
+// `void xc_fma_peak(int64_t n, float *out)`: n rounds of 12 independent
+// 8-lane fused multiply-adds (192 floating-point operations per round), the
+// kind of loop that reaches the machine's peak; --profile times it to say
+// what share of the peak each kernel reaches.
+static void emit_fma_peak(Cg *c) {
+  enum { CHAINS = 12, LANES = 8 };
+  LLVMTypeRef vt = LLVMVectorType(c->f32, LANES);
+  LLVMTypeRef p[2] = {c->i64, c->ptr};
+  LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_fma_peak", LLVMFunctionType(c->voidt, p, 2, false));
+  LLVMSetFunctionCallConv(fn, LLVMCCallConv);
+  begin_function(c, fn);
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
+  LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c->ctx, fn, "loop");
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c->ctx, fn, "done");
+  LLVMBuildBr(c->b, loop);
+  LLVMPositionBuilderAtEnd(c->b, loop);
+  LLVMValueRef i = LLVMBuildPhi(c->b, c->i64, "i");
+  LLVMValueRef acc[CHAINS], next[CHAINS];
+  LLVMValueRef a = LLVMConstVector((LLVMValueRef[]){LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f),
+                                                    LLVMConstReal(c->f32, 0.999999f)},
+                                   LANES);
+  unsigned id = LLVMLookupIntrinsicID("llvm.fma", 8);
+  LLVMValueRef fma = LLVMGetIntrinsicDeclaration(c->mod, id, &vt, 1);
+  LLVMTypeRef fma_t = LLVMIntrinsicGetType(c->ctx, id, &vt, 1);
+  for (int k = 0; k < CHAINS; k++)
+    acc[k] = LLVMBuildPhi(c->b, vt, "acc");
+  for (int k = 0; k < CHAINS; k++) {
+    LLVMValueRef args[3] = {acc[k], a, a};
+    next[k] = LLVMBuildCall2(c->b, fma_t, fma, args, 3, "");
+  }
+  LLVMValueRef i1 = LLVMBuildAdd(c->b, i, CI(c, 1), "");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, i1, LLVMGetParam(fn, 0), ""), loop, done);
+  LLVMAddIncoming(i, (LLVMValueRef[]){CI(c, 0), i1}, (LLVMBasicBlockRef[]){pre, loop}, 2);
+  for (int k = 0; k < CHAINS; k++)
+    LLVMAddIncoming(acc[k], (LLVMValueRef[]){a, next[k]}, (LLVMBasicBlockRef[]){pre, loop}, 2);
+  LLVMPositionBuilderAtEnd(c->b, done);
+  LLVMValueRef sum = next[0];
+  for (int k = 1; k < CHAINS; k++)
+    sum = LLVMBuildFAdd(c->b, sum, next[k], "");
+  LLVMValueRef st = LLVMBuildStore(c->b, sum, LLVMGetParam(fn, 1));
+  LLVMSetAlignment(st, 4);
+  LLVMBuildRetVoid(c->b);
+}
+
 static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int outputs,
                        bool float_labels) {
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
   LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
   LLVMStructSetBody(ti, ti_fields, 6, false);
-  LLVMTypeRef f4 = LLVMArrayType(c->f32, 4), st;
+  LLVMTypeRef f4 = LLVMArrayType(c->f32, 4), st, kt;
   LLVMValueRef schedule = schedule_struct(c, m->graph, &st);
+  LLVMValueRef kernels = kernel_table(c, &kt);
+  emit_fma_peak(c);
   // Field for field the C layout of XcModel in runtime/xentcc_rt.h.
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->ptr,
                       c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
-                      f4,     f4,     c->i32, c->i32, c->i32, c->i32};
+                      f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -505,7 +600,8 @@ static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int 
       cstring(c, absolute(m->data.train)), cstring(c, absolute(m->data.test)),
       LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),
       LLVMConstArray(c->f32, std, 4), CI32(c, m->data.random_crop_padding),
-      CI32(c, m->data.random_flip), CI32(c, m->data.convert), CI32(c, m->data.resize)};
+      CI32(c, m->data.random_flip), CI32(c, m->data.convert), CI32(c, m->data.resize),
+      CI32(c, c->nkernels), kernels};
   LLVMValueRef g = LLVMAddGlobal(c->mod, mt, "xc_model");
   LLVMSetInitializer(g, LLVMConstNamedStruct(mt, v, nmf));
   LLVMSetGlobalConstant(g, true);

@@ -8,6 +8,15 @@
 #include <llvm-c/Core.h>
 #include <math.h>
 
+// A kernel of an executable, for --profile: numbered across the module's
+// functions in the order they are emitted (xc_model.kernels).
+typedef struct {
+  const char *function; // "grad", "apply", "forward"
+  const char *op;       // "conv2d", "conv2d+relu", ...
+  const char *layer;    // the node's name, or ""
+  int64_t flops;        // per call; 0 for kernels that are not multiply-adds
+} KernelInfo;
+
 typedef struct {
   LLVMContextRef ctx;
   LLVMModuleRef mod;
@@ -15,6 +24,8 @@ typedef struct {
   LLVMTypeRef f32, f64, i64, i32, i8, ptr, voidt;
   LLVMValueRef fn;          // the function being filled
   LLVMBasicBlockRef entry;  // its entry block, where allocas go
+  KernelInfo *kernels;      // every kernel emitted so far in this module
+  int nkernels;
 } Cg;
 
 // Emits the loop nest of one op: out and in[] point at the buffers; [lo, hi)

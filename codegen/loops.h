@@ -78,6 +78,9 @@ Blocks *plan_blocks(Graph *primary);
 LoopFunc *lower_graph(Graph *g, FuncKind kind, const char *name, const Blocks *blocks);
 void print_loops(FILE *out, const LoopFunc *f);
 int64_t kernel_trip(const Node *n, bool *parallel);
+// Floating-point operations of one call of n's kernel: 2 per multiply-add of
+// the convolutions and linear layers, 0 for the others.
+int64_t kernel_flops(const Node *n);
 // The parameter whose gradient node n is (named PARAM.grad), or NULL.
 Node *gradient_of(Graph *g, Node *n);
 

@@ -98,6 +98,20 @@ static int64_t kernel_work(const Node *n) {
   }
 }
 
+int64_t kernel_flops(const Node *n) {
+  switch (n->op) {
+  case OP_conv2d:
+  case OP_conv2d_grad_input:
+  case OP_conv2d_grad_weight:
+  case OP_linear:
+  case OP_linear_grad_input:
+  case OP_linear_grad_weight:
+    return 2 * kernel_work(n);
+  default:
+    return 0;
+  }
+}
+
 // The outer loop of a kernel, always over a dimension whose outputs are
 // disjoint, and whether to split it across threads: only when the kernel
 // does at least ~1M multiply-adds, as a parallel region costs microseconds

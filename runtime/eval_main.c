@@ -10,7 +10,7 @@
 static const char usage_fmt[] =
     "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--json]\n"
     "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--cache]\n"
-    "       [--max-image-pixels N] [--quiet]";
+    "       [--max-image-pixels N] [--profile] [--profile-csv FILE] [--quiet]";
 
 static void print_help(const char *prog, const XcModel *m) {
   printf(usage_fmt, prog);
@@ -30,6 +30,9 @@ static void print_help(const char *prog, const XcModel *m) {
          "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
          "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
          "                     as decompression bombs (default %d, PIL's)\n"
+         "  --profile          a table of the time, GFLOP/s and share of the machine's FMA\n"
+         "                     peak of every generated kernel of the evaluation\n"
+         "  --profile-csv FILE the same numbers, every kernel, as CSV\n"
          "  --quiet            no progress messages\n\n"
          "The whole test set is evaluated: the last partial batch is padded and the\n"
          "padding ignored.\n",
@@ -136,6 +139,8 @@ int xc_eval_main(int argc, char **argv) {
   const char *weights = NULL, *data = NULL, *split = NULL;
   double threshold = 0.5;
   bool json = false, strict = false, quiet = false, threshold_given = false, cache = false;
+  bool profile = false;
+  const char *profile_csv = NULL;
   int threads = 0, max_pixels = 0;
   char **predict_files = NULL;
   int npredict = 0;
@@ -165,6 +170,11 @@ int xc_eval_main(int argc, char **argv) {
       cache = true;
     } else if (arg_opt(&a, "--max-image-pixels")) {
       max_pixels = arg_int(&a, 1, 2147483647);
+    } else if (arg_flag(&a, "--profile")) {
+      profile = true;
+    } else if (arg_opt(&a, "--profile-csv")) {
+      profile = true;
+      profile_csv = a.value;
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
     } else if (arg_flag(&a, "--predict")) {
@@ -222,7 +232,13 @@ int xc_eval_main(int argc, char **argv) {
   Dataset *d = xc_load_dataset(&spec);
   Transform t = xc_model_transform(m, false);
   Confusion c;
+  if (profile)
+    xc_profile_start(m);
+  double te = xc_now();
   xc_evaluate(m, xc_forward, params, state, d, &t, ws, threshold, &c);
+  if (profile)
+    xc_profile_report(m, (d->n + m->batch_size - 1) / m->batch_size, "batches",
+                      xc_now() - te, profile_csv);
   double secs = xc_now() - t0;
   bool binary = m->outputs == 1;
   const char *const *names = m->class_names;

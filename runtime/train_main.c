@@ -21,7 +21,8 @@ static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
-    "       [--strict] [--cache] [--max-image-pixels N] [--nan-policy stop|skip] [--quiet]";
+    "       [--strict] [--cache] [--max-image-pixels N] [--nan-policy stop|skip]\n"
+    "       [--profile] [--profile-csv FILE] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -83,6 +84,9 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     stop (the default: exit 1, the weights of the step before kept\n"
       "                     and the last checkpoint intact) or skip (no update, as\n"
       "                     GradScaler skips a step; counted and reported)\n"
+      "  --profile          after training, a table of the time, GFLOP/s and share of the\n"
+      "                     machine's FMA peak of every generated kernel (as torch.profiler)\n"
+      "  --profile-csv FILE the same numbers, every kernel, as CSV\n"
       "  --cache            keep decoded photos in PARENT/.xentcc-cache beside a photo folder\n"
       "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
       "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
@@ -188,7 +192,8 @@ int xc_train_main(int argc, char **argv) {
   bool epochs_given = false, shuffle = m->shuffle, quiet = false, strict = false, resume = false;
   bool drop_last = m->drop_last, cache = false;
   int max_pixels = 0;
-  bool eval_each_epoch = true, nan_skip = false;
+  bool eval_each_epoch = true, nan_skip = false, profile = false;
+  const char *profile_csv = NULL;
   double lr = m->lr;
   Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
   for (; a.i < argc; a.i++) {
@@ -236,6 +241,11 @@ int xc_train_main(int argc, char **argv) {
       strict = true;
     } else if (arg_flag(&a, "--cache")) {
       cache = true;
+    } else if (arg_flag(&a, "--profile")) {
+      profile = true;
+    } else if (arg_opt(&a, "--profile-csv")) {
+      profile = true;
+      profile_csv = a.value;
     } else if (arg_opt(&a, "--nan-policy")) {
       if (strcmp(a.value, "stop") && strcmp(a.value, "skip"))
         xc_die("write --nan-policy stop or --nan-policy skip",
@@ -380,6 +390,8 @@ int xc_train_main(int argc, char **argv) {
   bool stopped = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   catch_interrupts();
+  if (profile)
+    xc_profile_start(m);
   float step_lr = (float)lr;
   int last_saved_epoch = first_epoch;
   while (loader_next(loader, &b)) {
@@ -456,6 +468,7 @@ int xc_train_main(int argc, char **argv) {
       double acc = NAN;
       if (eval_each_epoch && xc_forward && !stopped) {
         double te = xc_now();
+        xc_profile_pause(true);
         if (!val_tried) {
           val_tried = true;
           const char *vpath = eval_path(m, data, data_given, eval_data);
@@ -476,6 +489,7 @@ int xc_train_main(int argc, char **argv) {
           conf_free(&c);
         }
         t_eval += xc_now() - te;
+        xc_profile_pause(false);
       }
       double now2 = xc_now();
       hist = xc_realloc(hist, sizeof(EpochRecord) * (nhist + 1));
@@ -516,6 +530,8 @@ int xc_train_main(int argc, char **argv) {
     xc_warn("lower the learning rate (--lr) or check the data",
             "skipped %lld of %lld steps whose loss or gradients were not finite",
             (long long)skipped, (long long)(step - start_step));
+  if (profile)
+    xc_profile_report(m, step - start_step, "steps", secs - t_eval, profile_csv);
   if (!quiet) {
     printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
            "loaded in %.2f s, %.2f s waiting for batches\n",

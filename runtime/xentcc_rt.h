@@ -29,6 +29,13 @@ typedef struct {
 
 typedef enum { XC_LABEL_INDEX, XC_LABEL_FLOAT } XcLabelKind;
 
+typedef struct {
+  const char *function; // "grad" (xc_grad_step), "apply" (xc_apply_step), "forward"
+  const char *op;       // the graph op, "conv2d+relu" when a relu is computed by it
+  const char *layer;    // the node's name, or ""
+  int64_t flops;        // per call: 2 per multiply-add of convolutions and linear layers, else 0
+} XcKernelInfo;
+
 // The learning-rate schedule, evaluated by the runtime once per step
 // (schedule.c) as PyTorch's schedulers run on the host; the step function
 // takes the result as XcStepArgs.lr. Closed forms of torch.optim.lr_scheduler.
@@ -117,6 +124,11 @@ typedef struct {
   // input: converted (RGB <-> grey) and resized only when the YAML says so
   // (data: {convert: rgb|grey, resize: true}); otherwise an error.
   int convert, resize;
+
+  // Every kernel of the generated step functions, numbered as the calls to
+  // xc_prof_enter/xc_prof_leave around them, for --profile.
+  int nkernels;
+  const XcKernelInfo *kernels;
 } XcModel;
 
 extern const XcModel xc_model;
@@ -148,6 +160,14 @@ void xc_forward(const float *params, const float *state, const float *images, fl
 // The runtime's main programs; the generated object's main() calls one.
 int xc_train_main(int argc, char **argv);
 int xc_eval_main(int argc, char **argv);
+
+// --profile: generated code calls these around every kernel (id: the index
+// in xc_model.kernels); they return at once unless profiling is on.
+void xc_prof_enter(int32_t id);
+void xc_prof_leave(int32_t id);
+// In the generated object: n rounds of 192 floating-point operations in
+// independent fused multiply-adds, which --profile times to know the peak.
+void xc_fma_peak(int64_t n, float *out);
 
 // Threads for generated code: runs body(ctx, lo, hi) over [0, n) split into
 // one contiguous chunk per OpenMP thread (static schedule), so the same

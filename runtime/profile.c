@@ -1,0 +1,121 @@
+// --profile: the time of every kernel of the generated step functions, as
+// torch.profiler's table shows it. Generated code calls xc_prof_enter and
+// xc_prof_leave around each kernel (an index into xc_model.kernels); with
+// profiling off they return at once. At the end the table says, per kernel,
+// its share of the time, its GFLOP/s and the share of the machine's FMA
+// peak it reaches, the peak measured here with the generated xc_fma_peak on
+// the same threads.
+#include "rt.h"
+
+#include <errno.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool on, paused;
+static double *seconds, started;
+static int64_t *calls;
+static int nkernels;
+
+void xc_profile_start(const XcModel *m) {
+  on = true;
+  nkernels = m->nkernels;
+  seconds = xc_calloc(nkernels + 1, sizeof *seconds);
+  calls = xc_calloc(nkernels + 1, sizeof *calls);
+}
+
+void xc_profile_pause(bool p) { paused = p; }
+
+void xc_prof_enter(int32_t id) {
+  if (on && !paused)
+    started = xc_now();
+}
+
+void xc_prof_leave(int32_t id) {
+  if (!on || paused || id < 0 || id >= nkernels)
+    return;
+  seconds[id] += xc_now() - started;
+  calls[id]++;
+}
+
+// GFLOP/s of xc_fma_peak on every thread at once, the best of three tries.
+double xc_fma_peak_gflops(void) {
+  int threads = xc_threads();
+  double best = 0;
+  for (int attempt = 0; attempt < 3; attempt++) {
+    const int64_t rounds = 20000000;
+    float sink[8 * 64];
+    double t = xc_now();
+#pragma omp parallel num_threads(threads)
+    xc_fma_peak(rounds, sink + 8 * (omp_get_thread_num() % 64));
+    t = xc_now() - t;
+    double g = 192.0 * rounds * threads / t * 1e-9;
+    if (g > best)
+      best = g;
+  }
+  return best;
+}
+
+typedef struct {
+  int id;
+  double s;
+} Row;
+
+static int by_time(const void *a, const void *b) {
+  double x = ((const Row *)a)->s, y = ((const Row *)b)->s;
+  return x < y ? 1 : x > y ? -1 : ((const Row *)a)->id - ((const Row *)b)->id;
+}
+
+void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double wall,
+                       const char *csv_path) {
+  if (!on || steps <= 0)
+    return;
+  on = false;
+  double peak = xc_fma_peak_gflops(), total = 0;
+  Row *rows = xc_calloc(nkernels + 1, sizeof *rows);
+  for (int i = 0; i < nkernels; i++) {
+    rows[i] = (Row){i, seconds[i]};
+    total += seconds[i];
+  }
+  qsort(rows, nkernels, sizeof *rows, by_time);
+  const char *one = !strcmp(unit, "batches") ? "batch" : "step";
+  printf("profile of %lld %s on %d thread%s (FMA peak measured: %.1f GFLOP/s):\n",
+         (long long)steps, steps == 1 ? one : unit, xc_threads(), xc_threads() == 1 ? "" : "s",
+         peak);
+  printf("  %-8s %-26s %-20s %9s %7s %9s %8s\n", "function", "kernel", "layer",
+         xc_format("ms/%s", one), "share", "GFLOP/s", "of peak");
+  for (int r = 0; r < nkernels; r++) {
+    const XcKernelInfo *k = &m->kernels[rows[r].id];
+    double s = rows[r].s;
+    if (s < 0.0005 * total && r >= 12)
+      continue; // the long tail of tiny kernels is summed below
+    printf("  %-8s %-26s %-20.20s %9.3f %6.1f%%", k->function, k->op, k->layer,
+           1e3 * s / steps, 100 * s / (wall > 0 ? wall : total));
+    if (k->flops && s > 0) {
+      double g = (double)k->flops * calls[rows[r].id] / s * 1e-9;
+      printf(" %9.1f %7.1f%%\n", g, 100 * g / peak);
+    } else {
+      printf(" %9s %8s\n", "-", "-");
+    }
+  }
+  printf("  kernels %.3f ms/%s of %.3f ms/%s (%.1f%%); the rest is the runtime: batches, "
+         "schedule, checks\n",
+         1e3 * total / steps, one, 1e3 * wall / steps, one, wall > 0 ? 100 * total / wall : 100.0);
+  if (csv_path) {
+    char *tmp = xc_format("%s.tmp", csv_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+      xc_die("check that the directory exists and is writable", "cannot write %s: %s",
+             csv_path, strerror(errno));
+    fprintf(f, "function,kernel,layer,calls,seconds,flops_per_call,peak_gflops,steps,wall_seconds\n");
+    for (int i = 0; i < nkernels; i++) {
+      const XcKernelInfo *k = &m->kernels[i];
+      fprintf(f, "%s,%s,%s,%lld,%.9f,%lld,%.3f,%lld,%.9f\n", k->function, k->op, k->layer,
+              (long long)calls[i], seconds[i], (long long)k->flops, peak, (long long)steps, wall);
+    }
+    if (fclose(f) != 0 || rename(tmp, csv_path) != 0)
+      xc_die(NULL, "cannot write %s: %s", csv_path, strerror(errno));
+    free(tmp);
+  }
+  free(rows);
+}
