@@ -3,6 +3,7 @@
 // optimizes it for the host or -mcpu, writes .ll/.s/.o, and links objects
 // with the runtime library into NAME-train and NAME-eval.
 #include "emit.h"
+#include "loop.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -51,270 +52,10 @@ static void begin_function(Cg *c, LLVMValueRef fn) {
   LLVMPositionBuilderAtEnd(c->b, c->entry);
 }
 
-static LLVMValueRef parallel_for_decl(Cg *c, LLVMTypeRef *ty) {
-  LLVMTypeRef params[3] = {c->i64, c->ptr, c->ptr};
-  *ty = LLVMFunctionType(c->voidt, params, 3, false);
-  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "xc_parallel_for");
-  return f ? f : LLVMAddFunction(c->mod, "xc_parallel_for", *ty);
-}
-
-// Whether two buffers may share memory. Only an assign (target in, target
-// out) reads and writes the same buffer; everything else is disjoint.
-static bool overlaps(const Buffer *a, const Buffer *b) {
-  if (a->kind != b->kind)
-    return false;
-  switch (a->kind) {
-  case BUF_ARG:
-  case BUF_SCALAR:
-    return !strcmp(a->arg, b->arg);
-  case BUF_SLOT:
-    return a->slot == b->slot;
-  case BUF_CONST:
-    return false;
-  default: {
-    int64_t unit = a->kind == BUF_WORKSPACE ? 1 : 4;
-    return a->offset * unit < b->offset * unit + b->bytes &&
-           b->offset * unit < a->offset * unit + a->bytes;
-  }
-  }
-}
-
-static void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
-  unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
-  LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
-}
-
-// `void NAME.OP.I(ptr out, ptr in..., i64 lo, i64 hi)`: the loop nest of one
-// kernel over [lo, hi) of its outer loop. Buffers that cannot overlap are
-// noalias, so LLVM vectorizes without runtime alias checks; noinline keeps
-// the step function a short list of calls and each kernel optimized alone.
-static LLVMValueRef emit_kernel_function(Cg *c, const LoopFunc *f, int ki) {
-  Node *n = f->k[ki].node;
-  int np = n->nin + 1;
-  LLVMTypeRef params[10];
-  ir_assert(np + 2 <= 10);
-  for (int i = 0; i < np; i++)
-    params[i] = c->ptr;
-  params[np] = params[np + 1] = c->i64;
-  LLVMTypeRef ft = LLVMFunctionType(c->voidt, params, np + 2, false);
-  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.%s.%d", f->name, op_info(n->op)->name, ki), ft);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
-  if (!f->k[ki].parallel)
-    add_attr(c, fn, LLVMAttributeFunctionIndex, "noinline");
-  const Buffer *out = &f->buf[n->id];
-  bool out_shared = false;
-  for (int i = 0; i < n->nin; i++)
-    if (overlaps(out, &f->buf[n->in[i]->id])) {
-      out_shared = true;
-    } else {
-      add_attr(c, fn, i + 2, "noalias");
-      add_attr(c, fn, i + 2, "readonly");
-    }
-  if (!out_shared)
-    add_attr(c, fn, 1, "noalias");
-  for (int i = 0; i < np; i++)
-    add_attr(c, fn, i + 1, "nocapture");
-
-  begin_function(c, fn);
-  LLVMValueRef in[9];
-  for (int i = 0; i < n->nin; i++)
-    in[i] = LLVMGetParam(fn, i + 1);
-  emit_kernel_body(c, n, LLVMGetParam(fn, 0), in, LLVMGetParam(fn, np), LLVMGetParam(fn, np + 1),
-                   f->k[ki].relu);
-  LLVMBuildRetVoid(c->b);
-  return fn;
-}
-
-// `void NAME.OP.I.body(void **ctx, i64 lo, i64 hi)` for xc_parallel_for:
-// ctx[0] is the output, then the operands.
-static LLVMValueRef emit_parallel_body(Cg *c, LLVMValueRef kernel, int np) {
-  LLVMTypeRef params[3] = {c->ptr, c->i64, c->i64};
-  LLVMTypeRef ft = LLVMFunctionType(c->voidt, params, 3, false);
-  size_t len;
-  const char *kname = LLVMGetValueName2(kernel, &len);
-  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.body", kname), ft);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
-  begin_function(c, fn);
-  LLVMValueRef ctx = LLVMGetParam(fn, 0);
-  LLVMValueRef args[10];
-  for (int i = 0; i < np; i++) {
-    LLVMValueRef idx = CI(c, i);
-    args[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""), "");
-  }
-  args[np] = LLVMGetParam(fn, 1);
-  args[np + 1] = LLVMGetParam(fn, 2);
-  LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kernel), kernel, args, np + 2, "");
-  LLVMBuildRetVoid(c->b);
-  return fn;
-}
-
-static LLVMValueRef const_global(Cg *c, Node *n) {
-  const Attr *v = node_attr(n, "value");
-  int64_t count = type_numel(&n->type);
-  LLVMValueRef *vals = xcalloc(count ? count : 1, sizeof *vals);
-  for (int64_t i = 0; i < count; i++)
-    vals[i] = LLVMConstReal(c->f32, (float)v->floats[v->n == 1 ? 0 : i]);
-  LLVMValueRef init = LLVMConstArray(c->f32, vals, count);
-  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), n->name ? n->name : "const");
-  LLVMSetInitializer(g, init);
-  LLVMSetGlobalConstant(g, true);
-  LLVMSetLinkage(g, LLVMPrivateLinkage);
-  LLVMSetAlignment(g, 64);
-  return g;
-}
-
-// The step function: buffer addresses first, then one call per kernel.
-static void emit_function(Cg *c, const LoopFunc *f) {
-  Graph *g = f->g;
-  LLVMValueRef *kfn = xcalloc(f->nk + 1, sizeof *kfn);
-  LLVMValueRef *body = xcalloc(f->nk + 1, sizeof *body);
-  for (int i = 0; i < f->nk; i++) {
-    kfn[i] = emit_kernel_function(c, f, i);
-    if (f->k[i].parallel)
-      body[i] = emit_parallel_body(c, kfn[i], f->k[i].node->nin + 1);
-  }
-
-  // Where each pointer argument is, per function (-1: absent); the C
-  // prototypes are in runtime/xentcc_rt.h. FN_SLOTS takes one array of
-  // pointers, one per node.
-  static const struct {
-    int params, state, images, labels, args, grads, logits, ws, count;
-  } sig[] = {
-      [FN_GRAD_STEP] = {0, 1, 2, 3, 4, 5, -1, 6, 7},
-      [FN_APPLY_STEP] = {0, 1, -1, -1, 3, 2, -1, 4, 5},
-      [FN_FORWARD] = {0, 1, 2, -1, -1, -1, 3, 4, 5},
-      [FN_SLOTS] = {0, -1, -1, -1, -1, -1, -1, -1, 1},
-  };
-  const __typeof__(sig[0]) *s = &sig[f->kind];
-  LLVMTypeRef ptrs[8] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
-  LLVMTypeRef ft = LLVMFunctionType(f->kind == FN_GRAD_STEP ? c->f32 : c->voidt, ptrs, s->count, false);
-  LLVMValueRef fn = LLVMAddFunction(c->mod, f->name, ft);
-  begin_function(c, fn);
-#define ARG(i) ((i) >= 0 ? LLVMGetParam(fn, (i)) : NULL)
-  LLVMValueRef params = ARG(s->params), state = ARG(s->state), images = ARG(s->images);
-  LLVMValueRef labels = ARG(s->labels), args = ARG(s->args), grads = ARG(s->grads);
-  LLVMValueRef ws = ARG(s->ws);
-#undef ARG
-  // XcStepArgs: {i32 step, i32 seed, float lr, float momentum, i32 opt_step}.
-  LLVMTypeRef args_t = LLVMStructTypeInContext(
-      c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32, c->i32}, 5, false);
-
-  LLVMValueRef *buf = xcalloc(g->nnodes, sizeof *buf);
-  for (int i = 0; i < g->nnodes; i++) {
-    const Buffer *b = &f->buf[i];
-    Node *n = g->node[i];
-    LLVMValueRef off = CI(c, b->offset);
-    switch (b->kind) {
-    case BUF_PARAM:
-      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, params, &off, 1, "");
-      break;
-    case BUF_STATE:
-      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, state, &off, 1, "");
-      break;
-    case BUF_GRAD:
-      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->f32, grads, &off, 1, "");
-      break;
-    case BUF_WORKSPACE:
-      buf[i] = LLVMBuildInBoundsGEP2(c->b, c->i8, ws, &off, 1, "");
-      break;
-    case BUF_ARG:
-    case BUF_SCALAR: {
-      bool image = !strcmp(b->arg, "image");
-      LLVMValueRef where = image ? images : b->kind == BUF_ARG ? labels : args;
-      if (!where && f->kind == FN_FORWARD)
-        error_at(n->loc, "the evaluation graph takes only %image",
-                 "the forward pass cannot read %%%s", b->arg);
-      if (!where) // an input only the other half of the step reads
-        break;
-      if (b->kind == BUF_ARG) {
-        buf[i] = where;
-        break;
-      }
-      DType dt;
-      int field = step_arg_field(b->arg, &dt);
-      ir_assert(field >= 0);
-      buf[i] = LLVMBuildStructGEP2(c->b, args_t, args, field, b->arg);
-      break;
-    }
-    case BUF_ABSENT:
-      break;
-    case BUF_CONST:
-      buf[i] = const_global(c, n);
-      break;
-    case BUF_SLOT: {
-      LLVMValueRef idx = CI(c, b->slot);
-      buf[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, params, &idx, 1, ""), "");
-      break;
-    }
-    }
-  }
-  // Reshapes and in-place assigns share their operand's buffer.
-  for (int i = 0; i < g->nnodes; i++)
-    if (g->node[i]->op == OP_reshape && f->kind != FN_SLOTS)
-      buf[i] = buf[g->node[i]->in[0]->id];
-
-  LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, CI32(c, 8), "ctx");
-  LLVMTypeRef pft, prof_t = LLVMFunctionType(c->voidt, &c->i32, 1, false);
-  LLVMValueRef pfor = parallel_for_decl(c, &pft);
-  LLVMValueRef enter = LLVMGetNamedFunction(c->mod, "xc_prof_enter");
-  LLVMValueRef leave = LLVMGetNamedFunction(c->mod, "xc_prof_leave");
-  if (!enter)
-    enter = LLVMAddFunction(c->mod, "xc_prof_enter", prof_t);
-  if (!leave)
-    leave = LLVMAddFunction(c->mod, "xc_prof_leave", prof_t);
-  static const char *const fname[] = {[FN_GRAD_STEP] = "grad", [FN_APPLY_STEP] = "apply",
-                                      [FN_FORWARD] = "forward", [FN_SLOTS] = "slots"};
-  for (int i = 0; i < f->nk; i++) {
-    const Kernel *k = &f->k[i];
-    Node *n = k->node;
-    // --profile: the runtime times each kernel call (xc_prof_enter/leave
-    // return at once when it is off).
-    int id = c->nkernels++;
-    c->kernels = realloc(c->kernels, sizeof *c->kernels * c->nkernels);
-    if (!c->kernels)
-      fatal("out of memory");
-    c->kernels[id] = (KernelInfo){fname[f->kind],
-                                  xformat("%s%s", op_info(n->op)->name, k->relu ? "+relu" : ""),
-                                  n->name ? n->name : "", kernel_flops(n)};
-    LLVMValueRef idv = CI32(c, id);
-    bool profiled = f->kind != FN_SLOTS; // the test entry links no runtime
-    if (profiled)
-      LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");
-    LLVMValueRef args[10];
-    for (int j = 0; j <= n->nin; j++)
-      args[j] = j == 0 ? buf[n->id] : buf[n->in[j - 1]->id];
-    if (k->parallel) {
-      for (int j = 0; j <= n->nin; j++) {
-        LLVMValueRef idx = CI(c, j);
-        LLVMBuildStore(c->b, args[j], LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
-      }
-      LLVMValueRef pargs[3] = {CI(c, k->trip), body[i], ctx};
-      LLVMBuildCall2(c->b, pft, pfor, pargs, 3, "");
-    } else {
-      args[n->nin + 1] = CI(c, 0);
-      args[n->nin + 2] = CI(c, k->trip);
-      LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, n->nin + 3, "");
-    }
-    if (profiled)
-      LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
-  }
-  if (f->kind == FN_GRAD_STEP) {
-    LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, buf[g->ret[0]->id], "loss"));
-  } else if (f->kind == FN_FORWARD) {
-    int64_t bytes = type_numel(&g->ret[0]->type) * 4;
-    LLVMBuildMemCpy(c->b, LLVMGetParam(fn, 3), 4, buf[g->ret[0]->id], 4, CI(c, bytes));
-    LLVMBuildRetVoid(c->b);
-  } else {
-    LLVMBuildRetVoid(c->b);
-  }
-}
-
 // `int32_t xc_grad_check(const float *grads)`: the index (in xc_model.params)
 // of the first parameter whose gradient holds a NaN or an infinity, or -1.
 // x - x is NaN exactly when x is not finite.
-static void emit_grad_check(Cg *c, Graph *g, const Blocks *b) {
+static void emit_grad_check(Cg *c, Graph *g, const LBlocks *b) {
   LLVMTypeRef ft = LLVMFunctionType(c->i32, &c->ptr, 1, false);
   LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_grad_check", ft);
   begin_function(c, fn);
@@ -361,7 +102,7 @@ static int init_kind(Node *n) {
   return 0;
 }
 
-static LLVMValueRef tensor_table(Cg *c, const BlockEntry *e, int count, LLVMTypeRef ti) {
+static LLVMValueRef tensor_table(Cg *c, const LBlockEntry *e, int count, LLVMTypeRef ti) {
   LLVMValueRef *rows = xcalloc(count + 1, sizeof *rows);
   for (int i = 0; i < count; i++) {
     Node *n = e[i].node;
@@ -557,7 +298,7 @@ static void emit_fma_peak(Cg *c) {
   LLVMBuildRetVoid(c->b);
 }
 
-static void emit_model(Cg *c, Model *m, const Blocks *b, int64_t workspace, int outputs,
+static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int outputs,
                        bool float_labels) {
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
   LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
@@ -781,34 +522,20 @@ static char *make_tmpdir(void) {
 
 typedef struct {
   const char *suffix; // "train" or "eval"
-  LoopFunc *fns[3];
+  FuncKind fns[3];
   int nfns;
   const char *main_fn;
 } Exe;
 
-void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
-  ir_assert(train || eval);
-  Blocks *blocks = plan_blocks(train ? train : eval);
-  LoopFunc *grad = train ? lower_graph(train, FN_GRAD_STEP, "xc_grad_step", blocks) : NULL;
-  LoopFunc *apply = train ? lower_graph(train, FN_APPLY_STEP, "xc_apply_step", blocks) : NULL;
-  LoopFunc *fwd = eval ? lower_graph(eval, FN_FORWARD, "xc_forward", blocks) : NULL;
-  const char *pa = opt->print_after;
-  bool print_lower = pa && (!strcmp(pa, "lower") || !strcmp(pa, "all"));
-  bool emit_loops = opt->emit && !strcmp(opt->emit, "loops");
-  LoopFunc *fns[3] = {grad, apply, fwd};
-  for (int i = 0; i < 3; i++) {
-    if (!fns[i])
-      continue;
-    if (print_lower) {
-      fprintf(stderr, "; *** IR Dump After lower (%s) ***\n", fns[i]->name);
-      print_loops(stderr, fns[i]);
-    }
-    if (emit_loops)
-      print_loops(stdout, fns[i]);
-  }
-  if (emit_loops)
-    return;
+static LFunc *func_of(LProgram *p, FuncKind kind) {
+  for (int i = 0; i < p->nfuncs; i++)
+    if (p->funcs[i]->kind == kind)
+      return p->funcs[i];
+  return NULL;
+}
 
+void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOptions *opt) {
+  ir_assert(train || eval);
   Node *logits = eval ? eval->ret[0] : train->nret > 1 ? train->ret[1] : NULL;
   int outputs = logits && logits->type.rank ? (int)logits->type.dim[logits->type.rank - 1] : m->nclasses;
   Node *label = train ? graph_find(train, "label") : NULL;
@@ -817,11 +544,12 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
   Exe exes[2];
   int nexes = 0;
   if (train) {
-    exes[nexes] = (Exe){"train", {grad, apply, fwd}, fwd ? 3 : 2, "xc_train_main"};
+    exes[nexes] = (Exe){"train", {FN_GRAD_STEP, FN_APPLY_STEP, FN_FORWARD}, eval ? 3 : 2,
+                        "xc_train_main"};
     nexes++;
   }
   if (eval)
-    exes[nexes++] = (Exe){"eval", {fwd}, 1, "xc_eval_main"};
+    exes[nexes++] = (Exe){"eval", {FN_FORWARD}, 1, "xc_eval_main"};
 
   // Fail before minutes of optimization if the outputs cannot be written.
   char *outdir = dirname(xstrdup(opt->output));
@@ -834,13 +562,15 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
     Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
     int64_t ws = 0; // the runtime allocates one workspace for all step functions
     for (int i = 0; i < exes[e].nfns; i++) {
-      emit_function(c, exes[e].fns[i]);
-      if (exes[e].fns[i]->workspace_bytes > ws)
-        ws = exes[e].fns[i]->workspace_bytes;
+      LFunc *f = func_of(p, exes[e].fns[i]);
+      ir_assert(f);
+      emit_lfunc(c, f);
+      if (f->workspace_bytes > ws)
+        ws = f->workspace_bytes;
     }
     if (train && !strcmp(exes[e].suffix, "train"))
-      emit_grad_check(c, train, blocks);
-    emit_model(c, m, blocks, ws, outputs, float_labels);
+      emit_grad_check(c, train, p->blocks);
+    emit_model(c, m, p->blocks, ws, outputs, float_labels);
     emit_main(c, exes[e].main_fn);
     finish_module(c, tm, opt);
     if (opt->emit) {
@@ -861,11 +591,13 @@ void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt) {
 
 void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
                              const CodegenOptions *opt) {
-  LoopFunc *f = lower_graph(g, FN_SLOTS, fn, NULL);
-  if (opt->print_after)
-    print_loops(stderr, f);
+  LProgram *p = lower_slots(g, fn);
+  p->opt_level = opt->opt_level;
+  int n;
+  const char *const *names = loop_pipeline(opt->opt_level, &n);
+  run_loop_pipeline(p, names, n, NULL);
   Cg *c = cg_new(fn);
-  emit_function(c, f);
+  emit_lfunc(c, p->funcs[0]);
   LLVMTargetMachineRef tm = target_machine(opt);
   finish_module(c, tm, opt);
   write_module(c, tm, "obj", obj_path);

@@ -1,9 +1,9 @@
-// Shared between the kernel emitter (emit.c) and the module builder
-// (module.c): the LLVM context of one function being generated.
+// Shared between the loop IR walker (walk.c) and the module builder
+// (codegen.c): the LLVM context of the module being generated.
 #ifndef XENTCC_EMIT_H
 #define XENTCC_EMIT_H
 
-#include "loops.h"
+#include "loop.h"
 
 #include <llvm-c/Core.h>
 #include <math.h>
@@ -28,10 +28,9 @@ typedef struct {
   int nkernels;
 } Cg;
 
-// Emits the loop nest of one op: out and in[] point at the buffers; [lo, hi)
-// is the part of the outer loop (see kernel_trip) this call computes; relu
-// fuses a relu into a conv2d or linear (Kernel.relu).
-void emit_kernel_body(Cg *c, Node *n, LLVMValueRef out, LLVMValueRef *in, LLVMValueRef lo,
-                      LLVMValueRef hi, bool relu);
+
+// walk.c: the loop IR's functions into this module (kernels as internal
+// functions, the step function calling them).
+void emit_lfunc(Cg *c, const LFunc *f);
 
 #endif

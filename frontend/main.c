@@ -1,7 +1,7 @@
 // xentcc: compiles a YAML model into training and evaluation executables.
 // The driver only sequences the stages: load_model (frontend/) -> the
 // training and evaluation pass pipelines (passes/) -> codegen (codegen/).
-#include "ir.h"
+#include "loop.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +28,7 @@ static void usage(FILE *out) {
         "                         default), train (the training step) or eval\n"
         "  --stop-after=PASS      end the pipeline after PASS (with --stage=train|eval)\n"
         "  --print-after-all      print the IR after every pass to stderr\n"
-        "  --print-after=PASS     print the IR after PASS (or 'lower' for the loop IR)\n"
+        "  --print-after=PASS     print the IR after PASS (graph passes, 'lower', loop passes)\n"
         "  --disable-pass=PASS    skip PASS (repeatable)\n"
         "  --list-passes          list the passes and exit\n"
         "  --list-options         list every option a model file accepts (with MODEL.yaml:\n"
@@ -110,9 +110,9 @@ int main(int argc, char **argv) {
     } else if (starts(a, "--stop-after=", &v)) {
       stop_after = v;
     } else if (!strcmp(a, "--print-after-all")) {
-      po.print_after = cg.print_after = "all";
+      po.print_after = "all";
     } else if (starts(a, "--print-after=", &v)) {
-      po.print_after = cg.print_after = v;
+      po.print_after = v;
     } else if (starts(a, "--disable-pass=", &v)) {
       if (!pass_find(v))
         fatal("--disable-pass=%s: no such pass (xentcc --list-passes shows them)", v);
@@ -173,6 +173,15 @@ int main(int argc, char **argv) {
   run_pipeline(train, train_pipeline, sizeof train_pipeline / sizeof *train_pipeline, &po);
   run_pipeline(eval, eval_pipeline, sizeof eval_pipeline / sizeof *eval_pipeline, &po);
 
+  // lower, then the loop passes of -O, then LLVM.
+  LProgram *lp = lower_program(train, eval, cg.opt_level);
+  int nloop;
+  const char *const *loop_passes = loop_pipeline(cg.opt_level, &nloop);
+  run_loop_pipeline(lp, loop_passes, nloop, &po);
+  if (emit && !strcmp(emit, "loops")) {
+    print_lprogram(stdout, lp);
+    return 0;
+  }
   if (!cg.output) {
     const char *base = strrchr(input, '/') ? strrchr(input, '/') + 1 : input;
     char *name = xstrdup(base);
@@ -182,6 +191,6 @@ int main(int argc, char **argv) {
     cg.output = name;
   }
   cg.emit = emit;
-  codegen(m, train, eval, &cg);
+  codegen(m, lp, train, eval, &cg);
   return 0;
 }

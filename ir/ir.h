@@ -249,9 +249,13 @@ void print_used_options(FILE *out);
 // passes/: one file per pass, one entry point each
 //
 
+struct LProgram; // the loop IR (loop.h)
+
+// A pass runs on the graph (run) or, after `lower`, on the loop IR (run_loops).
 typedef struct {
   const char *name;
   void (*run)(Graph *g);
+  void (*run_loops)(struct LProgram *p);
   const char *help;
 } Pass;
 
@@ -277,6 +281,19 @@ typedef struct {
 
 // Runs the named passes in order, verifying after each.
 void run_pipeline(Graph *g, const char *const *names, int count, const PipelineOptions *opt);
+// The same for loop passes, on the lowered program.
+void run_loop_pipeline(struct LProgram *p, const char *const *names, int count,
+                       const PipelineOptions *opt);
+// The loop passes of -O`level`, in order, ending with the memory plan.
+const char *const *loop_pipeline(int level, int *count);
+
+// Loop passes (passes/loop_*.c).
+void pass_fuse_epilogue(struct LProgram *p); // loop_fuse_epilogue.c
+void pass_pad(struct LProgram *p);           // loop_pad.c
+void pass_tile(struct LProgram *p);          // loop_tile.c
+void pass_vectorize(struct LProgram *p);     // loop_vectorize.c
+void pass_parallelize(struct LProgram *p);   // loop_parallelize.c
+void pass_plan_memory(struct LProgram *p);   // loop_plan_memory.c
 
 //
 // codegen/: lowering to loops and buffers, LLVM IR through the C API, objects,
@@ -285,18 +302,19 @@ void run_pipeline(Graph *g, const char *const *names, int count, const PipelineO
 
 typedef struct {
   const char *output;   // -o NAME: NAME-train and NAME-eval
-  const char *emit;     // NULL: executables; "loops", "llvm", "asm" or "obj": that form only
+  const char *emit;     // NULL: executables; "llvm", "asm" or "obj": that form only
   int opt_level;        // -O0..-O3 (default 3)
   const char *cpu;      // -mcpu=; "native" by default
-  const char *print_after; // "lower" or "all" prints the loop IR to stderr
 } CodegenOptions;
 
-// train: the optimized training-step graph; eval: the forward graph.
-// Either may be NULL to build only the other executable.
-void codegen(Model *m, Graph *train, Graph *eval, const CodegenOptions *opt);
+// p: the scheduled loop program of train (the training-step graph; its
+// functions xc_grad_step, xc_apply_step) and eval (the forward graph:
+// xc_forward); either graph may be NULL to build only the other executable.
+void codegen(Model *m, struct LProgram *p, Graph *train, Graph *eval, const CodegenOptions *opt);
 // For tests: compiles g alone into an object defining `void FN(void **slots)`,
 // where slots[i] points at node i's value (sources read, every other node
-// written; an assign writes its value into its own slot).
+// written; an assign writes its value into its own slot), through the loop
+// passes of opt->opt_level.
 void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
                              const CodegenOptions *opt);
 

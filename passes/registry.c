@@ -1,20 +1,41 @@
 // The pass registry: every pass xentcc and xentcc-opt can run by name.
-#include "ir.h"
+#include "loop.h"
 
 #include <string.h>
 
 static const Pass passes[] = {
-    {"verify", verify_graph, "check the graph; changes nothing"},
-    {"lint-losses", pass_lint_losses, "warn about softmax/sigmoid applied before the loss"},
-    {"fuse-softmax-ce", pass_fuse_softmax_ce, "log_softmax + nll_loss -> softmax_cross_entropy"},
-    {"fuse-sigmoid-bce", pass_fuse_sigmoid_bce, "sigmoid + bce -> sigmoid_bce (with logits)"},
-    {"autodiff", pass_autodiff, "append reverse-mode gradients of the loss for every param"},
-    {"optimizer", pass_optimizer, "append the optimizer's updates and the lr schedule"},
-    {"constant-fold", pass_constant_fold, "fold constants and remove identities"},
-    {"cse", pass_cse, "merge nodes that compute the same value"},
-    {"dce", pass_dce, "remove nodes no return value or assign needs"},
-    {"eval-mode", pass_eval_mode, "the evaluation graph: logits only, running statistics"},
+    {"verify", verify_graph, NULL, "check the graph; changes nothing"},
+    {"lint-losses", pass_lint_losses, NULL, "warn about softmax/sigmoid applied before the loss"},
+    {"fuse-softmax-ce", pass_fuse_softmax_ce, NULL, "log_softmax + nll_loss -> softmax_cross_entropy"},
+    {"fuse-sigmoid-bce", pass_fuse_sigmoid_bce, NULL, "sigmoid + bce -> sigmoid_bce (with logits)"},
+    {"autodiff", pass_autodiff, NULL, "append reverse-mode gradients of the loss for every param"},
+    {"optimizer", pass_optimizer, NULL, "append the optimizer's updates (the lr is an input)"},
+    {"constant-fold", pass_constant_fold, NULL, "fold constants and remove identities"},
+    {"cse", pass_cse, NULL, "merge nodes that compute the same value"},
+    {"dce", pass_dce, NULL, "remove nodes no return value or assign needs"},
+    {"eval-mode", pass_eval_mode, NULL, "the evaluation graph: logits only, running statistics"},
+    {"lower", NULL, NULL, "the graph into plain loop nests (the loop IR); the passes below run on it"},
+    {"fuse-epilogue", NULL, pass_fuse_epilogue, "compute a relu in the kernel of the conv2d/linear it follows"},
+    {"pad", NULL, pass_pad, "padded windows read a zero-bordered copy: no bounds checks"},
+    {"tile", NULL, pass_tile, "register tiles for contractions: vector, unroll-and-jam"},
+    {"vectorize", NULL, pass_vectorize, "innermost unit-stride loops into vectors of 8, 4, 2 lanes"},
+    {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
+    {"plan-memory", NULL, pass_plan_memory, "place workspace buffers: first fit by lifetime"},
 };
+
+// The loop passes of each -O level, in order. -O0 runs the plain nests.
+static const char *const o0[] = {"plan-memory"};
+static const char *const o1[] = {"fuse-epilogue", "pad",         "tile",
+                                 "vectorize",     "parallelize", "plan-memory"};
+
+const char *const *loop_pipeline(int level, int *count) {
+  if (level <= 0) {
+    *count = sizeof o0 / sizeof *o0;
+    return o0;
+  }
+  *count = sizeof o1 / sizeof *o1;
+  return o1;
+}
 
 const Pass *pass_list(int *count) {
   *count = (int)(sizeof passes / sizeof passes[0]);

@@ -4,6 +4,7 @@
 // evaluator (ir/eval.c). Then whole training steps of the seed models,
 // through the xc_grad_step / xc_apply_step / xc_forward ABI of runtime/xentcc_rt.h.
 #include "ir.h"
+#include "loop.h"
 #include "../../runtime/xentcc_rt.h"
 
 #include <check.h>
@@ -667,7 +668,11 @@ static void model_case(const char *yaml) {
   run_pipeline(eval, eval_pipeline, sizeof eval_pipeline / sizeof *eval_pipeline, &po);
   char *out = xformat("%s/%s", tmpdir, m->name);
   CodegenOptions o = {.output = out, .emit = "obj", .opt_level = 3, .cpu = "native"};
-  codegen(m, train, eval, &o);
+  LProgram *lp = lower_program(train, eval, o.opt_level);
+  int nloop;
+  const char *const *loop_passes = loop_pipeline(o.opt_level, &nloop);
+  run_loop_pipeline(lp, loop_passes, nloop, &po);
+  codegen(m, lp, train, eval, &o);
   void *h = load_object(xformat("%s-train.o", out));
   const XcModel *xm = dlsym(h, "xc_model");
   typedef float GradFn(const float *, float *, const float *, const void *, const XcStepArgs *,

@@ -1,0 +1,723 @@
+// LLVM IR from the loop IR: a walker with no policy of its own. Every
+// decision -- loop order, tiles, which loop is a vector, which is unrolled,
+// which runs on threads, where buffers live -- was made by the passes and is
+// written in the loop IR; this file only spells it in LLVM. A kernel becomes
+// `void NAME(ptr buffers..., i64 lo, i64 hi)` ([lo, hi) is the part of its
+// parallel loop this call runs); a function (xc_grad_step, ...) computes the
+// buffers' addresses and calls its kernels in order, through xc_parallel_for
+// for parallel ones, with --profile's hooks around each.
+#include "emit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+// --- Values: a scalar, or a vector of the lanes of the current vector loop ------
+
+typedef struct {
+  LLVMValueRef v;
+  bool vec;
+} Val;
+
+typedef struct {
+  Cg *c;
+  const LKernel *k;
+  LLVMValueRef *var;     // by variable: its value (i64) while its loop runs
+  int vec_var;           // the variable of the vector loop being emitted, or -1
+  int width;             // its lanes
+  LLVMValueRef *ptr;     // by buffer id: the buffer's address in this kernel
+  LLVMValueRef lo, hi;   // the kernel's range of its parallel loop
+} W;
+
+static LLVMTypeRef ltype(Cg *c, LType t) {
+  switch (t) {
+  case LT_F32:
+    return c->f32;
+  case LT_F64:
+    return c->f64;
+  case LT_I32:
+    return c->i32;
+  case LT_I64:
+    return c->i64;
+  case LT_BOOL:
+    return LLVMInt1TypeInContext(c->ctx);
+  }
+  unreachable();
+}
+
+static bool is_float(LType t) { return t == LT_F32 || t == LT_F64; }
+
+static LLVMTypeRef vtype(W *w, LLVMTypeRef t) { return LLVMVectorType(t, w->width); }
+
+static LLVMValueRef splat(W *w, LLVMValueRef x) {
+  LLVMTypeRef vt = vtype(w, LLVMTypeOf(x));
+  LLVMValueRef zero = LLVMConstInt(w->c->i32, 0, 0);
+  LLVMValueRef v = LLVMBuildInsertElement(w->c->b, LLVMGetPoison(vt), x, zero, "");
+  return LLVMBuildShuffleVector(w->c->b, v, LLVMGetPoison(vt),
+                                LLVMConstNull(LLVMVectorType(w->c->i32, w->width)), "");
+}
+
+static LLVMValueRef as_vec(W *w, Val x) { return x.vec ? x.v : splat(w, x.v); }
+
+static LLVMValueRef intrinsic(Cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *args, int n) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  ir_assert(id != 0);
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(c->mod, id, &t, 1);
+  return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), fn, args, n, "");
+}
+
+// --- Addresses ----------------------------------------------------------------------
+
+static int64_t stride_of(const LBuf *b, int d) {
+  int64_t s = 1;
+  for (int e = d + 1; e < b->rank; e++)
+    s *= b->dim[e];
+  return s;
+}
+
+static Val emit_expr(W *w, const LExpr *e);
+
+// The element offset of buf[idx...] with the vector variable at its first lane.
+static LLVMValueRef offset_at(W *w, const LBuf *b, LExpr *const *idx) {
+  Cg *c = w->c;
+  LLVMValueRef off = LLVMConstInt(c->i64, 0, 0);
+  int save = w->vec_var;
+  w->vec_var = -1;
+  for (int d = 0; d < b->rank; d++) {
+    LLVMValueRef i = emit_expr(w, idx[d]).v;
+    off = LLVMBuildNSWAdd(c->b, off, LLVMBuildNSWMul(c->b, i, LLVMConstInt(c->i64, stride_of(b, d), 0), ""), "");
+  }
+  w->vec_var = save;
+  return off;
+}
+
+// How an access moves across the lanes: 0 (the same element: a scalar),
+// 1 (consecutive elements: one vector), or -1 (anything else: lane by lane).
+static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
+  if (w->vec_var < 0)
+    return 0;
+  int64_t total = 0;
+  for (int d = 0; d < b->rank; d++) {
+    if (!lx_uses_var(idx[d], w->vec_var))
+      continue;
+    Affine a;
+    if (!lx_affine(idx[d], &a))
+      return -1;
+    total += affine_coef(&a, w->vec_var) * stride_of(b, d);
+  }
+  return total == 0 ? 0 : total == 1 ? 1 : -1;
+}
+
+static LLVMTypeRef elem_type(Cg *c, const LBuf *b) { return b->dtype == DT_I32 ? c->i32 : c->f32; }
+
+static LLVMValueRef address(W *w, const LBuf *b, LLVMValueRef off) {
+  return LLVMBuildInBoundsGEP2(w->c->b, elem_type(w->c, b), w->ptr[b->id], &off, 1, "");
+}
+
+// The access with the vector variable fixed at lane `lane`.
+static LLVMValueRef lane_offset(W *w, const LBuf *b, LExpr *const *idx, int lane) {
+  LLVMValueRef save = w->var[w->vec_var];
+  w->var[w->vec_var] =
+      LLVMBuildNSWAdd(w->c->b, save, LLVMConstInt(w->c->i64, lane, 0), "");
+  LLVMValueRef off = offset_at(w, b, idx);
+  w->var[w->vec_var] = save;
+  return off;
+}
+
+static Val emit_load(W *w, const LExpr *e) {
+  Cg *c = w->c;
+  const LBuf *b = e->buf;
+  LLVMTypeRef t = elem_type(c, b);
+  int ls = lane_stride(w, b, e->idx);
+  if (ls == 0)
+    return (Val){LLVMBuildLoad2(c->b, t, address(w, b, offset_at(w, b, e->idx)), ""), false};
+  if (ls == 1) {
+    LLVMValueRef v = LLVMBuildLoad2(c->b, vtype(w, t), address(w, b, offset_at(w, b, e->idx)), "");
+    LLVMSetAlignment(v, 4);
+    return (Val){v, true};
+  }
+  LLVMValueRef v = LLVMGetPoison(vtype(w, t));
+  for (int lane = 0; lane < w->width; lane++) {
+    LLVMValueRef x = LLVMBuildLoad2(c->b, t, address(w, b, lane_offset(w, b, e->idx, lane)), "");
+    v = LLVMBuildInsertElement(c->b, v, x, LLVMConstInt(c->i32, lane, 0), "");
+  }
+  return (Val){v, true};
+}
+
+// --- Expressions ------------------------------------------------------------------------
+
+static Val emit_expr(W *w, const LExpr *e) {
+  Cg *c = w->c;
+  LLVMTypeRef t = ltype(c, e->type);
+  switch (e->kind) {
+  case LX_CONST:
+    return (Val){is_float(e->type) ? LLVMConstReal(t, e->f) : LLVMConstInt(t, (uint64_t)e->i, 1),
+                 false};
+  case LX_VAR: {
+    LLVMValueRef v = w->var[e->var];
+    ir_assert(v);
+    if (e->var != w->vec_var)
+      return (Val){v, false};
+    LLVMValueRef *lanes = xcalloc(w->width, sizeof *lanes);
+    for (int i = 0; i < w->width; i++)
+      lanes[i] = LLVMConstInt(c->i64, i, 0);
+    LLVMValueRef step = LLVMConstVector(lanes, w->width);
+    return (Val){LLVMBuildNSWAdd(c->b, splat(w, v), step, ""), true};
+  }
+  case LX_LOAD:
+    return emit_load(w, e);
+  default:
+    break;
+  }
+  Val a = emit_expr(w, e->a), b = {0}, cc = {0};
+  if (e->b)
+    b = emit_expr(w, e->b);
+  if (e->c)
+    cc = emit_expr(w, e->c);
+  bool vec = a.vec || (e->b && b.vec) || (e->c && cc.vec);
+  LLVMValueRef x = vec ? as_vec(w, a) : a.v;
+  LLVMValueRef y = e->b ? (vec ? as_vec(w, b) : b.v) : NULL;
+  LLVMValueRef z = e->c ? (vec ? as_vec(w, cc) : cc.v) : NULL;
+  LType at = e->a->type;
+  bool fl = is_float(at);
+  LLVMBuilderRef bd = c->b;
+  LLVMValueRef r;
+  switch (e->kind) {
+  case LX_ADD:
+    r = fl ? LLVMBuildFAdd(bd, x, y, "") : LLVMBuildAdd(bd, x, y, "");
+    break;
+  case LX_SUB:
+    r = fl ? LLVMBuildFSub(bd, x, y, "") : LLVMBuildSub(bd, x, y, "");
+    break;
+  case LX_MUL:
+    r = fl ? LLVMBuildFMul(bd, x, y, "") : LLVMBuildMul(bd, x, y, "");
+    break;
+  case LX_DIV:
+    r = fl ? LLVMBuildFDiv(bd, x, y, "") : LLVMBuildSDiv(bd, x, y, "");
+    break;
+  case LX_REM:
+    r = fl ? LLVMBuildFRem(bd, x, y, "") : LLVMBuildSRem(bd, x, y, "");
+    break;
+  case LX_MIN:
+  case LX_MAX:
+    if (fl) {
+      LLVMValueRef args[2] = {x, y};
+      r = intrinsic(c, e->kind == LX_MIN ? "llvm.minnum" : "llvm.maxnum", LLVMTypeOf(x), args, 2);
+    } else {
+      LLVMValueRef lt = LLVMBuildICmp(bd, LLVMIntSLT, x, y, "");
+      r = e->kind == LX_MIN ? LLVMBuildSelect(bd, lt, x, y, "") : LLVMBuildSelect(bd, lt, y, x, "");
+    }
+    break;
+  case LX_FMA: {
+    LLVMValueRef args[3] = {x, y, z};
+    r = intrinsic(c, "llvm.fma", LLVMTypeOf(x), args, 3);
+    break;
+  }
+  case LX_NEG:
+    r = fl ? LLVMBuildFNeg(bd, x, "") : LLVMBuildNeg(bd, x, "");
+    break;
+  case LX_EXP:
+    r = intrinsic(c, "llvm.exp", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_LOG:
+    r = intrinsic(c, "llvm.log", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_SQRT:
+    r = intrinsic(c, "llvm.sqrt", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_COS:
+    r = intrinsic(c, "llvm.cos", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_POW: {
+    LLVMValueRef args[2] = {x, y};
+    r = intrinsic(c, "llvm.pow", LLVMTypeOf(x), args, 2);
+    break;
+  }
+  case LX_LT:
+  case LX_LE:
+  case LX_GT:
+  case LX_GE:
+  case LX_EQ:
+  case LX_NE:
+  case LX_UGT:
+  case LX_ULT: {
+    static const LLVMRealPredicate fp[] = {
+        [LX_LT] = LLVMRealOLT, [LX_LE] = LLVMRealOLE, [LX_GT] = LLVMRealOGT,
+        [LX_GE] = LLVMRealOGE, [LX_EQ] = LLVMRealOEQ, [LX_NE] = LLVMRealONE,
+        [LX_UGT] = LLVMRealUGT, [LX_ULT] = LLVMRealULT};
+    static const LLVMIntPredicate ip[] = {
+        [LX_LT] = LLVMIntSLT, [LX_LE] = LLVMIntSLE, [LX_GT] = LLVMIntSGT, [LX_GE] = LLVMIntSGE,
+        [LX_EQ] = LLVMIntEQ,  [LX_NE] = LLVMIntNE,  [LX_UGT] = LLVMIntUGT, [LX_ULT] = LLVMIntULT};
+    r = fl ? LLVMBuildFCmp(bd, fp[e->kind], x, y, "") : LLVMBuildICmp(bd, ip[e->kind], x, y, "");
+    break;
+  }
+  case LX_UNO:
+    r = LLVMBuildFCmp(bd, LLVMRealUNO, x, x, "");
+    break;
+  case LX_AND:
+    r = LLVMBuildAnd(bd, x, y, "");
+    break;
+  case LX_OR:
+    r = LLVMBuildOr(bd, x, y, "");
+    break;
+  case LX_XOR:
+    r = LLVMBuildXor(bd, x, y, "");
+    break;
+  case LX_SHL:
+    r = LLVMBuildShl(bd, x, y, "");
+    break;
+  case LX_SHR:
+    r = LLVMBuildLShr(bd, x, y, "");
+    break;
+  case LX_NOT:
+    r = LLVMBuildNot(bd, x, "");
+    break;
+  case LX_SELECT:
+    r = LLVMBuildSelect(bd, x, y, z, "");
+    break;
+  case LX_CAST: {
+    LLVMTypeRef to = vec ? vtype(w, t) : t;
+    LType from = at, into = e->type;
+    if (is_float(from) && is_float(into))
+      r = into == LT_F64 ? LLVMBuildFPExt(bd, x, to, "") : LLVMBuildFPTrunc(bd, x, to, "");
+    else if (is_float(into))
+      r = from == LT_BOOL ? LLVMBuildUIToFP(bd, x, to, "") : LLVMBuildSIToFP(bd, x, to, "");
+    else if (is_float(from))
+      r = LLVMBuildFPToSI(bd, x, to, "");
+    else if (from == LT_BOOL)
+      r = LLVMBuildZExt(bd, x, to, "");
+    else if (into == LT_BOOL)
+      r = LLVMBuildICmp(bd, LLVMIntNE, x, LLVMConstNull(LLVMTypeOf(x)), "");
+    else if (LLVMGetIntTypeWidth(ltype(c, into)) > LLVMGetIntTypeWidth(ltype(c, from)))
+      r = LLVMBuildSExt(bd, x, to, "");
+    else
+      r = LLVMBuildTrunc(bd, x, to, "");
+    break;
+  }
+  default:
+    unreachable();
+  }
+  return (Val){r, vec};
+}
+
+// --- Statements ------------------------------------------------------------------------
+
+static void emit_stmt(W *w, const LStmt *s, int depth);
+
+static void emit_body(W *w, const LStmt *s, int depth) {
+  for (int i = 0; i < s->nbody; i++)
+    emit_stmt(w, s->body[i], depth + 1);
+}
+
+// for (v = lo; v < hi; v++): a counted loop.
+static void emit_counted(W *w, const LStmt *s, LLVMValueRef lo, LLVMValueRef hi, int depth) {
+  Cg *c = w->c;
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
+  LLVMBasicBlockRef head = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "loop");
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "body");
+  LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "done");
+  LLVMBuildBr(c->b, head);
+  LLVMPositionBuilderAtEnd(c->b, head);
+  LLVMValueRef phi = LLVMBuildPhi(c->b, c->i64, s->role ? s->role : "v");
+  LLVMAddIncoming(phi, &lo, &pre, 1);
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, phi, hi, ""), body, exit);
+  LLVMPositionBuilderAtEnd(c->b, body);
+  w->var[s->var] = phi;
+  emit_body(w, s, depth);
+  LLVMValueRef next = LLVMBuildNSWAdd(c->b, phi, LLVMConstInt(c->i64, 1, 0), "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+  LLVMBuildBr(c->b, head);
+  LLVMAddIncoming(phi, &next, &latch, 1);
+  LLVMPositionBuilderAtEnd(c->b, exit);
+  w->var[s->var] = NULL;
+}
+
+static void emit_store(W *w, const LStmt *s) {
+  Cg *c = w->c;
+  Val v = emit_expr(w, s->value);
+  int ls = lane_stride(w, s->buf, s->idx);
+  if (!v.vec && ls == 0) {
+    LLVMBuildStore(c->b, v.v, address(w, s->buf, offset_at(w, s->buf, s->idx)));
+    return;
+  }
+  ir_assert(ls != 0); // a vector stored to one element: the vectorizer forbids it
+  LLVMValueRef x = as_vec(w, v);
+  if (ls == 1) {
+    LLVMValueRef st = LLVMBuildStore(c->b, x, address(w, s->buf, offset_at(w, s->buf, s->idx)));
+    LLVMSetAlignment(st, 4);
+    return;
+  }
+  for (int lane = 0; lane < w->width; lane++) {
+    LLVMValueRef e = LLVMBuildExtractElement(c->b, x, LLVMConstInt(c->i32, lane, 0), "");
+    LLVMBuildStore(c->b, e, address(w, s->buf, lane_offset(w, s->buf, s->idx, lane)));
+  }
+}
+
+static void emit_stmt(W *w, const LStmt *s, int depth) {
+  Cg *c = w->c;
+  switch (s->kind) {
+  case LS_STORE:
+    emit_store(w, s);
+    return;
+  case LS_IF: {
+    Val cond = emit_expr(w, s->cond);
+    ir_assert(!cond.vec); // the vectorizer leaves loops with guards alone
+    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "then");
+    LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "join");
+    LLVMBuildCondBr(c->b, cond.v, then, join);
+    LLVMPositionBuilderAtEnd(c->b, then);
+    emit_body(w, s, depth);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, join);
+    return;
+  }
+  case LS_LOOP:
+    if (s->flags & LF_PARALLEL) {
+      // This call's part of the loop: [lo + klo, lo + khi).
+      LLVMValueRef base = LLVMConstInt(c->i64, s->lo, 0);
+      emit_counted(w, s, LLVMBuildNSWAdd(c->b, base, w->lo, ""),
+                   LLVMBuildNSWAdd(c->b, base, w->hi, ""), depth);
+    } else if (s->flags & LF_VECTOR) {
+      int save_var = w->vec_var, save_width = w->width;
+      ir_assert(save_var < 0); // vector loops do not nest
+      w->vec_var = s->var;
+      w->width = (int)(s->hi - s->lo);
+      w->var[s->var] = LLVMConstInt(c->i64, s->lo, 0);
+      emit_body(w, s, depth);
+      w->var[s->var] = NULL;
+      w->vec_var = save_var;
+      w->width = save_width;
+    } else if (s->flags & LF_UNROLL) {
+      for (int64_t i = s->lo; i < s->hi; i++) {
+        w->var[s->var] = LLVMConstInt(c->i64, i, 0);
+        emit_body(w, s, depth);
+      }
+      w->var[s->var] = NULL;
+    } else {
+      emit_counted(w, s, LLVMConstInt(c->i64, s->lo, 0), LLVMConstInt(c->i64, s->hi, 0), depth);
+    }
+    return;
+  }
+}
+
+// --- Kernels ------------------------------------------------------------------------------
+
+static void note_expr(bool *used, const LExpr *e) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD) {
+    used[e->buf->id] = true;
+    for (int d = 0; d < e->buf->rank; d++)
+      note_expr(used, e->idx[d]);
+  }
+  note_expr(used, e->a);
+  note_expr(used, e->b);
+  note_expr(used, e->c);
+}
+
+static void note_stmt(bool *used, bool *written, const LStmt *s) {
+  note_expr(used, s->cond);
+  note_expr(used, s->value);
+  if (s->kind == LS_STORE) {
+    used[s->buf->id] = true;
+    written[s->buf->id] = true;
+    for (int d = 0; d < s->buf->rank; d++)
+      note_expr(used, s->idx[d]);
+  }
+  for (int i = 0; i < s->nbody; i++)
+    note_stmt(used, written, s->body[i]);
+}
+
+static const LBuf *root_of(const LBuf *b) {
+  while (b->alias)
+    b = b->alias;
+  return b;
+}
+
+// The buffers a kernel reads or writes: the ones passed to it in ids[0..n),
+// and its local arrays in locals[0..nlocals).
+static void kernel_buffers(const LFunc *f, const LKernel *k, int **ids, int *n, int **locals,
+                           int *nlocals) {
+  bool *used = xcalloc(f->nbufs + 1, 1), *written = xcalloc(f->nbufs + 1, 1);
+  for (int i = 0; i < k->nbody; i++)
+    note_stmt(used, written, k->body[i]);
+  *ids = xcalloc(f->nbufs + 1, sizeof **ids);
+  *locals = xcalloc(f->nbufs + 1, sizeof **locals);
+  *n = *nlocals = 0;
+  for (int i = 0; i < f->nbufs; i++)
+    if (used[i] && f->bufs[i]->storage == LB_LOCAL)
+      (*locals)[(*nlocals)++] = i;
+    else if (used[i])
+      (*ids)[(*n)++] = i;
+  free(used), free(written);
+}
+
+static void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
+  unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+  LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
+}
+
+static bool is_parallel(const LKernel *k, int64_t *trip) {
+  if (k->nbody == 1 && k->body[0]->kind == LS_LOOP && k->body[0]->flags & LF_PARALLEL) {
+    *trip = k->body[0]->hi - k->body[0]->lo;
+    return true;
+  }
+  *trip = 0;
+  return false;
+}
+
+// `void NAME(ptr b0, ..., ptr bK, i64 lo, i64 hi)`. Distinct buffers never
+// overlap (the memory plan keeps a kernel's buffers apart), so they are
+// noalias and LLVM needs no runtime checks; aliases of one buffer are not.
+static LLVMValueRef emit_kernel(Cg *c, const LFunc *f, const LKernel *k, int **ids_out, int *n_out) {
+  int *ids, n, *locals, nlocals;
+  kernel_buffers(f, k, &ids, &n, &locals, &nlocals);
+  *ids_out = ids;
+  *n_out = n;
+  const char *prefix = f->name;
+  LLVMTypeRef *params = xcalloc(n + 2, sizeof *params);
+  for (int i = 0; i < n; i++)
+    params[i] = c->ptr;
+  params[n] = params[n + 1] = c->i64;
+  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.%s", prefix, k->name),
+                                    LLVMFunctionType(c->voidt, params, n + 2, false));
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+  int64_t trip;
+  if (!is_parallel(k, &trip))
+    add_attr(c, fn, LLVMAttributeFunctionIndex, "noinline");
+  for (int i = 0; i < n; i++) {
+    bool shared = false;
+    for (int j = 0; j < n; j++)
+      shared |= j != i && root_of(f->bufs[ids[i]]) == root_of(f->bufs[ids[j]]);
+    if (!shared)
+      add_attr(c, fn, i + 1, "noalias");
+    add_attr(c, fn, i + 1, "nocapture");
+  }
+
+  c->fn = fn;
+  c->entry = LLVMAppendBasicBlockInContext(c->ctx, fn, "entry");
+  LLVMPositionBuilderAtEnd(c->b, c->entry);
+  W w = {c, k, xcalloc(k->nvars + 1, sizeof(LLVMValueRef)), -1, 0,
+         xcalloc(f->nbufs + 1, sizeof(LLVMValueRef)), LLVMGetParam(fn, n), LLVMGetParam(fn, n + 1)};
+  for (int i = 0; i < n; i++)
+    w.ptr[ids[i]] = LLVMGetParam(fn, i);
+  // Local arrays in the entry block: mem2reg/SROA turn those indexed by
+  // unrolled loops into registers.
+  for (int i = 0; i < nlocals; i++) {
+    LBuf *b = f->bufs[locals[i]];
+    LLVMValueRef a = LLVMBuildAlloca(c->b, LLVMArrayType(elem_type(c, b), lbuf_numel(b)), b->name);
+    LLVMSetAlignment(a, 32);
+    w.ptr[locals[i]] = a;
+  }
+  for (int i = 0; i < k->nbody; i++)
+    emit_stmt(&w, k->body[i], -1);
+  LLVMBuildRetVoid(c->b);
+  free(locals);
+  return fn;
+}
+
+// `void NAME.body(void **ctx, i64 lo, i64 hi)` for xc_parallel_for: ctx holds
+// the kernel's buffer pointers.
+static LLVMValueRef emit_parallel_body(Cg *c, LLVMValueRef kernel, int n) {
+  LLVMTypeRef params[3] = {c->ptr, c->i64, c->i64};
+  size_t len;
+  const char *kname = LLVMGetValueName2(kernel, &len);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, xformat("%s.body", kname),
+                                    LLVMFunctionType(c->voidt, params, 3, false));
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+  c->fn = fn;
+  c->entry = LLVMAppendBasicBlockInContext(c->ctx, fn, "entry");
+  LLVMPositionBuilderAtEnd(c->b, c->entry);
+  LLVMValueRef *args = xcalloc(n + 2, sizeof *args);
+  for (int i = 0; i < n; i++) {
+    LLVMValueRef idx = LLVMConstInt(c->i64, i, 0);
+    LLVMValueRef at = LLVMBuildInBoundsGEP2(c->b, c->ptr, LLVMGetParam(fn, 0), &idx, 1, "");
+    args[i] = LLVMBuildLoad2(c->b, c->ptr, at, "");
+  }
+  args[n] = LLVMGetParam(fn, 1);
+  args[n + 1] = LLVMGetParam(fn, 2);
+  LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kernel), kernel, args, n + 2, "");
+  LLVMBuildRetVoid(c->b);
+  return fn;
+}
+
+// --- Functions: xc_grad_step, xc_apply_step, xc_forward, the test entry ---------------
+
+// A buffer's address from the function's arguments.
+static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMValueRef *arg,
+                                   LLVMValueRef *addr) {
+  LLVMValueRef off = LLVMConstInt(c->i64, b->offset, 1);
+  if (b->alias)
+    return addr[root_of(b)->id];
+  switch (b->storage) {
+  case LB_PARAM:
+    return LLVMBuildInBoundsGEP2(c->b, c->f32, arg[0], &off, 1, "");
+  case LB_STATE:
+    return LLVMBuildInBoundsGEP2(c->b, c->f32, arg[1], &off, 1, "");
+  case LB_GRAD:
+    return LLVMBuildInBoundsGEP2(c->b, c->f32, arg[5], &off, 1, "");
+  case LB_WORKSPACE:
+    return LLVMBuildInBoundsGEP2(c->b, c->i8, arg[7], &off, 1, "");
+  case LB_ARG: {
+    int i = !strcmp(b->arg, "image") ? 2 : !strcmp(b->arg, "label") ? 3 : 6;
+    if (!arg[i])
+      fatal("function %s cannot read %%%s (only the training step reads labels)", f->name,
+            b->arg);
+    return arg[i];
+  }
+  case LB_SCALAR: {
+    // XcStepArgs: {i32 step, i32 seed, float lr, float momentum, i32 opt_step}.
+    LLVMTypeRef args_t = LLVMStructTypeInContext(
+        c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32, c->i32}, 5, false);
+    static const char *const fields[] = {"step", "seed", "lr", "momentum", "opt_step"};
+    for (int i = 0; i < 5; i++)
+      if (!strcmp(fields[i], b->arg)) {
+        if (!arg[4])
+          fatal("function %s cannot read %%%s", f->name, b->arg);
+        return LLVMBuildStructGEP2(c->b, args_t, arg[4], i, b->arg);
+      }
+    fatal("the runtime feeds no step argument %%%s", b->arg);
+  }
+  case LB_CONST: {
+    int64_t n = lbuf_numel(b);
+    LLVMTypeRef et = b->dtype == DT_I32 ? c->i32 : c->f32;
+    LLVMValueRef *v = xcalloc(n + 1, sizeof *v);
+    for (int64_t i = 0; i < n; i++) {
+      double x = b->values[b->nvalues == 1 ? 0 : i];
+      v[i] = b->dtype == DT_I32 ? LLVMConstInt(et, (uint64_t)(int64_t)x, 1) : LLVMConstReal(et, x);
+    }
+    LLVMValueRef init = LLVMConstArray(et, v, n);
+    LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), b->name);
+    LLVMSetInitializer(g, init);
+    LLVMSetGlobalConstant(g, true);
+    LLVMSetLinkage(g, LLVMPrivateLinkage);
+    LLVMSetAlignment(g, 64);
+    return g;
+  }
+  case LB_SLOT: {
+    LLVMValueRef idx = LLVMConstInt(c->i64, b->slot, 0);
+    return LLVMBuildLoad2(c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, arg[0], &idx, 1, ""),
+                          "");
+  }
+  case LB_LOCAL:
+    return NULL;
+  }
+  unreachable();
+}
+
+static const char *const func_role[] = {[FN_GRAD_STEP] = "grad", [FN_APPLY_STEP] = "apply",
+                                        [FN_FORWARD] = "forward", [FN_SLOTS] = "slots"};
+
+void emit_lfunc(Cg *c, const LFunc *f) {
+  LLVMValueRef *kfn = xcalloc(f->nkernels + 1, sizeof *kfn), *body = xcalloc(f->nkernels + 1, 8);
+  int **ids = xcalloc(f->nkernels + 1, sizeof *ids), *nids = xcalloc(f->nkernels + 1, sizeof *nids);
+  int64_t *trip = xcalloc(f->nkernels + 1, sizeof *trip);
+  for (int i = 0; i < f->nkernels; i++) {
+    kfn[i] = emit_kernel(c, f, f->kernels[i], &ids[i], &nids[i]);
+    if (is_parallel(f->kernels[i], &trip[i]))
+      body[i] = emit_parallel_body(c, kfn[i], nids[i]);
+  }
+
+  // Where each argument is, per function (-1: absent); the C prototypes are
+  // in runtime/xentcc_rt.h. arg[]: params, state, images, labels, args,
+  // grads, logits, workspace.
+  static const int sig[][9] = {
+      [FN_GRAD_STEP] = {0, 1, 2, 3, 4, 5, -1, 6, 7},
+      [FN_APPLY_STEP] = {0, 1, -1, -1, 3, 2, -1, 4, 5},
+      [FN_FORWARD] = {0, 1, 2, -1, -1, -1, 3, 4, 5},
+      [FN_SLOTS] = {0, -1, -1, -1, -1, -1, -1, -1, 1},
+  };
+  const int *s = sig[f->kind];
+  LLVMTypeRef ptrs[8] = {c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr, c->ptr};
+  LLVMTypeRef ft = LLVMFunctionType(f->kind == FN_GRAD_STEP ? c->f32 : c->voidt, ptrs, s[8], false);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, f->name, ft);
+  c->fn = fn;
+  c->entry = LLVMAppendBasicBlockInContext(c->ctx, fn, "entry");
+  LLVMPositionBuilderAtEnd(c->b, c->entry);
+  LLVMValueRef arg[8];
+  for (int i = 0; i < 8; i++)
+    arg[i] = s[i] >= 0 ? LLVMGetParam(fn, s[i]) : NULL;
+  if (f->kind == FN_SLOTS && f->workspace_bytes > 0) {
+    // The test entry's scratch (a pass's padded copies): a zeroed global.
+    LLVMTypeRef t = LLVMArrayType(c->i8, f->workspace_bytes);
+    LLVMValueRef g = LLVMAddGlobal(c->mod, t, "workspace");
+    LLVMSetInitializer(g, LLVMConstNull(t));
+    LLVMSetLinkage(g, LLVMPrivateLinkage);
+    LLVMSetAlignment(g, 64);
+    arg[7] = g;
+  }
+
+  // The addresses of the buffers the kernels use (and of their roots).
+  bool *used = xcalloc(f->nbufs + 1, 1);
+  for (int i = 0; i < f->nkernels; i++)
+    for (int j = 0; j < nids[i]; j++)
+      used[ids[i][j]] = true;
+  if (f->result)
+    used[f->result->id] = true;
+  for (int i = 0; i < f->nbufs; i++)
+    if (used[i])
+      used[root_of(f->bufs[i])->id] = true;
+  LLVMValueRef *addr = xcalloc(f->nbufs + 1, sizeof *addr);
+  for (int i = 0; i < f->nbufs; i++)
+    if (used[i] && !f->bufs[i]->alias)
+      addr[i] = buffer_address(c, f, f->bufs[i], arg, addr);
+  for (int i = 0; i < f->nbufs; i++)
+    if (used[i] && f->bufs[i]->alias)
+      addr[i] = addr[root_of(f->bufs[i])->id];
+  free(used);
+
+  LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, LLVMConstInt(c->i32, f->nbufs + 1, 0), "ctx");
+  LLVMTypeRef pfor_t = LLVMFunctionType(c->voidt, (LLVMTypeRef[]){c->i64, c->ptr, c->ptr}, 3, false);
+  LLVMValueRef pfor = LLVMGetNamedFunction(c->mod, "xc_parallel_for");
+  if (!pfor)
+    pfor = LLVMAddFunction(c->mod, "xc_parallel_for", pfor_t);
+  LLVMTypeRef prof_t = LLVMFunctionType(c->voidt, &c->i32, 1, false);
+  LLVMValueRef enter = LLVMGetNamedFunction(c->mod, "xc_prof_enter");
+  LLVMValueRef leave = LLVMGetNamedFunction(c->mod, "xc_prof_leave");
+  if (!enter)
+    enter = LLVMAddFunction(c->mod, "xc_prof_enter", prof_t);
+  if (!leave)
+    leave = LLVMAddFunction(c->mod, "xc_prof_leave", prof_t);
+  bool profiled = f->kind != FN_SLOTS; // the test entry links no runtime
+
+  for (int pass = 0; pass < 2; pass++) // deferred kernels (assigns) last
+    for (int i = 0; i < f->nkernels; i++) {
+      const LKernel *k = f->kernels[i];
+      if (k->deferred != (pass == 1))
+        continue;
+      int id = c->nkernels++;
+      c->kernels = realloc(c->kernels, sizeof *c->kernels * c->nkernels);
+      if (!c->kernels)
+        fatal("out of memory");
+      c->kernels[id] = (KernelInfo){func_role[f->kind], k->op, k->layer, k->flops};
+      LLVMValueRef idv = LLVMConstInt(c->i32, id, 0);
+      if (profiled)
+        LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");
+      LLVMValueRef *args = xcalloc(nids[i] + 2, sizeof *args);
+      for (int j = 0; j < nids[i]; j++)
+        args[j] = addr[ids[i][j]];
+      if (body[i]) {
+        for (int j = 0; j < nids[i]; j++) {
+          LLVMValueRef idx = LLVMConstInt(c->i64, j, 0);
+          LLVMBuildStore(c->b, args[j], LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
+        }
+        LLVMValueRef pargs[3] = {LLVMConstInt(c->i64, trip[i], 0), body[i], ctx};
+        LLVMBuildCall2(c->b, pfor_t, pfor, pargs, 3, "");
+      } else {
+        args[nids[i]] = args[nids[i] + 1] = LLVMConstInt(c->i64, 0, 0);
+        LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, nids[i] + 2, "");
+      }
+      if (profiled)
+        LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
+    }
+  if (f->kind == FN_GRAD_STEP) {
+    LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, addr[f->result->id], "loss"));
+  } else if (f->kind == FN_FORWARD) {
+    LLVMBuildMemCpy(c->b, arg[6], 4, addr[f->result->id], 4,
+                    LLVMConstInt(c->i64, lbuf_bytes(f->result), 0));
+    LLVMBuildRetVoid(c->b);
+  } else {
+    LLVMBuildRetVoid(c->b);
+  }
+}

@@ -1,0 +1,218 @@
+// pad: takes the bounds checks out of the windows of convolutions. A
+// store guarded by "every index of this load is inside the buffer" (what
+// lowering writes for a padded window) reads instead a copy of the buffer
+// with a border of zeros wide enough for every index the loops produce, and
+// the guard goes: adding 0 * w is adding nothing. The copy is made by a new
+// kernel just before, once per buffer and border in a function (a conv2d and
+// its weight gradient share their padded input). Guards of any other shape
+// (the divisibility test of a strided input gradient) stay.
+#include "loop.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  int64_t *lo, *hi; // by variable: the range of its loop (hi inclusive)
+  bool *bound;
+} Ranges;
+
+// The range of an affine expression over the loops, or false.
+static bool range_of(const Ranges *r, const LExpr *e, int64_t *lo, int64_t *hi) {
+  Affine a;
+  if (!lx_affine(e, &a))
+    return false;
+  *lo = *hi = a.c;
+  for (int i = 0; i < a.n; i++) {
+    if (!r->bound[a.var[i]])
+      return false;
+    int64_t x = a.coef[i] * r->lo[a.var[i]], y = a.coef[i] * r->hi[a.var[i]];
+    *lo += x < y ? x : y;
+    *hi += x < y ? y : x;
+  }
+  return true;
+}
+
+static bool same_affine(const LExpr *x, const LExpr *y) {
+  Affine a, b;
+  if (!lx_affine(x, &a) || !lx_affine(y, &b) || a.c != b.c || a.n != b.n)
+    return false;
+  for (int i = 0; i < a.n; i++)
+    if (affine_coef(&b, a.var[i]) != a.coef[i])
+      return false;
+  return true;
+}
+
+// Is cond an AND of "idx[d] >= 0" and "idx[d] < dim[d]" tests of load x?
+static bool bounds_of(const LExpr *cond, const LExpr *x) {
+  if (cond->kind == LX_AND)
+    return bounds_of(cond->a, x) && bounds_of(cond->b, x);
+  if (cond->kind != LX_GE && cond->kind != LX_LT)
+    return false;
+  int64_t k;
+  if (cond->b->kind != LX_CONST)
+    return false;
+  k = cond->b->i;
+  for (int d = 0; d < x->buf->rank; d++)
+    if (same_affine(cond->a, x->idx[d]))
+      return cond->kind == LX_GE ? k == 0 : k == x->buf->dim[d];
+  return false;
+}
+
+// The one load under s that the guard is about: the load whose indices can
+// leave its buffer. NULL when none, or more than one buffer, can.
+static void find_loads(const LExpr *e, const Ranges *r, LExpr **found, int *n) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD) {
+    for (int d = 0; d < e->buf->rank; d++) {
+      int64_t lo, hi;
+      if (!range_of(r, e->idx[d], &lo, &hi) || lo < 0 || hi >= e->buf->dim[d]) {
+        if (*n < 4)
+          found[*n] = (LExpr *)e;
+        (*n)++;
+        break;
+      }
+    }
+  }
+  find_loads(e->a, r, found, n);
+  find_loads(e->b, r, found, n);
+  find_loads(e->c, r, found, n);
+}
+
+typedef struct {
+  LBuf *from, *to;
+  int64_t lo[LMAX_RANK];
+  int kernel; // index of the kernel that makes it
+} Padded;
+
+typedef struct {
+  LFunc *f;
+  Padded *p;
+  int np;
+  int inserted; // kernels inserted so far before the current one
+} Pad;
+
+// A kernel that fills `to` with zeros and copies `from` inside the border.
+static LKernel *pad_kernel(LFunc *f, LBuf *from, LBuf *to, const int64_t *lo) {
+  LKernel *k = lfunc_kernel(f, xformat("pad.%s", from->name), "pad", NULL);
+  k->layer = from->name;
+  LExpr *v[LMAX_RANK];
+  LStmt *in = lk_nest(k, NULL, to->rank, to->dim, NULL, v);
+  ls_add(in, ls_store(to, v, lx_f32(0)));
+  in = lk_nest(k, NULL, from->rank, from->dim, NULL, v);
+  LExpr *at[LMAX_RANK];
+  for (int d = 0; d < from->rank; d++)
+    at[d] = lx_iaddc(v[d], lo[d]);
+  ls_add(in, ls_store(to, at, lx_load(from, v)));
+  return k;
+}
+
+// Moves the last kernel of f to position `at`.
+static void move_last_to(LFunc *f, int at) {
+  LKernel *k = f->kernels[f->nkernels - 1];
+  for (int i = f->nkernels - 1; i > at; i--)
+    f->kernels[i] = f->kernels[i - 1];
+  f->kernels[at] = k;
+}
+
+static LBuf *padded(Pad *P, LBuf *b, const int64_t *lo, const int64_t *hi, int at) {
+  for (int i = 0; i < P->np; i++) {
+    bool same = P->p[i].from == b;
+    for (int d = 0; same && d < b->rank; d++)
+      same = P->p[i].lo[d] == lo[d] && P->p[i].to->dim[d] == b->dim[d] + lo[d] + hi[d];
+    if (same)
+      return P->p[i].to;
+  }
+  int64_t dim[LMAX_RANK];
+  for (int d = 0; d < b->rank; d++)
+    dim[d] = b->dim[d] + lo[d] + hi[d];
+  LBuf *to = lfunc_buf(P->f, xformat("%s.padded", b->name), b->dtype, b->rank, dim,
+                       b->storage == LB_SLOT ? LB_WORKSPACE : LB_WORKSPACE);
+  to->layout = "padded";
+  pad_kernel(P->f, b, to, lo);
+  move_last_to(P->f, at);
+  P->p = realloc(P->p, sizeof *P->p * (P->np + 1));
+  if (!P->p)
+    fatal("out of memory");
+  Padded *e = &P->p[P->np++];
+  e->from = b, e->to = to, e->kernel = at;
+  for (int d = 0; d < b->rank; d++)
+    e->lo[d] = lo[d];
+  return to;
+}
+
+static void retarget(LExpr *e, const LExpr *old, LBuf *to, const int64_t *lo) {
+  if (!e)
+    return;
+  if (e == old || (e->kind == LX_LOAD && old->kind == LX_LOAD && e->buf == old->buf)) {
+    if (e->kind == LX_LOAD && e->buf == old->buf) {
+      e->buf = to;
+      for (int d = 0; d < to->rank; d++)
+        e->idx[d] = lx_iaddc(e->idx[d], lo[d]);
+      return;
+    }
+  }
+  retarget(e->a, old, to, lo);
+  retarget(e->b, old, to, lo);
+  retarget(e->c, old, to, lo);
+}
+
+// Rewrites the guarded statements under s; `at` is the kernel's index.
+static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
+  if (s->kind == LS_LOOP) {
+    r->lo[s->var] = s->lo, r->hi[s->var] = s->hi - 1, r->bound[s->var] = true;
+  }
+  for (int i = 0; i < s->nbody; i++) {
+    LStmt *c = s->body[i];
+    if (c->kind == LS_IF && c->nbody == 1 && c->body[0]->kind == LS_STORE) {
+      LStmt *st = c->body[0];
+      LExpr *found[4];
+      int n = 0;
+      find_loads(st->value, r, found, &n);
+      if (n == 1 && bounds_of(c->cond, found[0]) && found[0]->buf->storage != LB_LOCAL) {
+        LBuf *b = found[0]->buf;
+        int64_t lo[LMAX_RANK], hi[LMAX_RANK];
+        bool ok = true;
+        for (int d = 0; d < b->rank && ok; d++) {
+          int64_t a, z;
+          ok = range_of(r, found[0]->idx[d], &a, &z);
+          lo[d] = a < 0 ? -a : 0;
+          hi[d] = z >= b->dim[d] ? z - b->dim[d] + 1 : 0;
+        }
+        if (ok) {
+          LBuf *to = padded(P, b, lo, hi, at);
+          retarget(st->value, found[0], to, lo);
+          s->body[i] = st; // the guard goes
+          *changed = true;
+          continue;
+        }
+      }
+    }
+    if (c->kind != LS_STORE)
+      walk(P, c, r, at, changed);
+  }
+  if (s->kind == LS_LOOP)
+    r->bound[s->var] = false;
+}
+
+static void pad_function(LFunc *f) {
+  Pad P = {f, NULL, 0, 0};
+  for (int i = 0; i < f->nkernels; i++) {
+    LKernel *k = f->kernels[i];
+    if (!k->node || !k->flops)
+      continue; // only contractions: the plain nests of other ops keep their guards
+    Ranges r = {xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 1)};
+    bool changed = false;
+    int before = f->nkernels;
+    for (int j = 0; j < k->nbody; j++)
+      walk(&P, k->body[j], &r, i, &changed);
+    i += f->nkernels - before; // the pad kernels went in before this one
+    free(r.lo), free(r.hi), free(r.bound);
+  }
+  free(P.p);
+}
+
+void pass_pad(LProgram *p) {
+  for (int i = 0; i < p->nfuncs; i++)
+    pad_function(p->funcs[i]);
+}

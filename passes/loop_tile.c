@@ -1,0 +1,588 @@
+// tile: register blocking for contractions -- the conv2d, linear and
+// gradient kernels whose plain nest is
+//     for s...:  out[s] = init(s);  for r...: out[s] = fma(A(s, r), B(s, r), out[s])
+// (and, after fuse-epilogue, an in-place elementwise nest over out). The
+// nest is rebuilt around a tile of accumulators held in registers: one
+// loop of the output is the vector (lanes), up to two others are unrolled
+// (unroll-and-jam), the accumulators start at init, take every reduction
+// step in the plain nest's order, and are stored once, epilogue applied.
+//
+// The vector is the output's last dimension when both operands move by 0
+// or 1 element along it ("spatial": conv2d rows, linear outputs, a weight
+// gradient's kernel row), with an operand transposed first when that makes
+// it move by 1 (linear's weight); otherwise the innermost reduction loop
+// ("rfactor": each lane sums every 8th term, the lanes added in order at
+// the end). The other two tile loops and their sizes are chosen from the
+// constant shapes: at most 12 accumulators (AVX2 has 16 registers) and the
+// fewest loads per multiply-add. Edges take smaller tiles, never branches in
+// the reduction: a short last vector, or a last block with fewer rows.
+#include "loop.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { LANES = 8, MAX_ACC = 12, MAX_PIECES = 4, MAX_SPATIAL = LMAX_RANK };
+
+typedef struct {
+  int var;
+  int64_t n;
+  const char *role;
+} Dim;
+
+typedef struct {
+  LKernel *k;
+  LBuf *out;
+  Dim s[MAX_SPATIAL]; // spatial loops, outermost first (= out's dimensions)
+  int ns;
+  Dim r[8];           // reduction loops, outermost first
+  int nr;
+  LExpr *init;        // out's first value, from s
+  LExpr *a, *b;       // the multiplied operands, from s and r
+  LExpr *epi;         // the epilogue of the out element `x` (a load of out at s), or NULL
+} Contraction;
+
+// --- Recognising a plain contraction --------------------------------------------------
+
+static bool is_var(const LExpr *e, int var) { return e->kind == LX_VAR && e->var == var; }
+
+// out[s...] exactly: dimension d indexed by the d-th spatial variable.
+static bool at_s(const Contraction *c, LExpr *const *idx) {
+  for (int d = 0; d < c->out->rank; d++)
+    if (!is_var(idx[d], c->s[d].var))
+      return false;
+  return true;
+}
+
+static bool is_out_load(const Contraction *c, const LExpr *e) {
+  return e->kind == LX_LOAD && e->buf == c->out && at_s(c, e->idx);
+}
+
+// The epilogue nest: a perfect nest over out storing out[v] = f(out[v]);
+// f is returned with v turned into the spatial variables.
+static LExpr *epilogue(const Contraction *c, const LStmt *l) {
+  int vars[LMAX_RANK], depth = 0;
+  while (l->kind == LS_LOOP && l->nbody == 1 && depth < LMAX_RANK) {
+    vars[depth] = l->var;
+    if (l->lo != 0 || l->hi != c->out->dim[depth] || l->flags)
+      return NULL;
+    depth++;
+    l = l->body[0];
+  }
+  if (l->kind != LS_STORE || l->buf != c->out || depth != c->out->rank)
+    return NULL;
+  for (int d = 0; d < depth; d++)
+    if (!is_var(l->idx[d], vars[d]))
+      return NULL;
+  LExpr *f = lx_copy(l->value);
+  for (int d = 0; d < depth; d++)
+    f = lx_subst(f, vars[d], lx_var(c->s[d].var));
+  return f;
+}
+
+static bool recognise(LKernel *k, Contraction *c) {
+  *c = (Contraction){.k = k};
+  if (!k->node || !k->flops || k->nbody < 1 || k->body[0]->kind != LS_LOOP)
+    return false;
+  // Spatial loops: a perfect nest down to [init store, reduction loop].
+  const LStmt *l = k->body[0];
+  for (;;) {
+    if (l->kind != LS_LOOP || l->flags || l->lo != 0 || c->ns == MAX_SPATIAL)
+      return false;
+    c->s[c->ns++] = (Dim){l->var, l->hi, l->role};
+    if (l->nbody == 2)
+      break;
+    if (l->nbody != 1)
+      return false;
+    l = l->body[0];
+  }
+  const LStmt *init = l->body[0], *red = l->body[1];
+  if (init->kind != LS_STORE || red->kind != LS_LOOP || !(red->flags & LF_REDUCE))
+    return false;
+  c->out = init->buf;
+  if (c->out->rank != c->ns || !at_s(c, init->idx) || c->out->storage == LB_LOCAL)
+    return false;
+  c->init = init->value;
+  while (red->kind == LS_LOOP) {
+    if (!(red->flags & LF_REDUCE) || red->lo != 0 || red->nbody != 1 || c->nr == 8)
+      return false;
+    c->r[c->nr++] = (Dim){red->var, red->hi, red->role};
+    red = red->body[0];
+  }
+  if (red->kind != LS_STORE || red->buf != c->out || !at_s(c, red->idx))
+    return false;
+  const LExpr *v = red->value;
+  if (v->kind != LX_FMA || !is_out_load(c, v->c) || v->a->kind != LX_LOAD || v->b->kind != LX_LOAD)
+    return false;
+  c->a = v->a, c->b = v->b;
+  // The operands read no other element of out.
+  if (c->a->buf == c->out || c->b->buf == c->out)
+    return false;
+  // An epilogue nest after the main nest (fuse-epilogue's relu).
+  if (k->nbody > 2)
+    return false;
+  if (k->nbody == 2 && !(c->epi = epilogue(c, k->body[1])))
+    return false;
+  return true;
+}
+
+// --- Strides ------------------------------------------------------------------------------
+
+static int64_t stride(const LBuf *b, int d) {
+  int64_t s = 1;
+  for (int e = d + 1; e < b->rank; e++)
+    s *= b->dim[e];
+  return s;
+}
+
+// How load e moves in memory when var steps by one, or -1 if not affine.
+static int64_t lane_stride(const LExpr *e, int var) {
+  int64_t total = 0;
+  for (int d = 0; d < e->buf->rank; d++) {
+    Affine a;
+    if (!lx_affine(e->idx[d], &a))
+      return lx_uses_var(e->idx[d], var) ? -1 : 0;
+    total += affine_coef(&a, var) * stride(e->buf, d);
+  }
+  return total;
+}
+
+static bool uses(const LExpr *e, int var) { return lx_uses_var(e, var); }
+
+// --- Transposing an operand so that the vector reads it contiguously -------------------------
+
+// The dimension of load e that `var` moves (with coefficient 1), alone, or -1.
+static int moving_dim(const LExpr *e, int var) {
+  int found = -1;
+  for (int d = 0; d < e->buf->rank; d++) {
+    if (!uses(e->idx[d], var))
+      continue;
+    Affine a;
+    if (found >= 0 || !lx_affine(e->idx[d], &a) || affine_coef(&a, var) != 1)
+      return -1;
+    found = d;
+  }
+  return found;
+}
+
+// A kernel before k copying e's buffer with dimension d moved last; e then
+// reads the copy. Done once per buffer and dimension in a function.
+static void transpose_operand(LFunc *f, int at, LExpr *e, int d) {
+  LBuf *from = e->buf;
+  int64_t dim[LMAX_RANK];
+  int perm[LMAX_RANK], n = 0;
+  for (int i = 0; i < from->rank; i++)
+    if (i != d)
+      perm[n++] = i;
+  perm[n++] = d;
+  for (int i = 0; i < from->rank; i++)
+    dim[i] = from->dim[perm[i]];
+  const char *name = xformat("%s.t%d", from->name, d);
+  LBuf *to = NULL;
+  for (int i = 0; i < f->nbufs && !to; i++)
+    if (!strcmp(f->bufs[i]->name, name))
+      to = f->bufs[i];
+  if (!to) {
+    to = lfunc_buf(f, name, from->dtype, from->rank, dim, LB_WORKSPACE);
+    to->layout = xformat("transposed, dimension %d last", d);
+    LKernel *k = lfunc_kernel(f, xformat("transpose.%s", from->name), "transpose", NULL);
+    k->layer = from->name;
+    LExpr *v[LMAX_RANK], *src[LMAX_RANK];
+    LStmt *in = lk_nest(k, NULL, from->rank, from->dim, NULL, v);
+    for (int i = 0; i < from->rank; i++)
+      src[i] = v[perm[i]];
+    ls_add(in, ls_store(to, src, lx_load(from, v)));
+    for (int i = f->nkernels - 1; i > at; i--) // it runs just before the contraction
+      f->kernels[i] = f->kernels[i - 1];
+    f->kernels[at] = k;
+  }
+  LExpr *idx[LMAX_RANK];
+  for (int i = 0; i < from->rank; i++)
+    idx[i] = e->idx[perm[i]];
+  e->buf = to;
+  for (int i = 0; i < from->rank; i++)
+    e->idx[i] = idx[i];
+}
+
+// --- Choosing the tile ------------------------------------------------------------------
+
+typedef struct {
+  bool rfactor;    // the vector runs along the innermost reduction loop
+  int v;           // the vector's dimension: index into s (spatial) or r (rfactor)
+  int64_t vblock;  // lanes per block of the vector dimension (spatial)
+  int t[2];        // up to two unrolled spatial dimensions (index into s), -1 when none
+  int64_t size[2]; // their tile sizes
+} Tile;
+
+// Loads per reduction step and accumulators of a tile.
+static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *acc) {
+  int64_t pieces = t->rfactor ? 1 : (t->vblock + LANES - 1) / LANES;
+  *acc = pieces;
+  for (int i = 0; i < 2; i++)
+    if (t->t[i] >= 0)
+      *acc *= t->size[i];
+  *loads = 0;
+  const LExpr *ops[2] = {c->a, c->b};
+  int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
+  for (int o = 0; o < 2; o++) {
+    int64_t n = uses(ops[o], vvar) ? pieces : 1;
+    for (int i = 0; i < 2; i++)
+      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var))
+        n *= t->size[i];
+    *loads += n;
+  }
+}
+
+// The best tile for the vector chosen: every pair of other spatial
+// dimensions and sizes up to the accumulator budget.
+static void choose(const Contraction *c, Tile *best) {
+  static const int64_t sizes[] = {1, 2, 3, 4, 6, 8, 12};
+  double best_score = -1;
+  int64_t best_acc = 0;
+  Tile t = *best;
+  for (int i = -1; i < c->ns; i++)
+    for (int j = i + 1; j < c->ns; j++) {
+      if ((i >= 0 && !t.rfactor && i == t.v) || (!t.rfactor && j == t.v))
+        continue;
+      if (i < 0 && j >= c->ns)
+        continue;
+      for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (size_t sj = 0; sj < sizeof sizes / sizeof *sizes; sj++) {
+          t.t[0] = i, t.t[1] = j;
+          t.size[0] = i >= 0 ? sizes[si] : 1;
+          t.size[1] = sizes[sj];
+          if ((i >= 0 && t.size[0] > c->s[i].n) || t.size[1] > c->s[j].n)
+            continue;
+          if (i < 0 && si > 0)
+            continue;
+          int64_t loads, acc;
+          cost(c, &t, &loads, &acc);
+          if (acc > MAX_ACC)
+            continue;
+          // Multiply-adds per load, a little in favour of more accumulators
+          // (latency hiding), and of sizes that divide the loops (no edge tile).
+          double score = (double)acc / loads + 0.01 * acc;
+          for (int q = 0; q < 2; q++)
+            if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
+              score -= 0.05;
+          if (score > best_score + 1e-9 || (score > best_score - 1e-9 && acc > best_acc)) {
+            best_score = score;
+            best_acc = acc;
+            *best = t;
+          }
+        }
+    }
+  if (best_score < 0) // nothing fits: no unrolled dimension
+    best->t[0] = best->t[1] = -1;
+  if (best->t[0] >= 0 && best->size[0] == 1)
+    best->t[0] = -1;
+  if (best->t[1] >= 0 && best->size[1] == 1)
+    best->t[1] = -1;
+}
+
+// --- Building the tiled nest -------------------------------------------------------------------
+
+typedef struct {
+  const Contraction *c;
+  const Tile *t;
+  LBuf *acc;          // [size0][size1][lanes]
+  LExpr *at[MAX_SPATIAL]; // each spatial variable's value at the tile's origin
+  int vvar;           // the vector's variable in the plain nest
+} Build;
+
+// The plain expression e with the spatial variables at tile element
+// (j0, j1), the vector variable at `lane` (an expression).
+static LExpr *place(const Build *bd, const LExpr *e, int64_t j0, int64_t j1, LExpr *lane) {
+  const Contraction *c = bd->c;
+  const Tile *t = bd->t;
+  LExpr *x = lx_copy(e);
+  for (int d = 0; d < c->ns; d++) {
+    LExpr *v = lx_copy(bd->at[d]);
+    if (d == t->t[0])
+      v = lx_iaddc(v, j0);
+    if (d == t->t[1])
+      v = lx_iaddc(v, j1);
+    if (!t->rfactor && d == t->v)
+      v = lx_iadd(v, lx_copy(lane));
+    x = lx_subst(x, c->s[d].var, v);
+  }
+  if (t->rfactor)
+    x = lx_subst(x, bd->vvar, lane);
+  return x;
+}
+
+static LExpr *acc_at(const Build *bd, int64_t j0, int64_t j1, LExpr *lane) {
+  LExpr *idx[3] = {lx_i64(j0), lx_i64(j1), lane};
+  return lx_load(bd->acc, idx);
+}
+
+static LStmt *acc_store(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LExpr *value) {
+  LExpr *idx[3] = {lx_i64(j0), lx_i64(j1), lane};
+  return ls_store(bd->acc, idx, value);
+}
+
+// Calls emit(bd, parent, j0, j1, lane expr, width) for every element of the
+// tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of 8, 4, 2, 1 lanes
+// from `base` for `len` lanes (each a vector loop).
+typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, LExpr *lane,
+                       void *arg);
+
+static void each(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1, int64_t len,
+                 EachFn fn, void *arg) {
+  for (int64_t j0 = 0; j0 < n0; j0++)
+    for (int64_t j1 = 0; j1 < n1; j1++)
+      for (int64_t at = 0; at < len;) {
+        int64_t w = len - at >= LANES ? LANES : len - at >= 4 ? 4 : len - at >= 2 ? 2 : 1;
+        int var = lk_var(k);
+        LStmt *l = ls_loop(var, at, at + w, bd->c->s[bd->t->rfactor ? 0 : bd->t->v].role);
+        if (w > 1)
+          l->flags |= LF_VECTOR;
+        else
+          l->flags |= LF_UNROLL;
+        ls_add(parent, l);
+        fn(bd, l, j0, j1, lx_var(var), arg);
+        at += w;
+      }
+}
+
+static void init_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *lane, void *arg) {
+  LExpr *v = bd->t->rfactor ? lx_f32(0) : place(bd, bd->c->init, j0, j1, lane);
+  ls_add(p, acc_store(bd, j0, j1, lane, v));
+}
+
+static void step_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *lane, void *arg) {
+  LExpr *a = place(bd, bd->c->a, j0, j1, lane), *b = place(bd, bd->c->b, j0, j1, lane);
+  ls_add(p, acc_store(bd, j0, j1, lane, lx_fma(a, b, acc_at(bd, j0, j1, lx_copy(lane)))));
+}
+
+static LExpr *epilogue_of(const Build *bd, const LExpr *e, const LExpr *value);
+
+static void store_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *lane, void *arg) {
+  const Contraction *c = bd->c;
+  LExpr *idx[MAX_SPATIAL];
+  for (int d = 0; d < c->ns; d++)
+    idx[d] = place(bd, lx_var(c->s[d].var), j0, j1, lane);
+  LExpr *v = acc_at(bd, j0, j1, lx_copy(lane));
+  if (c->epi)
+    v = epilogue_of(bd, place(bd, c->epi, j0, j1, lane), v);
+  ls_add(p, ls_store(c->out, idx, v));
+}
+
+// e with every load of out replaced by value.
+static LExpr *epilogue_of(const Build *bd, const LExpr *e, const LExpr *value) {
+  if (!e)
+    return NULL;
+  if (e->kind == LX_LOAD && e->buf == bd->c->out)
+    return lx_copy(value);
+  LExpr *x = lx_copy(e);
+  x->a = epilogue_of(bd, e->a, value);
+  x->b = epilogue_of(bd, e->b, value);
+  x->c = epilogue_of(bd, e->c, value);
+  return x;
+}
+
+// rfactor: out = init + (lane 0 + lane 1 + ... + lane 7), in that order.
+static void store_rfactor(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1) {
+  const Contraction *c = bd->c;
+  for (int64_t j0 = 0; j0 < n0; j0++)
+    for (int64_t j1 = 0; j1 < n1; j1++) {
+      LExpr *zero = lx_i64(0);
+      LExpr *sum = NULL;
+      for (int l = 0; l < LANES; l++) {
+        LExpr *x = acc_at(bd, j0, j1, lx_i64(l));
+        sum = sum ? lx_bin(LX_ADD, sum, x) : x;
+      }
+      LExpr *v = lx_bin(LX_ADD, place(bd, c->init, j0, j1, zero), sum);
+      if (c->epi)
+        v = epilogue_of(bd, place(bd, c->epi, j0, j1, zero), v);
+      LExpr *idx[MAX_SPATIAL];
+      for (int d = 0; d < c->ns; d++)
+        idx[d] = place(bd, lx_var(c->s[d].var), j0, j1, zero);
+      ls_add(p, ls_store(c->out, idx, v));
+    }
+}
+
+// The reduction loops around the accumulate steps of one tile.
+static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, int64_t len) {
+  const Contraction *c = bd->c;
+  const Tile *t = bd->t;
+  LStmt *in = p;
+  for (int i = 0; i < c->nr; i++) {
+    if (t->rfactor && i == t->v)
+      continue; // the vector's loop: in pieces below
+    LStmt *l = ls_loop(c->r[i].var, 0, c->r[i].n, c->r[i].role);
+    l->flags |= LF_REDUCE;
+    ls_add(in, l);
+    in = l;
+  }
+  if (!t->rfactor) {
+    each(bd, k, in, n0, n1, len, step_one, NULL);
+    return;
+  }
+  // rfactor: blocks of 8 lanes of the vector's loop, then the rest.
+  int64_t n = c->r[t->v].n, blocks = n / LANES;
+  Build b2 = *bd;
+  if (blocks > 0) {
+    int blk = lk_var(k);
+    LStmt *bl = ls_loop(blk, 0, blocks, c->r[t->v].role);
+    bl->flags |= LF_REDUCE;
+    ls_add(in, bl);
+    // The vector variable = 8 * blk + lane.
+    for (int64_t j0 = 0; j0 < n0; j0++)
+      for (int64_t j1 = 0; j1 < n1; j1++) {
+        int lane = lk_var(k);
+        LStmt *vl = ls_loop(lane, 0, LANES, c->r[t->v].role);
+        vl->flags |= LF_VECTOR;
+        ls_add(bl, vl);
+        LExpr *pos = lx_iadd(lx_imul(lx_var(blk), LANES), lx_var(lane));
+        LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
+        LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
+        ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
+      }
+  }
+  for (int64_t at = blocks * LANES; at < n;) {
+    int64_t w = n - at >= 4 ? 4 : n - at >= 2 ? 2 : 1;
+    for (int64_t j0 = 0; j0 < n0; j0++)
+      for (int64_t j1 = 0; j1 < n1; j1++) {
+        int lane = lk_var(k);
+        LStmt *vl = ls_loop(lane, 0, w, c->r[t->v].role);
+        vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
+        ls_add(in, vl);
+        LExpr *pos = lx_iaddc(lx_var(lane), at);
+        LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
+        LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
+        ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
+      }
+    at += w;
+  }
+}
+
+// One tile: init, reduction, store, for tile sizes n0 x n1 and `len` lanes.
+static void tile_body(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, int64_t len) {
+  if (bd->t->rfactor)
+    for (int64_t j0 = 0; j0 < n0; j0++)
+      for (int64_t j1 = 0; j1 < n1; j1++)
+        for (int l = 0; l < LANES; l++)
+          ls_add(p, acc_store(bd, j0, j1, lx_i64(l), lx_f32(0)));
+  else
+    each(bd, k, p, n0, n1, len, init_one, NULL);
+  reduction(bd, k, p, n0, n1, len);
+  if (bd->t->rfactor)
+    store_rfactor(bd, k, p, n0, n1);
+  else
+    each(bd, k, p, n0, n1, len, store_one, NULL);
+}
+
+// The spatial loops from dimension d on; the tile's body at the bottom.
+// size[]: the current tile sizes (a last block may be smaller).
+static void spatial(Build *bd, LKernel *k, LStmt *p, int d, int64_t n0, int64_t n1, int64_t len) {
+  const Contraction *c = bd->c;
+  const Tile *t = bd->t;
+  if (d == c->ns) {
+    tile_body(bd, k, p, n0, n1, len);
+    return;
+  }
+  const Dim *dim = &c->s[d];
+  int q = d == t->t[0] ? 0 : d == t->t[1] ? 1 : -1;
+  bool vec = !t->rfactor && d == t->v;
+  if (q < 0 && !vec) { // an ordinary loop
+    int var = lk_var(k);
+    LStmt *l = ls_loop(var, 0, dim->n, dim->role);
+    ls_add(p, l);
+    bd->at[d] = lx_var(var);
+    spatial(bd, k, l, d + 1, n0, n1, len);
+    return;
+  }
+  int64_t step = vec ? t->vblock : t->size[q];
+  int64_t full = dim->n / step, rest = dim->n % step;
+  int var = lk_var(k);
+  LStmt *l = ls_loop(var, 0, full + (rest > 0), dim->role);
+  ls_add(p, l);
+  bd->at[d] = lx_imul(lx_var(var), step);
+  // A last block shorter than the others: a branch per block, outside the
+  // reduction, choosing the tile of its size.
+  LStmt *main = l, *tail = NULL;
+  if (rest && full) {
+    main = ls_if(lx_bin(LX_LT, lx_var(var), lx_i64(full)));
+    tail = ls_if(lx_bin(LX_GE, lx_var(var), lx_i64(full)));
+    ls_add(l, main);
+    ls_add(l, tail);
+  } else if (rest) {
+    tail = l;
+    main = NULL;
+  }
+  LExpr *save = bd->at[d];
+  if (main)
+    spatial(bd, k, main, d + 1, q == 0 ? step : n0, q == 1 ? step : n1, vec ? step : len);
+  if (tail) {
+    bd->at[d] = save;
+    spatial(bd, k, tail, d + 1, q == 0 ? rest : n0, q == 1 ? rest : n1, vec ? rest : len);
+  }
+}
+
+static void tile_kernel(LFunc *f, int at, LKernel *k) {
+  Contraction c;
+  if (!recognise(k, &c))
+    return;
+  Tile t = {.t = {-1, -1}};
+  // The vector: the output's last dimension, or the innermost reduction.
+  int last = c.ns - 1;
+  int svar = c.s[last].var;
+  int64_t sa = lane_stride(c.a, svar), sb = lane_stride(c.b, svar);
+  // An operand moving by more than 1 along the output's last dimension but
+  // by exactly 1 in one of its own dimensions reads well transposed.
+  if (c.s[last].n >= LANES) {
+    LExpr *ops[2] = {c.a, c.b};
+    for (int o = 0; o < 2; o++) {
+      int64_t s = lane_stride(ops[o], svar);
+      int d = moving_dim(ops[o], svar);
+      if (s > 1 && d >= 0 && ops[o]->buf->storage != LB_LOCAL) {
+        int before = f->nkernels;
+        transpose_operand(f, at, ops[o], d);
+        at += f->nkernels - before;
+      }
+    }
+    sa = lane_stride(c.a, svar), sb = lane_stride(c.b, svar);
+  }
+  bool spatial_ok = sa >= 0 && sa <= 1 && sb >= 0 && sb <= 1 && c.s[last].n >= 4;
+  int rv = c.nr - 1;
+  int64_t ra = rv >= 0 ? lane_stride(c.a, c.r[rv].var) : -1;
+  int64_t rb = rv >= 0 ? lane_stride(c.b, c.r[rv].var) : -1;
+  bool rfactor_ok = rv >= 0 && ra >= 0 && ra <= 1 && rb >= 0 && rb <= 1 && (ra || rb) &&
+                    c.r[rv].n >= LANES;
+  if (spatial_ok && (c.s[last].n >= LANES || !rfactor_ok)) {
+    t.v = last;
+    int64_t n = c.s[last].n;
+    t.vblock = n <= MAX_PIECES * LANES ? n : MAX_PIECES * LANES;
+  } else if (rfactor_ok) {
+    t.rfactor = true;
+    t.v = rv;
+  } else {
+    return; // stays plain
+  }
+  choose(&c, &t);
+  LKernel *nk = k; // rebuilt in place
+  nk->body = NULL;
+  nk->nbody = 0;
+  int64_t acc_dim[3] = {t.t[0] >= 0 ? t.size[0] : 1, t.t[1] >= 0 ? t.size[1] : 1,
+                        t.rfactor ? LANES : t.vblock};
+  Build bd = {&c, &t, lfunc_buf(f, "acc", DT_F32, 3, acc_dim, LB_LOCAL), {0},
+              t.rfactor ? c.r[t.v].var : c.s[t.v].var};
+  LStmt *root = ls_loop(lk_var(nk), 0, 1, NULL); // a scratch parent
+  spatial(&bd, nk, root, 0, acc_dim[0], acc_dim[1], t.rfactor ? 0 : t.vblock);
+  for (int i = 0; i < root->nbody; i++)
+    lk_add(nk, root->body[i]);
+}
+
+static void tile_function(LFunc *f) {
+  for (int i = 0; i < f->nkernels; i++) {
+    int before = f->nkernels;
+    LKernel *k = f->kernels[i];
+    tile_kernel(f, i, k);
+    i += f->nkernels - before;
+  }
+}
+
+void pass_tile(LProgram *p) {
+  for (int i = 0; i < p->nfuncs; i++)
+    tile_function(p->funcs[i]);
+}
