@@ -107,30 +107,59 @@ bool xc_is_optimizer_state(const XcModel *m, const XcTensorInfo *t);
 // safetensors.c: reading and writing PyTorch state_dicts as safetensors
 //
 
+enum { ST_MAX_RANK = 8 };
+
 typedef struct {
   char *name;
   char dtype[8]; // "F32"; F64, F16 and BF16 are converted on load
+  int size;      // bytes per element
   int rank;
-  int64_t dim[8];
+  int64_t dim[ST_MAX_RANK];
+  int64_t numel;
   int64_t begin, end; // byte offsets into the data section
+  int order;          // position in the header
 } StEntry;
 
 typedef struct {
   char *path;
-  StEntry *e;
+  int fd;
+  bool seekable;      // a regular file, read at offsets; else read once, in order
+  int64_t data_start; // 8 + the header's length
+  int64_t data_len;   // the data section, as the offsets tile it
+  int64_t pos;        // not seekable: data bytes consumed
+  StEntry *e;         // in file order (by offset)
   int n;
+  const StEntry **by_name; // sorted by name, for st_find
   char **meta_key, **meta_val; // "__metadata__": string -> string
   int nmeta;
-  uint8_t *data; // the data section
-  int64_t data_len;
 } StFile;
 
-// Loads the whole file; on a malformed file, *err is set to a message and
-// NULL is returned (callers decide how to die).
-StFile *st_read(const char *path, char **err);
+// Opens a safetensors file (any readable path: a pipe, /dev/stdin) and
+// reads its header, checked as the specification requires: at most 100 MB
+// of strict JSON, unique names, known dtypes, sizes that agree with shapes,
+// data_offsets tiling the data section exactly. On failure *err says why,
+// naming the file, and NULL is returned. No tensor is read yet.
+StFile *st_open(const char *path, char **err);
+StFile *st_open_fd(int fd, const char *path, char **err); // takes fd
 void st_free(StFile *f);
 const StEntry *st_find(const StFile *f, const char *name);
 const char *st_meta(const StFile *f, const char *key);
+// A tensor's bytes as stored (e->end - e->begin), or its values as float32
+// (float dtypes only). On a pipe, tensors must be read in file order.
+bool st_read_raw(StFile *f, const StEntry *e, void *dst, char **err);
+bool st_read_f32(StFile *f, const StEntry *e, float *dst, char **err);
+// A pipe is read to its end, which must be where the offsets say.
+bool st_finish(StFile *f, char **err);
+
+// One tensor to read: into f32 (converted), else into raw (as stored).
+typedef struct {
+  const StEntry *e;
+  float *f32;
+  void *raw;
+} StLoad;
+
+// Reads l[0..n) in file order (sorting l), then st_finish.
+bool st_load(StFile *f, StLoad *l, int n, char **err);
 
 typedef struct {
   const char *name;
@@ -140,17 +169,22 @@ typedef struct {
   const int64_t *i64; // instead of data: an int64 tensor (PyTorch's num_batches_tracked)
 } StTensor;
 
+// The bytes of a file, in pieces, to sink; false when sink fails.
+typedef bool (*StSink)(void *ctx, const void *p, size_t n);
+bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, StSink sink,
+               void *ctx);
 // Writes tensors atomically: PATH.tmp.PID, fsync, rename over PATH. Returns
 // false (errno set) on failure.
 bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta);
 
-// Loads every tensor in infos[0..n) from f into block. missing_ok: tensors
-// absent from the file keep their value (with a warning unless quiet);
-// otherwise absence is an error. Shape mismatches always die.
-void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int n, bool missing_ok,
-                  const char *what);
-// counters: the model's int64 buffers (num_batches_tracked), one per
-// m->counter_names, or NULL (evaluation) to skip them.
+// Loads every tensor in infos[0..n) from f into block, in one pass; dies
+// naming the file when one is missing, of another shape, or unreadable.
+void st_load_into(StFile *f, float *block, const XcTensorInfo *infos, int n, const char *what);
+// The state_dict of a model: parameters, buffers, then counters (int64
+// num_batches_tracked, one per m->counter_names; none if counters is NULL).
+// t has room for nparams + nstates + ncounters; returns the count.
+int xc_weight_tensors(const XcModel *m, const float *params, const float *state,
+                      const int64_t *counters, StTensor *t);
 void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
                      const int64_t *counters);
 void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,

@@ -261,13 +261,12 @@ int xc_train_main(int argc, char **argv) {
              "--resume: no checkpoint %s with %s", save, optim_path);
     xc_load_weights(save, m, params, state, counters);
     char *err;
-    StFile *f = st_read(optim_path, &err);
+    StFile *f = st_open(optim_path, &err);
     if (!f)
-      xc_die("delete it and train from the start, or restore it from a backup", "%s: %s",
-             optim_path, err);
+      xc_die("delete it and train from the start, or restore it from a backup", "%s", err);
     for (int i = 0; i < m->nstates; i++)
       if (xc_is_optimizer_state(m, &m->states[i]))
-        st_load_into(f, state, &m->states[i], 1, false, "optimizer state");
+        st_load_into(f, state, &m->states[i], 1, "optimizer state");
     const char *s = st_meta(f, "step"), *e = st_meta(f, "epoch");
     if (!s || !e)
       xc_die("the file was not written by a training run", "%s: no step and epoch in its metadata",
