@@ -67,7 +67,8 @@ XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t t
 int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch);
 
 //
-// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by
+// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by and
+// a checkpoint binds its weights with
 //
 
 typedef struct {
@@ -173,8 +174,8 @@ typedef struct {
 typedef bool (*StSink)(void *ctx, const void *p, size_t n);
 bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, StSink sink,
                void *ctx);
-// Writes tensors atomically: PATH.tmp.PID, fsync, rename over PATH. Returns
-// false (errno set) on failure.
+// Writes tensors atomically (an xc_out_create temporary, fsync, rename over
+// PATH). Returns false (errno set) on failure.
 bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta);
 
 // Loads every tensor in infos[0..n) from f into block, in one pass; dies
@@ -187,12 +188,49 @@ int xc_weight_tensors(const XcModel *m, const float *params, const float *state,
                       const int64_t *counters, StTensor *t);
 void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
                      const int64_t *counters);
-void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter);
 // Loads params (and model buffers from state) from a weights file; warns on
 // extra keys; dies naming the file on missing or mis-shaped tensors.
 void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,
                      int64_t *counters);
+
+//
+// checkpoint.c: files written whole or not at all, and the training
+// checkpoint (W.safetensors + W.optim.safetensors) committed as one
+//
+
+// A file being written: a new temporary beside its final path, created
+// with O_EXCL | O_NOFOLLOW under an unpredictable name, renamed into place
+// once complete and durable. Failures return false with errno set.
+typedef struct XcOutFile XcOutFile;
+XcOutFile *xc_out_create(const char *path);
+bool xc_out_write(XcOutFile *o, const void *p, size_t n);
+bool xc_out_close(XcOutFile *o); // flush, fsync, close
+bool xc_out_rename(XcOutFile *o, const char *path);
+void xc_out_sha256(const XcOutFile *o, uint8_t out[32]); // of every byte written
+void xc_out_free(XcOutFile *o); // removes the temporary unless renamed
+
+// Where a run stands: what --resume continues from.
+typedef struct {
+  int64_t step;            // optimizer steps since the run began
+  int64_t epoch;           // complete epochs
+  int64_t iter;            // batches done of the next epoch
+  int64_t steps_per_epoch; // of the data the run trained on
+} XcProgress;
+
+// Saves weights, optimizer state and progress together; dies saying what
+// is intact when the disk refuses.
+void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, const float *params,
+                  const float *state, const int64_t *counters, XcProgress p);
+// At the start of a run: completes a save interrupted between its renames
+// and removes temporaries of interrupted saves.
+void xc_ckpt_tidy(const char *weights, const char *optim);
+// --resume: loads the checkpoint after checking that its files belong
+// together and to the model; dies with a hint otherwise.
+XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel *m, float *params,
+                          float *state, int64_t *counters);
+// --resume, once the data is loaded: the progress must fit its epochs.
+void xc_ckpt_check_data(const char *optim, XcProgress p, int64_t steps_per_epoch,
+                        const char *data);
 
 //
 // image.c: JPEG/PNG decoding, resizing like PIL's bilinear, colour conversion

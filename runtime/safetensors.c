@@ -891,30 +891,18 @@ bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, 
   return ok;
 }
 
-static bool file_sink(void *ctx, const void *p, size_t n) { return fwrite(p, 1, n, ctx) == n; }
+static bool out_sink(void *ctx, const void *p, size_t n) { return xc_out_write(ctx, p, n); }
 
 bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta) {
-  char *tmp = xc_format("%s.tmp.%d", path, (int)getpid());
-  FILE *fp = fopen(tmp, "wb");
-  if (!fp) {
-    int e = errno;
-    free(tmp);
-    errno = e;
+  XcOutFile *o = xc_out_create(path);
+  if (!o)
     return false;
-  }
-  bool ok = st_encode(t, n, meta_kv, nmeta, file_sink, fp);
-  ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
+  bool ok = st_encode(t, n, meta_kv, nmeta, out_sink, o) && xc_out_close(o) &&
+            xc_out_rename(o, path);
   int e = errno;
-  ok = (fclose(fp) == 0) && ok;
-  if (ok && rename(tmp, path) != 0) {
-    e = errno;
-    ok = false;
-  }
-  if (!ok)
-    unlink(tmp);
-  else
+  xc_out_free(o);
+  if (ok)
     xc_sync_dir_of(path); // the rename itself durable
-  free(tmp);
   errno = e;
   return ok;
 }
@@ -946,22 +934,6 @@ void xc_save_weights(const char *path, const XcModel *m, const float *params, co
     xc_die("check that the directory exists and is writable", "cannot write weights to %s: %s",
            path, strerror(errno));
   free(t);
-}
-
-void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter) {
-  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nstates + 1));
-  int n = 0;
-  for (int i = 0; i < m->nstates; i++)
-    if (xc_is_optimizer_state(m, &m->states[i]))
-      t[n++] = tensor_of(&m->states[i], state);
-  // epoch: complete epochs; iter: batches done in the next one.
-  char *s = xc_format("%d", step), *e = xc_format("%d", epoch), *it = xc_format("%d", iter);
-  const char *meta[] = {"format", "pt", "model", m->name, "step", s, "epoch", e, "iter", it};
-  if (!st_write(path, t, n, meta, 5))
-    xc_die("check that the directory exists and is writable",
-           "cannot write optimizer state to %s: %s", path, strerror(errno));
-  free(s), free(e), free(it), free(t);
 }
 
 // An int64 buffer (num_batches_tracked) as PyTorch writes it; other integer
