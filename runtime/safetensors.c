@@ -448,6 +448,15 @@ static bool parse_header(Json *j, StFile *f) {
   return true;
 }
 
+// "[2,3]" in buf (messages of a reader that returns must not leak).
+static const char *shape_text(char buf[ST_MAX_RANK * 21 + 3], const StEntry *e) {
+  int len = sprintf(buf, "[");
+  for (int i = 0; i < e->rank; i++)
+    len += sprintf(buf + len, "%s%lld", i ? "," : "", (long long)e->dim[i]);
+  sprintf(buf + len, "]");
+  return buf;
+}
+
 static int by_offset(const void *a, const void *b) {
   const StEntry *x = a, *y = b;
   if (x->begin != y->begin)
@@ -466,13 +475,14 @@ static int by_name(const void *a, const void *b) {
 // data_offsets that tile the data section from 0, in order, without gaps
 // or overlaps. Sets f->data_len.
 static bool check_layout(StFile *f, char **err) {
+  char shape[ST_MAX_RANK * 21 + 3];
   for (int i = 0; i < f->n; i++) {
     StEntry *e = &f->e[i];
     int64_t numel = 1, bytes;
     for (int d = 0; d < e->rank; d++)
       if (__builtin_mul_overflow(numel, e->dim[d], &numel))
         return fail(err, f->path, "tensor '%s': shape %s has more elements than 64 bits count",
-                    e->name, xc_shape_str(e->rank, e->dim));
+                    e->name, shape_text(shape, e));
     if (__builtin_mul_overflow(numel, (int64_t)e->size, &bytes))
       return fail(err, f->path, "tensor '%s': %lld elements of %s are more bytes than 64 bits count",
                   e->name, (long long)numel, e->dtype);
@@ -485,7 +495,7 @@ static bool check_layout(StFile *f, char **err) {
                   "tensor '%s': data_offsets [%lld, %lld] hold %lld bytes, but shape %s of %s "
                   "needs %lld",
                   e->name, (long long)e->begin, (long long)e->end, (long long)(e->end - e->begin),
-                  xc_shape_str(e->rank, e->dim), e->dtype, (long long)bytes);
+                  shape_text(shape, e), e->dtype, (long long)bytes);
   }
   if (f->n)
     qsort(f->e, f->n, sizeof *f->e, by_offset);
@@ -494,12 +504,12 @@ static bool check_layout(StFile *f, char **err) {
     StEntry *e = &f->e[i];
     if (e->begin != pos)
       return fail(err, f->path,
-                  "tensor '%s': data_offsets [%lld, %lld] %s (the tensors must tile the data "
-                  "section in order, from offset 0)",
+                  "tensor '%s': data_offsets [%lld, %lld] %s %lld (the tensors must tile the "
+                  "data section in order, from offset 0)",
                   e->name, (long long)e->begin, (long long)e->end,
-                  e->begin < pos ? xc_format("overlap the tensor before, which ends at %lld",
-                                             (long long)pos)
-                                 : xc_format("leave a gap after offset %lld", (long long)pos));
+                  e->begin < pos ? "overlap the tensor before, which ends at"
+                                 : "leave a gap after offset",
+                  (long long)pos);
     pos = e->end;
   }
   f->data_len = pos;
@@ -578,11 +588,13 @@ StFile *st_open_fd(int fd, const char *path, char **err) {
     hlen = hlen << 8 | len8[i];
   if (hlen < 2 || hlen > ST_MAX_HEADER ||
       (f->seekable && hlen > (uint64_t)st.st_size - 8)) {
+    char why[64] = "";
+    if (hlen > ST_MAX_HEADER)
+      snprintf(why, sizeof why, ", over the limit of %d", ST_MAX_HEADER);
+    else if (f->seekable && hlen > (uint64_t)st.st_size - 8)
+      snprintf(why, sizeof why, " in a file of %lld", (long long)st.st_size);
     fail(err, path, "not a safetensors file (a header of %llu bytes%s)", (unsigned long long)hlen,
-         hlen > ST_MAX_HEADER ? xc_format(", over the limit of %d", ST_MAX_HEADER)
-         : f->seekable && hlen > (uint64_t)st.st_size - 8
-             ? xc_format(" in a file of %lld", (long long)st.st_size)
-             : "");
+         why);
     goto fail;
   }
   f->data_start = 8 + (int64_t)hlen;
