@@ -69,7 +69,8 @@ XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t t
 int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch);
 
 //
-// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by
+// sha256.c: SHA-256 (FIPS 180-4), which the image cache names files by and
+// a checkpoint binds its weights with
 //
 
 typedef struct {
@@ -122,30 +123,59 @@ bool xc_is_optimizer_state(const XcModel *m, const XcTensorInfo *t);
 // safetensors.c: reading and writing PyTorch state_dicts as safetensors
 //
 
+enum { ST_MAX_RANK = 8 };
+
 typedef struct {
   char *name;
   char dtype[8]; // "F32"; F64, F16 and BF16 are converted on load
+  int size;      // bytes per element
   int rank;
-  int64_t dim[8];
+  int64_t dim[ST_MAX_RANK];
+  int64_t numel;
   int64_t begin, end; // byte offsets into the data section
+  int order;          // position in the header
 } StEntry;
 
 typedef struct {
   char *path;
-  StEntry *e;
+  int fd;
+  bool seekable;      // a regular file, read at offsets; else read once, in order
+  int64_t data_start; // 8 + the header's length
+  int64_t data_len;   // the data section, as the offsets tile it
+  int64_t pos;        // not seekable: data bytes consumed
+  StEntry *e;         // in file order (by offset)
   int n;
+  const StEntry **by_name; // sorted by name, for st_find
   char **meta_key, **meta_val; // "__metadata__": string -> string
   int nmeta;
-  uint8_t *data; // the data section
-  int64_t data_len;
 } StFile;
 
-// Loads the whole file; on a malformed file, *err is set to a message and
-// NULL is returned (callers decide how to die).
-StFile *st_read(const char *path, char **err);
+// Opens a safetensors file (any readable path: a pipe, /dev/stdin) and
+// reads its header, checked as the specification requires: at most 100 MB
+// of strict JSON, unique names, known dtypes, sizes that agree with shapes,
+// data_offsets tiling the data section exactly. On failure *err says why,
+// naming the file, and NULL is returned. No tensor is read yet.
+StFile *st_open(const char *path, char **err);
+StFile *st_open_fd(int fd, const char *path, char **err); // takes fd
 void st_free(StFile *f);
 const StEntry *st_find(const StFile *f, const char *name);
 const char *st_meta(const StFile *f, const char *key);
+// A tensor's bytes as stored (e->end - e->begin), or its values as float32
+// (float dtypes only). On a pipe, tensors must be read in file order.
+bool st_read_raw(StFile *f, const StEntry *e, void *dst, char **err);
+bool st_read_f32(StFile *f, const StEntry *e, float *dst, char **err);
+// A pipe is read to its end, which must be where the offsets say.
+bool st_finish(StFile *f, char **err);
+
+// One tensor to read: into f32 (converted), else into raw (as stored).
+typedef struct {
+  const StEntry *e;
+  float *f32;
+  void *raw;
+} StLoad;
+
+// Reads l[0..n) in file order (sorting l), then st_finish.
+bool st_load(StFile *f, StLoad *l, int n, char **err);
 
 typedef struct {
   const char *name;
@@ -155,25 +185,69 @@ typedef struct {
   const int64_t *i64; // instead of data: an int64 tensor (PyTorch's num_batches_tracked)
 } StTensor;
 
-// Writes tensors atomically: PATH.tmp.PID, fsync, rename over PATH. Returns
-// false (errno set) on failure.
+// The bytes of a file, in pieces, to sink; false when sink fails.
+typedef bool (*StSink)(void *ctx, const void *p, size_t n);
+bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, StSink sink,
+               void *ctx);
+// Writes tensors atomically (an xc_out_create temporary, fsync, rename over
+// PATH). Returns false (errno set) on failure.
 bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta);
 
-// Loads every tensor in infos[0..n) from f into block. missing_ok: tensors
-// absent from the file keep their value (with a warning unless quiet);
-// otherwise absence is an error. Shape mismatches always die.
-void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int n, bool missing_ok,
-                  const char *what);
-// counters: the model's int64 buffers (num_batches_tracked), one per
-// m->counter_names, or NULL (evaluation) to skip them.
+// Loads every tensor in infos[0..n) from f into block, in one pass; dies
+// naming the file when one is missing, of another shape, or unreadable.
+void st_load_into(StFile *f, float *block, const XcTensorInfo *infos, int n, const char *what);
+// The state_dict of a model: parameters, buffers, then counters (int64
+// num_batches_tracked, one per m->counter_names; none if counters is NULL).
+// t has room for nparams + nstates + ncounters; returns the count.
+int xc_weight_tensors(const XcModel *m, const float *params, const float *state,
+                      const int64_t *counters, StTensor *t);
 void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
                      const int64_t *counters);
-void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter, int opt_step);
 // Loads params (and model buffers from state) from a weights file; warns on
 // extra keys; dies naming the file on missing or mis-shaped tensors.
 void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,
                      int64_t *counters);
+
+//
+// checkpoint.c: files written whole or not at all, and the training
+// checkpoint (W.safetensors + W.optim.safetensors) committed as one
+//
+
+// A file being written: a new temporary beside its final path, created
+// with O_EXCL | O_NOFOLLOW under an unpredictable name, renamed into place
+// once complete and durable. Failures return false with errno set.
+typedef struct XcOutFile XcOutFile;
+XcOutFile *xc_out_create(const char *path);
+bool xc_out_write(XcOutFile *o, const void *p, size_t n);
+bool xc_out_close(XcOutFile *o); // flush, fsync, close
+bool xc_out_rename(XcOutFile *o, const char *path);
+void xc_out_sha256(const XcOutFile *o, uint8_t out[32]); // of every byte written
+void xc_out_free(XcOutFile *o); // removes the temporary unless renamed
+
+// Where a run stands: what --resume continues from.
+typedef struct {
+  int64_t step;            // optimizer steps since the run began
+  int64_t epoch;           // complete epochs
+  int64_t iter;            // batches done of the next epoch
+  int64_t steps_per_epoch; // of the data the run trained on
+  int64_t opt_step;        // updates applied: the optimizer's own step number
+                           // (steps skipped by --nan-policy skip do not count)
+} XcProgress;
+
+// Saves weights, optimizer state and progress together; dies saying what
+// is intact when the disk refuses.
+void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, const float *params,
+                  const float *state, const int64_t *counters, XcProgress p);
+// At the start of a run: completes a save interrupted between its renames
+// and removes temporaries of interrupted saves.
+void xc_ckpt_tidy(const char *weights, const char *optim);
+// --resume: loads the checkpoint after checking that its files belong
+// together and to the model; dies with a hint otherwise.
+XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel *m, float *params,
+                          float *state, int64_t *counters);
+// --resume, once the data is loaded: the progress must fit its epochs.
+void xc_ckpt_check_data(const char *optim, XcProgress p, int64_t steps_per_epoch,
+                        const char *data);
 
 //
 // image.c: JPEG/PNG decoding, resizing like PIL's bilinear, colour conversion

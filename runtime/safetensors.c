@@ -1,29 +1,86 @@
 // Checkpoints as safetensors files, the format PyTorch users exchange
 // state_dicts in: an 8-byte little-endian header length, a JSON header
 // {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]},
-// "__metadata__": {...}}, then the raw little-endian tensor data. Files are
-// written atomically (temporary file, fsync, rename) so a crash mid-save
-// never leaves a half-written checkpoint under the real name.
+// "__metadata__": {...}}, then the raw little-endian tensor data. The reader
+// checks the whole header as the format's specification requires before any
+// tensor is read, then reads tensors on demand at their offsets (in file
+// order on a pipe): a file costs no more memory than the tensors asked for.
+#define _GNU_SOURCE
 #include "rt.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+// The reference implementation's bound on the JSON header.
+enum { ST_MAX_HEADER = 100000000 };
+
+// Every dtype of the specification with whole-byte elements. Only the float
+// ones load into a model (converted to float32); the others are still
+// checked, as a file holding them is a valid file.
+static const struct {
+  const char *name;
+  int size;
+} dtypes[] = {
+    {"BOOL", 1},    {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+    {"I16", 2},     {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+    {"U32", 4},     {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8},
+};
+
+static int dtype_size(const char *d) {
+  for (size_t i = 0; i < sizeof dtypes / sizeof *dtypes; i++)
+    if (!strcmp(d, dtypes[i].name))
+      return dtypes[i].size;
+  return 0;
+}
+
+static bool is_float(const char *d) {
+  return !strcmp(d, "F32") || !strcmp(d, "F64") || !strcmp(d, "F16") || !strcmp(d, "BF16");
+}
+
+static char *vformat(const char *fmt, va_list ap) {
+  char *s;
+  if (vasprintf(&s, fmt, ap) < 0)
+    xc_die(NULL, "out of memory");
+  return s;
+}
+
+// *err = "PATH: MESSAGE"; returns false.
+static bool fail(char **err, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static bool fail(char **err, const char *path, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *msg = vformat(fmt, ap);
+  va_end(ap);
+  *err = xc_format("%s: %s", path, msg);
+  free(msg);
+  return false;
+}
+
 //
-// A JSON reader just large enough for safetensors headers
+// A strict JSON reader for the header: RFC 8259 syntax in UTF-8, with the
+// format's schema (an object of tensor entries and string metadata).
 //
 
 typedef struct {
   const char *p, *end;
-  char *err;
+  char *err; // the first error
 } Json;
 
-static bool jfail(Json *j, const char *msg) {
-  if (!j->err)
-    j->err = xc_format("malformed JSON header: %s", msg);
+static bool jfail(Json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool jfail(Json *j, const char *fmt, ...) {
+  if (!j->err) {
+    va_list ap;
+    va_start(ap, fmt);
+    j->err = vformat(fmt, ap);
+    va_end(ap);
+  }
   return false;
 }
 
@@ -41,44 +98,86 @@ static bool jchar(Json *j, char c) {
   return false;
 }
 
+// The length of a valid UTF-8 sequence at s (RFC 3629: no overlong forms,
+// no surrogates, nothing above U+10FFFF), or 0.
+static int utf8_len(const unsigned char *s, const unsigned char *end) {
+  unsigned c = s[0];
+  int n = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+                                                : c >= 0xf0 && c <= 0xf4 ? 4
+                                                                         : 0;
+  if (!n || end - s < n)
+    return 0;
+  for (int i = 1; i < n; i++)
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+  if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) || (c == 0xf0 && s[1] < 0x90) ||
+      (c == 0xf4 && s[1] > 0x8f))
+    return 0;
+  return n;
+}
+
 static void put_utf8(char *buf, size_t *n, unsigned cp) {
   if (cp < 0x80) {
-    buf[(*n)++] = cp;
+    buf[(*n)++] = (char)cp;
   } else if (cp < 0x800) {
-    buf[(*n)++] = 0xc0 | cp >> 6;
-    buf[(*n)++] = 0x80 | (cp & 0x3f);
+    buf[(*n)++] = (char)(0xc0 | cp >> 6);
+    buf[(*n)++] = (char)(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    buf[(*n)++] = (char)(0xe0 | cp >> 12);
+    buf[(*n)++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    buf[(*n)++] = (char)(0x80 | (cp & 0x3f));
   } else {
-    buf[(*n)++] = 0xe0 | cp >> 12;
-    buf[(*n)++] = 0x80 | ((cp >> 6) & 0x3f);
-    buf[(*n)++] = 0x80 | (cp & 0x3f);
+    buf[(*n)++] = (char)(0xf0 | cp >> 18);
+    buf[(*n)++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    buf[(*n)++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    buf[(*n)++] = (char)(0x80 | (cp & 0x3f));
   }
 }
 
-// A string with its escapes resolved (\uXXXX outside the BMP is kept as two
-// 3-byte sequences: tensor names are ASCII in practice).
+static int hex4(const char *p) {
+  int v = 0;
+  for (int i = 0; i < 4; i++) {
+    char h = p[i];
+    int d = h >= '0' && h <= '9' ? h - '0' : (h | 32) >= 'a' && (h | 32) <= 'f' ? (h | 32) - 'a' + 10 : -1;
+    if (d < 0)
+      return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+// A string with its escapes resolved. The copy is as long as the string's
+// text, never the rest of the header. NUL is refused: names are C strings.
 static char *jstring(Json *j) {
-  if (!jchar(j, '"'))
+  jws(j);
+  if (j->p >= j->end || *j->p != '"')
     return jfail(j, "expected a string"), NULL;
-  char *buf = xc_malloc(j->end - j->p + 1);
+  const char *s = ++j->p, *q = s;
+  while (q < j->end && *q != '"')
+    q += *q == '\\' && q + 1 < j->end ? 2 : 1;
+  if (q >= j->end)
+    return jfail(j, "unterminated string"), NULL;
+  char *buf = xc_malloc(q - s + 1);
   size_t n = 0;
-  while (j->p < j->end && *j->p != '"') {
-    char c = *j->p++;
+  while (j->p < q) {
+    unsigned char c = (unsigned char)*j->p;
+    if (c < 0x20)
+      return free(buf), jfail(j, "control character 0x%02x in a string", c), NULL;
     if (c != '\\') {
-      buf[n++] = c;
+      int len = utf8_len((const unsigned char *)j->p, (const unsigned char *)q);
+      if (!len)
+        return free(buf), jfail(j, "a string is not valid UTF-8"), NULL;
+      memcpy(buf + n, j->p, len);
+      n += len, j->p += len;
       continue;
     }
-    if (j->p >= j->end)
-      break;
-    char e = *j->p++;
+    char e = j->p[1];
+    j->p += 2;
     switch (e) {
-    case 'n':
-      buf[n++] = '\n';
-      break;
-    case 't':
-      buf[n++] = '\t';
-      break;
-    case 'r':
-      buf[n++] = '\r';
+    case '"':
+    case '\\':
+    case '/':
+      buf[n++] = e;
       break;
     case 'b':
       buf[n++] = '\b';
@@ -86,59 +185,81 @@ static char *jstring(Json *j) {
     case 'f':
       buf[n++] = '\f';
       break;
+    case 'n':
+      buf[n++] = '\n';
+      break;
+    case 'r':
+      buf[n++] = '\r';
+      break;
+    case 't':
+      buf[n++] = '\t';
+      break;
     case 'u': {
-      unsigned cp = 0;
-      for (int i = 0; i < 4; i++, j->p++) {
-        if (j->p >= j->end)
-          return free(buf), jfail(j, "truncated \\u escape"), NULL;
-        char h = *j->p;
-        cp = cp * 16 + (h >= '0' && h <= '9'                 ? h - '0'
-                        : (h | 32) >= 'a' && (h | 32) <= 'f' ? (h | 32) - 'a' + 10
-                                                             : 99);
-        if (cp > 0xffff)
-          return free(buf), jfail(j, "bad \\u escape"), NULL;
+      int cp = q - j->p >= 4 ? hex4(j->p) : -1;
+      if (cp < 0)
+        return free(buf), jfail(j, "bad \\u escape"), NULL;
+      j->p += 4;
+      if (cp >= 0xd800 && cp <= 0xdbff) { // a surrogate pair
+        int lo = q - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u' ? hex4(j->p + 2) : -1;
+        if (lo < 0xdc00 || lo > 0xdfff)
+          return free(buf), jfail(j, "lone surrogate in a \\u escape"), NULL;
+        j->p += 6;
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+      } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+        return free(buf), jfail(j, "lone surrogate in a \\u escape"), NULL;
+      } else if (cp == 0) {
+        return free(buf), jfail(j, "\\u0000 in a string"), NULL;
       }
-      put_utf8(buf, &n, cp);
+      put_utf8(buf, &n, (unsigned)cp);
       break;
     }
     default:
-      buf[n++] = e;
-      break;
+      return free(buf), jfail(j, "bad escape '\\%c' in a string", e), NULL;
     }
   }
-  if (j->p >= j->end)
-    return free(buf), jfail(j, "unterminated string"), NULL;
-  j->p++;
+  j->p = q + 1;
   buf[n] = '\0';
   return buf;
 }
 
-static bool jint(Json *j, int64_t *v) {
+// A non-negative integer that fits int64_t (shapes and offsets).
+static bool jcount(Json *j, int64_t *v, const char *what) {
   jws(j);
   const char *s = j->p;
-  if (s >= j->end || !(*s == '-' || (*s >= '0' && *s <= '9')))
-    return jfail(j, "expected an integer");
-  bool neg = *s == '-';
-  if (neg)
-    s++;
+  if (s < j->end && *s == '-')
+    return jfail(j, "%s is negative", what);
+  if (s >= j->end || *s < '0' || *s > '9')
+    return jfail(j, "%s must be an integer", what);
+  if (*s == '0' && s + 1 < j->end && s[1] >= '0' && s[1] <= '9')
+    return jfail(j, "%s has a leading zero", what);
   int64_t x = 0;
-  int digits = 0;
-  for (; s < j->end && *s >= '0' && *s <= '9'; s++, digits++) {
-    if (x > (INT64_MAX - 9) / 10)
-      return jfail(j, "integer too large");
+  for (; s < j->end && *s >= '0' && *s <= '9'; s++) {
+    if (x > (INT64_MAX - (*s - '0')) / 10)
+      return jfail(j, "%s is too large", what);
     x = x * 10 + (*s - '0');
   }
-  if (!digits || (s < j->end && (*s == '.' || *s == 'e' || *s == 'E')))
-    return jfail(j, "expected an integer");
+  if (s < j->end && (*s == '.' || *s == 'e' || *s == 'E'))
+    return jfail(j, "%s must be an integer", what);
   j->p = s;
-  *v = neg ? -x : x;
+  *v = x;
   return true;
 }
 
-// Skips any JSON value (for keys we do not know).
+static bool jword(Json *j, const char *w) {
+  size_t n = strlen(w);
+  if ((size_t)(j->end - j->p) >= n && !memcmp(j->p, w, n)) {
+    j->p += n;
+    return true;
+  }
+  return false;
+}
+
+// Skips one JSON value (of keys the format does not define), checking it.
 static bool jskip(Json *j, int depth) {
   jws(j);
-  if (depth > 64 || j->p >= j->end)
+  if (depth > 64)
+    return jfail(j, "values nested more than 64 deep");
+  if (j->p >= j->end)
     return jfail(j, "unexpected end");
   char c = *j->p;
   if (c == '"') {
@@ -159,183 +280,369 @@ static bool jskip(Json *j, int depth) {
       if (!jskip(j, depth + 1))
         return false;
     } while (jchar(j, ','));
-    return jchar(j, close) || jfail(j, "expected ',' or a closing bracket");
+    return jchar(j, close) || jfail(j, "expected ',' or '%c'", close);
   }
-  while (j->p < j->end && !strchr(",}] \n\r\t", *j->p))
-    j->p++;
+  if (jword(j, "true") || jword(j, "false") || jword(j, "null"))
+    return true;
+  // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+  const char *s = j->p, *e = j->end;
+  if (s < e && *s == '-')
+    s++;
+  if (s < e && *s == '0')
+    s++;
+  else if (s < e && *s >= '1' && *s <= '9')
+    while (s < e && *s >= '0' && *s <= '9')
+      s++;
+  else
+    return jfail(j, "expected a value");
+  if (s < e && *s == '.') {
+    if (++s >= e || *s < '0' || *s > '9')
+      return jfail(j, "bad number");
+    while (s < e && *s >= '0' && *s <= '9')
+      s++;
+  }
+  if (s < e && (*s == 'e' || *s == 'E')) {
+    s++;
+    if (s < e && (*s == '+' || *s == '-'))
+      s++;
+    if (s >= e || *s < '0' || *s > '9')
+      return jfail(j, "bad number");
+    while (s < e && *s >= '0' && *s <= '9')
+      s++;
+  }
+  j->p = s;
   return true;
 }
 
 static bool parse_entry(Json *j, StEntry *e) {
   if (!jchar(j, '{'))
-    return jfail(j, "a tensor entry must be an object");
+    return jfail(j, "tensor '%s': an entry must be an object", e->name);
   bool have_dtype = false, have_shape = false, have_offsets = false;
   if (!jchar(j, '}')) {
     do {
       char *key = jstring(j);
       if (!key || !jchar(j, ':'))
         return free(key), jfail(j, "expected ':'");
+      bool *seen = !strcmp(key, "dtype")          ? &have_dtype
+                   : !strcmp(key, "shape")        ? &have_shape
+                   : !strcmp(key, "data_offsets") ? &have_offsets
+                                                  : NULL;
+      if (seen && *seen)
+        return jfail(j, "tensor '%s' has two \"%s\" keys", e->name, key), free(key), false;
+      if (seen)
+        *seen = true;
       if (!strcmp(key, "dtype")) {
         char *d = jstring(j);
         if (!d)
           return free(key), false;
+        e->size = dtype_size(d);
+        if (!e->size)
+          return jfail(j, "tensor '%s' has an unknown dtype '%.20s'", e->name, d), free(d),
+                 free(key), false;
         snprintf(e->dtype, sizeof e->dtype, "%s", d);
         free(d);
-        have_dtype = true;
       } else if (!strcmp(key, "shape")) {
         if (!jchar(j, '['))
-          return free(key), jfail(j, "shape must be a list");
+          return free(key), jfail(j, "tensor '%s': the shape must be a list", e->name);
         e->rank = 0;
         if (!jchar(j, ']')) {
           do {
-            if (e->rank == 8)
-              return free(key), jfail(j, "more than 8 dimensions");
-            if (!jint(j, &e->dim[e->rank]) || e->dim[e->rank] < 0)
-              return free(key), jfail(j, "bad dimension");
+            if (e->rank == ST_MAX_RANK)
+              return free(key),
+                     jfail(j, "tensor '%s' has more than %d dimensions", e->name, ST_MAX_RANK);
+            if (!jcount(j, &e->dim[e->rank], "a dimension"))
+              return free(key), false;
             e->rank++;
           } while (jchar(j, ','));
           if (!jchar(j, ']'))
-            return free(key), jfail(j, "expected ']' after the shape");
+            return free(key), jfail(j, "tensor '%s': expected ']' after the shape", e->name);
         }
-        have_shape = true;
       } else if (!strcmp(key, "data_offsets")) {
-        if (!jchar(j, '[') || !jint(j, &e->begin) || !jchar(j, ',') || !jint(j, &e->end) ||
-            !jchar(j, ']'))
-          return free(key), jfail(j, "data_offsets must be [begin, end]");
-        have_offsets = true;
+        if (!jchar(j, '[') || !jcount(j, &e->begin, "an offset") || !jchar(j, ',') ||
+            !jcount(j, &e->end, "an offset") || !jchar(j, ']'))
+          return free(key), jfail(j, "tensor '%s': data_offsets must be [begin, end]", e->name);
       } else if (!jskip(j, 1)) {
         return free(key), false;
       }
       free(key);
     } while (jchar(j, ','));
     if (!jchar(j, '}'))
-      return jfail(j, "expected ',' or '}'");
+      return jfail(j, "tensor '%s': expected ',' or '}'", e->name);
   }
   if (!have_dtype || !have_shape || !have_offsets)
-    return jfail(j, xc_format("tensor '%s' lacks dtype, shape or data_offsets", e->name));
+    return jfail(j, "tensor '%s' lacks %s", e->name,
+                 !have_dtype ? "a dtype" : !have_shape ? "a shape" : "data_offsets");
   return true;
 }
 
 static bool parse_meta(Json *j, StFile *f) {
+  if (jword(j, "null"))
+    return true;
   if (!jchar(j, '{'))
-    return jfail(j, "__metadata__ must be an object");
+    return jfail(j, "__metadata__ must be an object of strings");
   if (jchar(j, '}'))
     return true;
+  int cap = 0;
   do {
     char *k = jstring(j);
     if (!k || !jchar(j, ':'))
       return free(k), jfail(j, "expected ':'");
-    char *v = jstring(j);
+    for (int i = 0; i < f->nmeta; i++)
+      if (!strcmp(f->meta_key[i], k))
+        return jfail(j, "__metadata__ has two \"%s\" keys", k), free(k), false;
+    jws(j);
+    char *v = j->p < j->end && *j->p == '"' ? jstring(j) : NULL;
     if (!v)
-      return free(k), false;
-    f->meta_key = xc_realloc(f->meta_key, sizeof(char *) * (f->nmeta + 1));
-    f->meta_val = xc_realloc(f->meta_val, sizeof(char *) * (f->nmeta + 1));
+      return jfail(j, "__metadata__ \"%s\" must be a string", k), free(k), false;
+    if (f->nmeta == cap) {
+      cap = cap ? 2 * cap : 8;
+      f->meta_key = xc_realloc(f->meta_key, sizeof(char *) * cap);
+      f->meta_val = xc_realloc(f->meta_val, sizeof(char *) * cap);
+    }
     f->meta_key[f->nmeta] = k;
     f->meta_val[f->nmeta++] = v;
+    if (f->nmeta > 4096) // metadata is a few strings; a linear scan stays cheap
+      return jfail(j, "__metadata__ has more than 4096 keys");
   } while (jchar(j, ','));
-  return jchar(j, '}') || jfail(j, "expected ',' or '}'");
+  return jchar(j, '}') || jfail(j, "__metadata__: expected ',' or '}'");
 }
 
-static int dtype_size(const char *d) {
-  if (!strcmp(d, "F32") || !strcmp(d, "I32"))
-    return 4;
-  if (!strcmp(d, "F64") || !strcmp(d, "I64"))
-    return 8;
-  if (!strcmp(d, "F16") || !strcmp(d, "BF16"))
-    return 2;
-  return 0;
-}
-
-static bool is_float(const char *d) { return d[0] == 'F' || !strcmp(d, "BF16"); }
-
-StFile *st_read(const char *path, char **err) {
-  *err = NULL;
-  FILE *fp = fopen(path, "rb");
-  if (!fp) {
-    *err = xc_format("cannot open: %s", strerror(errno));
-    return NULL;
-  }
-  StFile *f = xc_calloc(1, sizeof *f);
-  f->path = xc_strdup(path);
-  uint8_t len8[8];
-  uint64_t hlen = 0;
-  char *header = NULL;
-  if (fread(len8, 1, 8, fp) != 8) {
-    *err = xc_format("not a safetensors file (shorter than 8 bytes)");
-    goto fail;
-  }
-  for (int i = 7; i >= 0; i--)
-    hlen = hlen << 8 | len8[i];
-  fseek(fp, 0, SEEK_END);
-  long size = ftell(fp);
-  if (hlen < 2 || hlen > (uint64_t)size - 8 || hlen > 100000000) {
-    *err = xc_format("not a safetensors file (header length %llu, file size %ld)",
-                     (unsigned long long)hlen, size);
-    goto fail;
-  }
-  fseek(fp, 8, SEEK_SET);
-  header = xc_malloc(hlen + 1);
-  f->data_len = size - 8 - (int64_t)hlen;
-  f->data = xc_malloc(f->data_len);
-  if (fread(header, 1, hlen, fp) != hlen ||
-      fread(f->data, 1, f->data_len, fp) != (size_t)f->data_len) {
-    *err = xc_format("read error: %s", strerror(errno));
-    goto fail;
-  }
-  header[hlen] = '\0';
-
-  Json j = {header, header + hlen, NULL};
-  if (!jchar(&j, '{')) {
-    jfail(&j, "the header is not a JSON object");
-  } else if (!jchar(&j, '}')) {
+// The whole header: one object, then nothing but whitespace (the padding).
+static bool parse_header(Json *j, StFile *f) {
+  if (j->p >= j->end || *j->p != '{')
+    return jfail(j, "the header must start with '{'");
+  j->p++;
+  int cap = 0;
+  bool have_meta = false;
+  if (!jchar(j, '}')) {
     do {
-      char *key = jstring(&j);
-      if (!key || !jchar(&j, ':')) {
-        free(key);
-        jfail(&j, "expected ':'");
-        break;
-      }
+      char *key = jstring(j);
+      if (!key || !jchar(j, ':'))
+        return free(key), jfail(j, "expected ':'");
       if (!strcmp(key, "__metadata__")) {
         free(key);
-        if (!parse_meta(&j, f))
-          break;
+        if (have_meta)
+          return jfail(j, "two \"__metadata__\" keys");
+        have_meta = true;
+        if (!parse_meta(j, f))
+          return false;
         continue;
       }
-      f->e = xc_realloc(f->e, sizeof(StEntry) * (f->n + 1));
+      if (f->n == cap) {
+        cap = cap ? 2 * cap : 16;
+        f->e = xc_realloc(f->e, sizeof(StEntry) * cap);
+      }
       StEntry *e = &f->e[f->n++];
       memset(e, 0, sizeof *e);
       e->name = key;
-      if (!parse_entry(&j, e))
-        break;
-      int64_t numel = 1;
-      for (int i = 0; i < e->rank; i++)
-        numel *= e->dim[i];
-      int size = dtype_size(e->dtype);
-      if (e->begin < 0 || e->end < e->begin || e->end > f->data_len) {
-        jfail(&j,
-              xc_format("tensor '%s' has data_offsets [%lld, %lld] outside the %lld data bytes",
-                        e->name, (long long)e->begin, (long long)e->end, (long long)f->data_len));
-        break;
-      }
-      if (size && e->end - e->begin != numel * size) {
-        jfail(&j, xc_format("tensor '%s' has %lld bytes for %lld elements of %s", e->name,
-                            (long long)(e->end - e->begin), (long long)numel, e->dtype));
-        break;
-      }
-    } while (jchar(&j, ','));
-    if (!j.err && !jchar(&j, '}'))
-      jfail(&j, "expected ',' or '}'");
+      e->order = f->n - 1;
+      if (!parse_entry(j, e))
+        return false;
+    } while (jchar(j, ','));
+    if (!jchar(j, '}'))
+      return jfail(j, "expected ',' or '}'");
   }
-  if (j.err) {
-    *err = j.err;
+  jws(j);
+  if (j->p != j->end)
+    return jfail(j, "text after the header's object");
+  return true;
+}
+
+// "[2,3]" in buf (messages of a reader that returns must not leak).
+static const char *shape_text(char buf[ST_MAX_RANK * 21 + 3], const StEntry *e) {
+  int len = sprintf(buf, "[");
+  for (int i = 0; i < e->rank; i++)
+    len += sprintf(buf + len, "%s%lld", i ? "," : "", (long long)e->dim[i]);
+  sprintf(buf + len, "]");
+  return buf;
+}
+
+static int by_offset(const void *a, const void *b) {
+  const StEntry *x = a, *y = b;
+  if (x->begin != y->begin)
+    return x->begin < y->begin ? -1 : 1;
+  if (x->end != y->end)
+    return x->end < y->end ? -1 : 1;
+  return x->order - y->order;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp((*(const StEntry *const *)a)->name, (*(const StEntry *const *)b)->name);
+}
+
+// The specification's rules on the parsed header: unique names, sizes that
+// agree with dtype and shape (every product checked for overflow), and
+// data_offsets that tile the data section from 0, in order, without gaps
+// or overlaps. Sets f->data_len.
+static bool check_layout(StFile *f, char **err) {
+  char shape[ST_MAX_RANK * 21 + 3];
+  for (int i = 0; i < f->n; i++) {
+    StEntry *e = &f->e[i];
+    int64_t numel = 1, bytes;
+    for (int d = 0; d < e->rank; d++)
+      if (__builtin_mul_overflow(numel, e->dim[d], &numel))
+        return fail(err, f->path, "tensor '%s': shape %s has more elements than 64 bits count",
+                    e->name, shape_text(shape, e));
+    if (__builtin_mul_overflow(numel, (int64_t)e->size, &bytes))
+      return fail(err, f->path, "tensor '%s': %lld elements of %s are more bytes than 64 bits count",
+                  e->name, (long long)numel, e->dtype);
+    e->numel = numel;
+    if (e->end < e->begin)
+      return fail(err, f->path, "tensor '%s': data_offsets [%lld, %lld] end before they begin",
+                  e->name, (long long)e->begin, (long long)e->end);
+    if (e->end - e->begin != bytes)
+      return fail(err, f->path,
+                  "tensor '%s': data_offsets [%lld, %lld] hold %lld bytes, but shape %s of %s "
+                  "needs %lld",
+                  e->name, (long long)e->begin, (long long)e->end, (long long)(e->end - e->begin),
+                  shape_text(shape, e), e->dtype, (long long)bytes);
+  }
+  if (f->n)
+    qsort(f->e, f->n, sizeof *f->e, by_offset);
+  int64_t pos = 0;
+  for (int i = 0; i < f->n; i++) {
+    StEntry *e = &f->e[i];
+    if (e->begin != pos)
+      return fail(err, f->path,
+                  "tensor '%s': data_offsets [%lld, %lld] %s %lld (the tensors must tile the "
+                  "data section in order, from offset 0)",
+                  e->name, (long long)e->begin, (long long)e->end,
+                  e->begin < pos ? "overlap the tensor before, which ends at"
+                                 : "leave a gap after offset",
+                  (long long)pos);
+    pos = e->end;
+  }
+  f->data_len = pos;
+  f->by_name = xc_malloc(sizeof *f->by_name * (f->n ? f->n : 1));
+  for (int i = 0; i < f->n; i++)
+    f->by_name[i] = &f->e[i];
+  if (f->n)
+    qsort(f->by_name, f->n, sizeof *f->by_name, by_name);
+  for (int i = 1; i < f->n; i++)
+    if (!strcmp(f->by_name[i - 1]->name, f->by_name[i]->name))
+      return fail(err, f->path, "the name '%s' appears twice", f->by_name[i]->name);
+  return true;
+}
+
+//
+// Reading
+//
+
+// Reads up to n bytes (fewer only at the end of the input); false on an I/O
+// error, errno set.
+static bool read_some(int fd, void *buf, size_t n, int64_t at, size_t *got) {
+  *got = 0;
+  while (*got < n) {
+    ssize_t r = at >= 0 ? pread(fd, (char *)buf + *got, n - *got, at + (int64_t)*got)
+                        : read(fd, (char *)buf + *got, n - *got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      return false;
+    if (r == 0)
+      break;
+    *got += (size_t)r;
+  }
+  return true;
+}
+
+StFile *st_open(const char *path, char **err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    *err = xc_format("%s: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  return st_open_fd(fd, path, err);
+}
+
+StFile *st_open_fd(int fd, const char *path, char **err) {
+  *err = NULL;
+  StFile *f = xc_calloc(1, sizeof *f);
+  f->path = xc_strdup(path);
+  f->fd = fd;
+  char *header = NULL;
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    fail(err, path, "cannot read: %s", strerror(errno));
+    goto fail;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    fail(err, path, "is a directory, not a safetensors file");
+    goto fail;
+  }
+  // Regular files are read at offsets; anything else (a pipe, a terminal,
+  // a device) once, in order.
+  f->seekable = S_ISREG(st.st_mode);
+  uint8_t len8[8];
+  size_t got;
+  if (!read_some(fd, len8, 8, f->seekable ? 0 : -1, &got)) {
+    fail(err, path, "cannot read: %s", strerror(errno));
+    goto fail;
+  }
+  if (got < 8) {
+    fail(err, path, "not a safetensors file (%zu bytes, shorter than the header's length)", got);
+    goto fail;
+  }
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; i--)
+    hlen = hlen << 8 | len8[i];
+  if (hlen < 2 || hlen > ST_MAX_HEADER ||
+      (f->seekable && hlen > (uint64_t)st.st_size - 8)) {
+    char why[64] = "";
+    if (hlen > ST_MAX_HEADER)
+      snprintf(why, sizeof why, ", over the limit of %d", ST_MAX_HEADER);
+    else if (f->seekable && hlen > (uint64_t)st.st_size - 8)
+      snprintf(why, sizeof why, " in a file of %lld", (long long)st.st_size);
+    fail(err, path, "not a safetensors file (a header of %llu bytes%s)", (unsigned long long)hlen,
+         why);
+    goto fail;
+  }
+  f->data_start = 8 + (int64_t)hlen;
+  // A pipe's header grows as it arrives: a short input claiming a long
+  // header costs what it sends, not what it claims.
+  size_t cap = f->seekable ? hlen : hlen < 65536 ? hlen : 65536, have = 0;
+  header = xc_malloc(cap + 1);
+  while (have < hlen) {
+    if (have == cap) {
+      cap = cap * 2 < hlen ? cap * 2 : hlen;
+      header = xc_realloc(header, cap + 1);
+    }
+    if (!read_some(fd, header + have, cap - have, f->seekable ? 8 + (int64_t)have : -1, &got)) {
+      fail(err, path, "cannot read: %s", strerror(errno));
+      goto fail;
+    }
+    have += got;
+    if (got == 0)
+      break;
+  }
+  if (have < hlen) {
+    fail(err, path, "the file ends inside its header (%zu of %llu bytes)", have,
+         (unsigned long long)hlen);
+    goto fail;
+  }
+  header[hlen] = '\0';
+  Json j = {header, header + hlen, NULL};
+  if (!parse_header(&j, f)) {
+    fail(err, path, "malformed header: %s", j.err);
+    free(j.err);
+    goto fail;
+  }
+  if (!check_layout(f, err))
+    goto fail;
+  if (f->seekable && st.st_size - f->data_start != f->data_len) {
+    int64_t extra = st.st_size - f->data_start - f->data_len;
+    if (extra > 0)
+      fail(err, path, "%lld bytes after the last tensor (the header's offsets end at %lld)",
+           (long long)extra, (long long)f->data_len);
+    else
+      fail(err, path, "truncated: the tensors need %lld data bytes, the file holds %lld",
+           (long long)f->data_len, (long long)(st.st_size - f->data_start));
     goto fail;
   }
   free(header);
-  fclose(fp);
   return f;
 fail:
   free(header);
-  fclose(fp);
   st_free(f);
   return NULL;
 }
@@ -343,6 +650,8 @@ fail:
 void st_free(StFile *f) {
   if (!f)
     return;
+  if (f->fd >= 0)
+    close(f->fd);
   for (int i = 0; i < f->n; i++)
     free(f->e[i].name);
   for (int i = 0; i < f->nmeta; i++)
@@ -350,15 +659,22 @@ void st_free(StFile *f) {
   free(f->meta_key);
   free(f->meta_val);
   free(f->e);
-  free(f->data);
+  free(f->by_name);
   free(f->path);
   free(f);
 }
 
 const StEntry *st_find(const StFile *f, const char *name) {
-  for (int i = 0; i < f->n; i++)
-    if (!strcmp(f->e[i].name, name))
-      return &f->e[i];
+  int lo = 0, hi = f->by_name ? f->n : 0;
+  while (lo < hi) {
+    int mid = lo + (hi - lo) / 2, c = strcmp(f->by_name[mid]->name, name);
+    if (!c)
+      return f->by_name[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
 }
 
@@ -367,6 +683,42 @@ const char *st_meta(const StFile *f, const char *key) {
     if (!strcmp(f->meta_key[i], key))
       return f->meta_val[i];
   return NULL;
+}
+
+// Reads n bytes at offset off of the data section. A pipe moves forward
+// only: what lies before off is read and dropped.
+static bool data_read(StFile *f, int64_t off, void *dst, size_t n, char **err) {
+  size_t got;
+  if (f->seekable) {
+    if (!read_some(f->fd, dst, n, f->data_start + off, &got))
+      return fail(err, f->path, "cannot read: %s", strerror(errno));
+    if (got < n)
+      return fail(err, f->path, "the file shrank while being read");
+    return true;
+  }
+  if (off < f->pos)
+    return fail(err, f->path, "tensors of a pipe must be read in file order");
+  char skip[16384];
+  while (f->pos < off) {
+    size_t k = off - f->pos < (int64_t)sizeof skip ? (size_t)(off - f->pos) : sizeof skip;
+    if (!read_some(f->fd, skip, k, -1, &got))
+      return fail(err, f->path, "cannot read: %s", strerror(errno));
+    f->pos += got;
+    if (got < k)
+      return fail(err, f->path, "the data ends after %lld of its %lld bytes", (long long)f->pos,
+                  (long long)f->data_len);
+  }
+  if (!read_some(f->fd, dst, n, -1, &got))
+    return fail(err, f->path, "cannot read: %s", strerror(errno));
+  f->pos += got;
+  if (got < n)
+    return fail(err, f->path, "the data ends after %lld of its %lld bytes", (long long)f->pos,
+                (long long)f->data_len);
+  return true;
+}
+
+bool st_read_raw(StFile *f, const StEntry *e, void *dst, char **err) {
+  return data_read(f, e->begin, dst, (size_t)(e->end - e->begin), err);
 }
 
 static float half_to_float(uint16_t h, bool bf16) {
@@ -381,48 +733,99 @@ static float half_to_float(uint16_t h, bool bf16) {
   return (float)(h & 0x8000 ? -v : v);
 }
 
-static void copy_tensor(const StFile *f, const StEntry *e, float *dst, int64_t n) {
-  const uint8_t *src = f->data + e->begin;
-  if (!strcmp(e->dtype, "F32")) {
-    memcpy(dst, src, n * 4);
-  } else if (!strcmp(e->dtype, "F64")) {
-    for (int64_t i = 0; i < n; i++) {
-      double d;
-      memcpy(&d, src + 8 * i, 8);
-      dst[i] = (float)d;
+bool st_read_f32(StFile *f, const StEntry *e, float *dst, char **err) {
+  if (!is_float(e->dtype))
+    return fail(err, f->path, "tensor '%s' has dtype %s, not a float type", e->name, e->dtype);
+  if (!strcmp(e->dtype, "F32"))
+    return st_read_raw(f, e, dst, err);
+  // Other widths convert a chunk at a time.
+  uint8_t buf[65536];
+  int64_t per = (int64_t)sizeof buf / e->size;
+  for (int64_t i = 0; i < e->numel; i += per) {
+    int64_t k = e->numel - i < per ? e->numel - i : per;
+    if (!data_read(f, e->begin + i * e->size, buf, (size_t)(k * e->size), err))
+      return false;
+    for (int64_t x = 0; x < k; x++) {
+      if (e->size == 8) {
+        double d;
+        memcpy(&d, buf + 8 * x, 8);
+        dst[i + x] = (float)d;
+      } else {
+        dst[i + x] = half_to_float((uint16_t)(buf[2 * x] | buf[2 * x + 1] << 8),
+                                   !strcmp(e->dtype, "BF16"));
+      }
     }
-  } else {
-    bool bf16 = !strcmp(e->dtype, "BF16");
-    for (int64_t i = 0; i < n; i++)
-      dst[i] = half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8), bf16);
   }
+  return true;
 }
 
-void st_load_into(const StFile *f, float *block, const XcTensorInfo *infos, int n, bool missing_ok,
-                  const char *what) {
-  for (int i = 0; i < n; i++) {
-    const XcTensorInfo *t = &infos[i];
-    const StEntry *e = st_find(f, t->name);
-    if (!e) {
-      if (missing_ok)
-        continue;
-      xc_die("the file must hold every parameter of the model with PyTorch's state_dict names "
-             "(list them with: python3 -c \"import json,struct,sys; f=open(sys.argv[1],'rb'); "
-             "print(list(json.loads(f.read(struct.unpack('<Q',f.read(8))[0]))))\" FILE)",
-             "%s: %s '%s' (%s) is missing", f->path, what, t->name, xc_shape_str(t->rank, t->dim));
-    }
-    bool same = e->rank == t->rank;
-    for (int d = 0; same && d < t->rank; d++)
-      same = e->dim[d] == t->dim[d];
-    if (!same)
-      xc_die("the weights were saved from a different model; check the layer sizes in the YAML",
-             "%s: '%s' has shape %s, but the model's %s is %s", f->path, t->name,
-             xc_shape_str(e->rank, e->dim), what, xc_shape_str(t->rank, t->dim));
-    if (!dtype_size(e->dtype) || !is_float(e->dtype))
-      xc_die("save the tensors as float32 (tensor.float())", "%s: '%s' has dtype %s", f->path,
-             t->name, e->dtype);
-    copy_tensor(f, e, block + t->offset, xc_numel(t));
+bool st_finish(StFile *f, char **err) {
+  if (f->seekable)
+    return true;
+  char skip[16384];
+  size_t got;
+  while (f->pos < f->data_len) {
+    int64_t left = f->data_len - f->pos;
+    size_t k = left < (int64_t)sizeof skip ? (size_t)left : sizeof skip;
+    if (!read_some(f->fd, skip, k, -1, &got))
+      return fail(err, f->path, "cannot read: %s", strerror(errno));
+    f->pos += got;
+    if (got < k)
+      return fail(err, f->path, "the data ends after %lld of its %lld bytes", (long long)f->pos,
+                  (long long)f->data_len);
   }
+  if (!read_some(f->fd, skip, 1, -1, &got))
+    return fail(err, f->path, "cannot read: %s", strerror(errno));
+  if (got)
+    return fail(err, f->path, "bytes after the last tensor (the header's offsets end at %lld)",
+                (long long)f->data_len);
+  return true;
+}
+
+static int by_entry(const void *a, const void *b) {
+  const StEntry *x = ((const StLoad *)a)->e, *y = ((const StLoad *)b)->e;
+  return x < y ? -1 : x > y;
+}
+
+bool st_load(StFile *f, StLoad *l, int n, char **err) {
+  if (n)
+    qsort(l, n, sizeof *l, by_entry); // f->e is in file order
+  for (int i = 0; i < n; i++)
+    if (!(l[i].f32 ? st_read_f32(f, l[i].e, l[i].f32, err) : st_read_raw(f, l[i].e, l[i].raw, err)))
+      return false;
+  return st_finish(f, err);
+}
+
+// The file's entry for model tensor t, checked against it; dies naming the
+// file when it is missing, of another shape, or not floats.
+static const StEntry *want(const StFile *f, const XcTensorInfo *t, const char *what) {
+  const StEntry *e = st_find(f, t->name);
+  if (!e)
+    xc_die("the file must hold every parameter of the model with PyTorch's state_dict names "
+           "(list them with: python3 -c \"import json,struct,sys; f=open(sys.argv[1],'rb'); "
+           "print(list(json.loads(f.read(struct.unpack('<Q',f.read(8))[0]))))\" FILE)",
+           "%s: %s '%s' (%s) is missing", f->path, what, t->name, xc_shape_str(t->rank, t->dim));
+  bool same = e->rank == t->rank;
+  for (int d = 0; same && d < t->rank; d++)
+    same = e->dim[d] == t->dim[d];
+  if (!same)
+    xc_die("the weights were saved from a different model; check the layer sizes in the YAML",
+           "%s: '%s' has shape %s, but the model's %s is %s", f->path, t->name,
+           xc_shape_str(e->rank, e->dim), what, xc_shape_str(t->rank, t->dim));
+  if (!is_float(e->dtype))
+    xc_die("save the tensors as float32 (tensor.float())", "%s: '%s' has dtype %s", f->path,
+           t->name, e->dtype);
+  return e;
+}
+
+void st_load_into(StFile *f, float *block, const XcTensorInfo *infos, int n, const char *what) {
+  StLoad *l = xc_malloc(sizeof *l * (n ? n : 1));
+  for (int i = 0; i < n; i++)
+    l[i] = (StLoad){want(f, &infos[i], what), block + infos[i].offset, NULL};
+  char *err;
+  if (!st_load(f, l, n, &err))
+    xc_die("the file is damaged; write it again", "%s", err);
+  free(l);
 }
 
 //
@@ -443,10 +846,20 @@ static void put_json_string(FILE *fp, const char *s) {
   fputc('"', fp);
 }
 
-bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta) {
+static int64_t tensor_numel(const StTensor *t) {
+  int64_t numel = 1;
+  for (int d = 0; d < t->rank; d++)
+    numel *= t->dim[d];
+  return numel;
+}
+
+bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, StSink sink,
+               void *ctx) {
   char *header;
   size_t hlen;
   FILE *h = open_memstream(&header, &hlen);
+  if (!h)
+    xc_die(NULL, "out of memory");
   fputc('{', h);
   if (nmeta) {
     fputs("\"__metadata__\":{", h);
@@ -465,54 +878,43 @@ bool st_write(const char *path, const StTensor *t, int n, const char *const *met
       fputc(',', h);
     put_json_string(h, t[i].name);
     fprintf(h, ":{\"dtype\":\"%s\",\"shape\":[", t[i].i64 ? "I64" : "F32");
-    int64_t numel = 1, size = t[i].i64 ? 8 : 4;
-    for (int d = 0; d < t[i].rank; d++) {
+    for (int d = 0; d < t[i].rank; d++)
       fprintf(h, "%s%lld", d ? "," : "", (long long)t[i].dim[d]);
-      numel *= t[i].dim[d];
-    }
-    fprintf(h, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + size * numel));
-    off += size * numel;
+    int64_t bytes = tensor_numel(&t[i]) * (t[i].i64 ? 8 : 4);
+    fprintf(h, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + bytes));
+    off += bytes;
   }
   fputc('}', h);
   // Pad with spaces so the data starts 8-byte aligned, as the reference
   // implementation does.
   while ((8 + ftell(h)) % 8)
     fputc(' ', h);
-  fclose(h);
-
-  char *tmp = xc_format("%s.tmp.%d", path, (int)getpid());
-  FILE *fp = fopen(tmp, "wb");
-  if (!fp) {
-    int e = errno;
-    free(header), free(tmp);
-    errno = e;
-    return false;
-  }
+  if (fclose(h) != 0)
+    xc_die(NULL, "out of memory");
   uint8_t len8[8];
   for (int i = 0; i < 8; i++)
     len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-  bool ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(header, 1, hlen, fp) == hlen;
+  bool ok = sink(ctx, len8, 8) && sink(ctx, header, hlen);
   for (int i = 0; ok && i < n; i++) {
-    int64_t numel = 1;
-    for (int d = 0; d < t[i].rank; d++)
-      numel *= t[i].dim[d];
-    ok = t[i].i64 ? fwrite(t[i].i64, 8, numel, fp) == (size_t)numel
-                  : fwrite(t[i].data, 4, numel, fp) == (size_t)numel;
-  }
-  ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
-  int e = errno;
-  ok = (fclose(fp) == 0) && ok;
-  if (ok && rename(tmp, path) != 0) {
-    e = errno;
-    ok = false;
-  }
-  if (!ok) {
-    unlink(tmp);
-  } else {
-    xc_sync_dir_of(path); // the rename itself durable
+    int64_t numel = tensor_numel(&t[i]);
+    ok = t[i].i64 ? sink(ctx, t[i].i64, (size_t)numel * 8) : sink(ctx, t[i].data, (size_t)numel * 4);
   }
   free(header);
-  free(tmp);
+  return ok;
+}
+
+static bool out_sink(void *ctx, const void *p, size_t n) { return xc_out_write(ctx, p, n); }
+
+bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta) {
+  XcOutFile *o = xc_out_create(path);
+  if (!o)
+    return false;
+  bool ok = st_encode(t, n, meta_kv, nmeta, out_sink, o) && xc_out_close(o) &&
+            xc_out_rename(o, path);
+  int e = errno;
+  xc_out_free(o);
+  if (ok)
+    xc_sync_dir_of(path); // the rename itself durable
   errno = e;
   return ok;
 }
@@ -521,9 +923,8 @@ static StTensor tensor_of(const XcTensorInfo *t, const float *block) {
   return (StTensor){t->name, t->rank, t->dim, block + t->offset, NULL};
 }
 
-void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
-                     const int64_t *counters) {
-  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + m->ncounters + 1));
+int xc_weight_tensors(const XcModel *m, const float *params, const float *state,
+                      const int64_t *counters, StTensor *t) {
   int n = 0;
   for (int i = 0; i < m->nparams; i++)
     t[n++] = tensor_of(&m->params[i], params);
@@ -533,6 +934,13 @@ void xc_save_weights(const char *path, const XcModel *m, const float *params, co
   // As PyTorch's state_dict: int64 scalars, after the layer's other buffers.
   for (int i = 0; counters && i < m->ncounters; i++)
     t[n++] = (StTensor){m->counter_names[i], 0, NULL, NULL, &counters[i]};
+  return n;
+}
+
+void xc_save_weights(const char *path, const XcModel *m, const float *params, const float *state,
+                     const int64_t *counters) {
+  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + m->ncounters + 1));
+  int n = xc_weight_tensors(m, params, state, counters, t);
   const char *meta[] = {"format", "pt", "model", m->name};
   if (!st_write(path, t, n, meta, 2))
     xc_die("check that the directory exists and is writable", "cannot write weights to %s: %s",
@@ -540,50 +948,38 @@ void xc_save_weights(const char *path, const XcModel *m, const float *params, co
   free(t);
 }
 
-void xc_save_optimizer(const char *path, const XcModel *m, const float *state, int step, int epoch,
-                       int iter, int opt_step) {
-  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nstates + 1));
-  int n = 0;
-  for (int i = 0; i < m->nstates; i++)
-    if (xc_is_optimizer_state(m, &m->states[i]))
-      t[n++] = tensor_of(&m->states[i], state);
-  // epoch: complete epochs; iter: batches done in the next one.
-  // opt_step: updates applied (steps skipped for a non-finite gradient do
-  // not count), the optimizer's own step number.
-  char *s = xc_format("%d", step), *e = xc_format("%d", epoch), *it = xc_format("%d", iter);
-  char *os = xc_format("%d", opt_step);
-  const char *meta[] = {"format", "pt", "model", m->name, "step", s, "epoch", e, "iter", it,
-                        "opt_step", os};
-  if (!st_write(path, t, n, meta, 6))
-    xc_die("check that the directory exists and is writable",
-           "cannot write optimizer state to %s: %s", path, strerror(errno));
-  free(s), free(e), free(it), free(os), free(t);
-}
-
 // An int64 buffer (num_batches_tracked) as PyTorch writes it; other integer
 // or float dtypes holding a whole number are taken too.
-static int64_t load_counter(const StFile *f, const StEntry *e) {
-  int64_t numel = 1;
-  for (int d = 0; d < e->rank; d++)
-    numel *= e->dim[d];
-  const uint8_t *p = f->data + e->begin;
-  if (numel != 1 || !dtype_size(e->dtype))
+static void check_counter(const StFile *f, const StEntry *e) {
+  bool integer = !strcmp(e->dtype, "I64") || !strcmp(e->dtype, "I32");
+  if (e->numel != 1 || !(integer || is_float(e->dtype)))
     xc_die("it is a batch norm's count of training batches: a single integer",
-           "%s: '%s' has %lld elements of %s", f->path, e->name, (long long)numel, e->dtype);
+           "%s: '%s' has %lld elements of %s", f->path, e->name, (long long)e->numel, e->dtype);
+}
+
+static int64_t counter_value(const StFile *f, const StEntry *e, const uint8_t *p) {
   if (!strcmp(e->dtype, "I64") || !strcmp(e->dtype, "I32")) {
     int64_t v = 0;
-    for (int b = dtype_size(e->dtype) - 1; b >= 0; b--)
+    for (int b = e->size - 1; b >= 0; b--)
       v = (int64_t)((uint64_t)v << 8 | p[b]);
-    if (!strcmp(e->dtype, "I32"))
+    if (e->size == 4)
       v = (int32_t)v;
     if (v < 0)
       xc_die("it counts training batches; save it from a model's state_dict",
              "%s: '%s' is %lld, a negative count", f->path, e->name, (long long)v);
     return v;
   }
-  float x;
-  copy_tensor(f, e, &x, 1);
-  if (!(x >= 0 && x == (float)(int64_t)x))
+  double x;
+  if (e->size == 8) {
+    memcpy(&x, p, 8);
+  } else if (e->size == 4) {
+    float v;
+    memcpy(&v, p, 4);
+    x = v;
+  } else {
+    x = half_to_float((uint16_t)(p[0] | p[1] << 8), !strcmp(e->dtype, "BF16"));
+  }
+  if (!(x >= 0 && x < 9.2e18 && x == (double)(int64_t)x))
     xc_die("it counts training batches; save it from a model's state_dict",
            "%s: '%s' is %g, not a count", f->path, e->name, x);
   return (int64_t)x;
@@ -592,51 +988,67 @@ static int64_t load_counter(const StFile *f, const StEntry *e) {
 void xc_load_weights(const char *path, const XcModel *m, float *params, float *state,
                      int64_t *counters) {
   char *err;
-  StFile *f = st_read(path, &err);
+  StFile *f = st_open(path, &err);
   if (!f)
-    xc_die(xc_is_file(path) ? "the file must be a safetensors file (safetensors.torch.save_file)"
-                            : "give the weights file a training run wrote (--save)",
-           "%s: %s", path, err);
-  st_load_into(f, params, m->params, m->nparams, false, "parameter");
+    xc_die(xc_is_file(path) || !access(path, F_OK)
+               ? "the file must be a safetensors file (safetensors.torch.save_file)"
+               : "give the weights file a training run wrote (--save)",
+           "%s", err);
+  StLoad *l = xc_malloc(sizeof *l * (m->nparams + m->nstates + m->ncounters + 1));
+  uint8_t(*raw)[8] = xc_calloc(m->ncounters + 1, 8);
+  int n = 0;
+  for (int i = 0; i < m->nparams; i++)
+    l[n++] = (StLoad){want(f, &m->params[i], "parameter"), params + m->params[i].offset, NULL};
   // Model buffers (running statistics) load when present; a PyTorch model
   // without them has nothing to give.
-  int known = m->nparams;
   for (int i = 0; i < m->nstates; i++) {
     const XcTensorInfo *t = &m->states[i];
     if (xc_is_optimizer_state(m, t))
       continue;
-    if (st_find(f, t->name)) {
-      st_load_into(f, state, t, 1, false, "buffer");
-      known++;
-    } else {
+    if (st_find(f, t->name))
+      l[n++] = (StLoad){want(f, t, "buffer"), state + t->offset, NULL};
+    else
       xc_warn(NULL, "%s: buffer '%s' is missing; keeping its initial value", path, t->name);
+  }
+  const StEntry **ce = xc_calloc(m->ncounters + 1, sizeof *ce);
+  for (int i = 0; i < m->ncounters; i++) {
+    ce[i] = st_find(f, m->counter_names[i]);
+    if (ce[i]) {
+      check_counter(f, ce[i]);
+      l[n++] = (StLoad){ce[i], NULL, raw[i]};
     }
   }
-  for (int i = 0; i < m->ncounters; i++) {
-    const StEntry *e = st_find(f, m->counter_names[i]);
-    if (e) {
-      int64_t v = load_counter(f, e);
+  int known = n;
+  if (!st_load(f, l, n, &err))
+    xc_die("the file is damaged; write it again", "%s", err);
+  for (int i = 0; i < m->ncounters; i++)
+    if (ce[i]) {
+      int64_t v = counter_value(f, ce[i], raw[i]);
       if (counters)
         counters[i] = v;
-      known++;
+    }
+  // Name a few tensors the model does not have (the file's names are
+  // unique, so the extras are f->n - known).
+  int extra = f->n - known, named = 0;
+  for (int i = 0; i < f->n && named < 5 && named < extra; i++) {
+    const char *name = f->e[i].name;
+    bool found = false;
+    for (int p = 0; p < m->nparams && !found; p++)
+      found = !strcmp(name, m->params[p].name);
+    for (int s = 0; s < m->nstates && !found; s++)
+      found = !strcmp(name, m->states[s].name) && !xc_is_optimizer_state(m, &m->states[s]);
+    for (int c = 0; c < m->ncounters && !found; c++)
+      found = !strcmp(name, m->counter_names[c]);
+    if (!found) {
+      xc_warn("extra tensors are ignored", "%s: '%s' is not a tensor of model '%s'", path, name,
+              m->name);
+      named++;
     }
   }
-  if (f->n > known) {
-    int extra = 0;
-    for (int i = 0; i < f->n; i++) {
-      bool found = false;
-      for (int p = 0; p < m->nparams && !found; p++)
-        found = !strcmp(f->e[i].name, m->params[p].name);
-      for (int s = 0; s < m->nstates && !found; s++)
-        found = !strcmp(f->e[i].name, m->states[s].name);
-      for (int c = 0; c < m->ncounters && !found; c++)
-        found = !strcmp(f->e[i].name, m->counter_names[c]);
-      if (!found && extra++ < 5)
-        xc_warn("extra tensors are ignored", "%s: '%s' is not a tensor of model '%s'", path,
-                f->e[i].name, m->name);
-    }
-    if (extra > 5)
-      xc_warn(NULL, "%s: %d more unknown tensors", path, extra - 5);
-  }
+  if (extra > named)
+    xc_warn(NULL, "%s: %d more unknown tensors", path, extra - named);
+  free(l);
+  free(raw);
+  free(ce);
   st_free(f);
 }

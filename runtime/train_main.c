@@ -70,9 +70,9 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     train.drop_last; default: %s)\n"
       "  --threads T        OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
       "  --init W           start from these weights (safetensors, PyTorch state_dict names)\n"
-      "  --save W           final weights (default %s); the optimizer state goes to\n"
-      "                     W without .safetensors + .optim.safetensors; both are written\n"
-      "                     after every epoch\n"
+      "  --save W           final weights (default %s); the optimizer state and the\n"
+      "                     progress go to W without .safetensors + .optim.safetensors;\n"
+      "                     both are written after every epoch, together\n"
       "  --resume           continue from the last epoch checkpoint at --save\n"
       "  --log FILE.csv     one row per step: step,epoch,loss,lr\n"
       "  --eval-data PATH   data for the evaluation after each epoch (default: the held-out\n"
@@ -291,29 +291,16 @@ int xc_train_main(int argc, char **argv) {
   int64_t step = 0, opt_step = 0;
   if (init)
     xc_load_weights(init, m, params, state, counters);
+  // Checkpoints (checkpoint.c): finish or clear what an interrupted save
+  // left, then --resume from a pair that belongs together.
+  xc_ckpt_tidy(save, optim_path);
+  XcProgress resumed = {0};
   if (resume) {
-    if (!xc_is_file(save) || !xc_is_file(optim_path))
-      xc_die("train without --resume first; checkpoints are written after every epoch",
-             "--resume: no checkpoint %s with %s", save, optim_path);
-    xc_load_weights(save, m, params, state, counters);
-    char *err;
-    StFile *f = st_read(optim_path, &err);
-    if (!f)
-      xc_die("delete it and train from the start, or restore it from a backup", "%s: %s",
-             optim_path, err);
-    for (int i = 0; i < m->nstates; i++)
-      if (xc_is_optimizer_state(m, &m->states[i]))
-        st_load_into(f, state, &m->states[i], 1, false, "optimizer state");
-    const char *s = st_meta(f, "step"), *e = st_meta(f, "epoch");
-    if (!s || !e)
-      xc_die("the file was not written by a training run", "%s: no step and epoch in its metadata",
-             optim_path);
-    step = atoll(s);
-    first_epoch = atoi(e);
-    const char *it = st_meta(f, "iter"), *os = st_meta(f, "opt_step");
-    skip_iters = it ? atoi(it) : 0;
-    opt_step = os ? atoll(os) : step;
-    st_free(f);
+    resumed = xc_ckpt_resume(save, optim_path, m, params, state, counters);
+    step = resumed.step;
+    first_epoch = (int)resumed.epoch;
+    skip_iters = (int)resumed.iter;
+    opt_step = resumed.opt_step;
   }
 
   double t_load = xc_now();
@@ -337,6 +324,8 @@ int xc_train_main(int argc, char **argv) {
   Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed,
                                 first_epoch, end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
+  if (resume)
+    xc_ckpt_check_data(optim_path, resumed, per_epoch, d->path);
   // The schedule's length: one-cycle anneals over the whole run unless the
   // YAML gives total_steps, which the run must not exceed (PyTorch raises).
   const XcSchedule *sched = &m->schedule;
@@ -462,8 +451,8 @@ int xc_train_main(int argc, char **argv) {
       // Checkpoint, evaluate, record.
       running = 0;
       check_weights_finite(m, params, state, save, step, last_saved_epoch);
-      xc_save_weights(save, m, params, state, counters);
-      xc_save_optimizer(optim_path, m, state, (int)step, b.epoch + 1, 0, (int)opt_step);
+      xc_ckpt_save(save, optim_path, m, params, state, counters,
+                   (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step});
       last_saved_epoch = b.epoch + 1;
       double acc = NAN;
       if (eval_each_epoch && xc_forward && !stopped) {
@@ -523,8 +512,8 @@ int xc_train_main(int argc, char **argv) {
   // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has.
   if (epoch_steps || step == start_step) {
     check_weights_finite(m, params, state, save, step, last_saved_epoch);
-    xc_save_weights(save, m, params, state, counters);
-    xc_save_optimizer(optim_path, m, state, (int)step, last_epoch, last_iter, (int)opt_step);
+    xc_ckpt_save(save, optim_path, m, params, state, counters,
+                 (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step});
   }
   if (skipped)
     xc_warn("lower the learning rate (--lr) or check the data",
