@@ -1,0 +1,1371 @@
+// The rules of every op, for now in this one file, one section per family of
+// ops; each section moves to a file of its own (ir/ops/FAMILY.c).
+#include "ops.h"
+#include "dropout_hash.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+//
+// source.c
+//
+// Sources and moves: the values that come from outside the graph (input,
+// param, state), constants, dropout's mask, and the ops that only move values
+// around (reshape, assign). Only reshape carries a gradient.
+
+// --- input, param, state: fed by the caller ----------------------------------------
+//
+// Their type is declared by the builder; eval_graph's caller gives the value.
+
+static const char *shape_declared(const Node *n, Type *out) {
+  *out = n->type;
+  return NULL;
+}
+
+static void eval_fed(const Node *n, Tensor *out, Tensor **in) {
+  const Tensor *src = in[0];
+  const char *name = n->name ? n->name : "(unnamed)";
+  if (!type_eq(&src->type, &n->type))
+    fatal("eval_graph: source %%%s is %s but the tensor given is %s", name, type_str(&n->type),
+          type_str(&src->type));
+  if (n->type.dtype == DT_F32 ? !src->f : !src->i)
+    fatal("eval_graph: no data given for source %%%s", name);
+  if (n->type.dtype == DT_F32)
+    memcpy(out->f, src->f, type_numel(&n->type) * sizeof(float));
+  else
+    memcpy(out->i, src->i, type_numel(&n->type) * sizeof(int32_t));
+}
+
+const OpRules rules_input = {.shape = shape_declared, .eval = eval_fed};
+const OpRules rules_param = {.shape = shape_declared, .eval = eval_fed};
+const OpRules rules_state = {.shape = shape_declared, .eval = eval_fed};
+
+// --- const: one value fills the tensor, else one value per element --------------------
+
+static const char *shape_const(const Node *n, Type *out) {
+  const Type *declared = &n->type;
+  const Attr *v = node_attr(n, "value");
+  if (declared->dtype != DT_F32)
+    FAIL("constants must be f32");
+  if (v->n != 1 && v->n != type_numel(declared))
+    FAIL("constant of type %s needs 1 or %lld values, got %d", type_str(declared),
+         (long long)type_numel(declared), v->n);
+  *out = *declared;
+  return NULL;
+}
+
+static void eval_const(const Node *n, Tensor *out, Tensor **in) {
+  const Attr *v = node_attr(n, "value");
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)v->floats[v->n == 1 ? 0 : i];
+}
+
+const OpRules rules_const = {.shape = shape_const, .eval = eval_const};
+
+// --- The moves: reshape and assign copy their (last) operand ---------------------------
+
+static void eval_copy(const Node *n, Tensor *out, Tensor **in) {
+  if (out->type.dtype == DT_F32)
+    memcpy(out->f, in[n->nin - 1]->f, numel(out) * sizeof(float));
+  else
+    memcpy(out->i, in[n->nin - 1]->i, numel(out) * sizeof(int32_t));
+}
+
+// reshape: to the node's declared type, with the same element count.
+static const char *shape_reshape(const Node *n, Type *out) {
+  const Type *declared = &n->type;
+  if (type_numel(declared) != type_numel(T(n, 0)) || declared->dtype != T(n, 0)->dtype)
+    FAIL("cannot reshape %s to %s: element counts differ", type_str(T(n, 0)),
+         type_str(declared));
+  *out = *declared;
+  return NULL;
+}
+
+// dx = dy reshaped back to x's type.
+static void grad_reshape(AD *ad, Node *n, Node *dy) {
+  Node *x = n->in[0];
+  Node *r = grad_op(ad, OP_reshape, n, 1, (Node *[]){dy});
+  r->type = x->type;
+  accumulate(ad, x, done(r));
+}
+
+const OpRules rules_reshape = {.shape = shape_reshape, .eval = eval_copy, .grad = grad_reshape};
+
+// assign (target, value): the target, a param or state, holds value after the step.
+// Optimizer updates: no gradient flows through them.
+static const char *shape_assign(const Node *n, Type *out) {
+  if (n->in[0]->op != OP_param && n->in[0]->op != OP_state)
+    FAIL("assign target must be a param or state, got %s", op_info(n->in[0]->op)->name);
+  CHECK(want_same(n, 0, 1));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+const OpRules rules_assign = {.shape = shape_assign, .eval = eval_copy, .no_grad = true};
+
+// --- dropout_mask (step, seed): 0 or 1/(1-p) per element ----------------------------------
+//
+// A hash of (seed, salt, step, index) from dropout_hash.h, the same in the
+// generated code. The mask is a constant of the step: no gradient flows into it.
+
+static const char *shape_dropout_mask(const Node *n, Type *out) {
+  CHECK(want_scalar(n, 0, DT_I32, "step"));
+  CHECK(want_scalar(n, 1, DT_I32, "seed"));
+  double p = node_float(n, "p");
+  if (!(p >= 0.0 && p < 1.0))
+    FAIL("dropout probability must be in [0, 1), got %g", p);
+  if (n->type.dtype != DT_F32)
+    FAIL("dropout mask must be f32");
+  *out = n->type;
+  return NULL;
+}
+
+static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
+  double p = node_float(n, "p");
+  uint32_t threshold = dropout_threshold(p);
+  uint32_t key =
+      dropout_key((uint32_t)in[1]->i[0], (uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
+  float scale = (float)(1.0 / (1.0 - p));
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = dropout_bits(key, (uint32_t)i) >= threshold ? scale : 0.0f;
+}
+
+const OpRules rules_dropout_mask = {
+    .shape = shape_dropout_mask, .eval = eval_dropout_mask, .no_grad = true};
+
+//
+// elementwise.c
+//
+// Elementwise arithmetic on tensors of one shape: add, mul, scale by a
+// constant, and ema, the running-statistics update of batch norm. The result
+// is computed in double from the float operands and rounded once.
+
+// --- add (a, b) -> a + b: the gradient flows to both unchanged ----------------------------
+
+static void eval_add(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f, *b = in[1]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)((double)a[i] + b[i]);
+}
+
+static void grad_add(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], dy);
+  accumulate(ad, n->in[1], dy);
+}
+
+const OpRules rules_add = {.shape = shape_binary, .eval = eval_add, .grad = grad_add};
+
+// --- mul (a, b) -> a * b: da = dy * b, db = dy * a -------------------------------------------
+
+static void eval_mul(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f, *b = in[1]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)((double)a[i] * b[i]);
+}
+
+static void grad_mul(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  if (needs_grad(ad, x[0]))
+    accumulate(ad, x[0], done(node_build(ad->g, OP_mul, n->loc, 2, dy, x[1])));
+  if (needs_grad(ad, x[1]))
+    accumulate(ad, x[1], done(node_build(ad->g, OP_mul, n->loc, 2, dy, x[0])));
+}
+
+const OpRules rules_mul = {.shape = shape_binary, .eval = eval_mul, .grad = grad_mul};
+
+// --- scale (x) -> factor * x: dx = factor * dy ------------------------------------------------
+
+static void eval_scale(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f;
+  double factor = node_float(n, "factor");
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)(factor * a[i]);
+}
+
+static void grad_scale(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], done(grad_op(ad, OP_scale, n, 1, (Node *[]){dy})));
+}
+
+const OpRules rules_scale = {.shape = shape_unary, .eval = eval_scale, .grad = grad_scale};
+
+// --- ema (old, new) -> (1 - momentum) * old + momentum * new ---------------------------------
+//
+// Batch norm's running statistics, updated under no_grad as in PyTorch.
+
+static void eval_ema(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f, *b = in[1]->f;
+  double m = node_float(n, "momentum");
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)((1.0 - m) * a[i] + m * b[i]);
+}
+
+const OpRules rules_ema = {.shape = shape_binary, .eval = eval_ema, .no_grad = true};
+
+//
+// activation.c
+//
+// Activations: relu and sigmoid elementwise, softmax and log_softmax over dim 1
+// of [N,C], and their gradients. Each gradient reads the forward output y
+// rather than the input, as PyTorch's do: it is at hand and says enough.
+
+// --- relu: NaN propagates, as in torch.relu -----------------------------------------------
+
+static void eval_relu(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)(a[i] > 0 || isnan(a[i]) ? a[i] : 0.0);
+}
+
+// dx = relu_grad(dy, y): the output's sign is the input's, and the output is at hand.
+static void grad_relu(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], done(grad_op(ad, OP_relu_grad, n, 2, (Node *[]){dy, n})));
+}
+
+const OpRules rules_relu = {.shape = shape_unary, .eval = eval_relu, .grad = grad_relu};
+
+// --- relu_grad (dy, y) -> dy * (y > 0) ------------------------------------------------------
+//
+// The output is positive exactly where the input was.
+
+static void eval_relu_grad(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f, *b = in[1]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)(b[i] > 0 ? a[i] : 0.0);
+}
+
+const OpRules rules_relu_grad = {.shape = shape_binary, .eval = eval_relu_grad};
+
+// --- sigmoid ----------------------------------------------------------------------------
+
+static void eval_sigmoid(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)sigmoid(a[i]);
+}
+
+// dx = sigmoid_grad(dy, y)
+static void grad_sigmoid(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], done(grad_op(ad, OP_sigmoid_grad, n, 2, (Node *[]){dy, n})));
+}
+
+const OpRules rules_sigmoid = {.shape = shape_unary, .eval = eval_sigmoid, .grad = grad_sigmoid};
+
+// --- sigmoid_grad (dy, y) -> dy * y * (1 - y) -------------------------------------------------
+
+static void eval_sigmoid_grad(const Node *n, Tensor *out, Tensor **in) {
+  const float *a = in[0]->f, *b = in[1]->f;
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)((double)a[i] * b[i] * (1.0 - b[i]));
+}
+
+const OpRules rules_sigmoid_grad = {.shape = shape_binary, .eval = eval_sigmoid_grad};
+
+// --- softmax and log_softmax over dim 1 of [N,C] --------------------------------------------
+
+static const char *shape_softmax(const Node *n, Type *out) {
+  CHECK(want_rank(n, 0, 2, "input"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+// softmax = exp(x - lse), log_softmax = x - lse, lse = logsumexp of the row.
+static void eval_softmax(const Node *n, Tensor *out, Tensor **in) {
+  int64_t N = in[0]->type.dim[0], C = in[0]->type.dim[1];
+  for (int64_t i = 0; i < N; i++) {
+    const float *x = in[0]->f + i * C;
+    double lse = logsumexp(x, C);
+    for (int64_t c = 0; c < C; c++)
+      out->f[i * C + c] = (float)(n->op == OP_softmax ? exp(x[c] - lse) : x[c] - lse);
+  }
+}
+
+// dx = softmax_grad(dy, y)
+static void grad_softmax(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], done(grad_op(ad, OP_softmax_grad, n, 2, (Node *[]){dy, n})));
+}
+
+const OpRules rules_softmax = {.shape = shape_softmax, .eval = eval_softmax, .grad = grad_softmax};
+
+// dx = log_softmax_grad(dy, y)
+static void grad_log_softmax(AD *ad, Node *n, Node *dy) {
+  accumulate(ad, n->in[0], done(grad_op(ad, OP_log_softmax_grad, n, 2, (Node *[]){dy, n})));
+}
+
+const OpRules rules_log_softmax = {.shape = shape_softmax, .eval = eval_softmax,
+                                   .grad = grad_log_softmax};
+
+// --- softmax_grad and log_softmax_grad ---------------------------------------------------------
+//
+// softmax_grad:     (dy, y) -> y * (dy - sum(dy * y))
+// log_softmax_grad: (dy, y) -> dy - exp(y) * sum(dy)
+
+static void eval_softmax_grad(const Node *n, Tensor *out, Tensor **in) {
+  int64_t N = in[0]->type.dim[0], C = in[0]->type.dim[1];
+  for (int64_t i = 0; i < N; i++) {
+    const float *dy = in[0]->f + i * C, *y = in[1]->f + i * C;
+    double s = 0;
+    for (int64_t c = 0; c < C; c++)
+      s += n->op == OP_softmax_grad ? (double)dy[c] * y[c] : dy[c];
+    for (int64_t c = 0; c < C; c++)
+      out->f[i * C + c] =
+          (float)(n->op == OP_softmax_grad ? y[c] * (dy[c] - s) : dy[c] - exp(y[c]) * s);
+  }
+}
+
+const OpRules rules_softmax_grad = {.shape = shape_binary, .eval = eval_softmax_grad};
+const OpRules rules_log_softmax_grad = {.shape = shape_binary, .eval = eval_softmax_grad};
+
+//
+// conv.c
+//
+// Convolution, nn.Conv2d's: x[N,C,H,W] * w[O,C,KH,KW] (+ b[O]) -> y[N,O,HO,WO],
+// and its two gradients, conv2d_grad_input and conv2d_grad_weight (the bias's
+// is bias_grad, in batchnorm.c with the other per-channel sums).
+
+// The shape rule the three share: y's type from x's and w's.
+static const char *conv_rule(const Node *n, const Type *x, const Type *w, Type *out) {
+  CHECK(want_pair(n, "stride", 1));
+  CHECK(want_pair(n, "padding", 0));
+  if (x->rank != 4 || x->dtype != DT_F32)
+    FAIL("input must be an f32 [N,C,H,W] tensor, got %s", type_str(x));
+  if (w->rank != 4 || w->dtype != DT_F32)
+    FAIL("weight must be an f32 [O,C,KH,KW] tensor, got %s", type_str(w));
+  if (w->dim[1] != x->dim[1])
+    FAIL("weight expects %lld input channels but the input has %lld", (long long)w->dim[1],
+         (long long)x->dim[1]);
+  const int64_t *s = node_attr(n, "stride")->ints, *p = node_attr(n, "padding")->ints;
+  int64_t d[4] = {x->dim[0], w->dim[0], 0, 0};
+  CHECK(window_out(x->dim[2], w->dim[2], s[0], p[0], &d[2], "height"));
+  CHECK(window_out(x->dim[3], w->dim[3], s[1], p[1], &d[3], "width"));
+  *out = type_make(DT_F32, 4, d);
+  return NULL;
+}
+
+// y[n,o,oh,ow] = b[o] + sum_{c,kh,kw} x[n,c,oh*sh-ph+kh, ow*sw-pw+kw] * w[o,c,kh,kw],
+// reading zeros outside x. The two gradients visit the same index pairs.
+
+typedef struct {
+  int64_t n, c, h, w;    // x
+  int64_t o, kh, kw;     // w
+  int64_t ho, wo;        // y
+  int64_t sh, sw, ph, pw;
+} ConvDims;
+
+static ConvDims conv_dims(const Type *x, const Type *w, const Type *y, const Node *n) {
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  return (ConvDims){x->dim[0], x->dim[1], x->dim[2], x->dim[3], w->dim[0], w->dim[2], w->dim[3],
+                    y->dim[2],  y->dim[3],  s[0],      s[1],      p[0],      p[1]};
+}
+
+#define X_AT(d, n_, c_, h_, w_) ((((n_) * (d).c + (c_)) * (d).h + (h_)) * (d).w + (w_))
+#define W_AT(d, o_, c_, h_, w_) ((((o_) * (d).c + (c_)) * (d).kh + (h_)) * (d).kw + (w_))
+#define Y_AT(d, n_, o_, h_, w_) ((((n_) * (d).o + (o_)) * (d).ho + (h_)) * (d).wo + (w_))
+
+// Calls body(xi, wi, yi) for every multiply of the convolution.
+#define CONV_LOOP(d, body)                                                                         \
+  for (int64_t n_ = 0; n_ < (d).n; n_++)                                                           \
+    for (int64_t o_ = 0; o_ < (d).o; o_++)                                                         \
+      for (int64_t oh_ = 0; oh_ < (d).ho; oh_++)                                                   \
+        for (int64_t ow_ = 0; ow_ < (d).wo; ow_++)                                                 \
+          for (int64_t c_ = 0; c_ < (d).c; c_++)                                                   \
+            for (int64_t kh_ = 0; kh_ < (d).kh; kh_++)                                             \
+              for (int64_t kw_ = 0; kw_ < (d).kw; kw_++) {                                         \
+                int64_t ih_ = oh_ * (d).sh - (d).ph + kh_, iw_ = ow_ * (d).sw - (d).pw + kw_;      \
+                if (ih_ < 0 || ih_ >= (d).h || iw_ < 0 || iw_ >= (d).w)                            \
+                  continue;                                                                        \
+                int64_t xi = X_AT(d, n_, c_, ih_, iw_), wi = W_AT(d, o_, c_, kh_, kw_),            \
+                        yi = Y_AT(d, n_, o_, oh_, ow_);                                            \
+                body;                                                                              \
+              }
+
+// --- conv2d (x, w, b?) -> y ----------------------------------------------------------
+
+static const char *shape_conv2d(const Node *n, Type *out) {
+  CHECK(conv_rule(n, T(n, 0), T(n, 1), out));
+  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != T(n, 1)->dim[0]))
+    FAIL("bias must be f32[%lld], one per output channel, got %s", (long long)T(n, 1)->dim[0],
+         type_str(T(n, 2)));
+  return NULL;
+}
+
+static void eval_conv2d(const Node *n, Tensor *out, Tensor **in) {
+  ConvDims d = conv_dims(&in[0]->type, &in[1]->type, &out->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  const float *x = in[0]->f, *w = in[1]->f;
+  CONV_LOOP(d, acc[yi] += (double)x[xi] * w[wi]);
+  if (n->nin == 3)
+    for (int64_t i = 0; i < numel(out); i++)
+      acc[i] += in[2]->f[i / (d.ho * d.wo) % d.o];
+  store(out, acc);
+  free(acc);
+}
+
+// dx = conv2d_grad_input(dy, w), dw = conv2d_grad_weight(dy, x), db = bias_grad(dy).
+static void grad_conv2d(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  if (needs_grad(ad, x[0])) {
+    Node *gi = grad_op(ad, OP_conv2d_grad_input, n, 2, (Node *[]){dy, x[1]});
+    gi->type = x[0]->type; // the input's shape is not a function of dy and w
+    accumulate(ad, x[0], done(gi));
+  }
+  if (needs_grad(ad, x[1])) {
+    Node *gw = grad_op(ad, OP_conv2d_grad_weight, n, 2, (Node *[]){dy, x[0]});
+    node_set_ints(gw, "kernel", &x[1]->type.dim[2], 2);
+    accumulate(ad, x[1], done(gw));
+  }
+  if (n->nin == 3 && needs_grad(ad, x[2]))
+    accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
+}
+
+const OpRules rules_conv2d = {.shape = shape_conv2d, .eval = eval_conv2d, .grad = grad_conv2d};
+
+// --- conv2d_grad_input (dy, w) -> dx, of the type the builder declares ---------------------
+//
+// Several input sizes give one output size, so the type is declared, and checked.
+
+static const char *shape_conv2d_grad_input(const Node *n, Type *out) {
+  Type dy;
+  CHECK(conv_rule(n, &n->type, T(n, 1), &dy));
+  if (!type_eq(&dy, T(n, 0)))
+    FAIL("gradient %s does not match the convolution's output %s", type_str(T(n, 0)),
+         type_str(&dy));
+  *out = n->type;
+  return NULL;
+}
+
+// Each x element collects dy * w over the outputs it fed.
+static void eval_conv2d_grad_input(const Node *n, Tensor *out, Tensor **in) {
+  ConvDims d = conv_dims(&out->type, &in[1]->type, &in[0]->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  const float *dy = in[0]->f, *w = in[1]->f;
+  CONV_LOOP(d, acc[xi] += (double)dy[yi] * w[wi]);
+  store(out, acc);
+  free(acc);
+}
+
+const OpRules rules_conv2d_grad_input = {.shape = shape_conv2d_grad_input,
+                                         .eval = eval_conv2d_grad_input};
+
+// --- conv2d_grad_weight (dy, x) -> dw[O,C,KH,KW], the kernel size an attribute ------------
+
+static const char *shape_conv2d_grad_weight(const Node *n, Type *out) {
+  const Type *dy = T(n, 0), *x = T(n, 1);
+  CHECK(want_pair(n, "kernel", 1));
+  CHECK(want_rank(n, 0, 4, "gradient"));
+  CHECK(want_rank(n, 1, 4, "input"));
+  const int64_t *k = node_attr(n, "kernel")->ints;
+  int64_t wd[4] = {dy->dim[1], x->dim[1], k[0], k[1]};
+  Type w = type_make(DT_F32, 4, wd), y;
+  CHECK(conv_rule(n, x, &w, &y));
+  if (!type_eq(&y, dy))
+    FAIL("gradient %s does not match the convolution's output %s", type_str(dy), type_str(&y));
+  *out = w;
+  return NULL;
+}
+
+// Each weight collects dy * x over all positions and samples.
+static void eval_conv2d_grad_weight(const Node *n, Tensor *out, Tensor **in) {
+  ConvDims d = conv_dims(&in[1]->type, &out->type, &in[0]->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  const float *dy = in[0]->f, *x = in[1]->f;
+  CONV_LOOP(d, acc[wi] += (double)dy[yi] * x[xi]);
+  store(out, acc);
+  free(acc);
+}
+
+const OpRules rules_conv2d_grad_weight = {.shape = shape_conv2d_grad_weight,
+                                          .eval = eval_conv2d_grad_weight};
+
+//
+// pool.c
+//
+// Pooling, nn.MaxPool2d's and nn.AvgPool2d's (floor mode), and their
+// gradients. Window (oh, ow) covers rows oh*sh-ph .. +kh-1 and columns likewise;
+// the parts in the padding are skipped (max pooling pads with -inf) but count
+// in avg pooling's divisor (count_include_pad=True), as in PyTorch.
+
+// The shape rule all four share: the pooled type of x.
+static const char *pool_rule(const Node *n, const Type *x, Type *out) {
+  CHECK(want_pair(n, "kernel", 1));
+  CHECK(want_pair(n, "stride", 1));
+  CHECK(want_pair(n, "padding", 0));
+  if (x->rank != 4 || x->dtype != DT_F32)
+    FAIL("input must be an f32 [N,C,H,W] tensor, got %s", type_str(x));
+  const int64_t *k = node_attr(n, "kernel")->ints, *s = node_attr(n, "stride")->ints,
+                *p = node_attr(n, "padding")->ints;
+  if (2 * p[0] > k[0] || 2 * p[1] > k[1])
+    FAIL("padding must be at most half the kernel size, as PyTorch requires");
+  *out = *x;
+  CHECK(window_out(x->dim[2], k[0], s[0], p[0], &out->dim[2], "height"));
+  CHECK(window_out(x->dim[3], k[1], s[1], p[1], &out->dim[3], "width"));
+  return NULL;
+}
+
+static const char *shape_pool(const Node *n, Type *out) { return pool_rule(n, T(n, 0), out); }
+
+// (dy, x) -> x's type.
+static const char *shape_pool_grad(const Node *n, Type *out) {
+  Type y;
+  CHECK(pool_rule(n, T(n, 1), &y));
+  if (!type_eq(&y, T(n, 0)))
+    FAIL("gradient %s does not match the pooling output %s", type_str(T(n, 0)), type_str(&y));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+typedef struct {
+  int64_t n, c, h, w, ho, wo;
+  int64_t kh, kw, sh, sw, ph, pw;
+} PoolDims;
+
+static PoolDims pool_dims(const Type *x, const Node *n) {
+  const int64_t *k = ints(n, "kernel"), *s = ints(n, "stride"), *p = ints(n, "padding");
+  PoolDims d = {x->dim[0], x->dim[1], x->dim[2], x->dim[3], 0, 0,
+                k[0],      k[1],      s[0],      s[1],      p[0], p[1]};
+  d.ho = (d.h + 2 * d.ph - d.kh) / d.sh + 1;
+  d.wo = (d.w + 2 * d.pw - d.kw) / d.sw + 1;
+  return d;
+}
+
+// --- maxpool2d ------------------------------------------------------------------------
+
+// The flat index of window (nc, oh, ow)'s maximum: the first one in row-major
+// order, or a NaN, as PyTorch's CPU kernel picks (`val > max || isnan(val)`).
+static int64_t max_index(const PoolDims *d, const float *x, int64_t nc, int64_t oh, int64_t ow) {
+  int64_t h0 = oh * d->sh - d->ph, w0 = ow * d->sw - d->pw;
+  int64_t h1 = h0 + d->kh < d->h ? h0 + d->kh : d->h, w1 = w0 + d->kw < d->w ? w0 + d->kw : d->w;
+  h0 = h0 > 0 ? h0 : 0;
+  w0 = w0 > 0 ? w0 : 0;
+  const float *plane = x + nc * d->h * d->w;
+  int64_t best = h0 * d->w + w0;
+  float max = -INFINITY;
+  for (int64_t ih = h0; ih < h1; ih++)
+    for (int64_t iw = w0; iw < w1; iw++) {
+      float v = plane[ih * d->w + iw];
+      if (v > max || isnan(v)) {
+        max = v;
+        best = ih * d->w + iw;
+        if (isnan(v))
+          return nc * d->h * d->w + best;
+      }
+    }
+  return nc * d->h * d->w + best;
+}
+
+static void eval_maxpool2d(const Node *n, Tensor *out, Tensor **in) {
+  PoolDims d = pool_dims(&in[0]->type, n);
+  for (int64_t nc = 0; nc < d.n * d.c; nc++)
+    for (int64_t oh = 0; oh < d.ho; oh++)
+      for (int64_t ow = 0; ow < d.wo; ow++)
+        out->f[(nc * d.ho + oh) * d.wo + ow] = in[0]->f[max_index(&d, in[0]->f, nc, oh, ow)];
+}
+
+// dx = maxpool2d_grad(dy, x)
+static void grad_maxpool2d(AD *ad, Node *n, Node *dy) {
+  Node *x = n->in[0];
+  accumulate(ad, x, done(grad_op(ad, OP_maxpool2d_grad, n, 2, (Node *[]){dy, x})));
+}
+
+const OpRules rules_maxpool2d = {.shape = shape_pool, .eval = eval_maxpool2d,
+                                 .grad = grad_maxpool2d};
+
+// --- maxpool2d_grad (dy, x) -> dx: each output's gradient goes to its window's maximum ------
+
+static void eval_maxpool2d_grad(const Node *n, Tensor *out, Tensor **in) {
+  PoolDims d = pool_dims(&in[1]->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  for (int64_t nc = 0; nc < d.n * d.c; nc++)
+    for (int64_t oh = 0; oh < d.ho; oh++)
+      for (int64_t ow = 0; ow < d.wo; ow++)
+        acc[max_index(&d, in[1]->f, nc, oh, ow)] += in[0]->f[(nc * d.ho + oh) * d.wo + ow];
+  store(out, acc);
+  free(acc);
+}
+
+const OpRules rules_maxpool2d_grad = {.shape = shape_pool_grad, .eval = eval_maxpool2d_grad};
+
+// --- avgpool2d --------------------------------------------------------------------------
+
+// Calls body(xi, yi, div) for every input element of every avg window.
+#define AVG_LOOP(d, body)                                                                          \
+  for (int64_t nc_ = 0; nc_ < (d).n * (d).c; nc_++)                                                \
+    for (int64_t oh_ = 0; oh_ < (d).ho; oh_++)                                                     \
+      for (int64_t ow_ = 0; ow_ < (d).wo; ow_++) {                                                 \
+        int64_t h0_ = oh_ * (d).sh - (d).ph, w0_ = ow_ * (d).sw - (d).pw;                          \
+        int64_t h1_ = h0_ + (d).kh < (d).h + (d).ph ? h0_ + (d).kh : (d).h + (d).ph;               \
+        int64_t w1_ = w0_ + (d).kw < (d).w + (d).pw ? w0_ + (d).kw : (d).w + (d).pw;               \
+        double div = (double)((h1_ - h0_) * (w1_ - w0_)); /* padding included */                   \
+        int64_t yi = (nc_ * (d).ho + oh_) * (d).wo + ow_;                                          \
+        for (int64_t ih_ = h0_ > 0 ? h0_ : 0; ih_ < h1_ && ih_ < (d).h; ih_++)                     \
+          for (int64_t iw_ = w0_ > 0 ? w0_ : 0; iw_ < w1_ && iw_ < (d).w; iw_++) {                 \
+            int64_t xi = (nc_ * (d).h + ih_) * (d).w + iw_;                                        \
+            body;                                                                                  \
+          }                                                                                        \
+      }
+
+static void eval_avgpool2d(const Node *n, Tensor *out, Tensor **in) {
+  PoolDims d = pool_dims(&in[0]->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  AVG_LOOP(d, acc[yi] += in[0]->f[xi] / div);
+  store(out, acc);
+  free(acc);
+}
+
+// dx = avgpool2d_grad(dy, x)
+static void grad_avgpool2d(AD *ad, Node *n, Node *dy) {
+  Node *x = n->in[0];
+  accumulate(ad, x, done(grad_op(ad, OP_avgpool2d_grad, n, 2, (Node *[]){dy, x})));
+}
+
+const OpRules rules_avgpool2d = {.shape = shape_pool, .eval = eval_avgpool2d,
+                                 .grad = grad_avgpool2d};
+
+// --- avgpool2d_grad (dy, x) -> dx: each output's gradient spread over its window ------------
+
+static void eval_avgpool2d_grad(const Node *n, Tensor *out, Tensor **in) {
+  PoolDims d = pool_dims(&in[1]->type, n);
+  double *acc = xcalloc(numel(out), sizeof *acc);
+  AVG_LOOP(d, acc[xi] += in[0]->f[yi] / div);
+  store(out, acc);
+  free(acc);
+}
+
+const OpRules rules_avgpool2d_grad = {.shape = shape_pool_grad, .eval = eval_avgpool2d_grad};
+
+//
+// linear.c
+//
+// The linear layer, nn.Linear's: x[N,K] w[M,K] (+ b[M]) -> y[N,M] = x w^T + b,
+// and its two gradients, linear_grad_input and linear_grad_weight (the
+// bias's is bias_grad, in batchnorm.c with the other per-channel sums).
+
+// --- linear (x, w, b?) -> y ---------------------------------------------------------------
+
+static const char *shape_linear(const Node *n, Type *out) {
+  const Type *x = T(n, 0), *w = T(n, 1);
+  CHECK(want_rank(n, 0, 2, "input"));
+  CHECK(want_rank(n, 1, 2, "weight"));
+  if (w->dim[1] != x->dim[1])
+    FAIL("expects %lld input features but gets %lld", (long long)w->dim[1], (long long)x->dim[1]);
+  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != w->dim[0]))
+    FAIL("bias must be f32[%lld], got %s", (long long)w->dim[0], type_str(T(n, 2)));
+  int64_t d[2] = {x->dim[0], w->dim[0]};
+  *out = type_make(DT_F32, 2, d);
+  return NULL;
+}
+
+static void eval_linear(const Node *n, Tensor *out, Tensor **in) {
+  int64_t N = in[0]->type.dim[0], K = in[0]->type.dim[1], M = in[1]->type.dim[0];
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t m = 0; m < M; m++) {
+      double s = n->nin == 3 ? in[2]->f[m] : 0.0;
+      for (int64_t k = 0; k < K; k++)
+        s += (double)in[0]->f[i * K + k] * in[1]->f[m * K + k];
+      out->f[i * M + m] = (float)s;
+    }
+}
+
+// dx = linear_grad_input(dy, w), dw = linear_grad_weight(dy, x), db = bias_grad(dy).
+static void grad_linear(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  if (needs_grad(ad, x[0]))
+    accumulate(ad, x[0], done(grad_op(ad, OP_linear_grad_input, n, 2, (Node *[]){dy, x[1]})));
+  if (needs_grad(ad, x[1]))
+    accumulate(ad, x[1], done(grad_op(ad, OP_linear_grad_weight, n, 2, (Node *[]){dy, x[0]})));
+  if (n->nin == 3 && needs_grad(ad, x[2]))
+    accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
+}
+
+const OpRules rules_linear = {.shape = shape_linear, .eval = eval_linear, .grad = grad_linear};
+
+// The two gradients' shape rule: (dy[N,M], w[M,K]) -> [N,K] and
+// (dy[N,M], x[N,K]) -> [M,K].
+static const char *shape_linear_grad(const Node *n, Type *out) {
+  CHECK(want_rank(n, 0, 2, "gradient"));
+  CHECK(want_rank(n, 1, 2, "operand 1"));
+  const Type *dy = T(n, 0), *b = T(n, 1);
+  bool gi = n->op == OP_linear_grad_input;
+  if (gi ? b->dim[0] != dy->dim[1] : b->dim[0] != dy->dim[0])
+    FAIL("gradient %s does not fit %s", type_str(dy), type_str(b));
+  int64_t d[2] = {gi ? dy->dim[0] : dy->dim[1], b->dim[1]};
+  *out = type_make(DT_F32, 2, d);
+  return NULL;
+}
+
+// --- linear_grad_input (dy[N,M], w[M,K]) -> dx[N,K] = dy w ----------------------------------
+
+static void eval_linear_grad_input(const Node *n, Tensor *out, Tensor **in) {
+  int64_t N = in[0]->type.dim[0], M = in[0]->type.dim[1], K = in[1]->type.dim[1];
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t k = 0; k < K; k++) {
+      double s = 0;
+      for (int64_t m = 0; m < M; m++)
+        s += (double)in[0]->f[i * M + m] * in[1]->f[m * K + k];
+      out->f[i * K + k] = (float)s;
+    }
+}
+
+const OpRules rules_linear_grad_input = {.shape = shape_linear_grad,
+                                         .eval = eval_linear_grad_input};
+
+// --- linear_grad_weight (dy[N,M], x[N,K]) -> dw[M,K] = dy^T x --------------------------------
+
+static void eval_linear_grad_weight(const Node *n, Tensor *out, Tensor **in) {
+  int64_t N = in[0]->type.dim[0], M = in[0]->type.dim[1], K = in[1]->type.dim[1];
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) {
+      double s = 0;
+      for (int64_t i = 0; i < N; i++)
+        s += (double)in[0]->f[i * M + m] * in[1]->f[i * K + k];
+      out->f[m * K + k] = (float)s;
+    }
+}
+
+const OpRules rules_linear_grad_weight = {.shape = shape_linear_grad,
+                                          .eval = eval_linear_grad_weight};
+
+//
+// batchnorm.c
+//
+// Batch normalisation, nn.BatchNorm2d's, and the per-channel reductions it is
+// made of: channel_mean and channel_var (its running statistics), bias_grad
+// (also the bias gradient of conv2d and linear), and its two gradients.
+
+// x[N,C,...] -> [C]: the shape of every per-channel reduction.
+static const char *channel_rule(const Node *n, Type *out) {
+  const Type *x = T(n, 0);
+  if (x->rank < 2 || x->dtype != DT_F32)
+    FAIL("input must be an f32 [N,C,...] tensor, got %s", type_str(x));
+  *out = type_make(DT_F32, 1, &x->dim[1]);
+  return NULL;
+}
+
+static const char *per_channel(const Node *n, int x, int i, const char *what) {
+  const Type *c = T(n, i);
+  if (c->rank != 1 || c->dtype != DT_F32 || c->dim[0] != T(n, x)->dim[1])
+    FAIL("%s must be f32[%lld], one per channel, got %s", what, (long long)T(n, x)->dim[1],
+         type_str(c));
+  return NULL;
+}
+
+// Per-channel mean and variance (divided by count - unbiased).
+static void channel_stats(const Tensor *x, int64_t c, bool unbiased, double *mean, double *var) {
+  ChannelView v = channels(&x->type);
+  int64_t count = v.outer * v.inner;
+  double s = 0, ss = 0;
+  for (int64_t o = 0; o < v.outer; o++)
+    for (int64_t k = 0; k < v.inner; k++)
+      s += x->f[(o * v.c + c) * v.inner + k];
+  *mean = s / count;
+  for (int64_t o = 0; o < v.outer; o++)
+    for (int64_t k = 0; k < v.inner; k++) {
+      double d = x->f[(o * v.c + c) * v.inner + k] - *mean;
+      ss += d * d;
+    }
+  *var = ss / (double)(count - unbiased);
+}
+
+// --- batchnorm2d (x, gamma, beta) and batchnorm2d_infer (x, gamma, beta, mean, var) ---------
+//
+// Training mode normalises with the batch's mean and biased variance over
+// (N, H, W): xhat = (x - mean) / sqrt(var + eps), y = gamma xhat + beta.
+// Eval mode uses the running statistics instead.
+
+static const char *shape_batchnorm2d(const Node *n, Type *out) {
+  CHECK(want_rank(n, 0, 4, "input"));
+  for (int i = 1; i < n->nin; i++)
+    CHECK(per_channel(n, 0, i, "batch-norm parameter"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_batchnorm2d(const Node *n, Tensor *out, Tensor **in) {
+  ChannelView v = channels(&in[0]->type);
+  double eps = node_float(n, "eps");
+  for (int64_t c = 0; c < v.c; c++) {
+    double mean, var;
+    if (n->op == OP_batchnorm2d)
+      channel_stats(in[0], c, false, &mean, &var);
+    else
+      mean = in[3]->f[c], var = in[4]->f[c];
+    double invstd = 1.0 / sqrt(var + eps), gamma = in[1]->f[c], beta = in[2]->f[c];
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        out->f[i] = (float)((in[0]->f[i] - mean) * invstd * gamma + beta);
+      }
+  }
+}
+
+// dx = batchnorm2d_grad_input(dy, x, gamma), dgamma = batchnorm2d_grad_gamma(dy, x),
+// dbeta = bias_grad(dy).
+static void grad_batchnorm2d(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  if (needs_grad(ad, x[0]))
+    accumulate(ad, x[0],
+               done(grad_op(ad, OP_batchnorm2d_grad_input, n, 3, (Node *[]){dy, x[0], x[1]})));
+  if (needs_grad(ad, x[1]))
+    accumulate(ad, x[1],
+               done(grad_op(ad, OP_batchnorm2d_grad_gamma, n, 2, (Node *[]){dy, x[0]})));
+  if (needs_grad(ad, x[2]))
+    accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
+}
+
+const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d,
+                                   .grad = grad_batchnorm2d};
+
+// Only the forward graph of eval mode has it: never differentiated.
+const OpRules rules_batchnorm2d_infer = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d};
+
+// --- batchnorm2d_grad_input (dy, x, gamma) and batchnorm2d_grad_gamma (dy, x) ---------------
+//
+// With M = N*H*W elements per channel, mean and variance depend on x too:
+//   dgamma = sum dy * xhat
+//   dx     = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+
+static const char *shape_batchnorm2d_grad_input(const Node *n, Type *out) {
+  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(per_channel(n, 1, 2, "gamma"));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
+  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_same(n, 0, 1));
+  return channel_rule(n, out);
+}
+
+static void eval_batchnorm2d_grad(const Node *n, Tensor *out, Tensor **in) {
+  const Tensor *dy = in[0], *x = in[1];
+  ChannelView v = channels(&x->type);
+  double eps = node_float(n, "eps"), M = (double)(v.outer * v.inner);
+  for (int64_t c = 0; c < v.c; c++) {
+    double mean, var, sdy = 0, sdyx = 0;
+    channel_stats(x, c, false, &mean, &var);
+    double invstd = 1.0 / sqrt(var + eps);
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        sdy += dy->f[i];
+        sdyx += dy->f[i] * (x->f[i] - mean) * invstd;
+      }
+    if (n->op == OP_batchnorm2d_grad_gamma) {
+      out->f[c] = (float)sdyx;
+      continue;
+    }
+    double gamma = in[2]->f[c];
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        double xhat = (x->f[i] - mean) * invstd;
+        out->f[i] = (float)(gamma * invstd * (dy->f[i] - sdy / M - xhat * sdyx / M));
+      }
+  }
+}
+
+const OpRules rules_batchnorm2d_grad_input = {.shape = shape_batchnorm2d_grad_input,
+                                              .eval = eval_batchnorm2d_grad};
+const OpRules rules_batchnorm2d_grad_gamma = {.shape = shape_batchnorm2d_grad_gamma,
+                                              .eval = eval_batchnorm2d_grad};
+
+// --- channel_mean and channel_var: x[N,C,...] -> [C] --------------------------------------
+//
+// The batch statistics that update the running ones, under no_grad as in PyTorch.
+
+static void eval_channel_stat(const Node *n, Tensor *out, Tensor **in) {
+  bool unbiased = n->op == OP_channel_var && node_int(n, "unbiased");
+  for (int64_t c = 0; c < out->type.dim[0]; c++) {
+    double mean, var;
+    channel_stats(in[0], c, unbiased, &mean, &var);
+    out->f[c] = (float)(n->op == OP_channel_mean ? mean : var);
+  }
+}
+
+const OpRules rules_channel_mean = {.shape = channel_rule, .eval = eval_channel_stat,
+                                    .no_grad = true};
+const OpRules rules_channel_var = {.shape = channel_rule, .eval = eval_channel_stat,
+                                   .no_grad = true};
+
+// --- bias_grad dy[N,C,...] -> [C]: the gradient of a bias broadcast over all dims but 1 -----
+
+static void eval_bias_grad(const Node *n, Tensor *out, Tensor **in) {
+  ChannelView v = channels(&in[0]->type);
+  for (int64_t c = 0; c < v.c; c++) {
+    double s = 0;
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++)
+        s += in[0]->f[(o * v.c + c) * v.inner + k];
+    out->f[c] = (float)s;
+  }
+}
+
+const OpRules rules_bias_grad = {.shape = channel_rule, .eval = eval_bias_grad};
+
+//
+// loss.c
+//
+// Losses, each a scalar f32[] with PyTorch's 'mean' reduction, and their
+// gradients: nll_loss and its fused form softmax_cross_entropy, bce and its
+// fused form sigmoid_bce, and l2norm for regularisation terms.
+
+// --- Cross-entropy family ------------------------------------------------------------------
+//
+// PyTorch's CrossEntropyLoss(weight=w, label_smoothing=eps, reduction='mean')
+// on log-probabilities logp[N,C] (aten cross_entropy_loss_label_smoothing):
+//
+//   loss = (1-eps) * sum_i w[y_i] * -logp[i,y_i] / W
+//        +   eps/C * sum_i sum_c w[c] * -logp[i,c] / W,      W = sum_i w[y_i]
+//
+// (W = N without weights). So loss = sum_{i,c} a[i,c] * -logp[i,c] / W with
+// a[i,c] = (1-eps) w[y_i] [c == y_i] + eps/C w[c], and its gradient with
+// respect to logp is -a / W; with respect to the logits, through log_softmax,
+// (softmax[i,k] * sum_c a[i,c] - a[i,k]) / W.
+//
+// A row labelled -100 (PyTorch's default ignore_index) is ignored: a[i,.] = 0
+// and it adds nothing to W. The runtime pads a partial last batch that way.
+
+// The operands (logits[N,C], label i32[N], weight[C]?) from index `logits`;
+// the optional class weights at `first_extra`.
+static const char *ce_operands(const Node *n, int logits, int first_extra) {
+  const Type *x = T(n, logits), *y = T(n, logits + 1);
+  if (x->rank != 2 || x->dtype != DT_F32)
+    FAIL("logits must be an f32 [N,C] tensor, got %s", type_str(x));
+  if (x->dim[1] < 2)
+    FAIL("cross-entropy needs at least 2 classes, got %lld outputs", (long long)x->dim[1]);
+  if (y->rank != 1 || y->dtype != DT_I32 || y->dim[0] != x->dim[0])
+    FAIL("labels must be i32[%lld] class indices, got %s", (long long)x->dim[0], type_str(y));
+  if (n->nin > first_extra) {
+    const Type *w = T(n, first_extra);
+    if (w->rank != 1 || w->dtype != DT_F32 || w->dim[0] != x->dim[1])
+      FAIL("class weights must be f32[%lld], one per class, got %s", (long long)x->dim[1],
+           type_str(w));
+  }
+  double ls = node_float(n, "label_smoothing");
+  if (!(ls >= 0.0 && ls <= 1.0))
+    FAIL("label_smoothing must be in [0, 1], got %g", ls);
+  return NULL;
+}
+
+// (logits, label, weight?) -> f32[]
+static const char *shape_cross_entropy(const Node *n, Type *out) {
+  CHECK(ce_operands(n, 0, 2));
+  *out = scalar(DT_F32);
+  return NULL;
+}
+
+// (dl[], logits, label, weight?) -> the logits' type
+static const char *shape_cross_entropy_grad(const Node *n, Type *out) {
+  CHECK(want_scalar(n, 0, DT_F32, "loss gradient"));
+  CHECK(ce_operands(n, 1, 3));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+typedef struct {
+  int64_t n, c;
+  const float *w;   // class weights, or NULL for all ones
+  const int32_t *y; // labels
+  double eps;       // label smoothing
+  double total;     // W
+} CE;
+
+static double class_weight(const CE *ce, int64_t c) { return ce->w ? ce->w[c] : 1.0; }
+
+static CE ce_setup(const Node *n, const Tensor *x, const Tensor *label, const Tensor *weight) {
+  CE ce = {x->type.dim[0], x->type.dim[1], weight ? weight->f : NULL, label->i,
+           node_float(n, "label_smoothing"), 0};
+  for (int64_t i = 0; i < ce.n; i++) {
+    if (ce.y[i] == XC_IGNORE_INDEX)
+      continue;
+    if (ce.y[i] < 0 || ce.y[i] >= ce.c)
+      fatal("%s: label %d of sample %lld is not a class index in [0, %lld)", op_info(n->op)->name,
+            ce.y[i], (long long)i, (long long)ce.c);
+    ce.total += class_weight(&ce, ce.y[i]);
+  }
+  return ce;
+}
+
+static double ce_coef(const CE *ce, int64_t i, int64_t c) {
+  if (ce->y[i] == XC_IGNORE_INDEX)
+    return 0.0;
+  double a = ce->eps / (double)ce->c * class_weight(ce, c);
+  if (c == ce->y[i])
+    a += (1.0 - ce->eps) * class_weight(ce, c);
+  return a;
+}
+
+// nll_loss(logp, y, w?) and softmax_cross_entropy(logits, y, w?) share one sum.
+static void eval_cross_entropy(const Node *n, Tensor *out, Tensor **in) {
+  CE ce = ce_setup(n, in[0], in[1], n->nin == 3 ? in[2] : NULL);
+  double s = 0;
+  for (int64_t i = 0; i < ce.n; i++) {
+    const float *x = in[0]->f + i * ce.c;
+    double lse = n->op == OP_softmax_cross_entropy ? logsumexp(x, ce.c) : 0.0;
+    for (int64_t c = 0; c < ce.c; c++)
+      s += ce_coef(&ce, i, c) * -(x[c] - lse);
+  }
+  out->f[0] = (float)(s / ce.total);
+}
+
+// nll_loss_grad -a/W, softmax_cross_entropy_grad (softmax * sum_c a - a) / W, times dl.
+static void eval_cross_entropy_grad(const Node *n, Tensor *out, Tensor **in) {
+  CE ce = ce_setup(n, in[1], in[2], n->nin == 4 ? in[3] : NULL);
+  double dl = in[0]->f[0];
+  for (int64_t i = 0; i < ce.n; i++) {
+    const float *x = in[1]->f + i * ce.c;
+    double lse = logsumexp(x, ce.c), rowsum = 0;
+    for (int64_t c = 0; c < ce.c; c++)
+      rowsum += ce_coef(&ce, i, c);
+    for (int64_t c = 0; c < ce.c; c++) {
+      double g = -ce_coef(&ce, i, c);
+      if (n->op == OP_softmax_cross_entropy_grad)
+        g += exp(x[c] - lse) * rowsum;
+      out->f[i * ce.c + c] = (float)(dl * g / ce.total);
+    }
+  }
+}
+
+// d(logits) = OP(dl, logits, label, weight?); the labels and weights get none.
+static void grad_cross_entropy(AD *ad, Node *n, Node *dy, OpKind op) {
+  Node **x = n->in;
+  Node *in[4] = {dy, x[0], x[1], n->nin == 3 ? x[2] : NULL};
+  accumulate(ad, x[0], done(grad_op(ad, op, n, n->nin + 1, in)));
+}
+
+// --- nll_loss (logp[N,C], label i32[N], weight[C]?) ------------------------------------------
+
+static void grad_nll_loss(AD *ad, Node *n, Node *dy) {
+  grad_cross_entropy(ad, n, dy, OP_nll_loss_grad);
+}
+
+const OpRules rules_nll_loss = {.shape = shape_cross_entropy, .eval = eval_cross_entropy,
+                                .grad = grad_nll_loss};
+const OpRules rules_nll_loss_grad = {.shape = shape_cross_entropy_grad,
+                                     .eval = eval_cross_entropy_grad};
+
+// --- softmax_cross_entropy (logits[N,C], label i32[N], weight[C]?) ----------------------------
+
+static void grad_softmax_cross_entropy(AD *ad, Node *n, Node *dy) {
+  grad_cross_entropy(ad, n, dy, OP_softmax_cross_entropy_grad);
+}
+
+const OpRules rules_softmax_cross_entropy = {
+    .shape = shape_cross_entropy, .eval = eval_cross_entropy, .grad = grad_softmax_cross_entropy};
+const OpRules rules_softmax_cross_entropy_grad = {.shape = shape_cross_entropy_grad,
+                                                  .eval = eval_cross_entropy_grad};
+
+// --- Binary cross-entropy -----------------------------------------------------------------
+//
+// pos_weight has 0 values (all ones), 1 value, or one per last dimension,
+// broadcast like BCEWithLogitsLoss's. Both reduce with the mean over the
+// elements whose target is not negative (bce_ignored: padding rows).
+
+// The operands (input, target) at x and t.
+static const char *bce_operands(const Node *n, int x, int t) {
+  CHECK(want_f32(n, x, "input"));
+  if (!type_eq(T(n, x), T(n, t)))
+    FAIL("target must have the input's shape %s (float labels 0 or 1), got %s",
+         type_str(T(n, x)), type_str(T(n, t)));
+  const Attr *pw = node_attr(n, "pos_weight");
+  const Type *xt = T(n, x);
+  int64_t last = xt->rank ? xt->dim[xt->rank - 1] : 1;
+  if (pw->n != 0 && pw->n != 1 && pw->n != last)
+    FAIL("pos_weight must have 1 or %lld values, got %d", (long long)last, pw->n);
+  return NULL;
+}
+
+// (input, target) -> f32[]
+static const char *shape_bce(const Node *n, Type *out) {
+  CHECK(bce_operands(n, 0, 1));
+  *out = scalar(DT_F32);
+  return NULL;
+}
+
+// (dl[], input, target) -> the input's type
+static const char *shape_bce_grad(const Node *n, Type *out) {
+  CHECK(want_scalar(n, 0, DT_F32, "loss gradient"));
+  CHECK(bce_operands(n, 1, 2));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+static double pos_weight(const Node *n, const Type *t, int64_t i) {
+  const Attr *pw = node_attr(n, "pos_weight");
+  if (pw->n == 0)
+    return 1.0;
+  if (pw->n == 1)
+    return pw->floats[0];
+  return pw->floats[i % t->dim[t->rank - 1]];
+}
+
+// The number of elements a BCE mean divides by: those whose target is not
+// negative (bce_ignored).
+static double bce_count(const Tensor *target) {
+  double n = 0;
+  for (int64_t i = 0; i < numel(target); i++)
+    n += !bce_ignored(target->f[i]);
+  return n;
+}
+
+// --- bce (p, target) ----------------------------------------------------------------------
+//
+// BCELoss on probabilities with PyTorch's guard: each log is clamped to at
+// least -100, so p = 0 or 1 gives a large finite loss instead of inf.
+//   loss = mean(-(pw * y * log p + (1 - y) * log(1 - p)))
+
+static void eval_bce(const Node *n, Tensor *out, Tensor **in) {
+  double s = 0;
+  for (int64_t i = 0; i < numel(in[0]); i++) {
+    double p = in[0]->f[i], y = in[1]->f[i];
+    if (bce_ignored(in[1]->f[i]))
+      continue;
+    double lp = fmax(log(p), -100.0), lq = fmax(log(1.0 - p), -100.0);
+    s += -(pos_weight(n, &in[0]->type, i) * y * lp + (1.0 - y) * lq);
+  }
+  out->f[0] = (float)(s / bce_count(in[1]));
+}
+
+// dp = bce_grad(dl, p, target); the target gets none.
+static void grad_bce(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  accumulate(ad, x[0], done(grad_op(ad, OP_bce_grad, n, 3, (Node *[]){dy, x[0], x[1]})));
+}
+
+const OpRules rules_bce = {.shape = shape_bce, .eval = eval_bce, .grad = grad_bce};
+
+// --- bce_grad (dl[], p, target): the derivative of the clamped loss, zero where a log is clamped
+
+static void eval_bce_grad(const Node *n, Tensor *out, Tensor **in) {
+  double dl = in[0]->f[0], N = bce_count(in[2]);
+  for (int64_t i = 0; i < numel(out); i++) {
+    double p = in[1]->f[i], y = in[2]->f[i], g = 0;
+    if (bce_ignored(in[2]->f[i])) {
+      out->f[i] = 0.0f;
+      continue;
+    }
+    if (log(p) > -100.0)
+      g -= pos_weight(n, &out->type, i) * y / p;
+    if (log(1.0 - p) > -100.0)
+      g += (1.0 - y) / (1.0 - p);
+    out->f[i] = (float)(dl * g / N);
+  }
+}
+
+const OpRules rules_bce_grad = {.shape = shape_bce_grad, .eval = eval_bce_grad};
+
+// --- sigmoid_bce (logits, target) -----------------------------------------------------------
+//
+// BCEWithLogitsLoss in PyTorch's stable form, with lw = 1 + (pw - 1) y:
+//   loss_i = (1 - y) x + lw * (log1p(exp(-|x|)) + max(-x, 0))
+// where the last factor is softplus(-x) = -log(sigmoid(x)); its derivative is
+//   (1 - y) - lw * sigmoid(-x) = lw * sigmoid(x) - pw * y.
+
+static void eval_sigmoid_bce(const Node *n, Tensor *out, Tensor **in) {
+  double s = 0;
+  for (int64_t i = 0; i < numel(in[0]); i++) {
+    double x = in[0]->f[i], y = in[1]->f[i];
+    if (bce_ignored(in[1]->f[i]))
+      continue;
+    double lw = 1.0 + (pos_weight(n, &in[0]->type, i) - 1.0) * y;
+    s += (1.0 - y) * x + lw * (log1p(exp(-fabs(x))) + fmax(-x, 0.0));
+  }
+  out->f[0] = (float)(s / bce_count(in[1]));
+}
+
+// dx = sigmoid_bce_grad(dl, logits, target); the target gets none.
+static void grad_sigmoid_bce(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  accumulate(ad, x[0], done(grad_op(ad, OP_sigmoid_bce_grad, n, 3, (Node *[]){dy, x[0], x[1]})));
+}
+
+const OpRules rules_sigmoid_bce = {.shape = shape_bce, .eval = eval_sigmoid_bce,
+                                   .grad = grad_sigmoid_bce};
+
+// --- sigmoid_bce_grad (dl[], logits, target) -------------------------------------------------
+
+static void eval_sigmoid_bce_grad(const Node *n, Tensor *out, Tensor **in) {
+  double dl = in[0]->f[0], N = bce_count(in[2]);
+  for (int64_t i = 0; i < numel(out); i++) {
+    double x = in[1]->f[i], y = in[2]->f[i];
+    double lw = 1.0 + (pos_weight(n, &out->type, i) - 1.0) * y;
+    out->f[i] = bce_ignored(in[2]->f[i]) ? 0.0f : (float)(dl * ((1.0 - y) - lw * sigmoid(-x)) / N);
+  }
+}
+
+const OpRules rules_sigmoid_bce_grad = {.shape = shape_bce_grad, .eval = eval_sigmoid_bce_grad};
+
+// --- l2norm (x) -> sqrt(sum x^2), not squared ---------------------------------------------------
+
+static const char *shape_l2norm(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "input"));
+  *out = scalar(DT_F32);
+  return NULL;
+}
+
+static void eval_l2norm(const Node *n, Tensor *out, Tensor **in) {
+  double s = 0;
+  for (int64_t i = 0; i < numel(in[0]); i++)
+    s += (double)in[0]->f[i] * in[0]->f[i];
+  out->f[0] = (float)sqrt(s);
+}
+
+// dx = l2norm_grad(dl, x, norm): the norm is the node itself.
+static void grad_l2norm(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  accumulate(ad, x[0], done(grad_op(ad, OP_l2norm_grad, n, 3, (Node *[]){dy, x[0], n})));
+}
+
+const OpRules rules_l2norm = {.shape = shape_l2norm, .eval = eval_l2norm, .grad = grad_l2norm};
+
+// --- l2norm_grad (dl[], x, norm[]) -> dl * x / norm; at norm 0 the subgradient 0, as torch.norm
+
+static const char *shape_l2norm_grad(const Node *n, Type *out) {
+  CHECK(want_scalar(n, 0, DT_F32, "loss gradient"));
+  CHECK(want_f32(n, 1, "input"));
+  CHECK(want_scalar(n, 2, DT_F32, "norm"));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+static void eval_l2norm_grad(const Node *n, Tensor *out, Tensor **in) {
+  double dl = in[0]->f[0], norm = in[2]->f[0];
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = norm == 0.0 ? 0.0f : (float)(dl * in[1]->f[i] / norm);
+}
+
+const OpRules rules_l2norm_grad = {.shape = shape_l2norm_grad, .eval = eval_l2norm_grad};
+
+//
+// optimizer.c
+//
+// The optimizer updates, torch.optim's SGD, Adam and AdamW in PyTorch 1.13's
+// formulas, elementwise over a parameter. The optimizer pass adds them after
+// autodiff, so they have no gradient.
+
+// A setting that a schedule may move: the optional operand `i` when there
+// (%momentum), else the attribute.
+static double scheduled(const Node *n, Tensor **in, int i, const char *attr) {
+  return n->nin > i ? in[i]->f[0] : node_float(n, attr);
+}
+
+// --- SGD --------------------------------------------------------------------------------
+//
+// torch.optim.SGD, with d = g + weight_decay * p:
+//   sgd_buf:    step 1: buf = d; later: buf = momentum * buf + (1 - dampening) * d
+//   sgd_update: p - lr * (momentum == 0 ? d : nesterov ? d + momentum * buf : buf)
+
+// (g, buf, p, step i32[], momentum[]?) -> new momentum buffer
+static const char *shape_sgd_buf(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "gradient"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(want_same(n, 0, 2));
+  CHECK(want_scalar(n, 3, DT_I32, "step"));
+  if (n->nin == 5)
+    CHECK(want_scalar(n, 4, DT_F32, "momentum"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_sgd_buf(const Node *n, Tensor *out, Tensor **in) {
+  double mom = scheduled(n, in, 4, "momentum"), damp = node_float(n, "dampening"),
+         wd = node_float(n, "weight_decay");
+  bool first = in[3]->i[0] <= 1;
+  for (int64_t i = 0; i < numel(out); i++) {
+    double d = in[0]->f[i] + wd * in[2]->f[i];
+    out->f[i] = (float)(first ? d : mom * in[1]->f[i] + (1.0 - damp) * d);
+  }
+}
+
+const OpRules rules_sgd_buf = {.shape = shape_sgd_buf, .eval = eval_sgd_buf};
+
+// (p, g, lr[], buf_new?, momentum[]?) -> new p
+static const char *shape_sgd_update(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "parameter"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(want_scalar(n, 2, DT_F32, "learning rate"));
+  if (n->nin >= 4)
+    CHECK(want_same(n, 0, 3));
+  if (n->nin == 5)
+    CHECK(want_scalar(n, 4, DT_F32, "momentum"));
+  if (node_float(n, "momentum") != 0.0 && n->nin < 4)
+    FAIL("sgd_update with momentum needs the momentum buffer operand");
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_sgd_update(const Node *n, Tensor *out, Tensor **in) {
+  double mom = scheduled(n, in, 4, "momentum"), wd = node_float(n, "weight_decay"), lr = in[2]->f[0];
+  bool nesterov = node_int(n, "nesterov");
+  for (int64_t i = 0; i < numel(out); i++) {
+    double p = in[0]->f[i], d = in[1]->f[i] + wd * p;
+    if (n->nin >= 4)
+      d = nesterov ? d + mom * in[3]->f[i] : in[3]->f[i];
+    out->f[i] = (float)(p - lr * d);
+  }
+}
+
+const OpRules rules_sgd_update = {.shape = shape_sgd_update, .eval = eval_sgd_update};
+
+// --- Adam and AdamW -------------------------------------------------------------------------
+//
+// Adam's moments, with L2 weight decay folded into the gradient (0 for AdamW):
+//   g' = g + weight_decay * p
+//   adam_moment1: m = beta1 * m + (1 - beta1) * g'
+//   adam_moment2: v = beta2 * v + (1 - beta2) * g'^2
+
+// (g, m, p, beta1[]?) -> new m and (g, v, p) -> new v
+static const char *shape_adam_moment(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "gradient"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(want_same(n, 0, 2));
+  if (n->nin == 4)
+    CHECK(want_scalar(n, 3, DT_F32, "beta1"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_adam_moment(const Node *n, Tensor *out, Tensor **in) {
+  bool first = n->op == OP_adam_moment1;
+  double beta = first ? scheduled(n, in, 3, "beta1") : node_float(n, "beta2"), wd = node_float(n, "weight_decay");
+  for (int64_t i = 0; i < numel(out); i++) {
+    double g = in[0]->f[i] + wd * in[2]->f[i];
+    out->f[i] = (float)(beta * in[1]->f[i] + (1.0 - beta) * (first ? g : g * g));
+  }
+}
+
+const OpRules rules_adam_moment1 = {.shape = shape_adam_moment, .eval = eval_adam_moment};
+const OpRules rules_adam_moment2 = {.shape = shape_adam_moment, .eval = eval_adam_moment};
+
+// PyTorch 1.13's single-tensor Adam step t (from 1), after the moments:
+//   AdamW only: p = p * (1 - lr * weight_decay)
+//   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+// (p, m_new, v_new, lr[], step i32[], beta1[]?) -> new p
+static const char *shape_adam_update(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "parameter"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(want_same(n, 0, 2));
+  CHECK(want_scalar(n, 3, DT_F32, "learning rate"));
+  CHECK(want_scalar(n, 4, DT_I32, "step"));
+  if (n->nin == 6)
+    CHECK(want_scalar(n, 5, DT_F32, "beta1"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_adam_update(const Node *n, Tensor *out, Tensor **in) {
+  double b1 = scheduled(n, in, 5, "beta1"), b2 = node_float(n, "beta2"), eps = node_float(n, "eps"),
+         wd = node_float(n, "weight_decay"), lr = in[3]->f[0], t = in[4]->i[0];
+  double step_size = lr / (1.0 - pow(b1, t)), bc2_sqrt = sqrt(1.0 - pow(b2, t));
+  bool decoupled = node_int(n, "decoupled");
+  for (int64_t i = 0; i < numel(out); i++) {
+    double p = in[0]->f[i];
+    if (decoupled)
+      p *= 1.0 - lr * wd;
+    out->f[i] = (float)(p - step_size * in[1]->f[i] / (sqrt(in[2]->f[i]) / bc2_sqrt + eps));
+  }
+}
+
+const OpRules rules_adam_update = {.shape = shape_adam_update, .eval = eval_adam_update};
