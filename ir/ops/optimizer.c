@@ -1,13 +1,7 @@
-// The rules of every op, for now in this one file, one section per family of
-// ops; each section moves to a file of its own (ir/ops/FAMILY.c).
-#include "ops.h"
-
-//
-// optimizer.c
-//
 // The optimizer updates, torch.optim's SGD, Adam and AdamW in PyTorch 1.13's
 // formulas, elementwise over a parameter. The optimizer pass adds them after
 // autodiff, so they have no gradient.
+#include "ops.h"
 
 // A setting that a schedule may move: the optional operand `i` when there
 // (%momentum), else the attribute.
