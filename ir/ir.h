@@ -159,7 +159,7 @@ Attr attr_ints(const int64_t *v, int n);
 Attr attr_floats(const double *v, int n);
 
 //
-// shape.c: the shape rule of every op (PyTorch's formulas)
+// shape.c: infer_type; each op's shape rule (PyTorch's formulas) is in ir/ops/
 //
 
 // Computes n's output type from its operands and attributes into *out.

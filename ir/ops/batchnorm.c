@@ -1,0 +1,176 @@
+// Batch normalisation, nn.BatchNorm2d's, and the per-channel reductions it is
+// made of: channel_mean and channel_var (its running statistics), bias_grad
+// (also the bias gradient of conv2d and linear), and its two gradients.
+#include "ops.h"
+
+// x[N,C,...] -> [C]: the shape of every per-channel reduction.
+static const char *channel_rule(const Node *n, Type *out) {
+  const Type *x = T(n, 0);
+  if (x->rank < 2 || x->dtype != DT_F32)
+    FAIL("input must be an f32 [N,C,...] tensor, got %s", type_str(x));
+  *out = type_make(DT_F32, 1, &x->dim[1]);
+  return NULL;
+}
+
+static const char *per_channel(const Node *n, int x, int i, const char *what) {
+  const Type *c = T(n, i);
+  if (c->rank != 1 || c->dtype != DT_F32 || c->dim[0] != T(n, x)->dim[1])
+    FAIL("%s must be f32[%lld], one per channel, got %s", what, (long long)T(n, x)->dim[1],
+         type_str(c));
+  return NULL;
+}
+
+// Per-channel mean and variance (divided by count - unbiased).
+static void channel_stats(const Tensor *x, int64_t c, bool unbiased, double *mean, double *var) {
+  ChannelView v = channels(&x->type);
+  int64_t count = v.outer * v.inner;
+  double s = 0, ss = 0;
+  for (int64_t o = 0; o < v.outer; o++)
+    for (int64_t k = 0; k < v.inner; k++)
+      s += x->f[(o * v.c + c) * v.inner + k];
+  *mean = s / count;
+  for (int64_t o = 0; o < v.outer; o++)
+    for (int64_t k = 0; k < v.inner; k++) {
+      double d = x->f[(o * v.c + c) * v.inner + k] - *mean;
+      ss += d * d;
+    }
+  *var = ss / (double)(count - unbiased);
+}
+
+// --- batchnorm2d (x, gamma, beta) and batchnorm2d_infer (x, gamma, beta, mean, var) ---------
+//
+// Training mode normalises with the batch's mean and biased variance over
+// (N, H, W): xhat = (x - mean) / sqrt(var + eps), y = gamma xhat + beta.
+// Eval mode uses the running statistics instead.
+
+static const char *shape_batchnorm2d(const Node *n, Type *out) {
+  CHECK(want_rank(n, 0, 4, "input"));
+  for (int i = 1; i < n->nin; i++)
+    CHECK(per_channel(n, 0, i, "batch-norm parameter"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_batchnorm2d(const Node *n, Tensor *out, Tensor **in) {
+  ChannelView v = channels(&in[0]->type);
+  double eps = node_float(n, "eps");
+  for (int64_t c = 0; c < v.c; c++) {
+    double mean, var;
+    if (n->op == OP_batchnorm2d)
+      channel_stats(in[0], c, false, &mean, &var);
+    else
+      mean = in[3]->f[c], var = in[4]->f[c];
+    double invstd = 1.0 / sqrt(var + eps), gamma = in[1]->f[c], beta = in[2]->f[c];
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        out->f[i] = (float)((in[0]->f[i] - mean) * invstd * gamma + beta);
+      }
+  }
+}
+
+// dx = batchnorm2d_grad_input(dy, x, gamma), dgamma = batchnorm2d_grad_gamma(dy, x),
+// dbeta = bias_grad(dy).
+static void grad_batchnorm2d(AD *ad, Node *n, Node *dy) {
+  Node **x = n->in;
+  if (needs_grad(ad, x[0]))
+    accumulate(ad, x[0],
+               done(grad_op(ad, OP_batchnorm2d_grad_input, n, 3, (Node *[]){dy, x[0], x[1]})));
+  if (needs_grad(ad, x[1]))
+    accumulate(ad, x[1],
+               done(grad_op(ad, OP_batchnorm2d_grad_gamma, n, 2, (Node *[]){dy, x[0]})));
+  if (needs_grad(ad, x[2]))
+    accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
+}
+
+const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d,
+                                   .grad = grad_batchnorm2d};
+
+// Only the forward graph of eval mode has it: never differentiated.
+const OpRules rules_batchnorm2d_infer = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d};
+
+// --- batchnorm2d_grad_input (dy, x, gamma) and batchnorm2d_grad_gamma (dy, x) ---------------
+//
+// With M = N*H*W elements per channel, mean and variance depend on x too:
+//   dgamma = sum dy * xhat
+//   dx     = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+
+static const char *shape_batchnorm2d_grad_input(const Node *n, Type *out) {
+  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_same(n, 0, 1));
+  CHECK(per_channel(n, 1, 2, "gamma"));
+  *out = *T(n, 1);
+  return NULL;
+}
+
+static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
+  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_same(n, 0, 1));
+  return channel_rule(n, out);
+}
+
+static void eval_batchnorm2d_grad(const Node *n, Tensor *out, Tensor **in) {
+  const Tensor *dy = in[0], *x = in[1];
+  ChannelView v = channels(&x->type);
+  double eps = node_float(n, "eps"), M = (double)(v.outer * v.inner);
+  for (int64_t c = 0; c < v.c; c++) {
+    double mean, var, sdy = 0, sdyx = 0;
+    channel_stats(x, c, false, &mean, &var);
+    double invstd = 1.0 / sqrt(var + eps);
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        sdy += dy->f[i];
+        sdyx += dy->f[i] * (x->f[i] - mean) * invstd;
+      }
+    if (n->op == OP_batchnorm2d_grad_gamma) {
+      out->f[c] = (float)sdyx;
+      continue;
+    }
+    double gamma = in[2]->f[c];
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        double xhat = (x->f[i] - mean) * invstd;
+        out->f[i] = (float)(gamma * invstd * (dy->f[i] - sdy / M - xhat * sdyx / M));
+      }
+  }
+}
+
+const OpRules rules_batchnorm2d_grad_input = {.shape = shape_batchnorm2d_grad_input,
+                                              .eval = eval_batchnorm2d_grad};
+const OpRules rules_batchnorm2d_grad_gamma = {.shape = shape_batchnorm2d_grad_gamma,
+                                              .eval = eval_batchnorm2d_grad};
+
+// --- channel_mean and channel_var: x[N,C,...] -> [C] --------------------------------------
+//
+// The batch statistics that update the running ones, under no_grad as in PyTorch.
+
+static void eval_channel_stat(const Node *n, Tensor *out, Tensor **in) {
+  bool unbiased = n->op == OP_channel_var && node_int(n, "unbiased");
+  for (int64_t c = 0; c < out->type.dim[0]; c++) {
+    double mean, var;
+    channel_stats(in[0], c, unbiased, &mean, &var);
+    out->f[c] = (float)(n->op == OP_channel_mean ? mean : var);
+  }
+}
+
+const OpRules rules_channel_mean = {.shape = channel_rule, .eval = eval_channel_stat,
+                                    .no_grad = true};
+const OpRules rules_channel_var = {.shape = channel_rule, .eval = eval_channel_stat,
+                                   .no_grad = true};
+
+// --- bias_grad dy[N,C,...] -> [C]: the gradient of a bias broadcast over all dims but 1 -----
+
+static void eval_bias_grad(const Node *n, Tensor *out, Tensor **in) {
+  ChannelView v = channels(&in[0]->type);
+  for (int64_t c = 0; c < v.c; c++) {
+    double s = 0;
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++)
+        s += in[0]->f[(o * v.c + c) * v.inner + k];
+    out->f[c] = (float)s;
+  }
+}
+
+const OpRules rules_bias_grad = {.shape = channel_rule, .eval = eval_bias_grad};

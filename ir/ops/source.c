@@ -1,0 +1,127 @@
+// Sources and moves: the values that come from outside the graph (input,
+// param, state), constants, dropout's mask, and the ops that only move values
+// around (reshape, assign). Only reshape carries a gradient.
+#include "ops.h"
+#include "dropout_hash.h"
+
+#include <string.h>
+
+// --- input, param, state: fed by the caller ----------------------------------------
+//
+// Their type is declared by the builder; eval_graph's caller gives the value.
+
+static const char *shape_declared(const Node *n, Type *out) {
+  *out = n->type;
+  return NULL;
+}
+
+static void eval_fed(const Node *n, Tensor *out, Tensor **in) {
+  const Tensor *src = in[0];
+  const char *name = n->name ? n->name : "(unnamed)";
+  if (!type_eq(&src->type, &n->type))
+    fatal("eval_graph: source %%%s is %s but the tensor given is %s", name, type_str(&n->type),
+          type_str(&src->type));
+  if (n->type.dtype == DT_F32 ? !src->f : !src->i)
+    fatal("eval_graph: no data given for source %%%s", name);
+  if (n->type.dtype == DT_F32)
+    memcpy(out->f, src->f, type_numel(&n->type) * sizeof(float));
+  else
+    memcpy(out->i, src->i, type_numel(&n->type) * sizeof(int32_t));
+}
+
+const OpRules rules_input = {.shape = shape_declared, .eval = eval_fed};
+const OpRules rules_param = {.shape = shape_declared, .eval = eval_fed};
+const OpRules rules_state = {.shape = shape_declared, .eval = eval_fed};
+
+// --- const: one value fills the tensor, else one value per element --------------------
+
+static const char *shape_const(const Node *n, Type *out) {
+  const Type *declared = &n->type;
+  const Attr *v = node_attr(n, "value");
+  if (declared->dtype != DT_F32)
+    FAIL("constants must be f32");
+  if (v->n != 1 && v->n != type_numel(declared))
+    FAIL("constant of type %s needs 1 or %lld values, got %d", type_str(declared),
+         (long long)type_numel(declared), v->n);
+  *out = *declared;
+  return NULL;
+}
+
+static void eval_const(const Node *n, Tensor *out, Tensor **in) {
+  const Attr *v = node_attr(n, "value");
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)v->floats[v->n == 1 ? 0 : i];
+}
+
+const OpRules rules_const = {.shape = shape_const, .eval = eval_const};
+
+// --- The moves: reshape and assign copy their (last) operand ---------------------------
+
+static void eval_copy(const Node *n, Tensor *out, Tensor **in) {
+  if (out->type.dtype == DT_F32)
+    memcpy(out->f, in[n->nin - 1]->f, numel(out) * sizeof(float));
+  else
+    memcpy(out->i, in[n->nin - 1]->i, numel(out) * sizeof(int32_t));
+}
+
+// reshape: to the node's declared type, with the same element count.
+static const char *shape_reshape(const Node *n, Type *out) {
+  const Type *declared = &n->type;
+  if (type_numel(declared) != type_numel(T(n, 0)) || declared->dtype != T(n, 0)->dtype)
+    FAIL("cannot reshape %s to %s: element counts differ", type_str(T(n, 0)),
+         type_str(declared));
+  *out = *declared;
+  return NULL;
+}
+
+// dx = dy reshaped back to x's type.
+static void grad_reshape(AD *ad, Node *n, Node *dy) {
+  Node *x = n->in[0];
+  Node *r = grad_op(ad, OP_reshape, n, 1, (Node *[]){dy});
+  r->type = x->type;
+  accumulate(ad, x, done(r));
+}
+
+const OpRules rules_reshape = {.shape = shape_reshape, .eval = eval_copy, .grad = grad_reshape};
+
+// assign (target, value): the target, a param or state, holds value after the step.
+// Optimizer updates: no gradient flows through them.
+static const char *shape_assign(const Node *n, Type *out) {
+  if (n->in[0]->op != OP_param && n->in[0]->op != OP_state)
+    FAIL("assign target must be a param or state, got %s", op_info(n->in[0]->op)->name);
+  CHECK(want_same(n, 0, 1));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+const OpRules rules_assign = {.shape = shape_assign, .eval = eval_copy, .no_grad = true};
+
+// --- dropout_mask (step, seed): 0 or 1/(1-p) per element ----------------------------------
+//
+// A hash of (seed, salt, step, index) from dropout_hash.h, the same in the
+// generated code. The mask is a constant of the step: no gradient flows into it.
+
+static const char *shape_dropout_mask(const Node *n, Type *out) {
+  CHECK(want_scalar(n, 0, DT_I32, "step"));
+  CHECK(want_scalar(n, 1, DT_I32, "seed"));
+  double p = node_float(n, "p");
+  if (!(p >= 0.0 && p < 1.0))
+    FAIL("dropout probability must be in [0, 1), got %g", p);
+  if (n->type.dtype != DT_F32)
+    FAIL("dropout mask must be f32");
+  *out = n->type;
+  return NULL;
+}
+
+static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
+  double p = node_float(n, "p");
+  uint32_t threshold = dropout_threshold(p);
+  uint32_t key =
+      dropout_key((uint32_t)in[1]->i[0], (uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
+  float scale = (float)(1.0 / (1.0 - p));
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = dropout_bits(key, (uint32_t)i) >= threshold ? scale : 0.0f;
+}
+
+const OpRules rules_dropout_mask = {
+    .shape = shape_dropout_mask, .eval = eval_dropout_mask, .no_grad = true};
