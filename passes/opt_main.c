@@ -1,6 +1,9 @@
 // xentcc-opt: reads textual graph IR, runs the named passes, prints the
-// result. It is what the golden pass tests run, as LLVM's `opt` is.
+// result. It is what the golden pass tests run, as LLVM's `opt` is. Passes
+// named after "lower" run on the loop IR of the graph (one function, every
+// node in its own buffer) and the loop program is printed instead.
 #include "ir.h"
+#include "loop.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +12,8 @@ static void usage(FILE *out) {
   fputs("usage: xentcc-opt FILE.xir|- --passes=a,b,... [options]\n"
         "\n"
         "options:\n"
-        "  --passes=LIST          comma-separated passes to run in order (may be empty)\n"
+        "  --passes=LIST          comma-separated passes to run in order (may be empty);\n"
+        "                         passes after 'lower' run on the loop IR\n"
         "  --print-after-all      print the IR after every pass to stderr\n"
         "  --print-after=PASS     print the IR after PASS to stderr\n"
         "  --disable-pass=PASS    skip PASS (repeatable)\n"
@@ -72,7 +76,22 @@ int main(int argc, char **argv) {
   int count = 0;
   for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ","))
     names[count++] = tok;
-  run_pipeline(g, names, count, &po);
+  int nlower = count;
+  for (int i = 0; i < count; i++)
+    if (!strcmp(names[i], "lower")) {
+      nlower = i;
+      break;
+    }
+  run_pipeline(g, names, nlower, &po);
+  if (nlower < count) {
+    if (strcmp(emit, "ir"))
+      fatal("--emit=%s: after 'lower' xentcc-opt prints the loop IR", emit);
+    bool train = g->nret > 0 && g->ret[0]->type.rank == 0;
+    LProgram *lp = train ? lower_program(g, NULL, 3) : lower_program(NULL, g, 3);
+    run_loop_pipeline(lp, names + nlower + 1, count - nlower - 1, &po);
+    print_lprogram(stdout, lp);
+    return 0;
+  }
 
   if (!strcmp(emit, "dot"))
     print_dot(stdout, g);

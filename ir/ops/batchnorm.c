@@ -1,6 +1,7 @@
 // Batch normalisation, nn.BatchNorm2d's, and the per-channel reductions it is
 // made of: channel_mean and channel_var (its running statistics), bias_grad
 // (also the bias gradient of conv2d and linear), and its two gradients.
+#include "lower.h"
 #include "ops.h"
 
 // x[N,C,...] -> [C]: the shape of every per-channel reduction.
@@ -83,11 +84,117 @@ static void grad_batchnorm2d(AD *ad, Node *n, Node *dy) {
     accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
 }
 
-const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d,
-                                   .grad = grad_batchnorm2d};
+// Lowering the batch norms and channel statistics, one kernel shape for all six ops.
+//
+// Per channel over (N, H, W): mean, biased variance for normalising (the
+// unbiased one for the running statistics), xhat = (x - mean) * rstd.
+
+// Sums over (n, s) of channel ch into local acc: x, (x - mean)^2 or dy * xhat.
+static void channel_sum(Lowering *L, LKernel *k, LStmt *parent, LBuf *x, LBuf *dy, LExpr *ch,
+                        LBuf *acc, LBuf *mean, LBuf *rstd, int mode) {
+  LExpr *v[LMAX_RANK], *b;
+  ls_add(parent, ST(acc, F(0)));
+  LStmt *l = reduce_loop(k, parent, x->dim[0], "n", &b);
+  v[0] = b;
+  v[1] = ch;
+  for (int d = 2; d < x->rank; d++)
+    l = reduce_loop(k, l, x->dim[d], d == 2 ? "h" : "w", &v[d]);
+  LExpr *xv = LDV(x, v), *t;
+  if (mode == 0)
+    t = xv;
+  else if (mode == 1)
+    t = FMUL(FSUB(xv, LD(mean)), FSUB(lx_copy(xv), LD(mean)));
+  else
+    t = FMUL(LDV(dy, v), FMUL(FSUB(xv, LD(mean)), LD(rstd)));
+  ls_add(l, ST(acc, FADD(LD(acc), t)));
+}
+
+static void lower_batchnorm(Lowering *L, Node *n) {
+  bool has_eps = op_attr_index(n->op, "eps") >= 0;
+  float eps = has_eps ? (float)node_float(n, "eps") : 0.0f;
+  bool grads = n->op == OP_batchnorm2d_grad_input || n->op == OP_batchnorm2d_grad_gamma;
+  LBuf *x = B(L, n->in[grads ? 1 : 0]), *out = B(L, n);
+  int64_t C = x->dim[1], M = lbuf_numel(x) / C;
+  LKernel *k = kernel(L, n, NULL);
+  LBuf *mean = local(L, "mean", DT_F32), *var = local(L, "var", DT_F32);
+  LBuf *rstd = local(L, "rstd", DT_F32), *acc = local(L, "sum", DT_F32);
+  LExpr *ch;
+  LStmt *cl = loop(k, NULL, C, "c", &ch);
+  // mean and biased variance of channel ch of buffer b.
+#define STATS(b, unbiased)                                                                         \
+  do {                                                                                             \
+    channel_sum(L, k, cl, b, NULL, ch, acc, NULL, NULL, 0);                                        \
+    ls_add(cl, ST(mean, FDIV(LD(acc), F((double)M))));                                             \
+    channel_sum(L, k, cl, b, NULL, ch, acc, mean, NULL, 1);                                        \
+    ls_add(cl, ST(var, FDIV(LD(acc), F((double)((unbiased) ? M - 1 : M)))));                       \
+  } while (0)
+  LExpr *v[LMAX_RANK], *b;
+  switch (n->op) {
+  case OP_batchnorm2d:
+  case OP_batchnorm2d_infer: {
+    if (n->op == OP_batchnorm2d) {
+      STATS(x, false);
+    } else {
+      ls_add(cl, ST(mean, LD(B(L, n->in[3]), ch)));
+      ls_add(cl, ST(var, LD(B(L, n->in[4]), ch)));
+    }
+    ls_add(cl, ST(rstd, FDIV(F(1), lx_un(LX_SQRT, FADD(LD(var), F(eps))))));
+    LStmt *l = loop(k, cl, x->dim[0], "n", &b);
+    v[0] = b, v[1] = ch;
+    for (int d = 2; d < x->rank; d++)
+      l = loop(k, l, x->dim[d], d == 2 ? "h" : "w", &v[d]);
+    LExpr *e =
+        FADD(FMUL(FMUL(FSUB(LDV(x, v), LD(mean)), LD(rstd)), LD(B(L, n->in[1]), lx_copy(ch))),
+             LD(B(L, n->in[2]), lx_copy(ch)));
+    ls_add(l, ls_store(out, v, e));
+    break;
+  }
+  case OP_channel_mean:
+    channel_sum(L, k, cl, x, NULL, ch, acc, NULL, NULL, 0);
+    ls_add(cl, ST(out, FDIV(LD(acc), F((double)M)), ch));
+    break;
+  case OP_channel_var:
+    STATS(x, node_int(n, "unbiased") != 0);
+    ls_add(cl, ST(out, LD(var), ch));
+    break;
+  case OP_batchnorm2d_grad_gamma:
+  case OP_batchnorm2d_grad_input: {
+    // (dy, x[, gamma]): dx = gamma * rstd / M * (M dy - sum(dy) - xhat * sum(dy * xhat)).
+    LBuf *dy = B(L, n->in[0]);
+    STATS(x, false);
+    ls_add(cl, ST(rstd, FDIV(F(1), lx_un(LX_SQRT, FADD(LD(var), F(eps))))));
+    LBuf *sdyx = local(L, "sdyx", DT_F32), *sdy = local(L, "sdy", DT_F32);
+    channel_sum(L, k, cl, x, dy, ch, sdyx, mean, rstd, 2);
+    if (n->op == OP_batchnorm2d_grad_gamma) {
+      ls_add(cl, ST(out, LD(sdyx), ch));
+      break;
+    }
+    channel_sum(L, k, cl, dy, NULL, ch, sdy, NULL, NULL, 0);
+    LBuf *scale = local(L, "scale", DT_F32);
+    ls_add(cl, ST(scale, FDIV(FMUL(LD(B(L, n->in[2]), lx_copy(ch)), LD(rstd)), F((double)M))));
+    LStmt *l = loop(k, cl, x->dim[0], "n", &b);
+    v[0] = b, v[1] = ch;
+    for (int d = 2; d < x->rank; d++)
+      l = loop(k, l, x->dim[d], d == 2 ? "h" : "w", &v[d]);
+    LExpr *xhat = FMUL(FSUB(LDV(x, v), LD(mean)), LD(rstd));
+    LExpr *e = FSUB(FSUB(FMUL(F((double)M), LDV(dy, v)), LD(sdy)), FMUL(xhat, LD(sdyx)));
+    ls_add(l, ls_store(out, v, FMUL(LD(scale), e)));
+    break;
+  }
+  default:
+    unreachable();
+  }
+#undef STATS
+}
+
+const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d,
+                                   .eval = eval_batchnorm2d,
+                                   .grad = grad_batchnorm2d,
+                                   .lower = lower_batchnorm};
 
 // Only the forward graph of eval mode has it: never differentiated.
-const OpRules rules_batchnorm2d_infer = {.shape = shape_batchnorm2d, .eval = eval_batchnorm2d};
+const OpRules rules_batchnorm2d_infer = {
+    .shape = shape_batchnorm2d, .eval = eval_batchnorm2d, .lower = lower_batchnorm};
 
 // --- batchnorm2d_grad_input (dy, x, gamma) and batchnorm2d_grad_gamma (dy, x) ---------------
 //
@@ -137,10 +244,10 @@ static void eval_batchnorm2d_grad(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_batchnorm2d_grad_input = {.shape = shape_batchnorm2d_grad_input,
-                                              .eval = eval_batchnorm2d_grad};
-const OpRules rules_batchnorm2d_grad_gamma = {.shape = shape_batchnorm2d_grad_gamma,
-                                              .eval = eval_batchnorm2d_grad};
+const OpRules rules_batchnorm2d_grad_input = {
+    .shape = shape_batchnorm2d_grad_input, .eval = eval_batchnorm2d_grad, .lower = lower_batchnorm};
+const OpRules rules_batchnorm2d_grad_gamma = {
+    .shape = shape_batchnorm2d_grad_gamma, .eval = eval_batchnorm2d_grad, .lower = lower_batchnorm};
 
 // --- channel_mean and channel_var: x[N,C,...] -> [C] --------------------------------------
 //
@@ -155,10 +262,10 @@ static void eval_channel_stat(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_channel_mean = {.shape = channel_rule, .eval = eval_channel_stat,
-                                    .no_grad = true};
-const OpRules rules_channel_var = {.shape = channel_rule, .eval = eval_channel_stat,
-                                   .no_grad = true};
+const OpRules rules_channel_mean = {
+    .shape = channel_rule, .eval = eval_channel_stat, .no_grad = true, .lower = lower_batchnorm};
+const OpRules rules_channel_var = {
+    .shape = channel_rule, .eval = eval_channel_stat, .no_grad = true, .lower = lower_batchnorm};
 
 // --- bias_grad dy[N,C,...] -> [C]: the gradient of a bias broadcast over all dims but 1 -----
 
@@ -173,4 +280,19 @@ static void eval_bias_grad(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_bias_grad = {.shape = channel_rule, .eval = eval_bias_grad};
+// bias_grad: db[c] = sum over every other dimension of dy[n,c,...].
+static void lower_bias_grad(Lowering *L, Node *n) {
+  LBuf *db = B(L, n), *dy = B(L, n->in[0]);
+  LKernel *k = kernel(L, n, NULL);
+  LExpr *c, *v[LMAX_RANK];
+  LStmt *sp = each(k, NULL, db, &c, (const char *[]){"c"});
+  ls_add(sp, ST(db, F(0), c));
+  LStmt *r = reduce_loop(k, sp, dy->dim[0], "n", &v[0]);
+  v[1] = c;
+  for (int d = 2; d < dy->rank; d++)
+    r = reduce_loop(k, r, dy->dim[d], d == 2 ? "h" : "w", &v[d]);
+  ls_add(r, ST(db, FADD(LD(db, c), LDV(dy, v)), c));
+}
+
+const OpRules rules_bias_grad = {
+    .shape = channel_rule, .eval = eval_bias_grad, .lower = lower_bias_grad};

@@ -1,6 +1,7 @@
 // Convolution, nn.Conv2d's: x[N,C,H,W] * w[O,C,KH,KW] (+ b[O]) -> y[N,O,HO,WO],
 // and its two gradients, conv2d_grad_input and conv2d_grad_weight (the bias's
 // is bias_grad, in batchnorm.c with the other per-channel sums).
+#include "lower.h"
 #include "ops.h"
 
 #include <stdlib.h>
@@ -100,7 +101,44 @@ static void grad_conv2d(AD *ad, Node *n, Node *dy) {
     accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
 }
 
-const OpRules rules_conv2d = {.shape = shape_conv2d, .eval = eval_conv2d, .grad = grad_conv2d};
+// Lowering
+//
+// conv2d:      y[n,o,oh,ow] = b[o] + sum_{c,kh,kw} x[n,c,oh*s0-p0+kh, ow*s1-p1+kw] w[o,c,kh,kw]
+// grad_input:  dx[n,c,ih,iw] = sum_{o,kh,kw} dy[n,o,oh,ow] w[o,c,kh,kw]
+//              where ih = oh*s0-p0+kh, i.e. oh = (ih+p0-kh)/s0 when that divides
+// grad_weight: dw[o,c,kh,kw] = sum_{n,oh,ow} dy[n,o,oh,ow] x[n,c,ih,iw]
+
+// Loop roles, printed as the variables' names.
+static const char *const nchw[] = {"n", "c", "h", "w"};
+static const char *const nohw[] = {"n", "o", "oh", "ow"};
+
+static void lower_conv2d(Lowering *L, Node *n) {
+  LBuf *y = B(L, n), *x = B(L, n->in[0]), *w = B(L, n->in[1]);
+  LBuf *b = n->nin == 3 ? B(L, n->in[2]) : NULL;
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  int64_t C = x->dim[1], H = x->dim[2], W = x->dim[3], KH = w->dim[2], KW = w->dim[3];
+  LKernel *k = kernel(L, n, NULL);
+  k->flops = 2 * lbuf_numel(y) * C * KH * KW;
+  LExpr *v[4], *c, *kh, *kw;
+  LStmt *sp = each(k, NULL, y, v, nohw);
+  ls_add(sp, ST(y, b ? LD(b, v[1]) : F(0), v[0], v[1], v[2], v[3]));
+  LStmt *r = reduce_loop(k, sp, C, "c", &c);
+  r = reduce_loop(k, r, KH, "kh", &kh);
+  r = reduce_loop(k, r, KW, "kw", &kw);
+  LExpr *ih = ADD(ADDK(MULK(v[2], s[0]), -p[0]), kh), *iw = ADD(ADDK(MULK(v[3], s[1]), -p[1]), kw);
+  LExpr *ok = p[0] || p[1] ? AND(inside(ih, H), inside(iw, W)) : NULL;
+  if (ok) {
+    LStmt *g = ls_if(ok);
+    ls_add(r, g);
+    r = g;
+  }
+  LExpr *yv = LD(y, v[0], v[1], v[2], v[3]);
+  ls_add(r,
+         ST(y, lx_fma(LD(x, v[0], c, ih, iw), LD(w, v[1], c, kh, kw), yv), v[0], v[1], v[2], v[3]));
+}
+
+const OpRules rules_conv2d = {
+    .shape = shape_conv2d, .eval = eval_conv2d, .grad = grad_conv2d, .lower = lower_conv2d};
 
 // --- conv2d_grad_input (dy, w) -> dx, of the type the builder declares ---------------------
 //
@@ -126,8 +164,43 @@ static void eval_conv2d_grad_input(const Node *n, Tensor *out, Tensor **in) {
   free(acc);
 }
 
+static void lower_conv2d_grad_input(Lowering *L, Node *n) {
+  LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *w = B(L, n->in[1]);
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  int64_t O = dy->dim[1], OH = dy->dim[2], OW = dy->dim[3], KH = w->dim[2], KW = w->dim[3];
+  LKernel *k = kernel(L, n, NULL);
+  k->flops = 2 * lbuf_numel(dy) * dx->dim[1] * KH * KW;
+  LExpr *v[4], *o, *kh, *kw;
+  LStmt *sp = each(k, NULL, dx, v, nchw);
+  ls_add(sp, ST(dx, F(0), v[0], v[1], v[2], v[3]));
+  LStmt *r = reduce_loop(k, sp, O, "o", &o);
+  r = reduce_loop(k, r, KH, "kh", &kh);
+  r = reduce_loop(k, r, KW, "kw", &kw);
+  // t = ih + p - kh = oh * s: the output row when s divides it.
+  LExpr *th = lx_bin(LX_SUB, ADDK(v[2], p[0]), kh), *tw = lx_bin(LX_SUB, ADDK(v[3], p[1]), kw);
+  LExpr *oh = th, *ow = tw, *ok = NULL;
+  ok = AND(ok, BIN(LX_GE, th, K(0)));
+  ok = AND(ok, BIN(LX_GE, tw, K(0)));
+  if (s[0] > 1) {
+    ok = AND(ok, BIN(LX_EQ, BIN(LX_REM, th, K(s[0])), K(0)));
+    oh = BIN(LX_DIV, th, K(s[0]));
+  }
+  if (s[1] > 1) {
+    ok = AND(ok, BIN(LX_EQ, BIN(LX_REM, tw, K(s[1])), K(0)));
+    ow = BIN(LX_DIV, tw, K(s[1]));
+  }
+  ok = AND(ok, BIN(LX_LT, oh, K(OH)));
+  ok = AND(ok, BIN(LX_LT, ow, K(OW)));
+  LStmt *g = ls_if(ok);
+  ls_add(r, g);
+  LExpr *cur = LD(dx, v[0], v[1], v[2], v[3]);
+  ls_add(g, ST(dx, lx_fma(LD(dy, v[0], o, oh, ow), LD(w, o, v[1], kh, kw), cur), v[0], v[1], v[2],
+               v[3]));
+}
+
 const OpRules rules_conv2d_grad_input = {.shape = shape_conv2d_grad_input,
-                                         .eval = eval_conv2d_grad_input};
+                                         .eval = eval_conv2d_grad_input,
+                                         .lower = lower_conv2d_grad_input};
 
 // --- conv2d_grad_weight (dy, x) -> dw[O,C,KH,KW], the kernel size an attribute ------------
 
@@ -156,5 +229,30 @@ static void eval_conv2d_grad_weight(const Node *n, Tensor *out, Tensor **in) {
   free(acc);
 }
 
+static void lower_conv2d_grad_weight(Lowering *L, Node *n) {
+  LBuf *dw = B(L, n), *dy = B(L, n->in[0]), *x = B(L, n->in[1]);
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  int64_t N = dy->dim[0], OH = dy->dim[2], OW = dy->dim[3], H = x->dim[2], W = x->dim[3];
+  LKernel *k = kernel(L, n, NULL);
+  k->flops = 2 * lbuf_numel(dy) * x->dim[1] * dw->dim[2] * dw->dim[3];
+  LExpr *v[4], *b, *oh, *ow;
+  LStmt *sp = each(k, NULL, dw, v, (const char *[]){"o", "c", "kh", "kw"});
+  ls_add(sp, ST(dw, F(0), v[0], v[1], v[2], v[3]));
+  LStmt *r = reduce_loop(k, sp, N, "n", &b);
+  r = reduce_loop(k, r, OH, "oh", &oh);
+  r = reduce_loop(k, r, OW, "ow", &ow);
+  LExpr *ih = ADD(ADDK(MULK(oh, s[0]), -p[0]), v[2]), *iw = ADD(ADDK(MULK(ow, s[1]), -p[1]), v[3]);
+  LExpr *ok = p[0] || p[1] ? AND(inside(ih, H), inside(iw, W)) : NULL;
+  if (ok) {
+    LStmt *g = ls_if(ok);
+    ls_add(r, g);
+    r = g;
+  }
+  LExpr *cur = LD(dw, v[0], v[1], v[2], v[3]);
+  ls_add(r, ST(dw, lx_fma(LD(dy, b, v[0], oh, ow), LD(x, b, v[1], ih, iw), cur), v[0], v[1], v[2],
+               v[3]));
+}
+
 const OpRules rules_conv2d_grad_weight = {.shape = shape_conv2d_grad_weight,
-                                          .eval = eval_conv2d_grad_weight};
+                                          .eval = eval_conv2d_grad_weight,
+                                          .lower = lower_conv2d_grad_weight};

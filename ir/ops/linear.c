@@ -1,6 +1,7 @@
 // The linear layer, nn.Linear's: x[N,K] w[M,K] (+ b[M]) -> y[N,M] = x w^T + b,
 // and its two gradients, linear_grad_input and linear_grad_weight (the
 // bias's is bias_grad, in batchnorm.c with the other per-channel sums).
+#include "lower.h"
 #include "ops.h"
 
 // --- linear (x, w, b?) -> y ---------------------------------------------------------------
@@ -40,7 +41,27 @@ static void grad_linear(AD *ad, Node *n, Node *dy) {
     accumulate(ad, x[2], done(grad_op(ad, OP_bias_grad, n, 1, (Node *[]){dy})));
 }
 
-const OpRules rules_linear = {.shape = shape_linear, .eval = eval_linear, .grad = grad_linear};
+// Lowering
+//
+// linear:      y[n,m] = b[m] + sum_k x[n,k] w[m,k]
+// grad_input:  dx[n,k] = sum_m dy[n,m] w[m,k]
+// grad_weight: dw[m,k] = sum_n dy[n,m] x[n,k]
+
+static void lower_linear(Lowering *L, Node *n) {
+  LBuf *y = B(L, n), *x = B(L, n->in[0]), *w = B(L, n->in[1]);
+  LBuf *b = n->nin == 3 ? B(L, n->in[2]) : NULL;
+  LKernel *k = kernel(L, n, NULL);
+  int64_t K_ = x->dim[1];
+  k->flops = 2 * lbuf_numel(y) * K_;
+  LExpr *v[2], *kk;
+  LStmt *sp = each(k, NULL, y, v, (const char *[]){"n", "m"});
+  ls_add(sp, ST(y, b ? LD(b, v[1]) : F(0), v[0], v[1]));
+  LStmt *r = reduce_loop(k, sp, K_, "k", &kk);
+  ls_add(r, ST(y, lx_fma(LD(x, v[0], kk), LD(w, v[1], kk), LD(y, v[0], v[1])), v[0], v[1]));
+}
+
+const OpRules rules_linear = {
+    .shape = shape_linear, .eval = eval_linear, .grad = grad_linear, .lower = lower_linear};
 
 // The two gradients' shape rule: (dy[N,M], w[M,K]) -> [N,K] and
 // (dy[N,M], x[N,K]) -> [M,K].
@@ -69,8 +90,20 @@ static void eval_linear_grad_input(const Node *n, Tensor *out, Tensor **in) {
     }
 }
 
-const OpRules rules_linear_grad_input = {.shape = shape_linear_grad,
-                                         .eval = eval_linear_grad_input};
+static void lower_linear_grad_input(Lowering *L, Node *n) {
+  LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *w = B(L, n->in[1]);
+  LKernel *k = kernel(L, n, NULL);
+  int64_t M = dy->dim[1];
+  k->flops = 2 * lbuf_numel(dx) * M;
+  LExpr *v[2], *m;
+  LStmt *sp = each(k, NULL, dx, v, (const char *[]){"n", "k"});
+  ls_add(sp, ST(dx, F(0), v[0], v[1]));
+  LStmt *r = reduce_loop(k, sp, M, "m", &m);
+  ls_add(r, ST(dx, lx_fma(LD(dy, v[0], m), LD(w, m, v[1]), LD(dx, v[0], v[1])), v[0], v[1]));
+}
+
+const OpRules rules_linear_grad_input = {
+    .shape = shape_linear_grad, .eval = eval_linear_grad_input, .lower = lower_linear_grad_input};
 
 // --- linear_grad_weight (dy[N,M], x[N,K]) -> dw[M,K] = dy^T x --------------------------------
 
@@ -85,5 +118,17 @@ static void eval_linear_grad_weight(const Node *n, Tensor *out, Tensor **in) {
     }
 }
 
-const OpRules rules_linear_grad_weight = {.shape = shape_linear_grad,
-                                          .eval = eval_linear_grad_weight};
+static void lower_linear_grad_weight(Lowering *L, Node *n) {
+  LBuf *dw = B(L, n), *dy = B(L, n->in[0]), *x = B(L, n->in[1]);
+  LKernel *k = kernel(L, n, NULL);
+  int64_t N = dy->dim[0];
+  k->flops = 2 * lbuf_numel(dw) * N;
+  LExpr *v[2], *b;
+  LStmt *sp = each(k, NULL, dw, v, (const char *[]){"m", "k"});
+  ls_add(sp, ST(dw, F(0), v[0], v[1]));
+  LStmt *r = reduce_loop(k, sp, N, "n", &b);
+  ls_add(r, ST(dw, lx_fma(LD(dy, b, v[0]), LD(x, b, v[1]), LD(dw, v[0], v[1])), v[0], v[1]));
+}
+
+const OpRules rules_linear_grad_weight = {
+    .shape = shape_linear_grad, .eval = eval_linear_grad_weight, .lower = lower_linear_grad_weight};

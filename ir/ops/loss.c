@@ -1,6 +1,7 @@
 // Losses, each a scalar f32[] with PyTorch's 'mean' reduction, and their
 // gradients: nll_loss and its fused form softmax_cross_entropy, bce and its
 // fused form sigmoid_bce, and l2norm for regularisation terms.
+#include "lower.h"
 #include "ops.h"
 
 // --- Cross-entropy family ------------------------------------------------------------------
@@ -133,10 +134,125 @@ static void grad_nll_loss(AD *ad, Node *n, Node *dy) {
   grad_cross_entropy(ad, n, dy, OP_nll_loss_grad);
 }
 
-const OpRules rules_nll_loss = {.shape = shape_cross_entropy, .eval = eval_cross_entropy,
-                                .grad = grad_nll_loss};
-const OpRules rules_nll_loss_grad = {.shape = shape_cross_entropy_grad,
-                                     .eval = eval_cross_entropy_grad};
+// Lowering the cross-entropy family, one kernel shape for all four ops.
+//
+// Cross-entropy on log-probabilities, PyTorch 1.13 (mean reduction):
+//   W = sum_n w[y_n] (N without weights), rows labelled -100 left out
+//   loss = (1-ls) sum_n -w[y_n] logp[n,y_n] / W + ls/C sum_n sum_c -w[c] logp[n,c] / W
+// The fused op computes log_softmax of each row on the fly.
+
+typedef struct {
+  LBuf *w;     // class weights, or NULL
+  LBuf *label; // i32 [N]
+  int64_t N, C;
+  float ls;
+} LCE;
+
+static LExpr *lclass_weight(const LCE *ce, LExpr *cls) {
+  return ce->w ? lx_load(ce->w, &cls) : F(1);
+}
+
+// The row's label as an index (0 for an ignored row) and whether it counts.
+static LExpr *row_label(const LCE *ce, LExpr *row, LExpr **counts) {
+  LExpr *y = lx_load(ce->label, &row);
+  *counts = BIN(LX_GE, y, lx_int(LT_I32, 0));
+  return lx_cast(LT_I64, SEL(lx_copy(*counts), lx_copy(y), lx_int(LT_I32, 0)));
+}
+
+// Locals m and lse: the max and log-sum-exp of logits row `row`.
+static void row_stats(LKernel *k, LStmt *parent, LBuf *x, LExpr *row, int64_t C, LBuf *m,
+                      LBuf *lse) {
+  LExpr *i;
+  ls_add(parent, ST(m, F(-INFINITY)));
+  LStmt *l = reduce_loop(k, parent, C, "c", &i);
+  ls_add(l, ST(m, lx_bin(LX_MAX, LD(m), LD(x, lx_copy(row), i))));
+  ls_add(parent, ST(lse, F(0)));
+  l = reduce_loop(k, parent, C, "c", &i);
+  ls_add(l, ST(lse, FADD(LD(lse), lx_un(LX_EXP, FSUB(LD(x, lx_copy(row), i), LD(m))))));
+  ls_add(parent, ST(lse, lx_un(LX_LOG, LD(lse))));
+}
+
+static void lower_ce(Lowering *L, Node *n) {
+  bool grad = n->op == OP_nll_loss_grad || n->op == OP_softmax_cross_entropy_grad;
+  bool fused = n->op == OP_softmax_cross_entropy || n->op == OP_softmax_cross_entropy_grad;
+  int xi = grad ? 1 : 0;
+  LBuf *x = B(L, n->in[xi]), *out = B(L, n);
+  LCE ce = {n->nin > xi + 2 ? B(L, n->in[xi + 2]) : NULL, B(L, n->in[xi + 1]), x->dim[0], x->dim[1],
+            (float)node_float(n, "label_smoothing")};
+  LKernel *k = kernel(L, n, NULL);
+  LBuf *W = local(L, "W", DT_F32), *sumw = local(L, "sumw", DT_F32);
+  LBuf *m = local(L, "max", DT_F32), *lse = local(L, "lse", DT_F32);
+  LExpr *row, *i, *counts;
+  // W: the weights of the rows that count.
+  lk_add(k, ST(W, F(0)));
+  LStmt *l = reduce_loop(k, NULL, ce.N, "n", &row);
+  LExpr *y = row_label(&ce, row, &counts);
+  ls_add(l, ST(W, FADD(LD(W), SEL(counts, lclass_weight(&ce, y), F(0)))));
+  lk_add(k, ST(sumw, F((double)ce.C)));
+  if (ce.w) {
+    lk_add(k, ST(sumw, F(0)));
+    l = reduce_loop(k, NULL, ce.C, "c", &i);
+    ls_add(l, ST(sumw, FADD(LD(sumw), lx_load(ce.w, &i))));
+  }
+  float ls = ce.ls;
+  if (!grad) {
+    LBuf *nll = local(L, "nll", DT_F32), *smooth = local(L, "smooth", DT_F32);
+    lk_add(k, ST(nll, F(0)));
+    lk_add(k, ST(smooth, F(0)));
+    LStmt *rl = reduce_loop(k, NULL, ce.N, "n", &row);
+    LExpr *mv = F(0), *lv = F(0);
+    if (fused) {
+      row_stats(k, rl, x, row, ce.C, m, lse);
+      mv = LD(m), lv = LD(lse);
+    }
+    y = row_label(&ce, row, &counts);
+    LExpr *lp = FSUB(FSUB(LD(x, lx_copy(row), y), mv), lv);
+    ls_add(rl, ST(nll,
+                  FADD(LD(nll), SEL(counts, lx_un(LX_NEG, FMUL(lclass_weight(&ce, lx_copy(y)), lp)),
+                                    F(0)))));
+    if (ls != 0) {
+      LBuf *rs = local(L, "rowsum", DT_F32);
+      ls_add(rl, ST(rs, F(0)));
+      LStmt *cl = reduce_loop(k, rl, ce.C, "c", &i);
+      LExpr *lpi = FSUB(FSUB(LD(x, lx_copy(row), i), fused ? LD(m) : F(0)), fused ? LD(lse) : F(0));
+      ls_add(cl, ST(rs, FADD(LD(rs), FMUL(lclass_weight(&ce, lx_copy(i)), lpi))));
+      ls_add(rl, ST(smooth, FADD(LD(smooth), SEL(lx_copy(counts), lx_un(LX_NEG, LD(rs)), F(0)))));
+    }
+    LExpr *loss = FDIV(LD(nll), LD(W));
+    if (ls != 0)
+      loss = FADD(FMUL(F(1.0f - ls), loss), FMUL(FDIV(LD(smooth), LD(W)), F(ls / (float)ce.C)));
+    lk_add(k, ST(out, loss));
+    return;
+  }
+  // d loss / d logp[n,c] = -((1-ls) w[y] [c==y] + ls/C w[c]) / W; the fused
+  // gradient adds softmax * (the row's total of that, negated).
+  LBuf *dl = B(L, n->in[0]);
+  LStmt *rl = loop(k, NULL, ce.N, "n", &row);
+  y = row_label(&ce, row, &counts);
+  LBuf *wy = local(L, "wy", DT_F32), *total = local(L, "total", DT_F32);
+  ls_add(rl, ST(wy, lclass_weight(&ce, y)));
+  if (fused) {
+    row_stats(k, rl, x, row, ce.C, m, lse);
+    ls_add(rl, ST(total, FDIV(FADD(FMUL(F(1.0f - ls), LD(wy)), FMUL(F(ls / (float)ce.C), LD(sumw))),
+                              LD(W))));
+  }
+  LStmt *cl = loop(k, rl, ce.C, "c", &i);
+  LExpr *hit = BIN(LX_EQ, lx_copy(i), row_label(&ce, lx_copy(row), &counts));
+  LExpr *g = FMUL(F(ls / (float)ce.C), lclass_weight(&ce, lx_copy(i)));
+  g = FADD(g, SEL(hit, FMUL(F(1.0f - ls), LD(wy)), F(0)));
+  g = lx_un(LX_NEG, FDIV(g, LD(W)));
+  if (fused)
+    g = FADD(g, FMUL(lx_un(LX_EXP, FSUB(FSUB(LD(x, lx_copy(row), lx_copy(i)), LD(m)), LD(lse))),
+                     LD(total)));
+  ls_add(cl, ST(out, SEL(counts, FMUL(lx_load(dl, NULL), g), F(0)), lx_copy(row), lx_copy(i)));
+}
+
+const OpRules rules_nll_loss = {.shape = shape_cross_entropy,
+                                .eval = eval_cross_entropy,
+                                .grad = grad_nll_loss,
+                                .lower = lower_ce};
+const OpRules rules_nll_loss_grad = {
+    .shape = shape_cross_entropy_grad, .eval = eval_cross_entropy_grad, .lower = lower_ce};
 
 // --- softmax_cross_entropy (logits[N,C], label i32[N], weight[C]?) ----------------------------
 
@@ -144,10 +260,12 @@ static void grad_softmax_cross_entropy(AD *ad, Node *n, Node *dy) {
   grad_cross_entropy(ad, n, dy, OP_softmax_cross_entropy_grad);
 }
 
-const OpRules rules_softmax_cross_entropy = {
-    .shape = shape_cross_entropy, .eval = eval_cross_entropy, .grad = grad_softmax_cross_entropy};
-const OpRules rules_softmax_cross_entropy_grad = {.shape = shape_cross_entropy_grad,
-                                                  .eval = eval_cross_entropy_grad};
+const OpRules rules_softmax_cross_entropy = {.shape = shape_cross_entropy,
+                                             .eval = eval_cross_entropy,
+                                             .grad = grad_softmax_cross_entropy,
+                                             .lower = lower_ce};
+const OpRules rules_softmax_cross_entropy_grad = {
+    .shape = shape_cross_entropy_grad, .eval = eval_cross_entropy_grad, .lower = lower_ce};
 
 // --- Binary cross-entropy -----------------------------------------------------------------
 //
@@ -226,7 +344,77 @@ static void grad_bce(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x[0], done(grad_op(ad, OP_bce_grad, n, 3, (Node *[]){dy, x[0], x[1]})));
 }
 
-const OpRules rules_bce = {.shape = shape_bce, .eval = eval_bce, .grad = grad_bce};
+// BCE family, mean over the elements whose target is not negative.
+static void lower_bce(Lowering *L, Node *n) {
+  bool grad = n->op == OP_bce_grad || n->op == OP_sigmoid_bce_grad;
+  int xi = grad ? 1 : 0;
+  LBuf *x = B(L, n->in[xi]), *t = B(L, n->in[xi + 1]), *out = B(L, n);
+  LKernel *k = kernel(L, n, NULL);
+  const Attr *pwa = node_attr(n, "pos_weight");
+  LBuf *pwb = NULL;
+  if (pwa->n > 1) {
+    int64_t np = pwa->n;
+    pwb = lfunc_buf(L->f, "pos_weight", DT_F32, 1, &np, LB_CONST);
+    pwb->values = pwa->floats;
+    pwb->nvalues = pwa->n;
+  }
+  LBuf *count = local(L, "count", DT_F32), *acc = local(L, "sum", DT_F32);
+  LExpr *v[LMAX_RANK];
+  lk_add(k, ST(count, F(0)));
+  LStmt *l = each(k, NULL, x, v, NULL);
+  ls_add(l, ST(count, FADD(LD(count), SEL(BIN(LX_GE, LDV(t, v), F(0)), F(1), F(0)))));
+  lk_add(k, ST(acc, F(0)));
+  l = each(k, NULL, x, v, NULL);
+  LExpr *xv = LDV(x, v), *y = LDV(t, v);
+  LExpr *counts = BIN(LX_GE, lx_copy(y), F(0));
+  LExpr *last = v[x->rank - 1];
+  LExpr *pw = pwa->n == 0 ? F(1) : pwa->n == 1 ? F(pwa->floats[0]) : lx_load(pwb, &last);
+  LExpr *one_y = FSUB(F(1), lx_copy(y));
+  LExpr *e;
+  switch (n->op) {
+  case OP_bce: { // -(pw y log p + (1-y) log(1-p)), logs clamped at -100 like PyTorch
+    LExpr *lp = lx_bin(LX_MAX, lx_un(LX_LOG, xv), F(-100));
+    LExpr *lq = lx_bin(LX_MAX, lx_un(LX_LOG, FSUB(F(1), lx_copy(xv))), F(-100));
+    e = lx_un(LX_NEG, FADD(FMUL(FMUL(pw, y), lp), FMUL(one_y, lq)));
+    ls_add(l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
+    break;
+  }
+  case OP_sigmoid_bce: { // (1-y) x + (1 + (pw-1) y) (log(e^-mv + e^(-x-mv)) + mv), mv = max(-x, 0)
+    LExpr *mv = lx_bin(LX_MAX, lx_un(LX_NEG, xv), F(0));
+    LExpr *lw = FADD(FMUL(FSUB(pw, F(1)), y), F(1));
+    LExpr *sp =
+        FADD(lx_un(LX_LOG, FADD(lx_un(LX_EXP, lx_un(LX_NEG, mv)),
+                                lx_un(LX_EXP, FSUB(lx_un(LX_NEG, lx_copy(xv)), lx_copy(mv))))),
+             lx_copy(mv));
+    e = FADD(FMUL(one_y, lx_copy(xv)), FMUL(lw, sp));
+    ls_add(l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
+    break;
+  }
+  case OP_bce_grad: { // (-pw y (1-p) + (1-y) p) / max(p (1-p), 1e-12)
+    LExpr *dl = FDIV(lx_load(B(L, n->in[0]), NULL), LD(count));
+    LExpr *q = FSUB(F(1), xv);
+    LExpr *num = FADD(lx_un(LX_NEG, FMUL(FMUL(pw, y), q)), FMUL(one_y, lx_copy(xv)));
+    LExpr *den = lx_bin(LX_MAX, FMUL(lx_copy(xv), lx_copy(q)), F(1e-12));
+    ls_add(l, ls_store(out, v, SEL(counts, FMUL(dl, FDIV(num, den)), F(0))));
+    break;
+  }
+  case OP_sigmoid_bce_grad: { // dl ((pw y + 1 - y) sigmoid(x) - pw y)
+    LExpr *dl = FDIV(lx_load(B(L, n->in[0]), NULL), LD(count));
+    LExpr *s = FDIV(F(1), FADD(F(1), lx_un(LX_EXP, lx_un(LX_NEG, xv))));
+    LExpr *py = FMUL(pw, y);
+    LExpr *g = FMUL(dl, FSUB(FMUL(FADD(py, one_y), s), lx_copy(py)));
+    ls_add(l, ls_store(out, v, SEL(counts, g, F(0))));
+    break;
+  }
+  default:
+    unreachable();
+  }
+  if (!grad)
+    lk_add(k, ST(out, FDIV(LD(acc), LD(count))));
+}
+
+const OpRules rules_bce = {
+    .shape = shape_bce, .eval = eval_bce, .grad = grad_bce, .lower = lower_bce};
 
 // --- bce_grad (dl[], p, target): the derivative of the clamped loss, zero where a log is clamped
 
@@ -246,7 +434,7 @@ static void eval_bce_grad(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_bce_grad = {.shape = shape_bce_grad, .eval = eval_bce_grad};
+const OpRules rules_bce_grad = {.shape = shape_bce_grad, .eval = eval_bce_grad, .lower = lower_bce};
 
 // --- sigmoid_bce (logits, target) -----------------------------------------------------------
 //
@@ -273,8 +461,8 @@ static void grad_sigmoid_bce(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x[0], done(grad_op(ad, OP_sigmoid_bce_grad, n, 3, (Node *[]){dy, x[0], x[1]})));
 }
 
-const OpRules rules_sigmoid_bce = {.shape = shape_bce, .eval = eval_sigmoid_bce,
-                                   .grad = grad_sigmoid_bce};
+const OpRules rules_sigmoid_bce = {
+    .shape = shape_bce, .eval = eval_sigmoid_bce, .grad = grad_sigmoid_bce, .lower = lower_bce};
 
 // --- sigmoid_bce_grad (dl[], logits, target) -------------------------------------------------
 
@@ -287,7 +475,8 @@ static void eval_sigmoid_bce_grad(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_sigmoid_bce_grad = {.shape = shape_bce_grad, .eval = eval_sigmoid_bce_grad};
+const OpRules rules_sigmoid_bce_grad = {
+    .shape = shape_bce_grad, .eval = eval_sigmoid_bce_grad, .lower = lower_bce};
 
 // --- l2norm (x) -> sqrt(sum x^2), not squared ---------------------------------------------------
 
@@ -310,7 +499,19 @@ static void grad_l2norm(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x[0], done(grad_op(ad, OP_l2norm_grad, n, 3, (Node *[]){dy, x[0], n})));
 }
 
-const OpRules rules_l2norm = {.shape = shape_l2norm, .eval = eval_l2norm, .grad = grad_l2norm};
+static void lower_l2norm(Lowering *L, Node *n) {
+  LBuf *x = B(L, n->in[0]), *out = B(L, n);
+  LKernel *k = kernel(L, n, NULL);
+  LBuf *acc = local(L, "sum", DT_F32);
+  LExpr *v[LMAX_RANK];
+  lk_add(k, ST(acc, F(0)));
+  LStmt *l = each(k, NULL, x, v, NULL);
+  ls_add(l, ST(acc, lx_fma(LDV(x, v), LDV(x, v), LD(acc))));
+  lk_add(k, ST(out, lx_un(LX_SQRT, LD(acc))));
+}
+
+const OpRules rules_l2norm = {
+    .shape = shape_l2norm, .eval = eval_l2norm, .grad = grad_l2norm, .lower = lower_l2norm};
 
 // --- l2norm_grad (dl[], x, norm[]) -> dl * x / norm; at norm 0 the subgradient 0, as torch.norm
 
@@ -328,4 +529,11 @@ static void eval_l2norm_grad(const Node *n, Tensor *out, Tensor **in) {
     out->f[i] = norm == 0.0 ? 0.0f : (float)(dl * in[1]->f[i] / norm);
 }
 
-const OpRules rules_l2norm_grad = {.shape = shape_l2norm_grad, .eval = eval_l2norm_grad};
+static LExpr *elem_l2norm_grad(Lowering *L, Node *n, LExpr **v) {
+  LExpr *norm = operand(L, n, 2, v);
+  LExpr *g = FDIV(FMUL(operand(L, n, 0, v), operand(L, n, 1, v)), lx_copy(norm));
+  return SEL(BIN(LX_EQ, norm, F(0)), F(0), g);
+}
+
+const OpRules rules_l2norm_grad = {
+    .shape = shape_l2norm_grad, .eval = eval_l2norm_grad, .elem = elem_l2norm_grad};

@@ -15,7 +15,8 @@
 //
 
 typedef struct AD AD;             // autodiff's state (below)
-typedef struct Lowering Lowering; // the back end's, when it has per-op rules
+typedef struct Lowering Lowering; // the function being lowered (lower.h)
+typedef struct LExpr LExpr;       // the loop IR's expressions (loop.h)
 
 // infer_type, after the operand count and attribute kinds are checked:
 // n's result type into *out, or a message saying what does not fit.
@@ -26,7 +27,11 @@ typedef void EvalRule(const Node *n, Tensor *out, Tensor **in);
 // pass_autodiff: given dy = dL/dn, adds dL/d(operand) to each operand that
 // needs one (accumulate below).
 typedef void GradRule(AD *ad, Node *n, Node *dy);
-typedef void LowerRule(Lowering *lw, const Node *n);
+// lower: n's plain loop nest, a kernel appended to the function (lower.h).
+typedef void LowerRule(Lowering *L, Node *n);
+// lower, for an elementwise op: the value of n at the output's indices v;
+// the driver loops over every element and stores it.
+typedef LExpr *ElemRule(Lowering *L, Node *n, LExpr **v);
 
 typedef struct {
   ShapeRule *shape; // every op
@@ -34,8 +39,8 @@ typedef struct {
   GradRule *grad;   // differentiable forward ops; NULL elsewhere
   bool no_grad;     // no gradient flows through it, as under PyTorch's no_grad:
                     // autodiff neither needs nor wants a rule for it
-  LowerRule *lower; // NULL for now: the back-end rewrite (codegen/) adds
-                    // lower_* functions in these same files and fills it
+  LowerRule *lower; // every op but the sources (input, param, state, const)
+  ElemRule *elem;   // ... or this, for elementwise ops
 } OpRules;
 
 #define OP(id, min, max, flags, schema) extern const OpRules rules_##id;

@@ -1,12 +1,25 @@
 // The optimizer updates, torch.optim's SGD, Adam and AdamW in PyTorch 1.13's
 // formulas, elementwise over a parameter. The optimizer pass adds them after
 // autodiff, so they have no gradient.
+#include "lower.h"
 #include "ops.h"
 
 // A setting that a schedule may move: the optional operand `i` when there
 // (%momentum), else the attribute.
 static double scheduled(const Node *n, Tensor **in, int i, const char *attr) {
   return n->nin > i ? in[i]->f[0] : node_float(n, attr);
+}
+
+// The same in the loop IR: a load of operand i, or the attribute's value.
+static LExpr *setting(Lowering *L, Node *n, int i, const char *attr) {
+  return n->nin > i ? lx_load(B(L, n->in[i]), NULL) : F(node_float(n, attr));
+}
+
+// 1 - that setting, in double and rounded once, as `1 - beta1` from a Python float.
+static LExpr *one_minus(Lowering *L, Node *n, int i, const char *attr) {
+  if (n->nin <= i)
+    return F(1.0 - node_float(n, attr));
+  return lx_cast(LT_F32, FSUB(lx_f64(1.0), lx_cast(LT_F64, lx_load(B(L, n->in[i]), NULL))));
 }
 
 // --- SGD --------------------------------------------------------------------------------
@@ -37,7 +50,18 @@ static void eval_sgd_buf(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_sgd_buf = {.shape = shape_sgd_buf, .eval = eval_sgd_buf};
+// (g, buf, p, step, momentum?): buf = d at the first update.
+static LExpr *elem_sgd_buf(Lowering *L, Node *n, LExpr **v) {
+  LExpr *d = operand(L, n, 0, v);
+  double wd = node_float(n, "weight_decay");
+  if (wd != 0)
+    d = FADD(d, FMUL(F(wd), operand(L, n, 2, v)));
+  LExpr *upd = FADD(FMUL(setting(L, n, 4, "momentum"), operand(L, n, 1, v)),
+                    FMUL(F(1.0 - node_float(n, "dampening")), lx_copy(d)));
+  return SEL(BIN(LX_EQ, operand(L, n, 3, v), lx_int(LT_I32, 1)), d, upd);
+}
+
+const OpRules rules_sgd_buf = {.shape = shape_sgd_buf, .eval = eval_sgd_buf, .elem = elem_sgd_buf};
 
 // (p, g, lr[], buf_new?, momentum[]?) -> new p
 static const char *shape_sgd_update(const Node *n, Type *out) {
@@ -65,7 +89,21 @@ static void eval_sgd_update(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_sgd_update = {.shape = shape_sgd_update, .eval = eval_sgd_update};
+// (p, g, lr, buf_new?, momentum?)
+static LExpr *elem_sgd_update(Lowering *L, Node *n, LExpr **v) {
+  LExpr *p = operand(L, n, 0, v), *d = operand(L, n, 1, v);
+  double wd = node_float(n, "weight_decay");
+  if (wd != 0)
+    d = FADD(d, FMUL(F(wd), lx_copy(p)));
+  if (n->nin >= 4) {
+    LExpr *buf = operand(L, n, 3, v);
+    d = node_int(n, "nesterov") ? FADD(d, FMUL(setting(L, n, 4, "momentum"), buf)) : buf;
+  }
+  return FSUB(p, FMUL(operand(L, n, 2, v), d));
+}
+
+const OpRules rules_sgd_update = {
+    .shape = shape_sgd_update, .eval = eval_sgd_update, .elem = elem_sgd_update};
 
 // --- Adam and AdamW -------------------------------------------------------------------------
 //
@@ -94,8 +132,22 @@ static void eval_adam_moment(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_adam_moment1 = {.shape = shape_adam_moment, .eval = eval_adam_moment};
-const OpRules rules_adam_moment2 = {.shape = shape_adam_moment, .eval = eval_adam_moment};
+// (g, m, p, beta1?)
+static LExpr *elem_adam_moment(Lowering *L, Node *n, LExpr **v) {
+  LExpr *g = operand(L, n, 0, v);
+  double wd = node_float(n, "weight_decay");
+  if (wd != 0)
+    g = FADD(g, FMUL(F(wd), operand(L, n, 2, v)));
+  bool first = n->op == OP_adam_moment1;
+  LExpr *beta = first ? setting(L, n, 3, "beta1") : F(node_float(n, "beta2"));
+  LExpr *c1 = first ? one_minus(L, n, 3, "beta1") : F(1.0 - node_float(n, "beta2"));
+  return FADD(FMUL(operand(L, n, 1, v), beta), FMUL(c1, first ? g : FMUL(g, lx_copy(g))));
+}
+
+const OpRules rules_adam_moment1 = {
+    .shape = shape_adam_moment, .eval = eval_adam_moment, .elem = elem_adam_moment};
+const OpRules rules_adam_moment2 = {
+    .shape = shape_adam_moment, .eval = eval_adam_moment, .elem = elem_adam_moment};
 
 // PyTorch 1.13's single-tensor Adam step t (from 1), after the moments:
 //   AdamW only: p = p * (1 - lr * weight_decay)
@@ -127,4 +179,23 @@ static void eval_adam_update(const Node *n, Tensor *out, Tensor **in) {
   }
 }
 
-const OpRules rules_adam_update = {.shape = shape_adam_update, .eval = eval_adam_update};
+// (p, m, v, lr, step, beta1?): PyTorch's step size in double.
+static LExpr *elem_adam_update(Lowering *L, Node *n, LExpr **v) {
+  LExpr *lr = operand(L, n, 3, v);
+  LExpr *t = lx_cast(LT_F64, operand(L, n, 4, v));
+  LExpr *b1 =
+      n->nin > 5 ? lx_cast(LT_F64, lx_load(B(L, n->in[5]), NULL)) : lx_f64(node_float(n, "beta1"));
+  LExpr *bc1 = FSUB(lx_f64(1), lx_bin(LX_POW, b1, t));
+  LExpr *bc2 = FSUB(lx_f64(1), lx_bin(LX_POW, lx_f64(node_float(n, "beta2")), lx_copy(t)));
+  LExpr *ss = lx_cast(LT_F32, FDIV(lx_cast(LT_F64, lr), bc1));
+  LExpr *bc2s = lx_cast(LT_F32, lx_un(LX_SQRT, bc2));
+  LExpr *p = operand(L, n, 0, v);
+  double wd = node_float(n, "weight_decay");
+  if (node_int(n, "decoupled") && wd != 0) // AdamW; Adam's L2 went into the moments
+    p = FMUL(p, FSUB(F(1), FMUL(lx_copy(lr), F(wd))));
+  LExpr *den = FADD(FDIV(lx_un(LX_SQRT, operand(L, n, 2, v)), bc2s), F(node_float(n, "eps")));
+  return FSUB(p, FMUL(ss, FDIV(operand(L, n, 1, v), den)));
+}
+
+const OpRules rules_adam_update = {
+    .shape = shape_adam_update, .eval = eval_adam_update, .elem = elem_adam_update};

@@ -2,6 +2,7 @@
 // gradients. Window (oh, ow) covers rows oh*sh-ph .. +kh-1 and columns likewise;
 // the parts in the padding are skipped (max pooling pads with -inf) but count
 // in avg pooling's divisor (count_include_pad=True), as in PyTorch.
+#include "lower.h"
 #include "ops.h"
 
 #include <stdlib.h>
@@ -88,8 +89,75 @@ static void grad_maxpool2d(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x, done(grad_op(ad, OP_maxpool2d_grad, n, 2, (Node *[]){dy, x})));
 }
 
-const OpRules rules_maxpool2d = {.shape = shape_pool, .eval = eval_maxpool2d,
-                                 .grad = grad_maxpool2d};
+// Lowering the pools and their gradients.
+//
+// A window's rows and columns that fall inside the input: padding never wins
+// a max and counts as zero in the average (count_include_pad=True). Ties
+// pick the first maximum and a NaN propagates, as PyTorch's max_pool2d.
+
+// Loop roles, printed as the variables' names.
+static const char *const nchw[] = {"n", "c", "h", "w"};
+
+typedef struct {
+  int64_t H, W, KH, KW, s0, s1, p0, p1;
+} Pool;
+
+static Pool pool_of(Node *n, const LBuf *x) {
+  return (Pool){x->dim[2],
+                x->dim[3],
+                ints(n, "kernel")[0],
+                ints(n, "kernel")[1],
+                ints(n, "stride")[0],
+                ints(n, "stride")[1],
+                ints(n, "padding")[0],
+                ints(n, "padding")[1]};
+}
+
+// Loops kh, kw inside `parent` over window (oh, ow); returns where the body
+// goes (guarded when padded), with ih and iw.
+static LStmt *window(LKernel *k, LStmt *parent, const Pool *w, LExpr *oh, LExpr *ow, LExpr **kh,
+                     LExpr **kw, LExpr **ih, LExpr **iw) {
+  LStmt *r = reduce_loop(k, parent, w->KH, "kh", kh);
+  r = reduce_loop(k, r, w->KW, "kw", kw);
+  *ih = ADD(ADDK(MULK(oh, w->s0), -w->p0), *kh);
+  *iw = ADD(ADDK(MULK(ow, w->s1), -w->p1), *kw);
+  LExpr *ok = w->p0 || w->p1 ? AND(inside(*ih, w->H), inside(*iw, w->W)) : NULL;
+  if (!ok)
+    return r;
+  LStmt *g = ls_if(ok);
+  ls_add(r, g);
+  return g;
+}
+
+// The first maximum of the window at (n, c, oh, ow) into local best, and its
+// tap kh * KW + kw into local arg (PyTorch: a NaN is taken and kept).
+static void window_max(Lowering *L, LKernel *k, LStmt *sp, LBuf *x, const Pool *w, LExpr **v,
+                       LBuf *best, LBuf *arg) {
+  ls_add(sp, ST(best, F(-INFINITY)));
+  ls_add(sp, ST(arg, lx_int(LT_I32, -1)));
+  LExpr *kh, *kw, *ih, *iw;
+  LStmt *r = window(k, sp, w, v[2], v[3], &kh, &kw, &ih, &iw);
+  LExpr *xv = LD(x, v[0], v[1], ih, iw), *bv = LD(best);
+  LExpr *take = lx_bin(LX_OR, BIN(LX_UGT, xv, bv), BIN(LX_LT, LD(arg), lx_int(LT_I32, 0)));
+  take = lx_bin(LX_AND, take, lx_un(LX_NOT, lx_un(LX_UNO, bv)));
+  LExpr *tap = lx_cast(LT_I32, ADD(MULK(kh, w->KW), kw));
+  ls_add(r, ST(arg, SEL(take, tap, LD(arg))));
+  ls_add(r, ST(best, SEL(lx_copy(take), lx_copy(xv), LD(best))));
+}
+
+static void lower_maxpool2d(Lowering *L, Node *n) {
+  LBuf *y = B(L, n), *x = B(L, n->in[0]);
+  Pool w = pool_of(n, x);
+  LKernel *k = kernel(L, n, NULL);
+  LBuf *best = local(L, "best", DT_F32), *arg = local(L, "arg", DT_I32);
+  LExpr *v[4];
+  LStmt *sp = each(k, NULL, y, v, nchw);
+  window_max(L, k, sp, x, &w, v, best, arg);
+  ls_add(sp, ST(y, LD(best), v[0], v[1], v[2], v[3]));
+}
+
+const OpRules rules_maxpool2d = {
+    .shape = shape_pool, .eval = eval_maxpool2d, .grad = grad_maxpool2d, .lower = lower_maxpool2d};
 
 // --- maxpool2d_grad (dy, x) -> dx: each output's gradient goes to its window's maximum ------
 
@@ -104,7 +172,35 @@ static void eval_maxpool2d_grad(const Node *n, Tensor *out, Tensor **in) {
   free(acc);
 }
 
-const OpRules rules_maxpool2d_grad = {.shape = shape_pool_grad, .eval = eval_maxpool2d_grad};
+// Gradients: dx starts at 0; each window adds its dy to the tap that won
+// (max) or to every tap inside (average), windows in order.
+static void lower_pool_grad(Lowering *L, Node *n, bool is_max) {
+  LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *x = B(L, n->in[1]);
+  Pool w = pool_of(n, x);
+  LKernel *k = kernel(L, n, NULL);
+  LExpr *z[4];
+  LStmt *zl = each(k, NULL, dx, z, nchw);
+  ls_add(zl, ST(dx, F(0), z[0], z[1], z[2], z[3]));
+  LExpr *v[4], *kh, *kw, *ih, *iw;
+  LStmt *sp = each(k, NULL, dy, v, nchw);
+  LBuf *arg = is_max ? local(L, "arg", DT_I32) : NULL;
+  if (is_max)
+    window_max(L, k, sp, x, &w, v, local(L, "best", DT_F32), arg);
+  LStmt *r = window(k, sp, &w, v[2], v[3], &kh, &kw, &ih, &iw);
+  LExpr *g = LD(dy, v[0], v[1], v[2], v[3]);
+  if (is_max) {
+    LExpr *tap = lx_cast(LT_I32, ADD(MULK(kh, w.KW), kw));
+    g = SEL(BIN(LX_EQ, tap, LD(arg)), g, F(0));
+  } else {
+    g = FDIV(g, F((double)(w.KH * w.KW)));
+  }
+  ls_add(r, ST(dx, FADD(LD(dx, v[0], v[1], ih, iw), g), v[0], v[1], ih, iw));
+}
+
+static void lower_maxpool2d_grad(Lowering *L, Node *n) { lower_pool_grad(L, n, true); }
+
+const OpRules rules_maxpool2d_grad = {
+    .shape = shape_pool_grad, .eval = eval_maxpool2d_grad, .lower = lower_maxpool2d_grad};
 
 // --- avgpool2d --------------------------------------------------------------------------
 
@@ -139,8 +235,21 @@ static void grad_avgpool2d(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x, done(grad_op(ad, OP_avgpool2d_grad, n, 2, (Node *[]){dy, x})));
 }
 
-const OpRules rules_avgpool2d = {.shape = shape_pool, .eval = eval_avgpool2d,
-                                 .grad = grad_avgpool2d};
+static void lower_avgpool2d(Lowering *L, Node *n) {
+  LBuf *y = B(L, n), *x = B(L, n->in[0]);
+  Pool w = pool_of(n, x);
+  LKernel *k = kernel(L, n, NULL);
+  LBuf *acc = local(L, "sum", DT_F32);
+  LExpr *v[4], *kh, *kw, *ih, *iw;
+  LStmt *sp = each(k, NULL, y, v, nchw);
+  ls_add(sp, ST(acc, F(0)));
+  LStmt *r = window(k, sp, &w, v[2], v[3], &kh, &kw, &ih, &iw);
+  ls_add(r, ST(acc, FADD(LD(acc), LD(x, v[0], v[1], ih, iw))));
+  ls_add(sp, ST(y, FDIV(LD(acc), F((double)(w.KH * w.KW))), v[0], v[1], v[2], v[3]));
+}
+
+const OpRules rules_avgpool2d = {
+    .shape = shape_pool, .eval = eval_avgpool2d, .grad = grad_avgpool2d, .lower = lower_avgpool2d};
 
 // --- avgpool2d_grad (dy, x) -> dx: each output's gradient spread over its window ------------
 
@@ -152,4 +261,7 @@ static void eval_avgpool2d_grad(const Node *n, Tensor *out, Tensor **in) {
   free(acc);
 }
 
-const OpRules rules_avgpool2d_grad = {.shape = shape_pool_grad, .eval = eval_avgpool2d_grad};
+static void lower_avgpool2d_grad(Lowering *L, Node *n) { lower_pool_grad(L, n, false); }
+
+const OpRules rules_avgpool2d_grad = {
+    .shape = shape_pool_grad, .eval = eval_avgpool2d_grad, .lower = lower_avgpool2d_grad};

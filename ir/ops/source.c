@@ -1,8 +1,9 @@
 // Sources and moves: the values that come from outside the graph (input,
 // param, state), constants, dropout's mask, and the ops that only move values
 // around (reshape, assign). Only reshape carries a gradient.
-#include "ops.h"
 #include "dropout_hash.h"
+#include "lower.h"
+#include "ops.h"
 
 #include <string.h>
 
@@ -82,7 +83,23 @@ static void grad_reshape(AD *ad, Node *n, Node *dy) {
   accumulate(ad, x, done(r));
 }
 
-const OpRules rules_reshape = {.shape = shape_reshape, .eval = eval_copy, .grad = grad_reshape};
+// A reshape aliases its operand's buffer; only in the test entry, where
+// every node has its own slot, is it a copy, element by element in flat
+// order: both seen as one-dimensional.
+static void lower_reshape(Lowering *L, Node *n) {
+  LBuf *y = B(L, n), *x = B(L, n->in[0]);
+  int64_t count = lbuf_numel(y);
+  LBuf *fy = lfunc_buf(L->f, y->name, y->dtype, 1, &count, y->storage);
+  LBuf *fx = lfunc_buf(L->f, x->name, x->dtype, 1, &count, x->storage);
+  fy->slot = y->slot, fx->slot = x->slot;
+  LKernel *k = kernel(L, n, NULL);
+  LExpr *i;
+  LStmt *l = loop(k, NULL, count, "i", &i);
+  ls_add(l, ST(fy, LD(fx, i), lx_copy(i)));
+}
+
+const OpRules rules_reshape = {
+    .shape = shape_reshape, .eval = eval_copy, .grad = grad_reshape, .lower = lower_reshape};
 
 // assign (target, value): the target, a param or state, holds value after the step.
 // Optimizer updates: no gradient flows through them.
@@ -94,7 +111,10 @@ static const char *shape_assign(const Node *n, Type *out) {
   return NULL;
 }
 
-const OpRules rules_assign = {.shape = shape_assign, .eval = eval_copy, .no_grad = true};
+static LExpr *elem_assign(Lowering *L, Node *n, LExpr **v) { return operand(L, n, 1, v); }
+
+const OpRules rules_assign = {
+    .shape = shape_assign, .eval = eval_copy, .no_grad = true, .elem = elem_assign};
 
 // --- dropout_mask (step, seed): 0 or 1/(1-p) per element ----------------------------------
 //
@@ -123,5 +143,34 @@ static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
     out->f[i] = dropout_bits(key, (uint32_t)i) >= threshold ? scale : 0.0f;
 }
 
-const OpRules rules_dropout_mask = {
-    .shape = shape_dropout_mask, .eval = eval_dropout_mask, .no_grad = true};
+static LExpr *U32(int64_t x) { return lx_int(LT_I32, (int32_t)(uint32_t)x); }
+
+// dropout_fmix32 of dropout_hash.h on an i32 expression.
+static LExpr *fmix32(LExpr *h) {
+  h = BIN(LX_XOR, h, BIN(LX_SHR, lx_copy(h), U32(16)));
+  h = BIN(LX_MUL, h, U32(0x85ebca6bu));
+  h = BIN(LX_XOR, h, BIN(LX_SHR, lx_copy(h), U32(13)));
+  h = BIN(LX_MUL, h, U32(0xc2b2ae35u));
+  return BIN(LX_XOR, h, BIN(LX_SHR, lx_copy(h), U32(16)));
+}
+
+// Keep iff fmix32(key + i * golden) >> 8 >= threshold, i the flat index.
+static LExpr *elem_dropout_mask(Lowering *L, Node *n, LExpr **v) {
+  double p = node_float(n, "p");
+  LExpr *step = operand(L, n, 0, v), *seed = operand(L, n, 1, v);
+  LExpr *key = fmix32(BIN(LX_XOR, U32((uint32_t)node_int(n, "salt") * 0x9e3779b1u),
+                          fmix32(BIN(LX_XOR, step, fmix32(seed)))));
+  const LBuf *y = B(L, n);
+  LExpr *flat = K(0);
+  for (int d = 0; d < y->rank; d++)
+    flat = ADD(MULK(flat, y->dim[d]), v[d]);
+  LExpr *h = fmix32(BIN(LX_ADD, key, BIN(LX_MUL, lx_cast(LT_I32, flat), U32(0x9e3779b1u))));
+  h = BIN(LX_SHR, h, U32(8));
+  LExpr *dropped = BIN(LX_ULT, h, U32(dropout_threshold(p)));
+  return SEL(dropped, F(0), F((float)(1.0 / (1.0 - p))));
+}
+
+const OpRules rules_dropout_mask = {.shape = shape_dropout_mask,
+                                    .eval = eval_dropout_mask,
+                                    .no_grad = true,
+                                    .elem = elem_dropout_mask};

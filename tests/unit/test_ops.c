@@ -1,5 +1,6 @@
-// The rule table (ir/ops/): every op of ops.def has a shape rule and a
-// reference evaluation; exactly the forward ops autodiff differentiates have
+// The rule table (ir/ops/): every op of ops.def has a shape rule, a
+// reference evaluation and, unless the caller feeds it, one lowering rule
+// (a loop nest, or an elementwise value); exactly the forward ops autodiff differentiates have
 // a gradient rule, and exactly those PyTorch runs under no_grad block one. A
 // new op without its rules fails here (or, without its rules_ID, to link).
 #include "ir.h"
@@ -32,6 +33,11 @@ START_TEST(every_op_has_its_rules) {
     ck_assert_msg(r, "%s: no rules", name);
     ck_assert_msg(r->shape, "%s: no shape rule", name);
     ck_assert_msg(r->eval, "%s: no reference evaluation", name);
+    bool source = op_info(op)->flags & OPF_SOURCE;
+    ck_assert_msg(!r->lower + !r->elem == 1 + source, "%s: %s", name,
+                  source ? "a source is fed, not lowered"
+                  : r->lower && r->elem ? "both a loop nest and an elementwise rule"
+                                        : "no lowering rule");
     bool d = listed(differentiable, sizeof differentiable / sizeof *differentiable, op);
     bool b = listed(no_grad, sizeof no_grad / sizeof *no_grad, op);
     ck_assert_msg(!r->grad == !d, "%s: %s", name,
