@@ -426,6 +426,19 @@ static void print_access(FILE *out, const Names *nm, const LBuf *b, LExpr *const
   fputs("]", out);
 }
 
+// An operand of a binary op: a compound index ("h - kh + 1") in parentheses,
+// as its own expression prints without them.
+static void print_operand(FILE *out, const Names *nm, const LExpr *e) {
+  Affine a;
+  bool compound = e->type == LT_I64 && e->kind != LX_VAR && e->kind != LX_CONST &&
+                  lx_affine(e, &a) && (a.n + (a.c != 0) > 1 || (a.n == 1 && a.coef[0] != 1));
+  if (compound)
+    fputs("(", out);
+  print_expr(out, nm, e);
+  if (compound)
+    fputs(")", out);
+}
+
 static void print_expr(FILE *out, const Names *nm, const LExpr *e) {
   switch (e->kind) {
   case LX_CONST:
@@ -458,9 +471,9 @@ static void print_expr(FILE *out, const Names *nm, const LExpr *e) {
       }
     }
     fputs("(", out);
-    print_expr(out, nm, e->a);
+    print_operand(out, nm, e->a);
     fprintf(out, " %s ", expr_name[e->kind]);
-    print_expr(out, nm, e->b);
+    print_operand(out, nm, e->b);
     fputs(")", out);
     return;
   default:

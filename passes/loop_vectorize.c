@@ -4,6 +4,13 @@
 // touches an element past the end (edges take a narrower vector rather
 // than a branch). A lane computes exactly what its iteration did, in the
 // same order: vectorizing changes no result.
+//
+// First, a nest over a whole tensor whose every access is that same element
+// (the elementwise ops, the optimizer's updates, batch norm's affine part)
+// becomes one loop over the flat elements, read and written through flat
+// views of the buffers: a [64,32,3,3] weight is 18432 floats in vectors of
+// 8, not rows of 3. A big one keeps its outermost loop (the batch) apart,
+// for the threads: [32,64,16,16] becomes 32 rows of 16384.
 #include "loop.h"
 
 #include <stdlib.h>
@@ -110,6 +117,119 @@ static void pieces(LKernel *k, const LStmt *l, LStmt ***out, int *n) {
   }
 }
 
+// --- Coalescing ------------------------------------------------------------------------
+
+// Below this many elements a nest is not worth the threads (as in
+// parallelize): it becomes one flat loop.
+enum { MIN_ROWS_WORK = 1 << 17 };
+
+typedef struct {
+  LFunc *f;
+  LBuf **view; // by buffer id, 2 per buffer: its flat view and its rows view
+  int nbufs;
+} Views;
+
+// b seen as [numel] (rows 0), or as [dim 0, the rest] (rows 1).
+static LBuf *view_of(Views *vw, LBuf *b, int rows) {
+  LBuf **slot = b->id < vw->nbufs ? &vw->view[2 * b->id + rows] : NULL;
+  if (slot && *slot)
+    return *slot;
+  int64_t n = lbuf_numel(b), dim[2] = {rows ? b->dim[0] : n, rows ? n / b->dim[0] : 1};
+  LBuf *v = lfunc_buf(vw->f, xformat("%s.%s", b->name, rows ? "rows" : "flat"), b->dtype,
+                      1 + rows, dim, b->storage);
+  v->alias = b;
+  v->node = b->node;
+  if (slot)
+    *slot = v;
+  return v;
+}
+
+// idx is exactly (vars[0], ..., vars[rank-1]) over a buffer of shape dims.
+static bool whole(const LBuf *b, LExpr *const *idx, const int *vars, const int64_t *dims,
+                  int rank) {
+  if (b->rank != rank)
+    return false;
+  for (int d = 0; d < rank; d++)
+    if (b->dim[d] != dims[d] || idx[d]->kind != LX_VAR || idx[d]->var != vars[d])
+      return false;
+  return true;
+}
+
+// Every load in e is a scalar or the element at the nest's indices, and no
+// loop variable appears otherwise (a hash of the index, say).
+static bool elementwise(const LExpr *e, const int *vars, const int64_t *dims, int rank) {
+  if (!e)
+    return true;
+  if (e->kind == LX_VAR)
+    return false;
+  if (e->kind == LX_LOAD)
+    return e->buf->rank == 0 || whole(e->buf, e->idx, vars, dims, rank);
+  return elementwise(e->a, vars, dims, rank) && elementwise(e->b, vars, dims, rank) &&
+         elementwise(e->c, vars, dims, rank);
+}
+
+// at: the view's indices (one, or row and column).
+static LExpr *flatten_expr(Views *vw, const LExpr *e, LExpr *const *at, int rows) {
+  if (!e)
+    return NULL;
+  if (e->kind == LX_LOAD && e->buf->rank > 0) {
+    LExpr *i[2] = {lx_copy(at[0]), rows ? lx_copy(at[1]) : NULL};
+    return lx_load(view_of(vw, e->buf, rows), i);
+  }
+  LExpr *c = lx_copy(e);
+  if (e->kind != LX_LOAD) {
+    c->a = flatten_expr(vw, e->a, at, rows);
+    c->b = flatten_expr(vw, e->b, at, rows);
+    c->c = flatten_expr(vw, e->c, at, rows);
+  }
+  return c;
+}
+
+// s, when it is such a nest of two or more loops, as one flat loop; else s.
+static LStmt *coalesce(Views *vw, LKernel *k, LStmt *s) {
+  int vars[LMAX_RANK], rank = 0;
+  int64_t dims[LMAX_RANK], n = 1;
+  const LStmt *l = s;
+  for (;;) {
+    if (l->kind != LS_LOOP || l->flags || l->lo != 0 || rank == LMAX_RANK || l->nbody == 0)
+      return s;
+    vars[rank] = l->var;
+    dims[rank++] = l->hi;
+    n *= l->hi;
+    if (l->nbody == 1 && l->body[0]->kind == LS_LOOP)
+      l = l->body[0];
+    else
+      break;
+  }
+  if (rank < 2)
+    return s;
+  for (int i = 0; i < l->nbody; i++) {
+    const LStmt *st = l->body[i];
+    if (st->kind != LS_STORE || !whole(st->buf, st->idx, vars, dims, rank) ||
+        !elementwise(st->value, vars, dims, rank))
+      return s;
+  }
+  int rows = rank >= 3 && n >= MIN_ROWS_WORK;
+  LStmt *top = NULL, *inner;
+  LExpr *at[2];
+  if (rows) {
+    int r = lk_var(k);
+    top = ls_loop(r, 0, dims[0], s->role);
+    at[0] = lx_var(r);
+  }
+  int var = lk_var(k);
+  inner = ls_loop(var, 0, rows ? n / dims[0] : n, l->role);
+  at[rows] = lx_var(var);
+  if (top)
+    ls_add(top, inner);
+  for (int i = 0; i < l->nbody; i++) {
+    const LStmt *st = l->body[i];
+    LExpr *idx[2] = {lx_copy(at[0]), rows ? lx_copy(at[1]) : NULL};
+    ls_add(inner, ls_store(view_of(vw, st->buf, rows), idx, flatten_expr(vw, st->value, at, rows)));
+  }
+  return top ? top : inner;
+}
+
 // Rewrites the statements list[0..n) in place.
 static void walk(LKernel *k, LStmt ***list, int *n) {
   LStmt **out = NULL;
@@ -130,9 +250,15 @@ static void walk(LKernel *k, LStmt ***list, int *n) {
 }
 
 void pass_vectorize(LProgram *p) {
-  for (int f = 0; f < p->nfuncs; f++)
-    for (int i = 0; i < p->funcs[f]->nkernels; i++) {
-      LKernel *k = p->funcs[f]->kernels[i];
+  for (int f = 0; f < p->nfuncs; f++) {
+    LFunc *fn = p->funcs[f];
+    Views vw = {fn, xcalloc(2 * fn->nbufs + 1, sizeof(LBuf *)), fn->nbufs};
+    for (int i = 0; i < fn->nkernels; i++) {
+      LKernel *k = fn->kernels[i];
+      for (int j = 0; j < k->nbody; j++)
+        k->body[j] = coalesce(&vw, k, k->body[j]);
       walk(k, &k->body, &k->nbody);
     }
+    free(vw.view);
+  }
 }
