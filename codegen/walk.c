@@ -107,7 +107,9 @@ static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
   return total == 0 ? 0 : total == 1 ? 1 : -1;
 }
 
-static LLVMTypeRef elem_type(Cg *c, const LBuf *b) { return b->dtype == DT_I32 ? c->i32 : c->f32; }
+static LLVMTypeRef elem_type(Cg *c, const LBuf *b) {
+  return b->dtype == DT_I32 ? c->i32 : b->dtype == DT_F64 ? c->f64 : c->f32;
+}
 
 static LLVMValueRef address(W *w, const LBuf *b, LLVMValueRef off) {
   return LLVMBuildInBoundsGEP2(w->c->b, elem_type(w->c, b), w->ptr[b->id], &off, 1, "");

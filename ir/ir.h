@@ -40,7 +40,8 @@ char *xformat(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // ir.c: types, the op table, nodes and graphs
 //
 
-typedef enum { DT_F32, DT_I32 } DType;
+// DT_F64 appears only in the loop IR: the double accumulators of long sums.
+typedef enum { DT_F32, DT_I32, DT_F64 } DType;
 
 enum { MAX_RANK = 4, MAX_ATTRS = 6 };
 

@@ -14,7 +14,7 @@ int64_t lbuf_numel(const LBuf *b) {
   return n;
 }
 
-int64_t lbuf_bytes(const LBuf *b) { return lbuf_numel(b) * 4; }
+int64_t lbuf_bytes(const LBuf *b) { return lbuf_numel(b) * (b->dtype == DT_F64 ? 8 : 4); }
 
 //
 // Expressions
@@ -54,7 +54,7 @@ LExpr *lx_var(int var) {
 }
 
 LExpr *lx_load(LBuf *b, LExpr *const *idx) {
-  LExpr *e = lx_new(LX_LOAD, b->dtype == DT_I32 ? LT_I32 : LT_F32);
+  LExpr *e = lx_new(LX_LOAD, b->dtype == DT_I32 ? LT_I32 : b->dtype == DT_F64 ? LT_F64 : LT_F32);
   e->buf = b;
   for (int d = 0; d < b->rank; d++)
     e->idx[d] = idx[d];
@@ -543,7 +543,8 @@ static const char *const storage_name[] = {"params", "state", "grads", "arg", "a
                                            "workspace", "const", "local", "slot"};
 
 static void print_buf(FILE *out, const LBuf *b) {
-  fprintf(out, "  buffer %%%s : %s[", b->name, b->dtype == DT_I32 ? "i32" : "f32");
+  fprintf(out, "  buffer %%%s : %s[", b->name,
+          b->dtype == DT_I32 ? "i32" : b->dtype == DT_F64 ? "f64" : "f32");
   for (int d = 0; d < b->rank; d++)
     fprintf(out, "%s%" PRId64, d ? "," : "", b->dim[d]);
   fprintf(out, "]");

@@ -230,18 +230,209 @@ static LStmt *coalesce(Views *vw, LKernel *k, LStmt *s) {
   return top ? top : inner;
 }
 
+// --- Sums ------------------------------------------------------------------------------
+//
+// A total over a tensor (batch norm's statistics, a bias's gradient) is a
+// chain of dependent adds, one every four cycles. A perfect nest of reduce
+// loops adding into one place, whose innermost loop reads consecutive
+// elements, adds into vector lanes instead: a vector per block of the
+// innermost loop, up to 4 vectors in flight, the leftover elements into the
+// first lanes; at the end the lanes are added up in a fixed tree and once
+// into the total. The order is fixed by the shapes, never by the threads;
+// it differs from the plain loop's by rounding.
+
+enum { MAX_ACC = 4 };
+
+typedef struct {
+  LStmt *loop[LMAX_RANK]; // outermost first; the last one's body is the store
+  int n;
+  LStmt *store;           // T[i] = T[i] + term, term + T[i], or fma(a, b, T[i])
+  int form;               // 0: T + term, 1: term + T, 2: fma
+} SumNest;
+
+static bool is_target(const LExpr *e, const LStmt *st) {
+  return e->kind == LX_LOAD && e->buf == st->buf && same_index(st->buf, e->idx, st->idx);
+}
+
+static bool reads_buf(const LExpr *e, const LBuf *b) {
+  if (!e)
+    return false;
+  if (e->kind == LX_LOAD && e->buf == b)
+    return true;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      if (reads_buf(e->idx[d], b))
+        return true;
+  return reads_buf(e->a, b) || reads_buf(e->b, b) || reads_buf(e->c, b);
+}
+
+// Every load in e reads along var with stride 0 or 1, and var appears only
+// in load indices.
+static bool lane_safe(const LExpr *e, int var) {
+  if (!e)
+    return true;
+  if (e->kind == LX_VAR)
+    return e->var != var;
+  if (e->kind == LX_LOAD) {
+    int64_t stride = 1, total = 0;
+    for (int d = e->buf->rank - 1; d >= 0; d--) {
+      Affine a;
+      if (!lx_affine(e->idx[d], &a))
+        return !lx_uses_var(e->idx[d], var) && lane_safe(e->idx[d], var);
+      total += affine_coef(&a, var) * stride;
+      stride *= e->buf->dim[d];
+    }
+    return total == 0 || total == 1;
+  }
+  return lane_safe(e->a, var) && lane_safe(e->b, var) && lane_safe(e->c, var);
+}
+
+static bool sum_nest(LStmt *s, SumNest *sn) {
+  sn->n = 0;
+  LStmt *l = s;
+  while (l->kind == LS_LOOP && l->flags == LF_REDUCE && l->lo == 0 && l->nbody == 1 &&
+         sn->n < LMAX_RANK) {
+    sn->loop[sn->n++] = l;
+    l = l->body[0];
+  }
+  if (sn->n == 0 || l->kind != LS_STORE || l->buf->dtype == DT_I32)
+    return false;
+  sn->store = l;
+  for (int d = 0; d < l->buf->rank; d++)
+    for (int i = 0; i < sn->n; i++)
+      if (lx_uses_var(l->idx[d], sn->loop[i]->var))
+        return false;
+  const LExpr *v = l->value, *term;
+  if (v->kind == LX_ADD && is_target(v->a, l))
+    sn->form = 0, term = v->b;
+  else if (v->kind == LX_ADD && is_target(v->b, l))
+    sn->form = 1, term = v->a;
+  else if (v->kind == LX_FMA && is_target(v->c, l))
+    sn->form = 2, term = v;
+  else
+    return false;
+  if (sn->form == 2 ? reads_buf(v->a, l->buf) || reads_buf(v->b, l->buf) : reads_buf(term, l->buf))
+    return false;
+  const LStmt *in = sn->loop[sn->n - 1];
+  if (in->hi < 4)
+    return false;
+  return sn->form == 2 ? lane_safe(v->a, in->var) && lane_safe(v->b, in->var)
+                       : lane_safe(term, in->var);
+}
+
+// lanes[a, l] = lanes[a, l] (+) the term at w = base + l, for l < width.
+static LStmt *lane_update(LKernel *k, const SumNest *sn, LBuf *lanes, int64_t a, const LExpr *base,
+                          int64_t width) {
+  const LStmt *in = sn->loop[sn->n - 1];
+  int lane = lk_var(k);
+  LStmt *vl = ls_loop(lane, 0, width, in->role);
+  vl->flags |= width > 1 ? LF_VECTOR : LF_UNROLL;
+  LExpr *w = lx_iadd(lx_copy(base), lx_var(lane));
+  LExpr *idx[2] = {lx_i64(a), lx_var(lane)};
+  LExpr *acc = lx_load(lanes, idx);
+  const LExpr *v = sn->store->value;
+  LExpr *e;
+  if (sn->form == 2)
+    e = lx_fma(lx_subst(v->a, in->var, w), lx_subst(v->b, in->var, w), acc);
+  else if (sn->form == 0)
+    e = lx_bin(LX_ADD, acc, lx_subst(v->b, in->var, w));
+  else
+    e = lx_bin(LX_ADD, lx_subst(v->a, in->var, w), acc);
+  LExpr *sidx[2] = {lx_i64(a), lx_var(lane)};
+  ls_add(vl, ls_store(lanes, sidx, e));
+  return vl;
+}
+
+// The lanes [a0, a1) x [l0, l1) added pairwise.
+static LExpr *lane_tree(LBuf *lanes, int64_t a0, int64_t a1, int64_t l0, int64_t l1) {
+  if (a1 - a0 > 1) {
+    int64_t m = (a0 + a1) / 2;
+    return lx_bin(LX_ADD, lane_tree(lanes, a0, m, l0, l1), lane_tree(lanes, m, a1, l0, l1));
+  }
+  if (l1 - l0 > 1) {
+    int64_t m = (l0 + l1) / 2;
+    return lx_bin(LX_ADD, lane_tree(lanes, a0, a1, l0, m), lane_tree(lanes, a0, a1, m, l1));
+  }
+  LExpr *idx[2] = {lx_i64(a0), lx_i64(l0)};
+  return lx_load(lanes, idx);
+}
+
+// Replaces the nest s by: the lanes zeroed, the nest adding into them, the
+// store of the total.
+static void vectorize_sum(LFunc *f, LKernel *k, LStmt *s, const SumNest *sn, LStmt ***out,
+                          int *nout) {
+  LStmt *in = sn->loop[sn->n - 1];
+  int64_t W = in->hi, L = W >= LANES ? LANES : 4, U = W / L, r = W % L;
+  int64_t A = U < MAX_ACC ? U : MAX_ACC, rounds = U / A;
+  int64_t dim[2] = {A, L};
+  DType dt = sn->store->buf->dtype;
+  LBuf *lanes = lfunc_buf(f, "lanes", dt, 2, dim, LB_LOCAL);
+  LExpr *zero = dt == DT_F64 ? lx_f64(0) : lx_f32(0);
+  for (int64_t a = 0; a < A; a++) {
+    int lane = lk_var(k);
+    LStmt *z = ls_loop(lane, 0, L, in->role);
+    z->flags |= LF_VECTOR;
+    LExpr *idx[2] = {lx_i64(a), lx_var(lane)};
+    ls_add(z, ls_store(lanes, idx, lx_copy(zero)));
+    append(out, nout, z);
+  }
+  // The innermost loop's body: rounds of A vectors, the blocks left over,
+  // then the last W % L elements into the first lanes.
+  LStmt **body = NULL;
+  int nbody = 0;
+  if (rounds > 1) {
+    int b = lk_var(k);
+    LStmt *bl = ls_loop(b, 0, rounds, in->role);
+    bl->flags |= LF_REDUCE;
+    for (int64_t a = 0; a < A; a++) {
+      LExpr *base = lx_iaddc(lx_imul(lx_var(b), A * L), a * L);
+      ls_add(bl, lane_update(k, sn, lanes, a, base, L));
+    }
+    append(&body, &nbody, bl);
+  }
+  for (int64_t u = rounds > 1 ? rounds * A : 0; u < U; u++)
+    append(&body, &nbody, lane_update(k, sn, lanes, u % A, lx_i64(u * L), L));
+  if (r)
+    append(&body, &nbody, lane_update(k, sn, lanes, 0, lx_i64(U * L), r));
+  // The innermost loop goes; its parent holds the new body (or the kernel,
+  // when the nest was that one loop).
+  if (sn->n == 1) {
+    for (int i = 0; i < nbody; i++)
+      append(out, nout, body[i]);
+    free(body);
+  } else {
+    LStmt *parent = sn->loop[sn->n - 2];
+    free(parent->body);
+    parent->body = body;
+    parent->nbody = nbody;
+    append(out, nout, s);
+  }
+  const LStmt *st = sn->store;
+  LExpr *total = lane_tree(lanes, 0, A, 0, L);
+  LExpr *old = lx_load(st->buf, st->idx);
+  LExpr *idx[LMAX_RANK];
+  for (int d = 0; d < st->buf->rank; d++)
+    idx[d] = lx_copy(st->idx[d]);
+  append(out, nout, ls_store(st->buf, idx, lx_bin(LX_ADD, old, total)));
+}
+
 // Rewrites the statements list[0..n) in place.
-static void walk(LKernel *k, LStmt ***list, int *n) {
+static void walk(LFunc *f, LKernel *k, LStmt ***list, int *n) {
   LStmt **out = NULL;
   int nout = 0;
   for (int i = 0; i < *n; i++) {
     LStmt *s = (*list)[i];
+    SumNest sn;
+    if (sum_nest(s, &sn)) {
+      vectorize_sum(f, k, s, &sn, &out, &nout);
+      continue;
+    }
     if (vectorizable(s)) {
       pieces(k, s, &out, &nout);
       continue;
     }
     if (s->kind != LS_STORE)
-      walk(k, &s->body, &s->nbody);
+      walk(f, k, &s->body, &s->nbody);
     append(&out, &nout, s);
   }
   free(*list);
@@ -257,7 +448,7 @@ void pass_vectorize(LProgram *p) {
       LKernel *k = fn->kernels[i];
       for (int j = 0; j < k->nbody; j++)
         k->body[j] = coalesce(&vw, k, k->body[j]);
-      walk(k, &k->body, &k->nbody);
+      walk(fn, k, &k->body, &k->nbody);
     }
     free(vw.view);
   }

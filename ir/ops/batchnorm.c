@@ -86,48 +86,57 @@ static void grad_batchnorm2d(AD *ad, Node *n, Node *dy) {
 
 // Lowering the batch norms and channel statistics, one kernel shape for all six ops.
 //
-// Per channel over (N, H, W): mean, biased variance for normalising (the
-// unbiased one for the running statistics), xhat = (x - mean) * rstd.
+// Per channel over (N, H, W), as PyTorch's CPU kernels: the sums in double
+// (its accscalar_t), the mean and 1/sqrt(var + eps) rounded once to float,
+// the normalisation in float; xhat = (x - mean) * rstd. The variance divides
+// by M for normalising, by M - 1 for the running statistics.
 
-// Sums over (n, s) of channel ch into local acc: x, (x - mean)^2 or dy * xhat.
+static LExpr *D(LExpr *e) { return lx_cast(LT_F64, e); }
+
+// Sums over (n, h, w) of channel ch into the double local acc: x, (x - mean)^2
+// or dy * (x - mean), with mean the double local mean_d.
 static void channel_sum(Lowering *L, LKernel *k, LStmt *parent, LBuf *x, LBuf *dy, LExpr *ch,
-                        LBuf *acc, LBuf *mean, LBuf *rstd, int mode) {
+                        LBuf *acc, LBuf *mean_d, int mode) {
   LExpr *v[LMAX_RANK], *b;
-  ls_add(parent, ST(acc, F(0)));
+  ls_add(parent, ST(acc, lx_f64(0)));
   LStmt *l = reduce_loop(k, parent, x->dim[0], "n", &b);
   v[0] = b;
   v[1] = ch;
   for (int d = 2; d < x->rank; d++)
     l = reduce_loop(k, l, x->dim[d], d == 2 ? "h" : "w", &v[d]);
-  LExpr *xv = LDV(x, v), *t;
+  LExpr *xv = D(LDV(x, v)), *t;
   if (mode == 0)
     t = xv;
   else if (mode == 1)
-    t = FMUL(FSUB(xv, LD(mean)), FSUB(lx_copy(xv), LD(mean)));
+    t = FMUL(FSUB(xv, LD(mean_d)), FSUB(lx_copy(xv), LD(mean_d)));
   else
-    t = FMUL(LDV(dy, v), FMUL(FSUB(xv, LD(mean)), LD(rstd)));
+    t = FMUL(D(LDV(dy, v)), FSUB(xv, LD(mean_d)));
   ls_add(l, ST(acc, FADD(LD(acc), t)));
 }
 
 static void lower_batchnorm(Lowering *L, Node *n) {
   bool has_eps = op_attr_index(n->op, "eps") >= 0;
-  float eps = has_eps ? (float)node_float(n, "eps") : 0.0f;
+  double eps = has_eps ? node_float(n, "eps") : 0.0;
   bool grads = n->op == OP_batchnorm2d_grad_input || n->op == OP_batchnorm2d_grad_gamma;
   LBuf *x = B(L, n->in[grads ? 1 : 0]), *out = B(L, n);
   int64_t C = x->dim[1], M = lbuf_numel(x) / C;
   LKernel *k = kernel(L, n, NULL);
-  LBuf *mean = local(L, "mean", DT_F32), *var = local(L, "var", DT_F32);
-  LBuf *rstd = local(L, "rstd", DT_F32), *acc = local(L, "sum", DT_F32);
+  LBuf *mean = local(L, "mean", DT_F32), *var = local(L, "var", DT_F64);
+  LBuf *rstd = local(L, "rstd", DT_F32), *acc = local(L, "sum", DT_F64);
+  LBuf *mean_d = local(L, "mean_d", DT_F64);
   LExpr *ch;
   LStmt *cl = loop(k, NULL, C, "c", &ch);
-  // mean and biased variance of channel ch of buffer b.
+  // The mean and the variance (biased, or not) of channel ch of buffer b.
 #define STATS(b, unbiased)                                                                         \
   do {                                                                                             \
-    channel_sum(L, k, cl, b, NULL, ch, acc, NULL, NULL, 0);                                        \
-    ls_add(cl, ST(mean, FDIV(LD(acc), F((double)M))));                                             \
-    channel_sum(L, k, cl, b, NULL, ch, acc, mean, NULL, 1);                                        \
-    ls_add(cl, ST(var, FDIV(LD(acc), F((double)((unbiased) ? M - 1 : M)))));                       \
+    channel_sum(L, k, cl, b, NULL, ch, acc, NULL, 0);                                              \
+    ls_add(cl, ST(mean_d, FDIV(LD(acc), lx_f64((double)M))));                                      \
+    ls_add(cl, ST(mean, lx_cast(LT_F32, LD(mean_d))));                                             \
+    channel_sum(L, k, cl, b, NULL, ch, acc, mean_d, 1);                                            \
+    ls_add(cl, ST(var, FDIV(LD(acc), lx_f64((double)((unbiased) ? M - 1 : M)))));                  \
   } while (0)
+#define RSTD()                                                                                     \
+  ls_add(cl, ST(rstd, lx_cast(LT_F32, FDIV(lx_f64(1), lx_un(LX_SQRT, FADD(LD(var), lx_f64(eps)))))))
   LExpr *v[LMAX_RANK], *b;
   switch (n->op) {
   case OP_batchnorm2d:
@@ -136,9 +145,9 @@ static void lower_batchnorm(Lowering *L, Node *n) {
       STATS(x, false);
     } else {
       ls_add(cl, ST(mean, LD(B(L, n->in[3]), ch)));
-      ls_add(cl, ST(var, LD(B(L, n->in[4]), ch)));
+      ls_add(cl, ST(var, D(LD(B(L, n->in[4]), lx_copy(ch)))));
     }
-    ls_add(cl, ST(rstd, FDIV(F(1), lx_un(LX_SQRT, FADD(LD(var), F(eps))))));
+    RSTD();
     LStmt *l = loop(k, cl, x->dim[0], "n", &b);
     v[0] = b, v[1] = ch;
     for (int d = 2; d < x->rank; d++)
@@ -150,26 +159,29 @@ static void lower_batchnorm(Lowering *L, Node *n) {
     break;
   }
   case OP_channel_mean:
-    channel_sum(L, k, cl, x, NULL, ch, acc, NULL, NULL, 0);
-    ls_add(cl, ST(out, FDIV(LD(acc), F((double)M)), ch));
+    channel_sum(L, k, cl, x, NULL, ch, acc, NULL, 0);
+    ls_add(cl, ST(out, lx_cast(LT_F32, FDIV(LD(acc), lx_f64((double)M))), ch));
     break;
   case OP_channel_var:
     STATS(x, node_int(n, "unbiased") != 0);
-    ls_add(cl, ST(out, LD(var), ch));
+    ls_add(cl, ST(out, lx_cast(LT_F32, LD(var)), ch));
     break;
   case OP_batchnorm2d_grad_gamma:
   case OP_batchnorm2d_grad_input: {
-    // (dy, x[, gamma]): dx = gamma * rstd / M * (M dy - sum(dy) - xhat * sum(dy * xhat)).
+    // (dy, x[, gamma]): dx = gamma * rstd / M * (M dy - sum(dy) - xhat * sum(dy * xhat)),
+    // sum(dy * xhat) = sum(dy * (x - mean)) * rstd.
     LBuf *dy = B(L, n->in[0]);
     STATS(x, false);
-    ls_add(cl, ST(rstd, FDIV(F(1), lx_un(LX_SQRT, FADD(LD(var), F(eps))))));
+    RSTD();
     LBuf *sdyx = local(L, "sdyx", DT_F32), *sdy = local(L, "sdy", DT_F32);
-    channel_sum(L, k, cl, x, dy, ch, sdyx, mean, rstd, 2);
+    channel_sum(L, k, cl, x, dy, ch, acc, mean_d, 2);
+    ls_add(cl, ST(sdyx, lx_cast(LT_F32, FMUL(LD(acc), D(LD(rstd))))));
     if (n->op == OP_batchnorm2d_grad_gamma) {
       ls_add(cl, ST(out, LD(sdyx), ch));
       break;
     }
-    channel_sum(L, k, cl, dy, NULL, ch, sdy, NULL, NULL, 0);
+    channel_sum(L, k, cl, dy, NULL, ch, acc, NULL, 0);
+    ls_add(cl, ST(sdy, lx_cast(LT_F32, LD(acc))));
     LBuf *scale = local(L, "scale", DT_F32);
     ls_add(cl, ST(scale, FDIV(FMUL(LD(B(L, n->in[2]), lx_copy(ch)), LD(rstd)), F((double)M))));
     LStmt *l = loop(k, cl, x->dim[0], "n", &b);
@@ -185,6 +197,7 @@ static void lower_batchnorm(Lowering *L, Node *n) {
     unreachable();
   }
 #undef STATS
+#undef RSTD
 }
 
 const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d,
@@ -281,17 +294,21 @@ static void eval_bias_grad(const Node *n, Tensor *out, Tensor **in) {
 }
 
 // bias_grad: db[c] = sum over every other dimension of dy[n,c,...].
+// The sum in double, as batch norm's bias gradient in PyTorch: a float sum
+// of N*H*W terms that nearly cancel loses digits.
 static void lower_bias_grad(Lowering *L, Node *n) {
   LBuf *db = B(L, n), *dy = B(L, n->in[0]);
   LKernel *k = kernel(L, n, NULL);
+  LBuf *acc = local(L, "sum", DT_F64);
   LExpr *c, *v[LMAX_RANK];
   LStmt *sp = each(k, NULL, db, &c, (const char *[]){"c"});
-  ls_add(sp, ST(db, F(0), c));
+  ls_add(sp, ST(acc, lx_f64(0)));
   LStmt *r = reduce_loop(k, sp, dy->dim[0], "n", &v[0]);
   v[1] = c;
   for (int d = 2; d < dy->rank; d++)
     r = reduce_loop(k, r, dy->dim[d], d == 2 ? "h" : "w", &v[d]);
-  ls_add(r, ST(db, FADD(LD(db, c), LDV(dy, v)), c));
+  ls_add(r, ST(acc, FADD(LD(acc), lx_cast(LT_F64, LDV(dy, v)))));
+  ls_add(sp, ST(db, lx_cast(LT_F32, LD(acc)), lx_copy(c)));
 }
 
 const OpRules rules_bias_grad = {

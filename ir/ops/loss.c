@@ -361,10 +361,10 @@ static void lower_bce(Lowering *L, Node *n) {
   LBuf *count = local(L, "count", DT_F32), *acc = local(L, "sum", DT_F32);
   LExpr *v[LMAX_RANK];
   lk_add(k, ST(count, F(0)));
-  LStmt *l = each(k, NULL, x, v, NULL);
+  LStmt *l = each_sum(k, NULL, x, v);
   ls_add(l, ST(count, FADD(LD(count), SEL(BIN(LX_GE, LDV(t, v), F(0)), F(1), F(0)))));
   lk_add(k, ST(acc, F(0)));
-  l = each(k, NULL, x, v, NULL);
+  l = grad ? each(k, NULL, x, v, NULL) : each_sum(k, NULL, x, v);
   LExpr *xv = LDV(x, v), *y = LDV(t, v);
   LExpr *counts = BIN(LX_GE, lx_copy(y), F(0));
   LExpr *last = v[x->rank - 1];
@@ -505,7 +505,7 @@ static void lower_l2norm(Lowering *L, Node *n) {
   LBuf *acc = local(L, "sum", DT_F32);
   LExpr *v[LMAX_RANK];
   lk_add(k, ST(acc, F(0)));
-  LStmt *l = each(k, NULL, x, v, NULL);
+  LStmt *l = each_sum(k, NULL, x, v);
   ls_add(l, ST(acc, lx_fma(LDV(x, v), LDV(x, v), LD(acc))));
   lk_add(k, ST(out, lx_un(LX_SQRT, LD(acc))));
 }

@@ -122,4 +122,13 @@ static inline LStmt *reduce_loop(LKernel *k, LStmt *parent, int64_t n, const cha
   return l;
 }
 
+// The nest over every element of b, summing (every loop reduce): a total
+// over a whole tensor into one place.
+static inline LStmt *each_sum(LKernel *k, LStmt *parent, LBuf *b, LExpr **v) {
+  LStmt *l = parent;
+  for (int d = 0; d < b->rank; d++)
+    l = reduce_loop(k, l, b->dim[d], NULL, &v[d]);
+  return l;
+}
+
 #endif
