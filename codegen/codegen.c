@@ -1,21 +1,29 @@
-// Code generation driver: builds one LLVM module per executable (the step
-// functions from lowered graphs, the `xc_model` description and `main`),
-// optimizes it for the host or -mcpu, writes .ll/.s/.o, and links objects
-// with the runtime library into NAME-train and NAME-eval.
+// Code generation driver: builds the LLVM modules of NAME-train and
+// NAME-eval (step functions from lowered graphs, their kernels, the
+// `xc_model` description and `main`), optimizes and compiles them for the
+// host or -mcpu on every processor at once, and links the objects with the
+// runtime library; --emit writes one .ll/.s/.o per executable instead.
+#define _GNU_SOURCE // sched_getaffinity
 #include "emit.h"
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
+#include <pthread.h>
+#include <sched.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static Cg *cg_new(const char *name) {
@@ -359,10 +367,82 @@ static void emit_main(Cg *c, const char *callee) {
   LLVMBuildRet(c->b, LLVMBuildCall2(c->b, ft, target, args, 2, ""));
 }
 
+// --- Timing (--time) -------------------------------------------------------------------
+
+// One row per phase: wall and CPU seconds (the CPU of every thread, and of
+// the linker's processes); the LLVM phase has a row per module under it.
+typedef struct {
+  const char *name;
+  double wall, cpu;
+  char *detail; // module rows, or NULL
+} TimeRow;
+
+static bool timing;
+static double time_wall0, time_cpu0;
+static TimeRow time_rows[16];
+static int time_nrows;
+
+static double wall_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static double thread_cpu_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static double cpu_now(void) {
+  double s = 0;
+  struct rusage ru;
+  int who[2] = {RUSAGE_SELF, RUSAGE_CHILDREN};
+  for (int i = 0; i < 2; i++)
+    if (getrusage(who[i], &ru) == 0)
+      s += ru.ru_utime.tv_sec + 1e-6 * ru.ru_utime.tv_usec + ru.ru_stime.tv_sec +
+           1e-6 * ru.ru_stime.tv_usec;
+  return s;
+}
+
+void time_start(bool on) {
+  timing = on;
+  time_wall0 = wall_now();
+  time_cpu0 = cpu_now();
+}
+
+static void time_phase_detail(const char *name, char *detail) {
+  if (!timing || time_nrows == (int)(sizeof time_rows / sizeof *time_rows))
+    return;
+  double w = wall_now(), c = cpu_now();
+  time_rows[time_nrows++] = (TimeRow){name, w - time_wall0, c - time_cpu0, detail};
+  time_wall0 = w;
+  time_cpu0 = c;
+}
+
+void time_phase(const char *name) { time_phase_detail(name, NULL); }
+
+void time_report(void) {
+  if (!timing || !time_nrows)
+    return;
+  double wall = 0, cpu = 0;
+  fprintf(stderr, "xentcc: compile time in seconds\n  %-40s %7s %7s\n", "phase", "wall", "cpu");
+  for (int i = 0; i < time_nrows; i++) {
+    TimeRow *r = &time_rows[i];
+    fprintf(stderr, "  %-40s %7.3f %7.3f\n", r->name, r->wall, r->cpu);
+    if (r->detail)
+      fputs(r->detail, stderr);
+    wall += r->wall;
+    cpu += r->cpu;
+  }
+  fprintf(stderr, "  %-40s %7.3f %7.3f\n", "total", wall, cpu);
+  time_nrows = 0;
+}
+
 // --- Target, optimization, files --------------------------------------------------
 
 static LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
-  static bool inited;
+  static bool inited; // first called before any compile thread starts
   if (!inited) {
     LLVMInitializeNativeTarget();
     LLVMInitializeNativeAsmPrinter();
@@ -425,9 +505,12 @@ static void check_cpu(const CodegenOptions *opt) {
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
+  LLVMDisposeMessage(triple);
   LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
   char *layout = LLVMCopyStringRepOfTargetData(td);
   LLVMSetDataLayout(c->mod, layout);
+  LLVMDisposeMessage(layout);
+  LLVMDisposeTargetData(td);
   char *err = NULL;
   if (LLVMVerifyModule(c->mod, LLVMReturnStatusAction, &err)) {
     fprintf(stderr, "%s\n", err);
@@ -440,7 +523,8 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
   LLVMErrorRef e = LLVMRunPasses(c->mod, passes, tm, po);
   if (e) {
     char *msg = LLVMGetErrorMessage(e);
-    fatal("LLVM optimization failed: %s", msg);
+    fprintf(stderr, "%s\n", msg);
+    internal_error(__FILE__, __LINE__, "LLVM optimization failed");
   }
   LLVMDisposePassBuilderOptions(po);
 }
@@ -459,6 +543,14 @@ static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const
           err ? err : "unknown error");
 }
 
+static void dispose(Cg *c) {
+  LLVMDisposeBuilder(c->b);
+  LLVMDisposeModule(c->mod);
+  LLVMContextDispose(c->ctx);
+  free(c->kernels);
+  free(c);
+}
+
 static const char *runtime_dir(void) {
   struct stat st;
   if (stat(XENTCC_RUNTIME_DIR "/libxentcc_rt.a", &st) == 0)
@@ -472,35 +564,24 @@ static const char *runtime_dir(void) {
   return XENTCC_RUNTIME_DIR;
 }
 
-// Links obj with the runtime into out.
-static void link_executable(const char *obj, const char *out) {
-  const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
-  struct stat st;
-  const char *why = NULL;
-  char *cmd = xformat("cc '%s' '%s' -fopenmp -ljpeg -lpng -lz -lm -o '%s'", obj, lib, out);
-  if (stat(lib, &st) != 0)
-    why = xformat("runtime library %s not found; build the xentcc_rt target first", lib);
-  else if (system(cmd) != 0)
-    why = xformat("linking %s failed (command: %s)", out, cmd);
-  if (why)
-    fatal("%s", why);
-}
-
-// The directory holding an object between writing and linking, and the
-// object: removed however the compiler ends (exit runs remove_scratch), so a
-// failed compile leaves nothing in $TMPDIR.
-static char *scratch_dir, *scratch_obj;
+// The directory holding the objects between writing and linking, and the
+// objects: removed however the compiler ends (exit runs remove_scratch), so
+// a failed compile leaves nothing in $TMPDIR.
+static char *scratch_dir;
+static char **scratch_files;
+static int nscratch;
 
 static void remove_scratch(void) {
-  if (scratch_obj)
-    unlink(scratch_obj);
+  for (int i = 0; i < nscratch; i++)
+    unlink(scratch_files[i]);
   if (scratch_dir)
     rmdir(scratch_dir);
-  scratch_obj = scratch_dir = NULL;
+  nscratch = 0;
+  scratch_dir = NULL;
 }
 
-// A fresh directory for the object: in $TMPDIR, else /tmp. Made only once
-// the module has verified and been optimized, so an internal error (which
+// A fresh directory for the objects: in $TMPDIR, else /tmp. Made only once
+// every module has verified and been compiled, so an internal error (which
 // aborts, skipping exit handlers) never finds one.
 static char *make_tmpdir(void) {
   static bool registered;
@@ -518,6 +599,297 @@ static char *make_tmpdir(void) {
   return dir;
 }
 
+// Writes an object to a new file in the scratch directory.
+static char *write_object(LLVMMemoryBufferRef obj, const char *name) {
+  char *path = xformat("%s/%s.o", scratch_dir, name);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    fatal("cannot create %s: %s (set TMPDIR to a writable directory)", path, strerror(errno));
+  scratch_files = realloc(scratch_files, (nscratch + 1) * sizeof *scratch_files);
+  if (!scratch_files)
+    fatal("out of memory");
+  scratch_files[nscratch++] = path;
+  const char *p = LLVMGetBufferStart(obj);
+  size_t left = LLVMGetBufferSize(obj);
+  while (left > 0) {
+    ssize_t n = write(fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      fatal("cannot write %s: %s (is $TMPDIR full?)", path, strerror(n < 0 ? errno : ENOSPC));
+    p += n;
+    left -= n;
+  }
+  if (close(fd) != 0)
+    fatal("cannot write %s: %s (is $TMPDIR full?)", path, strerror(errno));
+  return path;
+}
+
+extern char **environ;
+
+// A link in progress: `cc OBJS... libxentcc_rt.a ... -o out`, spawned with
+// its arguments as they are (no shell).
+typedef struct {
+  pid_t pid;
+  const char *out;
+  char *command; // for the error message
+} Link;
+
+static Link start_link(char **objs, int nobjs, const char *lib, const char *out) {
+  const char *tail[] = {lib, "-fopenmp", "-ljpeg", "-lpng", "-lz", "-lm", "-o", out};
+  int ntail = sizeof tail / sizeof *tail;
+  char **argv = xcalloc(nobjs + ntail + 2, sizeof *argv);
+  int n = 0;
+  argv[n++] = "cc";
+  for (int i = 0; i < nobjs; i++)
+    argv[n++] = objs[i];
+  for (int i = 0; i < ntail; i++)
+    argv[n++] = (char *)tail[i];
+  Link l = {0, out, xstrdup("cc")};
+  for (int i = 1; i < n; i++) {
+    char *c = xformat("%s %s", l.command, argv[i]);
+    free(l.command);
+    l.command = c;
+  }
+  fflush(NULL);
+  int e = posix_spawnp(&l.pid, "cc", NULL, NULL, argv, environ);
+  if (e)
+    fatal("cannot run the linker 'cc': %s (install build-essential)", strerror(e));
+  free(argv);
+  return l;
+}
+
+// Waits for every link, then reports the first that failed (the objects
+// stay until all are done).
+static void wait_links(Link *links, int n) {
+  const char *failed = NULL;
+  for (int i = 0; i < n; i++) {
+    int st;
+    pid_t r;
+    while ((r = waitpid(links[i].pid, &st, 0)) < 0 && errno == EINTR)
+      ;
+    if ((r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) && !failed)
+      failed = xformat("linking %s failed (command: %s)", links[i].out, links[i].command);
+  }
+  if (failed)
+    fatal("%s", failed);
+}
+
+// --- Modules and threads -------------------------------------------------------------
+
+// An executable is built from several modules, compiled on all processors at
+// once: a main module per executable (its step functions, which call their
+// kernels in other modules, xc_model and main) and modules of kernels. A
+// kernel that appears twice -- the forward pass of the training step and
+// xc_forward compute the same layers -- is compiled once: its twins have the
+// same LLVM text, and the step functions call the one copy. NAME-eval links
+// the kernel modules of xc_forward, which NAME-train links too.
+
+typedef struct {
+  const LFunc *f;
+  int i; // the kernel f->kernels[i]
+} KernelRef;
+
+typedef struct {
+  const char *name;   // the module's, and its object's file name
+  Cg *c;              // a main module: built before the threads start
+  KernelRef *kernels; // a kernel module: what its thread emits
+  int nkernels;
+  const char *const *symbols; // the symbol each kernel must have
+  int64_t size;               // LLVM instructions before optimization
+  bool linked_into[2];        // by executable
+  const CodegenOptions *opt;
+  LLVMMemoryBufferRef obj;
+  double emit, optimize, machine; // thread CPU seconds
+} Job;
+
+static int64_t instruction_count(LLVMValueRef fn) {
+  int64_t n = 0;
+  for (LLVMBasicBlockRef b = LLVMGetFirstBasicBlock(fn); b; b = LLVMGetNextBasicBlock(b))
+    for (LLVMValueRef i = LLVMGetFirstInstruction(b); i; i = LLVMGetNextInstruction(i))
+      n++;
+  return n;
+}
+
+static void run_job(Job *j) {
+  double t0 = thread_cpu_now();
+  if (!j->c) {
+    j->c = cg_new(j->name);
+    for (int k = 0; k < j->nkernels; k++) {
+      LLVMValueRef entry = emit_lkernel(j->c, j->kernels[k].f, j->kernels[k].i);
+      size_t len;
+      ir_assert(!strcmp(LLVMGetValueName2(entry, &len), j->symbols[k]));
+      LLVMSetLinkage(entry, LLVMExternalLinkage);
+      LLVMSetVisibility(entry, LLVMHiddenVisibility);
+    }
+  }
+  double t1 = thread_cpu_now();
+  LLVMTargetMachineRef tm = target_machine(j->opt);
+  finish_module(j->c, tm, j->opt);
+  double t2 = thread_cpu_now();
+  char *err = NULL;
+  if (LLVMTargetMachineEmitToMemoryBuffer(tm, j->c->mod, LLVMObjectFile, &err, &j->obj)) {
+    fprintf(stderr, "%s\n", err ? err : "");
+    internal_error(__FILE__, __LINE__, "LLVM could not emit an object");
+  }
+  j->emit += t1 - t0;
+  j->optimize = t2 - t1;
+  j->machine = thread_cpu_now() - t2;
+  LLVMDisposeTargetMachine(tm);
+  dispose(j->c);
+  j->c = NULL;
+}
+
+typedef struct {
+  Job **jobs;
+  int njobs, next;
+  pthread_mutex_t lock;
+} Queue;
+
+static void *worker(void *arg) {
+  Queue *q = arg;
+  for (;;) {
+    pthread_mutex_lock(&q->lock);
+    int i = q->next++;
+    pthread_mutex_unlock(&q->lock);
+    if (i >= q->njobs)
+      return NULL;
+    run_job(q->jobs[i]);
+  }
+}
+
+static int processors(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
+static int by_size(const void *a, const void *b) {
+  const Job *x = *(Job *const *)a, *y = *(Job *const *)b;
+  return x->size < y->size ? 1 : x->size > y->size ? -1 : strcmp(x->name, y->name);
+}
+
+// Runs the jobs, the largest first, on a thread per processor; returns the
+// number of threads.
+static int run_jobs(Job *jobs, int njobs) {
+  Queue q = {xcalloc(njobs + 1, sizeof *q.jobs), njobs, 0, PTHREAD_MUTEX_INITIALIZER};
+  for (int i = 0; i < njobs; i++)
+    q.jobs[i] = &jobs[i];
+  qsort(q.jobs, njobs, sizeof *q.jobs, by_size);
+  int nthreads = processors();
+  if (nthreads > njobs)
+    nthreads = njobs;
+  if (nthreads > 16)
+    nthreads = 16;
+  pthread_t *t = xcalloc(nthreads, sizeof *t);
+  int started = 0;
+  for (int i = 1; i < nthreads; i++)
+    if (pthread_create(&t[i], NULL, worker, &q) == 0)
+      started++;
+    else
+      break;
+  worker(&q); // this thread works too
+  for (int i = 1; i <= started; i++)
+    pthread_join(t[i], NULL);
+  free(t);
+  free(q.jobs);
+  return started + 1;
+}
+
+// FNV-1a: the hash of a kernel's text, to find its twins.
+static uint64_t hash_text(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+// The distinct kernels of the functions fns[0..nfns): kernel j of the k-th
+// function is distinct kernel canon[k][j]. Every kernel goes into one scratch
+// module; twins are kernels whose definitions print the same once renamed.
+typedef struct {
+  int n;
+  KernelRef *ref;  // the first of its twins
+  char **symbol;   // what the step functions call
+  int64_t *size;   // LLVM instructions
+  int **canon;
+} Distinct;
+
+static Distinct find_twins(const LFunc *const *fns, int nfns) {
+  Distinct d = {0};
+  int total = 0;
+  for (int k = 0; k < nfns; k++)
+    total += fns[k]->nkernels;
+  d.ref = xcalloc(total + 1, sizeof *d.ref);
+  d.symbol = xcalloc(total + 1, sizeof *d.symbol);
+  d.size = xcalloc(total + 1, sizeof *d.size);
+  d.canon = xcalloc(nfns + 1, sizeof *d.canon);
+  uint64_t *hashes = xcalloc(total + 1, sizeof *hashes);
+  char **texts = xcalloc(total + 1, sizeof *texts);
+  Cg *c = cg_new("twins");
+  for (int k = 0; k < nfns; k++) {
+    d.canon[k] = xcalloc(fns[k]->nkernels + 1, sizeof **d.canon);
+    for (int j = 0; j < fns[k]->nkernels; j++) {
+      LLVMValueRef last = LLVMGetLastFunction(c->mod);
+      LLVMValueRef entry = emit_lkernel(c, fns[k], j);
+      size_t len;
+      char *symbol = xstrdup(LLVMGetValueName2(entry, &len));
+      // The definitions it added, renamed alike, in one text.
+      LLVMValueRef added[4];
+      char *names[4];
+      int nadded = 0;
+      int64_t size = 0;
+      for (LLVMValueRef fn = last ? LLVMGetNextFunction(last) : LLVMGetFirstFunction(c->mod); fn;
+           fn = LLVMGetNextFunction(fn))
+        if (LLVMCountBasicBlocks(fn) > 0) {
+          ir_assert(nadded < 4);
+          names[nadded] = xstrdup(LLVMGetValueName2(fn, &len));
+          char *alike = xformat("xc.twin.%d", nadded);
+          LLVMSetValueName2(fn, alike, strlen(alike));
+          free(alike);
+          size += instruction_count(fn);
+          added[nadded++] = fn;
+        }
+      char *text = xstrdup("");
+      for (int a = 0; a < nadded; a++) {
+        char *s = LLVMPrintValueToString(added[a]);
+        char *joined = xformat("%s%s", text, s);
+        LLVMDisposeMessage(s);
+        free(text);
+        text = joined;
+      }
+      for (int a = 0; a < nadded; a++) {
+        LLVMSetValueName2(added[a], names[a], strlen(names[a]));
+        free(names[a]);
+      }
+      uint64_t h = hash_text(text);
+      int u = 0;
+      while (u < d.n && !(hashes[u] == h && !strcmp(texts[u], text)))
+        u++;
+      if (u == d.n) {
+        hashes[u] = h;
+        texts[u] = text;
+        d.ref[u] = (KernelRef){fns[k], j};
+        d.symbol[u] = symbol;
+        d.size[u] = size;
+        d.n++;
+      } else {
+        free(text);
+        free(symbol);
+      }
+      d.canon[k][j] = u;
+    }
+  }
+  dispose(c);
+  for (int u = 0; u < d.n; u++)
+    free(texts[u]);
+  free(texts);
+  free(hashes);
+  return d;
+}
+
 // --- Entry points --------------------------------------------------------------------
 
 typedef struct {
@@ -533,6 +905,35 @@ static LFunc *func_of(LProgram *p, FuncKind kind) {
       return p->funcs[i];
   return NULL;
 }
+
+// The module of one executable: its step functions, calling their kernels
+// (defined here when symbols is NULL, else declared by symbol), the NaN
+// check, xc_model and main.
+static Cg *main_module(Model *m, LProgram *p, Graph *train, const Exe *exe, int outputs,
+                       bool float_labels, const char *const *const *symbols) {
+  Cg *c = cg_new(xformat("%s-%s", m->name, exe->suffix));
+  int64_t ws = 0; // the runtime allocates one workspace for all step functions
+  for (int i = 0; i < exe->nfns; i++) {
+    LFunc *f = func_of(p, exe->fns[i]);
+    ir_assert(f);
+    if (symbols)
+      emit_lstep(c, f, symbols[i]);
+    else
+      emit_lfunc(c, f);
+    if (f->workspace_bytes > ws)
+      ws = f->workspace_bytes;
+  }
+  if (train && !strcmp(exe->suffix, "train"))
+    emit_grad_check(c, train, p->blocks);
+  emit_model(c, m, p->blocks, ws, outputs, float_labels);
+  emit_main(c, exe->main_fn);
+  return c;
+}
+
+// Groups the distinct kernels that the same executables link into modules
+// of about this many LLVM instructions: enough modules to keep every
+// processor busy, few enough that each module's fixed costs stay small.
+enum { KERNEL_MODULE_SIZE = 4000 };
 
 void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOptions *opt) {
   ir_assert(train || eval);
@@ -558,35 +959,154 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
           opt->output, outdir);
   check_cpu(opt);
   LLVMTargetMachineRef tm = target_machine(opt);
-  for (int e = 0; e < nexes; e++) {
-    Cg *c = cg_new(xformat("%s-%s", m->name, exes[e].suffix));
-    int64_t ws = 0; // the runtime allocates one workspace for all step functions
+
+  if (opt->emit) { // one module per executable, as it is
+    for (int e = 0; e < nexes; e++) {
+      Cg *c = main_module(m, p, train, &exes[e], outputs, float_labels, NULL);
+      finish_module(c, tm, opt);
+      const char *ext = !strcmp(opt->emit, "llvm") ? "ll" : !strcmp(opt->emit, "asm") ? "s" : "o";
+      write_module(c, tm, opt->emit, xformat("%s-%s.%s", opt->output, exes[e].suffix, ext));
+      dispose(c);
+    }
+    return;
+  }
+
+  // The functions of both executables (NAME-eval's xc_forward is NAME-train's).
+  const LFunc *fns[3];
+  int nfns = 0, fn_index[2][3];
+  for (int e = 0; e < nexes; e++)
     for (int i = 0; i < exes[e].nfns; i++) {
       LFunc *f = func_of(p, exes[e].fns[i]);
       ir_assert(f);
-      emit_lfunc(c, f);
-      if (f->workspace_bytes > ws)
-        ws = f->workspace_bytes;
+      int k = 0;
+      while (k < nfns && fns[k] != f)
+        k++;
+      if (k == nfns)
+        fns[nfns++] = f;
+      fn_index[e][i] = k;
     }
-    if (train && !strcmp(exes[e].suffix, "train"))
-      emit_grad_check(c, train, p->blocks);
-    emit_model(c, m, p->blocks, ws, outputs, float_labels);
-    emit_main(c, exes[e].main_fn);
-    finish_module(c, tm, opt);
-    if (opt->emit) {
-      const char *ext = !strcmp(opt->emit, "llvm") ? "ll" : !strcmp(opt->emit, "asm") ? "s" : "o";
-      write_module(c, tm, opt->emit, xformat("%s-%s.%s", opt->output, exes[e].suffix, ext));
-    } else {
-      char *tmpdir = make_tmpdir();
-      char *obj = scratch_obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
-      write_module(c, tm, "obj", obj);
-      link_executable(obj, xformat("%s-%s", opt->output, exes[e].suffix));
-      remove_scratch();
+  Distinct d = find_twins(fns, nfns);
+
+  // Which executables link each distinct kernel.
+  unsigned *users = xcalloc(d.n + 1, sizeof *users);
+  for (int e = 0; e < nexes; e++)
+    for (int i = 0; i < exes[e].nfns; i++) {
+      int k = fn_index[e][i];
+      for (int j = 0; j < fns[k]->nkernels; j++)
+        users[d.canon[k][j]] |= 1u << e;
     }
-    LLVMDisposeBuilder(c->b);
-    LLVMDisposeModule(c->mod);
-    LLVMContextDispose(c->ctx);
+
+  // Kernel modules: per set of users, the kernels dealt out to balance sizes
+  // (the largest first, each to the smallest module so far).
+  int max_jobs = nexes + d.n;
+  Job *jobs = xcalloc(max_jobs + 1, sizeof *jobs);
+  int njobs = 0;
+  int *order = xcalloc(d.n + 1, sizeof *order);
+  for (unsigned set = 1; set < 1u << nexes; set++) {
+    int n = 0;
+    int64_t total = 0;
+    for (int u = 0; u < d.n; u++)
+      if (users[u] == set) {
+        order[n++] = u;
+        total += d.size[u];
+      }
+    if (!n)
+      continue;
+    for (int a = 1; a < n; a++) // by size, largest first; stable
+      for (int b = a; b > 0 && d.size[order[b]] > d.size[order[b - 1]]; b--) {
+        int t = order[b];
+        order[b] = order[b - 1];
+        order[b - 1] = t;
+      }
+    int nmod = (int)((total + KERNEL_MODULE_SIZE / 2) / KERNEL_MODULE_SIZE);
+    nmod = nmod < 1 ? 1 : nmod > n ? n : nmod;
+    Job *first = &jobs[njobs];
+    for (int g = 0; g < nmod; g++) {
+      Job *j = &jobs[njobs++];
+      j->name = xformat("kernels-%s%s%d", set & 1 ? exes[0].suffix : "",
+                        set & 2 ? xformat("%s%s", set & 1 ? "+" : "", exes[1].suffix) : "", g + 1);
+      j->kernels = xcalloc(n + 1, sizeof *j->kernels);
+      j->symbols = xcalloc(n + 1, sizeof *j->symbols);
+      j->opt = opt;
+      for (int e = 0; e < nexes; e++)
+        j->linked_into[e] = set >> e & 1;
+    }
+    for (int a = 0; a < n; a++) {
+      Job *j = first;
+      for (int g = 1; g < nmod; g++)
+        if (first[g].size < j->size)
+          j = &first[g];
+      int u = order[a];
+      j->kernels[j->nkernels] = d.ref[u];
+      ((const char **)j->symbols)[j->nkernels++] = d.symbol[u];
+      j->size += d.size[u];
+    }
   }
+
+  // The main modules, here: their step functions may stop on a user's error.
+  for (int e = 0; e < nexes; e++) {
+    const char *const **symbols = xcalloc(exes[e].nfns, sizeof *symbols);
+    for (int i = 0; i < exes[e].nfns; i++) {
+      int k = fn_index[e][i];
+      const char **s = xcalloc(fns[k]->nkernels + 1, sizeof *s);
+      for (int j = 0; j < fns[k]->nkernels; j++)
+        s[j] = d.symbol[d.canon[k][j]];
+      symbols[i] = s;
+    }
+    Job *j = &jobs[njobs++];
+    j->name = xstrdup(exes[e].suffix);
+    j->opt = opt;
+    j->linked_into[e] = true;
+    double t0 = thread_cpu_now();
+    j->c = main_module(m, p, train, &exes[e], outputs, float_labels, symbols);
+    for (LLVMValueRef fn = LLVMGetFirstFunction(j->c->mod); fn; fn = LLVMGetNextFunction(fn))
+      j->size += instruction_count(fn);
+    j->emit = thread_cpu_now() - t0;
+  }
+  LLVMDisposeTargetMachine(tm);
+  time_phase("LLVM IR: step functions, kernel twins");
+
+  int nthreads = run_jobs(jobs, njobs);
+  char *detail = xstrdup("");
+  for (int i = 0; i < njobs; i++) {
+    Job *j = &jobs[i];
+    char *row = xformat("%s    %-22s %3d kernels %6lld instrs: IR %.3f, opt %.3f, codegen %.3f\n",
+                        detail, j->name, j->nkernels, (long long)j->size, j->emit, j->optimize,
+                        j->machine);
+    free(detail);
+    detail = row;
+  }
+  time_phase_detail(xformat("LLVM: %d modules on %d thread%s", njobs, nthreads,
+                            nthreads == 1 ? "" : "s"),
+                    detail);
+
+  // Objects, then both executables linked at once.
+  make_tmpdir();
+  char **paths = xcalloc(njobs + 1, sizeof *paths);
+  for (int i = 0; i < njobs; i++) {
+    paths[i] = write_object(jobs[i].obj, jobs[i].name);
+    LLVMDisposeMemoryBuffer(jobs[i].obj);
+  }
+  const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
+  struct stat st;
+  if (stat(lib, &st) != 0)
+    fatal("runtime library %s not found; build the xentcc_rt target first", lib);
+  Link links[2];
+  for (int e = 0; e < nexes; e++) {
+    char **objs = xcalloc(njobs + 1, sizeof *objs);
+    int n = 0;
+    for (int i = 0; i < njobs; i++) // the main module first, then kernels in order
+      if (jobs[i].linked_into[e] && !jobs[i].nkernels)
+        objs[n++] = paths[i];
+    for (int i = 0; i < njobs; i++)
+      if (jobs[i].linked_into[e] && jobs[i].nkernels)
+        objs[n++] = paths[i];
+    links[e] = start_link(objs, n, lib, xformat("%s-%s", opt->output, exes[e].suffix));
+    free(objs);
+  }
+  wait_links(links, nexes);
+  remove_scratch();
+  time_phase("write objects, link");
 }
 
 void codegen_function_object(Graph *g, const char *fn, const char *obj_path,

@@ -29,8 +29,15 @@ typedef struct {
 } Cg;
 
 
-// walk.c: the loop IR's functions into this module (kernels as internal
-// functions, the step function calling them).
+// walk.c: the loop IR's functions into this module. emit_lfunc: f's kernels
+// as internal functions and its step function calling them. To build an
+// executable from several modules (codegen.c compiles them in parallel and
+// each distinct kernel once), emit_lkernel defines kernel i of f alone and
+// returns what a step function calls (the kernel, or for a parallel one its
+// xc_parallel_for wrapper), and emit_lstep defines f's step function calling
+// kernel i as the function named symbol[i], defined in another module.
 void emit_lfunc(Cg *c, const LFunc *f);
+LLVMValueRef emit_lkernel(Cg *c, const LFunc *f, int i);
+void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol);
 
 #endif

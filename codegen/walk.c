@@ -611,14 +611,18 @@ static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMVal
 static const char *const func_role[] = {[FN_GRAD_STEP] = "grad", [FN_APPLY_STEP] = "apply",
                                         [FN_FORWARD] = "forward", [FN_SLOTS] = "slots"};
 
-void emit_lfunc(Cg *c, const LFunc *f) {
-  LLVMValueRef *kfn = xcalloc(f->nkernels + 1, sizeof *kfn), *body = xcalloc(f->nkernels + 1, 8);
+// f's step function, calling kernel i as entry[i]: the kernel itself, or
+// for a parallel one its xc_parallel_for wrapper; either defined in this
+// module or declared (defined in another object of the executable).
+static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
   int **ids = xcalloc(f->nkernels + 1, sizeof *ids), *nids = xcalloc(f->nkernels + 1, sizeof *nids);
   int64_t *trip = xcalloc(f->nkernels + 1, sizeof *trip);
+  bool *parallel = xcalloc(f->nkernels + 1, sizeof *parallel);
   for (int i = 0; i < f->nkernels; i++) {
-    kfn[i] = emit_kernel(c, f, f->kernels[i], &ids[i], &nids[i]);
-    if (is_parallel(f->kernels[i], &trip[i]))
-      body[i] = emit_parallel_body(c, kfn[i], nids[i]);
+    int *locals, nlocals;
+    kernel_buffers(f, f->kernels[i], &ids[i], &nids[i], &locals, &nlocals);
+    free(locals);
+    parallel[i] = is_parallel(f->kernels[i], &trip[i]);
   }
 
   // Where each argument is, per function (-1: absent); the C prototypes are
@@ -699,16 +703,16 @@ void emit_lfunc(Cg *c, const LFunc *f) {
       LLVMValueRef *args = xcalloc(nids[i] + 2, sizeof *args);
       for (int j = 0; j < nids[i]; j++)
         args[j] = addr[ids[i][j]];
-      if (body[i]) {
+      if (parallel[i]) {
         for (int j = 0; j < nids[i]; j++) {
           LLVMValueRef idx = LLVMConstInt(c->i64, j, 0);
           LLVMBuildStore(c->b, args[j], LLVMBuildInBoundsGEP2(c->b, c->ptr, ctx, &idx, 1, ""));
         }
-        LLVMValueRef pargs[3] = {LLVMConstInt(c->i64, trip[i], 0), body[i], ctx};
+        LLVMValueRef pargs[3] = {LLVMConstInt(c->i64, trip[i], 0), entry[i], ctx};
         LLVMBuildCall2(c->b, pfor_t, pfor, pargs, 3, "");
       } else {
         args[nids[i]] = args[nids[i] + 1] = LLVMConstInt(c->i64, 0, 0);
-        LLVMBuildCall2(c->b, LLVMGlobalGetValueType(kfn[i]), kfn[i], args, nids[i] + 2, "");
+        LLVMBuildCall2(c->b, LLVMGlobalGetValueType(entry[i]), entry[i], args, nids[i] + 2, "");
       }
       if (profiled)
         LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
@@ -722,4 +726,45 @@ void emit_lfunc(Cg *c, const LFunc *f) {
   } else {
     LLVMBuildRetVoid(c->b);
   }
+}
+
+LLVMValueRef emit_lkernel(Cg *c, const LFunc *f, int i) {
+  int *ids, n;
+  int64_t trip;
+  LLVMValueRef fn = emit_kernel(c, f, f->kernels[i], &ids, &n);
+  free(ids);
+  return is_parallel(f->kernels[i], &trip) ? emit_parallel_body(c, fn, n) : fn;
+}
+
+void emit_lfunc(Cg *c, const LFunc *f) {
+  LLVMValueRef *entry = xcalloc(f->nkernels + 1, sizeof *entry);
+  for (int i = 0; i < f->nkernels; i++)
+    entry[i] = emit_lkernel(c, f, i);
+  emit_step(c, f, entry);
+  free(entry);
+}
+
+void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol) {
+  LLVMValueRef *entry = xcalloc(f->nkernels + 1, sizeof *entry);
+  for (int i = 0; i < f->nkernels; i++) {
+    LLVMValueRef fn = LLVMGetNamedFunction(c->mod, symbol[i]);
+    if (!fn) {
+      int *ids, *locals, n, nlocals;
+      int64_t trip;
+      kernel_buffers(f, f->kernels[i], &ids, &n, &locals, &nlocals);
+      free(ids), free(locals);
+      bool par = is_parallel(f->kernels[i], &trip);
+      int np = par ? 3 : n + 2;
+      LLVMTypeRef *params = xcalloc(np, sizeof *params);
+      for (int j = 0; j < np; j++)
+        params[j] = j < np - 2 ? c->ptr : c->i64;
+      fn = LLVMAddFunction(c->mod, symbol[i], LLVMFunctionType(c->voidt, params, np, false));
+      LLVMSetVisibility(fn, LLVMHiddenVisibility);
+      add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+      free(params);
+    }
+    entry[i] = fn;
+  }
+  emit_step(c, f, entry);
+  free(entry);
 }

@@ -35,6 +35,8 @@ static void usage(FILE *out) {
         "                         the options that model uses) and exit\n"
         "  -O0 -O1 -O2 -O3        LLVM optimization level (default -O3)\n"
         "  -mcpu=CPU              target CPU (default: native, the host)\n"
+        "  --time                 print where the compile time went (wall and CPU seconds\n"
+        "                         per phase, and per LLVM module) to stderr\n"
         "  -h, --help             this text\n",
         out);
 }
@@ -87,7 +89,7 @@ int main(int argc, char **argv) {
   CodegenOptions cg = {.opt_level = 3, .cpu = "native"};
   PipelineOptions po = {.dump = stderr};
   const char **disabled = xcalloc(argc, sizeof *disabled);
-  bool list_options = false;
+  bool list_options = false, timed = false;
 
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v;
@@ -119,6 +121,8 @@ int main(int argc, char **argv) {
       disabled[po.ndisabled++] = v;
     } else if (a[0] == '-' && a[1] == 'O' && a[2] >= '0' && a[2] <= '3' && !a[3]) {
       cg.opt_level = a[2] - '0';
+    } else if (!strcmp(a, "--time")) {
+      timed = true;
     } else if (starts(a, "-mcpu=", &v)) {
       cg.cpu = v;
     } else if (a[0] == '-' && a[1]) {
@@ -148,8 +152,10 @@ int main(int argc, char **argv) {
   if (stop_after && !strcmp(stage, "model"))
     fatal("--stop-after needs --stage=train or --stage=eval");
 
+  time_start(timed);
   Model *m = load_model(input);
   verify_graph(m->graph);
+  time_phase("read the model");
   if (list_options) {
     print_used_options(stdout);
     return 0;
@@ -165,6 +171,8 @@ int main(int argc, char **argv) {
       print_graph(stdout, g);
     else
       print_dot(stdout, g);
+    time_phase("graph passes, print");
+    time_report();
     return 0;
   }
 
@@ -172,14 +180,17 @@ int main(int argc, char **argv) {
   Graph *train = m->graph;
   run_pipeline(train, train_pipeline, sizeof train_pipeline / sizeof *train_pipeline, &po);
   run_pipeline(eval, eval_pipeline, sizeof eval_pipeline / sizeof *eval_pipeline, &po);
+  time_phase("graph passes");
 
   // lower, then the loop passes of -O, then LLVM.
   LProgram *lp = lower_program(train, eval, cg.opt_level);
   int nloop;
   const char *const *loop_passes = loop_pipeline(cg.opt_level, &nloop);
   run_loop_pipeline(lp, loop_passes, nloop, &po);
+  time_phase("lower, loop passes");
   if (emit && !strcmp(emit, "loops")) {
     print_lprogram(stdout, lp);
+    time_report();
     return 0;
   }
   if (!cg.output) {
@@ -192,5 +203,8 @@ int main(int argc, char **argv) {
   }
   cg.emit = emit;
   codegen(m, lp, train, eval, &cg);
+  if (emit)
+    time_phase("LLVM: optimize, write");
+  time_report();
   return 0;
 }

@@ -318,5 +318,10 @@ void codegen(Model *m, struct LProgram *p, Graph *train, Graph *eval, const Code
 // passes of opt->opt_level.
 void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
                              const CodegenOptions *opt);
+// --time: time_start(on) starts the clock; time_phase(NAME) ends phase NAME,
+// begun where the previous one ended; time_report prints the table to stderr.
+void time_start(bool on);
+void time_phase(const char *name);
+void time_report(void);
 
 #endif
