@@ -502,6 +502,59 @@ static void check_cpu(const CodegenOptions *opt) {
           opt->cpu, LLVMGetDefaultTargetTriple());
 }
 
+// The LLVM passes of -O2 and -O3: LLVM's default<O2> function pipeline less
+// what the loop IR's kernels never need, as one pass-pipeline string. The
+// loop passes already tiled and vectorized the kernels; LLVM is left to clean
+// up, keep local arrays in registers, fully unroll small loops (pooling
+// windows) and vectorize what the loop IR left scalar. Left out: the inliner
+// (each kernel stays a function, its parallel wrapper calls it per chunk; with
+// it, O2 simplifies every parallel kernel twice), the late partial and runtime
+// unrolling (bigger kernels, not faster ones: O3's made vgg_small's
+// maxpool2d_grad 8 times slower), coroutine, OpenMP and interprocedural passes.
+// Taken from LLVM 19's `opt -passes='default<O2>' -print-pipeline-passes`. On
+// the kernels of catdog and vgg_small, default<O3> took twice as long, and
+// machine code for its output 1.3 times as long; the hot kernels' machine
+// code is the same but for spill slots.
+#define INSTCOMBINE "instcombine<no-verify-fixpoint>"
+static const char *const kernel_passes[] = {
+    // The walker's output tidied; local arrays into registers.
+    "function(simplifycfg,sroa<modify-cfg>,early-cse," INSTCOMBINE ",simplifycfg)",
+    // Scalar simplification, then loops: invariants out, rotated, counted,
+    // small constant trip counts fully unrolled.
+    "function(sroa<modify-cfg>,early-cse<memssa>,jump-threading,correlated-propagation,simplifycfg,"
+    INSTCOMBINE ",aggressive-instcombine,simplifycfg,reassociate,constraint-elimination,"
+    "loop-mssa(loop-instsimplify,loop-simplifycfg,licm<no-allowspeculation>,loop-rotate,"
+    "licm<allowspeculation>,simple-loop-unswitch),simplifycfg," INSTCOMBINE ","
+    "loop(loop-idiom,indvars,simple-loop-unswitch,loop-deletion,loop-unroll-full),"
+    // After unrolling: registers again, redundant loads and stores, dead code.
+    "sroa<modify-cfg>,vector-combine,mldst-motion,gvn,sccp,bdce," INSTCOMBINE ",jump-threading,"
+    "correlated-propagation,adce,memcpyopt,dse,loop-mssa(licm<allowspeculation>),simplifycfg,"
+    INSTCOMBINE ")",
+    // Vectorize what is still scalar, then tidy.
+    "function(float2int,loop(loop-rotate,loop-deletion),loop-distribute,loop-vectorize,"
+    "infer-alignment,loop-load-elim," INSTCOMBINE ",simplifycfg,slp-vectorizer,vector-combine,"
+    INSTCOMBINE ",sroa,infer-alignment," INSTCOMBINE ",loop-mssa(licm<allowspeculation>),"
+    "loop-sink,instsimplify,div-rem-pairs,simplifycfg)",
+    "globaldce",
+};
+
+static const char *llvm_passes(int opt_level) {
+  static char *joined;
+  if (opt_level <= 0)
+    return "default<O0>";
+  if (opt_level == 1)
+    return "default<O1>";
+  if (!joined) { // first called before any compile thread starts
+    joined = xstrdup(kernel_passes[0]);
+    for (size_t i = 1; i < sizeof kernel_passes / sizeof *kernel_passes; i++) {
+      char *s = xformat("%s,%s", joined, kernel_passes[i]);
+      free(joined);
+      joined = s;
+    }
+  }
+  return joined;
+}
+
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
@@ -518,9 +571,7 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
   }
   LLVMDisposeMessage(err);
   LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-  char passes[32];
-  snprintf(passes, sizeof passes, "default<O%d>", opt->opt_level < 0 ? 0 : opt->opt_level > 3 ? 3 : opt->opt_level);
-  LLVMErrorRef e = LLVMRunPasses(c->mod, passes, tm, po);
+  LLVMErrorRef e = LLVMRunPasses(c->mod, llvm_passes(opt->opt_level), tm, po);
   if (e) {
     char *msg = LLVMGetErrorMessage(e);
     fprintf(stderr, "%s\n", msg);
@@ -807,8 +858,8 @@ static uint64_t hash_text(const char *s) {
 }
 
 // The distinct kernels of the functions fns[0..nfns): kernel j of the k-th
-// function is distinct kernel canon[k][j]. Every kernel goes into one scratch
-// module; twins are kernels whose definitions print the same once renamed.
+// function is distinct kernel canon[k][j]. Every kernel goes into a scratch
+// module; twins are kernels whose modules print the same once renamed.
 typedef struct {
   int n;
   KernelRef *ref;  // the first of its twins
@@ -829,41 +880,26 @@ static Distinct find_twins(const LFunc *const *fns, int nfns) {
   uint64_t *hashes = xcalloc(total + 1, sizeof *hashes);
   char **texts = xcalloc(total + 1, sizeof *texts);
   Cg *c = cg_new("twins");
+  LLVMDisposeModule(c->mod);
   for (int k = 0; k < nfns; k++) {
     d.canon[k] = xcalloc(fns[k]->nkernels + 1, sizeof **d.canon);
     for (int j = 0; j < fns[k]->nkernels; j++) {
-      LLVMValueRef last = LLVMGetLastFunction(c->mod);
+      // A module of its own (printing a function walks its whole module),
+      // its definitions renamed alike.
+      c->mod = LLVMModuleCreateWithNameInContext("twin", c->ctx);
       LLVMValueRef entry = emit_lkernel(c, fns[k], j);
       size_t len;
       char *symbol = xstrdup(LLVMGetValueName2(entry, &len));
-      // The definitions it added, renamed alike, in one text.
-      LLVMValueRef added[4];
-      char *names[4];
-      int nadded = 0;
-      int64_t size = 0;
-      for (LLVMValueRef fn = last ? LLVMGetNextFunction(last) : LLVMGetFirstFunction(c->mod); fn;
-           fn = LLVMGetNextFunction(fn))
+      int64_t size = 0, n = 0;
+      for (LLVMValueRef fn = LLVMGetFirstFunction(c->mod); fn; fn = LLVMGetNextFunction(fn))
         if (LLVMCountBasicBlocks(fn) > 0) {
-          ir_assert(nadded < 4);
-          names[nadded] = xstrdup(LLVMGetValueName2(fn, &len));
-          char *alike = xformat("xc.twin.%d", nadded);
+          char *alike = xformat("xc.twin.%lld", (long long)n++);
           LLVMSetValueName2(fn, alike, strlen(alike));
           free(alike);
           size += instruction_count(fn);
-          added[nadded++] = fn;
         }
-      char *text = xstrdup("");
-      for (int a = 0; a < nadded; a++) {
-        char *s = LLVMPrintValueToString(added[a]);
-        char *joined = xformat("%s%s", text, s);
-        LLVMDisposeMessage(s);
-        free(text);
-        text = joined;
-      }
-      for (int a = 0; a < nadded; a++) {
-        LLVMSetValueName2(added[a], names[a], strlen(names[a]));
-        free(names[a]);
-      }
+      char *text = LLVMPrintModuleToString(c->mod);
+      LLVMDisposeModule(c->mod);
       uint64_t h = hash_text(text);
       int u = 0;
       while (u < d.n && !(hashes[u] == h && !strcmp(texts[u], text)))
@@ -876,15 +912,16 @@ static Distinct find_twins(const LFunc *const *fns, int nfns) {
         d.size[u] = size;
         d.n++;
       } else {
-        free(text);
+        LLVMDisposeMessage(text);
         free(symbol);
       }
       d.canon[k][j] = u;
     }
   }
+  c->mod = LLVMModuleCreateWithNameInContext("twins", c->ctx);
   dispose(c);
   for (int u = 0; u < d.n; u++)
-    free(texts[u]);
+    LLVMDisposeMessage(texts[u]);
   free(texts);
   free(hashes);
   return d;
@@ -959,6 +996,7 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
           opt->output, outdir);
   check_cpu(opt);
   LLVMTargetMachineRef tm = target_machine(opt);
+  llvm_passes(opt->opt_level);
 
   if (opt->emit) { // one module per executable, as it is
     for (int e = 0; e < nexes; e++) {
