@@ -686,12 +686,25 @@ typedef struct {
   char *command; // for the error message
 } Link;
 
+// LLVM's linker, lld (Debian's lld-19), links in two thirds of the time of
+// GNU ld, when it is there: cc finds it under -B.
+static bool have_lld(void) {
+  static int have = -1; // first asked before the links start
+  if (have < 0)
+    have = access(XENTCC_LLVM_BIN "/ld.lld", X_OK) == 0;
+  return have;
+}
+
 static Link start_link(char **objs, int nobjs, const char *lib, const char *out) {
   const char *tail[] = {lib, "-fopenmp", "-ljpeg", "-lpng", "-lz", "-lm", "-o", out};
   int ntail = sizeof tail / sizeof *tail;
-  char **argv = xcalloc(nobjs + ntail + 2, sizeof *argv);
+  char **argv = xcalloc(nobjs + ntail + 4, sizeof *argv);
   int n = 0;
   argv[n++] = "cc";
+  if (have_lld()) {
+    argv[n++] = "-B" XENTCC_LLVM_BIN;
+    argv[n++] = "-fuse-ld=lld";
+  }
   for (int i = 0; i < nobjs; i++)
     argv[n++] = objs[i];
   for (int i = 0; i < ntail; i++)
