@@ -687,12 +687,18 @@ static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
   m->counters[m->ncounters++] = xformat("%s.num_batches_tracked", l->prefix);
   Node *mean = param(b, l, "running_mean", 1, &c, "zeros", 0, true);
   Node *var = param(b, l, "running_var", 1, &c, "ones", 0, true);
-  Node *n = emit(b, l, OP_batchnorm2d, in, 3);
+  Node *stats = emit(b, l, OP_batch_stats, &x, 1);
+  stats->name = xformat("%s.stats", l->prefix);
+  infer(l, stats, x);
+  Node *in4[4] = {in[0], in[1], in[2], stats};
+  Node *n = emit(b, l, OP_batchnorm2d, in4, 4);
   node_set_float(n, "eps", eps);
   infer(l, n, x);
 
-  Node *stat[2] = {emit(b, l, OP_channel_mean, &x, 1), emit(b, l, OP_channel_var, &x, 1)};
-  node_set_int(stat[1], "unbiased", 1);
+  // The running mean takes the batch's mean, the running variance its
+  // unbiased variance (rows 0 and 2).
+  Node *stat[2] = {emit(b, l, OP_row, &stats, 1), emit(b, l, OP_row, &stats, 1)};
+  node_set_int(stat[1], "index", 2);
   Node *run[2] = {mean, var};
   for (int i = 0; i < 2; i++) {
     infer(l, stat[i], x);

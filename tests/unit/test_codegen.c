@@ -325,26 +325,27 @@ START_TEST(batchnorm) {
   Net *t = net_new();
   Node *x = F32(t, "x", 4, 3, 5, 6), *gm = F32(t, "gamma", 3), *bt = F32(t, "beta", 3);
   Node *rm = F32(t, "running_mean", 3), *rv = F32(t, "running_var", 3), *dy = F32(t, "dy", 4, 3, 5, 6);
-  Node *y = OPN(t, batchnorm2d, x, gm, bt);
+  Node *st = done(OPN(t, batch_stats, x));
+  Node *y = OPN(t, batchnorm2d, x, gm, bt, st);
   node_set_float(y, "eps", 1e-5);
   done(y);
   Node *yi = OPN(t, batchnorm2d_infer, x, gm, bt, rm, rv);
   node_set_float(yi, "eps", 1e-5);
   done(yi);
-  done(OPN(t, channel_mean, x));
-  done(OPN(t, channel_var, x));
-  Node *vu = OPN(t, channel_var, x);
-  node_set_int(vu, "unbiased", 1);
-  done(vu);
-  Node *gi = OPN(t, batchnorm2d_grad_input, dy, x, gm);
-  node_set_float(gi, "eps", 1e-5);
-  done(gi);
-  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x);
+  for (int i = 0; i < 3; i++) {
+    Node *r = OPN(t, row, st);
+    node_set_int(r, "index", i);
+    done(r);
+  }
+  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x, st);
   node_set_float(gg, "eps", 1e-5);
   done(gg);
-  done(OPN(t, bias_grad, dy));
+  Node *gb = done(OPN(t, bias_grad, dy));
+  Node *gi = OPN(t, batchnorm2d_grad_input, dy, x, gm, st, gg, gb);
+  node_set_float(gi, "eps", 1e-5);
+  done(gi);
   Node *flat = F32(t, "flat", 8, 5); // batch norm statistics of a linear layer's output
-  done(OPN(t, channel_mean, flat));
+  done(OPN(t, batch_stats, flat));
   fill(t, x, -2, 3);
   fill(t, gm, 0.5, 1.5);
   fill(t, bt, -1, 1);
