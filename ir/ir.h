@@ -291,6 +291,7 @@ const char *const *loop_pipeline(int level, int *count);
 // Loop passes (passes/loop_*.c).
 void pass_fuse_epilogue(struct LProgram *p); // loop_fuse_epilogue.c
 void pass_pad(struct LProgram *p);           // loop_pad.c
+void pass_phases(struct LProgram *p);        // loop_phases.c
 void pass_tile(struct LProgram *p);          // loop_tile.c
 void pass_vectorize(struct LProgram *p);     // loop_vectorize.c
 void pass_parallelize(struct LProgram *p);   // loop_parallelize.c

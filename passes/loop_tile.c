@@ -134,14 +134,15 @@ static int64_t stride(const LBuf *b, int d) {
   return s;
 }
 
-// How load e moves in memory when var steps by one, or -1 if not affine.
+// How load e moves in memory when var steps by one, or -1 if it is not
+// linear in var (the rest of an index may be anything without var).
 static int64_t lane_stride(const LExpr *e, int var) {
   int64_t total = 0;
   for (int d = 0; d < e->buf->rank; d++) {
-    Affine a;
-    if (!lx_affine(e->idx[d], &a))
-      return lx_uses_var(e->idx[d], var) ? -1 : 0;
-    total += affine_coef(&a, var) * stride(e->buf, d);
+    int64_t c;
+    if (!lx_linear(e->idx[d], var, &c))
+      return -1;
+    total += c * stride(e->buf, d);
   }
   return total;
 }
