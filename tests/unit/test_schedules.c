@@ -976,8 +976,11 @@ static const struct {
 // result can be much smaller than what they compute it from -- a loss term
 // log(1 + e^-|x|) - ..., an optimizer's difference of moments -- where the
 // rounding is relative to those (each generator says why). A missing,
-// repeated or misplaced term moves an output by about a term,
-// max|want| / sqrt(K): over 30 times this for every K here (<= ~10^4).
+// repeated or misplaced term of a random-signed sum moves an output by about
+// a term, max|want| / sqrt(K): 15 times this or more for every K here
+// (<= 6 * 10^4). In a sum of same-signed terms (l2norm, a variance) one
+// term stands out only among fewer than ~1,000, but what a schedule gets
+// wrong -- a lane, an edge tile, a padded border -- is many terms at once.
 // Sweeps of 60 cases per op under three seeds (8,500 cases) peak at 6% of it.
 //
 // The scheduled program against the plain one: bit-identical unless the
