@@ -85,8 +85,8 @@ def window_out(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
 
-def draw_conv(rng, c, h, w, must):
-    """A conv2d layer fitting an input of c x h x w; `must` asks for some
+def draw_conv(rng, h, w, must):
+    """A conv2d layer fitting an input of h x w; `must` asks for some
     settings: 'stride2', 'pad', 'k1', 'nonsquare'."""
     for _ in range(1000):
         kh = rng.choice([1, 2, 3, 3, 5])
@@ -113,7 +113,7 @@ def draw_conv(rng, c, h, w, must):
 def draw_pool(rng, h, w):
     """A max or average pooling layer (padding at most half the kernel), or None."""
     k = rng.choice([2, 2, 3])
-    p = rng.choice([0, 0, 1]) if k >= 2 else 0
+    p = rng.choice([0, 0, 1])
     s = rng.choice([1, 2, k])
     if h + 2 * p < k or w + 2 * p < k:
         return None, (h, w)
@@ -136,7 +136,7 @@ def random_model(seed, i):
         for b in range(blocks):
             # The first models take the settings the test must see.
             must = {0: {"stride2", "pad"}, 1: {"pad", "nonsquare"}, 2: {"k1"}}.get(i, set()) if b == 0 else set()
-            spec, (ch, hh, ww) = draw_conv(rng, ch, hh, ww, must)
+            spec, (ch, hh, ww) = draw_conv(rng, hh, ww, must)
             bn = i == 1 and b == 0 or rng.random() < 0.25
             if bn:
                 spec["bias"] = False  # batch norm follows: its gradient would be rounding only
