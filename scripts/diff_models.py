@@ -12,7 +12,7 @@ DIR/mI/mI.yaml and named in every failure, so one model reproduces with
 its YAML and `xentcc`. The draws cover, over the first few models: conv
 layers on grey (1-channel IDX) and 3-channel (IDX4) images of odd sizes,
 with padding, stride 2, 1x1 kernels and non-square ones, a conv followed
-directly by relu (the epilogue fusion) and one through batch norm; max and
+directly by relu and one by batch norm then relu (epilogue fusions); max and
 average pooling with padding; dropout; linear stacks of odd widths;
 cross-entropy (class weights, label smoothing) and BCE with logits
 (pos_weight); SGD (momentum, nesterov, weight decay), Adam and AdamW; a
@@ -235,6 +235,7 @@ def features(model):
             f |= {"pool padding"} if l[kind]["padding"] else set()
         elif kind in ("batchnorm2d", "dropout", "sigmoid"):
             f.add(kind)
+            f |= {"batchnorm2d+relu"} if kind == "batchnorm2d" and nxt == "relu" else set()
     if "batchnorm2d" not in kinds:
         f.add("partial last batch")
     loss = model["loss"]

@@ -569,11 +569,14 @@ static Node *per_channel_input(Net *t, const char *name, const Node *x, double l
 
 static double bn_eps(void) { return (double)PICK(1, 100) * 1e-5; }
 
+// x's statistics as the frontend computes them for a batch-norm layer.
+static Node *stats_of(Net *t, Node *x) { return done(OPN(t, batch_stats, x)); }
+
 static void gen_batchnorm2d(Case *c) {
   Net *t = c->t;
   Node *x = channel_input(t, "x", true);
   Node *g = per_channel_input(t, "gamma", x, 0.5, 1.5), *b = per_channel_input(t, "beta", x, -1, 1);
-  c->node = OPN(t, batchnorm2d, x, g, b);
+  c->node = OPN(t, batchnorm2d, x, g, b, stats_of(t, x));
   node_set_float(c->node, "eps", bn_eps());
   done(c->node);
   c->K = per_channel_count(x);
@@ -590,19 +593,21 @@ static void gen_batchnorm2d_infer(Case *c) {
   done(c->node);
 }
 
-static void gen_channel_mean(Case *c) {
+// [3, C]: the mean, the biased and the unbiased variance of each channel.
+static void gen_batch_stats(Case *c) {
   Node *x = channel_input(c->t, "x", false);
-  c->node = done(OPN(c->t, channel_mean, x));
+  c->node = stats_of(c->t, x);
   c->K = per_channel_count(x);
-  c->size = walk(c->K, largest(c->t, x)) / c->K;
 }
 
-static void gen_channel_var(Case *c) {
-  Node *x = channel_input(c->t, "x", false);
-  c->node = OPN(c->t, channel_var, x);
-  node_set_int(c->node, "unbiased", chance(0.5));
+// One row of a [R, C] tensor (a statistic for the running ones).
+static void gen_row(Case *c) {
+  Net *t = c->t;
+  Node *s = F32(t, "stats", irand(1, 5), any_dim());
+  c->node = OPN(t, row, s);
+  node_set_int(c->node, "index", irand(0, s->type.dim[0] - 1));
   done(c->node);
-  c->K = per_channel_count(x);
+  fill(t, s, -1, 1);
 }
 
 static void gen_bias_grad(Case *c) {
@@ -628,15 +633,25 @@ static double max_rstd(Net *t, const Node *x, double eps) {
   return r;
 }
 
+// grad_gamma (dy, x, stats), and grad_input (dy, x, gamma, stats, dgamma,
+// dbeta) with the two sums made as autodiff makes them.
 static void gen_batchnorm2d_grad(Case *c, OpKind op) {
   Net *t = c->t;
   Node *x = channel_input(t, "x", true), *dy = f32_like(t, "dy", x);
   fill(t, dy, -1, 1);
-  Node *g = per_channel_input(t, "gamma", x, 0.5, 1.5);
-  c->node = op == OP_batchnorm2d_grad_input ? OPN(t, batchnorm2d_grad_input, dy, x, g)
-                                            : OPN(t, batchnorm2d_grad_gamma, dy, x);
-  node_set_float(c->node, "eps", bn_eps());
-  done(c->node);
+  Node *g = per_channel_input(t, "gamma", x, 0.5, 1.5), *stats = stats_of(t, x);
+  double eps = bn_eps();
+  Node *dgamma = OPN(t, batchnorm2d_grad_gamma, dy, x, stats);
+  node_set_float(dgamma, "eps", eps);
+  done(dgamma);
+  if (op == OP_batchnorm2d_grad_input) {
+    Node *dbeta = done(OPN(t, bias_grad, dy));
+    c->node = OPN(t, batchnorm2d_grad_input, dy, x, g, stats, dgamma, dbeta);
+    node_set_float(c->node, "eps", eps);
+    done(c->node);
+  } else {
+    c->node = dgamma;
+  }
   c->K = per_channel_count(x);
   // grad_gamma: a sum of dy * xhat, xhat of rms 1. grad_input: gamma * rstd / M
   // * (M dy - sum dy - xhat sum dy xhat), three terms of up to M |dy| whose
@@ -935,8 +950,8 @@ static const struct {
     [OP_log_softmax_grad] = {gen_log_softmax_grad, 4},
     [OP_batchnorm2d] = {gen_batchnorm2d, 5},
     [OP_batchnorm2d_infer] = {gen_batchnorm2d_infer, 4},
-    [OP_channel_mean] = {gen_channel_mean, 4},
-    [OP_channel_var] = {gen_channel_var, 4},
+    [OP_batch_stats] = {gen_batch_stats, 4},
+    [OP_row] = {gen_row, 3},
     [OP_bias_grad] = {gen_bias_grad, 4},
     [OP_batchnorm2d_grad_input] = {gen_batchnorm2d_grad_input, 5},
     [OP_batchnorm2d_grad_gamma] = {gen_batchnorm2d_grad_gamma, 5},
