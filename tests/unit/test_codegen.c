@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "test_compile.h"
 #include "test_graphs.h"
 
 static void fill_ints(Net *t, Node *n, int lo, int hi) {
@@ -53,52 +54,6 @@ static bool check_tensor(const char *what, const float *got, const float *want, 
   return ok;
 }
 
-static char *tmpdir;
-static char *pfor_obj; // our xc_parallel_for, linked into every shared object
-
-static void sh(const char *cmd) {
-  if (system(cmd) != 0)
-    ck_abort_msg("command failed: %s", cmd);
-}
-
-// xc_parallel_for in three uneven chunks, the last one first: a kernel that
-// assumed lo == 0, wrote outside [lo, hi) or depended on the order fails;
-// and --profile's hooks, which do nothing here.
-static void setup(void) {
-  tmpdir = xstrdup("/tmp/xentcc-test-codegen-XXXXXX");
-  ck_assert(mkdtemp(tmpdir));
-  char *src = xformat("%s/pfor.c", tmpdir);
-  FILE *f = fopen(src, "w");
-  ck_assert(f);
-  fputs("#include <stdint.h>\n"
-        "void xc_parallel_for(int64_t n, void (*body)(void *, int64_t, int64_t), void *ctx) {\n"
-        "  int64_t a = n / 3, b = n - n / 4;\n"
-        "  body(ctx, b, n);\n"
-        "  body(ctx, a, b);\n"
-        "  body(ctx, 0, a);\n"
-        "}\n"
-        "void xc_prof_enter(int32_t id) {}\n"
-        "void xc_prof_leave(int32_t id) {}\n",
-        f);
-  fclose(f);
-  pfor_obj = xformat("%s/pfor.o", tmpdir);
-  sh(xformat("cc -c -fPIC '%s' -o '%s'", src, pfor_obj));
-}
-
-static void teardown(void) { sh(xformat("rm -rf '%s'", tmpdir)); }
-
-static int compiled; // names each shared object uniquely
-
-// Links obj (+ our parallel_for) into a shared object and opens it.
-static void *load_object(const char *obj) {
-  char *so = xformat("%s/lib%d.so", tmpdir, compiled++);
-  sh(xformat("cc -shared '%s' '%s' -o '%s'", obj, pfor_obj, so));
-  // Lazy: the training object's main() calls xc_train_main, which is not here.
-  void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
-  ck_assert_msg(h, "dlopen: %s", dlerror());
-  return h;
-}
-
 static bool compared(const Node *n) {
   return !(op_info(n->op)->flags & OPF_SOURCE) && n->op != OP_reshape;
 }
@@ -108,7 +63,7 @@ static bool compared(const Node *n) {
 static void run_at(Net *t, int opt, double tol, const char *what) {
   Graph *g = t->g;
   Tensor *want = eval_graph(g, t->src);
-  char *obj = xformat("%s/k%d.o", tmpdir, compiled);
+  char *obj = xformat("%s/k%d.o", tmpdir, linked);
   CodegenOptions o = {.opt_level = opt, .cpu = "native"};
   codegen_function_object(g, "kernel", obj, &o);
   void *h = load_object(obj);
