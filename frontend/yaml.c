@@ -1294,9 +1294,10 @@ static char *base_name(const char *path) {
   return name;
 }
 
-Model *load_model(const char *path) {
+Model *load_model(const char *path) { return load_model_text(path, read_file(path, "model file")); }
+
+Model *load_model_text(const char *path, const char *text) {
   cur_path = xstrdup(path);
-  char *text = read_file(path, "model file");
   src_register(cur_path, text);
 
   yaml_parser_t parser;

@@ -7,7 +7,7 @@ import lit.formats
 config.name = "xentcc"
 config.test_format = lit.formats.ShTest(execute_external=False)
 config.suffixes = [".xir", ".yaml", ".test"]
-config.excludes = ["Inputs", "unit", "lit.cfg.py", "lit.site.cfg.py", "CMakeLists.txt"]
+config.excludes = ["Inputs", "fuzz", "unit", "lit.cfg.py", "lit.site.cfg.py", "CMakeLists.txt"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.xentcc_build_dir, "tests", "lit-out")
 
