@@ -1036,7 +1036,10 @@ static void emit_elementwise(Cg *c, K *k) {
     break;
   }
   FORN(c, i, total) {
-    LLVMValueRef a = n->nin > 0 && n->op != OP_dropout_mask ? LD(c, k->X[0], i) : NULL;
+    // A scalar first operand (l2norm_grad's dl) is read at 0, not past its end.
+    LLVMValueRef a = n->nin > 0 && n->op != OP_dropout_mask
+                         ? LD(c, k->X[0], n->in[0]->type.rank > 0 ? i : CI(c, 0))
+                         : NULL;
     LLVMValueRef b = n->nin > 1 && n->in[1]->type.rank > 0 ? LD(c, k->X[1], i) : NULL;
     LLVMValueRef v;
     switch (n->op) {
