@@ -462,6 +462,25 @@ static void check_cpu(const CodegenOptions *opt) {
           opt->cpu, LLVMGetDefaultTargetTriple());
 }
 
+// The sanitizer build (XENTCC_SANITIZE) instruments the code it generates
+// with AddressSanitizer, as clang would after optimizing, so that a kernel
+// reading or writing outside a buffer is reported like the runtime's C code.
+// Objects and executables only: --emit=llvm|asm show the code as generated.
+static void sanitize_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
+#ifdef XENTCC_SANITIZE_GENERATED
+  if (opt->emit && strcmp(opt->emit, "obj"))
+    return;
+  for (LLVMValueRef f = LLVMGetFirstFunction(c->mod); f; f = LLVMGetNextFunction(f))
+    if (!LLVMIsDeclaration(f))
+      add_attr(c, f, LLVMAttributeFunctionIndex, "sanitize_address");
+  LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+  LLVMErrorRef e = LLVMRunPasses(c->mod, "asan", tm, po);
+  if (e)
+    fatal("LLVM AddressSanitizer instrumentation failed: %s", LLVMGetErrorMessage(e));
+  LLVMDisposePassBuilderOptions(po);
+#endif
+}
+
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
@@ -483,6 +502,7 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
     fatal("LLVM optimization failed: %s", msg);
   }
   LLVMDisposePassBuilderOptions(po);
+  sanitize_module(c, tm, opt);
 }
 
 static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const char *path) {
