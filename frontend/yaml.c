@@ -925,6 +925,10 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
                "or give the last layer one output per class",
                "cross_entropy needs one output per class, but %s has %lld output", last_layer(b),
                (long long)outs);
+    if (outs > MAX_DIM)
+      error_at(loc, "end the network with a linear layer with one output per class",
+               "cross_entropy supports at most %d classes, but %s has %lld outputs", MAX_DIM,
+               last_layer(b), (long long)outs);
     double smoothing = opt_float_in(opts, "label_smoothing", 0.0, 0.0, 1.0, false, "cross_entropy");
     Node *in[3] = {NULL, label, NULL};
     Graph *g = b->g;
