@@ -135,7 +135,7 @@ char *__wrap_strdup(const char *s) {
 static jmp_buf back;
 static bool errors_are_bugs;
 
-static void user_error(void) {
+noreturn void fuzz_user_error(void) {
   if (errors_are_bugs) {
     fputs("fuzz: a user error where none may happen\n", stderr);
     abort();
@@ -150,7 +150,7 @@ __attribute__((weak)) void fuzz_init(void) {}
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   for (int op = 0; op < OP_COUNT; op++)
     op_info(op); // its attribute names live as long as the process
-  diag_set_exit_hook(user_error);
+  diag_set_exit_hook(fuzz_user_error);
   fuzz_init();
   return 0;
 }
