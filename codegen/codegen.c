@@ -621,7 +621,6 @@ static int run_captured(char *const argv[], char **output) {
 // no half-written executable (nor removes an old one). On failure, obj and
 // the temporary directory are removed before saying why.
 static void link_executable(const char *obj, const char *tmpdir, const char *out) {
-  char **argv = link_command(obj, out);
   char *partial = xformat("%s.link-XXXXXX", out);
   int fd = mkstemp(partial);
   const char *why = NULL;
@@ -629,15 +628,14 @@ static void link_executable(const char *obj, const char *tmpdir, const char *out
     why = xformat("cannot write %s: %s", out, strerror(errno));
   } else {
     close(fd);
-    int argc = 0;
-    while (argv[argc])
-      argc++;
-    argv[argc - 1] = (char *)not_an_option(partial);
+    char **argv = link_command(obj, partial);
     char *output;
     int st = run_captured(argv, &output);
     size_t len = strlen(output);
     while (len > 0 && output[len - 1] == '\n')
       output[--len] = '\0';
+    mode_t mask = umask(0); // mkstemp made it 0600; an executable is 0777 less the umask
+    umask(mask);
     if (st < 0)
       why = xformat("cannot run the linker '%s': %s (install a C compiler: apt-get install "
                     "build-essential)",
@@ -648,7 +646,7 @@ static void link_executable(const char *obj, const char *tmpdir, const char *out
     else if (WEXITSTATUS(st) != 0)
       why = xformat("linking %s failed: %s exited with status %d%s%s", out, argv[0],
                     WEXITSTATUS(st), len ? ":\n" : "", output);
-    else if (rename(partial, out) != 0)
+    else if (chmod(partial, 0777 & ~mask) != 0 || rename(partial, out) != 0)
       why = xformat("cannot write %s: %s", out, strerror(errno));
     if (why)
       unlink(partial);
