@@ -6,12 +6,14 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -422,6 +424,25 @@ static void check_cpu(const CodegenOptions *opt) {
           opt->cpu, LLVMGetDefaultTargetTriple());
 }
 
+// The sanitizer build (XENTCC_SANITIZE) instruments the code it generates
+// with AddressSanitizer, as clang would after optimizing, so that a kernel
+// reading or writing outside a buffer is reported like the runtime's C code.
+// Objects and executables only: --emit=llvm|asm show the code as generated.
+static void sanitize_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
+#ifdef XENTCC_SANITIZE_GENERATED
+  if (opt->emit && strcmp(opt->emit, "obj"))
+    return;
+  for (LLVMValueRef f = LLVMGetFirstFunction(c->mod); f; f = LLVMGetNextFunction(f))
+    if (!LLVMIsDeclaration(f))
+      add_attr(c, f, LLVMAttributeFunctionIndex, "sanitize_address");
+  LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+  LLVMErrorRef e = LLVMRunPasses(c->mod, "asan", tm, po);
+  if (e)
+    fatal("LLVM AddressSanitizer instrumentation failed: %s", LLVMGetErrorMessage(e));
+  LLVMDisposePassBuilderOptions(po);
+#endif
+}
+
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
@@ -443,6 +464,7 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
     fatal("LLVM optimization failed: %s", msg);
   }
   LLVMDisposePassBuilderOptions(po);
+  sanitize_module(c, tm, opt);
 }
 
 static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const char *path) {
@@ -459,9 +481,14 @@ static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const
           err ? err : "unknown error");
 }
 
+// --- Linking -------------------------------------------------------------------------
+
+// The runtime's link line is recorded at build time beside its archive,
+// one argument per line (runtime/CMakeLists.txt): the archive, OpenMP, the
+// image libraries and, in a sanitizer build, the runtime's -fsanitize flags.
 static const char *runtime_dir(void) {
   struct stat st;
-  if (stat(XENTCC_RUNTIME_DIR "/libxentcc_rt.a", &st) == 0)
+  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0)
     return XENTCC_RUNTIME_DIR;
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -472,18 +499,125 @@ static const char *runtime_dir(void) {
   return XENTCC_RUNTIME_DIR;
 }
 
-// Links obj with the runtime into out.
-static void link_executable(const char *obj, const char *out) {
-  const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
+extern char **environ;
+
+// A path the linker cannot mistake for an option: "-x" becomes "./-x".
+static const char *not_an_option(const char *path) {
+  return path[0] == '-' ? xformat("./%s", path) : path;
+}
+
+// The linker's argument vector: XENTCC_LINKER obj <link file lines> -o out.
+static char **link_command(const char *obj, const char *out) {
+  const char *file = xformat("%s/xentcc_rt.link", runtime_dir());
   struct stat st;
+  if (stat(file, &st) != 0)
+    fatal("runtime link line %s not found; build the xentcc_rt target first", file);
+  char *text = read_file(file, "runtime link line");
+  int n = 0, cap = 8;
+  char **argv = xcalloc(cap, sizeof *argv);
+  argv[n++] = XENTCC_LINKER;
+  argv[n++] = (char *)not_an_option(obj);
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    if (n + 4 > cap) {
+      cap *= 2;
+      argv = realloc(argv, cap * sizeof *argv);
+      if (!argv)
+        fatal("out of memory");
+    }
+    argv[n++] = line;
+  }
+  argv[n++] = "-o";
+  argv[n++] = (char *)not_an_option(out);
+  argv[n] = NULL;
+  return argv;
+}
+
+// Runs argv[0], found on PATH, with argv and no shell in between; what it
+// prints (stdout and stderr, the first 16 KiB) goes to *output. Returns its
+// wait status, or -1 with errno set when it cannot be started.
+static int run_captured(char *const argv[], char **output) {
+  enum { KEEP = 16384 };
+  char *buf = xcalloc(1, KEEP + 1);
+  size_t len = 0;
+  *output = buf;
+  int fd[2];
+  if (pipe(fd) != 0)
+    return -1;
+  fcntl(fd[0], F_SETFD, FD_CLOEXEC); // the child keeps only its stdout and stderr
+  fcntl(fd[1], F_SETFD, FD_CLOEXEC);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fd[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fd[1], 2);
+  pid_t pid;
+  int err = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fd[1]);
+  if (err) {
+    close(fd[0]);
+    errno = err;
+    return -1;
+  }
+  char chunk[4096];
+  for (;;) {
+    ssize_t r = read(fd[0], chunk, sizeof chunk);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    size_t take = (size_t)r < KEEP - len ? (size_t)r : KEEP - len;
+    memcpy(buf + len, chunk, take);
+    len += take;
+  }
+  close(fd[0]);
+  buf[len] = '\0';
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return -1;
+  return status;
+}
+
+// Links obj with the runtime into out. The linker writes a fresh file beside
+// out that is renamed over it only when complete, so a failed link leaves
+// no half-written executable (nor removes an old one). On failure, obj and
+// the temporary directory are removed before saying why.
+static void link_executable(const char *obj, const char *tmpdir, const char *out) {
+  char *partial = xformat("%s.link-XXXXXX", out);
+  int fd = mkstemp(partial);
   const char *why = NULL;
-  char *cmd = xformat("cc '%s' '%s' -fopenmp -ljpeg -lpng -lz -lm -o '%s'", obj, lib, out);
-  if (stat(lib, &st) != 0)
-    why = xformat("runtime library %s not found; build the xentcc_rt target first", lib);
-  else if (system(cmd) != 0)
-    why = xformat("linking %s failed (command: %s)", out, cmd);
-  if (why)
+  if (fd < 0) {
+    why = xformat("cannot write %s: %s", out, strerror(errno));
+  } else {
+    close(fd);
+    char **argv = link_command(obj, partial);
+    char *output;
+    int st = run_captured(argv, &output);
+    size_t len = strlen(output);
+    while (len > 0 && output[len - 1] == '\n')
+      output[--len] = '\0';
+    mode_t mask = umask(0); // mkstemp made it 0600; an executable is 0777 less the umask
+    umask(mask);
+    if (st < 0)
+      why = xformat("cannot run the linker '%s': %s (install a C compiler: apt-get install "
+                    "build-essential)",
+                    argv[0], strerror(errno));
+    else if (WIFSIGNALED(st))
+      why = xformat("linking %s failed: %s was killed by signal %d%s%s", out, argv[0],
+                    WTERMSIG(st), len ? ":\n" : "", output);
+    else if (WEXITSTATUS(st) != 0)
+      why = xformat("linking %s failed: %s exited with status %d%s%s", out, argv[0],
+                    WEXITSTATUS(st), len ? ":\n" : "", output);
+    else if (chmod(partial, 0777 & ~mask) != 0 || rename(partial, out) != 0)
+      why = xformat("cannot write %s: %s", out, strerror(errno));
+    if (why)
+      unlink(partial);
+  }
+  unlink(obj);
+  if (why) {
+    rmdir(tmpdir);
     fatal("%s", why);
+  }
 }
 
 // The directory holding an object between writing and linking, and the
@@ -580,7 +714,7 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
       char *tmpdir = make_tmpdir();
       char *obj = scratch_obj = xformat("%s/%s.o", tmpdir, exes[e].suffix);
       write_module(c, tm, "obj", obj);
-      link_executable(obj, xformat("%s-%s", opt->output, exes[e].suffix));
+      link_executable(obj, tmpdir, xformat("%s-%s", opt->output, exes[e].suffix));
       remove_scratch();
     }
     LLVMDisposeBuilder(c->b);
