@@ -289,7 +289,7 @@ static void pool_exact(bool max, int64_t h, int64_t w, int64_t kh, int64_t kw, i
     char *what = xformat("%s %lldx%lld k%lld,%lld s%lld,%lld p%lld,%lld -O%d", max ? "max" : "avg",
                          (long long)h, (long long)w, (long long)kh, (long long)kw, (long long)sh,
                          (long long)sw, (long long)ph, (long long)pw, opt);
-    char *obj = xformat("%s/exact%d.o", tmpdir, compiled);
+    char *obj = xformat("%s/exact%d.o", tmpdir, linked);
     CodegenOptions o = {.opt_level = opt, .cpu = "native"};
     codegen_function_object(t->g, "kernel", obj, &o);
     void *lib = load_object(obj);
