@@ -555,6 +555,25 @@ static const char *llvm_passes(int opt_level) {
   return joined;
 }
 
+// The sanitizer build (XENTCC_SANITIZE) instruments the code it generates
+// with AddressSanitizer, as clang would after optimizing, so that a kernel
+// reading or writing outside a buffer is reported like the runtime's C code.
+// Objects and executables only: --emit=llvm|asm show the code as generated.
+static void sanitize_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
+#ifdef XENTCC_SANITIZE_GENERATED
+  if (opt->emit && strcmp(opt->emit, "obj"))
+    return;
+  for (LLVMValueRef f = LLVMGetFirstFunction(c->mod); f; f = LLVMGetNextFunction(f))
+    if (!LLVMIsDeclaration(f))
+      add_attr(c, f, LLVMAttributeFunctionIndex, "sanitize_address");
+  LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+  LLVMErrorRef e = LLVMRunPasses(c->mod, "asan", tm, po);
+  if (e)
+    fatal("LLVM AddressSanitizer instrumentation failed: %s", LLVMGetErrorMessage(e));
+  LLVMDisposePassBuilderOptions(po);
+#endif
+}
+
 static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
@@ -578,6 +597,7 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
     internal_error(__FILE__, __LINE__, "LLVM optimization failed");
   }
   LLVMDisposePassBuilderOptions(po);
+  sanitize_module(c, tm, opt);
 }
 
 static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const char *path) {
@@ -602,9 +622,14 @@ static void dispose(Cg *c) {
   free(c);
 }
 
+// --- Linking -------------------------------------------------------------------------
+
+// The runtime's link line is recorded at build time beside its archive,
+// one argument per line (runtime/CMakeLists.txt): the archive, OpenMP, the
+// image libraries and, in a sanitizer build, the runtime's -fsanitize flags.
 static const char *runtime_dir(void) {
   struct stat st;
-  if (stat(XENTCC_RUNTIME_DIR "/libxentcc_rt.a", &st) == 0)
+  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0)
     return XENTCC_RUNTIME_DIR;
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -678,16 +703,13 @@ static char *write_object(LLVMMemoryBufferRef obj, const char *name) {
 
 extern char **environ;
 
-// A link in progress: `cc OBJS... libxentcc_rt.a ... -o out`, spawned with
-// its arguments as they are (no shell).
-typedef struct {
-  pid_t pid;
-  const char *out;
-  char *command; // for the error message
-} Link;
+// A path the linker cannot mistake for an option: "-x" becomes "./-x".
+static const char *not_an_option(const char *path) {
+  return path[0] == '-' ? xformat("./%s", path) : path;
+}
 
 // LLVM's linker, lld (Debian's lld-19), links in two thirds of the time of
-// GNU ld, when it is there: cc finds it under -B.
+// GNU ld, when it is there: the C compiler finds it under -B.
 static bool have_lld(void) {
   static int have = -1; // first asked before the links start
   if (have < 0)
@@ -695,46 +717,143 @@ static bool have_lld(void) {
   return have;
 }
 
-static Link start_link(char **objs, int nobjs, const char *lib, const char *out) {
-  const char *tail[] = {lib, "-fopenmp", "-ljpeg", "-lpng", "-lz", "-lm", "-o", out};
-  int ntail = sizeof tail / sizeof *tail;
-  char **argv = xcalloc(nobjs + ntail + 4, sizeof *argv);
-  int n = 0;
-  argv[n++] = "cc";
+// The linker's argument vector:
+// XENTCC_LINKER [-B... -fuse-ld=lld] OBJS... <link file lines> -o out.
+static char **link_command(char **objs, int nobjs, const char *out) {
+  const char *file = xformat("%s/xentcc_rt.link", runtime_dir());
+  struct stat st;
+  if (stat(file, &st) != 0)
+    fatal("runtime link line %s not found; build the xentcc_rt target first", file);
+  char *text = read_file(file, "runtime link line");
+  int n = 0, cap = nobjs + 8;
+  char **argv = xcalloc(cap, sizeof *argv);
+  argv[n++] = XENTCC_LINKER;
   if (have_lld()) {
     argv[n++] = "-B" XENTCC_LLVM_BIN;
     argv[n++] = "-fuse-ld=lld";
   }
   for (int i = 0; i < nobjs; i++)
-    argv[n++] = objs[i];
-  for (int i = 0; i < ntail; i++)
-    argv[n++] = (char *)tail[i];
-  Link l = {0, out, xstrdup("cc")};
-  for (int i = 1; i < n; i++) {
-    char *c = xformat("%s %s", l.command, argv[i]);
-    free(l.command);
-    l.command = c;
+    argv[n++] = (char *)not_an_option(objs[i]);
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    if (n + 4 > cap) {
+      cap *= 2;
+      argv = realloc(argv, cap * sizeof *argv);
+      if (!argv)
+        fatal("out of memory");
+    }
+    argv[n++] = line;
   }
-  fflush(NULL);
-  int e = posix_spawnp(&l.pid, "cc", NULL, NULL, argv, environ);
-  if (e)
-    fatal("cannot run the linker 'cc': %s (install build-essential)", strerror(e));
-  free(argv);
-  return l;
+  argv[n++] = "-o";
+  argv[n++] = (char *)not_an_option(out);
+  argv[n] = NULL;
+  return argv;
 }
 
-// Waits for every link, then reports the first that failed (the objects
-// stay until all are done).
+// A link in progress: the linker spawned with its arguments as they are (no
+// shell), writing a fresh file beside the executable; what it prints
+// (stdout and stderr) is read from a pipe when it is waited for.
+typedef struct {
+  const char *out;
+  char *partial;      // the linker's output, renamed to out once every link is done
+  const char *linker; // argv[0]
+  pid_t pid;          // 0: not started (why says so)
+  int fd;
+  char *why; // the failure, or NULL
+} Link;
+
+static void start_link(Link *l, char **objs, int nobjs, const char *out) {
+  *l = (Link){.out = out, .fd = -1, .partial = xformat("%s.link-XXXXXX", out)};
+  int fd = mkstemp(l->partial);
+  if (fd < 0) {
+    l->why = xformat("cannot write %s: %s", out, strerror(errno));
+    l->partial = NULL;
+    return;
+  }
+  close(fd);
+  char **argv = link_command(objs, nobjs, l->partial);
+  l->linker = argv[0];
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) { // the child keeps only its stdout and stderr
+    l->why = xformat("cannot link %s: %s", out, strerror(errno));
+    return;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+  fflush(NULL);
+  int err = posix_spawnp(&l->pid, argv[0], &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(p[1]);
+  if (err) {
+    close(p[0]);
+    l->pid = 0;
+    l->why = xformat("cannot run the linker '%s': %s (install a C compiler: apt-get install "
+                     "build-essential)",
+                     argv[0], strerror(err));
+    return;
+  }
+  l->fd = p[0];
+}
+
+// Waits for a link; the first 16 KiB it printed go into the error message.
+static void finish_link(Link *l) {
+  if (!l->pid)
+    return;
+  enum { KEEP = 16384 };
+  char *output = xcalloc(1, KEEP + 1), chunk[4096];
+  size_t len = 0;
+  for (;;) {
+    ssize_t r = read(l->fd, chunk, sizeof chunk);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    size_t take = (size_t)r < KEEP - len ? (size_t)r : KEEP - len;
+    memcpy(output + len, chunk, take);
+    len += take;
+  }
+  close(l->fd);
+  while (len > 0 && output[len - 1] == '\n')
+    output[--len] = '\0';
+  int st;
+  pid_t r;
+  while ((r = waitpid(l->pid, &st, 0)) < 0 && errno == EINTR)
+    ;
+  if (r < 0)
+    l->why = xformat("linking %s failed: %s", l->out, strerror(errno));
+  else if (WIFSIGNALED(st))
+    l->why = xformat("linking %s failed: %s was killed by signal %d%s%s", l->out, l->linker,
+                     WTERMSIG(st), len ? ":\n" : "", output);
+  else if (WEXITSTATUS(st) != 0)
+    l->why = xformat("linking %s failed: %s exited with status %d%s%s", l->out, l->linker,
+                     WEXITSTATUS(st), len ? ":\n" : "", output);
+  free(output);
+}
+
+// Waits for every link. The executables appear together, each complete, or
+// none does (nor is an old one removed): on a failure every linker's output
+// is removed before saying why.
 static void wait_links(Link *links, int n) {
   const char *failed = NULL;
   for (int i = 0; i < n; i++) {
-    int st;
-    pid_t r;
-    while ((r = waitpid(links[i].pid, &st, 0)) < 0 && errno == EINTR)
-      ;
-    if ((r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) && !failed)
-      failed = xformat("linking %s failed (command: %s)", links[i].out, links[i].command);
+    finish_link(&links[i]);
+    if (links[i].why && !failed)
+      failed = links[i].why;
   }
+  mode_t mask = umask(0); // mkstemp made them 0600; an executable is 0777 less the umask
+  umask(mask);
+  for (int i = 0; i < n && !failed; i++)
+    if (chmod(links[i].partial, 0777 & ~mask) != 0)
+      failed = xformat("cannot write %s: %s", links[i].out, strerror(errno));
+  for (int i = 0; i < n && !failed; i++)
+    if (rename(links[i].partial, links[i].out) != 0)
+      failed = xformat("cannot write %s: %s", links[i].out, strerror(errno));
+    else
+      links[i].partial = NULL;
+  for (int i = 0; i < n; i++)
+    if (links[i].partial)
+      unlink(links[i].partial);
   if (failed)
     fatal("%s", failed);
 }
@@ -1138,10 +1257,6 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
     paths[i] = write_object(jobs[i].obj, jobs[i].name);
     LLVMDisposeMemoryBuffer(jobs[i].obj);
   }
-  const char *lib = xformat("%s/libxentcc_rt.a", runtime_dir());
-  struct stat st;
-  if (stat(lib, &st) != 0)
-    fatal("runtime library %s not found; build the xentcc_rt target first", lib);
   Link links[2];
   for (int e = 0; e < nexes; e++) {
     char **objs = xcalloc(njobs + 1, sizeof *objs);
@@ -1152,7 +1267,7 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
     for (int i = 0; i < njobs; i++)
       if (jobs[i].linked_into[e] && jobs[i].nkernels)
         objs[n++] = paths[i];
-    links[e] = start_link(objs, n, lib, xformat("%s-%s", opt->output, exes[e].suffix));
+    start_link(&links[e], objs, n, xformat("%s-%s", opt->output, exes[e].suffix));
     free(objs);
   }
   wait_links(links, nexes);

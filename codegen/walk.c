@@ -97,12 +97,10 @@ static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
     return 0;
   int64_t total = 0;
   for (int d = 0; d < b->rank; d++) {
-    if (!lx_uses_var(idx[d], w->vec_var))
-      continue;
-    Affine a;
-    if (!lx_affine(idx[d], &a))
+    int64_t coef;
+    if (!lx_linear(idx[d], w->vec_var, &coef))
       return -1;
-    total += affine_coef(&a, w->vec_var) * stride_of(b, d);
+    total += coef * stride_of(b, d);
   }
   return total == 0 ? 0 : total == 1 ? 1 : -1;
 }

@@ -50,6 +50,10 @@ static yaml_document_t cur_doc;
 // Sizes are capped so that no shape computation can overflow int64 and no
 // tensor is beyond what the generated code indexes.
 enum { MAX_DIM = 1 << 16, MAX_WINDOW = 4096 };
+// A model nests a few levels (layers, options, lists). libyaml spends time
+// proportional to the depth on every token of a flow collection, so the
+// depth is checked before the document is built.
+enum { MAX_DEPTH = 64 };
 #define MAX_NUMEL ((int64_t)1 << 31)
 
 //
@@ -104,6 +108,54 @@ static char *describe(const YNode *n) {
 // "layer 'conv1': " or "" -- the prefix that says which part of the file an
 // error is about.
 static const char *in(const char *ctx) { return ctx && *ctx ? xformat("%s: ", ctx) : ""; }
+
+//
+// Names seen so far: a hash table from a name to where it first appeared, so
+// that the duplicate checks of classes, layer names and keys stay linear.
+//
+
+typedef struct {
+  const char **key;
+  int *first; // the index given when key was added
+  int n, cap; // cap is 0 or a power of two
+} NameTable;
+
+static uint64_t hash_name(const char *s) {
+  uint64_t h = 0xcbf29ce484222325u; // FNV-1a
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3u;
+  return h;
+}
+
+// The index name was first added with; else -1, after adding it with index
+// i unless i < 0 (a lookup only).
+static int name_seen(NameTable *t, const char *name, int i) {
+  if (2 * (t->n + 1) > t->cap) {
+    NameTable old = *t;
+    t->cap = old.cap ? 2 * old.cap : 16;
+    t->key = xcalloc(t->cap, sizeof *t->key);
+    t->first = xcalloc(t->cap, sizeof *t->first);
+    t->n = 0;
+    for (int k = 0; k < old.cap; k++)
+      if (old.key[k])
+        name_seen(t, old.key[k], old.first[k]);
+    free(old.key);
+    free(old.first);
+  }
+  uint64_t mask = t->cap - 1;
+  for (uint64_t h = hash_name(name) & mask;; h = (h + 1) & mask) {
+    if (!t->key[h]) {
+      if (i < 0)
+        return -1;
+      t->key[h] = name;
+      t->first[h] = i;
+      t->n++;
+      return -1;
+    }
+    if (!strcmp(t->key[h], name))
+      return t->first[h];
+  }
+}
 
 //
 // "Did you mean": a misspelling is an edit or two away, a PyTorch spelling
@@ -215,23 +267,26 @@ static YNode *get(const YNode *map, const char *key) {
 
 // Every key a plain name, none twice, and each in `keys`.
 static void check_keys(const YNode *map, const char *ctx, const char *const *keys) {
+  NameTable seen = {0};
   for (int i = 0; i < map_len(map); i++) {
     YNode *k = map_key(map, i);
     if (!is_scalar(k) || is_null(k))
       error_at(loc_of(k), "write keys as plain names, like 'kernel: 5'",
                "%skeys must be names, got %s", in(ctx), describe(k));
-    for (int j = 0; j < i; j++)
-      if (is_scalar(map_key(map, j)) && !strcmp(sval(map_key(map, j)), sval(k)))
-        error_at(loc_of(k),
-                 xformat("the first '%s' is on line %d; keep only one", sval(k),
-                         loc_of(map_key(map, j)).line),
-                 "%sduplicate key '%s'", in(ctx), sval(k));
+    int j = name_seen(&seen, sval(k), i);
+    if (j >= 0)
+      error_at(loc_of(k),
+               xformat("the first '%s' is on line %d; keep only one", sval(k),
+                       loc_of(map_key(map, j)).line),
+               "%sduplicate key '%s'", in(ctx), sval(k));
     bool known = false;
     for (int j = 0; keys[j] && !known; j++)
       known = !strcmp(sval(k), keys[j]);
     if (!known)
       error_at(loc_of(k), suggest(sval(k), keys), "%sunknown key '%s'", in(ctx), sval(k));
   }
+  free(seen.key);
+  free(seen.first);
 }
 
 //
@@ -482,6 +537,7 @@ typedef struct {
   Node *step, *seed; // %step and %seed, when a dropout layer needs them
   Layer *layers;
   int nlayers;
+  NameTable layer_names; // the `name:`s given so far, to their layer's index
 } Builder;
 
 static void accept_layer(Layer *l); // the layer's options, by the table of kinds below
@@ -687,12 +743,18 @@ static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
   m->counters[m->ncounters++] = xformat("%s.num_batches_tracked", l->prefix);
   Node *mean = param(b, l, "running_mean", 1, &c, "zeros", 0, true);
   Node *var = param(b, l, "running_var", 1, &c, "ones", 0, true);
-  Node *n = emit(b, l, OP_batchnorm2d, in, 3);
+  Node *stats = emit(b, l, OP_batch_stats, &x, 1);
+  stats->name = xformat("%s.stats", l->prefix);
+  infer(l, stats, x);
+  Node *in4[4] = {in[0], in[1], in[2], stats};
+  Node *n = emit(b, l, OP_batchnorm2d, in4, 4);
   node_set_float(n, "eps", eps);
   infer(l, n, x);
 
-  Node *stat[2] = {emit(b, l, OP_channel_mean, &x, 1), emit(b, l, OP_channel_var, &x, 1)};
-  node_set_int(stat[1], "unbiased", 1);
+  // The running mean takes the batch's mean, the running variance its
+  // unbiased variance (rows 0 and 2).
+  Node *stat[2] = {emit(b, l, OP_row, &stats, 1), emit(b, l, OP_row, &stats, 1)};
+  node_set_int(stat[1], "index", 2);
   Node *run[2] = {mean, var};
   for (int i = 0; i < 2; i++) {
     infer(l, stat[i], x);
@@ -771,14 +833,14 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
     type_key = item;
   } else if (is_map(item)) {
     // First the name and the type, then whatever else is there.
+    NameTable keys = {0};
     for (int i = 0; i < map_len(item); i++) {
       YNode *k = map_key(item, i);
       if (!is_scalar(k) || is_null(k))
         error_at(loc_of(k), NULL, "%s: keys must be names, got %s", ctx, describe(k));
       const char *key = sval(k);
-      for (int j = 0; j < i; j++)
-        if (!strcmp(sval(map_key(item, j)), key))
-          error_at(loc_of(k), "keep only one", "%s: duplicate key '%s'", ctx, key);
+      if (name_seen(&keys, key, i) >= 0)
+        error_at(loc_of(k), "keep only one", "%s: duplicate key '%s'", ctx, key);
       if (!strcmp(key, "name")) {
         l->name = xstrdup(to_str(map_val(item, i), ctx, "name"));
       } else if (layer_kind(key)) {
@@ -815,6 +877,8 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
       error_at(l->loc,
                xformat("add one of %s, e.g. {name: fc1, linear: {out_features: 10}}", join(types)),
                "%s: no layer type given", ctx);
+    free(keys.key);
+    free(keys.first);
   } else {
     error_at(l->loc, "write a layer as '- relu' or '- {name: fc1, linear: {out_features: 10}}'",
              "%s: expected a layer, got %s", ctx, describe(item));
@@ -837,13 +901,13 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
       if (!strcmp(l->name, reserved_names[i]))
         error_at(loc_of(nn), "pick another name, like fc_out", "%s: the name '%s' is reserved", ctx,
                  l->name);
-    for (int i = 0; i < index; i++)
-      if (b->layers[i].name && !strcmp(b->layers[i].name, l->name))
-        error_at(loc_of(nn),
-                 xformat("layer %d on line %d already uses it; parameter names %s.weight must be "
-                         "unique, so rename one",
-                         i + 1, b->layers[i].loc.line, l->name),
-                 "%s: duplicate layer name '%s'", ctx, l->name);
+    int i = name_seen(&b->layer_names, l->name, index);
+    if (i >= 0)
+      error_at(loc_of(nn),
+               xformat("layer %d on line %d already uses it; parameter names %s.weight must be "
+                       "unique, so rename one",
+                       i + 1, b->layers[i].loc.line, l->name),
+               "%s: duplicate layer name '%s'", ctx, l->name);
     l->prefix = l->name;
     l->desc = xformat("layer '%s'", l->name);
     l->what = xformat("%s (%s)", l->desc, l->type);
@@ -942,6 +1006,10 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
                "or give the last layer one output per class",
                "cross_entropy needs one output per class, but %s has %lld output", last_layer(b),
                (long long)outs);
+    if (outs > MAX_DIM)
+      error_at(loc, "end the network with a linear layer with one output per class",
+               "cross_entropy supports at most %d classes, but %s has %lld outputs", MAX_DIM,
+               last_layer(b), (long long)outs);
     double smoothing = opt_float_in(opts, "label_smoothing", 0.0, 0.0, 1.0, false, "cross_entropy");
     Node *in[3] = {NULL, label, NULL};
     Graph *g = b->g;
@@ -1001,6 +1069,10 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
   YNode *terms = is_map(ls->node) ? get(ls->node, "l2") : NULL;
   if (terms) {
     want_seq(terms, "loss", "'l2'", "[{param: fc3.weight, weight: 0.01}]");
+    NameTable params = {0}; // parameter name -> node index
+    for (int j = 0; j < b->g->nnodes; j++)
+      if (b->g->node[j]->op == OP_param)
+        name_seen(&params, b->g->node[j]->name, j);
     for (int i = 0; i < seq_len(terms); i++) {
       YNode *t =
           want_map(seq_at(terms, i), "loss l2", "each term", "{param: fc3.weight, weight: 0.01}");
@@ -1010,8 +1082,9 @@ static Node *build_loss(Builder *b, LossSpec *ls, Node *logits, Node *label) {
       const char *pname = to_str(pn, "loss l2", "param");
       double w = to_float_in(need(t, loc_of(t), "weight", "loss l2", ex), "loss l2", "weight", 0.0,
                              INFINITY, false, NULL);
-      Node *target = graph_find(b->g, pname);
-      if (!target || target->op != OP_param) {
+      int found = name_seen(&params, pname, -1);
+      Node *target = found >= 0 ? b->g->node[found] : NULL;
+      if (!target) {
         const char **names = xcalloc(b->g->nnodes + 1, sizeof *names);
         int k = 0;
         for (int j = 0; j < b->g->nnodes; j++)
@@ -1484,15 +1557,17 @@ static void read_classes(Builder *b, YNode *root, LossSpec *ls, Node *logits) {
   want_seq(v, NULL, "'classes'", "[cat, dog]");
   m->nclasses = seq_len(v);
   m->classes = xcalloc(m->nclasses + 1, sizeof *m->classes);
+  NameTable seen = {0};
   for (int i = 0; i < m->nclasses; i++) {
     YNode *c = seq_at(v, i);
     m->classes[i] = xstrdup(to_str(c, NULL, "classes"));
     if (!*m->classes[i])
       error_at(loc_of(c), "give each class a name", "class %d has an empty name", i);
-    for (int j = 0; j < i; j++)
-      if (!strcmp(m->classes[j], m->classes[i]))
-        error_at(loc_of(c), "class names must be unique", "duplicate class '%s'", m->classes[i]);
+    if (name_seen(&seen, m->classes[i], i) >= 0)
+      error_at(loc_of(c), "class names must be unique", "duplicate class '%s'", m->classes[i]);
   }
+  free(seen.key);
+  free(seen.first);
   Layer *last = &b->layers[b->nlayers - 1];
   if (ls->kind == LOSS_CE && m->nclasses != outs)
     error_at(loc_of(v),
@@ -1545,6 +1620,34 @@ static noreturn void yaml_error(yaml_parser_t *p, const char *text) {
   error_at(loc, hint, "YAML syntax error: %s", problem);
 }
 
+// Reads the events of the whole file once, only to find a collection nested
+// deeper than MAX_DEPTH (or a syntax error) before yaml_parser_load, which
+// has no limit, reads it again.
+static void check_depth(const char *text) {
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser))
+    fatal("out of memory");
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+  int depth = 0;
+  for (bool done = false; !done;) {
+    yaml_event_t e;
+    if (!yaml_parser_parse(&parser, &e))
+      yaml_error(&parser, text);
+    if (e.type == YAML_SEQUENCE_START_EVENT || e.type == YAML_MAPPING_START_EVENT) {
+      if (++depth > MAX_DEPTH)
+        error_at((Loc){cur_path, (int)e.start_mark.line + 1, (int)e.start_mark.column + 1},
+                 "a model file nests a few levels (layers, their options, lists); check for "
+                 "an unclosed '[' or '{'",
+                 "YAML nested more than %d levels deep", MAX_DEPTH);
+    } else if (e.type == YAML_SEQUENCE_END_EVENT || e.type == YAML_MAPPING_END_EVENT) {
+      depth--;
+    }
+    done = e.type == YAML_STREAM_END_EVENT;
+    yaml_event_delete(&e);
+  }
+  yaml_parser_delete(&parser);
+}
+
 // The default model name: the file's base name, made a valid IR name.
 static char *base_name(const char *path) {
   const char *s = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
@@ -1558,10 +1661,12 @@ static char *base_name(const char *path) {
   return name;
 }
 
-Model *load_model(const char *path) {
+Model *load_model(const char *path) { return load_model_text(path, read_file(path, "model file")); }
+
+Model *load_model_text(const char *path, const char *text) {
   cur_path = xstrdup(path);
-  char *text = read_file(path, "model file");
   src_register(cur_path, text);
+  check_depth(text);
 
   yaml_parser_t parser;
   if (!yaml_parser_initialize(&parser))

@@ -28,6 +28,11 @@ void warn_at(Loc loc, const char *hint, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 noreturn void internal_error(const char *file, int line, const char *msg);
+// For fuzzers (tests/fuzz/): hook runs instead of exit(1) after a user error
+// and must not return (it longjmps); diag_reset forgets the sources
+// registered so far, before the fuzzer frees one input's memory.
+void diag_set_exit_hook(void (*hook)(void));
+void diag_reset(void);
 #define unreachable() internal_error(__FILE__, __LINE__, "unreachable")
 #define ir_assert(c) ((c) ? (void)0 : internal_error(__FILE__, __LINE__, #c))
 
@@ -240,6 +245,7 @@ typedef struct {
 } Model;
 
 Model *load_model(const char *path); // dies with file:line:col on any error
+Model *load_model_text(const char *path, const char *text); // the same, text already read
 // Every option the model file format accepts (`layers.conv2d.kernel`,
 // `schedule.cosine`, `data.format=idx`), one per line, sorted; and those the
 // models loaded so far used.
@@ -291,6 +297,7 @@ const char *const *loop_pipeline(int level, int *count);
 // Loop passes (passes/loop_*.c).
 void pass_fuse_epilogue(struct LProgram *p); // loop_fuse_epilogue.c
 void pass_pad(struct LProgram *p);           // loop_pad.c
+void pass_phases(struct LProgram *p);        // loop_phases.c
 void pass_tile(struct LProgram *p);          // loop_tile.c
 void pass_vectorize(struct LProgram *p);     // loop_vectorize.c
 void pass_parallelize(struct LProgram *p);   // loop_parallelize.c

@@ -216,6 +216,39 @@ static bool affine_into(const LExpr *e, int64_t scale, Affine *out) {
   }
 }
 
+bool lx_linear(const LExpr *e, int var, int64_t *coef) {
+  if (!lx_uses_var(e, var)) {
+    *coef = 0;
+    return true;
+  }
+  int64_t x, y;
+  switch (e->kind) {
+  case LX_VAR:
+    *coef = 1;
+    return true;
+  case LX_ADD:
+  case LX_SUB:
+    if (e->type != LT_I64 || !lx_linear(e->a, var, &x) || !lx_linear(e->b, var, &y))
+      return false;
+    *coef = e->kind == LX_ADD ? x + y : x - y;
+    return true;
+  case LX_MUL:
+    if (e->type != LT_I64)
+      return false;
+    if (e->b->kind == LX_CONST && lx_linear(e->a, var, &x)) {
+      *coef = x * e->b->i;
+      return true;
+    }
+    if (e->a->kind == LX_CONST && lx_linear(e->b, var, &y)) {
+      *coef = y * e->a->i;
+      return true;
+    }
+    return false;
+  default:
+    return false;
+  }
+}
+
 bool lx_affine(const LExpr *e, Affine *out) {
   *out = (Affine){0};
   if (!affine_into(e, 1, out))

@@ -110,6 +110,9 @@ typedef struct {
   int64_t c;
 } Affine;
 bool lx_affine(const LExpr *e, Affine *out);
+// e is coef * var plus terms without var (which need not be affine: a
+// phase's (kh + 1) / 2), so consecutive values of var move it by coef.
+bool lx_linear(const LExpr *e, int var, int64_t *coef);
 int64_t affine_coef(const Affine *a, int var);
 // The expression with VAR v replaced by `with` (a fresh tree).
 LExpr *lx_subst(const LExpr *e, int v, const LExpr *with);

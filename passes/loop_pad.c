@@ -3,8 +3,9 @@
 // lowering writes for a padded window) reads instead a copy of the buffer
 // with a border of zeros wide enough for every index the loops produce, and
 // the guard goes: adding 0 * w is adding nothing. The copy is made by a new
-// kernel just before, once per buffer and border in a function (a conv2d and
-// its weight gradient share their padded input). Guards of any other shape
+// kernel just before the first reader, once per buffer in a function, with
+// the widest border any reader needs (a conv2d and its weight gradient share
+// their padded input; the phases of a strided input gradient their dy). Guards of any other shape
 // (the divisibility test of a strided input gradient) stay.
 #include "loop.h"
 
@@ -58,6 +59,18 @@ static bool bounds_of(const LExpr *cond, const LExpr *x) {
   return false;
 }
 
+// Is cond an AND of "e >= 0" and "e < k" tests that hold for every
+// iteration of the loops (a window that never leaves its buffer)?
+static bool always(const LExpr *cond, const Ranges *r) {
+  if (cond->kind == LX_AND)
+    return always(cond->a, r) && always(cond->b, r);
+  int64_t lo, hi;
+  if ((cond->kind != LX_GE && cond->kind != LX_LT) || cond->b->kind != LX_CONST ||
+      !range_of(r, cond->a, &lo, &hi))
+    return false;
+  return cond->kind == LX_GE ? lo >= cond->b->i : hi < cond->b->i;
+}
+
 // The one load under s that the guard is about: the load whose indices can
 // leave its buffer. NULL when none, or more than one buffer, can.
 static void find_loads(const LExpr *e, const Ranges *r, LExpr **found, int *n) {
@@ -90,6 +103,9 @@ typedef struct {
   Padded *p;
   int np;
   int inserted; // kernels inserted so far before the current one
+  bool collect; // the first walk: only widen the borders below
+  int64_t (*lo)[LMAX_RANK], (*hi)[LMAX_RANK]; // by buffer id: the widest border asked for
+  bool *asked;
 } Pad;
 
 // A kernel that fills `to` with zeros and copies `from` inside the border.
@@ -115,14 +131,14 @@ static void move_last_to(LFunc *f, int at) {
   f->kernels[at] = k;
 }
 
-static LBuf *padded(Pad *P, LBuf *b, const int64_t *lo, const int64_t *hi, int at) {
-  for (int i = 0; i < P->np; i++) {
-    bool same = P->p[i].from == b;
-    for (int d = 0; same && d < b->rank; d++)
-      same = P->p[i].lo[d] == lo[d] && P->p[i].to->dim[d] == b->dim[d] + lo[d] + hi[d];
-    if (same)
+// The padded copy of b with the widest border asked for (lo gets it).
+static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
+  const int64_t *hi = P->hi[b->id];
+  for (int d = 0; d < b->rank; d++)
+    lo[d] = P->lo[b->id][d];
+  for (int i = 0; i < P->np; i++)
+    if (P->p[i].from == b)
       return P->p[i].to;
-  }
   int64_t dim[LMAX_RANK];
   for (int d = 0; d < b->rank; d++)
     dim[d] = b->dim[d] + lo[d] + hi[d];
@@ -169,6 +185,11 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
       LExpr *found[4];
       int n = 0;
       find_loads(st->value, r, found, &n);
+      if (n == 0 && always(c->cond, r)) {
+        if (!P->collect)
+          s->body[i] = st; // a guard that always holds goes too
+        continue;
+      }
       if (n == 1 && bounds_of(c->cond, found[0]) && found[0]->buf->storage != LB_LOCAL) {
         LBuf *b = found[0]->buf;
         int64_t lo[LMAX_RANK], hi[LMAX_RANK];
@@ -179,8 +200,15 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
           lo[d] = a < 0 ? -a : 0;
           hi[d] = z >= b->dim[d] ? z - b->dim[d] + 1 : 0;
         }
-        if (ok) {
-          LBuf *to = padded(P, b, lo, hi, at);
+        if (ok && P->collect) {
+          for (int d = 0; d < b->rank; d++) {
+            int64_t *l = &P->lo[b->id][d], *h = &P->hi[b->id][d];
+            *l = !P->asked[b->id] || lo[d] > *l ? lo[d] : *l;
+            *h = !P->asked[b->id] || hi[d] > *h ? hi[d] : *h;
+          }
+          P->asked[b->id] = true;
+        } else if (ok) {
+          LBuf *to = padded(P, b, lo, at);
           retarget(st->value, found[0], to, lo);
           s->body[i] = st; // the guard goes
           *changed = true;
@@ -196,20 +224,26 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
 }
 
 static void pad_function(LFunc *f) {
-  Pad P = {f, NULL, 0, 0};
-  for (int i = 0; i < f->nkernels; i++) {
-    LKernel *k = f->kernels[i];
-    if (!k->node || !k->flops)
-      continue; // only contractions: the plain nests of other ops keep their guards
-    Ranges r = {xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 1)};
-    bool changed = false;
-    int before = f->nkernels;
-    for (int j = 0; j < k->nbody; j++)
-      walk(&P, k->body[j], &r, i, &changed);
-    i += f->nkernels - before; // the pad kernels went in before this one
-    free(r.lo), free(r.hi), free(r.bound);
+  int nbufs = f->nbufs;
+  Pad P = {f, NULL, 0, 0, true, xcalloc(nbufs + 1, sizeof *P.lo), xcalloc(nbufs + 1, sizeof *P.hi),
+           xcalloc(nbufs + 1, 1)};
+  // Two walks: the borders every reader asks for, then the copies.
+  for (int pass = 0; pass < 2; pass++) {
+    P.collect = pass == 0;
+    for (int i = 0; i < f->nkernels; i++) {
+      LKernel *k = f->kernels[i];
+      if (!k->node || !k->flops)
+        continue; // only contractions: the plain nests of other ops keep their guards
+      Ranges r = {xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 1)};
+      bool changed = false;
+      int before = f->nkernels;
+      for (int j = 0; j < k->nbody; j++)
+        walk(&P, k->body[j], &r, i, &changed);
+      i += f->nkernels - before; // the pad kernels went in before this one
+      free(r.lo), free(r.hi), free(r.bound);
+    }
   }
-  free(P.p);
+  free(P.p), free(P.lo), free(P.hi), free(P.asked);
 }
 
 void pass_pad(LProgram *p) {

@@ -134,14 +134,15 @@ static int64_t stride(const LBuf *b, int d) {
   return s;
 }
 
-// How load e moves in memory when var steps by one, or -1 if not affine.
+// How load e moves in memory when var steps by one, or -1 if it is not
+// linear in var (the rest of an index may be anything without var).
 static int64_t lane_stride(const LExpr *e, int var) {
   int64_t total = 0;
   for (int d = 0; d < e->buf->rank; d++) {
-    Affine a;
-    if (!lx_affine(e->idx[d], &a))
-      return lx_uses_var(e->idx[d], var) ? -1 : 0;
-    total += affine_coef(&a, var) * stride(e->buf, d);
+    int64_t c;
+    if (!lx_linear(e->idx[d], var, &c))
+      return -1;
+    total += c * stride(e->buf, d);
   }
   return total;
 }
@@ -519,39 +520,59 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int d, int64_t n0, int64_t 
   }
 }
 
+// Can spatial dimension d be the vector: every operand moves by 0 or 1
+// element along it, or by 1 in one of its own dimensions (then it is read
+// transposed, that dimension last)? transpose: do it.
+static bool vector_ok(LFunc *f, int *at, Contraction *c, int d, bool transpose) {
+  int var = c->s[d].var;
+  LExpr *ops[2] = {c->a, c->b};
+  for (int o = 0; o < 2; o++) {
+    int64_t st = lane_stride(ops[o], var);
+    if (st == 0 || st == 1)
+      continue;
+    int md = st > 1 ? moving_dim(ops[o], var) : -1;
+    if (md < 0 || ops[o]->buf->storage == LB_LOCAL)
+      return false;
+    if (transpose) {
+      int before = f->nkernels;
+      transpose_operand(f, *at, ops[o], md);
+      *at += f->nkernels - before;
+    }
+  }
+  return true;
+}
+
 static void tile_kernel(LFunc *f, int at, LKernel *k) {
   Contraction c;
   if (!recognise(k, &c))
     return;
   Tile t = {.t = {-1, -1}};
-  // The vector: the output's last dimension, or the innermost reduction.
+  // The vector: the output's last dimension when it has a vector's worth of
+  // elements (the stores then are vectors too); else the innermost
+  // reduction (rfactor); else the longest other output dimension with 8 or
+  // more (a channel, when images are 4x4: operands read transposed, the
+  // stores lane by lane once per tile); else a short last dimension.
   int last = c.ns - 1;
-  int svar = c.s[last].var;
-  int64_t sa = lane_stride(c.a, svar), sb = lane_stride(c.b, svar);
-  // An operand moving by more than 1 along the output's last dimension but
-  // by exactly 1 in one of its own dimensions reads well transposed.
-  if (c.s[last].n >= LANES) {
-    LExpr *ops[2] = {c.a, c.b};
-    for (int o = 0; o < 2; o++) {
-      int64_t s = lane_stride(ops[o], svar);
-      int d = moving_dim(ops[o], svar);
-      if (s > 1 && d >= 0 && ops[o]->buf->storage != LB_LOCAL) {
-        int before = f->nkernels;
-        transpose_operand(f, at, ops[o], d);
-        at += f->nkernels - before;
-      }
-    }
-    sa = lane_stride(c.a, svar), sb = lane_stride(c.b, svar);
-  }
-  bool spatial_ok = sa >= 0 && sa <= 1 && sb >= 0 && sb <= 1 && c.s[last].n >= 4;
   int rv = c.nr - 1;
   int64_t ra = rv >= 0 ? lane_stride(c.a, c.r[rv].var) : -1;
   int64_t rb = rv >= 0 ? lane_stride(c.b, c.r[rv].var) : -1;
   bool rfactor_ok = rv >= 0 && ra >= 0 && ra <= 1 && rb >= 0 && rb <= 1 && (ra || rb) &&
                     c.r[rv].n >= LANES;
-  if (spatial_ok && (c.s[last].n >= LANES || !rfactor_ok)) {
-    t.v = last;
-    int64_t n = c.s[last].n;
+  int v = -1;
+  if (c.s[last].n >= LANES && vector_ok(f, &at, &c, last, false))
+    v = last;
+  else if (!rfactor_ok) {
+    for (int d = 0; d < c.ns; d++)
+      if (d != last && c.s[d].n >= LANES && vector_ok(f, &at, &c, d, false) &&
+          (v < 0 || c.s[d].n > c.s[v].n))
+        v = d;
+    if (v < 0 && c.s[last].n >= 4 && vector_ok(f, &at, &c, last, false))
+      v = last;
+  }
+  if (v >= 0) {
+    vector_ok(f, &at, &c, v, true);
+    t.v = v;
+    int64_t n = c.s[v].n;
     t.vblock = n <= MAX_PIECES * LANES ? n : MAX_PIECES * LANES;
   } else if (rfactor_ok) {
     t.rfactor = true;

@@ -86,7 +86,10 @@ int main(int argc, char **argv) {
   if (nlower < count) {
     if (strcmp(emit, "ir"))
       fatal("--emit=%s: after 'lower' xentcc-opt prints the loop IR", emit);
-    bool train = g->nret > 0 && g->ret[0]->type.rank == 0;
+    if (g->nret == 0)
+      fatal("graph %s returns nothing: 'lower' needs its loss or its logits (add a return line)",
+            g->name);
+    bool train = g->ret[0]->type.rank == 0;
     LProgram *lp = train ? lower_program(g, NULL, 3) : lower_program(NULL, g, 3);
     run_loop_pipeline(lp, names + nlower + 1, count - nlower - 1, &po);
     print_lprogram(stdout, lp);

@@ -17,6 +17,7 @@ static const Pass passes[] = {
     {"lower", NULL, NULL, "the graph into plain loop nests (the loop IR); the passes below run on it"},
     {"fuse-epilogue", NULL, pass_fuse_epilogue, "compute a relu in the kernel of the conv2d/linear it follows"},
     {"pad", NULL, pass_pad, "padded windows read a zero-bordered copy: no bounds checks"},
+    {"phases", NULL, pass_phases, "strided windows read a copy split into stride x stride phase planes"},
     {"tile", NULL, pass_tile, "register tiles for contractions: vector, unroll-and-jam"},
     {"vectorize", NULL, pass_vectorize, "innermost unit-stride loops into vectors of 8, 4, 2 lanes"},
     {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
@@ -25,7 +26,7 @@ static const Pass passes[] = {
 
 // The loop passes of each -O level, in order. -O0 runs the plain nests.
 static const char *const o0[] = {"plan-memory"};
-static const char *const o1[] = {"fuse-epilogue", "pad",         "tile",
+static const char *const o1[] = {"fuse-epilogue", "pad",         "phases",     "tile",
                                  "vectorize",     "parallelize", "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {

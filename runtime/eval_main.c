@@ -144,10 +144,12 @@ int xc_eval_main(int argc, char **argv) {
   int threads = 0, max_pixels = 0;
   char **predict_files = NULL;
   int npredict = 0;
-  Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
+  char *usage = xc_format(usage_fmt, xc_prog);
+  Args a = {argc, argv, 1, NULL, usage};
   for (; a.i < argc; a.i++) {
     if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
       print_help(xc_prog, m);
+      free(stem), free(usage);
       return 0;
     } else if (arg_opt(&a, "--weights")) {
       weights = a.value;
@@ -192,8 +194,9 @@ int xc_eval_main(int argc, char **argv) {
   if (threshold_given && m->outputs != 1)
     xc_warn("--threshold applies to binary models only", "model '%s' has %d classes; ignoring it",
             m->name, m->nclasses);
+  char *dflt = NULL;
   if (!weights) {
-    char *dflt = xc_format("%s.safetensors", stem);
+    dflt = xc_format("%s.safetensors", stem);
     if (!xc_is_file(dflt))
       xc_die(xc_format("pass --weights W.safetensors (%s-train --save writes it)", stem),
              "no weights: %s does not exist", dflt);
@@ -214,8 +217,11 @@ int xc_eval_main(int argc, char **argv) {
             "%s: %s holds a NaN or an infinity; the results below mean nothing", weights,
             bad->name);
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
-  if (npredict)
-    return predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);
+  if (npredict) {
+    int status = predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);
+    free(dflt), free(stem), free(usage);
+    return status;
+  }
 
   // The test set: --data, else the YAML's test path, else the held-out part
   // of the training folder.
@@ -275,5 +281,6 @@ int xc_eval_main(int argc, char **argv) {
   conf_free(&c);
   xc_free_dataset(d);
   free(params), free(state), free(ws);
+  free(dflt), free(stem), free(usage);
   return 0;
 }

@@ -195,10 +195,12 @@ int xc_train_main(int argc, char **argv) {
   bool eval_each_epoch = true, nan_skip = false, profile = false;
   const char *profile_csv = NULL;
   double lr = m->lr;
-  Args a = {argc, argv, 1, NULL, xc_format(usage_fmt, xc_prog)};
+  char *usage = xc_format(usage_fmt, xc_prog);
+  Args a = {argc, argv, 1, NULL, usage};
   for (; a.i < argc; a.i++) {
     if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
       print_help(xc_prog, m, save);
+      free(save), free(stem), free(usage);
       return 0;
     } else if (arg_opt(&a, "--data")) {
       data = a.value;
@@ -230,6 +232,7 @@ int xc_train_main(int argc, char **argv) {
     } else if (arg_opt(&a, "--init")) {
       init = a.value;
     } else if (arg_opt(&a, "--save")) {
+      free(save);
       save = xc_strdup(a.value);
     } else if (arg_opt(&a, "--log")) {
       log_path = a.value;
@@ -535,12 +538,13 @@ int xc_train_main(int argc, char **argv) {
             "saved\nhint: run again with --resume (and the same --save) to continue\n",
             xc_prog, interrupted == SIGINT ? "interrupted" : "terminated", (long long)step,
             last_epoch + 1, last_iter);
-    return 130;
   }
   xc_free_dataset(d);
   xc_free_dataset(val);
   free(params);
   free(state);
   free(workspace);
-  return 0;
+  free(hist);
+  free(optim_path), free(csv_path), free(svg_path), free(save), free(stem), free(usage);
+  return interrupted ? 130 : 0;
 }

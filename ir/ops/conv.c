@@ -164,9 +164,11 @@ static void eval_conv2d_grad_input(const Node *n, Tensor *out, Tensor **in) {
   free(acc);
 }
 
-static void lower_conv2d_grad_input(Lowering *L, Node *n) {
+// Stride 1: dx[n,c,ih,iw] = sum_{o,kh,kw} dy[n,o,ih+p-kh,iw+p-kw] w[o,c,kh,kw],
+// the window guarded where it leaves dy.
+static void grad_input_unit(Lowering *L, Node *n) {
   LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *w = B(L, n->in[1]);
-  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  const int64_t *p = ints(n, "padding");
   int64_t O = dy->dim[1], OH = dy->dim[2], OW = dy->dim[3], KH = w->dim[2], KW = w->dim[3];
   LKernel *k = kernel(L, n, NULL);
   k->flops = 2 * lbuf_numel(dy) * dx->dim[1] * KH * KW;
@@ -176,26 +178,79 @@ static void lower_conv2d_grad_input(Lowering *L, Node *n) {
   LStmt *r = reduce_loop(k, sp, O, "o", &o);
   r = reduce_loop(k, r, KH, "kh", &kh);
   r = reduce_loop(k, r, KW, "kw", &kw);
-  // t = ih + p - kh = oh * s: the output row when s divides it.
-  LExpr *th = lx_bin(LX_SUB, ADDK(v[2], p[0]), kh), *tw = lx_bin(LX_SUB, ADDK(v[3], p[1]), kw);
-  LExpr *oh = th, *ow = tw, *ok = NULL;
-  ok = AND(ok, BIN(LX_GE, th, K(0)));
-  ok = AND(ok, BIN(LX_GE, tw, K(0)));
-  if (s[0] > 1) {
-    ok = AND(ok, BIN(LX_EQ, BIN(LX_REM, th, K(s[0])), K(0)));
-    oh = BIN(LX_DIV, th, K(s[0]));
-  }
-  if (s[1] > 1) {
-    ok = AND(ok, BIN(LX_EQ, BIN(LX_REM, tw, K(s[1])), K(0)));
-    ow = BIN(LX_DIV, tw, K(s[1]));
-  }
-  ok = AND(ok, BIN(LX_LT, oh, K(OH)));
-  ok = AND(ok, BIN(LX_LT, ow, K(OW)));
-  LStmt *g = ls_if(ok);
+  LExpr *oh = lx_bin(LX_SUB, ADDK(v[2], p[0]), kh), *ow = lx_bin(LX_SUB, ADDK(v[3], p[1]), kw);
+  LStmt *g = ls_if(AND(inside(oh, OH), inside(ow, OW)));
   ls_add(r, g);
   LExpr *cur = LD(dx, v[0], v[1], v[2], v[3]);
   ls_add(g, ST(dx, lx_fma(LD(dy, v[0], o, oh, ow), LD(w, o, v[1], kh, kw), cur), v[0], v[1], v[2],
                v[3]));
+}
+
+// Stride s > 1: only the taps with kh = ih + p (mod s) reach input row ih.
+// The rows of one phase ph (ih = s*i + ph) share their taps, kh = kh0 + s*jh
+// with kh0 = (ph + p) mod s, and read dy row oh = i + qh - jh with
+// qh = (ph + p - kh0) / s: per phase, a stride-1 sum over fewer taps. Each
+// phase (ph, pw) sums into its own plane, then the planes interleave into dx.
+static void grad_input_strided(Lowering *L, Node *n) {
+  LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *w = B(L, n->in[1]);
+  const int64_t *s = ints(n, "stride"), *p = ints(n, "padding");
+  int64_t N = dx->dim[0], C = dx->dim[1], H = dx->dim[2], W = dx->dim[3];
+  int64_t O = dy->dim[1], OH = dy->dim[2], OW = dy->dim[3], KH = w->dim[2], KW = w->dim[3];
+  LBuf *plane[64] = {0};
+  ir_assert(s[0] * s[1] <= 64);
+  for (int64_t ph = 0; ph < s[0] && ph < H; ph++)
+    for (int64_t pw = 0; pw < s[1] && pw < W; pw++) {
+      int64_t rows = (H - ph + s[0] - 1) / s[0], cols = (W - pw + s[1] - 1) / s[1];
+      int64_t kh0 = (ph + p[0]) % s[0], kw0 = (pw + p[1]) % s[1];
+      int64_t nkh = (KH - kh0 + s[0] - 1) / s[0], nkw = (KW - kw0 + s[1] - 1) / s[1];
+      if (nkh <= 0 || nkw <= 0)
+        continue; // no tap reaches this phase: its rows get zeros below
+      int64_t qh = (ph + p[0] - kh0) / s[0], qw = (pw + p[1] - kw0) / s[1];
+      int64_t dim[4] = {N, C, rows, cols};
+      LBuf *pl = lfunc_buf(L->f, xformat("%s.phase%lld%lld", dx->name, (long long)ph, (long long)pw),
+                           DT_F32, 4, dim, LB_WORKSPACE);
+      pl->layout = "one stride phase of the input gradient";
+      plane[ph * s[1] + pw] = pl;
+      LKernel *k = kernel(L, n, NULL);
+      k->flops = 2 * N * C * rows * cols * O * nkh * nkw;
+      LExpr *v[4], *o, *jh, *jw;
+      LStmt *sp = each(k, NULL, pl, v, nchw);
+      ls_add(sp, ST(pl, F(0), v[0], v[1], v[2], v[3]));
+      LStmt *r = reduce_loop(k, sp, O, "o", &o);
+      r = reduce_loop(k, r, nkh, "kh", &jh);
+      r = reduce_loop(k, r, nkw, "kw", &jw);
+      LExpr *oh = lx_bin(LX_SUB, ADDK(v[2], qh), jh), *ow = lx_bin(LX_SUB, ADDK(v[3], qw), jw);
+      LStmt *g = ls_if(AND(inside(oh, OH), inside(ow, OW)));
+      ls_add(r, g);
+      LExpr *kh = ADDK(MULK(lx_copy(jh), s[0]), kh0), *kw = ADDK(MULK(lx_copy(jw), s[1]), kw0);
+      LExpr *cur = LD(pl, v[0], v[1], v[2], v[3]);
+      ls_add(g, ST(pl, lx_fma(LD(dy, v[0], o, oh, ow), LD(w, o, v[1], kh, kw), cur), v[0], v[1],
+                   v[2], v[3]));
+    }
+  // Interleave: dx[n, c, s*i + ph, s*j + pw] = plane (ph, pw) at [n, c, i, j].
+  LKernel *k = kernel(L, n, "interleave");
+  LExpr *b, *c;
+  LStmt *ln = loop(k, NULL, N, "n", &b);
+  LStmt *lc = loop(k, ln, C, "c", &c);
+  for (int64_t ph = 0; ph < s[0] && ph < H; ph++)
+    for (int64_t pw = 0; pw < s[1] && pw < W; pw++) {
+      int64_t rows = (H - ph + s[0] - 1) / s[0], cols = (W - pw + s[1] - 1) / s[1];
+      LExpr *i, *j;
+      LStmt *li = loop(k, lc, rows, "h", &i);
+      LStmt *lj = loop(k, li, cols, "w", &j);
+      LBuf *pl = plane[ph * s[1] + pw];
+      LExpr *val = pl ? LD(pl, lx_copy(b), lx_copy(c), lx_copy(i), lx_copy(j)) : F(0);
+      ls_add(lj, ST(dx, val, lx_copy(b), lx_copy(c), ADDK(MULK(lx_copy(i), s[0]), ph),
+                    ADDK(MULK(lx_copy(j), s[1]), pw)));
+    }
+}
+
+static void lower_conv2d_grad_input(Lowering *L, Node *n) {
+  const int64_t *s = ints(n, "stride");
+  if (s[0] == 1 && s[1] == 1)
+    grad_input_unit(L, n);
+  else
+    grad_input_strided(L, n);
 }
 
 const OpRules rules_conv2d_grad_input = {.shape = shape_conv2d_grad_input,

@@ -362,7 +362,7 @@ static void lower_bce(Lowering *L, Node *n) {
   LExpr *v[LMAX_RANK];
   lk_add(k, ST(count, F(0)));
   LStmt *l = each_sum(k, NULL, x, v);
-  ls_add(l, ST(count, FADD(LD(count), SEL(BIN(LX_GE, LDV(t, v), F(0)), F(1), F(0)))));
+  put(k, l, ST(count, FADD(LD(count), SEL(BIN(LX_GE, LDV(t, v), F(0)), F(1), F(0)))));
   lk_add(k, ST(acc, F(0)));
   l = grad ? each(k, NULL, x, v, NULL) : each_sum(k, NULL, x, v);
   LExpr *xv = LDV(x, v), *y = LDV(t, v);
@@ -376,7 +376,7 @@ static void lower_bce(Lowering *L, Node *n) {
     LExpr *lp = lx_bin(LX_MAX, lx_un(LX_LOG, xv), F(-100));
     LExpr *lq = lx_bin(LX_MAX, lx_un(LX_LOG, FSUB(F(1), lx_copy(xv))), F(-100));
     e = lx_un(LX_NEG, FADD(FMUL(FMUL(pw, y), lp), FMUL(one_y, lq)));
-    ls_add(l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
+    put(k, l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
     break;
   }
   case OP_sigmoid_bce: { // (1-y) x + (1 + (pw-1) y) (log(e^-mv + e^(-x-mv)) + mv), mv = max(-x, 0)
@@ -387,7 +387,7 @@ static void lower_bce(Lowering *L, Node *n) {
                                 lx_un(LX_EXP, FSUB(lx_un(LX_NEG, lx_copy(xv)), lx_copy(mv))))),
              lx_copy(mv));
     e = FADD(FMUL(one_y, lx_copy(xv)), FMUL(lw, sp));
-    ls_add(l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
+    put(k, l, ST(acc, FADD(LD(acc), SEL(counts, e, F(0)))));
     break;
   }
   case OP_bce_grad: { // (-pw y (1-p) + (1-y) p) / max(p (1-p), 1e-12)
@@ -395,7 +395,7 @@ static void lower_bce(Lowering *L, Node *n) {
     LExpr *q = FSUB(F(1), xv);
     LExpr *num = FADD(lx_un(LX_NEG, FMUL(FMUL(pw, y), q)), FMUL(one_y, lx_copy(xv)));
     LExpr *den = lx_bin(LX_MAX, FMUL(lx_copy(xv), lx_copy(q)), F(1e-12));
-    ls_add(l, ls_store(out, v, SEL(counts, FMUL(dl, FDIV(num, den)), F(0))));
+    put(k, l, ls_store(out, v, SEL(counts, FMUL(dl, FDIV(num, den)), F(0))));
     break;
   }
   case OP_sigmoid_bce_grad: { // dl ((pw y + 1 - y) sigmoid(x) - pw y)
@@ -403,7 +403,7 @@ static void lower_bce(Lowering *L, Node *n) {
     LExpr *s = FDIV(F(1), FADD(F(1), lx_un(LX_EXP, lx_un(LX_NEG, xv))));
     LExpr *py = FMUL(pw, y);
     LExpr *g = FMUL(dl, FSUB(FMUL(FADD(py, one_y), s), lx_copy(py)));
-    ls_add(l, ls_store(out, v, SEL(counts, g, F(0))));
+    put(k, l, ls_store(out, v, SEL(counts, g, F(0))));
     break;
   }
   default:
@@ -506,7 +506,7 @@ static void lower_l2norm(Lowering *L, Node *n) {
   LExpr *v[LMAX_RANK];
   lk_add(k, ST(acc, F(0)));
   LStmt *l = each_sum(k, NULL, x, v);
-  ls_add(l, ST(acc, lx_fma(LDV(x, v), LDV(x, v), LD(acc))));
+  put(k, l, ST(acc, lx_fma(LDV(x, v), LDV(x, v), LD(acc))));
   lk_add(k, ST(out, lx_un(LX_SQRT, LD(acc))));
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "test_compile.h"
 #include "test_graphs.h"
 
 static void fill_ints(Net *t, Node *n, int lo, int hi) {
@@ -53,52 +54,6 @@ static bool check_tensor(const char *what, const float *got, const float *want, 
   return ok;
 }
 
-static char *tmpdir;
-static char *pfor_obj; // our xc_parallel_for, linked into every shared object
-
-static void sh(const char *cmd) {
-  if (system(cmd) != 0)
-    ck_abort_msg("command failed: %s", cmd);
-}
-
-// xc_parallel_for in three uneven chunks, the last one first: a kernel that
-// assumed lo == 0, wrote outside [lo, hi) or depended on the order fails;
-// and --profile's hooks, which do nothing here.
-static void setup(void) {
-  tmpdir = xstrdup("/tmp/xentcc-test-codegen-XXXXXX");
-  ck_assert(mkdtemp(tmpdir));
-  char *src = xformat("%s/pfor.c", tmpdir);
-  FILE *f = fopen(src, "w");
-  ck_assert(f);
-  fputs("#include <stdint.h>\n"
-        "void xc_parallel_for(int64_t n, void (*body)(void *, int64_t, int64_t), void *ctx) {\n"
-        "  int64_t a = n / 3, b = n - n / 4;\n"
-        "  body(ctx, b, n);\n"
-        "  body(ctx, a, b);\n"
-        "  body(ctx, 0, a);\n"
-        "}\n"
-        "void xc_prof_enter(int32_t id) {}\n"
-        "void xc_prof_leave(int32_t id) {}\n",
-        f);
-  fclose(f);
-  pfor_obj = xformat("%s/pfor.o", tmpdir);
-  sh(xformat("cc -c -fPIC '%s' -o '%s'", src, pfor_obj));
-}
-
-static void teardown(void) { sh(xformat("rm -rf '%s'", tmpdir)); }
-
-static int compiled; // names each shared object uniquely
-
-// Links obj (+ our parallel_for) into a shared object and opens it.
-static void *load_object(const char *obj) {
-  char *so = xformat("%s/lib%d.so", tmpdir, compiled++);
-  sh(xformat("cc -shared '%s' '%s' -o '%s'", obj, pfor_obj, so));
-  // Lazy: the training object's main() calls xc_train_main, which is not here.
-  void *h = dlopen(so, RTLD_LAZY | RTLD_LOCAL);
-  ck_assert_msg(h, "dlopen: %s", dlerror());
-  return h;
-}
-
 static bool compared(const Node *n) {
   return !(op_info(n->op)->flags & OPF_SOURCE) && n->op != OP_reshape;
 }
@@ -108,7 +63,7 @@ static bool compared(const Node *n) {
 static void run_at(Net *t, int opt, double tol, const char *what) {
   Graph *g = t->g;
   Tensor *want = eval_graph(g, t->src);
-  char *obj = xformat("%s/k%d.o", tmpdir, compiled);
+  char *obj = xformat("%s/k%d.o", tmpdir, linked);
   CodegenOptions o = {.opt_level = opt, .cpu = "native"};
   codegen_function_object(g, "kernel", obj, &o);
   void *h = load_object(obj);
@@ -241,6 +196,141 @@ START_TEST(pooling_and_grads) {
 }
 END_TEST
 
+// Pooling has no freedom of order: the compiled kernels must give, bit for
+// bit, what the plain nest means in float: a window's first maximum or first
+// NaN; an average summed from 0 tap by tap in row-major order, then divided;
+// dx from 0, each window adding its share to its taps, windows in row-major
+// order. P is one shape; the window's taps inside the input are [a, b) rows
+// by [c, d) columns.
+typedef struct {
+  int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, ho, wo;
+} P;
+
+static void pool_window(const P *p, int64_t oh, int64_t ow, int64_t *a, int64_t *b, int64_t *c,
+                        int64_t *d) {
+  *a = oh * p->sh - p->ph, *c = ow * p->sw - p->pw;
+  *b = *a + p->kh < p->h ? *a + p->kh : p->h, *d = *c + p->kw < p->w ? *c + p->kw : p->w;
+  *a = *a > 0 ? *a : 0, *c = *c > 0 ? *c : 0;
+}
+
+static void pool_reference(const P *p, bool max, const float *x, const float *dy, float *y,
+                           float *dx) {
+  memset(dx, 0, sizeof(float) * p->n * p->c * p->h * p->w);
+  float div = (float)(p->kh * p->kw);
+  for (int64_t nc = 0; nc < p->n * p->c; nc++)
+    for (int64_t oh = 0; oh < p->ho; oh++)
+      for (int64_t ow = 0; ow < p->wo; ow++) {
+        int64_t a, b, c, d, arg = -1, at = (nc * p->ho + oh) * p->wo + ow;
+        pool_window(p, oh, ow, &a, &b, &c, &d);
+        const float *px = x + nc * p->h * p->w;
+        float *pdx = dx + nc * p->h * p->w, best = 0, sum = 0;
+        for (int64_t i = a; i < b; i++)
+          for (int64_t j = c; j < d; j++) {
+            float v = px[i * p->w + j];
+            if (arg < 0 || ((v > best || isnan(v)) && !isnan(best)))
+              best = v, arg = i * p->w + j;
+            sum = sum + v;
+          }
+        y[at] = max ? best : sum / div;
+        for (int64_t i = a; i < b; i++)
+          for (int64_t j = c; j < d; j++) {
+            int64_t e = i * p->w + j;
+            pdx[e] = pdx[e] + (max ? (e == arg ? dy[at] : 0.0f) : dy[at] / div);
+          }
+      }
+}
+
+// Ties, signed zeros, infinities and NaNs with payloads.
+static float pool_value(void) {
+  static const float few[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 0.5f, 2.0f, -INFINITY, INFINITY};
+  double u = uniform(0, 1);
+  if (u < 0.05) {
+    uint32_t bits = 0x7fc00000u | (uint32_t)uniform(0, 1 << 20) | (u < 0.025 ? 0x80000000u : 0);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+  }
+  return u < 0.7 ? few[(int)uniform(0, 9)] : (float)uniform(-1, 1);
+}
+
+// Equal bits; a sum of two NaNs may keep either one's payload (LLVM swaps
+// the operands of an add), so sums only need to agree that it is a NaN.
+static bool same_float(float got, float want, bool sum) {
+  if (sum && isnan(got) && isnan(want))
+    return true;
+  return !memcmp(&got, &want, sizeof got);
+}
+
+static void pool_exact(bool max, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 2, 3, h, w);
+  Node *y = node_new(t->g, max ? OP_maxpool2d : OP_avgpool2d, (Node *[]){x}, 1, no_loc);
+  set_pair(y, "kernel", kh, kw);
+  set_pair(y, "stride", sh, sw);
+  set_pair(y, "padding", ph, pw);
+  done(y);
+  Node *dy = F32(t, "dy", y->type.dim[0], y->type.dim[1], y->type.dim[2], y->type.dim[3]);
+  Node *dx = node_new(t->g, max ? OP_maxpool2d_grad : OP_avgpool2d_grad, (Node *[]){dy, x}, 2,
+                      no_loc);
+  set_pair(dx, "kernel", kh, kw);
+  set_pair(dx, "stride", sh, sw);
+  set_pair(dx, "padding", ph, pw);
+  done(dx);
+  P p = {2, 3, h, w, kh, kw, sh, sw, ph, pw, y->type.dim[2], y->type.dim[3]};
+  for (int64_t i = 0; i < count(x); i++)
+    t->src[x->id].f[i] = pool_value();
+  for (int64_t i = 0; i < count(dy); i++)
+    t->src[dy->id].f[i] = pool_value();
+  float *want_y = xcalloc(count(y), 4), *want_dx = xcalloc(count(x), 4);
+  pool_reference(&p, max, t->src[x->id].f, t->src[dy->id].f, want_y, want_dx);
+  bool overlap = (sh < kh && p.ho > 1) || (sw < kw && p.wo > 1);
+  for (int opt = 0; opt <= 3; opt += 3) {
+    char *what = xformat("%s %lldx%lld k%lld,%lld s%lld,%lld p%lld,%lld -O%d", max ? "max" : "avg",
+                         (long long)h, (long long)w, (long long)kh, (long long)kw, (long long)sh,
+                         (long long)sw, (long long)ph, (long long)pw, opt);
+    char *obj = xformat("%s/exact%d.o", tmpdir, linked);
+    CodegenOptions o = {.opt_level = opt, .cpu = "native"};
+    codegen_function_object(t->g, "kernel", obj, &o);
+    void *lib = load_object(obj);
+    void (*fn)(void **) = (void (*)(void **))dlsym(lib, "kernel");
+    float *got_y = xcalloc(count(y), 4), *got_dx = xcalloc(count(x), 4);
+    for (int64_t i = 0; i < count(x); i++)
+      got_dx[i] = 12345; // garbage: every element must be written
+    fn((void *[]){t->src[x->id].f, got_y, t->src[dy->id].f, got_dx});
+    for (int64_t i = 0; i < count(y); i++)
+      ck_assert_msg(same_float(got_y[i], want_y[i], !max), "%s: y[%lld] = %a, want %a", what,
+                    (long long)i, got_y[i], want_y[i]);
+    for (int64_t i = 0; i < count(x); i++)
+      ck_assert_msg(same_float(got_dx[i], want_dx[i], !max || overlap),
+                    "%s: dx[%lld] = %a, want %a", what, (long long)i, got_dx[i], want_dx[i]);
+    dlclose(lib);
+  }
+}
+
+START_TEST(pooling_exact) {
+  for (int max = 0; max < 2; max++) {
+    pool_exact(max, 16, 16, 2, 2, 2, 2, 0, 0); // 8 columns: two rows an iteration
+    pool_exact(max, 8, 8, 2, 2, 2, 2, 0, 0);   // 4 columns: four rows
+    pool_exact(max, 32, 34, 2, 2, 2, 2, 0, 0); // 17 columns: a row
+    pool_exact(max, 7, 9, 2, 2, 2, 2, 0, 0);   // a row and a column no window covers
+    pool_exact(max, 9, 10, 2, 2, 2, 2, 1, 1);  // padded edge windows
+    pool_exact(max, 10, 11, 2, 2, 3, 3, 0, 0); // gaps between windows
+    pool_exact(max, 6, 7, 1, 1, 2, 2, 0, 0);
+    pool_exact(max, 11, 10, 3, 3, 3, 3, 1, 1);
+    pool_exact(max, 9, 8, 3, 3, 2, 2, 1, 1); // overlapping windows, padded
+    pool_exact(max, 20, 20, 3, 3, 2, 2, 0, 0);
+    pool_exact(max, 7, 6, 3, 3, 1, 1, 1, 1);
+    pool_exact(max, 8, 12, 2, 3, 2, 1, 1, 1); // non-square: swapped H and W show
+    pool_exact(max, 6, 5, 3, 2, 1, 2, 0, 1);
+  }
+  // Wider windows keep the textbook nest; an average 4 or more wide adds in
+  // vector lanes at -O3, within rounding of this order (pooling_and_grads).
+  pool_exact(true, 4, 4, 4, 4, 4, 4, 0, 0);
+  pool_exact(true, 9, 9, 5, 5, 2, 2, 2, 2);
+}
+END_TEST
+
 START_TEST(linear_and_grads) {
   for (int bias = 0; bias < 2; bias++) {
     Net *t = net_new();
@@ -325,26 +415,27 @@ START_TEST(batchnorm) {
   Net *t = net_new();
   Node *x = F32(t, "x", 4, 3, 5, 6), *gm = F32(t, "gamma", 3), *bt = F32(t, "beta", 3);
   Node *rm = F32(t, "running_mean", 3), *rv = F32(t, "running_var", 3), *dy = F32(t, "dy", 4, 3, 5, 6);
-  Node *y = OPN(t, batchnorm2d, x, gm, bt);
+  Node *st = done(OPN(t, batch_stats, x));
+  Node *y = OPN(t, batchnorm2d, x, gm, bt, st);
   node_set_float(y, "eps", 1e-5);
   done(y);
   Node *yi = OPN(t, batchnorm2d_infer, x, gm, bt, rm, rv);
   node_set_float(yi, "eps", 1e-5);
   done(yi);
-  done(OPN(t, channel_mean, x));
-  done(OPN(t, channel_var, x));
-  Node *vu = OPN(t, channel_var, x);
-  node_set_int(vu, "unbiased", 1);
-  done(vu);
-  Node *gi = OPN(t, batchnorm2d_grad_input, dy, x, gm);
-  node_set_float(gi, "eps", 1e-5);
-  done(gi);
-  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x);
+  for (int i = 0; i < 3; i++) {
+    Node *r = OPN(t, row, st);
+    node_set_int(r, "index", i);
+    done(r);
+  }
+  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x, st);
   node_set_float(gg, "eps", 1e-5);
   done(gg);
-  done(OPN(t, bias_grad, dy));
+  Node *gb = done(OPN(t, bias_grad, dy));
+  Node *gi = OPN(t, batchnorm2d_grad_input, dy, x, gm, st, gg, gb);
+  node_set_float(gi, "eps", 1e-5);
+  done(gi);
   Node *flat = F32(t, "flat", 8, 5); // batch norm statistics of a linear layer's output
-  done(OPN(t, channel_mean, flat));
+  done(OPN(t, batch_stats, flat));
   fill(t, x, -2, 3);
   fill(t, gm, 0.5, 1.5);
   fill(t, bt, -1, 1);
@@ -779,6 +870,7 @@ static Suite *suite(void) {
   tcase_set_timeout(ops, 300);
   tcase_add_test(ops, conv2d_and_grads);
   tcase_add_test(ops, pooling_and_grads);
+  tcase_add_test(ops, pooling_exact);
   tcase_add_test(ops, linear_and_grads);
   tcase_add_test(ops, elementwise);
   tcase_add_test(ops, relu_keeps_nan);

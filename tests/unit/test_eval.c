@@ -364,17 +364,20 @@ END_TEST
 START_TEST(fd_batchnorm2d) {
   Net *t = net_new();
   Node *x = F32(t, "x", 3, 2, 3, 3), *gamma = F32(t, "gamma", 2), *beta = F32(t, "beta", 2);
-  Node *y = OPN(t, batchnorm2d, x, gamma, beta);
+  // The statistics depend on x: finite differences recompute them, and
+  // batchnorm2d's gradient accounts for that.
+  Node *st = done(OPN(t, batch_stats, x));
+  Node *y = OPN(t, batchnorm2d, x, gamma, beta, st);
   node_set_float(y, "eps", 1e-5);
   done(y);
   Node *dy = F32(t, "dy", 3, 2, 3, 3);
-  Node *gx = OPN(t, batchnorm2d_grad_input, dy, x, gamma);
-  node_set_float(gx, "eps", 1e-5);
-  done(gx);
-  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x);
+  Node *gg = OPN(t, batchnorm2d_grad_gamma, dy, x, st);
   node_set_float(gg, "eps", 1e-5);
   done(gg);
   Node *gb = done(OPN(t, bias_grad, dy));
+  Node *gx = OPN(t, batchnorm2d_grad_input, dy, x, gamma, st, gg, gb);
+  node_set_float(gx, "eps", 1e-5);
+  done(gx);
   fill(t, x, -2, 2);
   fill(t, gamma, 0.5, 1.5);
   fill(t, beta, -0.5, 0.5);
@@ -755,11 +758,14 @@ END_TEST
 START_TEST(channel_stats_and_bn_infer) {
   Net *t = net_new();
   Node *x = F32(t, "x", 2, 2, 1, 2);
-  Node *mean = done(OPN(t, channel_mean, x));
-  Node *var = OPN(t, channel_var, x);
-  node_set_int(var, "unbiased", 1);
-  done(var);
-  Node *bvar = done(OPN(t, channel_var, x));
+  Node *st = done(OPN(t, batch_stats, x));
+  Node *row[3];
+  for (int i = 0; i < 3; i++) {
+    row[i] = OPN(t, row, st);
+    node_set_int(row[i], "index", i);
+    done(row[i]);
+  }
+  Node *mean = row[0], *bvar = row[1], *var = row[2];
   Node *ema = OPN(t, ema, mean, var);
   node_set_float(ema, "momentum", 0.1);
   done(ema);
@@ -772,9 +778,9 @@ START_TEST(channel_stats_and_bn_infer) {
   set_values(t, x, (double[]){1, 2, 0, 0, 5, 8, 4, 4});
   set_values(t, g, (double[]){2, 1});
   set_values(t, b, (double[]){0, 1});
-  assert_values(t, mean, (double[]){4, 2}, 0, "channel_mean");
-  assert_values(t, var, (double[]){10, 16.0 / 3}, 1e-7, "channel_var unbiased");
-  assert_values(t, bvar, (double[]){7.5, 4}, 0, "channel_var biased");
+  assert_values(t, mean, (double[]){4, 2}, 0, "batch_stats mean");
+  assert_values(t, var, (double[]){10, 16.0 / 3}, 1e-7, "batch_stats unbiased variance");
+  assert_values(t, bvar, (double[]){7.5, 4}, 0, "batch_stats biased variance");
   assert_values(t, ema, (double[]){0.9 * 4 + 0.1 * 10, 0.9 * 2 + 0.1 * 16.0 / 3}, 1e-7, "ema");
   double s = sqrt(7.5);
   assert_values(t, bn, (double[]){2 * -3 / s, 2 * -2 / s, 1 - 1, 1 - 1, 2 * 1 / s, 2 * 4 / s, 2, 2},

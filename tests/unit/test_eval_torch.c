@@ -329,7 +329,7 @@ START_TEST(bce_with_logits_options) {
 END_TEST
 
 // BatchNorm2d in training mode, with its running statistics updated the way
-// the frontend writes it: ema(running, channel_mean / unbiased channel_var).
+// the frontend writes it: ema(running, row 0 / row 2 of batch_stats).
 START_TEST(batchnorm2d_training) {
   Net *t = net_new();
   const Tensor *xr = ref("op/batchnorm2d/x");
@@ -339,18 +339,20 @@ START_TEST(batchnorm2d_training) {
   for (int64_t c = 0; c < gamma->type.dim[0]; c++)
     ones.f[c] = 1;
   Node *rm = feed(t, &zeros), *rv = feed(t, &ones);
-  Node *y = OP(t, OP_batchnorm2d, x, gamma, beta);
-  Node *dx = OP(t, OP_batchnorm2d_grad_input, dy, x, gamma);
-  Node *dg = OP(t, OP_batchnorm2d_grad_gamma, dy, x);
-  Node *with_eps[3] = {y, dx, dg};
-  for (int i = 0; i < 3; i++) {
-    node_set_float(with_eps[i], "eps", 1e-5);
-    done(with_eps[i]);
-  }
+  Node *st = done(OP(t, OP_batch_stats, x));
+  Node *y = OP(t, OP_batchnorm2d, x, gamma, beta, st);
+  node_set_float(y, "eps", 1e-5);
+  done(y);
+  Node *dg = OP(t, OP_batchnorm2d_grad_gamma, dy, x, st);
+  node_set_float(dg, "eps", 1e-5);
+  done(dg);
   Node *db = done(OP(t, OP_bias_grad, dy));
-  Node *mean = done(OP(t, OP_channel_mean, x));
-  Node *var = OP(t, OP_channel_var, x);
-  node_set_int(var, "unbiased", 1);
+  Node *dx = OP(t, OP_batchnorm2d_grad_input, dy, x, gamma, st, dg, db);
+  node_set_float(dx, "eps", 1e-5);
+  done(dx);
+  Node *mean = OP(t, OP_row, st), *var = OP(t, OP_row, st);
+  node_set_int(var, "index", 2);
+  done(mean);
   done(var);
   Node *new_rm = OP(t, OP_ema, rm, mean), *new_rv = OP(t, OP_ema, rv, var);
   node_set_float(new_rm, "momentum", 0.1);

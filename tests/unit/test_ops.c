@@ -16,7 +16,7 @@ static const OpKind differentiable[] = {
     OP_mul,     OP_scale,       OP_nll_loss,  OP_softmax_cross_entropy,
     OP_bce,     OP_sigmoid_bce, OP_l2norm,    OP_batchnorm2d,
 };
-static const OpKind no_grad[] = {OP_channel_mean, OP_channel_var, OP_ema, OP_assign,
+static const OpKind no_grad[] = {OP_batch_stats, OP_row, OP_ema, OP_assign,
                                  OP_dropout_mask};
 
 static bool listed(const OpKind *list, int n, OpKind op) {

@@ -350,11 +350,13 @@ START_TEST(eval_mode_structure) {
   Node *step = source(g, OP_input, "step", DT_I32, 0, NULL);
   Node *w = F32(g, OP_param, "bn1.weight", 3), *b = F32(g, OP_param, "bn1.bias", 3);
   Node *rm = F32(g, OP_state, "bn1.running_mean", 3), *rv = F32(g, OP_state, "bn1.running_var", 3);
-  Node *bn = named(node_build(g, OP_batchnorm2d, no_loc, 3, x, w, b), "bn1");
+  Node *st = op1(g, OP_batch_stats, x);
+  Node *bn = named(node_build(g, OP_batchnorm2d, no_loc, 4, x, w, b, st), "bn1");
   node_set_float(bn, "eps", 1e-5);
   node_infer(bn);
-  Node *mean = op1(g, OP_channel_mean, x), *var = op1(g, OP_channel_var, x);
-  node_set_int(var, "unbiased", 1);
+  Node *mean = op1(g, OP_row, st), *var = op1(g, OP_row, st);
+  node_set_int(var, "index", 2);
+  node_infer(var);
   Node *ema = op2(g, OP_ema, rm, mean);
   node_set_float(ema, "momentum", 0.1);
   op2(g, OP_assign, rm, ema);
