@@ -709,7 +709,9 @@ static const char *not_an_option(const char *path) {
 }
 
 // LLVM's linker, lld (Debian's lld-19), links in two thirds of the time of
-// GNU ld, when it is there: the C compiler finds it under -B.
+// GNU ld, when it is there: the C compiler looks for it on COMPILER_PATH,
+// where LLVM's directory goes after any the user set (so a user's own
+// linker there still wins).
 static bool have_lld(void) {
   static int have = -1; // first asked before the links start
   if (have < 0)
@@ -717,8 +719,27 @@ static bool have_lld(void) {
   return have;
 }
 
+// The linker's environment: ours, with COMPILER_PATH extended for lld.
+static char **link_environment(void) {
+  static char **env; // first built before the links start
+  if (env || !have_lld())
+    return env ? env : environ;
+  int n = 0;
+  while (environ[n])
+    n++;
+  env = xcalloc(n + 2, sizeof *env);
+  const char *old = getenv("COMPILER_PATH");
+  int k = 0;
+  for (int i = 0; i < n; i++)
+    if (strncmp(environ[i], "COMPILER_PATH=", 14))
+      env[k++] = environ[i];
+  env[k] = old && *old ? xformat("COMPILER_PATH=%s:%s", old, XENTCC_LLVM_BIN)
+                       : "COMPILER_PATH=" XENTCC_LLVM_BIN;
+  return env;
+}
+
 // The linker's argument vector:
-// XENTCC_LINKER [-B... -fuse-ld=lld] OBJS... <link file lines> -o out.
+// XENTCC_LINKER [-fuse-ld=lld] OBJS... <link file lines> -o out.
 static char **link_command(char **objs, int nobjs, const char *out) {
   const char *file = xformat("%s/xentcc_rt.link", runtime_dir());
   struct stat st;
@@ -728,10 +749,8 @@ static char **link_command(char **objs, int nobjs, const char *out) {
   int n = 0, cap = nobjs + 8;
   char **argv = xcalloc(cap, sizeof *argv);
   argv[n++] = XENTCC_LINKER;
-  if (have_lld()) {
-    argv[n++] = "-B" XENTCC_LLVM_BIN;
+  if (have_lld())
     argv[n++] = "-fuse-ld=lld";
-  }
   for (int i = 0; i < nobjs; i++)
     argv[n++] = (char *)not_an_option(objs[i]);
   for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
@@ -782,7 +801,7 @@ static void start_link(Link *l, char **objs, int nobjs, const char *out) {
   posix_spawn_file_actions_adddup2(&fa, p[1], 1);
   posix_spawn_file_actions_adddup2(&fa, p[1], 2);
   fflush(NULL);
-  int err = posix_spawnp(&l->pid, argv[0], &fa, NULL, argv, environ);
+  int err = posix_spawnp(&l->pid, argv[0], &fa, NULL, argv, link_environment());
   posix_spawn_file_actions_destroy(&fa);
   close(p[1]);
   if (err) {
