@@ -1,27 +1,37 @@
 // fuse-epilogue: computes an elementwise op in the kernel of the op whose
 // output it reads, while the value is still in registers, when nothing else
 // reads that output; the consumer's buffer becomes an alias of the
-// producer's and the kernel is named "producer+consumer".
+// producer's and the kernel is named "producer+consumer". Chains fuse one
+// link at a time: conv2d, then eval-mode batch norm, then relu, is one kernel.
 //
-// After a contraction (conv2d, linear) it is the relu that follows a layer
-// (relu_grad reads the relu's output, not the pre-activation): its nest
-// moves into the producer's kernel, working in place, and tile applies it
-// to the accumulators before their store. After any other op that writes
-// each output element once (batch norm, a pool's gradient), the consumer's
-// expression wraps the value of each of the producer's stores: batch norm
-// then relu is one pass, a pool's gradient then relu_grad another. The test
-// entry (FN_SLOTS), which checks every node's own value, fuses nothing.
+// After a contraction (conv2d, linear) the consumer's nest moves into the
+// producer's kernel as an epilogue nest working in place (a second consumer
+// is composed into it), and tile applies it to the accumulators before
+// their store. After any other op that writes each output element once
+// (batch norm, a pool's gradient), the consumer's expression wraps the value
+// of each of the producer's stores. A kernel between the two that computes
+// one of the consumer's other operands from values ready before the
+// producer (eval-mode batch norm's per-channel coefficients) moves ahead of
+// the producer. The test entry (FN_SLOTS), which checks every node's own
+// value, fuses nothing.
 #include "loop.h"
 #include "ops/ops.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static bool reads_expr(const LExpr *e, const LBuf *b) {
+static LBuf *root(LBuf *b) {
+  while (b->alias)
+    b = b->alias;
+  return b;
+}
+
+// Does e load b, or a buffer that is an alias of b?
+static bool reads_expr(const LExpr *e, LBuf *b) {
   if (!e)
     return false;
   if (e->kind == LX_LOAD) {
-    if (e->buf == b)
+    if (e->buf == b || root(e->buf) == b)
       return true;
     for (int d = 0; d < e->buf->rank; d++)
       if (reads_expr(e->idx[d], b))
@@ -30,7 +40,7 @@ static bool reads_expr(const LExpr *e, const LBuf *b) {
   return reads_expr(e->a, b) || reads_expr(e->b, b) || reads_expr(e->c, b);
 }
 
-static bool reads_stmt(const LStmt *s, const LBuf *b) {
+static bool reads_stmt(const LStmt *s, LBuf *b) {
   if (reads_expr(s->cond, b) || reads_expr(s->value, b))
     return true;
   for (int i = 0; i < s->nbody; i++)
@@ -39,7 +49,7 @@ static bool reads_stmt(const LStmt *s, const LBuf *b) {
   return false;
 }
 
-static bool kernel_reads(const LKernel *k, const LBuf *b) {
+static bool kernel_reads(const LKernel *k, LBuf *b) {
   for (int i = 0; i < k->nbody; i++)
     if (reads_stmt(k->body[i], b))
       return true;
@@ -96,12 +106,6 @@ static void shift_vars(LStmt *s, int by) {
     shift_vars(s->body[i], by);
 }
 
-static LBuf *root(LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
-
 // --- Any producer whose stores are final -------------------------------------------------
 
 // The innermost store of a plain nest over a whole buffer (an elementwise
@@ -144,12 +148,13 @@ typedef struct {
 } Stores;
 
 // The stores to y under s: false if one is under a reduce loop or reads y
-// (an accumulation), which a consumer could not wrap.
-static bool final_stores(LStmt *s, LBuf *y, bool in_reduce, Stores *out) {
+// (an accumulation), which a consumer could not wrap. An epilogue nest
+// (in_place) reads y at the element it stores, and is wrapped all the same.
+static bool final_stores(LStmt *s, LBuf *y, bool in_reduce, bool in_place, Stores *out) {
   if (s->kind == LS_STORE) {
     if (s->buf != y)
       return !reads_expr(s->value, y);
-    if (in_reduce || reads_expr(s->value, y) || s->buf->rank != y->rank)
+    if (in_reduce || (!in_place && reads_expr(s->value, y)) || s->buf->rank != y->rank)
       return false;
     out->st = realloc(out->st, sizeof *out->st * (out->n + 1));
     if (!out->st)
@@ -161,7 +166,7 @@ static bool final_stores(LStmt *s, LBuf *y, bool in_reduce, Stores *out) {
     return false;
   for (int i = 0; i < s->nbody; i++)
     if (!final_stores(s->body[i], y, in_reduce || (s->kind == LS_LOOP && s->flags & LF_REDUCE),
-                      out))
+                      in_place, out))
       return false;
   return true;
 }
@@ -218,42 +223,163 @@ static bool operands_ready(const LFunc *f, const LExpr *e, const LBuf *skip, int
          operands_ready(f, e->c, skip, from, to);
 }
 
-// Wraps consumer kernel ci (an elementwise op reading y) into the final
-// stores of y's producer pi. True when done.
-static bool fuse_final(LFunc *f, int pi, int ci, LBuf *y) {
-  LKernel *p = f->kernels[pi], *c = f->kernels[ci];
-  int vars[LMAX_RANK], rank;
-  LStmt *cs = map_store(c, vars, &rank);
-  LBuf *out = cs ? cs->buf : NULL;
-  if (!cs || rank != y->rank || !reads_at(cs->value, y, vars) || out->storage != LB_WORKSPACE ||
-      out->alias || out == f->result || out->node == NULL)
-    return false;
+// The consumer's expression placed at a producer's store: its variables
+// moved past the producer's, then replaced by the store's indices, and its
+// loads of yin (the value it reads) replaced by the stored value.
+static LExpr *wrap(const LExpr *value, const int *vars, int rank, int shift, const LStmt *store,
+                   const LBuf *yin) {
+  LExpr *e = lx_copy(value);
+  shift_vars_expr(e, shift);
   for (int d = 0; d < rank; d++)
-    if (out->dim[d] != y->dim[d])
-      return false;
-  // The consumer's other operands must be ready when the producer runs.
-  if (!operands_ready(f, cs->value, y, pi, ci))
-    return false;
+    e = lx_subst(e, vars[d] + shift, store->idx[d]);
+  return replace_loads(e, yin, store->value);
+}
+
+// Wraps the consumer cs (the store of an elementwise nest reading yin) into
+// the stores of y (yin's root) under p's statements [from, p->nbody), p's
+// epilogue nest when from is 1. True when every such store is final.
+static bool wrap_final(LKernel *p, int from, LStmt *cs, const int *vars, int rank, LBuf *y,
+                       LBuf *yin) {
   Stores st = {NULL, 0};
   bool ok = true;
-  for (int i = 0; i < p->nbody && ok; i++)
-    ok = final_stores(p->body[i], y, false, &st);
+  for (int i = from; i < p->nbody && ok; i++)
+    ok = final_stores(p->body[i], y, false, from > 0, &st);
   if (!ok || st.n == 0) {
     free(st.st);
     return false;
   }
-  for (int i = 0; i < st.n; i++) {
-    // The consumer's expression at the store's indices: its variables moved
-    // past the producer's, then replaced by the store's index expressions.
-    LExpr *e = lx_copy(cs->value);
-    shift_vars_expr(e, p->nvars);
-    for (int d = 0; d < rank; d++) {
-      LExpr *next = lx_subst(e, vars[d] + p->nvars, st.st[i]->idx[d]);
-      e = next;
-    }
-    st.st[i]->value = replace_loads(e, y, st.st[i]->value);
-  }
+  for (int i = 0; i < st.n; i++)
+    st.st[i]->value = wrap(cs->value, vars, rank, p->nvars, st.st[i], yin);
   free(st.st);
+  return true;
+}
+
+// The distinct buffers e loads (up to max).
+static void loaded_bufs(const LExpr *e, LBuf **out, int *n, int max) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD) {
+    bool seen = false;
+    for (int i = 0; i < *n && !seen; i++)
+      seen = out[i] == e->buf;
+    if (!seen && *n < max)
+      out[(*n)++] = e->buf;
+    for (int d = 0; d < e->buf->rank; d++)
+      loaded_bufs(e->idx[d], out, n, max);
+  }
+  loaded_bufs(e->a, out, n, max);
+  loaded_bufs(e->b, out, n, max);
+  loaded_bufs(e->c, out, n, max);
+}
+
+static bool is_contraction(const LKernel *k) {
+  return k->node && (k->node->op == OP_conv2d || k->node->op == OP_linear) && k->nbody >= 1 &&
+         k->nbody <= 2;
+}
+
+// Moves the kernels between pi and ci that write an operand of e (other
+// than yin) ahead of pi, when they read nothing written from pi on and
+// nothing from pi on touches what they write. True when e's operands are
+// then all ready when the producer runs; *pi follows the producer.
+static bool hoist_operands(LFunc *f, int *pi, int ci, const LExpr *e, const LBuf *yin);
+
+static bool operand_writer(const LExpr *e, const LBuf *yin, const LKernel *k) {
+  if (!e)
+    return false;
+  if (e->kind == LX_LOAD && e->buf != yin)
+    for (int j = 0; j < k->nbody; j++)
+      if (writes_stmt(k->body[j], root(e->buf)))
+        return true;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      if (operand_writer(e->idx[d], yin, k))
+        return true;
+  return operand_writer(e->a, yin, k) || operand_writer(e->b, yin, k) ||
+         operand_writer(e->c, yin, k);
+}
+
+// Does kernel k load a buffer written by a kernel in [from, to), or write
+// one that such a kernel loads or writes?
+static bool depends_on(const LFunc *f, const LKernel *k, int from, int to) {
+  for (int b = 0; b < f->nbufs; b++) {
+    LBuf *x = f->bufs[b];
+    if (x->alias)
+      continue;
+    bool k_writes = false;
+    for (int j = 0; j < k->nbody && !k_writes; j++)
+      k_writes = writes_stmt(k->body[j], x);
+    bool k_reads = kernel_reads(k, x);
+    if (!k_writes && !k_reads)
+      continue;
+    if (written_between(f, from, to, x))
+      return true;
+    if (k_writes)
+      for (int q = from; q < to; q++)
+        if (kernel_reads(f->kernels[q], x))
+          return true;
+  }
+  return false;
+}
+
+static bool hoist_operands(LFunc *f, int *pi, int ci, const LExpr *e, const LBuf *yin) {
+  for (int q = *pi + 1; q < ci; q++) {
+    LKernel *k = f->kernels[q];
+    if (!operand_writer(e, yin, k))
+      continue;
+    if (k->deferred || depends_on(f, k, *pi, q))
+      return false;
+    for (int j = q; j > *pi; j--)
+      f->kernels[j] = f->kernels[j - 1];
+    f->kernels[*pi] = k;
+    (*pi)++;
+  }
+  return operands_ready(f, e, yin, *pi, ci);
+}
+
+// Fuses consumer kernel ci (a plain elementwise nest) into the kernel that
+// computes its operand yin. True when done.
+static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
+  LKernel *c = f->kernels[ci];
+  int vars[LMAX_RANK], rank;
+  LStmt *cs = map_store(c, vars, &rank);
+  LBuf *y = root(yin), *out = cs->buf;
+  if (y == f->result || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
+      !reads_at(cs->value, yin, vars))
+    return false;
+  for (int d = 0; d < rank; d++)
+    if (out->dim[d] != y->dim[d])
+      return false;
+  // The one kernel before the consumer that writes y, and no reader but the two.
+  int pi = -1;
+  for (int q = 0; q < f->nkernels; q++) {
+    LKernel *k = f->kernels[q];
+    bool writes = false;
+    for (int j = 0; j < k->nbody && !writes; j++)
+      writes = writes_stmt(k->body[j], y);
+    if (writes && (pi >= 0 || q > ci))
+      return false;
+    if (writes)
+      pi = q;
+    else if (q != ci && kernel_reads(k, y))
+      return false;
+  }
+  if (pi < 0 || !hoist_operands(f, &pi, ci, cs->value, yin))
+    return false;
+  LKernel *p = f->kernels[pi];
+  if (!is_contraction(p)) {
+    if (!wrap_final(p, 0, cs, vars, rank, y, yin))
+      return false;
+  } else if (p->nbody == 2) { // compose with the epilogue nest there
+    if (!wrap_final(p, 1, cs, vars, rank, y, yin))
+      return false;
+  } else { // the first epilogue: the consumer's nest, in place
+    LStmt *s = ls_copy(c->body[0]); // lowering shares index trees; renumber a private copy
+    retarget(s, yin, y);
+    retarget(s, out, y);
+    shift_vars(s, p->nvars);
+    lk_add(p, s);
+    p->nvars += c->nvars;
+  }
   p->op = xformat("%s+%s", p->op, c->op);
   out->alias = y;
   return true;
@@ -262,64 +388,27 @@ static bool fuse_final(LFunc *f, int pi, int ci, LBuf *y) {
 static void fuse(LFunc *f) {
   for (int i = 0; i < f->nkernels; i++) {
     LKernel *r = f->kernels[i];
-    Node *n = r->node;
-    if (!n || !op_rules(n->op)->elem)
+    int vars[LMAX_RANK], rank;
+    LStmt *cs = map_store(r, vars, &rank);
+    if (!r->node || r->deferred || !cs)
       continue;
-    if (n->op != OP_relu || (n->in[0]->op != OP_conv2d && n->in[0]->op != OP_linear)) {
-      // Any other producer: the one operand it is fused with is its only reader.
-      for (int j = 0; j < n->nin; j++) {
-        LBuf *y = f->buf_of[n->in[j]->id];
-        if (!y || y->alias || y == f->result || y->storage != LB_WORKSPACE || !y->node)
-          continue;
-        int pi = -1;
-        bool other = false;
-        for (int q = 0; q < f->nkernels; q++) {
-          LKernel *k = f->kernels[q];
-          if (k->node == n->in[j] && !strchr(k->op, '+'))
-            pi = q;
-          else if (k != r && kernel_reads(k, y))
-            other = true;
-        }
-        if (pi < 0 || pi > i || other || !fuse_final(f, pi, i, y))
-          continue;
+    LBuf *out = cs->buf;
+    if (out->storage != LB_WORKSPACE || out->alias || out->node == NULL)
+      continue;
+    // Each buffer it loads in turn; the first that fuses.
+    LBuf *loads[16];
+    int nloads = 0;
+    loaded_bufs(cs->value, loads, &nloads, 16);
+    for (int b = 0; b < nloads; b++) {
+      LBuf *yin = loads[b];
+      if (fuse_into_producer(f, i, yin)) {
         for (int q = i; q + 1 < f->nkernels; q++)
           f->kernels[q] = f->kernels[q + 1];
         f->nkernels--;
-        i--;
+        i = -1; // kernels may have moved: start again
         break;
       }
-      continue;
     }
-    Node *pn = n->in[0];
-    LBuf *y = f->buf_of[pn->id], *out = f->buf_of[n->id];
-    if (!y || !out || y->alias || y == f->result || root(out) != out)
-      continue;
-    // The producer's kernel, and no other reader of the pre-activation.
-    LKernel *p = NULL;
-    bool other = false;
-    for (int j = 0; j < f->nkernels; j++) {
-      LKernel *k = f->kernels[j];
-      if (k->node == pn)
-        p = k;
-      else if (k != r && kernel_reads(k, y))
-        other = true;
-    }
-    if (!p || other || strchr(p->op, '+'))
-      continue;
-    for (int j = 0; j < r->nbody; j++) {
-      LStmt *s = ls_copy(r->body[j]); // lowering shares index trees; renumber a private copy
-      retarget(s, out, y);
-      shift_vars(s, p->nvars);
-      lk_add(p, s);
-    }
-    p->nvars += r->nvars;
-    p->op = xformat("%s+relu", p->op);
-    out->alias = y;
-    // Drop the relu's kernel.
-    for (int j = i; j + 1 < f->nkernels; j++)
-      f->kernels[j] = f->kernels[j + 1];
-    f->nkernels--;
-    i--;
   }
 }
 

@@ -163,10 +163,6 @@ static const char *shape_batchnorm2d(const Node *n, Type *out) {
 
 // The mean and the variance that normalise channel c.
 static void norm_stats(const Node *n, Tensor **in, int64_t c, double *mean, double *var) {
-  if (n->op == OP_batchnorm2d_infer) {
-    *mean = in[3]->f[c], *var = in[4]->f[c];
-    return;
-  }
   const Tensor *st = n->op == OP_batchnorm2d ? in[3] : in[2 + (n->op == OP_batchnorm2d_grad_input)];
   int64_t C = st->type.dim[1];
   *mean = st->f[c], *var = st->f[C + c];
@@ -183,6 +179,27 @@ static void eval_batchnorm2d(const Node *n, Tensor *out, Tensor **in) {
       for (int64_t k = 0; k < v.inner; k++) {
         int64_t i = (o * v.c + c) * v.inner + k;
         out->f[i] = (float)((in[0]->f[i] - mean) * invstd * gamma + beta);
+      }
+  }
+}
+
+// Eval mode computes as PyTorch's CPU kernel does: per channel alpha =
+// gamma * invstd and beta' = beta - mean * alpha in float, then y = x *
+// alpha + beta' (one fused multiply-add here). The normalisation is then an
+// elementwise multiply-add that fuse-epilogue moves into the convolution
+// before it. Training mode keeps the textbook ((x - mean) * invstd) * gamma
+// + beta its gradients are written for.
+static void eval_batchnorm2d_infer(const Node *n, Tensor *out, Tensor **in) {
+  ChannelView v = channels(&in[0]->type);
+  double eps = node_float(n, "eps");
+  for (int64_t c = 0; c < v.c; c++) {
+    float rstd = (float)(1.0 / sqrt((double)in[4]->f[c] + eps));
+    float alpha = in[1]->f[c] * rstd;
+    float beta = in[2]->f[c] - in[3]->f[c] * alpha;
+    for (int64_t o = 0; o < v.outer; o++)
+      for (int64_t k = 0; k < v.inner; k++) {
+        int64_t i = (o * v.c + c) * v.inner + k;
+        out->f[i] = fmaf(in[0]->f[i], alpha, beta);
       }
   }
 }
@@ -246,9 +263,32 @@ const OpRules rules_batchnorm2d = {.shape = shape_batchnorm2d,
                                    .grad = grad_batchnorm2d,
                                    .lower = lower_batchnorm2d};
 
+// Eval mode: a small kernel computes each channel's alpha and beta' into
+// NAME.affine[2,C] (rstd as in training mode), then a plain elementwise
+// nest y = fma(x, alpha, beta').
+static void lower_batchnorm2d_infer(Lowering *L, Node *n) {
+  LBuf *x = B(L, n->in[0]), *out = B(L, n);
+  int64_t C = x->dim[1];
+  LBuf *affine = lfunc_buf(L->f, xformat("%s.affine", out->name), DT_F32, 2,
+                           (int64_t[]){2, C}, LB_WORKSPACE);
+  LKernel *k = kernel(L, n, "batchnorm2d_affine");
+  LBuf *mean = local(L, "mean", DT_F32), *rstd = local(L, "rstd", DT_F32);
+  LExpr *ch, *v[LMAX_RANK];
+  LStmt *cl = loop(k, NULL, C, "c", &ch);
+  norm_locals(L, n, cl, ch, mean, rstd);
+  LExpr *alpha = FMUL(LD(B(L, n->in[1]), lx_copy(ch)), LD(rstd));
+  ls_add(cl, ST(affine, alpha, K(0), lx_copy(ch)));
+  ls_add(cl, ST(affine, FSUB(LD(B(L, n->in[2]), lx_copy(ch)), FMUL(LD(mean), LD(affine, K(0), lx_copy(ch)))),
+                K(1), lx_copy(ch)));
+  LKernel *apply = kernel(L, n, NULL);
+  LStmt *l = each(apply, NULL, out, v, NULL);
+  ls_add(l, ls_store(out, v, lx_fma(LDV(x, v), LD(affine, K(0), lx_copy(v[1])),
+                                    LD(affine, K(1), lx_copy(v[1])))));
+}
+
 // Only the forward graph of eval mode has it: never differentiated.
 const OpRules rules_batchnorm2d_infer = {
-    .shape = shape_batchnorm2d, .eval = eval_batchnorm2d, .lower = lower_batchnorm2d};
+    .shape = shape_batchnorm2d, .eval = eval_batchnorm2d_infer, .lower = lower_batchnorm2d_infer};
 
 // --- batchnorm2d_grad_gamma (dy, x, stats) and batchnorm2d_grad_input (dy, x, gamma, stats,
 //     dgamma, dbeta) ------------------------------------------------------------------------
