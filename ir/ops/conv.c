@@ -186,6 +186,28 @@ static void grad_input_unit(Lowering *L, Node *n) {
                v[3]));
 }
 
+// One row of dx, s*i + ph, from the phase planes of row ph (NULL: zeros).
+static void interleave_one(LStmt *at, LBuf *dx, LBuf *const *plane, const int64_t *s, LExpr *b,
+                           LExpr *c, LExpr *i, int64_t ph, LExpr *j, int64_t pw) {
+  LBuf *pl = plane[ph * s[1] + pw];
+  LExpr *val = pl ? LD(pl, lx_copy(b), lx_copy(c), lx_copy(i), lx_copy(j)) : F(0);
+  ls_add(at, ST(dx, val, lx_copy(b), lx_copy(c), ADDK(MULK(lx_copy(i), s[0]), ph),
+                ADDK(MULK(lx_copy(j), s[1]), pw)));
+}
+
+static void interleave_row(LKernel *k, LStmt *parent, LBuf *dx, LBuf *const *plane,
+                           const int64_t *s, LExpr *b, LExpr *c, LExpr *i, int64_t ph) {
+  int64_t W = dx->dim[3];
+  LExpr *j;
+  if (W >= s[1]) {
+    LStmt *lj = loop(k, parent, W / s[1], "w", &j);
+    for (int64_t pw = 0; pw < s[1]; pw++)
+      interleave_one(lj, dx, plane, s, b, c, i, ph, j, pw);
+  }
+  for (int64_t pw = 0; pw < W % s[1]; pw++)
+    interleave_one(parent, dx, plane, s, b, c, i, ph, K(W / s[1]), pw);
+}
+
 // Stride s > 1: only the taps with kh = ih + p (mod s) reach input row ih.
 // The rows of one phase ph (ih = s*i + ph) share their taps, kh = kh0 + s*jh
 // with kh0 = (ph + p) mod s, and read dy row oh = i + qh - jh with
@@ -227,22 +249,22 @@ static void grad_input_strided(Lowering *L, Node *n) {
       ls_add(g, ST(pl, lx_fma(LD(dy, v[0], o, oh, ow), LD(w, o, v[1], kh, kw), cur), v[0], v[1],
                    v[2], v[3]));
     }
-  // Interleave: dx[n, c, s*i + ph, s*j + pw] = plane (ph, pw) at [n, c, i, j].
+  // Interleave: dx[n, c, s*i + ph, s*j + pw] = plane (ph, pw) at [n, c, i, j],
+  // row after row of dx, each row's phases side by side in one loop so that
+  // its stores fill consecutive elements (the last, partial group of rows
+  // or columns after the loop).
   LKernel *k = kernel(L, n, "interleave");
   LExpr *b, *c;
   LStmt *ln = loop(k, NULL, N, "n", &b);
   LStmt *lc = loop(k, ln, C, "c", &c);
-  for (int64_t ph = 0; ph < s[0] && ph < H; ph++)
-    for (int64_t pw = 0; pw < s[1] && pw < W; pw++) {
-      int64_t rows = (H - ph + s[0] - 1) / s[0], cols = (W - pw + s[1] - 1) / s[1];
-      LExpr *i, *j;
-      LStmt *li = loop(k, lc, rows, "h", &i);
-      LStmt *lj = loop(k, li, cols, "w", &j);
-      LBuf *pl = plane[ph * s[1] + pw];
-      LExpr *val = pl ? LD(pl, lx_copy(b), lx_copy(c), lx_copy(i), lx_copy(j)) : F(0);
-      ls_add(lj, ST(dx, val, lx_copy(b), lx_copy(c), ADDK(MULK(lx_copy(i), s[0]), ph),
-                    ADDK(MULK(lx_copy(j), s[1]), pw)));
-    }
+  LExpr *i;
+  if (H >= s[0]) {
+    LStmt *li = loop(k, lc, H / s[0], "h", &i);
+    for (int64_t ph = 0; ph < s[0]; ph++)
+      interleave_row(k, li, dx, plane, s, b, c, i, ph);
+  }
+  for (int64_t ph = 0; ph < H % s[0]; ph++)
+    interleave_row(k, lc, dx, plane, s, b, c, K(H / s[0]), ph);
 }
 
 static void lower_conv2d_grad_input(Lowering *L, Node *n) {
