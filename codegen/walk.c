@@ -40,11 +40,66 @@ static LLVMTypeRef ltype(Cg *c, LType t) {
     return c->i64;
   case LT_BOOL:
     return LLVMInt1TypeInContext(c->ctx);
+  case LT_BF16:
+    return LLVMInt16TypeInContext(c->ctx); // its bits: LLVM's bfloat has no fast path on AVX2
+  case LT_F16:
+    return LLVMHalfTypeInContext(c->ctx);
   }
   unreachable();
 }
 
 static bool is_float(LType t) { return t == LT_F32 || t == LT_F64; }
+
+// --- 16-bit floats ---------------------------------------------------------------------------
+//
+// Conversions on a scalar or a vector, whichever x is. f16 is LLVM's half:
+// fpext and fptrunc, which F16C does 8 lanes at a time (vcvtph2ps,
+// vcvtps2ph, rounding to nearest even). bf16 is the top half of an f32's
+// bits, so widening is a shift; narrowing rounds to nearest even in integer
+// arithmetic, c10::BFloat16's round_to_nearest_even: add 0x7fff plus the
+// lowest kept bit, keep the top half; a NaN becomes the quiet NaN 0x7fc0.
+// (AVX512-BF16's vcvtneps2bf16 would flush denormals, which PyTorch keeps.)
+
+// The constant v of type t, splatted when t is a vector.
+static LLVMValueRef konst(LLVMTypeRef t, uint64_t v) {
+  if (LLVMGetTypeKind(t) != LLVMVectorTypeKind)
+    return LLVMConstInt(t, v, 0);
+  unsigned n = LLVMGetVectorSize(t);
+  LLVMValueRef *e = xcalloc(n, sizeof *e);
+  for (unsigned i = 0; i < n; i++)
+    e[i] = LLVMConstInt(LLVMGetElementType(t), v, 0);
+  LLVMValueRef r = LLVMConstVector(e, n);
+  free(e);
+  return r;
+}
+
+// t with its elements replaced by `elem` (a vector stays one of as many lanes).
+static LLVMTypeRef like(LLVMTypeRef t, LLVMTypeRef elem) {
+  return LLVMGetTypeKind(t) == LLVMVectorTypeKind ? LLVMVectorType(elem, LLVMGetVectorSize(t))
+                                                  : elem;
+}
+
+static LLVMValueRef widen16(Cg *c, DType dt, LLVMValueRef x) {
+  LLVMTypeRef t = LLVMTypeOf(x);
+  if (dt == DT_F16)
+    return LLVMBuildFPExt(c->b, x, like(t, c->f32), "");
+  LLVMValueRef w = LLVMBuildZExt(c->b, x, like(t, c->i32), "");
+  w = LLVMBuildShl(c->b, w, konst(like(t, c->i32), 16), "");
+  return LLVMBuildBitCast(c->b, w, like(t, c->f32), "");
+}
+
+static LLVMValueRef narrow16(Cg *c, DType dt, LLVMValueRef x) {
+  LLVMTypeRef t = LLVMTypeOf(x);
+  if (dt == DT_F16)
+    return LLVMBuildFPTrunc(c->b, x, like(t, LLVMHalfTypeInContext(c->ctx)), "");
+  LLVMTypeRef i32 = like(t, c->i32), i16 = like(t, LLVMInt16TypeInContext(c->ctx));
+  LLVMValueRef u = LLVMBuildBitCast(c->b, x, i32, "");
+  LLVMValueRef lsb = LLVMBuildAnd(c->b, LLVMBuildLShr(c->b, u, konst(i32, 16), ""), konst(i32, 1), "");
+  LLVMValueRef r = LLVMBuildAdd(c->b, LLVMBuildAdd(c->b, u, konst(i32, 0x7fff), ""), lsb, "");
+  r = LLVMBuildTrunc(c->b, LLVMBuildLShr(c->b, r, konst(i32, 16), ""), i16, "");
+  LLVMValueRef nan = LLVMBuildFCmp(c->b, LLVMRealUNO, x, x, "");
+  return LLVMBuildSelect(c->b, nan, konst(i16, 0x7fc0), r, "");
+}
 
 static LLVMTypeRef vtype(W *w, LLVMTypeRef t) { return LLVMVectorType(t, w->width); }
 
@@ -106,7 +161,19 @@ static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
 }
 
 static LLVMTypeRef elem_type(Cg *c, const LBuf *b) {
-  return b->dtype == DT_I32 ? c->i32 : b->dtype == DT_F64 ? c->f64 : c->f32;
+  switch (b->dtype) {
+  case DT_I32:
+    return c->i32;
+  case DT_F64:
+    return c->f64;
+  case DT_BF16:
+    return LLVMInt16TypeInContext(c->ctx);
+  case DT_F16:
+    return LLVMHalfTypeInContext(c->ctx);
+  case DT_F32:
+    return c->f32;
+  }
+  unreachable();
 }
 
 static LLVMValueRef address(W *w, const LBuf *b, LLVMValueRef off) {
@@ -123,7 +190,8 @@ static LLVMValueRef lane_offset(W *w, const LBuf *b, LExpr *const *idx, int lane
   return off;
 }
 
-static Val emit_load(W *w, const LExpr *e) {
+// The loaded element(s), a 16-bit buffer's widened to f32.
+static Val emit_load_raw(W *w, const LExpr *e) {
   Cg *c = w->c;
   const LBuf *b = e->buf;
   LLVMTypeRef t = elem_type(c, b);
@@ -132,7 +200,7 @@ static Val emit_load(W *w, const LExpr *e) {
     return (Val){LLVMBuildLoad2(c->b, t, address(w, b, offset_at(w, b, e->idx)), ""), false};
   if (ls == 1) {
     LLVMValueRef v = LLVMBuildLoad2(c->b, vtype(w, t), address(w, b, offset_at(w, b, e->idx)), "");
-    LLVMSetAlignment(v, 4);
+    LLVMSetAlignment(v, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4);
     return (Val){v, true};
   }
   LLVMValueRef v = LLVMGetPoison(vtype(w, t));
@@ -141,6 +209,13 @@ static Val emit_load(W *w, const LExpr *e) {
     v = LLVMBuildInsertElement(c->b, v, x, LLVMConstInt(c->i32, lane, 0), "");
   }
   return (Val){v, true};
+}
+
+static Val emit_load(W *w, const LExpr *e) {
+  Val v = emit_load_raw(w, e);
+  if (dtype_is_16bit(e->buf->dtype))
+    v.v = widen16(w->c, e->buf->dtype, v.v);
+  return v;
 }
 
 // --- Expressions ------------------------------------------------------------------------
@@ -277,7 +352,13 @@ static Val emit_expr(W *w, const LExpr *e) {
   case LX_CAST: {
     LLVMTypeRef to = vec ? vtype(w, t) : t;
     LType from = at, into = e->type;
-    if (is_float(from) && is_float(into))
+    if (into == LT_BF16 || into == LT_F16) { // lx_round's narrowing, from f32
+      ir_assert(from == LT_F32);
+      r = narrow16(c, into == LT_BF16 ? DT_BF16 : DT_F16, x);
+    } else if (from == LT_BF16 || from == LT_F16) { // ... and its widening back
+      ir_assert(into == LT_F32);
+      r = widen16(c, from == LT_BF16 ? DT_BF16 : DT_F16, x);
+    } else if (is_float(from) && is_float(into))
       r = into == LT_F64 ? LLVMBuildFPExt(bd, x, to, "") : LLVMBuildFPTrunc(bd, x, to, "");
     else if (is_float(into))
       r = from == LT_BOOL ? LLVMBuildUIToFP(bd, x, to, "") : LLVMBuildSIToFP(bd, x, to, "");
@@ -334,6 +415,8 @@ static void emit_counted(W *w, const LStmt *s, LLVMValueRef lo, LLVMValueRef hi,
 static void emit_store(W *w, const LStmt *s) {
   Cg *c = w->c;
   Val v = emit_expr(w, s->value);
+  if (dtype_is_16bit(s->buf->dtype)) // rounded to the buffer's precision
+    v.v = narrow16(c, s->buf->dtype, v.v);
   int ls = lane_stride(w, s->buf, s->idx);
   if (!v.vec && ls == 0) {
     LLVMBuildStore(c->b, v.v, address(w, s->buf, offset_at(w, s->buf, s->idx)));
@@ -343,7 +426,7 @@ static void emit_store(W *w, const LStmt *s) {
   LLVMValueRef x = as_vec(w, v);
   if (ls == 1) {
     LLVMValueRef st = LLVMBuildStore(c->b, x, address(w, s->buf, offset_at(w, s->buf, s->idx)));
-    LLVMSetAlignment(st, 4);
+    LLVMSetAlignment(st, dtype_bytes(s->buf->dtype) < 4 ? dtype_bytes(s->buf->dtype) : 4);
     return;
   }
   for (int lane = 0; lane < w->width; lane++) {
@@ -580,6 +663,7 @@ static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMVal
     fatal("the runtime feeds no step argument %%%s", b->arg);
   }
   case LB_CONST: {
+    ir_assert(b->dtype == DT_F32 || b->dtype == DT_I32); // constants are cast, not stored 16-bit
     int64_t n = lbuf_numel(b);
     LLVMTypeRef et = b->dtype == DT_I32 ? c->i32 : c->f32;
     LLVMValueRef *v = xcalloc(n + 1, sizeof *v);

@@ -9,7 +9,7 @@
 Tensor tensor_new(Type t) {
   Tensor x = {t, NULL, NULL};
   int64_t n = type_numel(&t);
-  if (t.dtype == DT_F32)
+  if (dtype_is_float(t.dtype)) // 16-bit values are held as the floats they round to
     x.f = xcalloc(n ? n : 1, sizeof(float));
   else
     x.i = xcalloc(n ? n : 1, sizeof(int32_t));
@@ -34,6 +34,10 @@ Tensor *eval_graph(Graph *g, const Tensor *sources) {
     Tensor *out = &val[i];
     *out = tensor_new(n->type);
     op_rules(n->op)->eval(n, out, in);
+    // A 16-bit result: what the op computed, rounded once.
+    if (dtype_is_16bit(n->type.dtype))
+      for (int64_t k = 0; k < type_numel(&n->type); k++)
+        out->f[k] = round_to_dtype(out->f[k], n->type.dtype);
   }
   return val;
 }

@@ -66,9 +66,37 @@ bool type_eq(const Type *a, const Type *b) {
   return true;
 }
 
+const char *dtype_name(DType dt) {
+  static const char *const names[] = {[DT_F32] = "f32", [DT_I32] = "i32", [DT_F64] = "f64",
+                                      [DT_BF16] = "bf16", [DT_F16] = "f16"};
+  ir_assert((unsigned)dt < sizeof names / sizeof *names);
+  return names[dt];
+}
+
+int dtype_bytes(DType dt) { return dt == DT_F64 ? 8 : dtype_is_16bit(dt) ? 2 : 4; }
+
+// bf16: the top 16 bits of the float, rounded to nearest even by adding
+// 0x7fff plus the lowest kept bit (c10::BFloat16's round_to_nearest_even);
+// a NaN becomes the quiet NaN 0x7fc0. f16: the compiler's IEEE conversion.
+float round_to_dtype(float x, DType dt) {
+  if (dt == DT_BF16) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if (x != x)
+      u = 0x7fc00000u;
+    else
+      u = (u + 0x7fffu + ((u >> 16) & 1)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+  }
+  if (dt == DT_F16)
+    return (float)(_Float16)x;
+  return x;
+}
+
 char *type_str(const Type *t) {
   char buf[128];
-  int n = snprintf(buf, sizeof buf, "%s[", t->dtype == DT_F32 ? "f32" : "i32");
+  int n = snprintf(buf, sizeof buf, "%s[", dtype_name(t->dtype));
   for (int i = 0; i < t->rank; i++)
     n += snprintf(buf + n, sizeof buf - n, "%s%lld", i ? "," : "", (long long)t->dim[i]);
   snprintf(buf + n, sizeof buf - n, "]");

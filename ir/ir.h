@@ -46,7 +46,18 @@ char *xformat(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 //
 
 // DT_F64 appears only in the loop IR: the double accumulators of long sums.
-typedef enum { DT_F32, DT_I32, DT_F64 } DType;
+// DT_BF16 and DT_F16 are mixed precision's storage types (the autocast pass
+// decides where): a value of one is a float rounded to nearest even to that
+// many bits; ops compute in f32 (or wider) and round once when they store.
+typedef enum { DT_F32, DT_I32, DT_F64, DT_BF16, DT_F16 } DType;
+
+static inline bool dtype_is_float(DType dt) { return dt != DT_I32; }
+static inline bool dtype_is_16bit(DType dt) { return dt == DT_BF16 || dt == DT_F16; }
+const char *dtype_name(DType dt); // "f32", "bf16", ...
+int dtype_bytes(DType dt);
+// x rounded to nearest even to dt's precision (f32 and f64: unchanged; a
+// NaN stays a NaN), as PyTorch's c10::BFloat16 and IEEE half round.
+float round_to_dtype(float x, DType dt);
 
 enum { MAX_RANK = 4, MAX_ATTRS = 6 };
 

@@ -14,7 +14,7 @@ int64_t lbuf_numel(const LBuf *b) {
   return n;
 }
 
-int64_t lbuf_bytes(const LBuf *b) { return lbuf_numel(b) * (b->dtype == DT_F64 ? 8 : 4); }
+int64_t lbuf_bytes(const LBuf *b) { return lbuf_numel(b) * dtype_bytes(b->dtype); }
 
 //
 // Expressions
@@ -54,6 +54,7 @@ LExpr *lx_var(int var) {
 }
 
 LExpr *lx_load(LBuf *b, LExpr *const *idx) {
+  // A 16-bit buffer's elements load as the f32 values they stand for.
   LExpr *e = lx_new(LX_LOAD, b->dtype == DT_I32 ? LT_I32 : b->dtype == DT_F64 ? LT_F64 : LT_F32);
   e->buf = b;
   for (int d = 0; d < b->rank; d++)
@@ -95,6 +96,13 @@ LExpr *lx_cast(LType t, LExpr *a) {
   LExpr *e = lx_new(LX_CAST, t);
   e->a = a;
   return e;
+}
+
+LExpr *lx_round(DType dt, LExpr *a) {
+  if (!dtype_is_16bit(dt))
+    return a;
+  ir_assert(a->type == LT_F32);
+  return lx_cast(LT_F32, lx_cast(dt == DT_BF16 ? LT_BF16 : LT_F16, a));
 }
 
 static bool is_iconst(const LExpr *e, int64_t *v) {
@@ -407,7 +415,7 @@ static const char *const expr_name[LX_COUNT] = {
     [LX_NOT] = "!",     [LX_SELECT] = "select",
 };
 
-static const char *const type_name[] = {"f32", "i32", "i64", "bool", "f64"};
+static const char *const type_name[] = {"f32", "i32", "i64", "bool", "f64", "bf16", "f16"};
 
 // Loop variables print by their role when they have one: oh, kw, n2.
 typedef struct {
@@ -576,8 +584,7 @@ static const char *const storage_name[] = {"params", "state", "grads", "arg", "a
                                            "workspace", "const", "local", "slot"};
 
 static void print_buf(FILE *out, const LBuf *b) {
-  fprintf(out, "  buffer %%%s : %s[", b->name,
-          b->dtype == DT_I32 ? "i32" : b->dtype == DT_F64 ? "f64" : "f32");
+  fprintf(out, "  buffer %%%s : %s[", b->name, dtype_name(b->dtype));
   for (int d = 0; d < b->rank; d++)
     fprintf(out, "%s%" PRId64, d ? "," : "", b->dim[d]);
   fprintf(out, "]");

@@ -47,6 +47,10 @@ struct LBuf {
   LBuf *alias;          // shares alias's memory (a reshape)
   int64_t first, last;  // kernels that write it first and read it last (memory plan)
 };
+// A buffer of DT_BF16 or DT_F16 holds 16-bit floats: a load gives the f32
+// it stands for (exact), a store of an f32 rounds it to nearest even. A
+// nest that sums into a 16-bit result does so in an f32 buffer of its own
+// (lowering sees to it), so each value is rounded once, as it is final.
 
 int64_t lbuf_numel(const LBuf *b);
 int64_t lbuf_bytes(const LBuf *b);
@@ -55,7 +59,8 @@ int64_t lbuf_bytes(const LBuf *b);
 // Expressions: a tree per stored value; also the indices, as i64 trees
 //
 
-typedef enum { LT_F32, LT_I32, LT_I64, LT_BOOL, LT_F64 } LType;
+// LT_BF16 and LT_F16 appear only inside a cast: lx_round's f32(bf16(x)).
+typedef enum { LT_F32, LT_I32, LT_I64, LT_BOOL, LT_F64, LT_BF16, LT_F16 } LType;
 
 typedef enum {
   LX_CONST, // f or i
@@ -96,6 +101,9 @@ LExpr *lx_un(LExprKind k, LExpr *a);
 LExpr *lx_fma(LExpr *a, LExpr *b, LExpr *c);
 LExpr *lx_select(LExpr *cond, LExpr *a, LExpr *b);
 LExpr *lx_cast(LType t, LExpr *a);
+// a (f32) rounded to dt's precision, still an f32: what a store into a
+// buffer of dt and a load back give. a itself for f32 and f64.
+LExpr *lx_round(DType dt, LExpr *a);
 // i64 index arithmetic, folded as it is built: k * a, a + b, a + k.
 LExpr *lx_iadd(LExpr *a, LExpr *b);
 LExpr *lx_imul(LExpr *a, int64_t k);

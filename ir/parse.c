@@ -385,9 +385,13 @@ static Type type(Parser *ps) {
     t.dtype = DT_F32;
   else if (dt && !strcmp(dt, "i32"))
     t.dtype = DT_I32;
+  else if (dt && !strcmp(dt, "bf16"))
+    t.dtype = DT_BF16;
+  else if (dt && !strcmp(dt, "f16"))
+    t.dtype = DT_F16;
   else {
     ps->p = ps->line_start + loc.col - 1;
-    expected(ps, "a type like f32[32,10] or i32[]", "the element types are f32 and i32");
+    expected(ps, "a type like f32[32,10] or i32[]", "the element types are f32, i32, bf16 and f16");
   }
   expect(ps, '[', "a type lists its dimensions in brackets, like f32[32,10]; a scalar is f32[]");
   if (consume(ps, ']'))

@@ -91,7 +91,8 @@ static const char *kind_name(char kind) {
 
 static void check_type(Graph *g, const Node *n) {
   const Type *t = &n->type;
-  if ((t->dtype != DT_F32 && t->dtype != DT_I32) || t->rank < 0 || t->rank > MAX_RANK)
+  if ((t->dtype != DT_F32 && t->dtype != DT_I32 && !dtype_is_16bit(t->dtype)) || t->rank < 0 ||
+      t->rank > MAX_RANK)
     fail(g, n, NULL, "malformed type (dtype %d, rank %d)", (int)t->dtype, t->rank);
   for (int i = 0; i < t->rank; i++)
     if (t->dim[i] < 1)

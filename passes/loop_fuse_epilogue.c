@@ -3,6 +3,9 @@
 // reads that output; the consumer's buffer becomes an alias of the
 // producer's and the kernel is named "producer+consumer". Chains fuse one
 // link at a time: conv2d, then eval-mode batch norm, then relu, is one kernel.
+// A 16-bit result, which a contraction (or a gradient's) sums in an f32
+// buffer and rounds in a kernel of its own, is rounded in the contraction's
+// epilogue instead, into its own buffer; what follows composes with that.
 //
 // After a contraction (conv2d, linear) the consumer's nest moves into the
 // producer's kernel as an epilogue nest working in place (a second consumer
@@ -225,14 +228,15 @@ static bool operands_ready(const LFunc *f, const LExpr *e, const LBuf *skip, int
 
 // The consumer's expression placed at a producer's store: its variables
 // moved past the producer's, then replaced by the store's indices, and its
-// loads of yin (the value it reads) replaced by the stored value.
+// loads of yin (the value it reads) replaced by the stored value, rounded
+// as the store into a 16-bit yin rounds it.
 static LExpr *wrap(const LExpr *value, const int *vars, int rank, int shift, const LStmt *store,
                    const LBuf *yin) {
   LExpr *e = lx_copy(value);
   shift_vars_expr(e, shift);
   for (int d = 0; d < rank; d++)
     e = lx_subst(e, vars[d] + shift, store->idx[d]);
-  return replace_loads(e, yin, store->value);
+  return replace_loads(e, yin, lx_round(yin->dtype, lx_copy(store->value)));
 }
 
 // Wraps the consumer cs (the store of an elementwise nest reading yin) into
@@ -272,10 +276,35 @@ static void loaded_bufs(const LExpr *e, LBuf **out, int *n, int max) {
   loaded_bufs(e->c, out, n, max);
 }
 
-static bool is_contraction(const LKernel *k) {
-  return k->node && (k->node->op == OP_conv2d || k->node->op == OP_linear) && k->nbody >= 1 &&
-         k->nbody <= 2;
+static bool has_reduce(const LStmt *s) {
+  if (s->kind == LS_LOOP && s->flags & LF_REDUCE)
+    return true;
+  for (int i = 0; i < s->nbody; i++)
+    if (has_reduce(s->body[i]))
+      return true;
+  return false;
 }
+
+// The plain nest of a sum of products (a kernel rounding its result, of the
+// same node, has no sum).
+static bool sums(const LKernel *k, bool gradients) {
+  if (!k->node || k->nbody < 1 || k->nbody > 2 || !has_reduce(k->body[0]))
+    return false;
+  switch (k->node->op) {
+  case OP_conv2d:
+  case OP_linear:
+    return true;
+  case OP_conv2d_grad_input:
+  case OP_conv2d_grad_weight:
+  case OP_linear_grad_input:
+  case OP_linear_grad_weight:
+    return gradients;
+  default:
+    return false;
+  }
+}
+
+static bool is_contraction(const LKernel *k) { return sums(k, false); }
 
 // Moves the kernels between pi and ci that write an operand of e (other
 // than yin) ahead of pi, when they read nothing written from pi on and
@@ -343,6 +372,9 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   int vars[LMAX_RANK], rank;
   LStmt *cs = map_store(c, vars, &rank);
   LBuf *y = root(yin), *out = cs->buf;
+  // The consumer's result takes the producer's place, unless it rounds the
+  // producer's f32 sums to 16 bits (below).
+  bool narrows = out->dtype != y->dtype;
   if (y == f->result || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
       !reads_at(cs->value, yin, vars))
     return false;
@@ -366,6 +398,21 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   if (pi < 0 || !hoist_operands(f, &pi, ci, cs->value, yin))
     return false;
   LKernel *p = f->kernels[pi];
+  if (narrows) {
+    // A sum of products (a gradient's too) with a 16-bit result: the sums
+    // stay in y, f32, and the consumer becomes an epilogue nest storing
+    // into its own buffer, which tile then stores each rounded result into
+    // straight from the accumulators (y is never written).
+    if (!sums(p, true) || p->nbody != 1)
+      return false;
+    LStmt *s = ls_copy(c->body[0]);
+    retarget(s, yin, y);
+    shift_vars(s, p->nvars);
+    lk_add(p, s);
+    p->nvars += c->nvars;
+    p->op = xformat("%s+%s", p->op, c->op);
+    return true;
+  }
   if (!is_contraction(p)) {
     if (!wrap_final(p, 0, cs, vars, rank, y, yin))
       return false;

@@ -1,7 +1,8 @@
 // tile: register blocking for contractions -- the conv2d, linear and
 // gradient kernels whose plain nest is
 //     for s...:  out[s] = init(s);  for r...: out[s] = fma(A(s, r), B(s, r), out[s])
-// (and, after fuse-epilogue, an in-place elementwise nest over out). The
+// (and, after fuse-epilogue, an elementwise nest over out, in place or
+// into a 16-bit buffer of out's shape). The
 // nest is rebuilt around a tile of accumulators held in registers: one
 // loop of the output is the vector (lanes), up to two others are unrolled
 // (unroll-and-jam), the accumulators start at init, take every reduction
@@ -39,6 +40,7 @@ typedef struct {
   LExpr *init;        // out's first value, from s
   LExpr *a, *b;       // the multiplied operands, from s and r
   LExpr *epi;         // the epilogue of the out element `x` (a load of out at s), or NULL
+  LBuf *epi_out;      // where the epilogue stores: out, or a 16-bit buffer of its shape
 } Contraction;
 
 // --- Recognising a plain contraction --------------------------------------------------
@@ -57,9 +59,11 @@ static bool is_out_load(const Contraction *c, const LExpr *e) {
   return e->kind == LX_LOAD && e->buf == c->out && at_s(c, e->idx);
 }
 
-// The epilogue nest: a perfect nest over out storing out[v] = f(out[v]);
-// f is returned with v turned into the spatial variables.
-static LExpr *epilogue(const Contraction *c, const LStmt *l) {
+// The epilogue nest: a perfect nest over out storing out[v] = f(out[v]),
+// or into a buffer of out's shape and another precision (the rounding of
+// f32 sums to a 16-bit result); f is returned with v turned into the
+// spatial variables.
+static LExpr *epilogue(Contraction *c, const LStmt *l) {
   int vars[LMAX_RANK], depth = 0;
   while (l->kind == LS_LOOP && l->nbody == 1 && depth < LMAX_RANK) {
     vars[depth] = l->var;
@@ -68,11 +72,14 @@ static LExpr *epilogue(const Contraction *c, const LStmt *l) {
     depth++;
     l = l->body[0];
   }
-  if (l->kind != LS_STORE || l->buf != c->out || depth != c->out->rank)
+  if (l->kind != LS_STORE || depth != c->out->rank)
+    return NULL;
+  if (l->buf != c->out && (l->buf->dtype == c->out->dtype || l->buf->rank != c->out->rank))
     return NULL;
   for (int d = 0; d < depth; d++)
-    if (!is_var(l->idx[d], vars[d]))
+    if (!is_var(l->idx[d], vars[d]) || l->buf->dim[d] != c->out->dim[d])
       return NULL;
+  c->epi_out = l->buf;
   LExpr *f = lx_copy(l->value);
   for (int d = 0; d < depth; d++)
     f = lx_subst(f, vars[d], lx_var(c->s[d].var));
@@ -362,10 +369,10 @@ static void store_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *
   LExpr *idx[MAX_SPATIAL];
   for (int d = 0; d < c->ns; d++)
     idx[d] = place(bd, lx_var(c->s[d].var), j0, j1, lane);
-  LExpr *v = acc_at(bd, j0, j1, lx_copy(lane));
+  LExpr *v = lx_round(c->out->dtype, acc_at(bd, j0, j1, lx_copy(lane))); // as stored
   if (c->epi)
     v = epilogue_of(bd, place(bd, c->epi, j0, j1, lane), v);
-  ls_add(p, ls_store(c->out, idx, v));
+  ls_add(p, ls_store(c->epi ? c->epi_out : c->out, idx, v));
 }
 
 // e with every load of out replaced by value.
@@ -392,13 +399,13 @@ static void store_rfactor(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int
         LExpr *x = acc_at(bd, j0, j1, lx_i64(l));
         sum = sum ? lx_bin(LX_ADD, sum, x) : x;
       }
-      LExpr *v = lx_bin(LX_ADD, place(bd, c->init, j0, j1, zero), sum);
+      LExpr *v = lx_round(c->out->dtype, lx_bin(LX_ADD, place(bd, c->init, j0, j1, zero), sum));
       if (c->epi)
         v = epilogue_of(bd, place(bd, c->epi, j0, j1, zero), v);
       LExpr *idx[MAX_SPATIAL];
       for (int d = 0; d < c->ns; d++)
         idx[d] = place(bd, lx_var(c->s[d].var), j0, j1, zero);
-      ls_add(p, ls_store(c->out, idx, v));
+      ls_add(p, ls_store(c->epi ? c->epi_out : c->out, idx, v));
     }
 }
 

@@ -22,6 +22,81 @@ static void lower_map(Lowering *L, Node *n, ElemRule *elem) {
 }
 
 //
+// 16-bit results summed in f32
+//
+
+static bool expr_reads(const LExpr *e, const LBuf *b) {
+  if (!e)
+    return false;
+  if (e->kind == LX_LOAD && e->buf == b)
+    return true;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      if (expr_reads(e->idx[d], b))
+        return true;
+  return expr_reads(e->a, b) || expr_reads(e->b, b) || expr_reads(e->c, b);
+}
+
+static bool stmt_reads(const LStmt *s, const LBuf *b) {
+  if (expr_reads(s->cond, b) || expr_reads(s->value, b))
+    return true;
+  for (int i = 0; i < s->nbody; i++)
+    if (stmt_reads(s->body[i], b))
+      return true;
+  return false;
+}
+
+static void expr_retarget(LExpr *e, const LBuf *from, LBuf *to) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD && e->buf == from)
+    e->buf = to;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      expr_retarget(e->idx[d], from, to);
+  expr_retarget(e->a, from, to);
+  expr_retarget(e->b, from, to);
+  expr_retarget(e->c, from, to);
+}
+
+static void stmt_retarget(LStmt *s, const LBuf *from, LBuf *to) {
+  expr_retarget(s->cond, from, to);
+  expr_retarget(s->value, from, to);
+  if (s->kind == LS_STORE && s->buf == from)
+    s->buf = to;
+  for (int i = 0; i < s->nbody; i++)
+    stmt_retarget(s->body[i], from, to);
+}
+
+// A nest that sums into its output reads back what it stored, which in a
+// 16-bit buffer would round every partial sum. So the kernels of n (from
+// `first` on) that read its 16-bit output y sum into an f32 buffer of their
+// own instead, and one more kernel rounds each result into y, once:
+// autocast's "accumulate in f32, store 16 bits".
+static void sum_in_f32(LFunc *f, Node *n, LBuf *y, int first) {
+  bool reads = false;
+  for (int k = first; k < f->nkernels && !reads; k++)
+    for (int j = 0; j < f->kernels[k]->nbody && !reads; j++)
+      reads = stmt_reads(f->kernels[k]->body[j], y);
+  if (!reads)
+    return;
+  LBuf *acc = lfunc_buf(f, xformat("%s.f32", y->name), DT_F32, y->rank, y->dim, LB_WORKSPACE);
+  acc->node = n;
+  acc->layout = xformat("f32 sums of %s", dtype_name(y->dtype));
+  for (int k = first; k < f->nkernels; k++)
+    for (int j = 0; j < f->kernels[k]->nbody; j++)
+      stmt_retarget(f->kernels[k]->body[j], y, acc);
+  LKernel *k = lfunc_kernel(f, "round", "round", n);
+  LExpr *v[LMAX_RANK];
+  LStmt *in = lk_nest(k, NULL, y->rank, y->dim, NULL, v);
+  LStmt *st = ls_store(y, v, lx_load(acc, v));
+  if (in)
+    ls_add(in, st);
+  else
+    lk_add(k, st);
+}
+
+//
 // Functions
 //
 
@@ -163,7 +238,7 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
         b->storage = LB_SCALAR;
       else if (step_arg(nm, &dt))
         error_at(v->loc, "declare it as the runtime feeds it", "input '%%%s' must be %s[]", nm,
-                 dt == DT_F32 ? "f32" : "i32");
+                 dtype_name(dt));
       else
         error_at(v->loc,
                  "the runtime feeds only %image, %label, %step, %seed, %lr, %momentum and "
@@ -190,6 +265,8 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
         lower_map(&L, v, r->elem);
       else
         r->lower(&L, v);
+      if (dtype_is_16bit(v->type.dtype) && f->buf_of[i])
+        sum_in_f32(f, v, f->buf_of[i], before);
       for (int k = before; k < f->nkernels; k++)
         f->kernels[k]->deferred = v->op == OP_assign;
     }

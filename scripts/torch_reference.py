@@ -117,6 +117,22 @@ def op_cases(w):
         w.add("op/%s/dy" % name, dy)
         w.add("op/%s/dx" % name, grads(y, dy, x)[0])
 
+    # Casts, mixed precision's rounding points: f32 to bf16 and to f16
+    # (values of all sizes, ties, the ends of both ranges, f32 and f16
+    # subnormals, infinities, signed zeros), and the gradient back through
+    # Tensor.to, which casts it to f32.
+    ties = [1 + k * 2.0 ** -8 for k in (1, 3, 5, 7)] + [1 + k * 2.0 ** -11 for k in (1, 3)]
+    edges = [1e-40, -3e-39, 3.4028234e38, -3.3e38, 65504.0, 65519.0, 65520.0, -70000.0, 3e-6,
+             -6e-8, 2e-8, float("inf"), float("-inf"), 0.0, -0.0]
+    x = torch.cat([torch.randn(40) * 10, torch.tensor(ties + edges)]).requires_grad_()
+    w.add("op/cast/x", x)
+    for name, dt in [("bf16", torch.bfloat16), ("f16", torch.float16)]:
+        y = x.to(dt)
+        dy = torch.randn(y.shape).to(dt)
+        w.add("op/cast/%s/y" % name, y)
+        w.add("op/cast/%s/dy" % name, dy)
+        w.add("op/cast/%s/dx" % name, grads(y, dy, x)[0])
+
     # CrossEntropyLoss(weight, label_smoothing) on logits; op/ce_ignore has
     # two rows labelled -100, PyTorch's default ignore_index, which is how
     # xentcc's runtime pads a partial last batch.

@@ -5,11 +5,11 @@
 #include "lower.h"
 #include "ops.h"
 
-// x[N,C,...] -> [C]: the shape of a per-channel reduction.
+// x[N,C,...] -> [C]: the shape of a per-channel reduction, f32 whatever x's precision.
 static const char *channel_rule(const Node *n, Type *out) {
   const Type *x = T(n, 0);
-  if (x->rank < 2 || x->dtype != DT_F32)
-    FAIL("input must be an f32 [N,C,...] tensor, got %s", type_str(x));
+  if (x->rank < 2 || !dtype_is_float(x->dtype))
+    FAIL("input must be a float [N,C,...] tensor, got %s", type_str(x));
   *out = type_make(DT_F32, 1, &x->dim[1]);
   return NULL;
 }
@@ -42,8 +42,8 @@ static const char *per_channel(const Node *n, int x, int i, const char *what) {
 
 static const char *shape_batch_stats(const Node *n, Type *out) {
   const Type *x = T(n, 0);
-  if (x->rank < 2 || x->dtype != DT_F32)
-    FAIL("input must be an f32 [N,C,...] tensor, got %s", type_str(x));
+  if (x->rank < 2 || !dtype_is_float(x->dtype))
+    FAIL("input must be a float [N,C,...] tensor, got %s", type_str(x));
   if (x->dim[0] * (x->rank > 2 ? type_numel(x) / (x->dim[0] * x->dim[1]) : 1) < 2)
     FAIL("a batch's variance needs at least 2 values per channel, got %s", type_str(x));
   *out = type_make(DT_F32, 2, (int64_t[]){3, x->dim[1]});
@@ -149,7 +149,7 @@ const OpRules rules_row = {.shape = shape_row, .eval = eval_row, .no_grad = true
 // normalisation in float.
 
 static const char *shape_batchnorm2d(const Node *n, Type *out) {
-  CHECK(want_rank(n, 0, 4, "input"));
+  CHECK(want_float_rank(n, 0, 4, "input"));
   for (int i = 1; i < 3; i++)
     CHECK(per_channel(n, 0, i, "batch-norm parameter"));
   if (n->op == OP_batchnorm2d_infer)
@@ -298,7 +298,7 @@ const OpRules rules_batchnorm2d_infer = {
 //   dx     = gamma * rstd / M * (M dy - dbeta - xhat * dgamma)
 
 static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
-  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_float_rank(n, 1, 4, "input"));
   CHECK(want_same(n, 0, 1));
   CHECK(stats_of(n, 1, 2));
   *out = type_make(DT_F32, 1, &T(n, 1)->dim[1]);
@@ -306,7 +306,7 @@ static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
 }
 
 static const char *shape_batchnorm2d_grad_input(const Node *n, Type *out) {
-  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_float_rank(n, 1, 4, "input"));
   CHECK(want_same(n, 0, 1));
   CHECK(per_channel(n, 1, 2, "gamma"));
   CHECK(stats_of(n, 1, 3));

@@ -10,10 +10,11 @@
 static const char *conv_rule(const Node *n, const Type *x, const Type *w, Type *out) {
   CHECK(want_pair(n, "stride", 1));
   CHECK(want_pair(n, "padding", 0));
-  if (x->rank != 4 || x->dtype != DT_F32)
-    FAIL("input must be an f32 [N,C,H,W] tensor, got %s", type_str(x));
-  if (w->rank != 4 || w->dtype != DT_F32)
-    FAIL("weight must be an f32 [O,C,KH,KW] tensor, got %s", type_str(w));
+  if (x->rank != 4 || !dtype_is_float(x->dtype))
+    FAIL("input must be a float [N,C,H,W] tensor, got %s", type_str(x));
+  if (w->rank != 4 || w->dtype != x->dtype) // autocast rounds both
+    FAIL("weight must be a %s [O,C,KH,KW] tensor like the input, got %s", dtype_name(x->dtype),
+         type_str(w));
   if (w->dim[1] != x->dim[1])
     FAIL("weight expects %lld input channels but the input has %lld", (long long)w->dim[1],
          (long long)x->dim[1]);
@@ -21,7 +22,7 @@ static const char *conv_rule(const Node *n, const Type *x, const Type *w, Type *
   int64_t d[4] = {x->dim[0], w->dim[0], 0, 0};
   CHECK(window_out(x->dim[2], w->dim[2], s[0], p[0], &d[2], "height"));
   CHECK(window_out(x->dim[3], w->dim[3], s[1], p[1], &d[3], "width"));
-  *out = type_make(DT_F32, 4, d);
+  *out = type_make(x->dtype, 4, d);
   return NULL;
 }
 
@@ -66,9 +67,10 @@ static ConvDims conv_dims(const Type *x, const Type *w, const Type *y, const Nod
 
 static const char *shape_conv2d(const Node *n, Type *out) {
   CHECK(conv_rule(n, T(n, 0), T(n, 1), out));
-  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != T(n, 1)->dim[0]))
-    FAIL("bias must be f32[%lld], one per output channel, got %s", (long long)T(n, 1)->dim[0],
-         type_str(T(n, 2)));
+  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != T(n, 1)->dim[0] ||
+                      T(n, 2)->dtype != out->dtype))
+    FAIL("bias must be %s[%lld], one per output channel, got %s", dtype_name(out->dtype),
+         (long long)T(n, 1)->dim[0], type_str(T(n, 2)));
   return NULL;
 }
 
@@ -284,11 +286,11 @@ const OpRules rules_conv2d_grad_input = {.shape = shape_conv2d_grad_input,
 static const char *shape_conv2d_grad_weight(const Node *n, Type *out) {
   const Type *dy = T(n, 0), *x = T(n, 1);
   CHECK(want_pair(n, "kernel", 1));
-  CHECK(want_rank(n, 0, 4, "gradient"));
-  CHECK(want_rank(n, 1, 4, "input"));
+  CHECK(want_float_rank(n, 0, 4, "gradient"));
+  CHECK(want_float_rank(n, 1, 4, "input"));
   const int64_t *k = node_attr(n, "kernel")->ints;
   int64_t wd[4] = {dy->dim[1], x->dim[1], k[0], k[1]};
-  Type w = type_make(DT_F32, 4, wd), y;
+  Type w = type_make(x->dtype, 4, wd), y;
   CHECK(conv_rule(n, x, &w, &y));
   if (!type_eq(&y, dy))
     FAIL("gradient %s does not match the convolution's output %s", type_str(dy), type_str(&y));

@@ -8,14 +8,18 @@
 
 static const char *shape_linear(const Node *n, Type *out) {
   const Type *x = T(n, 0), *w = T(n, 1);
-  CHECK(want_rank(n, 0, 2, "input"));
-  CHECK(want_rank(n, 1, 2, "weight"));
+  CHECK(want_float_rank(n, 0, 2, "input"));
+  CHECK(want_float_rank(n, 1, 2, "weight"));
+  if (w->dtype != x->dtype) // autocast rounds both
+    FAIL("weight must be %s like the input, got %s", dtype_name(x->dtype), type_str(w));
   if (w->dim[1] != x->dim[1])
     FAIL("expects %lld input features but gets %lld", (long long)w->dim[1], (long long)x->dim[1]);
-  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != w->dim[0]))
-    FAIL("bias must be f32[%lld], got %s", (long long)w->dim[0], type_str(T(n, 2)));
+  if (n->nin == 3 && (T(n, 2)->rank != 1 || T(n, 2)->dim[0] != w->dim[0] ||
+                      T(n, 2)->dtype != x->dtype))
+    FAIL("bias must be %s[%lld], got %s", dtype_name(x->dtype), (long long)w->dim[0],
+         type_str(T(n, 2)));
   int64_t d[2] = {x->dim[0], w->dim[0]};
-  *out = type_make(DT_F32, 2, d);
+  *out = type_make(x->dtype, 2, d);
   return NULL;
 }
 
@@ -66,14 +70,16 @@ const OpRules rules_linear = {
 // The two gradients' shape rule: (dy[N,M], w[M,K]) -> [N,K] and
 // (dy[N,M], x[N,K]) -> [M,K].
 static const char *shape_linear_grad(const Node *n, Type *out) {
-  CHECK(want_rank(n, 0, 2, "gradient"));
-  CHECK(want_rank(n, 1, 2, "operand 1"));
+  CHECK(want_float_rank(n, 0, 2, "gradient"));
+  CHECK(want_float_rank(n, 1, 2, "operand 1"));
   const Type *dy = T(n, 0), *b = T(n, 1);
   bool gi = n->op == OP_linear_grad_input;
   if (gi ? b->dim[0] != dy->dim[1] : b->dim[0] != dy->dim[0])
     FAIL("gradient %s does not fit %s", type_str(dy), type_str(b));
+  if (dy->dtype != b->dtype)
+    FAIL("gradient %s and operand %s differ in precision", type_str(dy), type_str(b));
   int64_t d[2] = {gi ? dy->dim[0] : dy->dim[1], b->dim[1]};
-  *out = type_make(DT_F32, 2, d);
+  *out = type_make(b->dtype, 2, d);
   return NULL;
 }
 

@@ -79,6 +79,19 @@ static inline const char *want_rank(const Node *n, int i, int rank, const char *
   return NULL;
 }
 
+// A float tensor of any precision (f32, or mixed precision's bf16 and f16).
+static inline const char *want_float(const Node *n, int i, const char *what) {
+  if (!dtype_is_float(T(n, i)->dtype))
+    return xformat("%s must be a float tensor, got %s", what, type_str(T(n, i)));
+  return NULL;
+}
+
+static inline const char *want_float_rank(const Node *n, int i, int rank, const char *what) {
+  if (T(n, i)->rank != rank || !dtype_is_float(T(n, i)->dtype))
+    return xformat("%s must be a rank-%d float tensor, got %s", what, rank, type_str(T(n, i)));
+  return NULL;
+}
+
 static inline const char *want_scalar(const Node *n, int i, DType dt, const char *what) {
   Type s = scalar(dt);
   if (!type_eq(T(n, i), &s))
@@ -116,7 +129,7 @@ static inline const char *window_out(int64_t in, int64_t k, int64_t s, int64_t p
 
 // The rule of unary ops that keep their input's type (relu, sigmoid, scale).
 static inline const char *shape_unary(const Node *n, Type *out) {
-  CHECK(want_f32(n, 0, "input"));
+  CHECK(want_float(n, 0, "input"));
   *out = *T(n, 0);
   return NULL;
 }
@@ -124,7 +137,7 @@ static inline const char *shape_unary(const Node *n, Type *out) {
 // The rule of binary ops on two tensors of one type (add, mul, ema, and the
 // (dy, y) gradients of the activations).
 static inline const char *shape_binary(const Node *n, Type *out) {
-  CHECK(want_f32(n, 0, "operand 0"));
+  CHECK(want_float(n, 0, "operand 0"));
   CHECK(want_same(n, 0, 1));
   *out = *T(n, 0);
   return NULL;
@@ -141,7 +154,8 @@ static inline const int64_t *ints(const Node *n, const char *attr) {
   return node_attr(n, attr)->ints;
 }
 
-// Stores a double accumulator array into a fresh-rounded float tensor.
+// Stores a double accumulator array into a fresh-rounded float tensor (and
+// eval_graph rounds a 16-bit result once more, to its type).
 static inline void store(Tensor *out, const double *acc) {
   for (int64_t i = 0; i < numel(out); i++)
     out->f[i] = (float)acc[i];
@@ -187,10 +201,20 @@ struct AD {
 
 static inline bool needs_grad(const AD *ad, const Node *x) { return ad->needs[x->id]; }
 
-// Adds one more contribution to x's gradient.
+// Adds one more contribution to x's gradient. A gradient has its value's
+// precision: one computed in another (bias_grad's f32 sum for a bf16 bias)
+// is cast to it, as PyTorch's autograd casts each gradient to its input's
+// dtype.
 static inline void accumulate(AD *ad, Node *x, Node *contribution) {
   if (!ad->needs[x->id])
     return;
+  if (contribution->type.dtype != x->type.dtype) {
+    Node *c = node_build(ad->g, OP_cast, x->loc, 1, contribution);
+    c->type = contribution->type;
+    c->type.dtype = x->type.dtype;
+    node_infer(c);
+    contribution = c;
+  }
   Node *old = ad->grad[x->id];
   if (!old) {
     ad->grad[x->id] = contribution;

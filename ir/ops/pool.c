@@ -12,8 +12,8 @@ static const char *pool_rule(const Node *n, const Type *x, Type *out) {
   CHECK(want_pair(n, "kernel", 1));
   CHECK(want_pair(n, "stride", 1));
   CHECK(want_pair(n, "padding", 0));
-  if (x->rank != 4 || x->dtype != DT_F32)
-    FAIL("input must be an f32 [N,C,H,W] tensor, got %s", type_str(x));
+  if (x->rank != 4 || !dtype_is_float(x->dtype))
+    FAIL("input must be a float [N,C,H,W] tensor, got %s", type_str(x));
   const int64_t *k = node_attr(n, "kernel")->ints, *s = node_attr(n, "stride")->ints,
                 *p = node_attr(n, "padding")->ints;
   if (2 * p[0] > k[0] || 2 * p[1] > k[1])

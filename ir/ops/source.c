@@ -22,9 +22,9 @@ static void eval_fed(const Node *n, Tensor *out, Tensor **in) {
   if (!type_eq(&src->type, &n->type))
     fatal("eval_graph: source %%%s is %s but the tensor given is %s", name, type_str(&n->type),
           type_str(&src->type));
-  if (n->type.dtype == DT_F32 ? !src->f : !src->i)
+  if (dtype_is_float(n->type.dtype) ? !src->f : !src->i)
     fatal("eval_graph: no data given for source %%%s", name);
-  if (n->type.dtype == DT_F32)
+  if (dtype_is_float(n->type.dtype))
     memcpy(out->f, src->f, type_numel(&n->type) * sizeof(float));
   else
     memcpy(out->i, src->i, type_numel(&n->type) * sizeof(int32_t));
@@ -59,7 +59,7 @@ const OpRules rules_const = {.shape = shape_const, .eval = eval_const};
 // --- The moves: reshape and assign copy their (last) operand ---------------------------
 
 static void eval_copy(const Node *n, Tensor *out, Tensor **in) {
-  if (out->type.dtype == DT_F32)
+  if (dtype_is_float(out->type.dtype))
     memcpy(out->f, in[n->nin - 1]->f, numel(out) * sizeof(float));
   else
     memcpy(out->i, in[n->nin - 1]->i, numel(out) * sizeof(int32_t));

@@ -267,6 +267,45 @@ START_TEST(activations) {
 }
 END_TEST
 
+// Tensor t seen as dtype dt (16-bit values are held as floats either way).
+static Tensor as_dtype(const Tensor *t, DType dt) {
+  Tensor v = *t;
+  v.type.dtype = dt;
+  return v;
+}
+
+// x.to(torch.bfloat16) and x.to(torch.float16): round to nearest even, with
+// infinities, subnormals and the ends of each range; and their gradient,
+// the 16-bit dy cast back to f32.
+START_TEST(casts) {
+  const char *names[2] = {"bf16", "f16"};
+  DType dts[2] = {DT_BF16, DT_F16};
+  for (int i = 0; i < 2; i++) {
+    Net *t = net_new();
+    Node *x = feed(t, ref("op/cast/x"));
+    Tensor dy16 = as_dtype(ref("op/cast/%s/dy", names[i]), dts[i]);
+    Node *dy = feed(t, &dy16);
+    Node *y = OP(t, OP_cast, x);
+    y->type = x->type;
+    y->type.dtype = dts[i];
+    done(y);
+    Node *dx = OP(t, OP_cast, dy);
+    dx->type = x->type;
+    done(dx);
+    Tensor *v = run(t);
+    // A cast is exact arithmetic: bit for bit (the sign of a zero included).
+    const Tensor *want[2] = {ref("op/cast/%s/y", names[i]), ref("op/cast/%s/dx", names[i])};
+    const Tensor *got[2] = {&v[y->id], &v[dx->id]};
+    for (int k = 0; k < 2; k++)
+      for (int64_t e = 0; e < type_numel(&want[k]->type); e++)
+        ck_assert_msg(!memcmp(&got[k]->f[e], &want[k]->f[e], 4),
+                      "cast %s %s, element %lld (x = %.9g): got %.9g, PyTorch %.9g", names[i],
+                      k ? "back" : "to", (long long)e, ref("op/cast/x")->f[e], got[k]->f[e],
+                      want[k]->f[e]);
+  }
+}
+END_TEST
+
 // CrossEntropyLoss(weight, label_smoothing): fused, and unfused as the
 // frontend writes it (log_softmax + nll_loss), forward and gradient; in
 // op/ce_ignore two rows are labelled -100 (ignore_index).
@@ -610,6 +649,7 @@ int main(void) {
   tcase_add_test(ops, pools_k3_s2_pad1);
   tcase_add_test(ops, linear);
   tcase_add_test(ops, activations);
+  tcase_add_test(ops, casts);
   tcase_add_loop_test(ops, cross_entropy_options, 0, 2);
   tcase_add_loop_test(ops, bce_with_logits_options, 0, 2);
   tcase_add_test(ops, batchnorm2d_training);

@@ -125,6 +125,22 @@ static Node *f32_like(Net *t, const char *name, const Node *like) {
   return source(t, OP_input, name, DT_F32, like->type.rank, like->type.dim);
 }
 
+// The precision of a case's float operands and results, for the ops mixed
+// precision runs in 16 bits: f32 for the table's first cases, then bf16 and
+// f16 by turns (the op's cases16). The f32 cases draw exactly what they drew
+// before 16-bit types existed.
+static DType case_dt = DT_F32;
+
+static Node *flt_shaped(Net *t, const char *name, int rank, const int64_t *dim) {
+  return source(t, OP_input, name, case_dt, rank, dim);
+}
+
+static Node *flt_like(Net *t, const char *name, const Node *like) {
+  return source(t, OP_input, name, case_dt, like->type.rank, like->type.dim);
+}
+
+#define FLT(t, name, ...) source(t, OP_input, name, case_dt, DIMS(__VA_ARGS__))
+
 static float *val(Net *t, Node *n) { return t->src[n->id].f; }
 
 // A few special values: zeros of both signs, infinities and a NaN.
@@ -202,8 +218,8 @@ static void conv_attrs(Node *n, const ConvShape *s) {
 static void gen_conv2d(Case *c) {
   ConvShape s = conv_shape();
   Net *t = c->t;
-  Node *x = F32(t, "x", s.n, s.c, s.h, s.w), *w = F32(t, "w", s.o, s.c, s.kh, s.kw);
-  Node *b = chance(0.5) ? F32(t, "b", s.o) : NULL;
+  Node *x = FLT(t, "x", s.n, s.c, s.h, s.w), *w = FLT(t, "w", s.o, s.c, s.kh, s.kw);
+  Node *b = chance(0.5) ? FLT(t, "b", s.o) : NULL;
   c->node = op1(t, OP_conv2d, b ? 3 : 2, (Node *[]){x, w, b});
   conv_attrs(c->node, &s);
   done(c->node);
@@ -218,10 +234,10 @@ static void gen_conv2d(Case *c) {
 static void gen_conv2d_grad_input(Case *c) {
   ConvShape s = conv_shape();
   Net *t = c->t;
-  Node *dy = F32(t, "dy", s.n, s.o, s.oh, s.ow), *w = F32(t, "w", s.o, s.c, s.kh, s.kw);
+  Node *dy = FLT(t, "dy", s.n, s.o, s.oh, s.ow), *w = FLT(t, "w", s.o, s.c, s.kh, s.kw);
   c->node = OPN(t, conv2d_grad_input, dy, w);
   conv_attrs(c->node, &s);
-  c->node->type = type_make(DT_F32, DIMS(s.n, s.c, s.h, s.w)); // declared: x's type
+  c->node->type = type_make(case_dt, DIMS(s.n, s.c, s.h, s.w)); // declared: x's type
   done(c->node);
   fill(t, dy, -1, 1);
   fill(t, w, -1, 1);
@@ -232,7 +248,7 @@ static void gen_conv2d_grad_input(Case *c) {
 static void gen_conv2d_grad_weight(Case *c) {
   ConvShape s = conv_shape();
   Net *t = c->t;
-  Node *dy = F32(t, "dy", s.n, s.o, s.oh, s.ow), *x = F32(t, "x", s.n, s.c, s.h, s.w);
+  Node *dy = FLT(t, "dy", s.n, s.o, s.oh, s.ow), *x = FLT(t, "x", s.n, s.c, s.h, s.w);
   c->node = OPN(t, conv2d_grad_weight, dy, x);
   conv_attrs(c->node, &s);
   set_pair(c->node, "kernel", s.kh, s.kw);
@@ -287,7 +303,7 @@ static void pool_input(Net *t, Node *x, bool max) {
 static void gen_pool(Case *c, OpKind op) {
   PoolShape s = pool_shape();
   Net *t = c->t;
-  Node *x = F32(t, "x", s.n, s.c, s.h, s.w);
+  Node *x = FLT(t, "x", s.n, s.c, s.h, s.w);
   c->node = op1(t, op, 1, &x);
   pool_attrs(c->node, &s);
   done(c->node);
@@ -303,7 +319,7 @@ static void gen_avgpool2d(Case *c) { gen_pool(c, OP_avgpool2d); }
 static void gen_pool_grad(Case *c, OpKind op) {
   PoolShape s = pool_shape();
   Net *t = c->t;
-  Node *dy = F32(t, "dy", s.n, s.c, s.oh, s.ow), *x = F32(t, "x", s.n, s.c, s.h, s.w);
+  Node *dy = FLT(t, "dy", s.n, s.c, s.oh, s.ow), *x = FLT(t, "x", s.n, s.c, s.h, s.w);
   c->node = op1(t, op, 2, (Node *[]){dy, x});
   pool_attrs(c->node, &s);
   done(c->node);
@@ -324,7 +340,7 @@ static int64_t batch(void) { return chance(0.7) ? irand(1, 9) : features(); }
 static void gen_linear(Case *c) {
   Net *t = c->t;
   int64_t n = batch(), k = features(), m = features();
-  Node *x = F32(t, "x", n, k), *w = F32(t, "w", m, k), *b = chance(0.5) ? F32(t, "b", m) : NULL;
+  Node *x = FLT(t, "x", n, k), *w = FLT(t, "w", m, k), *b = chance(0.5) ? FLT(t, "b", m) : NULL;
   c->node = done(op1(t, OP_linear, b ? 3 : 2, (Node *[]){x, w, b}));
   fill(t, x, -1, 1);
   fill(t, w, -1, 1);
@@ -337,7 +353,7 @@ static void gen_linear(Case *c) {
 static void gen_linear_grad_input(Case *c) {
   Net *t = c->t;
   int64_t n = batch(), k = features(), m = features();
-  Node *dy = F32(t, "dy", n, m), *w = F32(t, "w", m, k);
+  Node *dy = FLT(t, "dy", n, m), *w = FLT(t, "w", m, k);
   c->node = done(OPN(t, linear_grad_input, dy, w));
   fill(t, dy, -1, 1);
   fill(t, w, -1, 1);
@@ -348,7 +364,7 @@ static void gen_linear_grad_input(Case *c) {
 static void gen_linear_grad_weight(Case *c) {
   Net *t = c->t;
   int64_t n = features(), k = features(), m = features();
-  Node *dy = F32(t, "dy", n, m), *x = F32(t, "x", n, k);
+  Node *dy = FLT(t, "dy", n, m), *x = FLT(t, "x", n, k);
   c->node = done(OPN(t, linear_grad_weight, dy, x));
   fill(t, dy, -1, 1);
   fill(t, x, -1, 1);
@@ -360,22 +376,28 @@ static void gen_linear_grad_weight(Case *c) {
 
 enum { MAX_ELEMS = 20000 };
 
-// One operand of a random shape of rank 0-4.
+// One operand of a random shape of rank 0-4 (elem_flt: of the case's precision).
 static Node *elem_operand(Net *t, const char *name) {
   int64_t dim[4];
   int rank = rand_shape(dim, 0, 4, MAX_ELEMS);
   return f32_shaped(t, name, rank, dim);
 }
 
+static Node *elem_flt(Net *t, const char *name) {
+  int64_t dim[4];
+  int rank = rand_shape(dim, 0, 4, MAX_ELEMS);
+  return flt_shaped(t, name, rank, dim);
+}
+
 static void gen_relu(Case *c) {
-  Node *x = elem_operand(c->t, "x");
+  Node *x = elem_flt(c->t, "x");
   c->node = done(OPN(c->t, relu, x));
   fill(c->t, x, -3, 3);
   sprinkle(c->t, x, true);
 }
 
 static void gen_sigmoid(Case *c) {
-  Node *x = elem_operand(c->t, "x");
+  Node *x = elem_flt(c->t, "x");
   c->node = done(OPN(c->t, sigmoid, x));
   fill(c->t, x, -12, 12);
   sprinkle(c->t, x, false);
@@ -384,8 +406,8 @@ static void gen_sigmoid(Case *c) {
 
 static void gen_binary(Case *c, OpKind op) {
   Net *t = c->t;
-  Node *a = elem_operand(t, "a");
-  Node *b = chance(0.2) ? a : f32_like(t, "b", a); // sometimes one buffer twice
+  Node *a = elem_flt(t, "a");
+  Node *b = chance(0.2) ? a : flt_like(t, "b", a); // sometimes one buffer twice
   c->node = op1(t, op, 2, (Node *[]){a, b});
   if (op == OP_ema) { // (1 - m) a + m b: a difference of operands up to 3
     node_set_float(c->node, "momentum", chance(0.3) ? PICK(0, 1) * 1.0 : uniform(0, 1));
@@ -402,7 +424,7 @@ static void gen_mul(Case *c) { gen_binary(c, OP_mul); }
 static void gen_ema(Case *c) { gen_binary(c, OP_ema); }
 
 static void gen_scale(Case *c) {
-  Node *x = elem_operand(c->t, "x");
+  Node *x = elem_flt(c->t, "x");
   c->node = OPN(c->t, scale, x);
   node_set_float(c->node, "factor", chance(0.3) ? PICK(-1, 0, 1, 2) * 1.0 : uniform(-3, 3));
   done(c->node);
@@ -412,7 +434,7 @@ static void gen_scale(Case *c) {
 // (dy, y): y a relu's output, zero about half the time.
 static void gen_relu_grad(Case *c) {
   Net *t = c->t;
-  Node *dy = elem_operand(t, "dy"), *y = f32_like(t, "y", dy);
+  Node *dy = elem_flt(t, "dy"), *y = flt_like(t, "y", dy);
   c->node = done(OPN(t, relu_grad, dy, y));
   fill(t, dy, -1, 1);
   fill(t, y, -1, 1);
@@ -422,7 +444,7 @@ static void gen_relu_grad(Case *c) {
 
 static void gen_sigmoid_grad(Case *c) {
   Net *t = c->t;
-  Node *dy = elem_operand(t, "dy"), *y = f32_like(t, "y", dy);
+  Node *dy = elem_flt(t, "dy"), *y = flt_like(t, "y", dy);
   c->node = done(OPN(t, sigmoid_grad, dy, y));
   fill(t, dy, -1, 1);
   fill(t, y, 0, 1);
@@ -432,13 +454,37 @@ static void gen_reshape(Case *c) {
   Net *t = c->t;
   int64_t dim[4];
   int rank = rand_shape(dim, 0, 4, MAX_ELEMS);
-  Node *x = f32_shaped(t, "x", rank, dim);
+  Node *x = flt_shaped(t, "x", rank, dim);
   c->node = OPN(t, reshape, x);
   int64_t n = count(x), first = rank ? dim[0] : 1;
   c->node->type =
-      chance(0.5) ? type_make(DT_F32, DIMS(n)) : type_make(DT_F32, DIMS(first, n / first));
+      chance(0.5) ? type_make(case_dt, DIMS(n)) : type_make(case_dt, DIMS(first, n / first));
   done(c->node);
   fill(t, x, -1, 1);
+}
+
+// f32 to bf16 or f16 (rounding, ties, overflow to infinity in f16,
+// subnormals), or back. Values of all magnitudes, and the specials.
+static void gen_cast(Case *c) {
+  Net *t = c->t;
+  int64_t dim[4];
+  int rank = rand_shape(dim, 0, 4, MAX_ELEMS);
+  Node *x = source(t, OP_input, "x", case_dt, rank, dim);
+  c->node = OPN(t, cast, x);
+  DType into = case_dt != DT_F32 ? DT_F32 : chance(0.5) ? DT_BF16 : DT_F16;
+  c->node->type = type_make(into, rank, dim);
+  done(c->node);
+  for (int64_t i = 0; i < count(x); i++)
+    val(t, x)[i] = (float)(uniform(-1, 1) * ldexp(1, (int)irand(-30, 20)));
+  if (count(x) > 0 && chance(0.5)) // a tie: halfway between two bf16 (or f16) values
+    val(t, x)[0] = (float)(1 + ldexp(1, into == DT_F16 ? -11 : -8) * (2 * irand(0, 3) + 1));
+  // Ends of the ranges: f32 subnormals, what rounds to bf16's or f16's
+  // largest finite value or overflows to infinity, f16 subnormals.
+  static const float edge[] = {1e-40f, -3e-39f, FLT_MAX, -3.3e38f, 65504.0f, 65519.0f,
+                               65520.0f, -70000.0f, 3e-6f, -6e-8f, 2e-8f};
+  for (int k = 0; k < 3 && count(x) > 0; k++)
+    val(t, x)[irand(0, count(x) - 1)] = edge[irand(0, sizeof edge / sizeof *edge - 1)];
+  sprinkle(t, x, true);
 }
 
 // The mask alone, and applied as the dropout layer applies it.
@@ -540,7 +586,7 @@ static Node *channel_input(Net *t, const char *name, bool rank4) {
       total *= dim[d], per *= d == 1 ? 1 : dim[d];
     if (per < 2 || total > 60000)
       continue;
-    Node *x = f32_shaped(t, name, rank, dim);
+    Node *x = flt_shaped(t, name, rank, dim);
     double off = uniform(-1, 1), sc = uniform(0.5, 2);
     int64_t nc = dim[1], inner = per / dim[0];
     float *v = val(t, x);
@@ -637,7 +683,7 @@ static double max_rstd(Net *t, const Node *x, double eps) {
 // dbeta) with the two sums made as autodiff makes them.
 static void gen_batchnorm2d_grad(Case *c, OpKind op) {
   Net *t = c->t;
-  Node *x = channel_input(t, "x", true), *dy = f32_like(t, "dy", x);
+  Node *x = channel_input(t, "x", true), *dy = flt_like(t, "dy", x);
   fill(t, dy, -1, 1);
   Node *g = per_channel_input(t, "gamma", x, 0.5, 1.5), *stats = stats_of(t, x);
   double eps = bn_eps();
@@ -915,42 +961,45 @@ static const struct {
 
 typedef void GenFn(Case *c);
 
+// cases: f32 cases; cases16: then as many in bf16 and f16 by turns (ops that
+// autocast runs in 16 bits).
 static const struct {
   GenFn *gen;
-  int cases;
+  int cases, cases16;
 } gens[OP_COUNT] = {
-    [OP_conv2d] = {gen_conv2d, 24},
-    [OP_conv2d_grad_input] = {gen_conv2d_grad_input, 24},
-    [OP_conv2d_grad_weight] = {gen_conv2d_grad_weight, 24},
-    [OP_linear] = {gen_linear, 16},
-    [OP_linear_grad_input] = {gen_linear_grad_input, 16},
-    [OP_linear_grad_weight] = {gen_linear_grad_weight, 16},
-    [OP_maxpool2d] = {gen_maxpool2d, 8},
-    [OP_avgpool2d] = {gen_avgpool2d, 8},
-    [OP_maxpool2d_grad] = {gen_maxpool2d_grad, 8},
-    [OP_avgpool2d_grad] = {gen_avgpool2d_grad, 8},
-    [OP_relu] = {gen_relu, 4},
-    [OP_sigmoid] = {gen_sigmoid, 4},
-    [OP_add] = {gen_add, 3},
-    [OP_mul] = {gen_mul, 3},
-    [OP_scale] = {gen_scale, 3},
+    [OP_conv2d] = {gen_conv2d, 24, 8},
+    [OP_conv2d_grad_input] = {gen_conv2d_grad_input, 24, 8},
+    [OP_conv2d_grad_weight] = {gen_conv2d_grad_weight, 24, 8},
+    [OP_linear] = {gen_linear, 16, 6},
+    [OP_linear_grad_input] = {gen_linear_grad_input, 16, 6},
+    [OP_linear_grad_weight] = {gen_linear_grad_weight, 16, 6},
+    [OP_maxpool2d] = {gen_maxpool2d, 8, 4},
+    [OP_avgpool2d] = {gen_avgpool2d, 8, 4},
+    [OP_maxpool2d_grad] = {gen_maxpool2d_grad, 8, 4},
+    [OP_avgpool2d_grad] = {gen_avgpool2d_grad, 8, 4},
+    [OP_relu] = {gen_relu, 4, 2},
+    [OP_sigmoid] = {gen_sigmoid, 4, 2},
+    [OP_add] = {gen_add, 3, 2},
+    [OP_mul] = {gen_mul, 3, 2},
+    [OP_scale] = {gen_scale, 3, 2},
     [OP_ema] = {gen_ema, 3},
-    [OP_relu_grad] = {gen_relu_grad, 3},
-    [OP_sigmoid_grad] = {gen_sigmoid_grad, 3},
-    [OP_reshape] = {gen_reshape, 3},
+    [OP_relu_grad] = {gen_relu_grad, 3, 2},
+    [OP_sigmoid_grad] = {gen_sigmoid_grad, 3, 2},
+    [OP_reshape] = {gen_reshape, 3, 2},
+    [OP_cast] = {gen_cast, 6, 4},
     [OP_dropout_mask] = {gen_dropout_mask, 4},
     [OP_assign] = {gen_assign, 3},
     [OP_softmax] = {gen_softmax, 4},
     [OP_log_softmax] = {gen_log_softmax, 4},
     [OP_softmax_grad] = {gen_softmax_grad, 4},
     [OP_log_softmax_grad] = {gen_log_softmax_grad, 4},
-    [OP_batchnorm2d] = {gen_batchnorm2d, 5},
-    [OP_batchnorm2d_infer] = {gen_batchnorm2d_infer, 4},
-    [OP_batch_stats] = {gen_batch_stats, 4},
+    [OP_batchnorm2d] = {gen_batchnorm2d, 5, 2},
+    [OP_batchnorm2d_infer] = {gen_batchnorm2d_infer, 4, 2},
+    [OP_batch_stats] = {gen_batch_stats, 4, 2},
     [OP_row] = {gen_row, 3},
-    [OP_bias_grad] = {gen_bias_grad, 4},
-    [OP_batchnorm2d_grad_input] = {gen_batchnorm2d_grad_input, 5},
-    [OP_batchnorm2d_grad_gamma] = {gen_batchnorm2d_grad_gamma, 5},
+    [OP_bias_grad] = {gen_bias_grad, 4, 2},
+    [OP_batchnorm2d_grad_input] = {gen_batchnorm2d_grad_input, 5, 2},
+    [OP_batchnorm2d_grad_gamma] = {gen_batchnorm2d_grad_gamma, 5, 2},
     [OP_nll_loss] = {gen_nll_loss, 4},
     [OP_nll_loss_grad] = {gen_nll_loss_grad, 4},
     [OP_softmax_cross_entropy] = {gen_softmax_cross_entropy, 4},
@@ -1060,21 +1109,60 @@ static double compare(const Type *type, const float *got, const float *want, dou
 
 static bool computed(const Node *n) { return !(op_info(n->op)->flags & OPF_SOURCE); }
 
+// A 16-bit value's bits, as the generated code stores it, and back.
+static uint16_t bits16(float x, DType dt) {
+  x = round_to_dtype(x, dt);
+  if (dt == DT_F16) {
+    _Float16 h = (_Float16)x;
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+  }
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (uint16_t)(u >> 16);
+}
+
+static float float16(uint16_t u, DType dt) {
+  if (dt == DT_F16) {
+    _Float16 h;
+    memcpy(&h, &u, 2);
+    return (float)h;
+  }
+  uint32_t w = (uint32_t)u << 16;
+  float x;
+  memcpy(&x, &w, 4);
+  return x;
+}
+
+static bool is_source(const Node *n) {
+  return n->op == OP_input || n->op == OP_param || n->op == OP_state;
+}
+
 // Runs fn on slots holding the case's sources; every other slot starts as
-// NaN (f32) or a pattern (i32) so a skipped element shows. Fails if the
-// code wrote into a source.
+// NaN (floats) or a pattern (i32) so a skipped element shows. A 16-bit
+// node's slot holds its 16-bit values; got[] has them as floats. Fails if
+// the code wrote into a source.
 static Tensor *run_fn(void (*fn)(void **), Net *t, char **err) {
   Graph *g = t->g;
   void **slots = xcalloc(g->nnodes, sizeof *slots);
   Tensor *got = xcalloc(g->nnodes, sizeof *got);
   for (int i = 0; i < g->nnodes; i++) {
     Node *n = g->node[i];
+    DType dt = n->type.dtype;
     got[i] = tensor_new(n->type);
     size_t bytes = type_numel(&n->type) * 4;
-    void *p = n->type.dtype == DT_F32 ? (void *)got[i].f : (void *)got[i].i;
-    if (n->op == OP_input || n->op == OP_param || n->op == OP_state)
-      memcpy(p, n->type.dtype == DT_F32 ? (void *)t->src[i].f : (void *)t->src[i].i, bytes);
-    else if (n->type.dtype == DT_F32)
+    if (dtype_is_16bit(dt)) {
+      uint16_t *h = xcalloc(count(n) + 1, 2);
+      for (int64_t j = 0; j < count(n); j++)
+        h[j] = bits16(is_source(n) ? t->src[i].f[j] : NAN, dt);
+      slots[i] = h;
+      continue;
+    }
+    void *p = dt == DT_F32 ? (void *)got[i].f : (void *)got[i].i;
+    if (is_source(n))
+      memcpy(p, dt == DT_F32 ? (void *)t->src[i].f : (void *)t->src[i].i, bytes);
+    else if (dt == DT_F32)
       for (int64_t j = 0; j < count(n); j++)
         got[i].f[j] = NAN;
     else
@@ -1084,11 +1172,21 @@ static Tensor *run_fn(void (*fn)(void **), Net *t, char **err) {
   fn(slots);
   for (int i = 0; i < g->nnodes; i++) {
     Node *n = g->node[i];
-    if (n->op != OP_input && n->op != OP_param && n->op != OP_state)
-      continue;
-    void *p = n->type.dtype == DT_F32 ? (void *)got[i].f : (void *)got[i].i;
-    if (memcmp(p, n->type.dtype == DT_F32 ? (void *)t->src[i].f : (void *)t->src[i].i,
-               type_numel(&n->type) * 4))
+    DType dt = n->type.dtype;
+    bool changed = false;
+    if (dtype_is_16bit(dt)) {
+      uint16_t *h = slots[i];
+      for (int64_t j = 0; j < count(n); j++) {
+        got[i].f[j] = float16(h[j], dt);
+        changed |= is_source(n) && h[j] != bits16(t->src[i].f[j], dt);
+      }
+      free(h);
+    } else if (is_source(n)) {
+      void *p = dt == DT_F32 ? (void *)got[i].f : (void *)got[i].i;
+      changed = memcmp(p, dt == DT_F32 ? (void *)t->src[i].f : (void *)t->src[i].i,
+                       type_numel(&n->type) * 4);
+    }
+    if (changed)
       *err = xformat("%s  the code wrote into source %%%s\n", *err, n->name);
   }
   free(slots);
@@ -1221,20 +1319,24 @@ static bool check_case(Case *c, const char *op, int index, void (*plain)(void **
       continue;
     const char *label =
         xformat("%%%s (%s)", n->name ? n->name : xformat("node %d", i), op_info(n->op)->name);
-    if (n->type.dtype != DT_F32) { // integer outputs: exactly
+    if (n->type.dtype == DT_I32) { // integer outputs: exactly
       size_t bytes = count(n) * 4;
       if (memcmp(p[i].i, want[i].i, bytes) || memcmp(s[i].i, want[i].i, bytes))
         err = xformat("%s  %s: integer values differ\n", err, label);
       continue;
     }
+    // A 16-bit result is rounded once more: the sums behind it may land on
+    // either side of a rounding boundary, a unit in its last place apart
+    // (2^-7 of the value in bf16, 2^-10 in f16).
+    double tol_n = tol + (n->type.dtype == DT_BF16 ? 0x1p-7 : n->type.dtype == DT_F16 ? 0x1p-10 : 0);
     const struct {
       const char *what;
       const float *got, *want;
       double tol;
     } cmp[] = {
-        {"-O0 (plain) vs eval_graph", p[i].f, want[i].f, tol},
-        {"-O3 (scheduled) vs eval_graph", s[i].f, want[i].f, tol},
-        {"-O3 vs -O0", s[i].f, p[i].f, exact ? -1 : tol},
+        {"-O0 (plain) vs eval_graph", p[i].f, want[i].f, tol_n},
+        {"-O3 (scheduled) vs eval_graph", s[i].f, want[i].f, tol_n},
+        {"-O3 vs -O0", s[i].f, p[i].f, exact ? -1 : tol_n},
     };
     for (int k = 0; k < 3; k++) {
       char *why = NULL;
@@ -1286,7 +1388,8 @@ START_TEST(op_schedules) {
                 name);
   if (cfg.op && strcmp(cfg.op, name))
     return;
-  int n = cfg.cases > 0 ? cfg.cases : gens[op].cases;
+  int n32 = cfg.cases > 0 ? cfg.cases : gens[op].cases;
+  int n = n32 + (cfg.cases > 0 && gens[op].cases16 ? cfg.cases : gens[op].cases16);
   if (cfg.only >= n)
     n = cfg.only + 1;
   Case **cases = xcalloc(n, sizeof *cases);
@@ -1296,8 +1399,15 @@ START_TEST(op_schedules) {
     if (cfg.only >= 0 && i != cfg.only)
       continue;
     seed_case(name, i);
+    case_dt = i < n32 ? DT_F32 : (i - n32) % 2 ? DT_F16 : DT_BF16;
     cases[i] = new_case();
     gens[op].gen(cases[i]);
+    // 16-bit sources hold what they round to, as the code's slots do.
+    Net *t = cases[i]->t;
+    for (int j = 0; j < t->g->nnodes; j++)
+      if (is_source(t->g->node[j]) && dtype_is_16bit(t->g->node[j]->type.dtype))
+        for (int64_t e = 0; e < count(t->g->node[j]); e++)
+          t->src[j].f[e] = round_to_dtype(t->src[j].f[e], t->g->node[j]->type.dtype);
     ck_assert_msg(cases[i]->node && cases[i]->node->op == op, "%s: its generator made no %s node",
                   name, name);
     set_running("compiling", name, i, cases[i]->t->g);
