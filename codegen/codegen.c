@@ -306,6 +306,16 @@ static void emit_fma_peak(Cg *c) {
   LLVMBuildRetVoid(c->b);
 }
 
+// XcPrecision (runtime/xentcc_rt.h) of the graph attribute `precision`.
+static int precision_kind(const Graph *g) {
+  static const char *const kinds[] = {"fp32", "bf16", "fp16"};
+  const char *p = graph_str(g, "precision", "fp32");
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(kinds[i], p))
+      return i;
+  fatal("graph %s: unknown precision '%s'; use fp32, bf16 or fp16", g->name, p);
+}
+
 static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int outputs,
                        bool float_labels) {
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
@@ -320,7 +330,8 @@ static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->ptr,
                       c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
-                      f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr};
+                      f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr,
+                      c->i32, c->i32, c->f64, c->f64, c->f64};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -350,7 +361,11 @@ static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int
       LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),
       LLVMConstArray(c->f32, std, 4), CI32(c, m->data.random_crop_padding),
       CI32(c, m->data.random_flip), CI32(c, m->data.convert), CI32(c, m->data.resize),
-      CI32(c, c->nkernels), kernels};
+      CI32(c, c->nkernels), kernels,
+      CI32(c, precision_kind(m->graph)), CI32(c, graph_int(m->graph, "growth_interval", 2000)),
+      LLVMConstReal(c->f64, graph_float(m->graph, "init_scale", 65536.0)),
+      LLVMConstReal(c->f64, graph_float(m->graph, "growth_factor", 2.0)),
+      LLVMConstReal(c->f64, graph_float(m->graph, "backoff_factor", 0.5))};
   LLVMValueRef g = LLVMAddGlobal(c->mod, mt, "xc_model");
   LLVMSetInitializer(g, LLVMConstNamedStruct(mt, v, nmf));
   LLVMSetGlobalConstant(g, true);

@@ -7,11 +7,11 @@
 #include <string.h>
 
 static const char *const train_pipeline[] = {
-    "lint-losses", "fuse-softmax-ce", "fuse-sigmoid-bce", "autodiff",
+    "lint-losses", "fuse-softmax-ce", "fuse-sigmoid-bce", "autocast", "autodiff",
     "optimizer",   "constant-fold",   "cse",              "dce",
 };
 static const char *const eval_pipeline[] = {
-    "eval-mode", "fuse-softmax-ce", "fuse-sigmoid-bce", "constant-fold", "cse", "dce",
+    "eval-mode", "fuse-softmax-ce", "fuse-sigmoid-bce", "autocast", "constant-fold", "cse", "dce",
 };
 
 static void usage(FILE *out) {

@@ -25,6 +25,8 @@
 //                        final_div_factor, three_phase, cycle_momentum, base_momentum,
 //                        max_momentum},
 //             plus warmup: {total_iters, start_factor} and interval: epoch|step
+//   precision: fp32 | bf16 | fp16    autocast; fp16 adds grad_scaler: {init_scale: 65536,
+//                                    growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000}
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
 //     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
@@ -1368,11 +1370,66 @@ static void read_schedule(Graph *g, YNode *v) {
 }
 
 //
+// Precision: PyTorch's autocast (bf16, or fp16 with GradScaler's dynamic loss
+// scaling), as graph attributes the autocast pass and codegen read
+//
+
+static const char *const precisions[] = {"fp32", "bf16", "fp16", NULL};
+static const char *const grad_scaler_keys[] = {"init_scale", "growth_factor", "backoff_factor",
+                                               "growth_interval", NULL};
+static const Section precision_sec = {"precision", precisions, true},
+                     grad_scaler_sec = {"grad_scaler", grad_scaler_keys, false};
+
+// A positive finite number for a GradScaler setting, above or below 1 as it must be.
+static double scaler_float(YNode *gs, const char *key, double dflt, int vs_one) {
+  YNode *v = get(gs, key);
+  if (!v)
+    return dflt;
+  double x = to_float(v, "grad_scaler", key);
+  if (!(x > 0) || (vs_one > 0 && !(x > 1)) || (vs_one < 0 && !(x < 1)))
+    error_at(loc_of(v),
+             vs_one > 0   ? "GradScaler asserts growth_factor > 1.0, e.g. 2.0"
+             : vs_one < 0 ? "GradScaler asserts backoff_factor < 1.0, e.g. 0.5"
+                          : "the scale multiplies the loss: use a positive number, e.g. 65536",
+             "grad_scaler: '%s' must be %s, got %s", key,
+             vs_one > 0 ? "above 1" : vs_one < 0 ? "in (0, 1)" : "positive", sval(v));
+  return x;
+}
+
+static void read_precision(Graph *g, YNode *root) {
+  YNode *v = get(root, "precision"), *gs = get(root, "grad_scaler");
+  if (!v && !gs)
+    return; // fp32: today's graphs, unchanged
+  int kind = 0;
+  if (v) {
+    YNode *o;
+    kind = choice(v, NULL, "precision", &precision_sec, "precision: bf16", &o, NULL);
+    if (o)
+      error_at(loc_of(v), "write precision: bf16, fp16 or fp32", "precision takes no options");
+  }
+  if (gs && kind != 2)
+    error_at(loc_of(gs), "set precision: fp16, or remove grad_scaler (bf16 needs no loss scaling)",
+             "grad_scaler applies to precision: fp16 only");
+  graph_set_attr(g, "precision", attr_str(precisions[kind]));
+  if (kind != 2)
+    return;
+  // torch.cuda.amp.GradScaler's arguments and defaults.
+  gs = gs ? want_map(gs, NULL, "'grad_scaler'", "{init_scale: 65536, growth_interval: 2000}")
+          : &empty_map;
+  accept(gs, "grad_scaler", &grad_scaler_sec);
+  set_float(g, "init_scale", scaler_float(gs, "init_scale", 65536.0, 0));
+  set_float(g, "growth_factor", scaler_float(gs, "growth_factor", 2.0, 1));
+  set_float(g, "backoff_factor", scaler_float(gs, "backoff_factor", 0.5, -1));
+  set_int(g, "growth_interval", opt_int(gs, "growth_interval", 2000, 1, INT32_MAX, "grad_scaler"));
+}
+
+//
 // The rest of the model file: input, train, data, classes
 //
 
-static const char *const top_keys[] = {"model",     "input",    "classes", "layers", "loss",
-                                       "optimizer", "schedule", "train",   "data",   NULL};
+static const char *const top_keys[] = {"model",    "input",     "classes",     "layers",
+                                       "loss",     "optimizer", "schedule",    "train",
+                                       "data",     "precision", "grad_scaler", NULL};
 static const char *const input_keys[] = {"channels", "height", "width", NULL};
 static const char *const train_keys[] = {"epochs",    "batch_size", "shuffle", "seed",
                                          "drop_last", "log_every",  NULL};
@@ -1757,6 +1814,7 @@ Model *load_model_text(const char *path, const char *text) {
 
   read_optimizer(b.g, ov);
   read_schedule(b.g, get(root, "schedule"));
+  read_precision(b.g, root);
   check_drop_last(m, root);
   // Everything kept (names, paths, classes) was copied out of the document.
   yaml_document_delete(&cur_doc);
@@ -1776,6 +1834,7 @@ static const Section *const schema[] = {
     &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,
     &schedule_opts_sec[0], &schedule_opts_sec[1], &schedule_opts_sec[2], &schedule_opts_sec[3],
     &schedule_opts_sec[4], &schedule_opts_sec[5], &schedule_opts_sec[6],
+    &precision_sec,    &grad_scaler_sec,
 };
 
 static int cmp_str(const void *a, const void *b) {

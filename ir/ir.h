@@ -282,6 +282,7 @@ const Pass *pass_find(const char *name); // NULL if unknown
 void pass_lint_losses(Graph *g);     // lint_losses.c
 void pass_fuse_softmax_ce(Graph *g); // fuse_softmax_ce.c
 void pass_fuse_sigmoid_bce(Graph *g);// fuse_sigmoid_bce.c
+void pass_autocast(Graph *g);        // autocast.c
 void pass_autodiff(Graph *g);        // autodiff.c
 void pass_optimizer(Graph *g);       // optimizer.c
 void pass_constant_fold(Graph *g);   // constant_fold.c

@@ -31,10 +31,20 @@ void pass_autodiff(Graph *g) {
   if (!ad.needs[loss->id])
     error_at(loss->loc, "check that the loss is computed from the layers' outputs",
              "autodiff: the loss does not depend on any parameter");
-  Node *seed = node_build(g, OP_const, loss->loc, 0);
-  seed->type = loss->type;
-  node_set_floats(seed, "value", (double[]){1.0}, 1);
-  ad.grad[loss->id] = done(seed);
+  // The loss's gradient starts at 1, or with GradScaler (the autocast
+  // pass's fp16) at the scale the runtime feeds as %loss_scale: PyTorch's
+  // scaler.scale(loss).backward().
+  Node *seed = graph_find(g, "loss_scale");
+  if (seed && (seed->op != OP_input || !type_eq(&seed->type, &loss->type)))
+    error_at(seed->loc, "rename it; %loss_scale is the runtime's input of GradScaler's scale",
+             "autodiff: %%loss_scale must be an input of type %s", type_str(&loss->type));
+  if (!seed) {
+    seed = node_build(g, OP_const, loss->loc, 0);
+    seed->type = loss->type;
+    node_set_floats(seed, "value", (double[]){1.0}, 1);
+    done(seed);
+  }
+  ad.grad[loss->id] = seed;
 
   for (int i = nfwd - 1; i >= 0; i--) {
     Node *n = g->node[i];

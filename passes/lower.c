@@ -142,6 +142,7 @@ static bool is_update(const Node *n) {
   case OP_adam_moment1:
   case OP_adam_moment2:
   case OP_adam_update:
+  case OP_unscale:
     return true;
   case OP_assign:
     return is_update(n->in[1]);
@@ -184,7 +185,8 @@ static bool step_arg(const char *name, DType *dt) {
     const char *name;
     DType dtype;
   } fields[] = {{"step", DT_I32},     {"seed", DT_I32},    {"lr", DT_F32},
-                {"momentum", DT_F32}, {"opt_step", DT_I32}};
+                {"momentum", DT_F32}, {"opt_step", DT_I32}, {"loss_scale", DT_F32},
+                {"inv_scale", DT_F32}};
   for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
     if (!strcmp(fields[i].name, name)) {
       *dt = fields[i].dtype;
@@ -241,8 +243,8 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
                  dtype_name(dt));
       else
         error_at(v->loc,
-                 "the runtime feeds only %image, %label, %step, %seed, %lr, %momentum and "
-                 "%opt_step",
+                 "the runtime feeds only %image, %label, %step, %seed, %lr, %momentum, "
+                 "%opt_step, %loss_scale and %inv_scale",
                  "input '%%%s' cannot be fed by the runtime", nm);
       b->arg = v->name;
     } else if (v->op == OP_reshape) {

@@ -5,7 +5,8 @@
 // as PyTorch's schedulers run on the host; a one-cycle schedule that cycles
 // momentum feeds %momentum too (SGD's momentum, Adam's beta1). Optimizer
 // state lives in `state` nodes named like PyTorch's optimizer state_dict
-// entries (momentum_buffer, exp_avg, exp_avg_sq).
+// entries (momentum_buffer, exp_avg, exp_avg_sq). With precision fp16 the
+// gradients are unscaled first (GradScaler), by the input %inv_scale.
 #include "ir.h"
 
 #include <string.h>
@@ -56,6 +57,12 @@ void pass_optimizer(Graph *g) {
   bool cycled = !strcmp(graph_str(g, "schedule", "constant"), "one_cycle") &&
                 graph_int(g, "cycle_momentum", 1);
   Node *momentum_in = cycled ? scalar_input(g, "momentum", DT_F32) : NULL;
+  // fp16 (GradScaler): the gradients are of the scaled loss; the update
+  // reads them unscaled, times %inv_scale (the runtime skips the update
+  // when one is not finite, before this).
+  Node *inv_scale = !strcmp(graph_str(g, "precision", "fp32"), "fp16")
+                        ? scalar_input(g, "inv_scale", DT_F32)
+                        : NULL;
 
   int nparams = g->nnodes;
   for (int i = 0; i < nparams; i++) {
@@ -65,6 +72,10 @@ void pass_optimizer(Graph *g) {
     Node *grad = graph_find(g, xformat("%s.grad", p->name));
     if (!grad)
       continue; // not used by the loss: PyTorch skips params whose .grad is None
+    if (inv_scale) {
+      grad = node_build(g, OP_unscale, p->loc, 2, grad, inv_scale);
+      node_infer(grad);
+    }
     Node *next;
     if (sgd) {
       double momentum = graph_float(g, "momentum", 0.0);

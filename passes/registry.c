@@ -8,6 +8,7 @@ static const Pass passes[] = {
     {"lint-losses", pass_lint_losses, NULL, "warn about softmax/sigmoid applied before the loss"},
     {"fuse-softmax-ce", pass_fuse_softmax_ce, NULL, "log_softmax + nll_loss -> softmax_cross_entropy"},
     {"fuse-sigmoid-bce", pass_fuse_sigmoid_bce, NULL, "sigmoid + bce -> sigmoid_bce (with logits)"},
+    {"autocast", pass_autocast, NULL, "mixed precision (attr precision): casts where torch.autocast rounds"},
     {"autodiff", pass_autodiff, NULL, "append reverse-mode gradients of the loss for every param"},
     {"optimizer", pass_optimizer, NULL, "append the optimizer's updates (the lr is an input)"},
     {"constant-fold", pass_constant_fold, NULL, "fold constants and remove identities"},

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,15 +257,19 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
        *iter = xc_format("%lld", (long long)p.iter),
        *spe = xc_format("%lld", (long long)p.steps_per_epoch),
        *ostep = xc_format("%lld", (long long)p.opt_step);
+  // GradScaler's state as text: %.9g gives a float back exactly.
+  char *scale = xc_format("%.9g", p.scale), *tracker = xc_format("%lld", (long long)p.growth_tracker);
   const char *ometa[] = {"format", "pt",   "model", m->name, "step",  step,
                          "epoch",  epoch,  "iter",  iter,    "steps_per_epoch", spe,
-                         "opt_step", ostep, "weights_sha256", sha_hex};
+                         "opt_step", ostep, "weights_sha256", sha_hex,
+                         "grad_scaler.scale", scale, "grad_scaler.growth_tracker", tracker};
+  int nmeta = m->precision == XC_PRECISION_FP16 ? 10 : 8;
   XcOutFile *o = xc_out_create(optim);
   if (!o) {
     xc_out_free(w);
     save_failed(optim, weights, optim, p);
   }
-  if (!st_encode(t, n, ometa, 8, out_sink, o) || !xc_out_close(o) || !xc_out_rename(o, optim)) {
+  if (!st_encode(t, n, ometa, nmeta, out_sink, o) || !xc_out_close(o) || !xc_out_rename(o, optim)) {
     xc_out_free(o);
     xc_out_free(w);
     save_failed(optim, weights, optim, p);
@@ -282,7 +287,7 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
   }
   xc_out_free(w);
   sync_dir(weights);
-  free(step), free(epoch), free(iter), free(spe), free(ostep), free(t);
+  free(step), free(epoch), free(iter), free(spe), free(ostep), free(scale), free(tracker), free(t);
 }
 
 //
@@ -489,6 +494,29 @@ XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel 
               v ? "%s: '%s' is \"%s\" in its metadata, not a count"
                 : "%s: no '%s' in its metadata%s",
               keys[i], v ? v : "");
+  }
+  // fp16: GradScaler's scale (a positive finite float) and growth tracker
+  // (clean steps since the scale last changed, below growth_interval).
+  p.scale = 1.0f;
+  p.growth_tracker = 0;
+  if (m->precision == XC_PRECISION_FP16) {
+    const char *v = st_meta(f, "grad_scaler.scale");
+    char *end = NULL;
+    if (v) {
+      errno = 0;
+      p.scale = strtof(v, &end);
+    }
+    if (!v || end == v || *end || errno || !(p.scale > 0) || isinf(p.scale))
+      damaged(optim, weights,
+              v ? "%s: '%s' is \"%s\" in its metadata, not a positive float"
+                : "%s: no '%s' in its metadata (a checkpoint of a run in another precision?)%s",
+              "grad_scaler.scale", v ? v : "");
+    v = st_meta(f, "grad_scaler.growth_tracker");
+    if (!parse_count(v, m->growth_interval - 1, &p.growth_tracker))
+      damaged(optim, weights,
+              v ? "%s: '%s' is \"%s\" in its metadata, not a count below growth_interval"
+                : "%s: no '%s' in its metadata%s",
+              "grad_scaler.growth_tracker", v ? v : "");
   }
   int64_t at;
   if (p.opt_step > p.step)

@@ -232,6 +232,10 @@ typedef struct {
   int64_t steps_per_epoch; // of the data the run trained on
   int64_t opt_step;        // updates applied: the optimizer's own step number
                            // (steps skipped by --nan-policy skip do not count)
+  // precision fp16: GradScaler's state (its state_dict's scale and
+  // _growth_tracker), saved with the optimizer state; unused otherwise.
+  float scale;
+  int64_t growth_tracker;
 } XcProgress;
 
 // Saves weights, optimizer state and progress together; dies saying what

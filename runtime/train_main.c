@@ -22,7 +22,7 @@ static const char usage_fmt[] =
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
     "       [--strict] [--cache] [--max-image-pixels N] [--nan-policy stop|skip]\n"
-    "       [--profile] [--profile-csv FILE] [--quiet]";
+    "       [--profile] [--profile-csv FILE] [--precision fp32|bf16|fp16] [--quiet]";
 
 // Where the per-epoch evaluation reads: --eval-data; else the held-out part
 // of a folder (val_split, no test folder); else, for --data, the test files
@@ -51,6 +51,10 @@ static const char *eval_path(const XcModel *m, const char *data, bool data_given
   return xc_is_dir(m->test_path) || xc_is_file(m->test_path) ? m->test_path : NULL;
 }
 
+static const char *precision_name(int p) {
+  return p == XC_PRECISION_BF16 ? "bf16" : p == XC_PRECISION_FP16 ? "fp16" : "fp32";
+}
+
 static void print_help(const char *prog, const XcModel *m, const char *save) {
   printf(usage_fmt, prog);
   printf("\n\nTrains model '%s' (%dx%dx%d input, %d classes, batch %d compiled in).\n\n", m->name,
@@ -74,7 +78,8 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     progress go to W without .safetensors + .optim.safetensors;\n"
       "                     both are written after every epoch, together\n"
       "  --resume           continue from the last epoch checkpoint at --save\n"
-      "  --log FILE.csv     one row per step: step,epoch,loss,lr\n"
+      "  --log FILE.csv     one row per step: step,epoch,loss,lr,skipped (and for fp16,\n"
+      "                     the loss scale the step used: ,scale)\n"
       "  --eval-data PATH   data for the evaluation after each epoch (default: the held-out\n"
       "                     part, the test files of a CIFAR-10/IDX --data directory, a\n"
       "                     'test' folder next to a 'train' --data folder, or the YAML's)\n"
@@ -91,10 +96,13 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     (or ~/.cache/xentcc) so later runs skip decoding\n"
       "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
       "                     as decompression bombs (default %d, PIL's)\n"
+      "  --precision P      must be the precision compiled in (%s, the YAML's precision:);\n"
+      "                     another needs the executables compiled for it\n"
       "  --quiet            print only errors\n\n"
       "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
       m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save, XC_MAX_IMAGE_PIXELS,
+      precision_name(m->precision),
       m->drop_last ? ""
                    : "A partial last batch is padded to the compiled batch size with rows the\n"
                      "loss ignores, so the step computes what PyTorch does on the smaller batch.\n");
@@ -102,6 +110,35 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
     printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
            "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
            m->val_split, m->seed);
+}
+
+// GradScaler (precision fp16), torch.cuda.amp.GradScaler's algorithm: the
+// loss's gradient starts at `scale` (the generated step reads it from
+// XcStepArgs); a step whose gradients hold an inf or a NaN is skipped and
+// the scale backs off; after growth_interval clean steps in a row it grows
+// (unless that overflows float). Products in double, rounded to float, as
+// _amp_update_scale_'s kernel computes them.
+typedef struct {
+  bool on;
+  float scale;
+  int64_t growth_tracker;
+} Scaler;
+
+static void scaler_update(Scaler *sc, const XcModel *m, bool found_inf) {
+  if (found_inf) {
+    sc->scale = (float)((double)sc->scale * m->backoff_factor);
+    sc->growth_tracker = 0;
+    return;
+  }
+  int64_t successful = sc->growth_tracker + 1;
+  if (successful == m->growth_interval) {
+    float grown = (float)((double)sc->scale * m->growth_factor);
+    if (isfinite(grown))
+      sc->scale = grown;
+    sc->growth_tracker = 0;
+  } else {
+    sc->growth_tracker = successful;
+  }
 }
 
 // "W.safetensors" -> "W.optim.safetensors"; other names get ".optim" appended.
@@ -254,6 +291,16 @@ int xc_train_main(int argc, char **argv) {
         xc_die("write --nan-policy stop or --nan-policy skip",
                "--nan-policy %s: unknown policy", a.value);
       nan_skip = !strcmp(a.value, "skip");
+    } else if (arg_opt(&a, "--precision")) {
+      if (strcmp(a.value, "fp32") && strcmp(a.value, "bf16") && strcmp(a.value, "fp16"))
+        xc_die("write --precision fp32, bf16 or fp16", "--precision %s: unknown precision",
+               a.value);
+      if (strcmp(a.value, precision_name(m->precision)))
+        xc_die(xc_format("the precision is compiled into the executables (the autocast pass "
+                         "places the casts): set precision: %s in the YAML and compile again",
+                         a.value),
+               "--precision %s: this executable was compiled for %s", a.value,
+               precision_name(m->precision));
     } else if (arg_opt(&a, "--max-image-pixels")) {
       max_pixels = arg_int(&a, 1, 2147483647);
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
@@ -298,12 +345,15 @@ int xc_train_main(int argc, char **argv) {
   // left, then --resume from a pair that belongs together.
   xc_ckpt_tidy(save, optim_path);
   XcProgress resumed = {0};
+  Scaler scaler = {m->precision == XC_PRECISION_FP16, (float)m->init_scale, 0};
   if (resume) {
     resumed = xc_ckpt_resume(save, optim_path, m, params, state, counters);
     step = resumed.step;
     first_epoch = (int)resumed.epoch;
     skip_iters = (int)resumed.iter;
     opt_step = resumed.opt_step;
+    if (scaler.on)
+      scaler.scale = resumed.scale, scaler.growth_tracker = resumed.growth_tracker;
   }
 
   double t_load = xc_now();
@@ -347,11 +397,14 @@ int xc_train_main(int argc, char **argv) {
   for (int i = 0; i < skip_iters && loader_next(loader, &b); i++)
     loader_release(loader);
   if (!quiet) {
-    printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s\n",
+    printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s%s\n",
            m->name, d->path, (long long)d->n, d->format, per_epoch, m->batch_size, xc_threads(),
            xc_threads() == 1 ? "" : "s",
            spec.split == XC_SPLIT_TRAIN ? xc_format(", %g held out for validation", m->val_split)
-                                        : "");
+                                        : "",
+           m->precision == XC_PRECISION_FP32 ? ""
+           : scaler.on ? xc_format(", fp16 autocast with loss scale %g", scaler.scale)
+                       : ", bf16 autocast");
     if (d->n % m->batch_size)
       printf(drop_last ? "(drop_last: the last %lld samples of each epoch's order are dropped)\n"
                        : "(the last batch of each epoch holds %lld samples)\n",
@@ -365,12 +418,12 @@ int xc_train_main(int argc, char **argv) {
     if (!log)
       xc_die("check that the directory exists and is writable", "cannot write %s: %s", log_path,
              strerror(errno));
-    fprintf(log, "step,epoch,loss,lr,skipped\n");
+    fprintf(log, scaler.on ? "step,epoch,loss,lr,skipped,scale\n" : "step,epoch,loss,lr,skipped\n");
   }
 
   void *workspace = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   float *grads = xc_alloc_floats(m->param_floats);
-  int64_t skipped = 0;
+  int64_t skipped = 0, scaler_skipped = 0;
   int log_every = m->log_every > 0 ? m->log_every : 100;
   Progress progress = {!quiet && isatty(2), 0};
   EpochRecord *hist = xc_calloc(1, sizeof(EpochRecord));
@@ -388,16 +441,25 @@ int xc_train_main(int argc, char **argv) {
   int last_saved_epoch = first_epoch;
   while (loader_next(loader, &b)) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
+    // GradScaler's 1 / scale in double, rounded to float (else 1: unread).
+    float step_scale = scaler.on ? scaler.scale : 1.0f;
     XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
-                       (int32_t)(opt_step + 1)};
+                       (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale)};
     float loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, workspace);
     loader_release(loader);
     // A NaN or an infinity in the loss or a gradient: stop before the update
     // (the weights stay those of the step before, the last checkpoint is
-    // untouched) or skip the update as GradScaler does.
+    // untouched) or skip the update as GradScaler does. With GradScaler
+    // (fp16) a non-finite gradient of the scaled loss is an overflow it
+    // handles: the update is skipped and the scale backs off.
     int bad = xc_grad_check(grads);
+    bool overflow = scaler.on && bad >= 0;
+    if (scaler.on) {
+      scaler_update(&scaler, m, overflow);
+      scaler_skipped += overflow;
+    }
     bool finite = isfinite(loss) && bad < 0;
-    if (!finite && !nan_skip) {
+    if (!finite && !nan_skip && !overflow) {
       progress_clear(&progress);
       if (log)
         fclose(log);
@@ -417,6 +479,8 @@ int xc_train_main(int argc, char **argv) {
     if (finite) {
       xc_apply_step(params, state, grads, &args, workspace);
       opt_step++;
+    } else if (overflow) {
+      // GradScaler's skipped step: counted, reported at the end, no warning.
     } else if (skipped++ == 0) {
       progress_clear(&progress);
       xc_warn("--nan-policy skip: such steps are counted and reported at the end",
@@ -430,7 +494,10 @@ int xc_train_main(int argc, char **argv) {
       counters[i]++;
     images += b.rows;
     epoch_images += b.rows;
-    if (log)
+    if (log && scaler.on)
+      fprintf(log, "%lld,%d,%.9g,%.9g,%d,%.9g\n", (long long)step, b.epoch + 1, loss, args.lr,
+              !finite, step_scale);
+    else if (log)
       fprintf(log, "%lld,%d,%.9g,%.9g,%d\n", (long long)step, b.epoch + 1, loss, args.lr,
               !finite);
     running += loss;
@@ -455,7 +522,8 @@ int xc_train_main(int argc, char **argv) {
       running = 0;
       check_weights_finite(m, params, state, save, step, last_saved_epoch);
       xc_ckpt_save(save, optim_path, m, params, state, counters,
-                   (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step});
+                   (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step, scaler.scale,
+                                scaler.growth_tracker});
       last_saved_epoch = b.epoch + 1;
       double acc = NAN;
       if (eval_each_epoch && xc_forward && !stopped) {
@@ -516,12 +584,16 @@ int xc_train_main(int argc, char **argv) {
   if (epoch_steps || step == start_step) {
     check_weights_finite(m, params, state, save, step, last_saved_epoch);
     xc_ckpt_save(save, optim_path, m, params, state, counters,
-                 (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step});
+                 (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step, scaler.scale,
+                              scaler.growth_tracker});
   }
   if (skipped)
     xc_warn("lower the learning rate (--lr) or check the data",
             "skipped %lld of %lld steps whose loss or gradients were not finite",
             (long long)skipped, (long long)(step - start_step));
+  if (scaler.on && !quiet)
+    printf("GradScaler: %lld of %lld steps skipped for an inf or NaN gradient; loss scale now %g\n",
+           (long long)scaler_skipped, (long long)(step - start_step), scaler.scale);
   if (profile)
     xc_profile_report(m, step - start_step, "steps", secs - t_eval, profile_csv);
   if (!quiet) {

@@ -79,6 +79,8 @@ typedef struct {
   float momentum;   // SGD momentum or Adam's beta1 when the schedule cycles it
   int32_t opt_step; // updates applied so far, this one included (PyTorch's state['step']);
                     // below step when steps were skipped for a non-finite gradient
+  float loss_scale; // precision fp16: GradScaler's scale, the loss's gradient (else unread)
+  float inv_scale;  // ... and its reciprocal, which unscales the gradients before the update
 } XcStepArgs;
 
 // Padding rows of a partial last batch: the generated losses leave rows
@@ -129,7 +131,15 @@ typedef struct {
   // xc_prof_enter/xc_prof_leave around them, for --profile.
   int nkernels;
   const XcKernelInfo *kernels;
+
+  // The YAML's precision, compiled in (the autocast pass placed the casts).
+  // fp16 trains with GradScaler's dynamic loss scaling, these its settings.
+  int32_t precision;        // XcPrecision
+  int32_t growth_interval;  // clean steps before the scale grows
+  double init_scale, growth_factor, backoff_factor;
 } XcModel;
+
+typedef enum { XC_PRECISION_FP32, XC_PRECISION_BF16, XC_PRECISION_FP16 } XcPrecision;
 
 extern const XcModel xc_model;
 

@@ -13,10 +13,15 @@ xentcc's NAME-train starts from too (--init); PyTorch takes xentcc's sample
 order and augmentation draws (shuffle, random crop and flip are ported from
 the runtime's xoshiro256** stream), so both sides see the same batches.
 NAME-train runs as the YAML says: its epochs, batch, seed, shuffle, data
-paths (rewritten to the generated data). Then it compares:
+paths (rewritten to the generated data). precision: bf16 / fp16 runs
+PyTorch with autocast's rounding points and float32 sums
+(torch_model.low_forward), fp16 with GradScaler's algorithm
+(torch_model.CpuGradScaler). Then it compares:
 
   loss      every step, relative                       <= 1e-4
   lr        every step (the --log column) to PyTorch's  <= 1e-6 relative
+  scale     precision fp16: GradScaler's scale and whether the step was
+            skipped, every step (the --log columns)     equal
   weights   each tensor's relative L2 error             <= 1e-4
             num_batches_tracked                         equal
   eval      NAME-eval's metrics on the test data or the held-out part equal
@@ -105,6 +110,7 @@ class Recipe:
         loss = s["loss"]
         kind = loss if isinstance(loss, str) else [k for k in loss if k != "l2"][0]
         self.binary = kind == "bce_with_logits"
+        self.precision = s.get("precision", "fp32")
 
     def stored_shape(self):
         """The shape the generated data is stored in: the input's unless the
@@ -251,7 +257,8 @@ def torch_train(r, net, samples, init_path):
     per_step = tm.schedule_kind(r.spec)[3]
     sched, _ = tm.scheduler_of(r.spec, opt, r.epochs * steps if per_step else r.epochs)
     augment = r.crop > 0 or r.flip
-    losses, lrs = [], []
+    scaler = tm.CpuGradScaler(r.spec) if r.precision == "fp16" else None
+    losses, lrs, scales = [], [], []
     step = 0
     net.train()
     for epoch in range(r.epochs):
@@ -266,14 +273,21 @@ def torch_train(r, net, samples, init_path):
             lrs.append(opt.param_groups[0]["lr"])
             opt.zero_grad()
             loss = criterion(net(x), y)
-            loss.backward()
-            opt.step()
+            if scaler:
+                used = scaler.scale_value()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scales.append((used, int(scaler.found_inf)))
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             losses.append(loss.item())
             if per_step and sched:
                 sched.step()
         if not per_step and sched:
             sched.step()
-    return losses, lrs
+    return losses, lrs, scales
 
 
 def torch_eval(r, net, test):
@@ -332,7 +346,8 @@ def ours(r, xentcc, work, yaml_path, init_path):
     if r.has_test or r.val_split:
         js = run([exe + "-eval", "--weights", saved, "--json", "--threads", str(THREADS), "--quiet"])
         ev = json.loads(js.strip().splitlines()[-1])
-    return [float(x["loss"]) for x in rows], [float(x["lr"]) for x in rows], weights, ev, out
+    scales = [(float(np.float32(x["scale"])), int(x["skipped"])) for x in rows if "scale" in x]
+    return [float(x["loss"]) for x in rows], [float(x["lr"]) for x in rows], weights, ev, out, scales
 
 
 #
@@ -349,8 +364,9 @@ def check_model(path, xentcc, workdir):
     rng = np.random.default_rng(1)
     paths, samples, test = make_data(r, net, work, rng)
     init = os.path.join(work, "init.safetensors")
-    t_losses, t_lrs = torch_train(r, net, samples, init)
-    o_losses, o_lrs, o_w, o_ev, out = ours(r, xentcc, work, rewrite_yaml(r, work, paths), init)
+    t_losses, t_lrs, t_scales = torch_train(r, net, samples, init)
+    o_losses, o_lrs, o_w, o_ev, out, o_scales = ours(r, xentcc, work, rewrite_yaml(r, work, paths),
+                                                     init)
 
     ok = True
     print(f"\n== {os.path.basename(path)}: {len(t_losses)} steps, batch {r.batch}, "
@@ -373,6 +389,13 @@ def check_model(path, xentcc, workdir):
     row("lr (relative)", rel[i], LR_RTOL, rel[i] <= LR_RTOL,
         f"  (step {i + 1}: ours {o_lrs[i]:.9g}, torch {t_lrs[i]:.9g}; "
         f"torch's lr runs {min(t_lrs):.3g}..{max(t_lrs):.3g})")
+    if t_scales or o_scales:
+        bad = [i + 1 for i, (o, t) in enumerate(zip(o_scales, t_scales)) if o != t]
+        same = len(o_scales) == len(t_scales) and not bad
+        row("GradScaler scale and skips", float(len(bad)), 0, same,
+            f"  ({sum(k for _, k in t_scales)} of {len(t_scales)} steps skipped; scale "
+            f"{t_scales[0][0]:g} to {t_scales[-1][0]:g}"
+            f"{'; first differing: step ' + str(bad[0]) if bad else ''})" if t_scales else "")
     t_w = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     if set(o_w) != set(t_w):
         print(f"  state_dict names differ: ours {sorted(o_w)}, torch {sorted(t_w)}: FAIL")

@@ -146,13 +146,145 @@ class HashDropout(nn.Module):
         return x * dropout_mask(self.salt, self.step, self.p, x.shape, self.seed)
 
 
+# --- Mixed precision: torch.autocast's rounding points, sums in float32 ----------------
+#
+# xentcc's precision: bf16 / fp16 places casts where PyTorch 1.13's CPU
+# autocast does (passes/autocast.c): convolutions and linear layers take
+# 16-bit inputs, weights and biases and give a 16-bit result; relu, pools,
+# batch norm's normalisation, sigmoid and dropout run on 16 bits; losses,
+# softmax and log_softmax take float32. On this CPU PyTorch's own bf16
+# convolution sums in lower precision than float32, so the reference here
+# keeps float32 tensors holding 16-bit values and rounds where autocast
+# rounds: each 16-bit op computes in float32 and rounds its result once, and
+# in the backward the gradient of each 16-bit tensor is rounded too (a
+# 16-bit tensor's gradient is 16-bit in PyTorch). That is autocast on a CPU
+# with native bf16 arithmetic, and what xentcc computes.
+
+LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def rnd(x, dt):
+    """x rounded to dt (to nearest even), as float32."""
+    return x.to(dt).float()
+
+
+class Low16(torch.autograd.Function):
+    """fn(*xs) as a 16-bit op: computed in float32, the result rounded to dt;
+    the gradients of the inputs marked low rounded to dt as well."""
+
+    @staticmethod
+    def forward(ctx, dt, low, fn, *xs):
+        ctx.dt, ctx.low, ctx.fn = dt, low, fn
+        ctx.save_for_backward(*xs)
+        with torch.no_grad():
+            return rnd(fn(*xs), dt)
+
+    @staticmethod
+    def backward(ctx, g):
+        xs = [x.detach().requires_grad_(need)
+              for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad[3:])]
+        with torch.enable_grad():
+            y = ctx.fn(*xs)
+        wrt = [x for x in xs if x.requires_grad]
+        gs = iter(torch.autograd.grad(y, wrt, g, allow_unused=True) if wrt else [])
+        out = []
+        for x, low in zip(xs, ctx.low):
+            if not x.requires_grad:
+                out.append(None)
+                continue
+            d = next(gs)
+            d = torch.zeros_like(x) if d is None else d
+            out.append(rnd(d, ctx.dt) if low else d)
+        return (None, None, None, *out)
+
+
+class Cast16(torch.autograd.Function):
+    """x.to(dt) (down: rounds; the gradient, 16-bit already, passes) or a
+    16-bit x back to float32 (up: the gradient is rounded to dt)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, down):
+        ctx.dt, ctx.down = dt, down
+        return rnd(x, dt) if down else x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g if ctx.down else rnd(g, ctx.dt)), None, None
+
+
+class Sigmoid16(torch.autograd.Function):
+    """sigmoid on 16 bits: its backward, like PyTorch's sigmoid_backward,
+    reads the (rounded) output: dy * y * (1 - y), rounded."""
+
+    @staticmethod
+    def forward(ctx, x, dt):
+        y = rnd(torch.sigmoid(x), dt)
+        ctx.dt = dt
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return rnd(g * y * (1 - y), ctx.dt), None
+
+
+def low_forward(net, x, dt):
+    """Net.forward under autocast to dt, emulated (see above)."""
+    F = nn.functional
+    low = False  # does x hold 16-bit values?
+
+    def down(t):
+        return None if t is None else Cast16.apply(t, dt, True)
+
+    def up(t):
+        return Cast16.apply(t, dt, False) if low else t
+    for m in net.steps:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            xin = x if low else down(x)
+            if isinstance(m, nn.Conv2d):
+                fn = lambda a, w, b=None, m=m: F.conv2d(a, w, b, m.stride, m.padding)  # noqa: E731
+            else:
+                fn = lambda a, w, b=None: F.linear(a, w, b)  # noqa: E731
+            args = [xin, down(m.weight)] + ([down(m.bias)] if m.bias is not None else [])
+            x = Low16.apply(dt, (True,) * len(args), fn, *args)
+            low = True
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+            x = m(up(x))
+            low = False
+        elif not low or isinstance(m, (nn.Flatten, nn.ReLU)):
+            x = m(x)
+        elif isinstance(m, nn.BatchNorm2d):
+            if m.training:  # the running statistics as PyTorch updates them, from the 16-bit x
+                with torch.no_grad():
+                    F.batch_norm(x, m.running_mean, m.running_var, None, None, True, m.momentum,
+                                 m.eps)
+                    m.num_batches_tracked += 1
+                fn = lambda a, g, b, m=m: F.batch_norm(a, None, None, g, b, True, 0.0, m.eps)  # noqa: E731
+            else:
+                fn = lambda a, g, b, m=m: F.batch_norm(a, m.running_mean, m.running_var, g, b,  # noqa: E731
+                                                       False, 0.0, m.eps)
+            x = Low16.apply(dt, (True, False, False), fn, x, m.weight, m.bias)
+        elif isinstance(m, HashDropout):
+            if m.training:
+                mask = rnd(dropout_mask(m.salt, m.step, m.p, x.shape, m.seed), dt)
+                x = Low16.apply(dt, (True,), lambda a, k=mask: a * k, x)
+        elif isinstance(m, nn.Sigmoid):
+            x = Sigmoid16.apply(x, dt)
+        else:  # pools: on 16 bits
+            x = Low16.apply(dt, (True,), m, x)
+    return up(x)
+
+
 class Net(nn.Module):
     """The model's layers as PyTorch modules. A named layer is an attribute
     (conv1.weight); an unnamed one is layers.INDEX, like an nn.Sequential
-    member -- the frontend's state_dict names."""
+    member -- the frontend's state_dict names. precision: the YAML's
+    (bf16 and fp16 emulate autocast, see low_forward)."""
 
     def __init__(self, spec, seed=0):
         super().__init__()
+        self.low = LOW.get(spec.get("precision", "fp32"))
         c, h, wd = spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"]
         self.layers = nn.ModuleDict()
         self.steps = []
@@ -204,9 +336,69 @@ class Net(nn.Module):
                 m.step = step
 
     def forward(self, x):
+        if self.low is not None:
+            return low_forward(self, x, self.low)
         for m in self.steps:
             x = m(x)
         return x
+
+
+class CpuGradScaler:
+    """torch.cuda.amp.GradScaler's algorithm on the CPU, step for step (1.13
+    runs it only on CUDA: _amp_foreach_non_finite_check_and_unscale_ and
+    _amp_update_scale_ have no CPU kernels). scale() multiplies the loss by
+    the float32 scale; step() unscales every gradient by
+    scale.double().reciprocal().float(), notes whether one held an inf or a
+    NaN (checked before the multiply, as the kernel does) and then skips
+    optimizer.step(); update() backs the scale off after such a step and
+    resets the growth tracker, or counts a clean step and multiplies the
+    scale by growth_factor after growth_interval of them (unless the result
+    is not finite), each product computed in double and rounded to float32
+    as the kernel's float * double. The YAML's grad_scaler gives the settings."""
+
+    def __init__(self, spec):
+        g = spec.get("grad_scaler") or {}
+        self.growth_factor = float(g.get("growth_factor", 2.0))
+        self.backoff_factor = float(g.get("backoff_factor", 0.5))
+        self.growth_interval = int(g.get("growth_interval", 2000))
+        self._scale = torch.full((1,), float(g.get("init_scale", 2.0 ** 16)), dtype=torch.float32)
+        self._growth_tracker = 0
+        self.found_inf = False
+
+    def scale_value(self):
+        return float(self._scale[0])
+
+    def scale(self, loss):
+        return loss * self._scale
+
+    def step(self, optimizer):
+        inv_scale = self._scale.double().reciprocal().float()
+        found = False
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    found |= not bool(torch.isfinite(p.grad).all())
+                    p.grad.mul_(inv_scale)
+        self.found_inf = found
+        if not found:
+            optimizer.step()
+
+    def update(self):
+        f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731
+        if self.found_inf:
+            self._scale[0] = f32(self.scale_value() * self.backoff_factor)
+            self._growth_tracker = 0
+        else:
+            successful = self._growth_tracker + 1
+            if successful == self.growth_interval:
+                new = f32(self.scale_value() * self.growth_factor)
+                if math.isfinite(new):
+                    self._scale[0] = new
+                self._growth_tracker = 0
+            else:
+                self._growth_tracker = successful
 
 
 # --- Loss, optimizer, schedule -----------------------------------------------------------

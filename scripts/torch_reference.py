@@ -133,6 +133,16 @@ def op_cases(w):
         w.add("op/cast/%s/dy" % name, dy)
         w.add("op/cast/%s/dx" % name, grads(y, dy, x)[0])
 
+    # GradScaler's unscale_: the gradients times scale.double().reciprocal().float()
+    # (float32 products, as _amp_foreach_non_finite_check_and_unscale_),
+    # for a power-of-two scale and another.
+    g = torch.randn(50) * 3e4
+    for k, sc in enumerate([65536.0, 3000.0]):
+        inv = torch.tensor([sc]).double().reciprocal().float()
+        w.add("op/unscale/%d/g" % k, g)
+        w.add("op/unscale/%d/inv_scale" % k, inv[0])
+        w.add("op/unscale/%d/out" % k, g * inv)
+
     # CrossEntropyLoss(weight, label_smoothing) on logits; op/ce_ignore has
     # two rows labelled -100, PyTorch's default ignore_index, which is how
     # xentcc's runtime pads a partial last batch.

@@ -1,7 +1,9 @@
-// Mixed precision's op: cast, the rounding points of mixed precision. A
-// value of type bf16 or f16 is a float rounded to nearest even to that
-// precision; ops compute in f32 or wider and round once when they store
-// (eval_graph and the loop IR's 16-bit buffers).
+// Mixed precision's ops: cast, the rounding points the autocast pass
+// (passes/autocast.c) inserts, and unscale, GradScaler's division of the
+// gradients by the loss scale before an fp16 step's update (the optimizer
+// pass). A value of type bf16 or f16 is a float rounded to nearest even to
+// that precision; ops compute in f32 or wider and round once when they
+// store (eval_graph and the loop IR's 16-bit buffers).
 #include "lower.h"
 #include "ops.h"
 
@@ -43,3 +45,30 @@ static LExpr *elem_cast(Lowering *L, Node *n, LExpr **v) { return operand(L, n, 
 
 const OpRules rules_cast = {.shape = shape_cast, .eval = eval_cast, .grad = grad_cast, .elem = elem_cast};
 
+// --- unscale (g, inv_scale[]) -> g * inv_scale -----------------------------------------
+//
+// GradScaler.unscale_: the gradients of a step whose loss was multiplied by
+// the scale, times inv_scale = 1 / scale (the runtime computes it in double
+// and rounds it to float, as GradScaler does), in float:
+// _amp_foreach_non_finite_check_and_unscale_'s val * inv_scale. The
+// runtime checks for infinities and NaNs first and skips the update if it
+// finds one. Under no_grad, like the updates it feeds.
+
+static const char *shape_unscale(const Node *n, Type *out) {
+  CHECK(want_f32(n, 0, "gradient"));
+  CHECK(want_scalar(n, 1, DT_F32, "inverse scale"));
+  *out = *T(n, 0);
+  return NULL;
+}
+
+static void eval_unscale(const Node *n, Tensor *out, Tensor **in) {
+  for (int64_t i = 0; i < numel(out); i++)
+    out->f[i] = (float)((double)in[0]->f[i] * in[1]->f[0]);
+}
+
+static LExpr *elem_unscale(Lowering *L, Node *n, LExpr **v) {
+  return FMUL(operand(L, n, 0, v), operand(L, n, 1, v));
+}
+
+const OpRules rules_unscale = {
+    .shape = shape_unscale, .eval = eval_unscale, .no_grad = true, .elem = elem_unscale};

@@ -306,6 +306,20 @@ START_TEST(casts) {
 }
 END_TEST
 
+// GradScaler's unscale_ of gradients: float products, bit for bit.
+START_TEST(unscale) {
+  for (int k = 0; k < 2; k++) {
+    Net *t = net_new();
+    Node *g = feed(t, ref("op/unscale/%d/g", k)), *inv = feed(t, ref("op/unscale/%d/inv_scale", k));
+    Node *u = done(OP(t, OP_unscale, g, inv));
+    Tensor *v = run(t);
+    const Tensor *want = ref("op/unscale/%d/out", k);
+    ck_assert_msg(!memcmp(v[u->id].f, want->f, 4 * type_numel(&want->type)),
+                  "unscale by 1/%.9g differs from PyTorch's", 1 / ref("op/unscale/%d/inv_scale", k)->f[0]);
+  }
+}
+END_TEST
+
 // CrossEntropyLoss(weight, label_smoothing): fused, and unfused as the
 // frontend writes it (log_softmax + nll_loss), forward and gradient; in
 // op/ce_ignore two rows are labelled -100 (ignore_index).
@@ -650,6 +664,7 @@ int main(void) {
   tcase_add_test(ops, linear);
   tcase_add_test(ops, activations);
   tcase_add_test(ops, casts);
+  tcase_add_test(ops, unscale);
   tcase_add_loop_test(ops, cross_entropy_options, 0, 2);
   tcase_add_loop_test(ops, bce_with_logits_options, 0, 2);
   tcase_add_test(ops, batchnorm2d_training);

@@ -933,6 +933,19 @@ static void gen_adam_update(Case *c) {
     val(t, beta)[0] = (float)b1;
 }
 
+// GradScaler's unscale: gradients of any size, some not finite, times
+// 1 / scale for a scale of a power of two or not.
+static void gen_unscale(Case *c) {
+  Net *t = c->t;
+  Node *g = elem_operand(t, "g"), *inv = SCALAR(t, "inv_scale");
+  c->node = done(OPN(t, unscale, g, inv));
+  for (int64_t i = 0; i < count(g); i++)
+    val(t, g)[i] = (float)(uniform(-1, 1) * ldexp(1, (int)irand(-10, 30)));
+  sprinkle(t, g, true);
+  double scale = chance(0.5) ? ldexp(1, (int)irand(-5, 24)) : uniform(0.1, 1e5);
+  val(t, inv)[0] = (float)(1.0 / scale);
+}
+
 //
 // What the sweep must reach with the default seed and counts: the schedule's
 // transformations, on the ops that have them (see schedule_features). A
@@ -1015,6 +1028,7 @@ static const struct {
     [OP_adam_moment1] = {gen_adam_moment1, 4},
     [OP_adam_moment2] = {gen_adam_moment2, 4},
     [OP_adam_update] = {gen_adam_update, 4},
+    [OP_unscale] = {gen_unscale, 4},
 };
 
 //
