@@ -81,8 +81,37 @@ static LLVMTypeRef like(LLVMTypeRef t, LLVMTypeRef elem) {
 
 static LLVMValueRef widen16(Cg *c, DType dt, LLVMValueRef x) {
   LLVMTypeRef t = LLVMTypeOf(x);
-  if (dt == DT_F16)
-    return LLVMBuildFPExt(c->b, x, like(t, c->f32), "");
+  if (dt == DT_F16 && LLVMGetTypeKind(t) != LLVMVectorTypeKind) {
+    // One element (a pool's taps, lane by lane): in integer arithmetic,
+    // which LLVM's loop vectorizer turns into vectors, where it packs
+    // scalar fpexts into vectors it takes apart again for every compare.
+    // The magnitude's bits moved up to f32's places are the value times
+    // 2^-112 (a subnormal included), so one exact multiply by 2^112
+    // rebiases the exponent; infinities and NaNs keep an all-ones
+    // exponent; the sign goes back on.
+    LLVMTypeRef i16 = LLVMInt16TypeInContext(c->ctx), i32 = c->i32, f32 = c->f32;
+    LLVMBuilderRef b = c->b;
+    LLVMValueRef h = LLVMBuildZExt(b, LLVMBuildBitCast(b, x, i16, ""), i32, "");
+    LLVMValueRef mag = LLVMBuildAnd(b, h, konst(i32, 0x7fff), "");
+    LLVMValueRef sign = LLVMBuildShl(b, LLVMBuildAnd(b, h, konst(i32, 0x8000), ""), konst(i32, 16), "");
+    LLVMValueRef up = LLVMBuildShl(b, mag, konst(i32, 13), "");
+    LLVMValueRef fin = LLVMBuildBitCast(
+        b, LLVMBuildFMul(b, LLVMBuildBitCast(b, up, f32, ""), LLVMConstReal(f32, 0x1p112), ""), i32, "");
+    LLVMValueRef special = LLVMBuildICmp(b, LLVMIntUGE, mag, konst(i32, 0x7c00), "");
+    LLVMValueRef bits = LLVMBuildSelect(b, special, LLVMBuildOr(b, up, konst(i32, 0x7f800000), ""), fin, "");
+    return LLVMBuildBitCast(b, LLVMBuildOr(b, bits, sign, ""), f32, "");
+  }
+  if (dt == DT_F16) {
+    // Fenced: LLVM would otherwise turn a compare of the widened value with
+    // a constant (relu's x > 0) into a compare of halves, which a CPU
+    // without AVX512-FP16 does one lane at a time.
+    LLVMValueRef wide = LLVMBuildFPExt(c->b, x, like(t, c->f32), "");
+    LLVMTypeRef wt = LLVMTypeOf(wide);
+    unsigned id = LLVMLookupIntrinsicID("llvm.arithmetic.fence", 21);
+    ir_assert(id != 0);
+    LLVMValueRef fn = LLVMGetIntrinsicDeclaration(c->mod, id, &wt, 1);
+    return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &wt, 1), fn, &wide, 1, "");
+  }
   LLVMValueRef w = LLVMBuildZExt(c->b, x, like(t, c->i32), "");
   w = LLVMBuildShl(c->b, w, konst(like(t, c->i32), 16), "");
   return LLVMBuildBitCast(c->b, w, like(t, c->f32), "");

@@ -12,13 +12,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-// An elementwise op: the nest over its output, each element stored.
+// An elementwise op: the nest over its output, each element stored (a
+// 16-bit value held in an f32 buffer rounded first, see widened).
 static void lower_map(Lowering *L, Node *n, ElemRule *elem) {
   LBuf *y = B(L, n);
   LKernel *k = kernel(L, n, NULL);
   LExpr *v[LMAX_RANK];
   LStmt *in = each(k, NULL, y, v, NULL);
-  put(k, in, ls_store(y, v, elem(L, n, v)));
+  LExpr *value = elem(L, n, v);
+  if (dtype_is_16bit(n->type.dtype) && !dtype_is_16bit(y->dtype))
+    value = lx_round(n->type.dtype, value);
+  put(k, in, ls_store(y, v, value));
+}
+
+// A parameter's 16-bit copy (autocast's cast of a weight or a bias) is
+// small and read over and over by the tiles of a contraction: it keeps its
+// 16-bit values in f32 storage, rounded once when the copy is made, so the
+// tiles load it without converting. Activations stay 16 bits.
+static bool widened(FuncKind kind, const Node *v) {
+  return kind != FN_SLOTS && v->op == OP_cast && dtype_is_16bit(v->type.dtype) &&
+         (v->in[0]->op == OP_param || v->in[0]->op == OP_state);
 }
 
 //
@@ -211,7 +224,8 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
       f->buf_of[i] = f->buf_of[v->in[0]->id]; // the copy lands in the target itself
       continue;
     }
-    LBuf *b = lfunc_buf(f, node_name(g, v), t->dtype, t->rank, t->dim, LB_WORKSPACE);
+    LBuf *b = lfunc_buf(f, node_name(g, v), widened(kind, v) ? DT_F32 : t->dtype, t->rank, t->dim,
+                        LB_WORKSPACE);
     b->node = v;
     f->buf_of[i] = b;
     if (v->op == OP_const) {
@@ -267,7 +281,7 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
         lower_map(&L, v, r->elem);
       else
         r->lower(&L, v);
-      if (dtype_is_16bit(v->type.dtype) && f->buf_of[i])
+      if (f->buf_of[i] && dtype_is_16bit(f->buf_of[i]->dtype))
         sum_in_f32(f, v, f->buf_of[i], before);
       for (int k = before; k < f->nkernels; k++)
         f->kernels[k]->deferred = v->op == OP_assign;

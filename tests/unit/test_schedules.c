@@ -469,6 +469,19 @@ static void gen_cast(Case *c) {
   Net *t = c->t;
   int64_t dim[4];
   int rank = rand_shape(dim, 0, 4, MAX_ELEMS);
+  if (case_dt == DT_F16 && chance(0.5)) { // every f16 there is, widened
+    Node *x = source(t, OP_input, "x", DT_F16, 1, (int64_t[]){65536});
+    c->node = OPN(t, cast, x);
+    c->node->type = type_make(DT_F32, 1, (int64_t[]){65536});
+    done(c->node);
+    for (int64_t i = 0; i < 65536; i++) {
+      uint16_t u = (uint16_t)i;
+      _Float16 h;
+      memcpy(&h, &u, 2);
+      val(t, x)[i] = (float)h;
+    }
+    return;
+  }
   Node *x = source(t, OP_input, "x", case_dt, rank, dim);
   c->node = OPN(t, cast, x);
   DType into = case_dt != DT_F32 ? DT_F32 : chance(0.5) ? DT_BF16 : DT_F16;
