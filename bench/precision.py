@@ -103,22 +103,27 @@ def kind_of(op):
     return "other"
 
 
+TIME = "/usr/bin/time"  # GNU time (Debian's package time), for peak RSS
+
+
 def run_timed(cmd, log):
     """Runs cmd (no shell) with its output in log; returns (ok, its peak
-    resident set in bytes). posix_spawn, not fork: a forked child of this
-    Python would count the parent's pages in its own peak."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        pid = os.posix_spawn(cmd[0], cmd, os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1),
-                                           (os.POSIX_SPAWN_DUP2, fd, 2)])
-    finally:
-        os.close(fd)
-    _, status, usage = os.wait4(pid, 0)
-    ok = os.waitstatus_to_exitcode(status) == 0
-    if not ok:
-        say(f"  failed ({os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}; see {log}")
-    return ok, usage.ru_maxrss * 1024
+    resident set in bytes, or None without GNU time). The peak comes from
+    GNU time, whose child is forked from a small process: Linux counts the
+    pages of the process a child was forked (or vforked) from in the
+    child's peak, and this Python's are far more than a training run's."""
+    rss_file = log + ".rss"
+    timed = os.access(TIME, os.X_OK)
+    full = [TIME, "-f", "%M", "-o", rss_file] + cmd if timed else cmd
+    with open(log, "w") as out:
+        r = subprocess.run(full, stdout=out, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        say(f"  failed ({r.returncode}): {' '.join(cmd)}; see {log}")
+        return False, None
+    if not timed:
+        return True, None
+    with open(rss_file) as f:
+        return True, int(f.read().split()[-1]) * 1024
 
 
 def workspace(xentcc, path):
@@ -229,7 +234,7 @@ def report(results, args, load0, load1):
                 f"{batch / step:,.0f} img/s ({1e3 * step:.2f} ms/step) | "
                 f"{statistics.median(base.step) / step:.2f}x | {mib(v.ws_train)} | "
                 f"{v.ws_train / base.ws_train:.2f}x | {mib(v.ws_eval)} | "
-                f"{mib(statistics.median(v.rss))} |")
+                f"{mib(statistics.median(v.rss)) if None not in v.rss else 'n/a (no GNU time)'} |")
     lines.append("")
     lines.append("Where the training step's time goes, ms/step by kind of kernel (median of the "
                  "rounds; `casts`: the casts and roundings that are kernels of their own -- the "
