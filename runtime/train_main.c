@@ -347,11 +347,13 @@ int xc_train_main(int argc, char **argv) {
   for (int i = 0; i < skip_iters && loader_next(loader, &b); i++)
     loader_release(loader);
   if (!quiet) {
+    char *held = spec.split == XC_SPLIT_TRAIN
+                     ? xc_format(", %g held out for validation", m->val_split)
+                     : xc_format("%s", "");
     printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s\n",
            m->name, d->path, (long long)d->n, d->format, per_epoch, m->batch_size, xc_threads(),
-           xc_threads() == 1 ? "" : "s",
-           spec.split == XC_SPLIT_TRAIN ? xc_format(", %g held out for validation", m->val_split)
-                                        : "");
+           xc_threads() == 1 ? "" : "s", held);
+    free(held);
     if (d->n % m->batch_size)
       printf(drop_last ? "(drop_last: the last %lld samples of each epoch's order are dropped)\n"
                        : "(the last batch of each epoch holds %lld samples)\n",
@@ -419,10 +421,11 @@ int xc_train_main(int argc, char **argv) {
       opt_step++;
     } else if (skipped++ == 0) {
       progress_clear(&progress);
+      char *why = bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
+                           : xc_format("the loss is %g", loss);
       xc_warn("--nan-policy skip: such steps are counted and reported at the end",
-              "step %lld: %s; the update is skipped", (long long)step + 1,
-              bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
-                       : xc_format("the loss is %g", loss));
+              "step %lld: %s; the update is skipped", (long long)step + 1, why);
+      free(why);
     }
     step++;
     step_lr = args.lr;
@@ -543,6 +546,8 @@ int xc_train_main(int argc, char **argv) {
   xc_free_dataset(val);
   free(params);
   free(state);
+  free(grads);
+  free(counters);
   free(workspace);
   free(hist);
   free(optim_path), free(csv_path), free(svg_path), free(save), free(stem), free(usage);
