@@ -39,5 +39,8 @@ typedef struct {
 void emit_lfunc(Cg *c, const LFunc *f);
 LLVMValueRef emit_lkernel(Cg *c, const LFunc *f, int i);
 void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol);
+// An enum attribute (`nounwind`, `sanitize_address`...) on fn, or on its
+// argument index (1-based; LLVMAttributeFunctionIndex for fn itself).
+void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name);
 
 #endif

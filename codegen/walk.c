@@ -563,7 +563,7 @@ static void kernel_buffers(const LFunc *f, const LKernel *k, int **ids, int *n, 
   free(used), free(written);
 }
 
-static void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
+void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
   unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
   LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
 }

@@ -108,18 +108,53 @@ typedef struct {
   bool *asked;
 } Pad;
 
-// A kernel that fills `to` with zeros and copies `from` inside the border.
+// Zeros in to[at..., *...]: the dimensions from d on, whole.
+static void zero_nest(LKernel *k, LStmt *parent, LBuf *to, LExpr **at, int d) {
+  if (d == to->rank) {
+    ls_add(parent, ls_store(to, at, lx_f32(0)));
+    return;
+  }
+  int var = lk_var(k);
+  LStmt *l = ls_loop(var, 0, to->dim[d], NULL);
+  parent ? ls_add(parent, l) : lk_add(k, l);
+  at[d] = lx_var(var);
+  zero_nest(k, l, to, at, d + 1);
+}
+
+// Dimension d of the copy and on: its leading border of zeros, the copy of
+// from's extent, its trailing border, each element of `to` written once.
+static void pad_nest(LKernel *k, LStmt *parent, LBuf *from, LBuf *to, const int64_t *lo,
+                     LExpr **v, LExpr **at, int d) {
+  if (d == from->rank) {
+    ls_add(parent, ls_store(to, at, lx_load(from, v)));
+    return;
+  }
+  int64_t hi = to->dim[d] - lo[d] - from->dim[d];
+  int64_t part[3][2] = {{0, lo[d]}, {lo[d], lo[d] + from->dim[d]}, {lo[d] + from->dim[d], lo[d] + from->dim[d] + hi}};
+  for (int p = 0; p < 3; p++) {
+    if (part[p][0] == part[p][1])
+      continue;
+    int var = lk_var(k);
+    LStmt *l = ls_loop(var, 0, part[p][1] - part[p][0], NULL);
+    parent ? ls_add(parent, l) : lk_add(k, l);
+    at[d] = lx_iaddc(lx_var(var), part[p][0]);
+    if (p == 1) {
+      v[d] = lx_var(var);
+      pad_nest(k, l, from, to, lo, v, at, d + 1);
+    } else {
+      zero_nest(k, l, to, at, d + 1);
+    }
+  }
+}
+
+// A kernel that copies `from` into `to` inside the border and writes zeros
+// around it: one nest, so that its outer loop (the batch) runs on the
+// threads, and each element written once.
 static LKernel *pad_kernel(LFunc *f, LBuf *from, LBuf *to, const int64_t *lo) {
   LKernel *k = lfunc_kernel(f, xformat("pad.%s", from->name), "pad", NULL);
   k->layer = from->name;
-  LExpr *v[LMAX_RANK];
-  LStmt *in = lk_nest(k, NULL, to->rank, to->dim, NULL, v);
-  ls_add(in, ls_store(to, v, lx_f32(0)));
-  in = lk_nest(k, NULL, from->rank, from->dim, NULL, v);
-  LExpr *at[LMAX_RANK];
-  for (int d = 0; d < from->rank; d++)
-    at[d] = lx_iaddc(v[d], lo[d]);
-  ls_add(in, ls_store(to, at, lx_load(from, v)));
+  LExpr *v[LMAX_RANK], *at[LMAX_RANK];
+  pad_nest(k, NULL, from, to, lo, v, at, 0);
   return k;
 }
 

@@ -383,6 +383,14 @@ static bool is_tmp_of(const char *name, const char *base) {
   return false;
 }
 
+// A file's SHA-256, or false when it cannot be read (why does not matter).
+static bool sha_of(const char *path, uint8_t out[32]) {
+  char *err = NULL;
+  bool ok = file_sha256(path, out, &err);
+  free(err);
+  return ok;
+}
+
 void xc_ckpt_tidy(const char *weights, const char *optim) {
   char *dir = dir_of(weights);
   const char *wbase = xc_basename(weights), *obase = xc_basename(optim);
@@ -402,15 +410,16 @@ void xc_ckpt_tidy(const char *weights, const char *optim) {
   // A save that committed the optimizer file but was stopped before the
   // weights followed: the weights wait in a temporary whose hash is the
   // one the optimizer file records.
-  char *err;
+  char *err = NULL;
   StFile *f = n ? open_optim(optim, &err) : NULL;
+  free(err);
   uint8_t want[32], have[32];
   if (f && parse_sha(st_meta(f, "weights_sha256"), want) &&
-      !(file_sha256(weights, have, &err) && !memcmp(want, have, 32))) {
+      !(sha_of(weights, have) && !memcmp(want, have, 32))) {
     for (int i = 0; i < n; i++) {
       struct stat st;
       if (!is_tmp_of(xc_basename(tmps[i]), wbase) || lstat(tmps[i], &st) != 0 ||
-          !S_ISREG(st.st_mode) || st.st_uid != geteuid() || !file_sha256(tmps[i], have, &err) ||
+          !S_ISREG(st.st_mode) || st.st_uid != geteuid() || !sha_of(tmps[i], have) ||
           memcmp(want, have, 32))
         continue;
       if (rename(tmps[i], weights) == 0) {

@@ -219,6 +219,7 @@ int xc_eval_main(int argc, char **argv) {
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   if (npredict) {
     int status = predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);
+    free(params), free(state), free(ws), free(predict_files);
     free(dflt), free(stem), free(usage);
     return status;
   }

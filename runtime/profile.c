@@ -82,14 +82,14 @@ void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double
   printf("profile of %lld %s on %d thread%s (FMA peak measured: %.1f GFLOP/s):\n",
          (long long)steps, steps == 1 ? one : unit, xc_threads(), xc_threads() == 1 ? "" : "s",
          peak);
-  printf("  %-8s %-26s %-20s %9s %7s %9s %8s\n", "function", "kernel", "layer",
-         xc_format("ms/%s", one), "share", "GFLOP/s", "of peak");
+  printf("  %-8s %-32s %-20s %9s %7s %9s %8s\n", "function", "kernel", "layer",
+         !strcmp(one, "batch") ? "ms/batch" : "ms/step", "share", "GFLOP/s", "of peak");
   for (int r = 0; r < nkernels; r++) {
     const XcKernelInfo *k = &m->kernels[rows[r].id];
     double s = rows[r].s;
     if (s < 0.0005 * total && r >= 12)
       continue; // the long tail of tiny kernels is summed below
-    printf("  %-8s %-26s %-20.20s %9.3f %6.1f%%", k->function, k->op, k->layer,
+    printf("  %-8s %-32s %-20.20s %9.3f %6.1f%%", k->function, k->op, k->layer,
            1e3 * s / steps, 100 * s / (wall > 0 ? wall : total));
     if (k->flops && s > 0) {
       double g = (double)k->flops * calls[rows[r].id] / s * 1e-9;

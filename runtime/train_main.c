@@ -397,14 +397,16 @@ int xc_train_main(int argc, char **argv) {
   for (int i = 0; i < skip_iters && loader_next(loader, &b); i++)
     loader_release(loader);
   if (!quiet) {
+    char *held = spec.split == XC_SPLIT_TRAIN
+                     ? xc_format(", %g held out for validation", m->val_split)
+                     : xc_format("%s", "");
+    char *precision = m->precision == XC_PRECISION_FP32 ? xc_format("%s", "")
+                      : scaler.on ? xc_format(", fp16 autocast with loss scale %g", scaler.scale)
+                                  : xc_format("%s", ", bf16 autocast");
     printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s%s\n",
            m->name, d->path, (long long)d->n, d->format, per_epoch, m->batch_size, xc_threads(),
-           xc_threads() == 1 ? "" : "s",
-           spec.split == XC_SPLIT_TRAIN ? xc_format(", %g held out for validation", m->val_split)
-                                        : "",
-           m->precision == XC_PRECISION_FP32 ? ""
-           : scaler.on ? xc_format(", fp16 autocast with loss scale %g", scaler.scale)
-                       : ", bf16 autocast");
+           xc_threads() == 1 ? "" : "s", held, precision);
+    free(held), free(precision);
     if (d->n % m->batch_size)
       printf(drop_last ? "(drop_last: the last %lld samples of each epoch's order are dropped)\n"
                        : "(the last batch of each epoch holds %lld samples)\n",
@@ -483,10 +485,11 @@ int xc_train_main(int argc, char **argv) {
       // GradScaler's skipped step: counted, reported at the end, no warning.
     } else if (skipped++ == 0) {
       progress_clear(&progress);
+      char *why = bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
+                           : xc_format("the loss is %g", loss);
       xc_warn("--nan-policy skip: such steps are counted and reported at the end",
-              "step %lld: %s; the update is skipped", (long long)step + 1,
-              bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
-                       : xc_format("the loss is %g", loss));
+              "step %lld: %s; the update is skipped", (long long)step + 1, why);
+      free(why);
     }
     step++;
     step_lr = args.lr;
@@ -615,6 +618,8 @@ int xc_train_main(int argc, char **argv) {
   xc_free_dataset(val);
   free(params);
   free(state);
+  free(grads);
+  free(counters);
   free(workspace);
   free(hist);
   free(optim_path), free(csv_path), free(svg_path), free(save), free(stem), free(usage);

@@ -367,7 +367,7 @@ static void lower_bce(Lowering *L, Node *n) {
   l = grad ? each(k, NULL, x, v, NULL) : each_sum(k, NULL, x, v);
   LExpr *xv = LDV(x, v), *y = LDV(t, v);
   LExpr *counts = BIN(LX_GE, lx_copy(y), F(0));
-  LExpr *last = v[x->rank - 1];
+  LExpr *last = x->rank ? v[x->rank - 1] : NULL; // pos_weight per class: rank >= 1
   LExpr *pw = pwa->n == 0 ? F(1) : pwa->n == 1 ? F(pwa->floats[0]) : lx_load(pwb, &last);
   LExpr *one_y = FSUB(F(1), lx_copy(y));
   LExpr *e;
