@@ -521,7 +521,7 @@ XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel 
                 : "%s: no '%s' in its metadata (a checkpoint of a run in another precision?)%s",
               "grad_scaler.scale", v ? v : "");
     v = st_meta(f, "grad_scaler.growth_tracker");
-    if (!parse_count(v, m->growth_interval - 1, &p.growth_tracker))
+    if (!parse_count(v, INT32_MAX, &p.growth_tracker) || p.growth_tracker >= m->growth_interval)
       damaged(optim, weights,
               v ? "%s: '%s' is \"%s\" in its metadata, not a count below growth_interval"
                 : "%s: no '%s' in its metadata%s",
