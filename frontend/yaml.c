@@ -1866,3 +1866,8 @@ void print_schema(FILE *out) {
 }
 
 void print_used_options(FILE *out) { print_sorted(out, used_options, nused); }
+
+void forget_used_options(void) {
+  used_options = NULL;
+  nused = 0;
+}

@@ -262,6 +262,9 @@ Model *load_model_text(const char *path, const char *text); // the same, text al
 // models loaded so far used.
 void print_schema(FILE *out);
 void print_used_options(FILE *out);
+// Starts the list of used options again without freeing it: for the fuzzer,
+// whose driver frees what each input allocated.
+void forget_used_options(void);
 
 //
 // passes/: one file per pass, one entry point each

@@ -21,6 +21,9 @@ extern const char *xc_prog; // argv[0]'s base name, prefixes every message
 
 // Prints "PROG: error: MSG" and "hint: HINT" (if any) to stderr and exits 1.
 noreturn void xc_die(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// For the fuzzers (tests/fuzz) only: xc_die calls hook, which must not
+// return, instead of exit(1).
+void xc_set_die_hook(void (*hook)(void));
 void xc_warn(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void *xc_malloc(size_t n); // dies with "out of memory"
 void *xc_calloc(size_t n, size_t size);

@@ -26,11 +26,19 @@ static void vreport(const char *kind, const char *hint, const char *fmt, va_list
     fprintf(stderr, "hint: %s\n", hint);
 }
 
+// A user error ends the run: exit(1), or for a fuzzer the hook, which
+// longjmps back to its loop so one process reads millions of inputs.
+static void (*die_hook)(void);
+
+void xc_set_die_hook(void (*hook)(void)) { die_hook = hook; }
+
 noreturn void xc_die(const char *hint, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vreport("error", hint, fmt, ap);
   va_end(ap);
+  if (die_hook)
+    die_hook();
   exit(1);
 }
 

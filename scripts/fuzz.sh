@@ -41,6 +41,9 @@ if ! cmake --build "$out" -j2 --target "${run[@]/#/fuzz_}" >"$out/build.log" 2>&
   exit 1
 fi
 
+# The harnesses' files in memory are named through a directory there.
+export TMPDIR=$root/$out/tmp
+mkdir -p "$TMPDIR"
 status=0
 for name in "${run[@]}"; do
   corpus=$out/corpus/$name findings=$out/findings/$name

@@ -1,23 +1,35 @@
 // The driver shared by every harness: libFuzzer calls LLVMFuzzerTestOneInput
 // with each input; a user error longjmps back here instead of exiting, and
-// then everything the input allocated is freed. The compiler never frees its
-// IR, so the harnesses are linked with --wrap for the allocation functions
-// (tests/fuzz/CMakeLists.txt): while an input runs, every block is recorded
-// in a hash set, and the blocks still there afterwards are freed.
+// then everything the input allocated is freed and every stream it opened
+// is closed, as exit would. The compiler never frees its IR, so the
+// harnesses are linked with --wrap for the allocation functions and the
+// stream openers (tests/fuzz/CMakeLists.txt): while an input runs, every
+// block is recorded in a hash set and every stream in a short list.
+#define _GNU_SOURCE
 #include "fuzz.h"
 #include "ir.h"
 
+#include <sanitizer/asan_interface.h>
 #include <setjmp.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
+#include <zlib.h>
 
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t n);
 void __real_free(void *p);
+int __real_vasprintf(char **s, const char *fmt, va_list ap);
+FILE *__real_fopen(const char *path, const char *mode);
+FILE *__real_fdopen(int fd, const char *mode);
+int __real_fclose(FILE *f);
+gzFile __real_gzopen(const char *path, const char *mode);
+int __real_gzclose(gzFile f);
 
 //
 // The set of live blocks: open addressing, in memory of its own (mmap), so
@@ -128,12 +140,139 @@ char *__wrap_strdup(const char *s) {
   return p ? memcpy(p, s, n) : NULL;
 }
 
+int __wrap_vasprintf(char **s, const char *fmt, va_list ap) {
+  int n = __real_vasprintf(s, fmt, ap);
+  if (n >= 0 && tracking)
+    remember(*s);
+  return n;
+}
+
+//
+// Open streams: stdio's (the runtime's fopen and fdopen) and zlib's
+//
+
+enum { MAX_STREAMS = 16 };
+static struct {
+  void *p;
+  bool gz;
+} streams[MAX_STREAMS];
+static int nstreams;
+
+static void *opened(void *p, bool gz) {
+  if (p && tracking) {
+    if (nstreams == MAX_STREAMS) {
+      fputs("fuzz: more than 16 streams open at once\n", stderr);
+      abort();
+    }
+    streams[nstreams].p = p;
+    streams[nstreams++].gz = gz;
+  }
+  return p;
+}
+
+static void closed(void *p) {
+  for (int i = 0; i < nstreams; i++)
+    if (streams[i].p == p) {
+      streams[i] = streams[--nstreams];
+      return;
+    }
+}
+
+FILE *__wrap_fopen(const char *path, const char *mode) {
+  return opened(__real_fopen(path, mode), false);
+}
+
+FILE *__wrap_fdopen(int fd, const char *mode) { return opened(__real_fdopen(fd, mode), false); }
+
+int __wrap_fclose(FILE *f) {
+  closed(f);
+  return __real_fclose(f);
+}
+
+gzFile __wrap_gzopen(const char *path, const char *mode) {
+  return opened(__real_gzopen(path, mode), true);
+}
+
+int __wrap_gzclose(gzFile f) {
+  closed(f);
+  return __real_gzclose(f);
+}
+
+static void close_all(void) {
+  while (nstreams) {
+    nstreams--;
+    if (streams[nstreams].gz)
+      __real_gzclose(streams[nstreams].p);
+    else
+      __real_fclose(streams[nstreams].p);
+  }
+}
+
+//
+// Files for code that reads paths
+//
+
+static char *file_dir;
+static char *file_links[8];
+static int nfiles;
+
+static void remove_files(void) {
+  for (int i = 0; i < nfiles; i++)
+    unlink(file_links[i]);
+  if (file_dir)
+    rmdir(file_dir);
+}
+
+FuzzFile fuzz_file(const char *name) {
+  if (!file_dir) {
+    const char *tmp = getenv("TMPDIR");
+    char *dir;
+    if (asprintf(&dir, "%s/xentcc-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp") < 0 || !mkdtemp(dir)) {
+      perror("fuzz: mkdtemp");
+      abort();
+    }
+    file_dir = dir;
+    atexit(remove_files);
+  }
+  char *link, target[64];
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+  if (fd < 0 || nfiles == 8 || asprintf(&link, "%s/%s", file_dir, name) < 0 ||
+      symlink(target, link) != 0) {
+    perror("fuzz: a file in memory");
+    abort();
+  }
+  file_links[nfiles++] = link;
+  return (FuzzFile){link, fd};
+}
+
+void fuzz_file_write(FuzzFile f, const void *data, size_t size) {
+  if (ftruncate(f.fd, 0) != 0 || pwrite(f.fd, data, size, 0) != (ssize_t)size) {
+    perror("fuzz: writing a file in memory");
+    abort();
+  }
+}
+
+// What an input left: a few of the blocks with where ASan saw them
+// allocated (LeakSanitizer, which libFuzzer runs after an input, misses
+// blocks whose address is still in a stack slot), and the open streams.
+static noreturn void report_leaks(void) {
+  fprintf(stderr, "fuzz: a leak: %zu block%s left allocated, %d stream%s left open\n", count,
+          count == 1 ? "" : "s", nstreams, nstreams == 1 ? "" : "s");
+  for (size_t i = 0, shown = 0; i < cap && shown < 3; i++)
+    if (live[i] && live[i] != TOMB) {
+      __asan_describe_address(live[i]);
+      shown++;
+    }
+  abort();
+}
+
 //
 // One input
 //
 
 static jmp_buf back;
-static bool errors_are_bugs;
+static bool errors_are_bugs, binary_input, leaks_are_bugs;
 
 noreturn void fuzz_user_error(void) {
   if (errors_are_bugs) {
@@ -144,6 +283,8 @@ noreturn void fuzz_user_error(void) {
 }
 
 void fuzz_errors_are_bugs(void) { errors_are_bugs = true; }
+void fuzz_binary_input(void) { binary_input = true; }
+void fuzz_leaks_are_bugs(void) { leaks_are_bugs = true; }
 
 __attribute__((weak)) void fuzz_init(void) {}
 
@@ -157,17 +298,24 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   // Files with a NUL byte are refused before any parsing (read_file).
-  if (memchr(data, 0, size))
+  if (!binary_input && memchr(data, 0, size))
     return 0;
   errors_are_bugs = false;
-  tracking = true;
-  char *text = malloc(size + 1);
+  char *text = __real_malloc(size + 1);
   memcpy(text, data, size);
   text[size] = '\0';
-  if (!setjmp(back))
+  tracking = true;
+  volatile bool user_error = true;
+  if (!setjmp(back)) {
     fuzz_one(text, size);
+    user_error = false;
+  }
   tracking = false;
+  __real_free(text);
   diag_reset();
+  if (leaks_are_bugs && !user_error && (count || nstreams))
+    report_leaks();
+  close_all();
   free_all();
   return 0;
 }

@@ -3,15 +3,10 @@
 // pipe (once, in order), every tensor read raw and, for float dtypes,
 // converted. A crash or a sanitizer report is a finding, and so is any
 // disagreement: the two ways must accept the same inputs and read the same
-// bytes, and an accepted header must tile its data section exactly.
-//
-// Binary input, its own entry point (not tests/fuzz/fuzz.c's, which takes
-// text): build it with the runtime, e.g.
-//   clang-19 -g -O1 -fsanitize=fuzzer,address,undefined -Iruntime \
-//     tests/fuzz/fuzz_safetensors.c runtime/{safetensors,checkpoint,util,init,sha256,image}.c \
-//     -ljpeg -lpng -lz -lm -o fuzz_safetensors
-//   ./fuzz_safetensors -dict=tests/fuzz/safetensors.dict CORPUS tests/fuzz/corpus/safetensors
+// bytes, and an accepted header must tile its data section exactly. The
+// reader reports what it refuses; it never exits (xc_die is a finding).
 #define _GNU_SOURCE
+#include "fuzz.h"
 #include "rt.h"
 
 #include <stdio.h>
@@ -95,13 +90,19 @@ fail:
   return r;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static int memfd = -1;
-  if (memfd < 0)
-    CHECK((memfd = memfd_create("fuzz", 0)) >= 0);
-  CHECK(ftruncate(memfd, 0) == 0);
-  CHECK(pwrite(memfd, data, size, 0) == (ssize_t)size);
-  Result file = read_everything(dup(memfd), size);
+static FuzzFile input;
+
+void fuzz_init(void) {
+  fuzz_binary_input();
+  fuzz_leaks_are_bugs();
+  xc_set_die_hook(fuzz_user_error);
+  input = fuzz_file("fuzz.safetensors");
+}
+
+void fuzz_one(const char *data, size_t size) {
+  fuzz_errors_are_bugs();
+  fuzz_file_write(input, data, size);
+  Result file = read_everything(dup(input.fd), size);
   if (size <= 60000) { // within a pipe's buffer: written whole, then read
     int fd[2];
     CHECK(pipe(fd) == 0);
@@ -118,5 +119,4 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     result_free(&pipe);
   }
   result_free(&file);
-  return 0;
 }

@@ -8,6 +8,7 @@ static FILE *devnull;
 void fuzz_init(void) { devnull = fopen("/dev/null", "w"); }
 
 void fuzz_one(const char *data, size_t size) {
+  forget_used_options(); // the previous input's list was freed with it
   Model *m = load_model_text("fuzz.yaml", data);
   verify_graph(m->graph);
   print_graph(devnull, m->graph);

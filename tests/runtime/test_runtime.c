@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <omp.h>
+#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -28,6 +29,34 @@ static void assert_dies(void (*fn)(void *), void *arg, const char *want1, const 
     ck_assert_msg(strstr(err, want2), "expected '%s' in:\n%s", want2, err);
   ck_assert_msg(strstr(err, "hint:") || strstr(err, "usage:"), "no hint in:\n%s", err);
 }
+
+//
+// util.c
+//
+
+static jmp_buf died;
+static int deaths;
+static noreturn void die_back(void) {
+  deaths++;
+  longjmp(died, 1);
+}
+
+static void die_unhooked(void *arg) {
+  xc_set_die_hook(die_back);
+  xc_set_die_hook(NULL);
+  xc_die("a hint", "no hook: exit(1)");
+}
+
+// A fuzzer's hook gets control instead of exit(1), after the message.
+START_TEST(die_hook) {
+  xc_set_die_hook(die_back);
+  if (!setjmp(died))
+    xc_die(NULL, "hooked: %d", 1);
+  xc_set_die_hook(NULL);
+  ck_assert_int_eq(deaths, 1);
+  assert_dies(die_unhooked, NULL, "error: no hook: exit(1)", NULL);
+}
+END_TEST
 
 //
 // safetensors
@@ -949,10 +978,9 @@ START_TEST(shared_data) {
   if (!xc_is_file(archive))
     return;
   char *dir = tmpdir();
-  char *cmd = xc_format("tar -xzf %s -C %s --wildcards 'catdog/train/cat.1?.jpg' "
-                        "'catdog/train/dog.1?.jpg'",
-                        archive, dir);
-  ck_assert_int_eq(system(cmd), 0);
+  const char *tar[] = {"tar", "-xzf", archive, "-C", dir, "--wildcards", "catdog/train/cat.1?.jpg",
+                       "catdog/train/dog.1?.jpg", NULL};
+  ck_assert_int_eq(td_run(NULL, tar, NULL, NULL), 0);
   static const char *const cd[] = {"cat", "dog"};
   s = spec_for(xc_join(dir, "catdog/train"), true, 3, 32, 32, 2, cd);
   d = xc_load_dataset(&s);
@@ -968,6 +996,7 @@ int main(void) {
   Suite *s = suite_create("runtime");
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, die_hook);
   tcase_add_test(tc, safetensors_round_trip);
   tcase_add_test(tc, safetensors_foreign_file);
   tcase_add_test(tc, safetensors_malformed);

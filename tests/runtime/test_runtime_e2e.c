@@ -11,7 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 static const char *const rgb_names[] = {"red", "green", "blue"};
 static const char *const cd_names[] = {"cat", "dog"};
@@ -31,12 +30,18 @@ typedef struct {
   char *out, *err;
 } Run;
 
-// Runs XC_BIN_DIR/exe with args (one shell-quoted string) in dir.
-static Run run(const char *dir, const char *exe, const char *args) {
+// Runs XC_BIN_DIR/exe in dir with the arguments that follow (an argument
+// vector, no shell): run(dir, "fake-train", "--data", "train").
+#define run(dir, exe, ...) run_argv(dir, exe, (const char *[]){__VA_ARGS__, NULL})
+static Run run_argv(const char *dir, const char *exe, const char **args) {
   char *out = xc_join(dir, "stdout.txt"), *err = xc_join(dir, "stderr.txt");
-  char *cmd = xc_format("cd %s && %s/%s %s >%s 2>%s", dir, XC_BIN_DIR, exe, args, out, err);
-  int ws = system(cmd);
-  Run r = {WIFEXITED(ws) ? WEXITSTATUS(ws) : 128, slurp(out), slurp(err)};
+  int n = 0;
+  while (args[n])
+    n++;
+  const char **argv = calloc(n + 2, sizeof *argv);
+  argv[0] = xc_join(XC_BIN_DIR, exe);
+  memcpy(argv + 1, args, n * sizeof *argv);
+  Run r = {td_run(dir, argv, out, err), slurp(out), slurp(err)};
   return r;
 }
 
@@ -66,7 +71,8 @@ static char *rgb_workdir(int per_class) {
 
 START_TEST(train_then_eval) {
   char *dir = rgb_workdir(8); // 24 photos: 6 batches of 4 per epoch
-  Run r = run(dir, "fake-train", "--data train --epochs 3 --log log.csv --seed 1");
+  Run r =
+      run(dir, "fake-train", "--data", "train", "--epochs", "3", "--log", "log.csv", "--seed", "1");
   ASSERT_OK(r);
   // The PyTorch tutorial's lines every log_every (2) iterations.
   ASSERT_HAS(r.out, "[1,     2] loss: ");
@@ -106,22 +112,22 @@ START_TEST(train_then_eval) {
   char *hist = slurp(xc_join(dir, "fake.history.csv"));
   ck_assert_int_eq(count_lines(hist), 4);
 
-  r = run(dir, "fake-eval", "--weights fake.safetensors --data test");
+  r = run(dir, "fake-eval", "--weights", "fake.safetensors", "--data", "test");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "Accuracy of the network on the 9 test images: 100.00 %");
   ASSERT_HAS(r.out, "green");
   ASSERT_HAS(r.out, "confusion matrix");
-  r = run(dir, "fake-eval", "--weights fake.safetensors --data test --json");
+  r = run(dir, "fake-eval", "--weights", "fake.safetensors", "--data", "test", "--json");
   ASSERT_OK(r);
   ck_assert_int_eq(count_lines(r.out), 1);
   ASSERT_HAS(r.out, "{\"accuracy\": 1,");
   ASSERT_HAS(r.out, "\"confusion_matrix\": [[3, 0, 0], [0, 3, 0], [0, 0, 3]]");
   // Default weights file; --predict on two photos.
-  r = run(dir, "fake-eval", "--predict test/red.0.jpg test/blue.1.png");
+  r = run(dir, "fake-eval", "--predict", "test/red.0.jpg", "test/blue.1.png");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "test/red.0.jpg: red  (red ");
   ASSERT_HAS(r.out, "test/blue.1.png: blue  (red ");
-  r = run(dir, "fake-eval", "--predict test/red.0.jpg --json");
+  r = run(dir, "fake-eval", "--predict", "test/red.0.jpg", "--json");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "\"predicted\": \"red\"");
 }
@@ -132,22 +138,22 @@ END_TEST
 // from the cache train and evaluate exactly as runs that decode.
 START_TEST(cache_flag) {
   char *dir = rgb_workdir(8);
-  Run r =
-      run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
+  Run r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--log", "a.csv", "--save",
+              "a.safetensors", "--quiet");
   ASSERT_OK(r);
   ck_assert(!xc_is_dir(xc_join(dir, ".xentcc-cache")));
   for (int i = 0; i < 2; i++) {
-    r = run(dir, "fake-train",
-            "--data train --epochs 2 --log b.csv --save b.safetensors --cache --quiet");
+    r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--log", "b.csv", "--save",
+            "b.safetensors", "--cache", "--quiet");
     ASSERT_OK(r);
     ck_assert_str_eq(slurp(xc_join(dir, "b.csv")), slurp(xc_join(dir, "a.csv")));
   }
   ck_assert(xc_is_dir(xc_join(dir, ".xentcc-cache")));
   ck_assert(!xc_is_dir(xc_join(dir, "train/.xentcc-cache")));
-  Run plain = run(dir, "fake-eval", "--weights a.safetensors --data test --json");
+  Run plain = run(dir, "fake-eval", "--weights", "a.safetensors", "--data", "test", "--json");
   ASSERT_OK(plain);
   for (int i = 0; i < 2; i++) {
-    r = run(dir, "fake-eval", "--weights b.safetensors --data test --json --cache");
+    r = run(dir, "fake-eval", "--weights", "b.safetensors", "--data", "test", "--json", "--cache");
     ASSERT_OK(r);
     ck_assert_str_eq(r.out, plain.out);
   }
@@ -156,61 +162,69 @@ END_TEST
 
 START_TEST(determinism_steps_and_resume) {
   char *dir = rgb_workdir(8);
-  Run r =
-      run(dir, "fake-train", "--data train --epochs 2 --log a.csv --save a.safetensors --quiet");
+  Run r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--log", "a.csv", "--save",
+              "a.safetensors", "--quiet");
   ASSERT_OK(r);
   ck_assert_str_eq(r.out, "");
-  r = run(dir, "fake-train", "--data=train --epochs=2 --log=b.csv --save=b.safetensors --quiet");
+  r = run(dir, "fake-train", "--data=train", "--epochs=2", "--log=b.csv", "--save=b.safetensors",
+          "--quiet");
   ASSERT_OK(r);
   char *a = slurp(xc_join(dir, "a.csv")), *b = slurp(xc_join(dir, "b.csv"));
   ck_assert_str_eq(a, b);
   ck_assert(same_file(dir, "a.safetensors", "b.safetensors"));
   // Another seed, another run; --no-shuffle is a third.
-  r = run(dir, "fake-train",
-          "--data train --epochs 2 --log c.csv --seed 9 --quiet --save c.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--log", "c.csv", "--seed", "9",
+          "--quiet", "--save", "c.safetensors");
   ASSERT_OK(r);
   ck_assert_str_ne(a, slurp(xc_join(dir, "c.csv")));
-  r = run(dir, "fake-train",
-          "--data train --steps 5 --log d.csv --no-shuffle --quiet --save d.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--steps", "5", "--log", "d.csv", "--no-shuffle",
+          "--quiet", "--save", "d.safetensors");
   ASSERT_OK(r);
   ck_assert_int_eq(count_lines(slurp(xc_join(dir, "d.csv"))), 6);
   // --steps beyond one epoch runs on into the next epochs.
-  r = run(dir, "fake-train", "--data train --steps 14 --log e.csv --quiet --save e.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--steps", "14", "--log", "e.csv", "--quiet",
+          "--save", "e.safetensors");
   ASSERT_OK(r);
   char *e = slurp(xc_join(dir, "e.csv"));
   ck_assert_int_eq(count_lines(e), 15);
   ASSERT_HAS(e, "\n14,3,");
   // 2 epochs = 1 epoch, then --resume for the second: the same weights.
-  r = run(dir, "fake-train", "--data train --epochs 1 --save r.safetensors --quiet");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--save", "r.safetensors",
+          "--quiet");
   ASSERT_OK(r);
-  r = run(dir, "fake-train", "--data train --epochs 2 --save r.safetensors --resume --log r.csv");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--save", "r.safetensors",
+          "--resume", "--log", "r.csv");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "[2,     2] loss:");
   ck_assert_int_eq(count_lines(slurp(xc_join(dir, "r.csv"))), 1 + 6);
   ck_assert(same_file(dir, "a.safetensors", "r.safetensors"));
   // Stopped mid-epoch (step 8 of 12), resumed to the end: also the same.
-  r = run(dir, "fake-train", "--data train --epochs 2 --steps 8 --save m.safetensors --quiet");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--steps", "8", "--save",
+          "m.safetensors", "--quiet");
   ASSERT_OK(r);
-  r = run(dir, "fake-train", "--data train --epochs 2 --save m.safetensors --resume --quiet");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--save", "m.safetensors",
+          "--resume", "--quiet");
   ASSERT_OK(r);
   ck_assert(same_file(dir, "a.safetensors", "m.safetensors"));
   // Ctrl-C during step 8 (epoch 2, batch 2): that step finishes, the state is
   // saved and the run exits 130; --resume then ends where the whole run did.
   setenv("FAKE_INTERRUPT_AT", "8", 1);
-  r = run(dir, "fake-train", "--data train --epochs 2 --save n.safetensors --log n.csv");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--save", "n.safetensors", "--log",
+          "n.csv");
   unsetenv("FAKE_INTERRUPT_AT");
   ck_assert_msg(r.status == 130, "status %d\n%s", r.status, r.err);
   ASSERT_HAS(r.err, "fake-train: interrupted at step 8 (epoch 2, batch 2)");
   ASSERT_HAS(r.err, "hint: run again with --resume");
   ASSERT_HAS(r.out, "saved weights to n.safetensors");
   ck_assert_int_eq(count_lines(slurp(xc_join(dir, "n.csv"))), 1 + 8);
-  r = run(dir, "fake-train", "--data train --epochs 2 --save n.safetensors --resume --quiet");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "2", "--save", "n.safetensors",
+          "--resume", "--quiet");
   ASSERT_OK(r);
   ck_assert(same_file(dir, "a.safetensors", "n.safetensors"));
   ck_assert(same_file(dir, "a.optim.safetensors", "n.optim.safetensors"));
   // --init from a run's weights starts there: the first loss is lower.
-  r = run(dir, "fake-train",
-          "--data train --steps 1 --init a.safetensors --log i.csv --quiet --save i.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--steps", "1", "--init", "a.safetensors", "--log",
+          "i.csv", "--quiet", "--save", "i.safetensors");
   ASSERT_OK(r);
   double l0, l1;
   sscanf(strchr(a, '\n') + 1, "%*d,%*d,%lf", &l0);
@@ -227,9 +241,9 @@ START_TEST(other_formats) {
   td_mkdir(cifar);
   td_write_cifar(xc_join(cifar, "data_batch_1.bin"), 12, 3, 0);
   td_write_cifar(xc_join(cifar, "test_batch.bin"), 6, 3, 50);
-  Run r = run(dir, "fake-train", "--data cifar --epochs 4 --quiet");
+  Run r = run(dir, "fake-train", "--data", "cifar", "--epochs", "4", "--quiet");
   ASSERT_OK(r);
-  r = run(dir, "fake-eval", "--weights fake.safetensors --data cifar --json");
+  r = run(dir, "fake-eval", "--weights", "fake.safetensors", "--data", "cifar", "--json");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "\"samples\": 6");
   // IDX, gzip: grey images repeated into 3 channels.
@@ -237,9 +251,9 @@ START_TEST(other_formats) {
   td_mkdir(idx);
   td_write_idx(idx, "train", 8, 8, 3, true);
   td_write_idx(idx, "t10k", 5, 8, 3, true);
-  r = run(dir, "fake-train", "--data idx --epochs 1 --quiet");
+  r = run(dir, "fake-train", "--data", "idx", "--epochs", "1", "--quiet");
   ASSERT_OK(r);
-  r = run(dir, "fake-eval", "--data idx");
+  r = run(dir, "fake-eval", "--data", "idx");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "on the 5 test images");
 }
@@ -252,7 +266,7 @@ START_TEST(binary_model) {
   td_write_photo_folder(train, cd_names, 2, 10, 20, 14);
   td_write_bytes(xc_join(train, "dog.broken.jpg"), "\xff\xd8\xff\xe0 oops", 9);
   // val_split 0.25 and no test folder: 15 photos train, 5 validate.
-  Run r = run(dir, "fake-bin-train", "--data train --epochs 3 --log log.csv");
+  Run r = run(dir, "fake-bin-train", "--data", "train", "--epochs", "3", "--log", "log.csv");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "15 samples");
   ASSERT_HAS(r.out, "held out");
@@ -268,23 +282,23 @@ START_TEST(binary_model) {
   char *hist = slurp(xc_join(dir, "fake-bin.history.csv"));
   ASSERT_HAS(hist, ",lr\n");
   ASSERT_HAS(hist, ",0.0125000002\n");
-  r = run(dir, "fake-bin-eval", "--weights fake-bin.safetensors --data train --json");
+  r = run(dir, "fake-bin-eval", "--weights", "fake-bin.safetensors", "--data", "train", "--json");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "\"samples\": 5");
   ASSERT_HAS(r.out, "\"precision\": ");
   ASSERT_HAS(r.out, "\"recall\": ");
   ASSERT_HAS(r.out, "\"f1\": ");
   ASSERT_HAS(r.out, "\"threshold\": 0.5");
-  r = run(dir, "fake-bin-eval", "--data train --split all --threshold 0.9");
+  r = run(dir, "fake-bin-eval", "--data", "train", "--split", "all", "--threshold", "0.9");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "on the 20 test images");
   ASSERT_HAS(r.out, "precision");
   ASSERT_HAS(r.out, "threshold 0.9");
-  r = run(dir, "fake-bin-eval", "--predict train/cat.0.jpg");
+  r = run(dir, "fake-bin-eval", "--predict", "train/cat.0.jpg");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "(cat 0.");
   ASSERT_HAS(r.out, ", dog 0.");
-  r = run(dir, "fake-bin-train", "--data train --epochs 1 --strict");
+  r = run(dir, "fake-bin-train", "--data", "train", "--epochs", "1", "--strict");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "dog.broken.jpg");
 }
@@ -292,7 +306,7 @@ END_TEST
 
 START_TEST(command_line_errors) {
   char *dir = rgb_workdir(2);
-  Run r = run(dir, "fake-train", "--data no/such/dir");
+  Run r = run(dir, "fake-train", "--data", "no/such/dir");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "fake-train: error: data path no/such/dir does not exist");
   ASSERT_HAS(r.err, "hint:");
@@ -300,21 +314,21 @@ START_TEST(command_line_errors) {
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "unknown option '--frobnicate'");
   ASSERT_HAS(r.err, "usage: fake-train [--data PATH]");
-  r = run(dir, "fake-train", "--data train --batch-size 7");
+  r = run(dir, "fake-train", "--data", "train", "--batch-size", "7");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "compiled for batch size 4");
   ASSERT_HAS(r.err, "batch_size: 7");
-  r = run(dir, "fake-train", "--data train --epochs zero");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "zero");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "--epochs: bad value 'zero'");
   r = run(dir, "fake-train", "--data");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "option --data needs a value");
-  r = run(dir, "fake-train", "");
+  r = run(dir, "fake-train", NULL);
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "no data");
   // A --save directory that cannot take checkpoints fails before training.
-  r = run(dir, "fake-train", "--data train --save no/such/dir/w.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--save", "no/such/dir/w.safetensors");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "cannot write checkpoints next to no/such/dir/w.safetensors");
   ck_assert_msg(!strstr(r.out, "training fake"), "trained first:\n%s", r.out);
@@ -322,7 +336,7 @@ START_TEST(command_line_errors) {
   char *tiny = xc_join(dir, "tiny");
   td_mkdir(tiny);
   td_write_photo_folder(tiny, rgb_names, 1, 3, 8, 8);
-  r = run(dir, "fake-train", "--data tiny");
+  r = run(dir, "fake-train", "--data", "tiny");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "3 samples, fewer than one batch of 4");
   // --init with a file of another model.
@@ -330,22 +344,22 @@ START_TEST(command_line_errors) {
   int64_t wd[2] = {3, 100}, bd[1] = {3};
   StTensor t[] = {{"fc.weight", 2, wd, z, NULL}, {"fc.bias", 1, bd, z, NULL}};
   ck_assert(st_write(xc_join(dir, "other.safetensors"), t, 2, NULL, 0));
-  r = run(dir, "fake-train", "--data train --init other.safetensors");
+  r = run(dir, "fake-train", "--data", "train", "--init", "other.safetensors");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(
       r.err,
       "other.safetensors: 'fc.weight' has shape [3,100], but the model's parameter is [3,192]");
-  r = run(dir, "fake-train", "--data train --resume");
+  r = run(dir, "fake-train", "--data", "train", "--resume");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "--resume: no checkpoint");
-  r = run(dir, "fake-eval", "--data test");
+  r = run(dir, "fake-eval", "--data", "test");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "no weights: fake.safetensors does not exist");
   ASSERT_HAS(r.err, "--weights");
-  r = run(dir, "fake-eval", "--weights other.safetensors --data test");
+  r = run(dir, "fake-eval", "--weights", "other.safetensors", "--data", "test");
   ck_assert_int_eq(r.status, 1);
   // Nothing above wrote weights; now a good run does.
-  r = run(dir, "fake-train", "--data train --batch-size 4 --epochs 1 --quiet");
+  r = run(dir, "fake-train", "--data", "train", "--batch-size", "4", "--epochs", "1", "--quiet");
   ASSERT_OK(r);
   ck_assert(xc_is_file(xc_join(dir, "fake.safetensors")));
   r = run(dir, "fake-train", "--help");
@@ -363,26 +377,27 @@ END_TEST
 // (256): over N they warn, over 2N they are refused like unreadable files.
 START_TEST(max_image_pixels_option) {
   char *dir = rgb_workdir(2);
-  Run r = run(dir, "fake-train", "--data train --epochs 1 --no-eval --max-image-pixels 100");
+  Run r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--no-eval",
+              "--max-image-pixels", "100");
   ASSERT_OK(r);
   ASSERT_HAS(r.err, "120 pixels, over the limit of 100 (a decompression bomb?), as are");
-  r = run(dir, "fake-train", "--data train --epochs 1 --max-image-pixels=59");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--max-image-pixels=59");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "12x10, 120 pixels, over twice the limit of 59");
   ASSERT_HAS(r.err, "no readable images");
-  r = run(dir, "fake-eval", "--data test --max-image-pixels 100");
+  r = run(dir, "fake-eval", "--data", "test", "--max-image-pixels", "100");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "16x16, 256 pixels, over twice the limit of 100");
-  r = run(dir, "fake-eval", "--data test --max-image-pixels 200 --json");
+  r = run(dir, "fake-eval", "--data", "test", "--max-image-pixels", "200", "--json");
   ASSERT_OK(r);
   ASSERT_HAS(r.err, "256 pixels, over the limit of 200");
-  r = run(dir, "fake-eval", "--predict test/red.0.jpg --max-image-pixels 100");
+  r = run(dir, "fake-eval", "--predict", "test/red.0.jpg", "--max-image-pixels", "100");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "test/red.0.jpg: the image is 16x16, 256 pixels, over twice the limit of 100");
-  r = run(dir, "fake-eval", "--predict test/red.0.jpg --max-image-pixels 200");
+  r = run(dir, "fake-eval", "--predict", "test/red.0.jpg", "--max-image-pixels", "200");
   ASSERT_OK(r);
   ASSERT_HAS(r.err, "test/red.0.jpg: 256 pixels, over the limit of 200");
-  r = run(dir, "fake-train", "--data train --max-image-pixels 0");
+  r = run(dir, "fake-train", "--data", "train", "--max-image-pixels", "0");
   ck_assert_int_eq(r.status, 1);
   ASSERT_HAS(r.err, "--max-image-pixels: bad value '0'");
   r = run(dir, "fake-train", "--help");

@@ -1,12 +1,17 @@
 // Writers of small test data sets (see testdata.h). Everything is
 // synthetic and deterministic, so tests can assert exact pixels and labels.
+#define _GNU_SOURCE
 #include "testdata.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <png.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <zlib.h>
 
 #include <jpeglib.h> // after stdio.h: it uses FILE and size_t
@@ -233,6 +238,30 @@ char *td_mkdtemp(const char *parent) {
   if (!mkdtemp(path))
     die("create a directory in", parent);
   return path;
+}
+
+int td_run(const char *dir, const char *const *argv, const char *out, const char *err) {
+  extern char **environ;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (out)
+    posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (err)
+    posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (dir)
+    posix_spawn_file_actions_addchdir_np(&fa, dir);
+  pid_t pid;
+  int e = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (e) {
+    errno = e;
+    die("run", argv[0]);
+  }
+  int ws;
+  while (waitpid(pid, &ws, 0) < 0)
+    if (errno != EINTR)
+      die("wait for", argv[0]);
+  return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
 }
 
 void td_mkdir(const char *path) {

@@ -27,6 +27,11 @@ void td_write_bytes(const char *path, const void *data, long n);
 void td_truncate_copy(const char *from, const char *to, double fraction);
 char *td_mkdtemp(const char *parent);
 void td_mkdir(const char *path);
+// Runs argv[0] (looked up in PATH unless it names a path) with argv, from
+// an argument vector (never a shell), in dir (NULL: here), its stdout and
+// stderr into the files out and err (NULL: inherited); returns the exit
+// status, or 128 + the signal that ended it.
+int td_run(const char *dir, const char *const *argv, const char *out, const char *err);
 // A folder of photos named CLASS.I.EXT for the fake models' classes.
 void td_write_photo_folder(const char *dir, const char *const *classes, int nclasses, int per_class,
                            int w, int h);

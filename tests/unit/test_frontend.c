@@ -215,6 +215,30 @@ START_TEST(data_options) {
 }
 END_TEST
 
+static char *used_options(void) {
+  char *text;
+  size_t len;
+  FILE *f = open_memstream(&text, &len);
+  print_used_options(f);
+  fclose(f);
+  return text;
+}
+
+// The options the models read so far used (xentcc MODEL.yaml --list-options)
+// accumulate; forget_used_options starts the list again without freeing it,
+// for the YAML fuzzer, whose driver frees each input's blocks (the second
+// model it read used the freed list).
+START_TEST(used_options_restart) {
+  load_text(small_model);
+  char *first = used_options();
+  ck_assert_msg(strstr(first, "\ndata.format=idx\n"), "%s", first);
+  forget_used_options();
+  ck_assert_str_eq(used_options(), "");
+  load_text(small_model);
+  ck_assert_str_eq(used_options(), first);
+}
+END_TEST
+
 // Errors end the process with status 1 (Check forks each test).
 START_TEST(bad_shape_exits_1) {
   load_text("input: {channels: 1, height: 8, width: 8}\n"
@@ -242,6 +266,7 @@ int main(void) {
   tcase_add_test(tc, mnist_fields);
   tcase_add_test(tc, defaults);
   tcase_add_test(tc, data_options);
+  tcase_add_test(tc, used_options_restart);
   tcase_add_exit_test(tc, bad_shape_exits_1, 1);
   tcase_add_exit_test(tc, syntax_error_exits_1, 1);
   tcase_add_exit_test(tc, not_a_mapping_exits_1, 1);
