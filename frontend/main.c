@@ -27,19 +27,20 @@ enum {
 // named after -o NAME (default: the YAML file's base name).
 typedef struct {
   const char *name;
-  bool text;    // readable text: standard output by default, and with -o -
-  bool graph;   // a graph of one stage: --stage chooses which
-  bool lowered; // after lowering, so -O matters
-  bool per_exe; // a file per executable, NAME-train.EXT and NAME-eval.EXT; else one
+  const char *ext; // of the file -o writes (per executable: NAME-train.EXT)
+  bool text;       // readable text: standard output by default, and with -o -
+  bool graph;      // a graph of one stage: --stage chooses which
+  bool lowered;    // after lowering, so -O matters
+  bool per_exe;    // a file per executable, NAME-train.EXT and NAME-eval.EXT; else one
 } EmitKind;
 
 static const EmitKind emit_kinds[] = {
-    {"ir", true, true, false, false},   {"dot", true, true, false, false},
-    {"loops", true, false, true, false}, {"llvm", true, false, true, true},
-    {"asm", true, false, true, true},    {"obj", false, false, true, true},
+    {"ir", "xir", true, true, false, false},     {"dot", "dot", true, true, false, false},
+    {"loops", "loops", true, false, true, false}, {"llvm", "ll", true, false, true, true},
+    {"asm", "s", true, false, true, true},        {"obj", "o", false, false, true, true},
 };
 enum { NEMIT = sizeof emit_kinds / sizeof *emit_kinds };
-static const EmitKind executables = {NULL, false, false, true, true};
+static const EmitKind executables = {NULL, NULL, false, false, true, true};
 
 static const char *const stages[] = {"model", "train", "eval"};
 
@@ -329,7 +330,7 @@ int main(int argc, char **argv) {
   if (output) {
     struct stat st;
     size_t n = strlen(output);
-    const char *example = !emit->per_exe       ? xformat("-o build/cifar10.%s", emit_name)
+    const char *example = !emit->per_exe       ? xformat("-o build/cifar10.%s", emit->ext)
                           : emit == &executables ? "-o build/cifar10 (build/cifar10-train and "
                                                    "build/cifar10-eval)"
                                                  : "-o build/cifar10";
