@@ -323,7 +323,7 @@ int main(int argc, char **argv) {
     arg_die(&a, "-O sets how lowered loops are scheduled and LLVM optimizes; drop it, or use "
                 "--emit=loops, llvm or asm",
             "%s does not apply to --emit=%s, the graph before lowering", opt_flag, emit_name);
-  if (cpu_flag && (emit->graph || (emit_name && !strcmp(emit_name, "loops"))))
+  if (cpu_flag && !emit->per_exe) // LLVM's output is a module per executable
     arg_die(&a, "-mcpu chooses the machine code; drop it, or use --emit=llvm, asm or obj",
             "%s does not apply to --emit=%s", cpu_flag, emit_name);
 
