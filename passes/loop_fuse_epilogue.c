@@ -336,6 +336,19 @@ static bool hoist_operands(LFunc *f, int *pi, int ci, const LExpr *e, const LBuf
   return operands_ready(f, e, yin, *pi, ci);
 }
 
+// Every load in e of y's memory is a load of yin (no other view of it).
+static bool only_through(const LExpr *e, LBuf *y, const LBuf *yin) {
+  if (!e)
+    return true;
+  if (e->kind == LX_LOAD && root(e->buf) == y && e->buf != yin)
+    return false;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      if (!only_through(e->idx[d], y, yin))
+        return false;
+  return only_through(e->a, y, yin) && only_through(e->b, y, yin) && only_through(e->c, y, yin);
+}
+
 // Fuses consumer kernel ci (a plain elementwise nest) into the kernel that
 // computes its operand yin. True when done.
 static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
@@ -344,7 +357,7 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   LStmt *cs = map_store(c, vars, &rank);
   LBuf *y = root(yin), *out = cs->buf;
   if (y == f->result || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
-      !reads_at(cs->value, yin, vars))
+      !reads_at(cs->value, yin, vars) || !only_through(cs->value, y, yin))
     return false;
   for (int d = 0; d < rank; d++)
     if (out->dim[d] != y->dim[d])

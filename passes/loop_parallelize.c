@@ -12,8 +12,8 @@
 // microseconds (waking the other threads and waiting for the last), much
 // more on shared cores. Elements moved or computed one by one: 128 Ki, tens
 // of microseconds. Multiply-adds of a tiled contraction run some 16 a cycle
-// per core: 2 Mi of them are about as long.
-enum { MIN_WORK = 1 << 17, MIN_FMAS = 1 << 21 };
+// per core: 512 Ki of them take about 10.
+enum { MIN_WORK = 1 << 17, MIN_FMAS = 1 << 19 };
 
 typedef struct {
   int64_t *span; // by variable: its loop's hi - 1 - lo, while inside it
