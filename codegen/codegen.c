@@ -615,18 +615,24 @@ static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *
   sanitize_module(c, tm, opt);
 }
 
+// --emit=llvm|asm|obj: the module as text or an object, written whole to
+// path, or to standard output when path is "-" (text only: the driver
+// refuses -o - for objects).
 static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const char *path) {
+  if (!strcmp(kind, "llvm")) {
+    char *text = LLVMPrintModuleToString(c->mod);
+    write_file(path, text, strlen(text));
+    LLVMDisposeMessage(text);
+    return;
+  }
   char *err = NULL;
-  bool failed;
-  if (!strcmp(kind, "llvm"))
-    failed = LLVMPrintModuleToFile(c->mod, path, &err);
-  else
-    failed = LLVMTargetMachineEmitToFile(tm, c->mod, (char *)path,
-                                         !strcmp(kind, "asm") ? LLVMAssemblyFile : LLVMObjectFile,
-                                         &err);
-  if (failed)
-    fatal("cannot write %s: %s (check that the directory exists and is writable)", path,
-          err ? err : "unknown error");
+  LLVMMemoryBufferRef buf;
+  if (LLVMTargetMachineEmitToMemoryBuffer(tm, c->mod,
+                                          !strcmp(kind, "asm") ? LLVMAssemblyFile : LLVMObjectFile,
+                                          &err, &buf))
+    fatal("cannot generate %s: %s", path, err ? err : "unknown error");
+  write_file(path, LLVMGetBufferStart(buf), LLVMGetBufferSize(buf));
+  LLVMDisposeMemoryBuffer(buf);
 }
 
 static void dispose(Cg *c) {
@@ -1157,7 +1163,7 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
 
   // Fail before minutes of optimization if the outputs cannot be written.
   char *outdir = dirname(xstrdup(opt->output));
-  if (access(outdir, W_OK) != 0)
+  if (strcmp(opt->output, "-") && access(outdir, W_OK) != 0)
     fatal("cannot write %s-*: directory '%s' does not exist or is not writable (check -o)",
           opt->output, outdir);
   check_cpu(opt);
@@ -1169,7 +1175,9 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
       Cg *c = main_module(m, p, train, &exes[e], outputs, float_labels, NULL);
       finish_module(c, tm, opt);
       const char *ext = !strcmp(opt->emit, "llvm") ? "ll" : !strcmp(opt->emit, "asm") ? "s" : "o";
-      write_module(c, tm, opt->emit, xformat("%s-%s.%s", opt->output, exes[e].suffix, ext));
+      write_module(c, tm, opt->emit,
+                   strcmp(opt->output, "-") ? xformat("%s-%s.%s", opt->output, exes[e].suffix, ext)
+                                            : "-");
       dispose(c);
     }
     return;

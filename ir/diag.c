@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 // The compiler never frees its IR (a run is short), so in a sanitizer build
 // its leak reports are noise: they are off here, in every program made with
@@ -149,6 +151,50 @@ char *read_file(const char *path, const char *what) {
   if (strlen(buf) != len)
     fatal("%s '%s' contains a NUL byte; is it a text file?", what, path);
   return buf;
+}
+
+void write_file(const char *path, const char *data, size_t len) {
+  if (!strcmp(path, "-")) {
+    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
+      fatal("cannot write to standard output: %s", strerror(errno));
+    return;
+  }
+  // mkstemp's name is unpredictable and opened with O_EXCL: nothing planted
+  // there can redirect the write; the rename replaces path itself, never a
+  // file a symbolic link at path points to.
+  char *tmp = xformat("%s.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  if (fd < 0)
+    fatal("cannot write %s: %s (check that its directory exists and is writable)", path,
+          strerror(errno));
+  mode_t mask = umask(0);
+  umask(mask);
+  const char *p = data;
+  size_t left = len;
+  bool ok = fchmod(fd, 0666 & ~mask) == 0;
+  while (ok && left > 0) {
+    ssize_t n = write(fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      if (n == 0)
+        errno = ENOSPC;
+      ok = false;
+      break;
+    }
+    p += n;
+    left -= (size_t)n;
+  }
+  int err = errno;
+  if (close(fd) != 0 && ok)
+    ok = false, err = errno;
+  if (ok && rename(tmp, path) != 0)
+    ok = false, err = errno;
+  if (!ok) {
+    unlink(tmp);
+    fatal("cannot write %s: %s", path, strerror(err));
+  }
+  free(tmp);
 }
 
 void *xcalloc(size_t n, size_t size) {

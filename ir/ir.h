@@ -22,6 +22,9 @@ typedef struct {
 
 void src_register(const char *path, const char *text); // lets diagnostics quote lines
 char *read_file(const char *path, const char *what);   // NUL-terminated; dies with a hint on failure
+// Writes len bytes to path whole or not at all (a temporary beside it,
+// renamed into place), or to standard output when path is "-".
+void write_file(const char *path, const char *data, size_t len);
 noreturn void error_at(Loc loc, const char *hint, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void warn_at(Loc loc, const char *hint, const char *fmt, ...)
@@ -324,7 +327,7 @@ void pass_plan_memory(struct LProgram *p);   // loop_plan_memory.c
 //
 
 typedef struct {
-  const char *output;   // -o NAME: NAME-train and NAME-eval
+  const char *output;   // -o NAME: NAME-train and NAME-eval; "-": standard output (llvm, asm)
   const char *emit;     // NULL: executables; "llvm", "asm" or "obj": that form only
   int opt_level;        // -O0..-O3 (default 3)
   const char *cpu;      // -mcpu=; "native" by default

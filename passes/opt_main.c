@@ -2,6 +2,7 @@
 // result. It is what the golden pass tests run, as LLVM's `opt` is. Passes
 // named after "lower" run on the loop IR of the graph (one function, every
 // node in its own buffer) and the loop program is printed instead.
+#include "args.h"
 #include "ir.h"
 #include "loop.h"
 
@@ -18,7 +19,8 @@ static void usage(FILE *out) {
         "  --print-after=PASS     print the IR after PASS to stderr\n"
         "  --disable-pass=PASS    skip PASS (repeatable)\n"
         "  --emit=ir|dot          print the result as IR (default) or as a Graphviz graph\n"
-        "  --list-passes          list the passes and exit\n",
+        "  --list-passes          list the passes and exit\n"
+        "  --version              the version of xentcc\n",
         out);
 }
 
@@ -27,37 +29,42 @@ int main(int argc, char **argv) {
   PipelineOptions po = {.dump = stderr};
   const char **disabled = xcalloc(argc, sizeof *disabled);
 
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+  Args a = {.argc = argc,
+            .argv = argv,
+            .i = 1,
+            .usage = "usage: xentcc-opt FILE.xir|- --passes=a,b,... [options] (--help lists them)"};
+  for (; a.i < argc; a.i++) {
+    const char *arg = argv[a.i];
+    if (arg_flag(&a, "-h") || arg_flag(&a, "--help")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--list-passes")) {
+    } else if (arg_flag(&a, "--version")) {
+      printf("xentcc-opt: xentcc %s\n", xentcc_version());
+      return 0;
+    } else if (arg_flag(&a, "--list-passes")) {
       int n;
       const Pass *p = pass_list(&n);
       for (int j = 0; j < n; j++)
         printf("  %-18s %s\n", p[j].name, p[j].help);
       return 0;
-    } else if (!strncmp(a, "--passes=", 9)) {
-      passes = a + 9;
-    } else if (!strcmp(a, "--print-after-all")) {
+    } else if (arg_opt(&a, "--passes")) {
+      passes = a.value;
+    } else if (arg_flag(&a, "--print-after-all")) {
       po.print_after = "all";
-    } else if (!strncmp(a, "--print-after=", 14)) {
-      po.print_after = a + 14;
-    } else if (!strncmp(a, "--disable-pass=", 15)) {
-      disabled[po.ndisabled++] = a + 15;
-    } else if (!strncmp(a, "--emit=", 7)) {
-      emit = a + 7;
+    } else if (arg_opt(&a, "--print-after")) {
+      po.print_after = a.value;
+    } else if (arg_opt(&a, "--disable-pass")) {
+      disabled[po.ndisabled++] = a.value;
+    } else if (arg_opt(&a, "--emit")) {
+      emit = a.value;
       if (strcmp(emit, "ir") && strcmp(emit, "dot"))
-        fatal("--emit=%s: xentcc-opt emits ir or dot", emit);
-    } else if (a[0] == '-' && a[1]) {
-      fprintf(stderr, "xentcc-opt: error: unknown option '%s'\n", a);
-      usage(stderr);
-      return 1;
+        arg_die(&a, "use --emit=ir or --emit=dot", "--emit=%s: xentcc-opt emits ir or dot", emit);
+    } else if (arg[0] == '-' && arg[1]) {
+      arg_unknown(&a);
     } else if (input) {
-      fatal("more than one input file given ('%s' and '%s')", input, a);
+      arg_die(&a, NULL, "more than one input file given ('%s' and '%s')", input, arg);
     } else {
-      input = a;
+      input = arg;
     }
   }
   po.disabled = disabled;

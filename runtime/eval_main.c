@@ -33,7 +33,9 @@ static void print_help(const char *prog, const XcModel *m) {
          "  --profile          a table of the time, GFLOP/s and share of the machine's FMA\n"
          "                     peak of every generated kernel of the evaluation\n"
          "  --profile-csv FILE the same numbers, every kernel, as CSV\n"
-         "  --quiet            no progress messages\n\n"
+         "  --quiet            no progress messages\n"
+      "  --version          the xentcc that built this executable\n"
+      "Options take their value as --opt V or --opt=V.\n\n"
          "The whole test set is evaluated: the last partial batch is padded and the\n"
          "padding ignored.\n",
          m->name, m->nclasses, m->name,
@@ -145,10 +147,14 @@ int xc_eval_main(int argc, char **argv) {
   char **predict_files = NULL;
   int npredict = 0;
   char *usage = xc_format(usage_fmt, xc_prog);
-  Args a = {argc, argv, 1, NULL, usage};
+  Args a = {.argc = argc, .argv = argv, .i = 1, .usage = usage};
   for (; a.i < argc; a.i++) {
     if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
       print_help(xc_prog, m);
+      free(stem), free(usage);
+      return 0;
+    } else if (arg_flag(&a, "--version")) {
+      xc_print_version(m);
       free(stem), free(usage);
       return 0;
     } else if (arg_opt(&a, "--weights")) {

@@ -5,6 +5,7 @@
 #ifndef XENTCC_RT_INTERNAL_H
 #define XENTCC_RT_INTERNAL_H
 
+#include "args.h"
 #include "xentcc_rt.h"
 
 #include <stdbool.h>
@@ -285,26 +286,13 @@ void xc_resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int o
 bool xc_is_image_name(const char *name); // .jpg .jpeg .png (any case)
 
 //
-// args.c: command-line parsing shared by the two mains
+// args.c (args.h): the command line, parsed as every xentcc tool parses it
 //
 
-typedef struct {
-  int argc;
-  char **argv;
-  int i;             // the argument being looked at
-  const char *value; // the value of the option just matched
-  const char *usage;
-} Args;
-
-// True when argv[i] is --name (for a value: "--name V" or "--name=V", the
-// value in a->value; a missing value dies with the usage line).
-bool arg_flag(Args *a, const char *name);
-bool arg_opt(Args *a, const char *name);
-noreturn void arg_unknown(Args *a);
-int arg_int(Args *a, int lo, int hi);
-double arg_double(Args *a, double lo, double hi);
 // The model's executable name without the -train / -eval suffix.
 char *xc_model_stem(const char *argv0, const char *suffix);
+// --version: "NAME-train: model M, built by xentcc VERSION".
+void xc_print_version(const XcModel *m);
 
 //
 // data.c: data sets in memory as bytes, splits, batches, augmentation

@@ -98,7 +98,9 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     as decompression bombs (default %d, PIL's)\n"
       "  --precision P      must be the precision compiled in (%s, the YAML's precision:);\n"
       "                     another needs the executables compiled for it\n"
-      "  --quiet            print only errors\n\n"
+      "  --quiet            print only errors\n"
+      "  --version          the xentcc that built this executable\n"
+      "Options take their value as --opt V or --opt=V.\n\n"
       "%s",
       *m->train_path ? m->train_path : "none: pass --data", m->epochs, m->batch_size, m->lr,
       m->seed, m->drop_last ? "dropped" : "kept, as in PyTorch", save, XC_MAX_IMAGE_PIXELS,
@@ -233,10 +235,14 @@ int xc_train_main(int argc, char **argv) {
   const char *profile_csv = NULL;
   double lr = m->lr;
   char *usage = xc_format(usage_fmt, xc_prog);
-  Args a = {argc, argv, 1, NULL, usage};
+  Args a = {.argc = argc, .argv = argv, .i = 1, .usage = usage};
   for (; a.i < argc; a.i++) {
     if (arg_flag(&a, "--help") || arg_flag(&a, "-h")) {
       print_help(xc_prog, m, save);
+      free(save), free(stem), free(usage);
+      return 0;
+    } else if (arg_flag(&a, "--version")) {
+      xc_print_version(m);
       free(save), free(stem), free(usage);
       return 0;
     } else if (arg_opt(&a, "--data")) {

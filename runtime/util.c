@@ -115,6 +115,20 @@ const char *xc_basename(const char *path) {
   return s ? s + 1 : path;
 }
 
+char *xc_model_stem(const char *argv0, const char *suffix) {
+  char *s = xc_strdup(xc_basename(argv0));
+  size_t n = strlen(s), k = strlen(suffix);
+  if (n > k && !strcmp(s + n - k, suffix))
+    s[n - k] = '\0';
+  return s;
+}
+
+// The runtime is built with the compiler and linked by it, so its version
+// is the version of the xentcc that built the executable.
+void xc_print_version(const XcModel *m) {
+  printf("%s: model %s, built by xentcc %s\n", xc_prog, m->name, xentcc_version());
+}
+
 char *xc_join(const char *dir, const char *name) {
   size_t n = strlen(dir);
   return xc_format("%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", name);
