@@ -343,7 +343,7 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   int vars[LMAX_RANK], rank;
   LStmt *cs = map_store(c, vars, &rank);
   LBuf *y = root(yin), *out = cs->buf;
-  if (y == f->result || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
+  if (y == f->result || (f->logits && y == root(f->logits)) || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
       !reads_at(cs->value, yin, vars))
     return false;
   for (int d = 0; d < rank; d++)

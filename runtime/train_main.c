@@ -372,6 +372,7 @@ int xc_train_main(int argc, char **argv) {
 
   void *workspace = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   float *grads = xc_alloc_floats(m->param_floats);
+  float *logits = xc_alloc_floats((int64_t)m->batch_size * m->outputs);
   int64_t skipped = 0;
   int log_every = m->log_every > 0 ? m->log_every : 100;
   Progress progress = {!quiet && isatty(2), 0};
@@ -392,7 +393,7 @@ int xc_train_main(int argc, char **argv) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
     XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
                        (int32_t)(opt_step + 1)};
-    float loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, workspace);
+    float loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, logits, workspace);
     loader_release(loader);
     // A NaN or an infinity in the loss or a gradient: stop before the update
     // (the weights stay those of the step before, the last checkpoint is
@@ -547,6 +548,7 @@ int xc_train_main(int argc, char **argv) {
   free(params);
   free(state);
   free(grads);
+  free(logits);
   free(counters);
   free(workspace);
   free(hist);
