@@ -422,33 +422,61 @@ void conf_add(Confusion *c, int truth, int pred);
 void conf_free(Confusion *c);
 double conf_accuracy(const Confusion *c);
 double conf_class_accuracy(const Confusion *c, int cls); // recall of the class; NAN if empty
+// One row of sklearn's classification_report (zero_division=0).
+typedef struct {
+  double precision, recall, f1;
+  int64_t support; // samples of the class
+} ClassScore;
+ClassScore conf_class_score(const Confusion *c, int cls);
+// Macro (mean over all k classes) and support-weighted averages.
+void conf_averages(const Confusion *c, ClassScore *macro, ClassScore *weighted);
 // Binary metrics with class 1 as the positive class; 0 where undefined
 // (sklearn's zero_division=0).
 void conf_binary(const Confusion *c, double *precision, double *recall, double *f1);
 void conf_print(FILE *f, const Confusion *c, const char *const *names);
-void conf_print_json(FILE *f, const Confusion *c, const char *const *names, bool binary,
+void conf_print_report(FILE *f, const Confusion *c, const char *const *names);
+// The loss of the YAML's criterion over many samples, as PyTorch computes
+// criterion(logits, labels) of all of them at once (mean reduction), plus
+// the l2 terms of the parameters; NAN when the model does not describe it.
+typedef struct {
+  double nll;    // sum of w[y] * -log p[y] (cross-entropy) or of the BCE terms
+  double smooth; // cross-entropy: sum of sum_c w[c] * -log p[c], for label smoothing
+  double weight; // sum of w[y] (1 per sample without class weights)
+  int64_t samples;
+} LossSum;
+void loss_add(const XcModel *m, LossSum *s, const float *logits, int label);
+double loss_value(const XcModel *m, const LossSum *s, const float *params);
+// What an evaluation measures.
+typedef struct {
+  Confusion conf;
+  double loss;           // loss_value of every sample
+  int top_k;             // 0: not measured
+  double top_k_accuracy; // share of samples whose label is among the top_k logits
+} EvalResult;
+void eval_print_json(FILE *f, const EvalResult *r, const char *const *names, bool binary,
                      double threshold);
-
+// The shortest %.Ng text that reads back as exactly v (buf: 32 bytes).
+const char *xc_shortest(double v, char buf[32]);
+void xc_json_number(FILE *f, double v); // xc_shortest, or null for NaN and infinities
 // Index of the largest logit (the first on ties, like torch.max).
 int xc_argmax(const float *v, int n);
+// Is label among the k largest of n logits (ties ranked by index)?
+bool xc_in_top_k(const float *logits, int n, int label, int k);
 void xc_softmax(const float *logits, int n, double *out);
 double xc_sigmoid(double x);
-
 //
 // evaluate.c: a whole data set through the forward function
 //
-
 typedef void (*XcForwardFn)(const float *params, const float *state, const float *images,
                             float *logits, void *workspace);
-
 // The predicted class of one sample's logits.
 int xc_predict(const XcModel *m, const float *logits, double threshold);
+// top_k: 0, or the k of the top-k accuracy to measure.
 void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
                  const Dataset *d, const Transform *t, void *workspace, double threshold,
-                 Confusion *conf);
+                 int top_k, EvalResult *r);
 // Normalize from the YAML, plus the augmentation when train.
 Transform xc_model_transform(const XcModel *m, bool train);
-
 //
 // history.c: per-epoch metrics as CSV and an SVG plot of the curves
 //

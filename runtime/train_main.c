@@ -478,11 +478,11 @@ int xc_train_main(int argc, char **argv) {
           }
         }
         if (val) {
-          Confusion c;
+          EvalResult ev;
           Transform plain = xc_model_transform(m, false);
-          xc_evaluate(m, xc_forward, params, state, val, &plain, workspace, 0.5, &c);
-          acc = conf_accuracy(&c);
-          conf_free(&c);
+          xc_evaluate(m, xc_forward, params, state, val, &plain, workspace, 0.5, 0, &ev);
+          acc = conf_accuracy(&ev.conf);
+          conf_free(&ev.conf);
         }
         t_eval += xc_now() - te;
         xc_profile_pause(false);

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 static const char *const rgb_names[] = {"red", "green", "blue"};
@@ -116,6 +117,17 @@ START_TEST(train_then_eval) {
   ck_assert_int_eq(count_lines(r.out), 1);
   ASSERT_HAS(r.out, "{\"accuracy\": 1,");
   ASSERT_HAS(r.out, "\"confusion_matrix\": [[3, 0, 0], [0, 3, 0], [0, 0, 3]]");
+  ASSERT_HAS(r.out, "\"macro avg\": {\"precision\": 1, \"recall\": 1, \"f1-score\": 1, "
+                    "\"support\": 9}");
+  ck_assert(!strstr(r.out, "top_k")); // 3 classes: only when asked
+  r = run(dir, "fake-eval", "--data test --top-k 2");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "top-2 accuracy 100.00 %");
+  ASSERT_HAS(r.out, "       green    1.0000    1.0000    1.0000         3\n");
+  ASSERT_HAS(r.out, "weighted avg    1.0000    1.0000    1.0000         9\n");
+  r = run(dir, "fake-eval", "--data test --top-k 4");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--top-k 4: model 'fake' has only 3 classes");
   // Default weights file; --predict on two photos.
   r = run(dir, "fake-eval", "--predict test/red.0.jpg test/blue.1.png");
   ASSERT_OK(r);
@@ -216,6 +228,33 @@ START_TEST(determinism_steps_and_resume) {
   sscanf(strchr(a, '\n') + 1, "%*d,%*d,%lf", &l0);
   sscanf(strchr(slurp(xc_join(dir, "i.csv")), '\n') + 1, "%*d,%*d,%lf", &l1);
   ck_assert_msg(l1 < l0, "--init did not start from trained weights: %g vs %g", l1, l0);
+}
+END_TEST
+
+// --predict takes files, directories (their regular JPEG and PNG files, in
+// name order) or both.
+START_TEST(predict_directory) {
+  char *dir = rgb_workdir(2);
+  Run r = run(dir, "fake-train", "--data train --epochs 1 --quiet");
+  ASSERT_OK(r);
+  // Not images, or not regular files: skipped.
+  td_mkdir(xc_join(dir, "test/folder.jpg"));
+  td_write_bytes(xc_join(dir, "test/notes.txt"), "hello", 5);
+  ck_assert_int_eq(mkfifo(xc_join(dir, "test/pipe.png"), 0600), 0);
+  r = run(dir, "fake-eval", "--predict test");
+  ASSERT_OK(r);
+  ck_assert_int_eq(count_lines(r.out), 9);
+  ck_assert_int_eq(strncmp(r.out, "test/blue.0.jpg: ", 17), 0);
+  ASSERT_HAS(r.out, "\ntest/red.2.jpg: red ");
+  r = run(dir, "fake-eval", "--predict train/green.1.png test --json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "[{\"file\": \"train/green.1.png\", \"predicted\": \"green\"");
+  ASSERT_HAS(r.out, "{\"file\": \"test/blue.0.jpg\"");
+  td_mkdir(xc_join(dir, "empty"));
+  r = run(dir, "fake-eval", "--predict empty");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--predict: empty holds no .jpg, .jpeg or .png file");
+  ck_assert(!strstr(r.err, "is empty"));
 }
 END_TEST
 
@@ -399,6 +438,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, train_then_eval);
   tcase_add_test(tc, determinism_steps_and_resume);
+  tcase_add_test(tc, predict_directory);
   tcase_add_test(tc, cache_flag);
   tcase_add_test(tc, other_formats);
   tcase_add_test(tc, binary_model);
