@@ -17,9 +17,11 @@ machine, and as a share of the machine's FMA peak. Called by bench/speed.sh:
    calls of every kernel. PyTorch's loop takes its batches in order from
    tensors normalised beforehand; xentcc's loader shuffles and normalises
    each batch on its own thread, inside the time.
-3. A sweep of single convolution layers times xentcc's conv2d,
-   conv2d_grad_input and conv2d_grad_weight kernels (per call, from the
-   profile) against F.conv2d and the two gradients autograd computes. Each
+3. A sweep of single convolution layers times each direction of the layer
+   in xentcc -- its conv2d, conv2d_grad_input or conv2d_grad_weight kernels
+   and the padded, phase-split, interleaved or transposed copies they need
+   (direction_of), per call, from the profile -- against F.conv2d and the
+   two gradients autograd computes. Each
    layer is compiled as a tiny model whose first layer, a 1x1 convolution,
    makes the channels and, having weights, the input gradient needed.
 
@@ -86,10 +88,27 @@ SWEEP_BATCH = 16
 MAX_IMAGES = 200000       # the largest synthetic data set, in images
 TORCH_HOLD_BYTES = 256 << 20  # PyTorch holds at most this much of it as floats, cycling
 
-# The three directions of the sweep's layer (named conv): xentcc's kernel,
-# its layer column in the profile (the input gradient's is empty) and a label.
-DIRECTIONS = [("conv2d", "conv", "forward"), ("conv2d_grad_input", None, "input grad"),
-              ("conv2d_grad_weight", "conv.weight.grad", "weight grad")]
+# The three directions of the sweep's layer (named conv). Each is every
+# kernel xentcc runs for it: the convolution's own (a strided input gradient
+# is a kernel per stride phase) and the copies that feed it -- the padded or
+# phase-split input (forward; the weight gradient reads the same copy), the
+# interleave of the phases and the padded or transposed output gradient
+# (input gradient). The layer in front is named pre.
+DIRECTIONS = ["forward", "input grad", "weight grad"]
+
+
+def direction_of(row):
+    """Which direction of the sweep's layer a profile row belongs to, or None."""
+    k, layer = row["kernel"], row["layer"]
+    if k.startswith("conv2d_grad_input") or k.startswith("interleave"):
+        return 1
+    if k.startswith("conv2d_grad_weight"):
+        return 2 if layer == "conv.weight.grad" else None
+    if k.startswith("conv2d"):
+        return 0 if layer == "conv" else None
+    if k in ("pad", "phases", "transpose"):
+        return 0 if layer.startswith("pre") else 1
+    return None
 
 
 def say(msg):
@@ -449,8 +468,16 @@ data: {{format: idx, train: data, test: data}}
 
 
 def xc_conv_times(p):
-    """(seconds per call, flops per call) of the layer's three kernels."""
-    return [p.per_call(kernel, layer) for kernel, layer, _ in DIRECTIONS]
+    """(seconds per call, flops per call) of each direction of the layer: the
+    sums over its kernels (direction_of), or (None, None) if it has none."""
+    out = [[None, None] for _ in DIRECTIONS]
+    for r in p.rows:
+        d = direction_of(r)
+        if d is None or not r["calls"] or r["function"] != "grad":
+            continue
+        t, fl = out[d]
+        out[d] = [(t or 0) + r["seconds"] / r["calls"], (fl or 0) + r["flops_per_call"]]
+    return [tuple(x) for x in out]
 
 
 def bench_sweep(args, work):
@@ -605,7 +632,7 @@ def sweep_table(results):
         lines.append(f"| {n} | {desc} | {mflop:.1f} | {cells[0]} | {cells[1]} | {cells[2]} | "
                      f"{' / '.join(gflops)} |")
     summary = []
-    for d, (_, _, label) in enumerate(DIRECTIONS):
+    for d, label in enumerate(DIRECTIONS):
         if counted[d]:
             gm = math.exp(sum(logs[d]) / len(logs[d]))
             summary.append(f"{label}: xentcc slower in {slower[d]} of {counted[d]} layers, "

@@ -8,9 +8,12 @@
 
 #include <stdlib.h>
 
-// Below this many multiply-adds (or elements moved) a kernel runs on one
-// thread: a region costs microseconds, and much more on shared cores.
-enum { MIN_WORK = 1 << 17 };
+// Below this much work a kernel runs on one thread: a region costs
+// microseconds (waking the other threads and waiting for the last), much
+// more on shared cores. Elements moved or computed one by one: 128 Ki, tens
+// of microseconds. Multiply-adds of a tiled contraction run some 16 a cycle
+// per core: 512 Ki of them take about 10.
+enum { MIN_WORK = 1 << 17, MIN_FMAS = 1 << 19 };
 
 typedef struct {
   int64_t *span; // by variable: its loop's hi - 1 - lo, while inside it
@@ -63,9 +66,9 @@ static void parallelize(LKernel *k) {
   LStmt *l = k->body[0];
   if (l->flags & (LF_REDUCE | LF_UNROLL | LF_VECTOR) || l->hi - l->lo < 2)
     return;
-  int64_t w = k->flops ? k->flops / 2 : work(l);
+  bool big = k->flops ? k->flops / 2 >= MIN_FMAS : work(l) >= MIN_WORK;
   Spans sp = {xcalloc(k->nvars + 1, sizeof(int64_t))};
-  bool ok = w >= MIN_WORK && disjoint(l, l->var, &sp);
+  bool ok = big && disjoint(l, l->var, &sp);
   free(sp.span);
   if (!ok)
     return;

@@ -348,6 +348,11 @@ static void gen_linear_grad_input(Case *c) {
 static void gen_linear_grad_weight(Case *c) {
   Net *t = c->t;
   int64_t n = features(), k = features(), m = features();
+  if (chance(0.25)) { // now and then enough multiply-adds (2^19) for the threads
+    n = irand(512, 1024);
+    k = k < 32 ? 32 : k;
+    m = m < 32 ? 32 : m;
+  }
   Node *dy = F32(t, "dy", n, m), *x = F32(t, "x", n, k);
   c->node = done(OPN(t, linear_grad_weight, dy, x));
   fill(t, dy, -1, 1);
