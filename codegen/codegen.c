@@ -316,8 +316,105 @@ static int precision_kind(const Graph *g) {
   fatal("graph %s: unknown precision '%s'; use fp32, bf16 or fp16", g->name, p);
 }
 
-static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int outputs,
-                       bool float_labels) {
+// The loss the YAML describes, read off the graph for XcModel: the
+// criterion of the logits (fused or not) plus weight * l2norm(param) terms,
+// as frontend/yaml.c builds it. Anything else leaves kind LOSS_NONE.
+enum { LOSS_NONE, LOSS_CROSS_ENTROPY, LOSS_BCE_WITH_LOGITS }; // XcLossKind
+
+typedef struct {
+  int kind;
+  double smoothing, pos_weight;
+  const Attr *class_weights; // a const's "value", or NULL
+  int nl2;
+  int *l2_param;   // index in the params block
+  double *l2_weight;
+} LossInfo;
+
+static bool describe_loss(Node *n, double factor, const LBlocks *b, LossInfo *li) {
+  switch (n->op) {
+  case OP_add:
+    return describe_loss(n->in[0], factor, b, li) && describe_loss(n->in[1], factor, b, li);
+  case OP_scale:
+    return n->in[0]->op == OP_l2norm &&
+           describe_loss(n->in[0], factor * node_float(n, "factor"), b, li);
+  case OP_l2norm:
+    for (int i = 0; i < b->nparams && n->in[0]->op == OP_param; i++)
+      if (!strcmp(b->params[i].node->name, n->in[0]->name)) {
+        li->l2_param = realloc(li->l2_param, sizeof(int) * (li->nl2 + 1));
+        li->l2_weight = realloc(li->l2_weight, sizeof(double) * (li->nl2 + 1));
+        if (!li->l2_param || !li->l2_weight)
+          fatal("out of memory");
+        li->l2_param[li->nl2] = i;
+        li->l2_weight[li->nl2++] = factor;
+        return true;
+      }
+    return false;
+  case OP_nll_loss:
+  case OP_softmax_cross_entropy:
+    if (li->kind || factor != 1.0 || (n->op == OP_nll_loss && n->in[0]->op != OP_log_softmax))
+      return false;
+    li->kind = LOSS_CROSS_ENTROPY;
+    li->smoothing = node_float(n, "label_smoothing");
+    if (n->nin == 3) {
+      if (n->in[2]->op != OP_const)
+        return false;
+      li->class_weights = node_attr(n->in[2], "value");
+    }
+    return true;
+  case OP_bce:
+  case OP_sigmoid_bce: {
+    if (li->kind || factor != 1.0 || (n->op == OP_bce && n->in[0]->op != OP_sigmoid))
+      return false;
+    const Attr *pw = node_attr(n, "pos_weight");
+    li->kind = LOSS_BCE_WITH_LOGITS;
+    li->pos_weight = pw->n ? pw->floats[0] : 1.0;
+    return true;
+  }
+  default:
+    return false;
+  }
+}
+
+// XcModel's loss fields, loss_kind to l2, into out[0..6).
+static void loss_fields(Cg *c, Graph *g, const LBlocks *b, int outputs, LLVMValueRef *out) {
+  LossInfo li = {0};
+  if (!g->nret || !describe_loss(g->ret[0], 1.0, b, &li) || !li.kind)
+    li = (LossInfo){0};
+  LLVMValueRef weights = LLVMConstNull(c->ptr), l2 = LLVMConstNull(c->ptr);
+  if (li.class_weights) {
+    LLVMValueRef *v = xcalloc(outputs + 1, sizeof *v);
+    for (int i = 0; i < outputs; i++)
+      v[i] = LLVMConstReal(c->f32, li.class_weights->floats[li.class_weights->n == 1 ? 0 : i]);
+    LLVMValueRef init = LLVMConstArray(c->f32, v, outputs);
+    weights = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_class_weights");
+    LLVMSetInitializer(weights, init);
+    LLVMSetGlobalConstant(weights, true);
+    LLVMSetLinkage(weights, LLVMPrivateLinkage);
+  }
+  if (li.nl2) {
+    LLVMTypeRef tt = LLVMStructTypeInContext(c->ctx, (LLVMTypeRef[]){c->i32, c->f64}, 2, false);
+    LLVMValueRef *v = xcalloc(li.nl2 + 1, sizeof *v);
+    for (int i = 0; i < li.nl2; i++)
+      v[i] = LLVMConstStructInContext(
+          c->ctx, (LLVMValueRef[]){CI32(c, li.l2_param[i]), LLVMConstReal(c->f64, li.l2_weight[i])},
+          2, false);
+    LLVMValueRef init = LLVMConstArray(tt, v, li.nl2);
+    l2 = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_l2_terms");
+    LLVMSetInitializer(l2, init);
+    LLVMSetGlobalConstant(l2, true);
+    LLVMSetLinkage(l2, LLVMPrivateLinkage);
+  }
+  out[0] = CI32(c, li.kind);
+  out[1] = LLVMConstReal(c->f32, li.smoothing);
+  out[2] = weights;
+  out[3] = LLVMConstReal(c->f32, li.kind == LOSS_BCE_WITH_LOGITS ? li.pos_weight : 1.0);
+  out[4] = CI32(c, li.nl2);
+  out[5] = l2;
+  free(li.l2_param), free(li.l2_weight);
+}
+
+static void emit_model(Cg *c, Model *m, Graph *train, const LBlocks *b, int64_t workspace,
+                       int outputs, bool float_labels, bool train_logits) {
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
   LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
   LLVMStructSetBody(ti, ti_fields, 6, false);
@@ -331,7 +428,8 @@ static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int
                       c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
                       f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr,
-                      c->i32, c->i32, c->f64, c->f64, c->f64};
+                      c->i32, c->i32, c->f64, c->f64, c->f64,
+                      c->i32, c->f32, c->ptr, c->f32, c->i32, c->ptr, c->i32};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -365,7 +463,9 @@ static void emit_model(Cg *c, Model *m, const LBlocks *b, int64_t workspace, int
       CI32(c, precision_kind(m->graph)), CI32(c, graph_int(m->graph, "growth_interval", 2000)),
       LLVMConstReal(c->f64, graph_float(m->graph, "init_scale", 65536.0)),
       LLVMConstReal(c->f64, graph_float(m->graph, "growth_factor", 2.0)),
-      LLVMConstReal(c->f64, graph_float(m->graph, "backoff_factor", 0.5))};
+      LLVMConstReal(c->f64, graph_float(m->graph, "backoff_factor", 0.5)),
+      NULL, NULL, NULL, NULL, NULL, NULL, CI32(c, train_logits)};
+  loss_fields(c, train ? train : m->graph, b, outputs, &v[nmf - 7]);
   LLVMValueRef g = LLVMAddGlobal(c->mod, mt, "xc_model");
   LLVMSetInitializer(g, LLVMConstNamedStruct(mt, v, nmf));
   LLVMSetGlobalConstant(g, true);
@@ -1134,7 +1234,8 @@ static Cg *main_module(Model *m, LProgram *p, Graph *train, const Exe *exe, int 
   }
   if (train && !strcmp(exe->suffix, "train"))
     emit_grad_check(c, train, p->blocks);
-  emit_model(c, m, p->blocks, ws, outputs, float_labels);
+  LFunc *grad = func_of(p, FN_GRAD_STEP);
+  emit_model(c, m, train, p->blocks, ws, outputs, float_labels, grad && grad->logits);
   emit_main(c, exe->main_fn);
   return c;
 }

@@ -742,7 +742,7 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
   // in runtime/xentcc_rt.h. arg[]: params, state, images, labels, args,
   // grads, logits, workspace.
   static const int sig[][9] = {
-      [FN_GRAD_STEP] = {0, 1, 2, 3, 4, 5, -1, 6, 7},
+      [FN_GRAD_STEP] = {0, 1, 2, 3, 4, 5, 6, 7, 8},
       [FN_APPLY_STEP] = {0, 1, -1, -1, 3, 2, -1, 4, 5},
       [FN_FORWARD] = {0, 1, 2, -1, -1, -1, 3, 4, 5},
       [FN_SLOTS] = {0, -1, -1, -1, -1, -1, -1, -1, 1},
@@ -774,6 +774,8 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
       used[ids[i][j]] = true;
   if (f->result)
     used[f->result->id] = true;
+  if (f->logits)
+    used[f->logits->id] = true;
   for (int i = 0; i < f->nbufs; i++)
     if (used[i])
       used[root_of(f->bufs[i])->id] = true;
@@ -831,6 +833,9 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
         LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
     }
   if (f->kind == FN_GRAD_STEP) {
+    if (f->logits) // the training forward's logits, for the runtime's accuracy
+      LLVMBuildMemCpy(c->b, arg[6], 4, addr[f->logits->id], 4,
+                      LLVMConstInt(c->i64, lbuf_bytes(f->logits), 0));
     LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, addr[f->result->id], "loss"));
   } else if (f->kind == FN_FORWARD) {
     LLVMBuildMemCpy(c->b, arg[6], 4, addr[f->result->id], 4,

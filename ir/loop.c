@@ -652,6 +652,8 @@ void print_lfunc(FILE *out, const LFunc *f) {
       mark_stmt(used, f->kernels[i]->body[j]);
   if (f->result)
     used[f->result->id] = true;
+  if (f->logits)
+    used[f->logits->id] = true;
   for (int i = f->nbufs - 1; i >= 0; i--)
     if (used[i] && f->bufs[i]->alias)
       used[f->bufs[i]->alias->id] = true;
@@ -674,7 +676,9 @@ void print_lfunc(FILE *out, const LFunc *f) {
       print_stmt(out, &nm, k->body[j], 2);
     fputs("  }\n", out);
   }
-  if (f->result)
+  if (f->result && f->logits)
+    fprintf(out, "  return %%%s, %%%s\n", f->result->name, f->logits->name);
+  else if (f->result)
     fprintf(out, "  return %%%s\n", f->result->name);
   else
     fputs("  return\n", out);

@@ -184,6 +184,8 @@ typedef struct {
   int nkernels;
   int64_t workspace_bytes;
   LBuf *result;     // the loss (GRAD_STEP) or the logits (FORWARD)
+  LBuf *logits;     // GRAD_STEP: the training forward's logits, copied out for the
+                    // runtime's training accuracy (NULL when the graph returns none)
 } LFunc;
 
 // The params and state blocks, shared by every function of the executables:

@@ -388,8 +388,9 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   // The consumer's result takes the producer's place, unless it rounds the
   // producer's f32 sums to 16 bits (below).
   bool narrows = out->dtype != y->dtype;
-  if (y == f->result || y->storage != LB_WORKSPACE || !y->node || rank != y->rank ||
-      !reads_at(cs->value, yin, vars) || !only_through(cs->value, y, yin))
+  if (y == f->result || (f->logits && y == root(f->logits)) || y->storage != LB_WORKSPACE ||
+      !y->node || rank != y->rank || !reads_at(cs->value, yin, vars) ||
+      !only_through(cs->value, y, yin))
     return false;
   for (int d = 0; d < rank; d++)
     if (out->dim[d] != y->dim[d])

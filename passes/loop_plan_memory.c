@@ -1,10 +1,10 @@
 // plan-memory: places every workspace buffer of each function at a byte
 // offset in the one workspace the runtime allocates. A buffer lives from the
 // kernel that first writes it to the last that reads it (to the end of the
-// step when it is returned or an assign copies it there), and two buffers
-// whose lives overlap never overlap in memory; first fit, each slice handed
-// back after its last reader, so the workspace is about the largest set of
-// buffers alive at once. Aliases share their root's place.
+// step when it is returned or copied out, or an assign copies it there), and
+// two buffers whose lives overlap never overlap in memory; first fit, each
+// slice handed back after its last reader, so the workspace is about the
+// largest set of buffers alive at once. Aliases share their root's place.
 #include "loop.h"
 
 #include <stdlib.h>
@@ -60,13 +60,14 @@ static void plan(LFunc *f) {
   for (int k = 0; k < f->nkernels; k++)
     for (int j = 0; j < order[k]->nbody; j++)
       note_stmt(f, order[k]->body[j], k);
-  // Read after the step: the result, and what a deferred assign copies
-  // (its kernel index covers that already).
-  if (f->result) {
-    LBuf *r = f->result;
-    while (r->alias)
+  // Read after the step: the result, the logits copied out, and what a
+  // deferred assign copies (its kernel index covers that already).
+  LBuf *outs[2] = {f->result, f->logits};
+  for (int i = 0; i < 2; i++) {
+    LBuf *r = outs[i];
+    while (r && r->alias)
       r = r->alias;
-    if (r->storage == LB_WORKSPACE)
+    if (r && r->storage == LB_WORKSPACE)
       r->last = f->nkernels;
   }
   int64_t *free_off = xcalloc(2 * f->nbufs + 2, sizeof *free_off);

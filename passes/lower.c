@@ -288,6 +288,8 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
     }
   if (kind == FN_GRAD_STEP || kind == FN_FORWARD)
     f->result = f->buf_of[g->ret[0]->id];
+  if (kind == FN_GRAD_STEP && g->nret > 1)
+    f->logits = f->buf_of[g->ret[1]->id];
   return f;
 }
 

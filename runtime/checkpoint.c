@@ -180,6 +180,38 @@ void xc_out_free(XcOutFile *o) {
   errno = e;
 }
 
+// Whole, not durable: a crash may leave the previous version, never a part.
+bool xc_replace_file(const char *path, const void *data, size_t n) {
+  for (int tries = 0; tries < 100; tries++) {
+    char *tmp = tmp_name(path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno == EEXIST) {
+      free(tmp);
+      continue;
+    }
+    bool ok = fd >= 0;
+    for (const uint8_t *p = data; ok && n;) { // not counted by the test hook: not a checkpoint
+      ssize_t w = write(fd, p, n);
+      if (w < 0 && errno != EINTR)
+        ok = false;
+      else if (w > 0)
+        p += w, n -= (size_t)w;
+    }
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && ok)
+      ok = false, e = errno;
+    if (ok && rename(tmp, path) != 0)
+      ok = false, e = errno;
+    if (!ok && fd >= 0)
+      unlink(tmp);
+    free(tmp);
+    errno = e;
+    return ok;
+  }
+  errno = EEXIST;
+  return false;
+}
+
 // The directory's entries made durable (a counted operation; errors are
 // ignored, as some file systems cannot fsync a directory).
 static void sync_dir(const char *path) {
@@ -231,7 +263,8 @@ static noreturn void save_failed(const char *file, const char *weights, const ch
 }
 
 void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, const float *params,
-                  const float *state, const int64_t *counters, XcProgress p) {
+                  const float *state, const int64_t *counters, XcProgress p,
+                  const XcCkptMeta *extra, int nextra) {
   StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + m->ncounters + 1));
   // The weights, as PyTorch's state_dict.
   int n = xc_weight_tensors(m, params, state, counters, t);
@@ -259,17 +292,25 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
        *ostep = xc_format("%lld", (long long)p.opt_step);
   // GradScaler's state as text: %.9g gives a float back exactly.
   char *scale = xc_format("%.9g", p.scale), *tracker = xc_format("%lld", (long long)p.growth_tracker);
-  const char *ometa[] = {"format", "pt",   "model", m->name, "step",  step,
+  const char *fixed[] = {"format", "pt",   "model", m->name, "step",  step,
                          "epoch",  epoch,  "iter",  iter,    "steps_per_epoch", spe,
                          "opt_step", ostep, "weights_sha256", sha_hex,
                          "grad_scaler.scale", scale, "grad_scaler.growth_tracker", tracker};
+  const char **ometa = xc_malloc(sizeof *ometa * (20 + 2 * nextra));
+  memcpy(ometa, fixed, sizeof fixed);
   int nmeta = m->precision == XC_PRECISION_FP16 ? 10 : 8;
+  for (int i = 0; i < nextra; i++)
+    if (extra[i].value) {
+      ometa[2 * nmeta] = extra[i].key;
+      ometa[2 * nmeta++ + 1] = extra[i].value;
+    }
   XcOutFile *o = xc_out_create(optim);
   if (!o) {
     xc_out_free(w);
     save_failed(optim, weights, optim, p);
   }
-  if (!st_encode(t, n, ometa, nmeta, out_sink, o) || !xc_out_close(o) || !xc_out_rename(o, optim)) {
+  if (!st_encode(t, n, ometa, nmeta, out_sink, o) || !xc_out_close(o) ||
+      !xc_out_rename(o, optim)) {
     xc_out_free(o);
     xc_out_free(w);
     save_failed(optim, weights, optim, p);
@@ -288,6 +329,22 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
   xc_out_free(w);
   sync_dir(weights);
   free(step), free(epoch), free(iter), free(spe), free(ostep), free(scale), free(tracker), free(t);
+  free(ometa);
+}
+
+void xc_ckpt_save_weights(const char *path, const XcModel *m, const float *params,
+                          const float *state, const int64_t *counters, const char *const *meta_kv,
+                          int nmeta) {
+  StTensor *t = xc_malloc(sizeof(StTensor) * (m->nparams + m->nstates + m->ncounters + 1));
+  int n = xc_weight_tensors(m, params, state, counters, t);
+  if (!st_write(path, t, n, meta_kv, nmeta)) {
+    int e = errno;
+    char *dir = dir_of(path);
+    xc_die(xc_format("make room in %s (or fix it) and run again with --resume", dir),
+           "cannot save %s: %s", path, strerror(e));
+  }
+  sync_dir(path);
+  free(t);
 }
 
 //
@@ -391,7 +448,20 @@ static bool sha_of(const char *path, uint8_t out[32]) {
   return ok;
 }
 
-void xc_ckpt_tidy(const char *weights, const char *optim) {
+// Is name a temporary of the file others[i] in dir?
+static bool is_other_tmp(const char *name, const char *dir, const char *const *others,
+                         int nothers) {
+  for (int i = 0; i < nothers; i++) {
+    char *odir = dir_of(others[i]);
+    bool same = !strcmp(odir, dir) && is_tmp_of(name, xc_basename(others[i]));
+    free(odir);
+    if (same)
+      return true;
+  }
+  return false;
+}
+
+void xc_ckpt_tidy(const char *weights, const char *optim, const char *const *others, int nothers) {
   char *dir = dir_of(weights);
   const char *wbase = xc_basename(weights), *obase = xc_basename(optim);
   DIR *d = opendir(dir);
@@ -402,7 +472,8 @@ void xc_ckpt_tidy(const char *weights, const char *optim) {
   char **tmps = NULL;
   int n = 0;
   for (struct dirent *de; (de = readdir(d));)
-    if (is_tmp_of(de->d_name, wbase) || is_tmp_of(de->d_name, obase)) {
+    if (is_tmp_of(de->d_name, wbase) || is_tmp_of(de->d_name, obase) ||
+        is_other_tmp(de->d_name, dir, others, nothers)) {
       tmps = xc_realloc(tmps, sizeof *tmps * (n + 1));
       tmps[n++] = xc_join(dir, de->d_name);
     }
@@ -461,7 +532,7 @@ static noreturn void damaged(const char *optim, const char *weights, const char 
 }
 
 XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel *m, float *params,
-                          float *state, int64_t *counters) {
+                          float *state, int64_t *counters, XcCkptMeta *extra, int nextra) {
   if (access(optim, F_OK) != 0) {
     if (access(weights, F_OK) == 0)
       xc_die(xc_format("continue from the weights alone with --init %s instead of --resume "
@@ -576,6 +647,10 @@ XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel 
       opt[k++] = m->states[i];
   st_load_into(f, state, opt, nopt, "optimizer state");
   free(opt);
+  for (int i = 0; i < nextra; i++) {
+    const char *v = st_meta(f, extra[i].key);
+    extra[i].value = v ? xc_strdup(v) : NULL;
+  }
   st_free(f);
   last = p;
   return p;

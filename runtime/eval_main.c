@@ -1,15 +1,21 @@
 // NAME-eval: the generated forward function over a test set, or over
-// single images with --predict. Multi-class models report accuracy, accuracy
-// per class and the confusion matrix; binary models (one logit) add
-// precision, recall and F1 of class 1 at a threshold on sigmoid(logit).
+// single images with --predict. Reports the loss, accuracy, top-k accuracy
+// (more than five classes, or --top-k), sklearn's classification report
+// (precision, recall and F1 per class, macro and weighted averages) and the
+// confusion matrix; binary models (one logit) decide class 1 at a threshold
+// on sigmoid(logit).
 #include "rt.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char usage_fmt[] =
-    "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--json]\n"
-    "       [--predict IMAGE...] [--split all|val] [--threads T] [--strict] [--cache]\n"
+    "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--top-k K] [--json]\n"
+    "       [--predict IMAGE|DIR...] [--split all|val] [--threads T] [--strict] [--cache]\n"
     "       [--max-image-pixels N] [--profile] [--profile-csv FILE] [--quiet]";
 
 static void print_help(const char *prog, const XcModel *m) {
@@ -18,10 +24,14 @@ static void print_help(const char *prog, const XcModel *m) {
          "  --weights W        weights a training run wrote (default: %s.safetensors)\n"
          "  --data PATH        test data (default: %s)\n"
          "  --threshold X      binary models: class 1 when sigmoid(logit) > X (default 0.5)\n"
-         "  --json             one JSON object: accuracy, confusion_matrix, and for binary\n"
-         "                     models precision, recall, f1, threshold\n"
-         "  --predict IMAGE... class probabilities of each image (softmax, or sigmoid for\n"
-         "                     binary models) instead of a test set\n"
+         "  --top-k K          also the share of images whose class is among the K largest\n"
+         "                     logits (default: 5 for models of more than 5 classes)\n"
+         "  --json             one JSON object: loss, accuracy, top_k_accuracy,\n"
+         "                     classification_report (as sklearn's output_dict), confusion_matrix,\n"
+         "                     and for binary models precision, recall, f1, threshold\n"
+         "  --predict IMAGE|DIR...  class probabilities of each image (softmax, or sigmoid for\n"
+         "                     binary models) instead of a test set; a directory stands for\n"
+         "                     its JPEG and PNG files, in name order\n"
          "  --split all|val    folder data with val_split: 'val' evaluates the held-out part\n"
          "                     (the default when the YAML's test folder does not exist)\n"
          "  --threads T        OpenMP threads\n"
@@ -57,6 +67,44 @@ static void json_str(const char *s) {
       putchar(c);
   }
   putchar('"');
+}
+
+// The images --predict names: files as given, and for a directory its
+// regular JPEG and PNG files (by name, in byte order; others are skipped).
+static char **predict_inputs(char **args, int nargs, int *count) {
+  char **files = NULL;
+  int n = 0;
+  for (int a = 0; a < nargs; a++) {
+    if (!xc_is_dir(args[a])) {
+      files = xc_realloc(files, sizeof *files * (n + 1));
+      files[n++] = xc_strdup(args[a]);
+      continue;
+    }
+    DIR *d = opendir(args[a]);
+    if (!d)
+      xc_die("check the path", "--predict: cannot read directory %s: %s", args[a],
+             strerror(errno));
+    int first = n;
+    for (struct dirent *e; (e = readdir(d));) {
+      if (e->d_name[0] == '.' || !xc_is_image_name(e->d_name))
+        continue;
+      char *path = xc_join(args[a], e->d_name);
+      struct stat st;
+      if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        free(path);
+        continue;
+      }
+      files = xc_realloc(files, sizeof *files * (n + 1));
+      files[n++] = path;
+    }
+    closedir(d);
+    if (n == first)
+      xc_die("--predict takes JPEG or PNG files, or directories holding some",
+             "--predict: %s holds no .jpg, .jpeg or .png file", args[a]);
+    qsort(files + first, n - first, sizeof *files, xc_cmp_str);
+  }
+  *count = n;
+  return files;
 }
 
 // Class probabilities of each image; a file that does not decode is
@@ -143,7 +191,7 @@ int xc_eval_main(int argc, char **argv) {
   bool json = false, strict = false, quiet = false, threshold_given = false, cache = false;
   bool profile = false;
   const char *profile_csv = NULL;
-  int threads = 0, max_pixels = 0;
+  int threads = 0, max_pixels = 0, top_k = -1;
   char **predict_files = NULL;
   int npredict = 0;
   char *usage = xc_format(usage_fmt, xc_prog);
@@ -164,6 +212,8 @@ int xc_eval_main(int argc, char **argv) {
     } else if (arg_opt(&a, "--threshold")) {
       threshold = arg_double(&a, 0, 1);
       threshold_given = true;
+    } else if (arg_opt(&a, "--top-k")) {
+      top_k = arg_int(&a, 1, 1 << 30);
     } else if (arg_flag(&a, "--json")) {
       json = true;
     } else if (arg_opt(&a, "--split")) {
@@ -200,6 +250,14 @@ int xc_eval_main(int argc, char **argv) {
   if (threshold_given && m->outputs != 1)
     xc_warn("--threshold applies to binary models only", "model '%s' has %d classes; ignoring it",
             m->name, m->nclasses);
+  if (top_k > 0 && m->outputs == 1)
+    xc_die("top-k accuracy is for models with one output per class",
+           "--top-k: model '%s' has one output (binary classification)", m->name);
+  if (top_k > m->outputs)
+    xc_die(xc_format("give --top-k from 1 to %d", m->outputs),
+           "--top-k %d: model '%s' has only %d classes", top_k, m->name, m->outputs);
+  if (top_k < 0)
+    top_k = m->outputs > 5 ? 5 : 0;
   char *dflt = NULL;
   if (!weights) {
     dflt = xc_format("%s.safetensors", stem);
@@ -224,7 +282,12 @@ int xc_eval_main(int argc, char **argv) {
             bad->name);
   void *ws = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   if (npredict) {
-    int status = predict(m, params, state, ws, predict_files, npredict, json, threshold, max_pixels);
+    int nfiles;
+    char **files = predict_inputs(predict_files, npredict, &nfiles);
+    int status = predict(m, params, state, ws, files, nfiles, json, threshold, max_pixels);
+    for (int i = 0; i < nfiles; i++)
+      free(files[i]);
+    free(files);
     free(params), free(state), free(ws), free(predict_files);
     free(dflt), free(stem), free(usage);
     return status;
@@ -244,19 +307,20 @@ int xc_eval_main(int argc, char **argv) {
   double t0 = xc_now();
   Dataset *d = xc_load_dataset(&spec);
   Transform t = xc_model_transform(m, false);
-  Confusion c;
+  EvalResult ev;
   if (profile)
     xc_profile_start(m);
   double te = xc_now();
-  xc_evaluate(m, xc_forward, params, state, d, &t, ws, threshold, &c);
+  xc_evaluate(m, xc_forward, params, state, d, &t, ws, threshold, top_k, &ev);
   if (profile)
     xc_profile_report(m, (d->n + m->batch_size - 1) / m->batch_size, "batches",
                       xc_now() - te, profile_csv);
   double secs = xc_now() - t0;
   bool binary = m->outputs == 1;
   const char *const *names = m->class_names;
+  Confusion c = ev.conf;
   if (json) {
-    conf_print_json(stdout, &c, names, binary, threshold);
+    eval_print_json(stdout, &ev, names, binary, threshold);
   } else {
     printf("%s on %s%s: %lld images (%.2f s)\n", m->name, d->path,
            spec.split == XC_SPLIT_VAL && strcmp(d->format, "cifar10") && strcmp(d->format, "idx")
@@ -265,24 +329,19 @@ int xc_eval_main(int argc, char **argv) {
            (long long)d->n, secs);
     printf("Accuracy of the network on the %lld test images: %.2f %%\n", (long long)c.total,
            100 * conf_accuracy(&c));
+    if (!isnan(ev.loss))
+      printf("loss %.6f (the YAML's loss, as in training)\n", ev.loss);
+    if (top_k)
+      printf("top-%d accuracy %.2f %%\n", top_k, 100 * ev.top_k_accuracy);
     if (binary) {
       double p, r, f1;
       conf_binary(&c, &p, &r, &f1);
       printf("threshold %.3g (positive class: %s)\nprecision %.4f  recall %.4f  F1 %.4f\n",
              threshold, names[1], p, r, f1);
     }
-    printf("accuracy per class:\n");
-    int width = 0;
-    for (int i = 0; i < c.k; i++)
-      if ((int)strlen(names[i]) > width)
-        width = (int)strlen(names[i]);
-    for (int i = 0; i < c.k; i++) {
-      double acc = conf_class_accuracy(&c, i);
-      if (acc == acc)
-        printf("  %-*s %6.2f %%\n", width, names[i], 100 * acc);
-      else
-        printf("  %-*s    n/a (no images)\n", width, names[i]);
-    }
+    putchar('\n');
+    conf_print_report(stdout, &c, names);
+    putchar('\n');
     conf_print(stdout, &c, names);
   }
   conf_free(&c);

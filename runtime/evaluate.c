@@ -1,8 +1,9 @@
 // Evaluation over a whole data set with the generated forward function:
 // batches of the compiled size, the last one padded with zeros and the
-// padding ignored, predictions into a confusion matrix. Shared by NAME-eval
-// and the per-epoch evaluation of NAME-train; the forward function comes in
-// as a pointer because the training executable may not define one.
+// padding ignored, predictions into a confusion matrix, the loss and the
+// top-k accuracy from the same logits. Shared by NAME-eval and the
+// per-epoch evaluation of NAME-train; the forward function comes in as a
+// pointer because the training executable may not define one.
 #include "rt.h"
 
 #include <stdlib.h>
@@ -18,12 +19,14 @@ int xc_predict(const XcModel *m, const float *logits, double threshold) {
 
 void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
                  const Dataset *d, const Transform *t, void *workspace, double threshold,
-                 Confusion *conf) {
+                 int top_k, EvalResult *r) {
   int b = m->batch_size;
   size_t floats = (size_t)d->c * d->h * d->w;
   float *images = xc_alloc_floats((int64_t)b * floats);
   float *logits = xc_alloc_floats((int64_t)b * m->outputs);
-  conf_init(conf, m->outputs == 1 ? 2 : m->outputs);
+  conf_init(&r->conf, m->outputs == 1 ? 2 : m->outputs);
+  LossSum loss = {0};
+  int64_t top_right = 0;
   for (int64_t start = 0; start < d->n; start += b) {
     int real = d->n - start < b ? (int)(d->n - start) : b;
     for (int i = 0; i < real; i++)
@@ -31,10 +34,18 @@ void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, con
                    NULL);
     memset(images + real * floats, 0, (b - real) * floats * sizeof(float));
     forward(params, state, images, logits, workspace);
-    for (int i = 0; i < real; i++)
-      conf_add(conf, d->labels[start + i],
-               xc_predict(m, logits + (size_t)i * m->outputs, threshold));
+    for (int i = 0; i < real; i++) {
+      const float *l = logits + (size_t)i * m->outputs;
+      int label = d->labels[start + i];
+      conf_add(&r->conf, label, xc_predict(m, l, threshold));
+      loss_add(m, &loss, l, label);
+      if (top_k)
+        top_right += xc_in_top_k(l, m->outputs, label, top_k);
+    }
   }
+  r->loss = loss_value(m, &loss, params);
+  r->top_k = top_k;
+  r->top_k_accuracy = d->n ? (double)top_right / d->n : 0.0;
   free(images);
   free(logits);
 }

@@ -228,6 +228,10 @@ bool xc_out_rename(XcOutFile *o, const char *path);
 void xc_out_sha256(const XcOutFile *o, uint8_t out[32]); // of every byte written
 void xc_out_free(XcOutFile *o); // removes the temporary unless renamed
 
+// Replaces path with the n bytes of data through a temporary like
+// xc_out_create's, without fsync (for files that need to be whole, not
+// durable: the history and the curves). False with errno set on failure.
+bool xc_replace_file(const char *path, const void *data, size_t n);
 // Where a run stands: what --resume continues from.
 typedef struct {
   int64_t step;            // optimizer steps since the run began
@@ -242,17 +246,31 @@ typedef struct {
   int64_t growth_tracker;
 } XcProgress;
 
-// Saves weights, optimizer state and progress together; dies saying what
-// is intact when the disk refuses.
+// What the training loop keeps in the optimizer file besides the progress
+// (the history, the partial epoch's sums, the best epoch): metadata strings.
+typedef struct {
+  const char *key;
+  char *value; // saved as given; on --resume a copy of the file's, or NULL
+} XcCkptMeta;
+// Saves weights, optimizer state, progress and extra together; dies saying
+// what is intact when the disk refuses.
 void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, const float *params,
-                  const float *state, const int64_t *counters, XcProgress p);
+                  const float *state, const int64_t *counters, XcProgress p,
+                  const XcCkptMeta *extra, int nextra);
+// The weights alone, as W.safetensors is written (whole and durable, or not
+// at all), with metadata pairs meta_kv[0..2*nmeta): --save-best's file.
+void xc_ckpt_save_weights(const char *path, const XcModel *m, const float *params,
+                          const float *state, const int64_t *counters, const char *const *meta_kv,
+                          int nmeta);
 // At the start of a run: completes a save interrupted between its renames
-// and removes temporaries of interrupted saves.
-void xc_ckpt_tidy(const char *weights, const char *optim);
+// and removes temporaries of interrupted saves, those of others[0..nothers)
+// (the history, the curves, the best weights) too.
+void xc_ckpt_tidy(const char *weights, const char *optim, const char *const *others, int nothers);
 // --resume: loads the checkpoint after checking that its files belong
-// together and to the model; dies with a hint otherwise.
+// together and to the model, and extra[i].value of each key; dies with a
+// hint otherwise.
 XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel *m, float *params,
-                          float *state, int64_t *counters);
+                          float *state, int64_t *counters, XcCkptMeta *extra, int nextra);
 // --resume, once the data is loaded: the progress must fit its epochs.
 void xc_ckpt_check_data(const char *optim, XcProgress p, int64_t steps_per_epoch,
                         const char *data);
@@ -417,48 +435,85 @@ void conf_add(Confusion *c, int truth, int pred);
 void conf_free(Confusion *c);
 double conf_accuracy(const Confusion *c);
 double conf_class_accuracy(const Confusion *c, int cls); // recall of the class; NAN if empty
+// One row of sklearn's classification_report (zero_division=0).
+typedef struct {
+  double precision, recall, f1;
+  int64_t support; // samples of the class
+} ClassScore;
+ClassScore conf_class_score(const Confusion *c, int cls);
+// Macro (mean over all k classes) and support-weighted averages.
+void conf_averages(const Confusion *c, ClassScore *macro, ClassScore *weighted);
 // Binary metrics with class 1 as the positive class; 0 where undefined
 // (sklearn's zero_division=0).
 void conf_binary(const Confusion *c, double *precision, double *recall, double *f1);
 void conf_print(FILE *f, const Confusion *c, const char *const *names);
-void conf_print_json(FILE *f, const Confusion *c, const char *const *names, bool binary,
+void conf_print_report(FILE *f, const Confusion *c, const char *const *names);
+// The loss of the YAML's criterion over many samples, as PyTorch computes
+// criterion(logits, labels) of all of them at once (mean reduction), plus
+// the l2 terms of the parameters; NAN when the model does not describe it.
+typedef struct {
+  double nll;    // sum of w[y] * -log p[y] (cross-entropy) or of the BCE terms
+  double smooth; // cross-entropy: sum of sum_c w[c] * -log p[c], for label smoothing
+  double weight; // sum of w[y] (1 per sample without class weights)
+  int64_t samples;
+} LossSum;
+void loss_add(const XcModel *m, LossSum *s, const float *logits, int label);
+double loss_value(const XcModel *m, const LossSum *s, const float *params);
+// What an evaluation measures.
+typedef struct {
+  Confusion conf;
+  double loss;           // loss_value of every sample
+  int top_k;             // 0: not measured
+  double top_k_accuracy; // share of samples whose label is among the top_k logits
+} EvalResult;
+void eval_print_json(FILE *f, const EvalResult *r, const char *const *names, bool binary,
                      double threshold);
-
+// The shortest %.Ng text that reads back as exactly v (buf: 32 bytes).
+const char *xc_shortest(double v, char buf[32]);
+void xc_json_number(FILE *f, double v); // xc_shortest, or null for NaN and infinities
 // Index of the largest logit (the first on ties, like torch.max).
 int xc_argmax(const float *v, int n);
+// Is label among the k largest of n logits (ties ranked by index)?
+bool xc_in_top_k(const float *logits, int n, int label, int k);
 void xc_softmax(const float *logits, int n, double *out);
 double xc_sigmoid(double x);
-
 //
 // evaluate.c: a whole data set through the forward function
 //
-
 typedef void (*XcForwardFn)(const float *params, const float *state, const float *images,
                             float *logits, void *workspace);
-
 // The predicted class of one sample's logits.
 int xc_predict(const XcModel *m, const float *logits, double threshold);
+// top_k: 0, or the k of the top-k accuracy to measure.
 void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
                  const Dataset *d, const Transform *t, void *workspace, double threshold,
-                 Confusion *conf);
+                 int top_k, EvalResult *r);
 // Normalize from the YAML, plus the augmentation when train.
 Transform xc_model_transform(const XcModel *m, bool train);
-
 //
 // history.c: per-epoch metrics as CSV and an SVG plot of the curves
 //
 
 typedef struct {
-  int epoch; // from 1
-  int64_t step;
-  double train_loss; // mean forward loss over the epoch
-  double val_acc;    // NAN when there was no evaluation
-  double seconds;    // since training started
-  double images_per_s;
-  double lr;         // the learning rate of the epoch's last step
+  double epoch;        // from 1; a run that --steps stopped mid-epoch: epochs done (2.5)
+  int64_t step;        // optimizer steps at its end
+  double train_loss;   // the steps' losses averaged over the epoch's samples (as Keras)
+  double train_acc;    // of the training forward's logits; NAN without them
+  double val_loss;     // the evaluation after it; NAN without one
+  double val_acc;
+  double lr;           // the learning rate of its last step
+  double images_per_s; // training alone: no evaluation, no checkpoints
+  double seconds;      // training time since the run began, across --resume
 } EpochRecord;
-
+// Replaces both files whole; val_name labels the validation curves.
 void xc_write_history(const char *csv_path, const char *svg_path, const char *model,
-                      const EpochRecord *r, int n);
-
+                      const char *val_name, const EpochRecord *r, int n);
+// The rows as the checkpoint keeps them: the columns up to lr, exactly
+// (the timings are not deterministic and stay in the CSV).
+char *xc_history_encode(const EpochRecord *r, int n);
+// Back from xc_history_encode: epochs 1..n; false and *err when malformed.
+bool xc_history_decode(const char *s, EpochRecord **r, int *n, char **err);
+// Fills the timing columns of r from the CSV an earlier run wrote, for the
+// rows of the same epoch and step; the others stay as they are.
+void xc_history_restore_times(const char *csv_path, EpochRecord *r, int n);
 #endif

@@ -1,9 +1,11 @@
 // NAME-train: the training loop around the generated step (xc_grad_step,
-// xc_grad_check, xc_apply_step). Loads
-// the data, initialises the weights (PyTorch's defaults, seeded) or reads
-// them with --init, runs epochs of shuffled fixed-size batches, prints the
-// PyTorch tutorial's "[epoch, iter] loss" lines, checkpoints each epoch
-// (weights + optimizer state, atomically) and writes the history and curves.
+// xc_grad_check, xc_apply_step). Loads the data, initialises the weights
+// (PyTorch's defaults, seeded) or reads them with --init, runs epochs of
+// shuffled fixed-size batches, prints the PyTorch tutorial's "[epoch, iter]
+// loss" lines and Keras's epoch metrics (train loss and accuracy from the
+// step's own logits, validation loss and accuracy, lr, speed), checkpoints
+// each epoch (weights + optimizer state + history, atomically), keeps the
+// best epoch and stops early on request, and writes the history and curves.
 #include "rt.h"
 
 #include <errno.h>
@@ -21,6 +23,7 @@ static const char usage_fmt[] =
     "usage: %s [--data PATH] [--epochs N] [--steps N] [--batch-size B] [--lr X] [--seed S]\n"
     "       [--no-shuffle] [--drop-last] [--threads T] [--init W.safetensors]\n"
     "       [--save W.safetensors] [--log FILE.csv] [--resume] [--eval-data PATH] [--no-eval]\n"
+    "       [--save-best val_loss|val_accuracy] [--patience N]\n"
     "       [--strict] [--cache] [--max-image-pixels N] [--nan-policy stop|skip]\n"
     "       [--profile] [--profile-csv FILE] [--precision fp32|bf16|fp16] [--quiet]";
 
@@ -76,7 +79,8 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "  --init W           start from these weights (safetensors, PyTorch state_dict names)\n"
       "  --save W           final weights (default %s); the optimizer state and the\n"
       "                     progress go to W without .safetensors + .optim.safetensors;\n"
-      "                     both are written after every epoch, together\n"
+      "                     both are written after every epoch, together; the per-epoch\n"
+      "                     metrics to .history.csv and .curves.svg beside them\n"
       "  --resume           continue from the last epoch checkpoint at --save\n"
       "  --log FILE.csv     one row per step: step,epoch,loss,lr,skipped (and for fp16,\n"
       "                     the loss scale the step used: ,scale)\n"
@@ -84,6 +88,10 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       "                     part, the test files of a CIFAR-10/IDX --data directory, a\n"
       "                     'test' folder next to a 'train' --data folder, or the YAML's)\n"
       "  --no-eval          skip the evaluation after each epoch\n"
+      "  --save-best M      after each epoch that improves M (val_loss: lower, val_accuracy:\n"
+      "                     higher), its weights to W without .safetensors + .best.safetensors\n"
+      "  --patience N       stop when M (--save-best's, else val_loss) has not improved for N\n"
+      "                     epochs (Keras's EarlyStopping); --resume continues the count\n"
       "  --strict           an unreadable image is an error instead of being skipped\n"
       "  --nan-policy P     a step whose loss or gradients hold a NaN or an infinity:\n"
       "                     stop (the default: exit 1, the weights of the step before kept\n"
@@ -190,11 +198,12 @@ typedef struct {
 } Progress;
 
 // A one-line progress bar on stderr when it is a terminal: redrawn at most
-// ten times a second, cleared before any other output.
+// ten times a second, cleared before any other output. Like Keras's, it
+// shows the epoch's running means, not the last step's noisy loss.
 static void progress_draw(Progress *p, int epoch, int epochs, int iter, int per_epoch, double loss,
-                          double ips, double eta, bool force) {
+                          double acc, double ips, double eta) {
   double now = xc_now();
-  if (!p->on || (!force && now - p->last < 0.1))
+  if (!p->on || now - p->last < 0.1)
     return;
   p->last = now;
   int width = 24, fill = per_epoch ? (int)((double)iter / per_epoch * width) : 0;
@@ -202,13 +211,15 @@ static void progress_draw(Progress *p, int epoch, int epochs, int iter, int per_
   for (int i = 0; i < width; i++)
     bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
   bar[width] = '\0';
-  char ep[32];
+  char ep[32], accuracy[32] = "";
   if (epochs > 0)
     snprintf(ep, sizeof ep, "%d/%d", epoch, epochs);
   else
     snprintf(ep, sizeof ep, "%d", epoch);
-  fprintf(stderr, "\r\033[Kepoch %s [%s] %d/%d loss %.4f %.0f img/s ETA %d:%02d", ep, bar, iter,
-          per_epoch, loss, ips, (int)eta / 60, (int)eta % 60);
+  if (!isnan(acc))
+    snprintf(accuracy, sizeof accuracy, " accuracy %.2f%%", 100 * acc);
+  fprintf(stderr, "\r\033[Kepoch %s [%s] %d/%d loss %.4f%s %.0f img/s ETA %d:%02d", ep, bar, iter,
+          per_epoch, loss, accuracy, ips, (int)eta / 60, (int)eta % 60);
   fflush(stderr);
 }
 
@@ -217,6 +228,114 @@ static void progress_clear(Progress *p) {
     fputs("\r\033[K", stderr);
     fflush(stderr);
   }
+}
+
+// The epoch so far: what its row of the history averages. Saved with a
+// checkpoint taken mid-epoch, so a resumed epoch's row is the whole epoch's.
+typedef struct {
+  double loss;         // sum over the steps of loss * samples (Keras weighs batches so)
+  int64_t right, rows; // correct predictions of the training forward's logits; samples
+  int64_t steps;
+} EpochSums;
+
+static char *sums_encode(const EpochSums *s) {
+  char buf[32];
+  return xc_format("%s,%lld,%lld,%lld", xc_shortest(s->loss, buf), (long long)s->right,
+                   (long long)s->rows, (long long)s->steps);
+}
+
+static bool sums_decode(const char *v, EpochSums *s) {
+  char *end;
+  s->loss = strtod(v, &end);
+  long long r, n, k;
+  int used = 0;
+  return end != v && isfinite(s->loss) &&
+         sscanf(end, ",%lld,%lld,%lld%n", &r, &n, &k, &used) == 3 && !end[used] && r >= 0 &&
+         n >= r && k >= 0 && (s->right = r, s->rows = n, s->steps = k, true);
+}
+
+// The predictions of a training step's logits that match its labels (the
+// rows of the batch that are real samples).
+static int64_t right_predictions(const XcModel *m, const float *logits, const void *labels,
+                                 int rows) {
+  int64_t right = 0;
+  for (int i = 0; i < rows; i++) {
+    int truth = m->label_kind == XC_LABEL_FLOAT ? ((const float *)labels)[i] > 0.5f
+                                                : ((const int32_t *)labels)[i];
+    right += xc_predict(m, logits + (size_t)i * m->outputs, 0.5) == truth;
+  }
+  return right;
+}
+
+// --save-best and --patience watch one metric of the evaluation after each
+// epoch, as Keras's ModelCheckpoint(save_best_only) and EarlyStopping do
+// (min_delta 0: better means strictly lower loss or higher accuracy).
+typedef enum { MONITOR_NONE, MONITOR_VAL_LOSS, MONITOR_VAL_ACCURACY } MonitorKind;
+static const char *const monitor_names[] = {"", "val_loss", "val_accuracy"};
+
+typedef struct {
+  MonitorKind kind;
+  int patience;          // 0: no early stopping
+  char *best_path;       // --save-best's file, or NULL
+  double best;           // the best value so far
+  int best_epoch;        // 0: none yet
+  int wait;              // epochs since the best one
+  bool saved;            // best_path was written by this run
+} Monitor;
+
+static double monitored(const Monitor *mo, const EpochRecord *r) {
+  return mo->kind == MONITOR_VAL_LOSS ? r->val_loss : r->val_acc;
+}
+
+static bool monitor_update(Monitor *mo, const EpochRecord *r) {
+  double v = monitored(mo, r);
+  bool better = !isnan(v) && (!mo->best_epoch || (mo->kind == MONITOR_VAL_LOSS ? v < mo->best
+                                                                                : v > mo->best));
+  if (better)
+    mo->best = v, mo->best_epoch = (int)r->epoch, mo->wait = 0;
+  else
+    mo->wait++;
+  return better;
+}
+
+// The monitor's state as the checkpoint keeps it: "val_loss,3,0.51,1"
+// (metric, best epoch, best value, epochs since).
+static char *monitor_encode(const Monitor *mo) {
+  char buf[32];
+  return xc_format("%s,%d,%s,%d", monitor_names[mo->kind], mo->best_epoch,
+                   xc_shortest(mo->best, buf), mo->wait);
+}
+
+static bool monitor_decode(const char *v, Monitor *mo, int epochs) {
+  size_t n = strlen(monitor_names[mo->kind]);
+  if (strncmp(v, monitor_names[mo->kind], n) || v[n] != ',')
+    return false;
+  int best_epoch, wait, used = 0;
+  char value[64];
+  if (sscanf(v + n, ",%d,%63[^,],%d%n", &best_epoch, value, &wait, &used) != 3 || v[n + used] ||
+      best_epoch < 1 || best_epoch > epochs || wait != epochs - best_epoch)
+    return false;
+  char *end;
+  double best = strtod(value, &end);
+  if (*end || !isfinite(best))
+    return false;
+  mo->best = best, mo->best_epoch = best_epoch, mo->wait = wait;
+  return true;
+}
+
+// "epoch 3: train loss 0.4321, accuracy 85.20%; test loss ...; lr 0.05, 3335 images/s"
+static void print_epoch(const EpochRecord *r, const char *val_name, int64_t val_n) {
+  printf("epoch %g: train loss %.4f", r->epoch, r->train_loss);
+  if (!isnan(r->train_acc))
+    printf(", accuracy %.2f%%", 100 * r->train_acc);
+  if (!isnan(r->val_acc)) {
+    printf("; %s", val_name);
+    if (!isnan(r->val_loss))
+      printf(" loss %.4f,", r->val_loss);
+    printf(" accuracy %.2f%% (%lld images)", 100 * r->val_acc, (long long)val_n);
+  }
+  printf("; lr %.4g, %.0f images/s\n", r->lr, r->images_per_s);
+  fflush(stdout);
 }
 
 int xc_train_main(int argc, char **argv) {
@@ -234,6 +353,8 @@ int xc_train_main(int argc, char **argv) {
   bool eval_each_epoch = true, nan_skip = false, profile = false;
   const char *profile_csv = NULL;
   double lr = m->lr;
+  Monitor mo = {MONITOR_NONE};
+  bool save_best = false;
   char *usage = xc_format(usage_fmt, xc_prog);
   Args a = {.argc = argc, .argv = argv, .i = 1, .usage = usage};
   for (; a.i < argc; a.i++) {
@@ -283,6 +404,16 @@ int xc_train_main(int argc, char **argv) {
       resume = true;
     } else if (arg_flag(&a, "--no-eval")) {
       eval_each_epoch = false;
+    } else if (arg_opt(&a, "--save-best")) {
+      mo.kind = !strcmp(a.value, "val_loss") ? MONITOR_VAL_LOSS
+                : !strcmp(a.value, "val_accuracy") ? MONITOR_VAL_ACCURACY
+                                                   : MONITOR_NONE;
+      if (!mo.kind)
+        xc_die("write --save-best val_loss or --save-best val_accuracy",
+               "--save-best %s: unknown metric", a.value);
+      save_best = true;
+    } else if (arg_opt(&a, "--patience")) {
+      mo.patience = arg_int(&a, 1, 1000000);
     } else if (arg_flag(&a, "--strict")) {
       strict = true;
     } else if (arg_flag(&a, "--cache")) {
@@ -320,10 +451,14 @@ int xc_train_main(int argc, char **argv) {
   if (init && resume)
     xc_die("--resume continues from the checkpoint at --save; drop --init",
            "--init and --resume exclude each other");
+  if (mo.patience && !mo.kind)
+    mo.kind = MONITOR_VAL_LOSS; // Keras's EarlyStopping watches val_loss by default
   xc_set_threads(threads);
   char *optim_path = sibling(save, ".optim.safetensors");
   char *csv_path = sibling(save, ".history.csv");
   char *svg_path = sibling(save, ".curves.svg");
+  if (save_best)
+    mo.best_path = sibling(save, ".best.safetensors");
   // Checkpoints go next to --save after every epoch: a directory that cannot
   // take them is an error now, not after the first epoch's work.
   char *save_dir = xc_strdup(save);
@@ -348,18 +483,61 @@ int xc_train_main(int argc, char **argv) {
   if (init)
     xc_load_weights(init, m, params, state, counters);
   // Checkpoints (checkpoint.c): finish or clear what an interrupted save
-  // left, then --resume from a pair that belongs together.
-  xc_ckpt_tidy(save, optim_path);
+  // left, then --resume from a pair that belongs together, with the
+  // history, the partial epoch's sums and the monitor saved with it.
+  const char *others[] = {csv_path, svg_path, mo.best_path};
+  xc_ckpt_tidy(save, optim_path, others, mo.best_path ? 3 : 2);
   XcProgress resumed = {0};
   Scaler scaler = {m->precision == XC_PRECISION_FP16, (float)m->init_scale, 0};
+  EpochRecord *hist = NULL;
+  int nhist = 0;
+  EpochSums sums = {0};
+  enum { META_HISTORY, META_SUMS, META_MONITOR, NMETA };
+  XcCkptMeta meta[NMETA] = {{"history", NULL}, {"epoch_sums", NULL}, {"monitor", NULL}};
   if (resume) {
-    resumed = xc_ckpt_resume(save, optim_path, m, params, state, counters);
+    resumed = xc_ckpt_resume(save, optim_path, m, params, state, counters, meta, NMETA);
     step = resumed.step;
     first_epoch = (int)resumed.epoch;
     skip_iters = (int)resumed.iter;
     opt_step = resumed.opt_step;
     if (scaler.on)
       scaler.scale = resumed.scale, scaler.growth_tracker = resumed.growth_tracker;
+    char *err = NULL;
+    const char *damaged = "the checkpoint was changed or damaged since a run wrote it";
+    if (meta[META_HISTORY].value &&
+        (!xc_history_decode(meta[META_HISTORY].value, &hist, &nhist, &err) ||
+         (nhist && hist[nhist - 1].epoch != first_epoch)))
+      xc_die(damaged, "%s: its history (metadata 'history') %s", optim_path,
+             err ? err : "does not end at the epoch the checkpoint is at");
+    free(err);
+    if (!meta[META_HISTORY].value && first_epoch > 0) {
+      // A checkpoint of an earlier xentcc: its epochs' rows stay empty.
+      xc_warn(NULL, "%s holds no history (an earlier xentcc wrote it): %s has no numbers for "
+              "epochs 1 to %d", optim_path, csv_path, first_epoch);
+      nhist = first_epoch;
+      hist = xc_malloc(sizeof *hist * nhist);
+      for (int i = 0; i < nhist; i++)
+        hist[i] = (EpochRecord){i + 1, (i + 1) * resumed.steps_per_epoch, NAN, NAN, NAN, NAN,
+                                NAN, NAN, NAN};
+    }
+    xc_history_restore_times(csv_path, hist, nhist);
+    if (skip_iters && meta[META_SUMS].value && !sums_decode(meta[META_SUMS].value, &sums))
+      xc_die(damaged, "%s: its 'epoch_sums' metadata is \"%s\"", optim_path,
+             meta[META_SUMS].value);
+    // The monitor as it was saved; for another metric (or none saved), as
+    // it would have been, from the history.
+    if (mo.kind && !(meta[META_MONITOR].value &&
+                     monitor_decode(meta[META_MONITOR].value, &mo, first_epoch))) {
+      for (int i = 0; i < nhist; i++)
+        monitor_update(&mo, &hist[i]);
+      mo.wait = mo.best_epoch ? first_epoch - mo.best_epoch : 0;
+    }
+    if (mo.patience && mo.best_epoch && mo.wait >= mo.patience)
+      xc_die("pass a larger --patience (or none) to train further",
+             "%s stopped early: %s has not improved for %d epochs since epoch %d", save,
+             monitor_names[mo.kind], mo.wait, mo.best_epoch);
+    for (int i = 0; i < NMETA; i++)
+      free(meta[i].value), meta[i].value = NULL;
   }
 
   double t_load = xc_now();
@@ -370,6 +548,28 @@ int xc_train_main(int argc, char **argv) {
   if (d->n == 0 || (drop_last && d->n < m->batch_size))
     xc_die("use more data, or compile with a smaller train.batch_size",
            "%s: %lld samples, fewer than one batch of %d", d->path, (long long)d->n, m->batch_size);
+  // The evaluation after each epoch reads its data now, so that a problem
+  // with it shows before any training.
+  Dataset *val = NULL;
+  const char *vpath = eval_each_epoch && xc_forward ? eval_path(m, data, data_given, eval_data)
+                                                    : NULL;
+  if (vpath) {
+    DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
+    vs.cache = cache;
+    vs.max_image_pixels = max_pixels;
+    if (vpath != data)
+      vs.split = XC_SPLIT_ALL;
+    val = xc_load_dataset(&vs);
+  }
+  const char *val_name = eval_data || xc_use_val_split(m) ? "validation" : "test";
+  if (mo.kind && !val)
+    xc_die(eval_each_epoch ? "pass --eval-data PATH, data held out from training"
+                           : "drop --no-eval: the metric comes from the evaluation after each epoch",
+           "%s %s needs an evaluation after each epoch, and this run has none",
+           save_best ? "--save-best" : "--patience", monitor_names[mo.kind]);
+  if (mo.kind == MONITOR_VAL_LOSS && m->loss_kind == XC_LOSS_NONE)
+    xc_die("use --save-best val_accuracy", "this executable cannot compute model '%s''s loss",
+           m->name);
   t_load = xc_now() - t_load;
   bool binary = m->label_kind == XC_LABEL_FLOAT;
   Transform tf = xc_model_transform(m, true);
@@ -431,16 +631,17 @@ int xc_train_main(int argc, char **argv) {
 
   void *workspace = xc_alloc_floats((m->workspace_bytes + 3) / 4);
   float *grads = xc_alloc_floats(m->param_floats);
+  float *logits = xc_alloc_floats((int64_t)m->batch_size * m->outputs);
   int64_t skipped = 0, scaler_skipped = 0;
   int log_every = m->log_every > 0 ? m->log_every : 100;
   Progress progress = {!quiet && isatty(2), 0};
-  EpochRecord *hist = xc_calloc(1, sizeof(EpochRecord));
-  int nhist = 0;
-  Dataset *val = NULL;
-  bool val_tried = false;
-  double running = 0, epoch_loss = 0, t0 = xc_now(), t_epoch = t0, t_eval = 0;
-  int64_t start_step = step, epoch_steps = 0, images = 0, epoch_images = 0;
-  bool stopped = false;
+  // Time: the epoch's training (t_epoch: when its first step of this run
+  // began), everything at epoch ends (evaluation, checkpoints, history:
+  // t_outside), and of that the evaluation (t_eval).
+  double running = 0, t0 = xc_now(), t_epoch = t0, t_eval = 0, t_outside = 0;
+  double train_secs = nhist && isfinite(hist[nhist - 1].seconds) ? hist[nhist - 1].seconds : 0;
+  int64_t start_step = step, images = 0, epoch_images = 0;
+  bool stopped = false, at_epoch_end = false, early = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   catch_interrupts();
   if (profile)
@@ -453,7 +654,9 @@ int xc_train_main(int argc, char **argv) {
     float step_scale = scaler.on ? scaler.scale : 1.0f;
     XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
                        (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale)};
-    float loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, workspace);
+    float loss =
+        xc_grad_step(params, state, b.images, b.labels, &args, grads, logits, workspace);
+    int64_t right = m->train_logits ? right_predictions(m, logits, b.labels, b.rows) : 0;
     loader_release(loader);
     // A NaN or an infinity in the loss or a gradient: stop before the update
     // (the weights stay those of the step before, the last checkpoint is
@@ -484,6 +687,14 @@ int xc_train_main(int argc, char **argv) {
                                   m->params[bad].name)
                       : "");
     }
+    if (finite || (overflow && isfinite(loss))) {
+      // The epoch's metrics, from this step's loss and logits (before the
+      // update; a step GradScaler skips still computed both).
+      sums.loss += (double)loss * b.rows;
+      sums.rows += b.rows;
+      sums.steps++;
+      sums.right += right;
+    }
     if (finite) {
       xc_apply_step(params, state, grads, &args, workspace);
       opt_step++;
@@ -510,76 +721,94 @@ int xc_train_main(int argc, char **argv) {
       fprintf(log, "%lld,%d,%.9g,%.9g,%d\n", (long long)step, b.epoch + 1, loss, args.lr,
               !finite);
     running += loss;
-    epoch_loss += loss;
-    epoch_steps++;
     if (!quiet && (b.iter + 1) % log_every == 0) {
       progress_clear(&progress);
       printf("[%d, %5d] loss: %.3f\n", b.epoch + 1, b.iter + 1, running / log_every);
       fflush(stdout);
       running = 0;
     }
-    double now = xc_now(), ips = images / (now - t0 - t_eval + 1e-9);
+    double now = xc_now(), ips = images / (now - t0 - t_outside + 1e-9);
     int64_t total = steps ? steps - start_step : (int64_t)(end_epoch - first_epoch) * per_epoch;
     double eta = (total - (step - start_step)) * (double)m->batch_size / (ips + 1e-9);
-    progress_draw(&progress, b.epoch + 1, epochs, b.iter + 1, per_epoch, loss, ips, eta, false);
+    progress_draw(&progress, b.epoch + 1, epochs, b.iter + 1, per_epoch,
+                  sums.rows ? sums.loss / sums.rows : NAN,
+                  m->train_logits && sums.rows ? (double)sums.right / sums.rows : NAN, ips, eta);
     last_epoch = b.epoch;
     last_iter = b.iter + 1;
-    bool epoch_end = b.iter + 1 == per_epoch;
+    at_epoch_end = b.iter + 1 == per_epoch;
     stopped = (steps && step >= steps) || interrupted;
-    if (epoch_end) {
-      // Checkpoint, evaluate, record.
-      running = 0;
-      check_weights_finite(m, params, state, save, step, last_saved_epoch);
+    // At the end of an epoch, and of a run that --steps stops mid-epoch: a
+    // row of the history, from an evaluation (an interrupted epoch's end
+    // is evaluated too, so that --resume sees the epochs it would have).
+    bool partial = !at_epoch_end && steps && step >= steps;
+    if (!at_epoch_end && !partial) {
+      if (stopped)
+        break;
+      continue;
+    }
+    double t_end = xc_now(), epoch_secs = t_end - t_epoch;
+    train_secs += epoch_secs;
+    progress_clear(&progress);
+    check_weights_finite(m, params, state, save, step, last_saved_epoch);
+    EpochRecord r = {at_epoch_end ? b.epoch + 1 : b.epoch + (double)last_iter / per_epoch,
+                     step,
+                     sums.rows ? sums.loss / sums.rows : NAN,
+                     m->train_logits && sums.rows ? (double)sums.right / sums.rows : NAN,
+                     NAN,
+                     NAN,
+                     step_lr,
+                     epoch_images / (epoch_secs + 1e-9),
+                     train_secs};
+    if (val) {
+      xc_profile_pause(true);
+      EvalResult ev;
+      Transform plain = xc_model_transform(m, false);
+      xc_evaluate(m, xc_forward, params, state, val, &plain, workspace, 0.5, 0, &ev);
+      r.val_loss = ev.loss;
+      r.val_acc = conf_accuracy(&ev.conf);
+      conf_free(&ev.conf);
+      xc_profile_pause(false);
+      t_eval += xc_now() - t_end;
+    }
+    hist = xc_realloc(hist, sizeof *hist * (nhist + 1));
+    hist[nhist] = r;
+    if (at_epoch_end) {
+      nhist++;
+      // The best epoch's weights first: a run killed before the checkpoint
+      // below repeats this epoch and writes them again.
+      if (mo.kind && monitor_update(&mo, &r) && mo.best_path) {
+        char epoch_s[16], value_s[32];
+        snprintf(epoch_s, sizeof epoch_s, "%d", b.epoch + 1);
+        const char *kv[] = {"format", "pt", "model", m->name, "epoch", epoch_s,
+                            monitor_names[mo.kind], xc_shortest(monitored(&mo, &r), value_s)};
+        xc_ckpt_save_weights(mo.best_path, m, params, state, counters, kv, 4);
+        mo.saved = true;
+      }
+      meta[META_HISTORY].value = xc_history_encode(hist, nhist);
+      meta[META_MONITOR].value = mo.kind ? monitor_encode(&mo) : NULL;
       xc_ckpt_save(save, optim_path, m, params, state, counters,
                    (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step, scaler.scale,
-                                scaler.growth_tracker});
+                                 scaler.growth_tracker},
+                    meta, NMETA);
       last_saved_epoch = b.epoch + 1;
-      double acc = NAN;
-      if (eval_each_epoch && xc_forward && !stopped) {
-        double te = xc_now();
-        xc_profile_pause(true);
-        if (!val_tried) {
-          val_tried = true;
-          const char *vpath = eval_path(m, data, data_given, eval_data);
-          if (vpath) {
-            DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
-            vs.cache = cache;
-            vs.max_image_pixels = max_pixels;
-            if (vpath != data)
-              vs.split = XC_SPLIT_ALL;
-            val = xc_load_dataset(&vs);
-          }
-        }
-        if (val) {
-          Confusion c;
-          Transform plain = xc_model_transform(m, false);
-          xc_evaluate(m, xc_forward, params, state, val, &plain, workspace, 0.5, &c);
-          acc = conf_accuracy(&c);
-          conf_free(&c);
-        }
-        t_eval += xc_now() - te;
-        xc_profile_pause(false);
-      }
-      double now2 = xc_now();
-      hist = xc_realloc(hist, sizeof(EpochRecord) * (nhist + 1));
-      hist[nhist++] = (EpochRecord){
-          b.epoch + 1, step,      epoch_loss / epoch_steps,
-          acc,         now2 - t0, epoch_images / (now2 - t_epoch + 1e-9), step_lr};
-      xc_write_history(csv_path, svg_path, m->name, hist, nhist);
-      if (!quiet) {
-        progress_clear(&progress);
-        printf("epoch %d: mean loss %.4f, lr %.4g", b.epoch + 1, epoch_loss / epoch_steps, step_lr);
-        if (!isnan(acc))
-          printf(", %s accuracy %.2f%% (%lld images)", xc_use_val_split(m) ? "validation" : "test",
-                 100 * acc, (long long)val->n);
-        printf(", %.0f images/s\n", hist[nhist - 1].images_per_s);
-        fflush(stdout);
-      }
-      epoch_loss = 0;
-      epoch_steps = 0;
-      epoch_images = 0;
-      t_epoch = xc_now();
+      for (int i = 0; i < NMETA; i++)
+        free(meta[i].value), meta[i].value = NULL;
     }
+    xc_write_history(csv_path, svg_path, m->name, val_name, hist, nhist + partial);
+    if (!quiet)
+      print_epoch(&r, val_name, val ? val->n : 0);
+    if (at_epoch_end && mo.patience && mo.wait >= mo.patience) {
+      early = stopped = true;
+      if (!quiet)
+        printf("early stopping: %s has not improved for %d epochs; the best was %.6g at epoch "
+               "%d\n",
+               monitor_names[mo.kind], mo.wait, mo.best, mo.best_epoch);
+    }
+    if (at_epoch_end)
+      sums = (EpochSums){0}, running = 0;
+    epoch_images = 0;
+    t_epoch = xc_now();
+    t_outside += t_epoch - t_end;
     if (stopped)
       break;
   }
@@ -589,12 +818,18 @@ int xc_train_main(int argc, char **argv) {
   double secs = xc_now() - t0;
   if (log && fclose(log) != 0)
     xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
-  // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has.
-  if (epoch_steps || step == start_step) {
+  // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has, with
+  // the epoch's sums so far.
+  if (!at_epoch_end || step == start_step) {
     check_weights_finite(m, params, state, save, step, last_saved_epoch);
+    meta[META_HISTORY].value = xc_history_encode(hist, nhist);
+    meta[META_SUMS].value = last_iter ? sums_encode(&sums) : NULL;
+    meta[META_MONITOR].value = mo.kind && mo.best_epoch ? monitor_encode(&mo) : NULL;
     xc_ckpt_save(save, optim_path, m, params, state, counters,
                  (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step, scaler.scale,
-                              scaler.growth_tracker});
+                              scaler.growth_tracker}, meta, NMETA);
+    for (int i = 0; i < NMETA; i++)
+      free(meta[i].value), meta[i].value = NULL;
   }
   if (skipped)
     xc_warn("lower the learning rate (--lr) or check the data",
@@ -605,12 +840,26 @@ int xc_train_main(int argc, char **argv) {
            (long long)scaler_skipped, (long long)(step - start_step), scaler.scale);
   if (profile)
     xc_profile_report(m, step - start_step, "steps", secs - t_eval, profile_csv);
+  if (mo.best_path && mo.best_epoch && !mo.saved && !xc_is_file(mo.best_path))
+    xc_warn("the best epoch came before --save-best was given",
+            "%s was not written: no epoch of this run improved %s (best: epoch %d)",
+            mo.best_path, monitor_names[mo.kind], mo.best_epoch);
   if (!quiet) {
     printf("Finished Training: %lld steps in %.2f s (%.2f s evaluating), %.0f images/s; data "
            "loaded in %.2f s, %.2f s waiting for batches\n",
            (long long)(step - start_step), secs, t_eval, images / (secs - t_eval + 1e-9), t_load,
            waited);
-    printf("saved weights to %s\n", save);
+    // Every file the run wrote.
+    printf("saved weights to %s, optimizer state and progress to %s\n", save, optim_path);
+    if (nhist || (!at_epoch_end && steps && step >= steps))
+      printf("history: %s, curves: %s\n", csv_path, svg_path);
+    if (mo.best_path && xc_is_file(mo.best_path) && mo.best_epoch)
+      printf("best epoch: %d (%s %.6g), weights in %s\n", mo.best_epoch,
+             monitor_names[mo.kind], mo.best, mo.best_path);
+    if (log_path)
+      printf("per-step log: %s\n", log_path);
+    if (early)
+      printf("stopped early after epoch %d (--patience %d)\n", last_epoch + 1, mo.patience);
   }
   if (interrupted) {
     fflush(stdout);
@@ -625,9 +874,11 @@ int xc_train_main(int argc, char **argv) {
   free(params);
   free(state);
   free(grads);
+  free(logits);
   free(counters);
   free(workspace);
   free(hist);
-  free(optim_path), free(csv_path), free(svg_path), free(save), free(stem), free(usage);
+  free(optim_path), free(csv_path), free(svg_path), free(mo.best_path), free(save), free(stem);
+  free(usage);
   return interrupted ? 130 : 0;
 }

@@ -89,6 +89,17 @@ typedef struct {
 #define XC_PAD_LABEL (-100)
 #define XC_PAD_TARGET (-1.0f)
 
+typedef enum {
+  XC_LOSS_NONE,           // unknown to the runtime: no evaluation loss
+  XC_LOSS_CROSS_ENTROPY,  // CrossEntropyLoss(weight, label_smoothing) of [N, outputs]
+  XC_LOSS_BCE_WITH_LOGITS // BCEWithLogitsLoss(pos_weight) of [N, 1]
+} XcLossKind;
+
+typedef struct {
+  int32_t param;  // index in xc_model.params
+  double weight;  // the loss adds weight * ||param||_2
+} XcL2Term;
+
 typedef struct {
   const char *name;        // model name from the YAML
   int batch_size;          // compiled-in: a smaller last batch is padded to it
@@ -137,6 +148,17 @@ typedef struct {
   int32_t precision;        // XcPrecision
   int32_t growth_interval;  // clean steps before the scale grows
   double init_scale, growth_factor, backoff_factor;
+
+  // The YAML's loss, for the loss of an evaluation (runtime/metrics.c), which
+  // the runtime computes from xc_forward's logits: the criterion, plus
+  // weight * ||param||_2 for each l2 term. XC_LOSS_NONE: not described.
+  int32_t loss_kind;            // XcLossKind
+  float label_smoothing;        // cross-entropy
+  const float *class_weights;   // cross-entropy's weight[outputs], or NULL
+  float pos_weight;             // BCE with logits; 1 when none
+  int32_t nl2;
+  const XcL2Term *l2;
+  int32_t train_logits;         // 1: xc_grad_step writes the batch's logits
 } XcModel;
 
 typedef enum { XC_PRECISION_FP32, XC_PRECISION_BF16, XC_PRECISION_FP16 } XcPrecision;
@@ -150,9 +172,11 @@ extern const XcModel xc_model;
 //
 // Forward and backward on a batch. images: [B,C,H,W] normalised; labels: B
 // int32 class indices or B floats. Writes every parameter's gradient into
-// grads and updates batch-norm statistics in state; returns the batch's loss.
+// grads, the training forward's logits [B, outputs] into logits (when
+// xc_model.train_logits; the runtime's training accuracy is theirs), and
+// updates batch-norm statistics in state; returns the batch's loss.
 float xc_grad_step(const float *params, float *state, const float *images, const void *labels,
-                   const XcStepArgs *args, float *grads, void *workspace);
+                   const XcStepArgs *args, float *grads, float *logits, void *workspace);
 // The index in xc_model.params of the first parameter whose gradient holds a
 // NaN or an infinity, or -1 when all are finite.
 int32_t xc_grad_check(const float *grads);

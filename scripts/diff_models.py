@@ -367,8 +367,13 @@ def check_model(args, i):
             if not abs(a - b) <= PROB_ATOL:
                 raise Mismatch(f"{os.path.basename(p3['file'])}: probability of {cls} "
                                f"{a!r} at -O3, {b!r} at -O0")
+    # The counts exactly; the loss, a mean of the logits' log-probabilities,
+    # to rounding as the step losses.
+    loss = {level: metrics[level].pop("loss") for level in metrics}
     if metrics["O0"] != metrics["O3"]:
         raise Mismatch(f"test-set metrics differ:\n-O0 {metrics['O0']}\n-O3 {metrics['O3']}")
+    if not abs(loss["O0"] - loss["O3"]) <= LOSS_ATOL + LOSS_RTOL * abs(loss["O0"]):
+        raise Mismatch(f"test-set loss {loss['O3']!r} at -O3, {loss['O0']!r} at -O0")
     return covers, features(model), len(l0), worst
 
 

@@ -2,7 +2,7 @@
 # Installs what a fresh Debian 12 machine lacks to build and test xentcc, then
 # configures and builds it in build/. Idempotent, and quiet when all is there.
 #   scripts/setup.sh          build dependencies + build
-#   scripts/setup.sh --test   also the test-only dependencies (python3-torch)
+#   scripts/setup.sh --test   also the test-only dependencies (python3-torch, rsvg-convert)
 #   scripts/setup.sh --fuzz   also clang-19 and libFuzzer, for scripts/fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake pkg-config libyaml-dev llvm-19-dev llvm-19-tools libomp-19-dev
           lld-19 check libjpeg-dev libpng-dev zlib1g-dev python3 dataset-fashion-mnist graphviz)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3-torch python3-numpy python3-pil python3-yaml)
+  packages+=(python3-torch python3-numpy python3-pil python3-yaml librsvg2-bin)
 fi
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(clang-19 libfuzzer-19-dev libclang-rt-19-dev)

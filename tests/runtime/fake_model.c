@@ -72,6 +72,13 @@ const XcModel xc_model = {
     // data: {convert: rgb, resize: true}: CIFAR-10 and IDX data load too.
     .convert = 1,
     .resize = 1,
+#ifdef FAKE_BINARY
+    .loss_kind = XC_LOSS_BCE_WITH_LOGITS,
+#else
+    .loss_kind = XC_LOSS_CROSS_ENTROPY,
+#endif
+    .pos_weight = 1,
+    .train_logits = 1,
 };
 
 typedef struct {
@@ -97,7 +104,7 @@ void xc_forward(const float *p, const float *state, const float *images, float *
 }
 
 float xc_grad_step(const float *p, float *state, const float *images, const void *labels,
-                   const XcStepArgs *args, float *grad, void *workspace) {
+                   const XcStepArgs *args, float *grad, float *logits_out, void *workspace) {
   // FAKE_INTERRUPT_AT=N: a Ctrl-C arrives during step N (tests of saving on
   // interrupt without timing).
   const char *at = getenv("FAKE_INTERRUPT_AT");
@@ -105,6 +112,7 @@ float xc_grad_step(const float *p, float *state, const float *images, const void
     raise(SIGINT);
   float *logits = workspace;
   xc_forward(p, state, images, logits, workspace);
+  memcpy(logits_out, logits, B * K * sizeof(float));
   memset(grad, 0, (K * D + K) * sizeof(float));
   double loss = 0;
   for (int n = 0; n < B; n++) {

@@ -45,7 +45,8 @@ static Ckpt ckpt_in(const char *dir) {
 
 static void save(void *arg) {
   Ckpt *c = arg;
-  xc_ckpt_save(c->w, c->o, &xc_model, c->p, c->s, NULL, (XcProgress){c->step, 1, 0, 4, c->step - 1, 1.0f, 0});
+  xc_ckpt_save(c->w, c->o, &xc_model, c->p, c->s, NULL,
+               (XcProgress){c->step, 1, 0, 4, c->step - 1, 1.0f, 0}, NULL, 0);
 }
 
 START_TEST(ckpt_round_trip) {
@@ -54,7 +55,7 @@ START_TEST(ckpt_round_trip) {
   save(&c);
   ck_assert_int_eq(count_entries(dir), 2); // no temporaries
   float *p = xc_alloc_floats(xc_model.param_floats), *s = xc_alloc_floats(xc_model.state_floats);
-  XcProgress got = xc_ckpt_resume(c.w, c.o, &xc_model, p, s, NULL);
+  XcProgress got = xc_ckpt_resume(c.w, c.o, &xc_model, p, s, NULL, NULL, 0);
   ck_assert(got.step == 4 && got.epoch == 1 && got.iter == 0 && got.steps_per_epoch == 4 && got.opt_step == 3);
   ck_assert_int_eq(memcmp(p, c.p, xc_model.param_floats * 4), 0);
   // Optimizer state from the optimizer file, nothing else of the state.
@@ -118,7 +119,7 @@ END_TEST
 
 static void tidy(void *arg) {
   Ckpt *c = arg;
-  xc_ckpt_tidy(c->w, c->o);
+  xc_ckpt_tidy(c->w, c->o, NULL, 0);
 }
 
 // Leftovers of interrupted saves go; a symbolic link planted at such a name
@@ -155,7 +156,7 @@ START_TEST(ckpt_tidy) {
   // A temporary whose hash is not the recorded one is removed, not used.
   td_write_bytes(pending, "other weights", 13);
   td_write_bytes(c.w, "previous weights", 16);
-  xc_ckpt_tidy(c.w, c.o);
+  xc_ckpt_tidy(c.w, c.o, NULL, 0);
   ck_assert_str_eq(read_all(c.w, NULL), "previous weights");
   ck_assert_int_eq(count_entries(dir), 4);
 }
@@ -184,7 +185,7 @@ typedef struct {
 static void resume(void *arg) {
   ResumeArgs *a = arg;
   float *p = xc_alloc_floats(a->m->param_floats), *s = xc_alloc_floats(a->m->state_floats);
-  xc_ckpt_resume(a->c->w, a->c->o, a->m, p, s, NULL);
+  xc_ckpt_resume(a->c->w, a->c->o, a->m, p, s, NULL, NULL, 0);
 }
 
 static void resume_dies(Ckpt *c, XcModel *m, const char *want1, const char *want2) {

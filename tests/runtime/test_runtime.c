@@ -182,7 +182,8 @@ START_TEST(weights_save_load) {
   ck_assert_ptr_null(st_find(f, "fc.weight.momentum_buffer"));
   st_free(f);
   char *opath = xc_join(dir, "m.optim.safetensors");
-  xc_ckpt_save(path, opath, &xc_model, p, s, NULL, (XcProgress){7, 1, 3, 4, 6, 1.0f, 0});
+  xc_ckpt_save(path, opath, &xc_model, p, s, NULL, (XcProgress){7, 1, 3, 4, 6, 1.0f, 0}, NULL,
+               0);
   f = st_open(opath, &err);
   ck_assert_ptr_nonnull(st_find(f, "fc.weight.momentum_buffer"));
   ck_assert_str_eq(st_meta(f, "step"), "7");
@@ -893,14 +894,35 @@ START_TEST(metrics_multiclass) {
   ck_assert_double_eq_tol(conf_class_accuracy(&c, 0), 2.0 / 3, 1e-12);
   ck_assert_double_eq_tol(conf_class_accuracy(&c, 1), 0.5, 1e-12);
   ck_assert_int_eq(c.m[2 * 3 + 0], 1);
+  // classification_report: class 0 is predicted 3 times, 2 rightly, and is
+  // the truth 3 times; class 1 predicted twice (1 right) of 2.
+  ClassScore s0 = conf_class_score(&c, 0), s1 = conf_class_score(&c, 1), macro, weighted;
+  ck_assert_double_eq_tol(s0.precision, 2.0 / 3, 1e-15);
+  ck_assert_double_eq_tol(s0.recall, 2.0 / 3, 1e-15);
+  ck_assert_double_eq_tol(s1.precision, 0.5, 1e-15);
+  ck_assert_int_eq(s0.support, 3);
+  conf_averages(&c, &macro, &weighted);
+  ck_assert_double_eq_tol(macro.recall, (2.0 / 3 + 0.5 + 2.0 / 3) / 3, 1e-15);
+  ck_assert_double_eq_tol(weighted.recall, conf_accuracy(&c), 1e-15); // always, by definition
+  ck_assert_int_eq(weighted.support, 8);
   char *buf;
   size_t len;
   FILE *f = open_memstream(&buf, &len);
-  conf_print_json(f, &c, rgb_names, false, 0.5);
+  EvalResult ev = {c, 0.57, 2, 0.875};
+  eval_print_json(f, &ev, rgb_names, false, 0.5);
   fclose(f);
   ck_assert_msg(strstr(buf, "\"accuracy\": 0.625"), "%s", buf);
+  ck_assert_msg(strstr(buf, "\"loss\": 0.57, \"top_k\": 2, \"top_k_accuracy\": 0.875"), "%s", buf);
   ck_assert_msg(strstr(buf, "\"confusion_matrix\": [[2, 1, 0], [0, 1, 1], [1, 0, 2]]"), "%s", buf);
-  ck_assert_msg(!strstr(buf, "precision"), "%s", buf);
+  ck_assert_msg(strstr(buf, "\"green\": {\"precision\": 0.5, \"recall\": 0.5, \"f1-score\": 0.5, "
+                            "\"support\": 2}"),
+                "%s", buf);
+  ck_assert_msg(!strstr(buf, "threshold"), "%s", buf);
+  f = open_memstream(&buf, &len);
+  conf_print_report(f, &c, rgb_names);
+  fclose(f);
+  ck_assert_msg(strstr(buf, "       green    0.5000    0.5000    0.5000         2\n"), "%s", buf);
+  ck_assert_msg(strstr(buf, "    accuracy                        0.6250         8\n"), "%s", buf);
   f = open_memstream(&buf, &len);
   conf_print(f, &c, rgb_names);
   fclose(f);
@@ -936,12 +958,14 @@ START_TEST(metrics_binary) {
   char *buf;
   size_t len;
   FILE *f = open_memstream(&buf, &len);
-  conf_print_json(f, &c, cd, true, 0.3);
+  EvalResult ev = {c, NAN, 0, 0};
+  eval_print_json(f, &ev, cd, true, 0.3);
   fclose(f);
-  ck_assert_msg(strstr(buf, "\"precision\": 0.75,"), "%s", buf);
-  ck_assert_msg(strstr(buf, "\"recall\": 0.59999999999999998"), "%s", buf);
-  ck_assert_msg(strstr(buf, "\"f1\": "), "%s", buf);
-  ck_assert_msg(strstr(buf, "\"threshold\": 0.29999999999999999"), "%s", buf);
+  // Shortest round-trip numbers: 0.6, not 0.59999999999999998.
+  ck_assert_msg(strstr(buf, "\"loss\": null, \"precision\": 0.75, \"recall\": 0.6, \"f1\": "
+                            "0.6666666666666665, \"threshold\": 0.3"),
+                "%s", buf);
+  ck_assert_msg(!strstr(buf, "top_k"), "%s", buf);
   ck_assert_msg(strstr(buf, "\"confusion_matrix\": [[4, 1], [2, 3]]"), "%s", buf);
   conf_free(&c);
   // No positive predictions: precision 0 (sklearn's zero_division=0), not NaN.
@@ -952,6 +976,70 @@ START_TEST(metrics_binary) {
   conf_free(&c);
   ck_assert_double_eq_tol(xc_sigmoid(0), 0.5, 1e-15);
   ck_assert(xc_sigmoid(-1000) == 0 && xc_sigmoid(1000) == 1);
+}
+END_TEST
+
+// JSON's numbers: the shortest text that reads back as the same double.
+START_TEST(shortest_numbers) {
+  char buf[32];
+  ck_assert_str_eq(xc_shortest(0.57, buf), "0.57");
+  ck_assert_str_eq(xc_shortest(1.0, buf), "1");
+  ck_assert_str_eq(xc_shortest(2.0 / 3, buf), "0.6666666666666666"); // Python's repr too
+  ck_assert_str_eq(xc_shortest(1e-300, buf), "1e-300");
+  ck_assert_str_eq(xc_shortest(0.1f, buf), "0.10000000149011612"); // a float, exactly
+  ck_assert_str_eq(xc_shortest(-0.0, buf), "-0");
+  XcRng r;
+  xc_rng_seed(&r, 1, 2);
+  for (int i = 0; i < 10000; i++) {
+    double v = ldexp((double)xc_rng_next(&r), -(int)xc_rng_below(&r, 120)) *
+               (xc_rng_below(&r, 2) ? 1 : -1);
+    ck_assert(strtod(xc_shortest(v, buf), NULL) == v);
+  }
+}
+END_TEST
+
+// Top-k: the label ranks below k, ties ranked by class index as xc_argmax.
+START_TEST(top_k) {
+  float z[] = {0.1f, 3.0f, 2.0f, 3.0f, -1.0f};
+  ck_assert(xc_in_top_k(z, 5, 1, 1) && !xc_in_top_k(z, 5, 3, 1));
+  ck_assert(xc_in_top_k(z, 5, 3, 2) && !xc_in_top_k(z, 5, 2, 2) && xc_in_top_k(z, 5, 2, 3));
+  ck_assert(!xc_in_top_k(z, 5, 4, 4) && xc_in_top_k(z, 5, 4, 5));
+}
+END_TEST
+
+// The evaluation loss against hand-computed cross-entropy and BCE.
+START_TEST(eval_loss) {
+  XcModel m = xc_model; // the fake: 3 classes, cross-entropy
+  float z[2][3] = {{1, 2, 3}, {0.5f, -1, 2}};
+  int y[2] = {2, 0};
+  LossSum s = {0};
+  for (int i = 0; i < 2; i++)
+    loss_add(&m, &s, z[i], y[i]);
+  double lse0 = log(exp(1) + exp(2) + exp(3)), lse1 = log(exp(0.5) + exp(-1) + exp(2));
+  double nll = ((lse0 - 3) + (lse1 - 0.5)) / 2;
+  ck_assert_double_eq_tol(loss_value(&m, &s, NULL), nll, 1e-12);
+  // Label smoothing 0.1 and class weights (1, 2, 0.5), PyTorch 1.13's formula.
+  static const float w[3] = {1, 2, 0.5f};
+  m.label_smoothing = 0.1f, m.class_weights = w;
+  s = (LossSum){0};
+  for (int i = 0; i < 2; i++)
+    loss_add(&m, &s, z[i], y[i]);
+  double wn = 0.5 * (lse0 - 3) + 1 * (lse1 - 0.5), wsum = 0.5 + 1;
+  double smooth = 0;
+  for (int c = 0; c < 3; c++)
+    smooth += w[c] * ((lse0 - z[0][c]) + (lse1 - z[1][c]));
+  ck_assert_double_eq_tol(loss_value(&m, &s, NULL),
+                          0.9 * wn / wsum + (double)0.1f / 3 * smooth / wsum, 1e-7);
+  // BCE with logits, pos_weight 3: mean of 3 y softplus(-z) + (1 - y) softplus(z).
+  m.loss_kind = XC_LOSS_BCE_WITH_LOGITS, m.pos_weight = 3, m.outputs = 1;
+  s = (LossSum){0};
+  float b[2] = {0.7f, -2};
+  loss_add(&m, &s, &b[0], 1);
+  loss_add(&m, &s, &b[1], 0);
+  ck_assert_double_eq_tol(loss_value(&m, &s, NULL),
+                          (3 * log1p(exp(-0.7)) + log1p(exp(-2))) / 2, 1e-7);
+  m.loss_kind = XC_LOSS_NONE;
+  ck_assert(isnan(loss_value(&m, &s, NULL)));
 }
 END_TEST
 
@@ -1022,6 +1110,9 @@ int main(void) {
   tcase_add_test(tc, loader_partial_last_batch);
   tcase_add_test(tc, metrics_multiclass);
   tcase_add_test(tc, metrics_binary);
+  tcase_add_test(tc, shortest_numbers);
+  tcase_add_test(tc, top_k);
+  tcase_add_test(tc, eval_loss);
   tcase_add_test(tc, shared_data);
   suite_add_tcase(s, tc);
   SRunner *r = srunner_create(s);

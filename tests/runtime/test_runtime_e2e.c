@@ -2,7 +2,9 @@
 // executables run as a user runs them, on photo folders, CIFAR files and
 // IDX files written into the build tree. Checks the command-line contract
 // (flags, default output, --log CSV, --save, --json, --predict), that
-// training learns, determinism, --resume, and the error messages.
+// training learns, determinism, --resume (the history and the early-stopping
+// state included), --save-best, --patience, and the error messages.
+#define _GNU_SOURCE // memmem
 #include "../common/capture.h"
 #include "rt.h"
 #include "testdata.h"
@@ -11,6 +13,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 static const char *const rgb_names[] = {"red", "green", "blue"};
 static const char *const cd_names[] = {"cat", "dog"};
@@ -77,11 +81,17 @@ START_TEST(train_then_eval) {
   // The PyTorch tutorial's lines every log_every (2) iterations.
   ASSERT_HAS(r.out, "[1,     2] loss: ");
   ASSERT_HAS(r.out, "[3,     6] loss: ");
-  // Evaluated after each epoch on the test/ folder next to train/.
-  ASSERT_HAS(r.out, "epoch 3: mean loss ");
-  ASSERT_HAS(r.out, "test accuracy 100.00% (9 images)");
+  // Evaluated after each epoch on the test/ folder next to train/; the
+  // training accuracy comes from the step's own logits.
+  ASSERT_HAS(r.out, "epoch 3: train loss ");
+  ASSERT_HAS(r.out, ", accuracy 100.00%; test loss 0.");
+  ASSERT_HAS(r.out, ", accuracy 100.00% (9 images); lr 0.05, ");
   ASSERT_HAS(r.out, "images/s");
-  ASSERT_HAS(r.out, "saved weights to fake.safetensors");
+  // Where everything went.
+  ASSERT_HAS(r.out, "saved weights to fake.safetensors, optimizer state and progress to "
+                    "fake.optim.safetensors\n");
+  ASSERT_HAS(r.out, "history: fake.history.csv, curves: fake.curves.svg\n");
+  ASSERT_HAS(r.out, "per-step log: log.csv\n");
   ASSERT_HAS(r.out, "s waiting for batches");
   char *log = slurp(xc_join(dir, "log.csv"));
   ck_assert_int_eq(strncmp(log, "step,epoch,loss,lr,skipped\n", 27), 0);
@@ -108,9 +118,23 @@ START_TEST(train_then_eval) {
   ck_assert(xc_is_file(xc_join(dir, "fake.optim.safetensors")));
   char *svg = slurp(xc_join(dir, "fake.curves.svg"));
   ASSERT_HAS(svg, "<svg");
-  ASSERT_HAS(svg, "validation accuracy");
+  ASSERT_HAS(svg, ">loss</text>");
+  ASSERT_HAS(svg, ">accuracy</text>");
+  ASSERT_HAS(svg, ">learning rate</text>");
+  ASSERT_HAS(svg, "<title>test, epoch 3: ");
   char *hist = slurp(xc_join(dir, "fake.history.csv"));
   ck_assert_int_eq(count_lines(hist), 4);
+  const char *header = "epoch,step,train_loss,train_accuracy,val_loss,val_accuracy,lr,"
+                       "images_per_s,seconds\n1,6,";
+  ck_assert_int_eq(strncmp(hist, header, strlen(header)), 0);
+  // The last row: epoch 3 at step 18, every column filled; the validation
+  // loss is NAME-eval's on the same data.
+  double h[9];
+  const char *row3 = strstr(hist, "\n3,18,") + 1;
+  ck_assert_int_eq(sscanf(row3, "%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf", &h[0], &h[1], &h[2], &h[3],
+                          &h[4], &h[5], &h[6], &h[7], &h[8]),
+                   9);
+  ck_assert(h[2] >= 0 && h[3] == 1 && h[4] > 0 && h[5] == 1 && h[6] == 0.05 && h[7] > 0 && h[8] > 0);
 
   r = run(dir, "fake-eval", "--weights", "fake.safetensors", "--data", "test");
   ASSERT_OK(r);
@@ -122,6 +146,20 @@ START_TEST(train_then_eval) {
   ck_assert_int_eq(count_lines(r.out), 1);
   ASSERT_HAS(r.out, "{\"accuracy\": 1,");
   ASSERT_HAS(r.out, "\"confusion_matrix\": [[3, 0, 0], [0, 3, 0], [0, 0, 3]]");
+  ASSERT_HAS(r.out, "\"macro avg\": {\"precision\": 1, \"recall\": 1, \"f1-score\": 1, "
+                    "\"support\": 9}");
+  ck_assert(!strstr(r.out, "top_k")); // 3 classes: only when asked
+  double eval_loss;
+  ck_assert_int_eq(sscanf(strstr(r.out, "\"loss\": ") + 8, "%lf", &eval_loss), 1);
+  ck_assert_msg(eval_loss == h[4], "history's val_loss %.17g, NAME-eval's %.17g", h[4], eval_loss);
+  r = run(dir, "fake-eval", "--data", "test", "--top-k", "2");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "top-2 accuracy 100.00 %");
+  ASSERT_HAS(r.out, "       green    1.0000    1.0000    1.0000         3\n");
+  ASSERT_HAS(r.out, "weighted avg    1.0000    1.0000    1.0000         9\n");
+  r = run(dir, "fake-eval", "--data", "test", "--top-k", "4");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--top-k 4: model 'fake' has only 3 classes");
   // Default weights file; --predict on two photos.
   r = run(dir, "fake-eval", "--predict", "test/red.0.jpg", "test/blue.1.png");
   ASSERT_OK(r);
@@ -233,6 +271,174 @@ START_TEST(determinism_steps_and_resume) {
 }
 END_TEST
 
+// A history without its timing columns (the last two of each line).
+static char *without_timings(const char *csv) {
+  char *out = xc_strdup(csv), *w = out;
+  for (const char *line = csv; *line;) {
+    const char *end = strchr(line, '\n');
+    const char *cut = line;
+    for (int commas = 0; cut < end && commas < 7; cut++)
+      commas += *cut == ',';
+    size_t n = (size_t)(cut - line) - (cut < end);
+    memcpy(w, line, n);
+    w += n;
+    *w++ = '\n';
+    line = end + 1;
+  }
+  *w = '\0';
+  return out;
+}
+
+// The history continues across --resume: runs stopped after epoch 1, and
+// mid-epoch 2 by --steps, each resumed to 3 epochs, end with the
+// uninterrupted run's history (every column but the timings) and its very
+// checkpoint, which holds the history. A --steps run evaluates at its end
+// and writes a row for the part of the epoch it trained.
+START_TEST(history_across_resume) {
+  char *dir = rgb_workdir(8); // 6 steps per epoch
+  Run r = run(dir, "fake-train", "--data", "train", "--epochs", "3", "--save", "a.safetensors", "--quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--save", "b.safetensors", "--quiet");
+  ASSERT_OK(r);
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "3", "--save", "b.safetensors", "--resume");
+  ASSERT_OK(r);
+  ck_assert(!strstr(r.out, "epoch 1: ")); // this run trained epochs 2 and 3
+  ASSERT_HAS(r.out, "history: b.history.csv, curves: b.curves.svg\n");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "3", "--steps", "8", "--save", "c.safetensors");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "epoch 1.33333: train loss ");
+  ASSERT_HAS(r.out, "; test loss ");
+  char *c = slurp(xc_join(dir, "c.history.csv"));
+  ck_assert_int_eq(count_lines(c), 3);
+  ASSERT_HAS(c, "\n1.3333333333333333,8,");
+  ASSERT_HAS(r.out, "history: c.history.csv, curves: c.curves.svg\n");
+  ASSERT_HAS(slurp(xc_join(dir, "c.curves.svg")), "<title>train, epoch 1.33333: ");
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "3", "--save", "c.safetensors", "--resume", "--quiet");
+  ASSERT_OK(r);
+  char *a = without_timings(slurp(xc_join(dir, "a.history.csv")));
+  ck_assert_int_eq(count_lines(a), 4);
+  ck_assert_str_eq(without_timings(slurp(xc_join(dir, "b.history.csv"))), a);
+  ck_assert_str_eq(without_timings(slurp(xc_join(dir, "c.history.csv"))), a);
+  ck_assert(same_file(dir, "a.optim.safetensors", "b.optim.safetensors"));
+  ck_assert(same_file(dir, "a.optim.safetensors", "c.optim.safetensors"));
+  // The timings of the epochs before --resume come from the old file.
+  ck_assert(!strstr(slurp(xc_join(dir, "b.history.csv")), ",,"));
+}
+END_TEST
+
+// A test folder whose photos are named after the wrong classes: the better
+// the model fits train/, the worse its validation loss.
+static char *mislabelled_workdir(void) {
+  static const char *const rotated[] = {"green", "blue", "red"};
+  char *dir = td_mkdtemp(TEST_BINARY_DIR);
+  char *train = xc_join(dir, "train"), *test = xc_join(dir, "test");
+  td_mkdir(train);
+  td_mkdir(test);
+  td_write_photo_folder(train, rgb_names, 3, 8, 12, 10);
+  td_write_photo_folder(test, rotated, 3, 3, 16, 16);
+  return dir;
+}
+
+// --save-best keeps the best epoch's weights and --patience stops as Keras's
+// EarlyStopping does; runs stopped after epoch 2 or mid-epoch 2 and resumed
+// stop at the same epoch as the uninterrupted one, with the same files.
+START_TEST(save_best_and_patience) {
+  char *dir = mislabelled_workdir();
+#define FLAGS "--data", "train", "--save-best", "val_loss", "--patience", "2"
+  Run r = run(dir, "fake-train", FLAGS, "--epochs", "10", "--save", "a.safetensors");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "epoch 3: ");
+  ck_assert(!strstr(r.out, "epoch 4: "));
+  ASSERT_HAS(r.out, "early stopping: val_loss has not improved for 2 epochs; the best was ");
+  ASSERT_HAS(r.out, " at epoch 1\n");
+  ASSERT_HAS(r.out, "best epoch: 1 (val_loss ");
+  ASSERT_HAS(r.out, "), weights in a.best.safetensors\n");
+  ASSERT_HAS(r.out, "stopped early after epoch 3 (--patience 2)\n");
+  ck_assert_int_eq(count_lines(slurp(xc_join(dir, "a.history.csv"))), 4);
+  // The best file is epoch 1's weights, saying so.
+  long n;
+  char *bytes = read_all(xc_join(dir, "a.best.safetensors"), &n);
+  ck_assert(n > 8 && memmem(bytes + 8, n - 8, "\"epoch\":\"1\"", 11));
+  r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--save", "one.safetensors", "--quiet");
+  ASSERT_OK(r);
+  Run best = run(dir, "fake-eval", "--weights", "a.best.safetensors", "--data", "train", "--json");
+  ASSERT_OK(best);
+  r = run(dir, "fake-eval", "--weights", "one.safetensors", "--data", "train", "--json");
+  ASSERT_OK(r);
+  ck_assert_str_eq(best.out, r.out);
+  // Interrupted after epoch 2 (the counter at 1), and mid-epoch 2.
+  for (int i = 0; i < 2; i++) {
+    char *b = xc_format("b%d.safetensors", i);
+    r = i == 0 ? run(dir, "fake-train", FLAGS, "--epochs", "2", "--save", b, "--quiet")
+               : run(dir, "fake-train", FLAGS, "--epochs", "10", "--steps", "9", "--save", b,
+                     "--quiet");
+    ASSERT_OK(r);
+    r = run(dir, "fake-train", FLAGS, "--epochs", "10", "--save", b, "--resume");
+    ASSERT_OK(r);
+    ASSERT_HAS(r.out, "epoch 3: ");
+    ck_assert(!strstr(r.out, "epoch 4: "));
+    ASSERT_HAS(r.out, "stopped early after epoch 3 (--patience 2)\n");
+    ck_assert_str_eq(without_timings(slurp(xc_join(dir, xc_format("b%d.history.csv", i)))),
+                     without_timings(slurp(xc_join(dir, "a.history.csv"))));
+    ck_assert(same_file(dir, "a.optim.safetensors", xc_format("b%d.optim.safetensors", i)));
+    ck_assert(same_file(dir, "a.best.safetensors", xc_format("b%d.best.safetensors", i)));
+  }
+  // A finished early stop stays finished; a larger --patience goes on.
+  r = run(dir, "fake-train", FLAGS, "--epochs", "10", "--save", "a.safetensors", "--resume");
+#undef FLAGS
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "error: a.safetensors stopped early: val_loss has not improved for 2 epochs "
+                    "since epoch 1\nhint: pass a larger --patience");
+  r = run(dir, "fake-train", "--data", "train", "--save-best", "val_loss", "--patience", "3",
+          "--epochs", "10", "--save", "a.safetensors", "--resume", "--quiet");
+  ASSERT_OK(r);
+  ck_assert_int_eq(count_lines(slurp(xc_join(dir, "a.history.csv"))), 5);
+  // val_accuracy: higher is better; here it never beats epoch 1's.
+  r = run(dir, "fake-train", "--data", "train", "--save-best", "val_accuracy", "--patience", "1",
+          "--epochs", "10", "--save", "v.safetensors");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "early stopping: val_accuracy has not improved for 1 epochs");
+  // Both need the evaluation after each epoch.
+  r = run(dir, "fake-train", "--data", "train", "--save-best", "val_loss", "--no-eval");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--save-best val_loss needs an evaluation after each epoch");
+  ASSERT_HAS(r.err, "hint: drop --no-eval");
+  r = run(dir, "fake-train", "--data", "test", "--patience", "2");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--patience val_loss needs an evaluation after each epoch");
+  r = run(dir, "fake-train", "--data", "train", "--save-best", "loss");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--save-best loss: unknown metric\nhint: write --save-best val_loss or");
+}
+END_TEST
+
+// --predict takes files, directories (their regular JPEG and PNG files, in
+// name order) or both.
+START_TEST(predict_directory) {
+  char *dir = rgb_workdir(2);
+  Run r = run(dir, "fake-train", "--data", "train", "--epochs", "1", "--quiet");
+  ASSERT_OK(r);
+  // Not images, or not regular files: skipped.
+  td_mkdir(xc_join(dir, "test/folder.jpg"));
+  td_write_bytes(xc_join(dir, "test/notes.txt"), "hello", 5);
+  ck_assert_int_eq(mkfifo(xc_join(dir, "test/pipe.png"), 0600), 0);
+  r = run(dir, "fake-eval", "--predict", "test");
+  ASSERT_OK(r);
+  ck_assert_int_eq(count_lines(r.out), 9);
+  ck_assert_int_eq(strncmp(r.out, "test/blue.0.jpg: ", 17), 0);
+  ASSERT_HAS(r.out, "\ntest/red.2.jpg: red ");
+  r = run(dir, "fake-eval", "--predict", "train/green.1.png", "test", "--json");
+  ASSERT_OK(r);
+  ASSERT_HAS(r.out, "[{\"file\": \"train/green.1.png\", \"predicted\": \"green\"");
+  ASSERT_HAS(r.out, "{\"file\": \"test/blue.0.jpg\"");
+  td_mkdir(xc_join(dir, "empty"));
+  r = run(dir, "fake-eval", "--predict", "empty");
+  ck_assert_int_eq(r.status, 1);
+  ASSERT_HAS(r.err, "--predict: empty holds no .jpg, .jpeg or .png file");
+  ck_assert(!strstr(r.err, "is empty"));
+}
+END_TEST
+
 START_TEST(other_formats) {
   char *dir = td_mkdtemp(TEST_BINARY_DIR);
   // CIFAR-10 binary (3 classes of this model within labels 0..2), resized to
@@ -273,15 +479,16 @@ START_TEST(binary_model) {
   ASSERT_HAS(r.err, "skipping");
   ASSERT_HAS(r.err, "dog.broken.jpg");
   ASSERT_HAS(r.err, "skipped 1 unreadable file");
-  ASSERT_HAS(r.out, "validation accuracy");
+  ASSERT_HAS(r.out, "; validation loss ");
   // The lr column shows what the step was given: StepLR(1, 0.5) from 0.05.
   char *log = slurp(xc_join(dir, "log.csv"));
   ASSERT_HAS(log, "\n1,1,");
   ASSERT_HAS(log, ",0.0250000004,0\n");
   ASSERT_HAS(log, ",0.0125000002,0\n");
   char *hist = slurp(xc_join(dir, "fake-bin.history.csv"));
-  ASSERT_HAS(hist, ",lr\n");
-  ASSERT_HAS(hist, ",0.0125000002\n");
+  ASSERT_HAS(hist, ",lr,images_per_s,seconds\n");
+  ASSERT_HAS(hist, ",0.0125,"); // the float the step used, shortest
+  ASSERT_HAS(hist, "\n3,9,");
   r = run(dir, "fake-bin-eval", "--weights", "fake-bin.safetensors", "--data", "train", "--json");
   ASSERT_OK(r);
   ASSERT_HAS(r.out, "\"samples\": 5");
@@ -414,6 +621,9 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, train_then_eval);
   tcase_add_test(tc, determinism_steps_and_resume);
+  tcase_add_test(tc, history_across_resume);
+  tcase_add_test(tc, save_best_and_patience);
+  tcase_add_test(tc, predict_directory);
   tcase_add_test(tc, cache_flag);
   tcase_add_test(tc, other_formats);
   tcase_add_test(tc, binary_model);

@@ -767,7 +767,7 @@ static void model_case(const char *yaml) {
   void *h = load_object(xformat("%s-train.o", out));
   const XcModel *xm = dlsym(h, "xc_model");
   typedef float GradFn(const float *, float *, const float *, const void *, const XcStepArgs *,
-                       float *, void *);
+                       float *, float *, void *);
   typedef int32_t CheckFn(const float *);
   typedef void ApplyFn(float *, float *, const float *, const XcStepArgs *, void *);
   GradFn *grad_step = (GradFn *)dlsym(h, "xc_grad_step");
@@ -805,10 +805,22 @@ static void model_case(const char *yaml) {
 
   XcStepArgs args = {.step = 3, .seed = 11, .lr = 0.01f, .momentum = 0.9f, .opt_step = 2};
   float *grads = xcalloc(xm->param_floats + 1, 4);
-  float loss = grad_step(params, state, src[image->id].f, labels, &args, grads, ws);
+  Node *tlog = train->ret[1];
+  float *train_logits = xcalloc(type_numel(&tlog->type), 4);
+  float loss = grad_step(params, state, src[image->id].f, labels, &args, grads, train_logits, ws);
   float wl = want[train->ret[0]->id].f[0];
   ck_assert_msg(fabs(loss - wl) <= 1e-5 * fmax(1, fabs(wl)), "%s: loss %.9g, want %.9g", yaml,
                 loss, wl);
+  // The training forward's logits (dropout on, batch statistics), copied
+  // out for the runtime's training accuracy.
+  ck_assert(xm->train_logits);
+  ck_assert_msg(check_tensor(xformat("%s xc_grad_step logits", yaml), train_logits,
+                             want[tlog->id].f, type_numel(&tlog->type), 1e-4),
+                "%s: training logits differ", yaml);
+  free(train_logits);
+  // The loss as XcModel describes it, for the evaluation's loss.
+  ck_assert_int_eq(xm->loss_kind, xm->outputs == 1 ? XC_LOSS_BCE_WITH_LOGITS
+                                                   : XC_LOSS_CROSS_ENTROPY);
   // Every gradient is in the grads block, laid out like params.
   for (int i = 0; i < xm->nparams; i++) {
     Node *gn = graph_find(train, xformat("%s.grad", xm->params[i].name));
