@@ -1842,6 +1842,8 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 static void print_sorted(FILE *out, char **names, int n) {
+  if (n == 0)
+    return; // names may be NULL, which qsort must not be given
   qsort(names, n, sizeof *names, cmp_str);
   for (int i = 0; i < n; i++)
     if (i == 0 || strcmp(names[i], names[i - 1]))
