@@ -239,6 +239,25 @@ class Cast16(torch.autograd.Function):
         return (g if ctx.down else rnd(g, ctx.dt)), None, None
 
 
+class Fanout16(torch.autograd.Function):
+    """A 16-bit value read by k layers, as k copies: autograd adds their
+    gradients in 16 bits, each sum rounded, which float32 tensors holding
+    16-bit values would not do. The order is xentcc's (passes/autodiff.c):
+    the last reader's gradient first."""
+
+    @staticmethod
+    def forward(ctx, x, dt, k):
+        ctx.dt = dt
+        return tuple(x.clone() for _ in range(k))
+
+    @staticmethod
+    def backward(ctx, *gs):
+        acc = gs[-1]
+        for g in reversed(gs[:-1]):
+            acc = rnd(acc + g, ctx.dt)
+        return acc, None, None
+
+
 class Sigmoid16(torch.autograd.Function):
     """sigmoid on 16 bits: its backward, like PyTorch's sigmoid_backward,
     reads the (rounded) output: dy * y * (1 - y), rounded."""
@@ -267,8 +286,15 @@ def low_forward(net, x, dt):
     def up(t):
         return Cast16.apply(t, dt, False) if low else t
     image, outs = x, []  # outs: each layer's (value, holds 16-bit values?)
+    readers = [sum(src.count(i) for src in net.srcs) for i in range(len(net.srcs))]
+
+    def take(j):  # output j for its next reader
+        if j < 0:
+            return image, False
+        v, lw = outs[j]
+        return (v.pop(0), lw) if isinstance(v, list) else (v, lw)
     for m, src in zip(net.steps, net.srcs):
-        ins = [(image, False) if j < 0 else outs[j] for j in src]
+        ins = [take(j) for j in src]
         x, low = ins[0]
         if isinstance(m, (Add, Concat)):
             # Operands of one precision keep it (an add rounds its sum);
@@ -310,7 +336,8 @@ def low_forward(net, x, dt):
             x = Sigmoid16.apply(x, dt)
         else:  # pools: on 16 bits
             x = Low16.apply(dt, (True,), m, x)
-        outs.append((x, low))
+        k = readers[len(outs)]
+        outs.append((list(Fanout16.apply(x, dt, k)) if low and k > 1 else x, low))
     return up(x)
 
 
