@@ -192,7 +192,7 @@ def runtime_order(r, y, names):
     return sorted(range(n), key=lambda i: (names[y[i]].encode(), f"{i:05d}"))
 
 
-def make_data(r, net, work, rng, batches):
+def make_data(r, net, work, rng, batches=3):
     """Writes the training (and test) data; returns the YAML's data paths and
     what each side reads: (train images CHW, labels), (eval images, labels)."""
     names = class_names(r, net)
