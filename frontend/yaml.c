@@ -1068,7 +1068,7 @@ static void resolve_inputs(Builder *b) {
         error_at(loc_of(l->from),
                  n == 1 && is_scalar(seq_at(l->from, 0))
                      ? xformat("write input: %s", sval(seq_at(l->from, 0)))
-                        : "only add and concat join layers; give this one input: NAME",
+                     : "only add and concat join layers; give this one input: NAME",
                  "%s takes one input, got 'inputs'", l->what);
       if (n < 2 || n > MAX_INPUTS)
         error_at(loc_of(l->from), xformat("e.g. %s", ex), "%s joins 2 to %d layers, got %d",

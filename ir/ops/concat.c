@@ -29,8 +29,8 @@ static const char *shape_concat(const Node *n, Type *out) {
     for (int d = 0; d < t0->rank && same; d++)
       same = d == 1 || t->dim[d] == t0->dim[d];
     if (!same)
-      FAIL("operand %d is %s but operand 0 is %s: every dim but 1 and the precision must match",
-           i, type_str(t), type_str(t0));
+      FAIL("operand %d is %s but operand 0 is %s: every dim but 1 and the precision must match", i,
+           type_str(t), type_str(t0));
     out->dim[1] += t->dim[1];
   }
   return NULL;
