@@ -8,12 +8,14 @@
 //   model: NAME                      default: the file's base name
 //   input: {channels, height, width}
 //   classes: [NAME, ...]             one per output (cross_entropy), or [neg, pos] (bce)
-//   layers:                          each `- TYPE` or `- {name: N, TYPE: {OPTIONS}}`
+//   layers:                          each `- TYPE` or `- {name: N, TYPE: {OPTIONS}}`, reading
+//                                    the layer before or `input: NAME` (`inputs: [A, B]`)
 //     conv2d {out_channels, kernel, stride: 1, padding: 0, bias: true, in_channels?}
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
 //     linear {out_features, bias: true, in_features?}
 //     dropout {p: 0.5}   batchnorm2d {eps: 1e-5, momentum: 0.1, num_features?}
 //     relu sigmoid softmax log_softmax flatten
+//     add concat                     join `inputs`: sum of one shape, along the channels
 //   loss: cross_entropy {label_smoothing, weight} | bce_with_logits {pos_weight},
 //         plus l2: [{param, weight}]
 //   optimizer: sgd {lr, momentum, dampening, weight_decay, nesterov}
@@ -530,6 +532,10 @@ typedef struct {
   char *what;       // the same with the type: "layer 'conv1' (conv2d)"
   int index;        // 0-based position in `layers`
   Loc loc;
+  YNode *from;      // the `input:` name or `inputs:` list; NULL: the layer before
+  int *src;         // where each input comes from: a layer's index, or -1 for the image
+  int nsrc;
+  Node **in;        // the input values, while the graph is built (in[0] is `x`)
 } Layer;
 
 typedef struct {
@@ -599,8 +605,9 @@ static void check_in_size(Layer *l, const char *key, int64_t got, const char *wh
   int64_t want = to_int(v, l->desc, key, 1, MAX_NUMEL);
   if (want != got)
     error_at(l->loc,
-             xformat("the layer before produces %s; set %s: %lld, or leave %s out to infer it",
-                     type_str(&x->type), key, (long long)got, key),
+             xformat("%s produces %s; set %s: %lld, or leave %s out to infer it",
+                     l->from ? "its input" : "the layer before", type_str(&x->type), key,
+                     (long long)got, key),
              "%s: expects %lld %s but gets %lld", l->desc, (long long)want, what, (long long)got);
 }
 
@@ -770,6 +777,55 @@ static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
   return n;
 }
 
+// Where input i of a layer is written (its name in `inputs`), for messages.
+static Loc input_loc(Layer *l, int i) {
+  return l->from && is_seq(l->from) ? loc_of(seq_at(l->from, i)) : l->loc;
+}
+
+// "layer 'bn2'" or "the input image": what input i of a layer reads.
+static const char *input_desc(Builder *b, Layer *l, int i) {
+  return l->src[i] < 0 ? "the input image" : b->layers[l->src[i]].desc;
+}
+
+// The residual sum of a ResNet block, bn2 + shortcut: two or more branches
+// of one shape, added left to right as `a + b + c` adds in PyTorch.
+static Node *build_add(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  Node *sum = x;
+  for (int i = 1; i < l->nsrc; i++) {
+    if (!type_eq(&l->in[i]->type, &x->type))
+      error_at(input_loc(l, i),
+               "add sums tensors of one shape; give the shortcut a 1x1 conv2d with the other "
+               "branch's out_channels and stride, as ResNet does",
+               "%s: %s gives %s but %s gives %s", l->what, input_desc(b, l, 0),
+               type_str(&x->type), input_desc(b, l, i), type_str(&l->in[i]->type));
+    sum = emit(b, l, OP_add, (Node *[]){sum, l->in[i]}, 2);
+    infer(l, sum, x);
+  }
+  return sum;
+}
+
+// torch.cat(branches, dim=1): the channels of images (the features of flat
+// inputs) one after the other; every other dim must match.
+static Node *build_concat(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  for (int i = 1; i < l->nsrc; i++) {
+    const Type *t = &l->in[i]->type;
+    bool same = t->rank == x->type.rank;
+    for (int d = 0; d < t->rank && same; d++)
+      same = d == 1 || t->dim[d] == x->type.dim[d];
+    if (!same)
+      error_at(input_loc(l, i),
+               "concat joins along the channels (dim 1): batch and image size must match; "
+               "bring the branches to one size with a pool or a strided conv2d",
+               "%s: %s gives %s but %s gives %s", l->what, input_desc(b, l, 0),
+               type_str(&x->type), input_desc(b, l, i), type_str(t));
+  }
+  Node *n = emit(b, l, OP_concat, l->in, l->nsrc);
+  infer(l, n, x);
+  return n;
+}
+
 typedef struct {
   const char *type;
   Node *(*build)(Builder *b, Layer *l, Node *x);
@@ -789,6 +845,8 @@ static const LayerKind layer_kinds[] = {
     {"linear", build_linear, linear_keys, true},
     {"dropout", build_dropout, dropout_keys, false},
     {"batchnorm2d", build_batchnorm2d, batchnorm_keys, false},
+    {"add", build_add, no_keys, false},
+    {"concat", build_concat, no_keys, false},
 };
 enum { NKINDS = sizeof layer_kinds / sizeof *layer_kinds };
 
@@ -845,6 +903,13 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
         error_at(loc_of(k), "keep only one", "%s: duplicate key '%s'", ctx, key);
       if (!strcmp(key, "name")) {
         l->name = xstrdup(to_str(map_val(item, i), ctx, "name"));
+      } else if (!strcmp(key, "input") || !strcmp(key, "inputs")) {
+        if (l->from)
+          error_at(loc_of(k), "write input: NAME for one input, inputs: [A, B] for several",
+                   "%s: both 'input' and 'inputs'", ctx);
+        l->from = map_val(item, i);
+        l->nsrc = !strcmp(key, "inputs") ? -1 : 1; // -1: a list, checked below
+        note_used(xformat("layers.%s", key));
       } else if (layer_kind(key)) {
         if (type_key)
           error_at(loc_of(k), "write one layer per list item, each starting with '- '",
@@ -856,7 +921,8 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
     for (int i = 0; i < map_len(item); i++) {
       YNode *k = map_key(item, i);
       const char *key = sval(k);
-      if (!strcmp(key, "name") || layer_kind(key))
+      if (!strcmp(key, "name") || !strcmp(key, "input") || !strcmp(key, "inputs") ||
+          layer_kind(key))
         continue;
       if (type_key) {
         // Options written next to the type instead of inside it?
@@ -867,10 +933,13 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
                 loc_of(k),
                 xformat("options go inside the layer type: {%s: {%s: ...}}", sval(type_key), key),
                 "%s: '%s' is an option of %s, not a key of the layer", ctx, key, sval(type_key));
-        if (closest(key, (const char *const[]){"name", NULL}))
-          error_at(loc_of(k), "did you mean 'name'?", "%s: unknown key '%s'", ctx, key);
+        const char *near = closest(key, (const char *const[]){"name", "input", "inputs", NULL});
+        if (near)
+          error_at(loc_of(k), xformat("did you mean '%s'?", near), "%s: unknown key '%s'", ctx,
+                   key);
         error_at(loc_of(k),
-                 xformat("a layer holds its 'name' and one type; %s", suggest(key, types)),
+                 xformat("a layer holds its 'name', its 'input' or 'inputs', and one type; %s",
+                         suggest(key, types)),
                  "%s: unknown key '%s'", ctx, key);
       }
       error_at(loc_of(k), suggest(key, types), "%s: unknown layer type '%s'", ctx, key);
@@ -932,6 +1001,110 @@ static void read_layer(Builder *b, YNode *item, int index, Layer *l) {
                                              : xformat("{%s: {kernel: 2, stride: 2}}", l->type)),
         "%s needs options", l->desc);
   l->opts = or_empty(l->opts);
+}
+
+// Layers that join branches, and how many they may join: a bound on the work.
+static bool joins(const Layer *l) { return !strcmp(l->type, "add") || !strcmp(l->type, "concat"); }
+enum { MAX_INPUTS = 64 };
+
+// Where input `v` (a name in `input` or `inputs`) of layer i comes from: an
+// earlier layer's index, or -1 for `image`. Only earlier layers can be
+// named, so the layers form a graph without cycles.
+static int find_input(Builder *b, int i, YNode *v, const char *key) {
+  Layer *l = &b->layers[i];
+  const char *name = to_str(v, l->desc, key);
+  if (!strcmp(name, "image"))
+    return -1;
+  int j = name_seen(&b->layer_names, name, -1);
+  if (j == i)
+    error_at(loc_of(v),
+             "inputs must come earlier in the list (a layer reading itself is a cycle); name "
+             "the layer whose output it takes",
+             "%s reads its own output", l->what);
+  if (j > i)
+    error_at(loc_of(v),
+             xformat("inputs must come earlier in the list (reading a later layer would make a "
+                     "cycle); move '%s' above this layer or read another one",
+                     name),
+             "%s reads '%s', a later layer (layer %d, line %d)", l->what, name, j + 1,
+             b->layers[j].loc.line);
+  if (j < 0) {
+    const char **names = xcalloc(i + 2, sizeof *names);
+    int n = 0;
+    names[n++] = "image";
+    for (int k = 0; k < i; k++)
+      if (b->layers[k].name)
+        names[n++] = b->layers[k].name;
+    const char *near = closest(name, names);
+    const char *what = "an input is the 'name' of an earlier layer, or image for the network's "
+                       "input";
+    error_at(loc_of(v), near ? xformat("did you mean '%s'? (%s)", near, what) : what,
+             "%s: no layer named '%s'", l->what, name);
+  }
+  return j;
+}
+
+// Each layer reads the layer before it unless it names its input (`input:
+// conv1`) or, for add and concat, its inputs (`inputs: [bn2, short]`).
+// Every layer's result must be read by a later one but the last's, which
+// is the logits the loss reads: a branch left dangling is a mistake.
+static void resolve_inputs(Builder *b) {
+  bool *used = xcalloc(b->nlayers, sizeof *used);
+  for (int i = 0; i < b->nlayers; i++) {
+    Layer *l = &b->layers[i];
+    const char *ex = xformat("{name: %s, %s: {}, inputs: [bn2, shortcut]}",
+                             l->name ? l->name : "sum1", l->type);
+    if (!l->from) {
+      if (joins(l))
+        error_at(l->loc, xformat("name the layers it joins, e.g. %s", ex),
+                 "%s needs 'inputs', the layers it joins", l->what);
+      l->nsrc = 1;
+      l->src = xcalloc(1, sizeof *l->src);
+      l->src[0] = i - 1;
+    } else if (l->nsrc < 0) { // inputs: [A, B, ...]
+      want_seq(l->from, l->desc, "'inputs'", "[bn2, shortcut]");
+      int n = seq_len(l->from);
+      if (!joins(l))
+        error_at(loc_of(l->from),
+                 n == 1 && is_scalar(seq_at(l->from, 0))
+                     ? xformat("write input: %s", sval(seq_at(l->from, 0)))
+                     : "only add and concat join layers; give this one input: NAME",
+                 "%s takes one input, got 'inputs'", l->what);
+      if (n < 2 || n > MAX_INPUTS)
+        error_at(loc_of(l->from), xformat("e.g. %s", ex), "%s joins 2 to %d layers, got %d",
+                 l->what, MAX_INPUTS, n);
+      l->nsrc = n;
+      l->src = xcalloc(n, sizeof *l->src);
+      for (int k = 0; k < n; k++)
+        l->src[k] = find_input(b, i, seq_at(l->from, k), "inputs");
+    } else { // input: NAME
+      if (joins(l))
+        error_at(loc_of(l->from), xformat("write the layers it joins as a list, e.g. %s", ex),
+                 "%s joins two or more layers: give them as 'inputs', not 'input'", l->what);
+      if (is_seq(l->from))
+        error_at(loc_of(l->from), "write input: NAME for one layer (inputs: [...] is for add "
+                                  "and concat)",
+                 "%s: 'input' must be one layer name, got a list", l->what);
+      l->src = xcalloc(1, sizeof *l->src);
+      l->src[0] = find_input(b, i, l->from, "input");
+    }
+    for (int k = 0; k < l->nsrc; k++)
+      if (l->src[k] >= 0)
+        used[l->src[k]] = true;
+  }
+  for (int i = 0; i + 1 < b->nlayers; i++) {
+    Layer *l = &b->layers[i];
+    if (!used[i])
+      error_at(l->loc,
+               l->name ? xformat("only the last layer's output goes to the loss; read it in a "
+                                 "later layer (input: %s, or an add's inputs: [..., %s]) or "
+                                 "remove it",
+                                 l->name, l->name)
+                       : "only the last layer's output goes to the loss; give it a name and "
+                         "read it in a later layer's input or inputs, or remove it",
+               "%s: its output is not used by any later layer", l->what);
+  }
+  free(used);
 }
 
 //
@@ -1779,6 +1952,7 @@ Model *load_model_text(const char *path, const char *text) {
   b.layers = xcalloc(b.nlayers, sizeof *b.layers);
   for (int i = 0; i < b.nlayers; i++)
     read_layer(&b, seq_at(layers, i), i, &b.layers[i]);
+  resolve_inputs(&b);
 
   int64_t dim[4] = {b.batch, m->channels, m->height, m->width};
   Node *image = node_new(b.g, OP_input, NULL, 0, (Loc){0});
@@ -1797,14 +1971,17 @@ Model *load_model_text(const char *path, const char *text) {
       b.seed->type = type_make(DT_I32, 0, NULL);
     }
 
-  Node *x = image;
+  Node **out = xcalloc(b.nlayers, sizeof *out); // each layer's result
   for (int i = 0; i < b.nlayers; i++) {
     Layer *l = &b.layers[i];
-    x = layer_kind(l->type)->build(&b, l, x);
+    l->in = xcalloc(l->nsrc, sizeof *l->in);
+    for (int k = 0; k < l->nsrc; k++)
+      l->in[k] = l->src[k] < 0 ? image : out[l->src[k]];
+    out[i] = layer_kind(l->type)->build(&b, l, l->in[0]);
     if (l->name)
-      x->name = xstrdup(l->name);
+      out[i]->name = xstrdup(l->name);
   }
-  Node *logits = x;
+  Node *logits = out[b.nlayers - 1];
   label->type = ls.kind == LOSS_CE ? type_make(DT_I32, 1, &b.batch) : logits->type;
 
   Node *loss = build_loss(&b, &ls, logits, label);
@@ -1858,6 +2035,8 @@ void print_schema(FILE *out) {
     for (int k = 0; schema[i]->keys[k]; k++)
       ADD(option_name(schema[i], schema[i]->keys[k]));
   ADD(xstrdup("layers.name"));
+  ADD(xstrdup("layers.input"));
+  ADD(xstrdup("layers.inputs"));
   for (int i = 0; i < NKINDS; i++) {
     ADD(xformat("layers.%s", layer_kinds[i].type));
     for (int k = 0; layer_kinds[i].keys[k]; k++)

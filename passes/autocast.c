@@ -9,9 +9,10 @@
 //   - losses, softmax and log_softmax, the L2 norm take f32: a 16-bit operand
 //     is cast back (autocast's fp32 list: cross_entropy_loss,
 //     binary_cross_entropy_with_logits, norm);
-//   - an op of two operands of different precisions computes in f32, as
-//     PyTorch promotes, except dropout's mask, which takes its input's
-//     precision (nn.Dropout's mask is a tensor like its input);
+//   - an op of operands of different precisions (add, mul, concat) computes
+//     in f32, as PyTorch promotes (torch.cat: autocast's promote list),
+//     except dropout's mask, which takes its input's precision (nn.Dropout's
+//     mask is a tensor like its input);
 //   - every other op runs on what it gets: relu, the pools and batch norm's
 //     normalisation keep 16 bits; batch norm's statistics and the running
 //     statistics are f32 whatever their input (batch_stats' rule).
@@ -78,10 +79,12 @@ static void cast_node(Autocast *ac, Node *n) {
                                                    (n->in[1]->op == OP_dropout_mask)) {
     int m = n->in[1]->op == OP_dropout_mask;
     n->in[m] = cast_to(ac, n->in[m], n->in[1 - m]->type.dtype);
-  } else if (n->op == OP_add || n->op == OP_mul) {
-    if (n->in[0]->type.dtype != n->in[1]->type.dtype)
-      for (int i = 0; i < 2; i++)
-        n->in[i] = cast_to(ac, n->in[i], DT_F32);
+  } else if (n->op == OP_add || n->op == OP_mul || n->op == OP_concat) {
+    bool mixed = false;
+    for (int i = 1; i < n->nin; i++)
+      mixed |= n->in[i]->type.dtype != n->in[0]->type.dtype;
+    for (int i = 0; i < n->nin && mixed; i++)
+      n->in[i] = cast_to(ac, n->in[i], DT_F32);
   } else if (n->op == OP_reshape) {
     n->type.dtype = n->in[0]->type.dtype; // its type is declared: follow the operand
   }

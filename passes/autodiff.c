@@ -2,7 +2,11 @@
 // return value) with respect to every param, on the graph IR before any
 // lowering. Each forward op's gradient rule sits with its other rules in
 // ir/ops/ (op_rules(op)->grad) and emits the *_grad ops of ops.def. Param
-// gradients are named NAME.grad.
+// gradients are named NAME.grad. A value read by several ops (a residual
+// block's input, a branch joined twice) gets the sum of their
+// contributions, added in one fixed order, the order the loop below meets
+// its readers: the last reader's first, then each earlier one's
+// (accumulate in ir/ops/ops.h); the same graph always sums the same way.
 #include "ir.h"
 #include "ops/ops.h"
 

@@ -2,7 +2,7 @@
 """Every option of the model file, held against PyTorch 1.13 in the real
 executables.
 
-  scripts/option_parity.py --workdir DIR [--xentcc PATH] MODEL.yaml...
+  scripts/option_parity.py --workdir DIR [--xentcc PATH] [--batches N] MODEL.yaml...
   scripts/option_parity.py --coverage DIR [--xentcc PATH]
 
 For each model: synthetic data in its data.format and input shape (or, when
@@ -192,14 +192,15 @@ def runtime_order(r, y, names):
     return sorted(range(n), key=lambda i: (names[y[i]].encode(), f"{i:05d}"))
 
 
-def make_data(r, net, work, rng):
+def make_data(r, net, work, rng, batches=3):
     """Writes the training (and test) data; returns the YAML's data paths and
     what each side reads: (train images CHW, labels), (eval images, labels)."""
     names = class_names(r, net)
     k = len(names)
     sc, sh, sw = r.stored_shape()
-    # Three full batches per epoch and, unless it is dropped, a partial one.
-    ntrain = 3 * r.batch + max(1, r.batch // 2)
+    # `batches` full batches per epoch (3 unless --batches says) and, unless
+    # it is dropped, a partial one.
+    ntrain = batches * r.batch + max(1, r.batch // 2)
     if r.val_split:
         ntrain = int(ntrain / (1 - r.val_split)) + 1
     ntest = 2 * r.batch + 3
@@ -354,7 +355,7 @@ def ours(r, xentcc, work, yaml_path, init_path):
 # One model
 #
 
-def check_model(path, xentcc, workdir):
+def check_model(path, xentcc, workdir, batches=3):
     r = Recipe(path)
     work = os.path.join(workdir, r.name)
     shutil.rmtree(work, ignore_errors=True)
@@ -362,7 +363,7 @@ def check_model(path, xentcc, workdir):
     torch.manual_seed(0)
     net = tm.Net(r.spec, r.seed)
     rng = np.random.default_rng(1)
-    paths, samples, test = make_data(r, net, work, rng)
+    paths, samples, test = make_data(r, net, work, rng, batches)
     init = os.path.join(work, "init.safetensors")
     t_losses, t_lrs, t_scales = torch_train(r, net, samples, init)
     o_losses, o_lrs, o_w, o_ev, out, o_scales = ours(r, xentcc, work, rewrite_yaml(r, work, paths),
@@ -462,6 +463,8 @@ def main():
     ap.add_argument("--workdir")
     ap.add_argument("--xentcc", default=shutil.which("xentcc") or "xentcc")
     ap.add_argument("--coverage", metavar="DIR")
+    ap.add_argument("--batches", type=int, default=3, metavar="N",
+                    help="full training batches per epoch (default 3): longer runs")
     args = ap.parse_args()
     xentcc = os.path.abspath(args.xentcc) if os.sep in args.xentcc else args.xentcc
     torch.set_num_threads(THREADS)
@@ -471,7 +474,7 @@ def main():
         die("give --workdir and one or more MODEL.yaml, or --coverage DIR")
     ok = True
     for m in args.models:
-        ok &= check_model(m, xentcc, os.path.abspath(args.workdir))
+        ok &= check_model(m, xentcc, os.path.abspath(args.workdir), args.batches)
     sys.exit(0 if ok else 1)
 
 

@@ -22,15 +22,25 @@ M64 = 0xFFFFFFFFFFFFFFFF
 
 
 def opts(layer):
-    """A layer is `relu` or {type: {options}} with an optional name."""
+    """A layer is `relu` or {type: {options}} with an optional name (and
+    input or inputs, see sources)."""
     if isinstance(layer, str):
         return layer, {}, None
     name = layer.get("name")
-    kinds = [k for k in layer if k != "name"]
+    kinds = [k for k in layer if k not in ("name", "input", "inputs")]
     if len(kinds) != 1:
         sys.exit("torch_model.py: cannot read layer %r" % layer)
     kind = kinds[0]
     return kind, layer[kind] or {}, name
+
+
+def sources(layer, i, index):
+    """The outputs layer i reads: the layer before (-1: the image), or the
+    layers its input or inputs name (index: name -> layer index)."""
+    if isinstance(layer, dict) and ("input" in layer or "inputs" in layer):
+        names = [layer["input"]] if "input" in layer else layer["inputs"]
+        return [-1 if n == "image" else index[n] for n in names]
+    return [i - 1]
 
 
 def pair(v):
@@ -135,6 +145,23 @@ def augment_draws(rng, crop_padding, flip):
 
 # --- The network ---------------------------------------------------------------------------
 
+class Add(nn.Module):
+    """The add layer: its inputs summed left to right, a + b + c."""
+
+    def forward(self, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return y
+
+
+class Concat(nn.Module):
+    """The concat layer: torch.cat along the channels."""
+
+    def forward(self, *xs):
+        return torch.cat(xs, 1)
+
+
 class HashDropout(nn.Module):
     def __init__(self, p, salt, seed=0):
         super().__init__()
@@ -212,6 +239,25 @@ class Cast16(torch.autograd.Function):
         return (g if ctx.down else rnd(g, ctx.dt)), None, None
 
 
+class Fanout16(torch.autograd.Function):
+    """A 16-bit value read by k layers, as k copies: autograd adds their
+    gradients in 16 bits, each sum rounded, which float32 tensors holding
+    16-bit values would not do. The order is xentcc's (passes/autodiff.c):
+    the last reader's gradient first."""
+
+    @staticmethod
+    def forward(ctx, x, dt, k):
+        ctx.dt = dt
+        return tuple(x.clone() for _ in range(k))
+
+    @staticmethod
+    def backward(ctx, *gs):
+        acc = gs[-1]
+        for g in reversed(gs[:-1]):
+            acc = rnd(acc + g, ctx.dt)
+        return acc, None, None
+
+
 class Sigmoid16(torch.autograd.Function):
     """sigmoid on 16 bits: its backward, like PyTorch's sigmoid_backward,
     reads the (rounded) output: dy * y * (1 - y), rounded."""
@@ -239,8 +285,25 @@ def low_forward(net, x, dt):
 
     def up(t):
         return Cast16.apply(t, dt, False) if low else t
-    for m in net.steps:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+    image, outs = x, []  # outs: each layer's (value, holds 16-bit values?)
+    readers = [sum(src.count(i) for src in net.srcs) for i in range(len(net.srcs))]
+
+    def take(j):  # output j for its next reader
+        if j < 0:
+            return image, False
+        v, lw = outs[j]
+        return (v.pop(0), lw) if isinstance(v, list) else (v, lw)
+    for m, src in zip(net.steps, net.srcs):
+        ins = [take(j) for j in src]
+        x, low = ins[0]
+        if isinstance(m, (Add, Concat)):
+            # Operands of one precision keep it (an add rounds its sum);
+            # mixed ones are promoted to float32, as PyTorch promotes.
+            same = all(lw == low for _, lw in ins)
+            xs = [t if same or not lw else Cast16.apply(t, dt, False) for t, lw in ins]
+            x = Low16.apply(dt, (True,) * len(xs), m, *xs) if same and low else m(*xs)
+            low = same and low
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             xin = x if low else down(x)
             if isinstance(m, nn.Conv2d):
                 fn = lambda a, w, b=None, m=m: F.conv2d(a, w, b, m.stride, m.padding)  # noqa: E731
@@ -273,6 +336,8 @@ def low_forward(net, x, dt):
             x = Sigmoid16.apply(x, dt)
         else:  # pools: on 16 bits
             x = Low16.apply(dt, (True,), m, x)
+        k = readers[len(outs)]
+        outs.append((list(Fanout16.apply(x, dt, k)) if low and k > 1 else x, low))
     return up(x)
 
 
@@ -287,10 +352,20 @@ class Net(nn.Module):
         self.low = LOW.get(spec.get("precision", "fp32"))
         c, h, wd = spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"]
         self.layers = nn.ModuleDict()
-        self.steps = []
+        self.steps, self.srcs = [], []  # each layer's module and the outputs it reads
+        index, shapes = {}, []  # layer name -> index; each layer's output (c, h, w)
+        image = (c, h, wd)
         for i, layer in enumerate(spec["layers"]):
             kind, o, name = opts(layer)
-            if kind == "conv2d":
+            src = sources(layer, i, index)
+            ins = [image if j < 0 else shapes[j] for j in src]
+            c, h, wd = ins[0]
+            if kind == "add":
+                m = Add()
+            elif kind == "concat":
+                m = Concat()
+                c = sum(t[0] for t in ins)
+            elif kind == "conv2d":
                 m = nn.Conv2d(c, o["out_channels"], o["kernel"], stride=o.get("stride", 1),
                               padding=o.get("padding", 0), bias=o.get("bias", True))
                 kh, kw = pair(o["kernel"])
@@ -326,9 +401,12 @@ class Net(nn.Module):
                 sys.exit("torch_model.py: layer kind %s is not supported here" % kind)
             if name:
                 self.add_module(name, m)
+                index[name] = i
             else:
                 self.layers[str(i)] = m
             self.steps.append(m)
+            self.srcs.append(src)
+            shapes.append((c, h, wd))
 
     def set_step(self, step):
         for m in self.steps:
@@ -338,9 +416,10 @@ class Net(nn.Module):
     def forward(self, x):
         if self.low is not None:
             return low_forward(self, x, self.low)
-        for m in self.steps:
-            x = m(x)
-        return x
+        outs = []
+        for m, src in zip(self.steps, self.srcs):
+            outs.append(m(*[x if j < 0 else outs[j] for j in src]))
+        return outs[-1]
 
 
 class CpuGradScaler:

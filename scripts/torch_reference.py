@@ -16,7 +16,7 @@ the evaluator against, to 1e-5 relative:
                models/catdog.yaml (BCE-with-logits + Adam), and the option-heavy
                tests/torch/Inputs/*.yaml (batch norm, dropout, pools with padding,
                class weights, label smoothing, pos_weight, l2 terms, nesterov,
-               AdamW, schedules): initial weights, then for each of N steps
+               AdamW, schedules, branches joined by add and concat): initial weights, then for each of N steps
                the batch, logits, loss, every parameter's gradient, and the
                state_dict after the step. Step s runs in epoch s - 1, so the
                schedule moves every step.

@@ -752,7 +752,7 @@ static Tensor *model_sources(Graph *g, const XcModel *xm, float *params, float *
 }
 
 static void model_case(const char *yaml) {
-  Model *m = load_model(xformat("%s/models/%s", XENTCC_SOURCE_DIR, yaml));
+  Model *m = load_model(xformat("%s/%s", XENTCC_SOURCE_DIR, yaml));
   Graph *eval = clone(m->graph), *train = m->graph;
   PipelineOptions po = {.dump = stderr};
   run_pipeline(train, train_pipeline, sizeof train_pipeline / sizeof *train_pipeline, &po);
@@ -866,13 +866,19 @@ static void model_case(const char *yaml) {
   run_at(t, 3, 1e-5, yaml);
 }
 
-START_TEST(model_catdog) { model_case("catdog.yaml"); }
+START_TEST(model_catdog) { model_case("models/catdog.yaml"); }
 END_TEST
 
-START_TEST(model_cifar10) { model_case("cifar10.yaml"); }
+START_TEST(model_cifar10) { model_case("models/cifar10.yaml"); }
 END_TEST
 
-START_TEST(model_mnist) { model_case("mnist.yaml"); }
+START_TEST(model_mnist) { model_case("models/mnist.yaml"); }
+END_TEST
+
+// Branches: a residual block with a strided 1x1 shortcut (its input read
+// twice, the sum fused into a kernel's epilogue), a concat, the memory plan
+// keeping each branch alive until it is joined.
+START_TEST(model_branches) { model_case("tests/torch/Inputs/branches.yaml"); }
 END_TEST
 
 static Suite *suite(void) {
@@ -901,6 +907,7 @@ static Suite *suite(void) {
   tcase_add_test(models, model_catdog);
   tcase_add_test(models, model_cifar10);
   tcase_add_test(models, model_mnist);
+  tcase_add_test(models, model_branches);
   suite_add_tcase(s, models);
   return s;
 }

@@ -388,6 +388,29 @@ START_TEST(fd_batchnorm2d) {
 }
 END_TEST
 
+// concat's gradient rule, through autodiff: each operand gets its channels
+// of dy (slice), and a value joined twice the sum of both slices.
+START_TEST(fd_concat) {
+  Net *t = net_new();
+  Node *a = source(t, OP_param, "a", DT_F32, DIMS(2, 3, 2, 2));
+  Node *b = source(t, OP_param, "b", DT_F32, DIMS(2, 1, 2, 2));
+  Node *w = F32(t, "w", 2, 7, 2, 2), *one = SCALAR(t, "one");
+  Node *y = done(OPN(t, concat, a, b, a));
+  Node *loss = done(OPN(t, l2norm, done(OPN(t, mul, y, w))));
+  graph_return(t->g, loss);
+  fill(t, a, -1, 1);
+  fill(t, b, -1, 1);
+  fill(t, w, -2, 2);
+  val(t, one)[0] = 1;
+  pass_autodiff(t->g);
+  verify_graph(t->g);
+  Node *ga = graph_find(t->g, "a.grad"), *gb = graph_find(t->g, "b.grad");
+  ck_assert(ga && gb);
+  check_grad(t, loss, one, a, ga, H, TOL, "concat's gradient of a (joined twice)");
+  check_grad(t, loss, one, b, gb, H, TOL, "concat's gradient of b");
+}
+END_TEST
+
 //
 // Fused losses equal their unfused forms, forward and backward
 //
@@ -829,6 +852,7 @@ static Suite *eval_suite(void) {
   tcase_add_test(fd, fd_l2norm);
   tcase_add_test(fd, l2norm_grad_at_zero);
   tcase_add_test(fd, fd_batchnorm2d);
+  tcase_add_test(fd, fd_concat);
   suite_add_tcase(s, fd);
   TCase *fused = tcase_create("fused_vs_unfused");
   tcase_add_test(fused, fused_cross_entropy);

@@ -532,6 +532,41 @@ static void gen_assign(Case *c) {
   fill(t, v, -1, 1);
 }
 
+// --- Joining branches: concat and its gradient slice ------------------------------------
+
+// Operands [N, C_i, rest...] of rank 2-4 (images and flat features), 2-5 of
+// them, some of one channel, sometimes one value twice (a branch and itself).
+static void gen_concat(Case *c) {
+  Net *t = c->t;
+  int64_t dim[4] = {irand(1, 5), 1, spatial(), spatial()};
+  int rank = (int)irand(2, 4), nin = (int)irand(2, 5);
+  Node *in[5];
+  for (int i = 0; i < nin; i++) {
+    if (i > 0 && chance(0.2)) {
+      in[i] = in[irand(0, i - 1)];
+      continue;
+    }
+    dim[1] = channels(12);
+    in[i] = flt_shaped(t, xformat("x%d", i), rank, dim);
+    fill(t, in[i], -1, 1);
+    sprinkle(t, in[i], true);
+  }
+  c->node = done(op1(t, OP_concat, nin, in));
+}
+
+// The channels [start, start + size) of x [N, C, rest...].
+static void gen_slice(Case *c) {
+  Net *t = c->t;
+  int64_t dim[4] = {irand(1, 5), channels(40), spatial(), spatial()};
+  Node *x = flt_shaped(t, "x", (int)irand(2, 4), dim);
+  c->node = OPN(t, slice, x);
+  int64_t size = irand(1, dim[1]);
+  node_set_int(c->node, "start", irand(0, dim[1] - size));
+  node_set_int(c->node, "size", size);
+  done(c->node);
+  fill(t, x, -1, 1);
+}
+
 // --- Rows: softmax family -------------------------------------------------------------
 
 // [N, C] logits, N 1..70, C 1..70; sometimes a huge logit (no overflow
@@ -1017,6 +1052,8 @@ static const struct {
     [OP_relu_grad] = {gen_relu_grad, 3, 2},
     [OP_sigmoid_grad] = {gen_sigmoid_grad, 3, 2},
     [OP_reshape] = {gen_reshape, 3, 2},
+    [OP_concat] = {gen_concat, 6, 4},
+    [OP_slice] = {gen_slice, 4, 2},
     [OP_cast] = {gen_cast, 6, 4},
     [OP_dropout_mask] = {gen_dropout_mask, 4},
     [OP_assign] = {gen_assign, 3},
