@@ -13,7 +13,8 @@
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
 //     linear {out_features, bias: true, in_features?}
 //     dropout {p: 0.5}   batchnorm2d {eps: 1e-5, momentum: 0.1, num_features?}
-//     relu sigmoid softmax log_softmax flatten
+//     leaky_relu {negative_slope: 0.01}   gelu {approximate: none|tanh}
+//     relu sigmoid tanh softmax log_softmax flatten
 //   loss: cross_entropy {label_smoothing, weight} | bce_with_logits {pos_weight},
 //         plus l2: [{param, weight}]
 //   optimizer: sgd {lr, momentum, dampening, weight_decay, nesterov}
@@ -670,6 +671,41 @@ static Node *build_activation(Builder *b, Layer *l, Node *x) {
   return n;
 }
 
+static const char *const leaky_relu_keys[] = {"negative_slope", NULL};
+
+// nn.LeakyReLU(negative_slope=0.01).
+static Node *build_leaky_relu(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  double slope = 0.01;
+  if (get(l->opts, "negative_slope"))
+    slope = to_float(get(l->opts, "negative_slope"), l->desc, "negative_slope");
+  Node *n = emit(b, l, OP_leaky_relu, &x, 1);
+  node_set_float(n, "negative_slope", slope);
+  infer(l, n, x);
+  return n;
+}
+
+static const char *const gelu_keys[] = {"approximate", NULL};
+static const char *const gelu_forms[] = {"none", "tanh", NULL};
+static const Section gelu_form_sec = {"layers.gelu.approximate", gelu_forms, true};
+
+// nn.GELU(approximate='none'): the exact erf form unless 'tanh' is asked for.
+static Node *build_gelu(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  int form = 0;
+  YNode *v = get(l->opts, "approximate"), *o;
+  if (v) {
+    form = choice(v, l->desc, "approximate", &gelu_form_sec, "approximate: tanh", &o, NULL);
+    if (o)
+      error_at(loc_of(v), "write approximate: tanh (or none)", "%s: approximate takes no options",
+               l->desc);
+  }
+  Node *n = emit(b, l, OP_gelu, &x, 1);
+  node_set_str(n, "approximate", gelu_forms[form]);
+  infer(l, n, x);
+  return n;
+}
+
 // nn.Flatten(): [N, C, H, W] -> [N, C*H*W].
 static Node *build_flatten(Builder *b, Layer *l, Node *x) {
   accept_layer(l);
@@ -783,6 +819,9 @@ static const LayerKind layer_kinds[] = {
     {"avgpool2d", build_pool, pool_keys, true},
     {"relu", build_activation, no_keys, false},
     {"sigmoid", build_activation, no_keys, false},
+    {"tanh", build_activation, no_keys, false},
+    {"leaky_relu", build_leaky_relu, leaky_relu_keys, false},
+    {"gelu", build_gelu, gelu_keys, false},
     {"softmax", build_activation, no_keys, false},
     {"log_softmax", build_activation, no_keys, false},
     {"flatten", build_flatten, no_keys, false},
@@ -1834,7 +1873,7 @@ static const Section *const schema[] = {
     &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,
     &schedule_opts_sec[0], &schedule_opts_sec[1], &schedule_opts_sec[2], &schedule_opts_sec[3],
     &schedule_opts_sec[4], &schedule_opts_sec[5], &schedule_opts_sec[6],
-    &precision_sec,    &grad_scaler_sec,
+    &precision_sec,    &grad_scaler_sec,    &gelu_form_sec,
 };
 
 static int cmp_str(const void *a, const void *b) {

@@ -12,9 +12,10 @@
 //   - an op of two operands of different precisions computes in f32, as
 //     PyTorch promotes, except dropout's mask, which takes its input's
 //     precision (nn.Dropout's mask is a tensor like its input);
-//   - every other op runs on what it gets: relu, the pools and batch norm's
-//     normalisation keep 16 bits; batch norm's statistics and the running
-//     statistics are f32 whatever their input (batch_stats' rule).
+//   - every other op runs on what it gets: relu, sigmoid, tanh, leaky_relu,
+//     gelu (none of them on either of autocast's CPU lists), the pools and
+//     batch norm's normalisation keep 16 bits; batch norm's statistics and
+//     the running statistics are f32 whatever their input (batch_stats' rule).
 //
 // Parameters stay f32 (master weights): a param's cast is a node of its
 // own, whose gradient autodiff casts back to f32. A returned 16-bit value

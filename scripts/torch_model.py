@@ -151,7 +151,9 @@ class HashDropout(nn.Module):
 # xentcc's precision: bf16 / fp16 places casts where PyTorch 1.13's CPU
 # autocast does (passes/autocast.c): convolutions and linear layers take
 # 16-bit inputs, weights and biases and give a 16-bit result; relu, pools,
-# batch norm's normalisation, sigmoid and dropout run on 16 bits; losses,
+# batch norm's normalisation, sigmoid, tanh, leaky_relu, gelu and dropout
+# run on 16 bits (an activation computed in float32, its result rounded:
+# Low16, or Sigmoid16 and Tanh16, whose backward reads the output); losses,
 # softmax and log_softmax take float32. On this CPU PyTorch's own bf16
 # convolution sums in lower precision than float32, so the reference here
 # keeps float32 tensors holding 16-bit values and rounds where autocast
@@ -229,6 +231,23 @@ class Sigmoid16(torch.autograd.Function):
         return rnd(g * y * (1 - y), ctx.dt), None
 
 
+class Tanh16(torch.autograd.Function):
+    """tanh on 16 bits: its backward reads the (rounded) output, as
+    PyTorch's tanh_backward: dy * (1 - y * y), rounded."""
+
+    @staticmethod
+    def forward(ctx, x, dt):
+        y = rnd(torch.tanh(x), dt)
+        ctx.dt = dt
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return rnd(g * (1 - y * y), ctx.dt), None
+
+
 def low_forward(net, x, dt):
     """Net.forward under autocast to dt, emulated (see above)."""
     F = nn.functional
@@ -271,6 +290,8 @@ def low_forward(net, x, dt):
                 x = Low16.apply(dt, (True,), lambda a, k=mask: a * k, x)
         elif isinstance(m, nn.Sigmoid):
             x = Sigmoid16.apply(x, dt)
+        elif isinstance(m, nn.Tanh):
+            x = Tanh16.apply(x, dt)
         else:  # pools: on 16 bits
             x = Low16.apply(dt, (True,), m, x)
     return up(x)
@@ -310,6 +331,12 @@ class Net(nn.Module):
                 m = nn.ReLU()
             elif kind == "sigmoid":
                 m = nn.Sigmoid()
+            elif kind == "tanh":
+                m = nn.Tanh()
+            elif kind == "leaky_relu":
+                m = nn.LeakyReLU(o.get("negative_slope", 0.01))
+            elif kind == "gelu":
+                m = nn.GELU(approximate=o.get("approximate", "none"))
             elif kind == "softmax":
                 m = nn.Softmax(dim=1)
             elif kind == "log_softmax":

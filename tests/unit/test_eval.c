@@ -264,9 +264,35 @@ static void unary_case(OpKind fwd, OpKind bwd, bool kink_at_zero) {
   check_grad(t, y, dy, x, gx, H, TOL, op_info(bwd)->name);
 }
 
+// Ops whose gradient reads the input: (dy, x) -> dx, with their attribute.
+static void input_case(OpKind fwd, OpKind bwd, double slope, const char *form) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 3, 5);
+  Node *y = node_new(t->g, fwd, (Node *[]){x}, 1, no_loc);
+  Node *dy = F32(t, "dy", 3, 5);
+  Node *gx = node_new(t->g, bwd, (Node *[]){dy, x}, 2, no_loc);
+  for (Node **n = (Node *[]){y, gx, NULL}; *n; n++)
+    if (fwd == OP_leaky_relu)
+      node_set_float(*n, "negative_slope", slope);
+    else
+      node_set_str(*n, "approximate", form);
+  done(y);
+  done(gx);
+  fill_away_from_zero(t, x, 0.1); // leaky_relu's kink
+  for (int64_t i = 0; i < count(x); i++)
+    t->src[x->id].f[i] *= 3;
+  fill(t, dy, -1, 1);
+  check_grad(t, y, dy, x, gx, H, TOL, op_info(bwd)->name);
+}
+
 START_TEST(fd_activations) {
   unary_case(OP_relu, OP_relu_grad, true);
   unary_case(OP_sigmoid, OP_sigmoid_grad, false);
+  unary_case(OP_tanh, OP_tanh_grad, false);
+  input_case(OP_leaky_relu, OP_leaky_relu_grad, 0.01, NULL);
+  input_case(OP_leaky_relu, OP_leaky_relu_grad, -0.3, NULL);
+  input_case(OP_gelu, OP_gelu_grad, 0, "none");
+  input_case(OP_gelu, OP_gelu_grad, 0, "tanh");
   unary_case(OP_softmax, OP_softmax_grad, false);
   unary_case(OP_log_softmax, OP_log_softmax_grad, false);
 }

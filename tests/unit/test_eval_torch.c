@@ -267,6 +267,35 @@ START_TEST(activations) {
 }
 END_TEST
 
+// nn.Tanh, whose gradient reads y; nn.LeakyReLU(0.01) and (-0.5), nn.GELU()
+// and nn.GELU(approximate='tanh'), whose gradients read x.
+START_TEST(more_activations) {
+  const char *names[5] = {"tanh", "leaky_relu", "leaky_relu_neg", "gelu", "gelu_tanh"};
+  OpKind fwd[5] = {OP_tanh, OP_leaky_relu, OP_leaky_relu, OP_gelu, OP_gelu};
+  OpKind grad[5] = {OP_tanh_grad, OP_leaky_relu_grad, OP_leaky_relu_grad, OP_gelu_grad,
+                    OP_gelu_grad};
+  double slope[5] = {0, 0.01, -0.5, 0, 0};
+  const char *form[5] = {NULL, NULL, NULL, "none", "tanh"};
+  for (int i = 0; i < 5; i++) {
+    Net *t = net_new();
+    Node *x = feed(t, ref("op/%s/x", names[i])), *dy = feed(t, ref("op/%s/dy", names[i]));
+    Node *y = OP(t, fwd[i], x);
+    Node *dx = OP(t, grad[i], dy, fwd[i] == OP_tanh ? y : x);
+    for (Node **n = (Node *[]){y, dx, NULL}; *n; n++) {
+      if (fwd[i] == OP_leaky_relu)
+        node_set_float(*n, "negative_slope", slope[i]);
+      if (form[i])
+        node_set_str(*n, "approximate", form[i]);
+    }
+    done(y);
+    done(dx);
+    Tensor *v = run(t);
+    CHECK_TENSOR(names[i], &v[y->id], ref("op/%s/y", names[i]));
+    CHECK_TENSOR(xformat("%s's gradient", names[i]), &v[dx->id], ref("op/%s/dx", names[i]));
+  }
+}
+END_TEST
+
 // Tensor t seen as dtype dt (16-bit values are held as floats either way).
 static Tensor as_dtype(const Tensor *t, DType dt) {
   Tensor v = *t;
@@ -663,6 +692,7 @@ int main(void) {
   tcase_add_test(ops, pools_k3_s2_pad1);
   tcase_add_test(ops, linear);
   tcase_add_test(ops, activations);
+  tcase_add_test(ops, more_activations);
   tcase_add_test(ops, casts);
   tcase_add_test(ops, unscale);
   tcase_add_loop_test(ops, cross_entropy_options, 0, 2);

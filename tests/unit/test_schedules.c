@@ -409,6 +409,35 @@ static void gen_sigmoid(Case *c) {
   val(c->t, x)[0] = (float)PICK(-100, -30, 0, 30, 100);
 }
 
+static void gen_tanh(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = done(OPN(c->t, tanh, x));
+  fill(c->t, x, -6, 6);
+  sprinkle(c->t, x, true);
+}
+
+// A slope of either sign (PyTorch allows any), NaN kept.
+static double leaky_slope(void) { return chance(0.3) ? 0.01 : uniform(-1, 1); }
+
+static void gen_leaky_relu(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = OPN(c->t, leaky_relu, x);
+  node_set_float(c->node, "negative_slope", leaky_slope());
+  done(c->node);
+  fill(c->t, x, -3, 3);
+  sprinkle(c->t, x, true);
+}
+
+// Both forms; inputs past where erf and tanh saturate, and the specials.
+static void gen_gelu(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = OPN(c->t, gelu, x);
+  node_set_str(c->node, "approximate", chance(0.5) ? "tanh" : "none");
+  done(c->node);
+  fill(c->t, x, -8, 8);
+  sprinkle(c->t, x, true);
+}
+
 static void gen_binary(Case *c, OpKind op) {
   Net *t = c->t;
   Node *a = elem_flt(t, "a");
@@ -453,6 +482,37 @@ static void gen_sigmoid_grad(Case *c) {
   c->node = done(OPN(t, sigmoid_grad, dy, y));
   fill(t, dy, -1, 1);
   fill(t, y, 0, 1);
+}
+
+// (dy, y): y a tanh's output.
+static void gen_tanh_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *y = flt_like(t, "y", dy);
+  c->node = done(OPN(t, tanh_grad, dy, y));
+  fill(t, dy, -1, 1);
+  fill(t, y, -1, 1);
+}
+
+// (dy, x): x the forward input, zero now and then (the kink).
+static void gen_leaky_relu_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *x = flt_like(t, "x", dy);
+  c->node = OPN(t, leaky_relu_grad, dy, x);
+  node_set_float(c->node, "negative_slope", leaky_slope());
+  done(c->node);
+  fill(t, dy, -1, 1);
+  fill(t, x, -3, 3);
+  sprinkle(t, x, false);
+}
+
+static void gen_gelu_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *x = flt_like(t, "x", dy);
+  c->node = OPN(t, gelu_grad, dy, x);
+  node_set_str(c->node, "approximate", chance(0.5) ? "tanh" : "none");
+  done(c->node);
+  fill(t, dy, -1, 1);
+  fill(t, x, -8, 8);
 }
 
 static void gen_reshape(Case *c) {
@@ -1010,12 +1070,18 @@ static const struct {
     [OP_avgpool2d_grad] = {gen_avgpool2d_grad, 8, 4},
     [OP_relu] = {gen_relu, 4, 2},
     [OP_sigmoid] = {gen_sigmoid, 4, 2},
+    [OP_tanh] = {gen_tanh, 4, 2},
+    [OP_leaky_relu] = {gen_leaky_relu, 4, 2},
+    [OP_gelu] = {gen_gelu, 6, 2},
     [OP_add] = {gen_add, 3, 2},
     [OP_mul] = {gen_mul, 3, 2},
     [OP_scale] = {gen_scale, 3, 2},
     [OP_ema] = {gen_ema, 3},
     [OP_relu_grad] = {gen_relu_grad, 3, 2},
     [OP_sigmoid_grad] = {gen_sigmoid_grad, 3, 2},
+    [OP_tanh_grad] = {gen_tanh_grad, 3, 2},
+    [OP_leaky_relu_grad] = {gen_leaky_relu_grad, 3, 2},
+    [OP_gelu_grad] = {gen_gelu_grad, 6, 2},
     [OP_reshape] = {gen_reshape, 3, 2},
     [OP_cast] = {gen_cast, 6, 4},
     [OP_dropout_mask] = {gen_dropout_mask, 4},
