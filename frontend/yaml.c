@@ -11,6 +11,7 @@
 //   layers:                          each `- TYPE` or `- {name: N, TYPE: {OPTIONS}}`
 //     conv2d {out_channels, kernel, stride: 1, padding: 0, bias: true, in_channels?}
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
+//     adaptive_avgpool2d {output_size}   (a size that divides the input's)
 //     linear {out_features, bias: true, in_features?}
 //     dropout {p: 0.5}   batchnorm2d {eps: 1e-5, momentum: 0.1, num_features?}
 //     leaky_relu {negative_slope: 0.01}   gelu {approximate: none|tanh}
@@ -659,6 +660,37 @@ static Node *build_pool(Builder *b, Layer *l, Node *x) {
   return n;
 }
 
+static const char *const adaptive_pool_keys[] = {"output_size", NULL};
+
+// nn.AdaptiveAvgPool2d(output_size) where the output size divides the
+// input's: PyTorch's window i, [floor(i H/out), ceil((i+1) H/out)), is then
+// exactly avgpool2d's with kernel = stride = H/out, so it lowers to that.
+static Node *build_adaptive_avgpool2d(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  want_image(l, x);
+  YNode *v = need(l->opts, l->loc, "output_size", l->desc,
+                  "{adaptive_avgpool2d: {output_size: 1}} (global average pooling)");
+  int64_t out[2], k[2], p[2] = {0, 0};
+  to_pair(v, l->desc, "output_size", 1, out);
+  for (int a = 0; a < 2; a++) {
+    int64_t in = x->type.dim[2 + a];
+    if (in % out[a])
+      error_at(loc_of(v),
+               xformat("xentcc pools to sizes that divide the input's (1 is global average "
+                       "pooling); pool or pad to a %s that %lld divides first",
+                       a ? "width" : "height", (long long)out[a]),
+               "%s: output_size %lld does not divide the input's %s %lld (input %s)", l->what,
+               (long long)out[a], a ? "width" : "height", (long long)in, type_str(&x->type));
+    k[a] = in / out[a];
+  }
+  Node *n = emit(b, l, OP_avgpool2d, &x, 1);
+  node_set_ints(n, "kernel", k, 2);
+  node_set_ints(n, "stride", k, 2);
+  node_set_ints(n, "padding", p, 2);
+  infer(l, n, x);
+  return n;
+}
+
 static const char *const no_keys[] = {NULL};
 
 static Node *build_activation(Builder *b, Layer *l, Node *x) {
@@ -817,6 +849,7 @@ static const LayerKind layer_kinds[] = {
     {"conv2d", build_conv2d, conv2d_keys, true},
     {"maxpool2d", build_pool, pool_keys, true},
     {"avgpool2d", build_pool, pool_keys, true},
+    {"adaptive_avgpool2d", build_adaptive_avgpool2d, adaptive_pool_keys, true},
     {"relu", build_activation, no_keys, false},
     {"sigmoid", build_activation, no_keys, false},
     {"tanh", build_activation, no_keys, false},

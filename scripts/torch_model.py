@@ -325,6 +325,9 @@ class Net(nn.Module):
                 m = (nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d)(k, st, p)
                 (kh, kw), (sh, sw), (ph, pw) = pair(k), pair(st), pair(p)
                 h, wd = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+            elif kind == "adaptive_avgpool2d":
+                m = nn.AdaptiveAvgPool2d(pair(o["output_size"]))
+                h, wd = pair(o["output_size"])
             elif kind == "batchnorm2d":
                 m = nn.BatchNorm2d(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
             elif kind == "relu":
