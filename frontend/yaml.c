@@ -13,7 +13,7 @@
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
 //     adaptive_avgpool2d {output_size}   (a size that divides the input's)
 //     linear {out_features, bias: true, in_features?}
-//     dropout {p: 0.5}   batchnorm2d {eps: 1e-5, momentum: 0.1, num_features?}
+//     dropout {p: 0.5}   batchnorm2d / batchnorm1d {eps: 1e-5, momentum: 0.1, num_features?}
 //     leaky_relu {negative_slope: 0.01}   gelu {approximate: none|tanh}
 //     relu sigmoid tanh softmax log_softmax flatten
 //   loss: cross_entropy {label_smoothing, weight} | bce_with_logits {pos_weight},
@@ -30,7 +30,7 @@
 //   precision: fp32 | bf16 | fp16    autocast; fp16 adds grad_scaler: {init_scale: 65536,
 //                                    growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000}
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
-//     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
+//     (drop_last: false pads the last partial batch with ignored rows; batch-norm models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
 //          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip},
 //          convert: rgb|grey, resize: false}   (CIFAR/IDX data of another shape)
@@ -792,11 +792,15 @@ static Node *build_dropout(Builder *b, Layer *l, Node *x) {
 
 static const char *const batchnorm_keys[] = {"eps", "momentum", "num_features", NULL};
 
-// nn.BatchNorm2d in training mode: normalise with the batch's statistics and
-// move the running statistics towards them (unbiased variance, as PyTorch).
-static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
+// nn.BatchNorm2d on images, nn.BatchNorm1d on features, in training mode:
+// normalise with the batch's statistics and move the running statistics
+// towards them (unbiased variance, as PyTorch). The same ops for both.
+static Node *build_batchnorm(Builder *b, Layer *l, Node *x) {
   accept_layer(l);
-  want_image(l, x);
+  if (!strcmp(l->type, "batchnorm1d"))
+    want_flat(l, x);
+  else
+    want_image(l, x);
   double eps = 1e-5, momentum = 0.1;
   if (get(l->opts, "eps"))
     eps = to_float_in(get(l->opts, "eps"), l->desc, "eps", 0.0, INFINITY, false, NULL);
@@ -860,7 +864,8 @@ static const LayerKind layer_kinds[] = {
     {"flatten", build_flatten, no_keys, false},
     {"linear", build_linear, linear_keys, true},
     {"dropout", build_dropout, dropout_keys, false},
-    {"batchnorm2d", build_batchnorm2d, batchnorm_keys, false},
+    {"batchnorm2d", build_batchnorm, batchnorm_keys, false},
+    {"batchnorm1d", build_batchnorm, batchnorm_keys, false},
 };
 enum { NKINDS = sizeof layer_kinds / sizeof *layer_kinds };
 
@@ -1545,7 +1550,7 @@ static void read_train(Model *m, YNode *root) {
 
 // drop_last: false (PyTorch's default) makes the runtime pad the last partial
 // batch of an epoch with rows the loss ignores, so the step sees exactly the
-// smaller batch -- except through batch statistics: a batchnorm2d would
+// smaller batch -- except through batch statistics: a batch norm would
 // normalise with the padding rows, so such models drop the partial batch.
 static void check_drop_last(Model *m, YNode *root) {
   if (m->drop_last)
@@ -1559,8 +1564,9 @@ static void check_drop_last(Model *m, YNode *root) {
   YNode *v = train && is_map(train) ? get(train, "drop_last") : NULL;
   if (v)
     warn_at(loc_of(v), "write drop_last: true (or leave it out) to say so",
-            "drop_last: false is not supported with batchnorm2d (its batch statistics are "
-            "compiled for full batches); the last partial batch of each epoch is dropped");
+            "drop_last: false is not supported with batchnorm2d or batchnorm1d (their batch "
+            "statistics are compiled for full batches); the last partial batch of each epoch is "
+            "dropped");
   m->drop_last = true;
 }
 

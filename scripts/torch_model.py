@@ -273,7 +273,7 @@ def low_forward(net, x, dt):
             low = False
         elif not low or isinstance(m, (nn.Flatten, nn.ReLU)):
             x = m(x)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if m.training:  # the running statistics as PyTorch updates them, from the 16-bit x
                 with torch.no_grad():
                     F.batch_norm(x, m.running_mean, m.running_var, None, None, True, m.momentum,
@@ -328,8 +328,9 @@ class Net(nn.Module):
             elif kind == "adaptive_avgpool2d":
                 m = nn.AdaptiveAvgPool2d(pair(o["output_size"]))
                 h, wd = pair(o["output_size"])
-            elif kind == "batchnorm2d":
-                m = nn.BatchNorm2d(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
+            elif kind in ("batchnorm2d", "batchnorm1d"):
+                bn = nn.BatchNorm2d if kind == "batchnorm2d" else nn.BatchNorm1d
+                m = bn(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
             elif kind == "relu":
                 m = nn.ReLU()
             elif kind == "sigmoid":

@@ -212,6 +212,20 @@ def op_cases(w):
         w.add("op/%s/dy" % name, dy)
         w.add("op/%s/dx" % name, grads(y, dy, x)[0])
 
+    # BatchNorm1d on [N, features] in training mode, and its running statistics
+    bn = nn.BatchNorm1d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x = leaf(9, 6, lo=-2, hi=2)
+    y = bn(x)
+    dy = torch.randn_like(y)
+    for n, t in [("x", x), ("gamma", bn.weight), ("beta", bn.bias), ("y", y), ("dy", dy),
+                 ("running_mean", bn.running_mean), ("running_var", bn.running_var)]:
+        w.add("op/batchnorm1d/" + n, t)
+    for n, t in zip(["dx", "dgamma", "dbeta"], grads(y, dy, x, bn.weight, bn.bias)):
+        w.add("op/batchnorm1d/" + n, t)
+
 
 def optimizer_cases(w, steps):
     """Each optimizer on one parameter for `steps` steps with given gradients."""

@@ -410,13 +410,14 @@ START_TEST(bce_with_logits_options) {
 }
 END_TEST
 
-// BatchNorm2d in training mode, with its running statistics updated the way
-// the frontend writes it: ema(running, row 0 / row 2 of batch_stats).
-START_TEST(batchnorm2d_training) {
+// Batch norm in training mode, with its running statistics updated the way
+// the frontend writes it: ema(running, row 0 / row 2 of batch_stats). The
+// same ops serve nn.BatchNorm2d on [N,C,H,W] and nn.BatchNorm1d on [N,C].
+static void batchnorm_training(const char *bn) {
   Net *t = net_new();
-  const Tensor *xr = ref("op/batchnorm2d/x");
-  Node *x = feed(t, xr), *gamma = feed(t, ref("op/batchnorm2d/gamma"));
-  Node *beta = feed(t, ref("op/batchnorm2d/beta")), *dy = feed(t, ref("op/batchnorm2d/dy"));
+  const Tensor *xr = ref("op/%s/x", bn);
+  Node *x = feed(t, xr), *gamma = feed(t, ref("op/%s/gamma", bn));
+  Node *beta = feed(t, ref("op/%s/beta", bn)), *dy = feed(t, ref("op/%s/dy", bn));
   Tensor zeros = tensor_new(gamma->type), ones = tensor_new(gamma->type);
   for (int64_t c = 0; c < gamma->type.dim[0]; c++)
     ones.f[c] = 1;
@@ -442,13 +443,18 @@ START_TEST(batchnorm2d_training) {
   done(new_rm);
   done(new_rv);
   Tensor *v = run(t);
-  CHECK_TENSOR("batchnorm2d", &v[y->id], ref("op/batchnorm2d/y"));
-  CHECK_TENSOR("batchnorm2d_grad_input", &v[dx->id], ref("op/batchnorm2d/dx"));
-  CHECK_TENSOR("batchnorm2d_grad_gamma", &v[dg->id], ref("op/batchnorm2d/dgamma"));
-  CHECK_TENSOR("bias_grad (beta)", &v[db->id], ref("op/batchnorm2d/dbeta"));
-  CHECK_TENSOR("running_mean", &v[new_rm->id], ref("op/batchnorm2d/running_mean"));
-  CHECK_TENSOR("running_var", &v[new_rv->id], ref("op/batchnorm2d/running_var"));
+  CHECK_TENSOR(bn, &v[y->id], ref("op/%s/y", bn));
+  CHECK_TENSOR("batchnorm2d_grad_input", &v[dx->id], ref("op/%s/dx", bn));
+  CHECK_TENSOR("batchnorm2d_grad_gamma", &v[dg->id], ref("op/%s/dgamma", bn));
+  CHECK_TENSOR("bias_grad (beta)", &v[db->id], ref("op/%s/dbeta", bn));
+  CHECK_TENSOR("running_mean", &v[new_rm->id], ref("op/%s/running_mean", bn));
+  CHECK_TENSOR("running_var", &v[new_rv->id], ref("op/%s/running_var", bn));
 }
+
+START_TEST(batchnorm2d_training) { batchnorm_training("batchnorm2d"); }
+END_TEST
+
+START_TEST(batchnorm1d_training) { batchnorm_training("batchnorm1d"); }
 END_TEST
 
 START_TEST(l2norm) {
@@ -698,6 +704,7 @@ int main(void) {
   tcase_add_loop_test(ops, cross_entropy_options, 0, 2);
   tcase_add_loop_test(ops, bce_with_logits_options, 0, 2);
   tcase_add_test(ops, batchnorm2d_training);
+  tcase_add_test(ops, batchnorm1d_training);
   tcase_add_test(ops, l2norm);
   tcase_add_test(ops, optimizers);
   suite_add_tcase(s, ops);

@@ -649,16 +649,19 @@ static void gen_log_softmax_grad(Case *c) { gen_softmax_grad_of(c, OP_log_softma
 
 // --- Batch norm and channel statistics -----------------------------------------------------
 
-// x[N,C,H,W] (or of rank 2-4 where any rank is allowed), values around an
-// offset so the mean matters; at least two values per channel. Batch norm
+// x[N,C,H,W] or, a third of the time, BatchNorm1d's [N,C] with a batch up
+// to 64 (image false: of rank 2-4, as channel reductions allow), values
+// around an offset so the mean matters; at least two values per channel. Batch norm
 // divides by a channel's standard deviation, so a channel whose few values
 // happen to lie close together turns the rounding of x - mean into large
 // errors (in f32 as in PyTorch: no schedule's doing); such channels are
 // redrawn until each one's deviation is at least a tenth of the draw's range.
-static Node *channel_input(Net *t, const char *name, bool rank4) {
+static Node *channel_input(Net *t, const char *name, bool image) {
   for (;;) {
     int64_t dim[4] = {irand(1, 5), channels(40), spatial(), spatial()};
-    int rank = rank4 ? 4 : (int)irand(2, 4);
+    int rank = image ? 4 : (int)irand(2, 4);
+    if (image && chance(1.0 / 3))
+      rank = 2, dim[0] = irand(2, 64);
     int64_t per = 1, total = 1;
     for (int d = 0; d < rank; d++)
       total *= dim[d], per *= d == 1 ? 1 : dim[d];
