@@ -13,7 +13,8 @@
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
 //     adaptive_avgpool2d {output_size}   (a size that divides the input's)
 //     linear {out_features, bias: true, in_features?}
-//     dropout {p: 0.5}   batchnorm2d / batchnorm1d {eps: 1e-5, momentum: 0.1, num_features?}
+//     dropout / dropout2d {p: 0.5}
+//     batchnorm2d / batchnorm1d {eps: 1e-5, momentum: 0.1, num_features?}
 //     leaky_relu {negative_slope: 0.01}   gelu {approximate: none|tanh}
 //     relu sigmoid tanh softmax log_softmax flatten
 //   loss: cross_entropy {label_smoothing, weight} | bce_with_logits {pos_weight},
@@ -771,15 +772,20 @@ static Node *build_linear(Builder *b, Layer *l, Node *x) {
 
 static const char *const dropout_keys[] = {"p", NULL};
 
-// nn.Dropout(p): x * mask, the mask a function of the optimizer step.
+// nn.Dropout(p): x * mask, the mask a function of the optimizer step; and
+// nn.Dropout2d(p) on images, whose mask zeroes whole channels.
 static Node *build_dropout(Builder *b, Layer *l, Node *x) {
   accept_layer(l);
+  bool channels = !strcmp(l->type, "dropout2d");
+  if (channels)
+    want_image(l, x);
   double p = 0.5;
   if (get(l->opts, "p"))
     p = to_float_in(get(l->opts, "p"), l->desc, "p", 0.0, 1.0, true,
-                    "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
+                    channels ? "p is the probability of zeroing a channel, like nn.Dropout2d(p=0.5)"
+                             : "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
   Node *mask_in[2] = {b->step, b->seed};
-  Node *mask = emit(b, l, OP_dropout_mask, mask_in, 2);
+  Node *mask = emit(b, l, channels ? OP_dropout2d_mask : OP_dropout_mask, mask_in, 2);
   node_set_float(mask, "p", p);
   node_set_int(mask, "salt", l->index);
   mask->type = x->type;
@@ -864,6 +870,7 @@ static const LayerKind layer_kinds[] = {
     {"flatten", build_flatten, no_keys, false},
     {"linear", build_linear, linear_keys, true},
     {"dropout", build_dropout, dropout_keys, false},
+    {"dropout2d", build_dropout, dropout_keys, false},
     {"batchnorm2d", build_batchnorm, batchnorm_keys, false},
     {"batchnorm1d", build_batchnorm, batchnorm_keys, false},
 };
@@ -1866,7 +1873,7 @@ Model *load_model_text(const char *path, const char *text) {
   Node *label = node_new(b.g, OP_input, NULL, 0, (Loc){0});
   label->name = xstrdup("label");
   for (int i = 0; i < b.nlayers && !b.step; i++)
-    if (!strcmp(b.layers[i].type, "dropout")) {
+    if (!strcmp(b.layers[i].type, "dropout") || !strcmp(b.layers[i].type, "dropout2d")) {
       b.step = node_new(b.g, OP_input, NULL, 0, (Loc){0});
       b.step->name = xstrdup("step");
       b.step->type = type_make(DT_I32, 0, NULL);

@@ -11,7 +11,8 @@
 //     binary_cross_entropy_with_logits, norm);
 //   - an op of two operands of different precisions computes in f32, as
 //     PyTorch promotes, except dropout's mask, which takes its input's
-//     precision (nn.Dropout's mask is a tensor like its input);
+//     precision (nn.Dropout's and nn.Dropout2d's masks are tensors of
+//     their input's dtype);
 //   - every other op runs on what it gets: relu, sigmoid, tanh, leaky_relu,
 //     gelu (none of them on either of autocast's CPU lists), the pools and
 //     batch norm's normalisation keep 16 bits; batch norm's statistics and
@@ -75,9 +76,9 @@ static void cast_node(Autocast *ac, Node *n) {
   } else if (wants_f32(n->op)) {
     for (int i = 0; i < n->nin; i++)
       n->in[i] = cast_to(ac, n->in[i], DT_F32);
-  } else if (n->op == OP_mul && n->nin == 2 && (n->in[0]->op == OP_dropout_mask) !=
-                                                   (n->in[1]->op == OP_dropout_mask)) {
-    int m = n->in[1]->op == OP_dropout_mask;
+  } else if (n->op == OP_mul && n->nin == 2 &&
+             is_dropout_mask(n->in[0]) != is_dropout_mask(n->in[1])) {
+    int m = is_dropout_mask(n->in[1]);
     n->in[m] = cast_to(ac, n->in[m], n->in[1 - m]->type.dtype);
   } else if (n->op == OP_add || n->op == OP_mul) {
     if (n->in[0]->type.dtype != n->in[1]->type.dtype)

@@ -146,6 +146,17 @@ class HashDropout(nn.Module):
         return x * dropout_mask(self.salt, self.step, self.p, x.shape, self.seed)
 
 
+class HashDropout2d(HashDropout):
+    """nn.Dropout2d with xentcc's mask: one draw per (sample, channel), the
+    draw of the element-wise mask's index n * C + c (dropout2d_mask)."""
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        n, c = x.shape[:2]
+        return x * dropout_mask(self.salt, self.step, self.p, (n, c), self.seed).reshape(n, c, 1, 1)
+
+
 # --- Mixed precision: torch.autocast's rounding points, sums in float32 ----------------
 #
 # xentcc's precision: bf16 / fp16 places casts where PyTorch 1.13's CPU
@@ -286,8 +297,12 @@ def low_forward(net, x, dt):
             x = Low16.apply(dt, (True, False, False), fn, x, m.weight, m.bias)
         elif isinstance(m, HashDropout):
             if m.training:
-                mask = rnd(dropout_mask(m.salt, m.step, m.p, x.shape, m.seed), dt)
-                x = Low16.apply(dt, (True,), lambda a, k=mask: a * k, x)
+                if isinstance(m, HashDropout2d):
+                    n, c = x.shape[:2]
+                    mask = dropout_mask(m.salt, m.step, m.p, (n, c), m.seed).reshape(n, c, 1, 1)
+                else:
+                    mask = dropout_mask(m.salt, m.step, m.p, x.shape, m.seed)
+                x = Low16.apply(dt, (True,), lambda a, k=rnd(mask, dt): a * k, x)
         elif isinstance(m, nn.Sigmoid):
             x = Sigmoid16.apply(x, dt)
         elif isinstance(m, nn.Tanh):
@@ -350,6 +365,8 @@ class Net(nn.Module):
                 c, h, wd = c * h * wd, 1, 1
             elif kind == "dropout":
                 m = HashDropout(o.get("p", 0.5), i, seed)
+            elif kind == "dropout2d":
+                m = HashDropout2d(o.get("p", 0.5), i, seed)
             elif kind == "linear":
                 m = nn.Linear(c, o["out_features"], bias=o.get("bias", True))
                 c = o["out_features"]

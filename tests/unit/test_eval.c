@@ -769,6 +769,34 @@ START_TEST(dropout_mask_values) {
 }
 END_TEST
 
+// dropout2d_mask over [N,C,H,W] = [40,25,3,2]: each channel of each sample
+// is one draw, all 0 or all 1/(1-p), the draw at index n*C + c of the
+// element-wise mask's hash -- what scripts/torch_model.py reproduces.
+START_TEST(dropout2d_mask_channels) {
+  Net *t = net_new();
+  Node *s = input(t, "step", DT_I32, 0, NULL), *sd = input(t, "seed", DT_I32, 0, NULL);
+  Node *m = OPN(t, dropout2d_mask, s, sd);
+  m->type = type_make(DT_F32, 4, (int64_t[]){40, 25, 3, 2});
+  node_set_float(m, "p", 0.4);
+  node_set_int(m, "salt", 5);
+  done(m);
+  t->src[s->id].i[0] = 3;
+  t->src[sd->id].i[0] = 11;
+  const float *x = eval_graph(t->g, t->src)[m->id].f;
+  float scale = (float)(1.0 / 0.6);
+  uint32_t threshold = dropout_threshold(0.4);
+  int kept = 0;
+  for (int nc = 0; nc < 1000; nc++) {
+    float want = dropout_keep(11, 5, 3, nc, threshold) ? scale : 0.0f;
+    for (int k = 0; k < 6; k++)
+      ck_assert_msg(x[nc * 6 + k] == want, "channel %d, element %d", nc, k);
+    kept += want != 0;
+  }
+  // 1000 draws: the kept fraction is 0.6 +- 0.015 (1 sigma).
+  ck_assert_msg(abs(kept - 600) < 70, "kept %d of 1000 channels at p = 0.4", kept);
+}
+END_TEST
+
 START_TEST(dropout_p_zero_keeps_all) {
   Node *m;
   Tensor *v = mask_values(0.0, 9, 3, 5, &m);
@@ -872,6 +900,7 @@ static Suite *eval_suite(void) {
   suite_add_tcase(s, torch);
   TCase *misc = tcase_create("other_ops");
   tcase_add_test(misc, dropout_mask_values);
+  tcase_add_test(misc, dropout2d_mask_channels);
   tcase_add_test(misc, dropout_p_zero_keeps_all);
   tcase_add_test(misc, channel_stats_and_bn_infer);
   tcase_add_test(misc, assign_reshape_const);

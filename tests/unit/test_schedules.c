@@ -580,6 +580,25 @@ static void gen_dropout_mask(Case *c) {
   t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
 }
 
+// The channel mask over [N,C] or [N,C,H,W] (and of rank 3), applied as
+// the dropout2d layer applies it.
+static void gen_dropout2d_mask(Case *c) {
+  Net *t = c->t;
+  Node *step = STEP(t, "step"), *seed = STEP(t, "seed");
+  int64_t dim[4];
+  int rank = rand_shape(dim, 2, 4, MAX_ELEMS);
+  Node *x = f32_shaped(t, "x", rank, dim);
+  c->node = OPN(t, dropout2d_mask, step, seed);
+  node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
+  node_set_int(c->node, "salt", irand(0, INT32_MAX));
+  c->node->type = x->type;
+  done(c->node);
+  done(OPN(t, mul, x, c->node));
+  fill(t, x, -1, 1);
+  t->src[step->id].i[0] = (int32_t)irand(0, 1000000);
+  t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
+}
+
 // (target param or state, value).
 static void gen_assign(Case *c) {
   Net *t = c->t;
@@ -1088,6 +1107,7 @@ static const struct {
     [OP_reshape] = {gen_reshape, 3, 2},
     [OP_cast] = {gen_cast, 6, 4},
     [OP_dropout_mask] = {gen_dropout_mask, 4},
+    [OP_dropout2d_mask] = {gen_dropout2d_mask, 4},
     [OP_assign] = {gen_assign, 3},
     [OP_softmax] = {gen_softmax, 4},
     [OP_log_softmax] = {gen_log_softmax, 4},
