@@ -179,6 +179,8 @@ static const char *const aliases[][2] = {
     {"units", "out_features"}, {"drop_prob", "p"}, {"rate", "p"}, {"labels", "classes"},
     {"steplr", "step"}, {"mnist", "idx"}, {"fashion_mnist", "idx"}, {"cifar", "cifar10"},
     {"images", "folder"}, {"cosineannealinglr", "cosine"}, {"cosine_annealing", "cosine"},
+    {"global_avgpool", "adaptive_avgpool2d"}, {"globalaveragepooling2d", "adaptive_avgpool2d"},
+    {"alpha", "negative_slope"}, {"spatialdropout2d", "dropout2d"},
 };
 // clang-format on
 
