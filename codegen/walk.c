@@ -149,6 +149,28 @@ static LLVMValueRef intrinsic(Cg *c, const char *name, LLVMTypeRef t, LLVMValueR
   return LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, &t, 1), fn, args, n, "");
 }
 
+// A libm function of one float with no intrinsic (erff), called once per
+// lane of a vector: the kernels that need one are elementwise, few, and bound
+// by memory rather than by this call.
+static LLVMValueRef libm_call(Cg *c, const char *name, LLVMValueRef x) {
+  LLVMTypeRef t = LLVMTypeOf(x);
+  LLVMTypeRef st = LLVMGetTypeKind(t) == LLVMVectorTypeKind ? LLVMGetElementType(t) : t;
+  LLVMTypeRef ft = LLVMFunctionType(st, &st, 1, 0);
+  const char *sym = st == c->f64 ? xstrndup(name, strlen(name) - 1) : name; // erff -> erf
+  LLVMValueRef fn = LLVMGetNamedFunction(c->mod, sym);
+  if (!fn)
+    fn = LLVMAddFunction(c->mod, sym, ft);
+  if (st == t)
+    return LLVMBuildCall2(c->b, ft, fn, &x, 1, "");
+  LLVMValueRef v = LLVMGetPoison(t);
+  for (unsigned lane = 0; lane < LLVMGetVectorSize(t); lane++) {
+    LLVMValueRef i = LLVMConstInt(c->i32, lane, 0);
+    LLVMValueRef e = LLVMBuildExtractElement(c->b, x, i, "");
+    v = LLVMBuildInsertElement(c->b, v, LLVMBuildCall2(c->b, ft, fn, &e, 1, ""), i, "");
+  }
+  return v;
+}
+
 // --- Addresses ----------------------------------------------------------------------
 
 static int64_t stride_of(const LBuf *b, int d) {
@@ -330,6 +352,12 @@ static Val emit_expr(W *w, const LExpr *e) {
     break;
   case LX_COS:
     r = intrinsic(c, "llvm.cos", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_TANH:
+    r = intrinsic(c, "llvm.tanh", LLVMTypeOf(x), &x, 1);
+    break;
+  case LX_ERF:
+    r = libm_call(c, "erff", x);
     break;
   case LX_POW: {
     LLVMValueRef args[2] = {x, y};

@@ -12,9 +12,12 @@
 //                                    the layer before or `input: NAME` (`inputs: [A, B]`)
 //     conv2d {out_channels, kernel, stride: 1, padding: 0, bias: true, in_channels?}
 //     maxpool2d / avgpool2d {kernel, stride: kernel, padding: 0}
+//     adaptive_avgpool2d {output_size}   (a size that divides the input's)
 //     linear {out_features, bias: true, in_features?}
-//     dropout {p: 0.5}   batchnorm2d {eps: 1e-5, momentum: 0.1, num_features?}
-//     relu sigmoid softmax log_softmax flatten
+//     dropout / dropout2d {p: 0.5}
+//     batchnorm2d / batchnorm1d {eps: 1e-5, momentum: 0.1, num_features?}
+//     leaky_relu {negative_slope: 0.01}   gelu {approximate: none|tanh}
+//     relu sigmoid tanh softmax log_softmax flatten
 //     add concat                     join `inputs`: sum of one shape, along the channels
 //   loss: cross_entropy {label_smoothing, weight} | bce_with_logits {pos_weight},
 //         plus l2: [{param, weight}]
@@ -30,7 +33,7 @@
 //   precision: fp32 | bf16 | fp16    autocast; fp16 adds grad_scaler: {init_scale: 65536,
 //                                    growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000}
 //   train: {epochs: 10, batch_size: 32, shuffle: true, seed: 0, drop_last: false, log_every: 100}
-//     (drop_last: false pads the last partial batch with ignored rows; batchnorm2d models drop it)
+//     (drop_last: false pads the last partial batch with ignored rows; batch-norm models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
 //          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip},
 //          convert: rgb|grey, resize: false}   (CIFAR/IDX data of another shape)
@@ -178,6 +181,8 @@ static const char *const aliases[][2] = {
     {"units", "out_features"}, {"drop_prob", "p"}, {"rate", "p"}, {"labels", "classes"},
     {"steplr", "step"}, {"mnist", "idx"}, {"fashion_mnist", "idx"}, {"cifar", "cifar10"},
     {"images", "folder"}, {"cosineannealinglr", "cosine"}, {"cosine_annealing", "cosine"},
+    {"global_avgpool", "adaptive_avgpool2d"}, {"globalaveragepooling2d", "adaptive_avgpool2d"},
+    {"alpha", "negative_slope"}, {"spatialdropout2d", "dropout2d"},
 };
 // clang-format on
 
@@ -665,6 +670,37 @@ static Node *build_pool(Builder *b, Layer *l, Node *x) {
   return n;
 }
 
+static const char *const adaptive_pool_keys[] = {"output_size", NULL};
+
+// nn.AdaptiveAvgPool2d(output_size) where the output size divides the
+// input's: PyTorch's window i, [floor(i H/out), ceil((i+1) H/out)), is then
+// exactly avgpool2d's with kernel = stride = H/out, so it lowers to that.
+static Node *build_adaptive_avgpool2d(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  want_image(l, x);
+  YNode *v = need(l->opts, l->loc, "output_size", l->desc,
+                  "{adaptive_avgpool2d: {output_size: 1}} (global average pooling)");
+  int64_t out[2], k[2], p[2] = {0, 0};
+  to_pair(v, l->desc, "output_size", 1, out);
+  for (int a = 0; a < 2; a++) {
+    int64_t in = x->type.dim[2 + a];
+    if (in % out[a])
+      error_at(loc_of(v),
+               xformat("xentcc pools to sizes that divide the input's (1 is global average "
+                       "pooling); pool or pad to a %s that %lld divides first",
+                       a ? "width" : "height", (long long)out[a]),
+               "%s: output_size %lld does not divide the input's %s %lld (input %s)", l->what,
+               (long long)out[a], a ? "width" : "height", (long long)in, type_str(&x->type));
+    k[a] = in / out[a];
+  }
+  Node *n = emit(b, l, OP_avgpool2d, &x, 1);
+  node_set_ints(n, "kernel", k, 2);
+  node_set_ints(n, "stride", k, 2);
+  node_set_ints(n, "padding", p, 2);
+  infer(l, n, x);
+  return n;
+}
+
 static const char *const no_keys[] = {NULL};
 
 static Node *build_activation(Builder *b, Layer *l, Node *x) {
@@ -673,6 +709,41 @@ static Node *build_activation(Builder *b, Layer *l, Node *x) {
   if (op == OP_softmax || op == OP_log_softmax)
     want_flat(l, x);
   Node *n = emit(b, l, op, &x, 1);
+  infer(l, n, x);
+  return n;
+}
+
+static const char *const leaky_relu_keys[] = {"negative_slope", NULL};
+
+// nn.LeakyReLU(negative_slope=0.01).
+static Node *build_leaky_relu(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  double slope = 0.01;
+  if (get(l->opts, "negative_slope"))
+    slope = to_float(get(l->opts, "negative_slope"), l->desc, "negative_slope");
+  Node *n = emit(b, l, OP_leaky_relu, &x, 1);
+  node_set_float(n, "negative_slope", slope);
+  infer(l, n, x);
+  return n;
+}
+
+static const char *const gelu_keys[] = {"approximate", NULL};
+static const char *const gelu_forms[] = {"none", "tanh", NULL};
+static const Section gelu_form_sec = {"layers.gelu.approximate", gelu_forms, true};
+
+// nn.GELU(approximate='none'): the exact erf form unless 'tanh' is asked for.
+static Node *build_gelu(Builder *b, Layer *l, Node *x) {
+  accept_layer(l);
+  int form = 0;
+  YNode *v = get(l->opts, "approximate"), *o;
+  if (v) {
+    form = choice(v, l->desc, "approximate", &gelu_form_sec, "approximate: tanh", &o, NULL);
+    if (o)
+      error_at(loc_of(v), "write approximate: tanh (or none)", "%s: approximate takes no options",
+               l->desc);
+  }
+  Node *n = emit(b, l, OP_gelu, &x, 1);
+  node_set_str(n, "approximate", gelu_forms[form]);
   infer(l, n, x);
   return n;
 }
@@ -710,15 +781,20 @@ static Node *build_linear(Builder *b, Layer *l, Node *x) {
 
 static const char *const dropout_keys[] = {"p", NULL};
 
-// nn.Dropout(p): x * mask, the mask a function of the optimizer step.
+// nn.Dropout(p): x * mask, the mask a function of the optimizer step; and
+// nn.Dropout2d(p) on images, whose mask zeroes whole channels.
 static Node *build_dropout(Builder *b, Layer *l, Node *x) {
   accept_layer(l);
+  bool channels = !strcmp(l->type, "dropout2d");
+  if (channels)
+    want_image(l, x);
   double p = 0.5;
   if (get(l->opts, "p"))
     p = to_float_in(get(l->opts, "p"), l->desc, "p", 0.0, 1.0, true,
-                    "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
+                    channels ? "p is the probability of zeroing a channel, like nn.Dropout2d(p=0.5)"
+                             : "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
   Node *mask_in[2] = {b->step, b->seed};
-  Node *mask = emit(b, l, OP_dropout_mask, mask_in, 2);
+  Node *mask = emit(b, l, channels ? OP_dropout2d_mask : OP_dropout_mask, mask_in, 2);
   node_set_float(mask, "p", p);
   node_set_int(mask, "salt", l->index);
   mask->type = x->type;
@@ -731,11 +807,15 @@ static Node *build_dropout(Builder *b, Layer *l, Node *x) {
 
 static const char *const batchnorm_keys[] = {"eps", "momentum", "num_features", NULL};
 
-// nn.BatchNorm2d in training mode: normalise with the batch's statistics and
-// move the running statistics towards them (unbiased variance, as PyTorch).
-static Node *build_batchnorm2d(Builder *b, Layer *l, Node *x) {
+// nn.BatchNorm2d on images, nn.BatchNorm1d on features, in training mode:
+// normalise with the batch's statistics and move the running statistics
+// towards them (unbiased variance, as PyTorch). The same ops for both.
+static Node *build_batchnorm(Builder *b, Layer *l, Node *x) {
   accept_layer(l);
-  want_image(l, x);
+  if (!strcmp(l->type, "batchnorm1d"))
+    want_flat(l, x);
+  else
+    want_image(l, x);
   double eps = 1e-5, momentum = 0.1;
   if (get(l->opts, "eps"))
     eps = to_float_in(get(l->opts, "eps"), l->desc, "eps", 0.0, INFINITY, false, NULL);
@@ -837,14 +917,20 @@ static const LayerKind layer_kinds[] = {
     {"conv2d", build_conv2d, conv2d_keys, true},
     {"maxpool2d", build_pool, pool_keys, true},
     {"avgpool2d", build_pool, pool_keys, true},
+    {"adaptive_avgpool2d", build_adaptive_avgpool2d, adaptive_pool_keys, true},
     {"relu", build_activation, no_keys, false},
     {"sigmoid", build_activation, no_keys, false},
+    {"tanh", build_activation, no_keys, false},
+    {"leaky_relu", build_leaky_relu, leaky_relu_keys, false},
+    {"gelu", build_gelu, gelu_keys, false},
     {"softmax", build_activation, no_keys, false},
     {"log_softmax", build_activation, no_keys, false},
     {"flatten", build_flatten, no_keys, false},
     {"linear", build_linear, linear_keys, true},
     {"dropout", build_dropout, dropout_keys, false},
-    {"batchnorm2d", build_batchnorm2d, batchnorm_keys, false},
+    {"dropout2d", build_dropout, dropout_keys, false},
+    {"batchnorm2d", build_batchnorm, batchnorm_keys, false},
+    {"batchnorm1d", build_batchnorm, batchnorm_keys, false},
     {"add", build_add, no_keys, false},
     {"concat", build_concat, no_keys, false},
 };
@@ -1646,7 +1732,7 @@ static void read_train(Model *m, YNode *root) {
 
 // drop_last: false (PyTorch's default) makes the runtime pad the last partial
 // batch of an epoch with rows the loss ignores, so the step sees exactly the
-// smaller batch -- except through batch statistics: a batchnorm2d would
+// smaller batch -- except through batch statistics: a batch norm would
 // normalise with the padding rows, so such models drop the partial batch.
 static void check_drop_last(Model *m, YNode *root) {
   if (m->drop_last)
@@ -1660,8 +1746,9 @@ static void check_drop_last(Model *m, YNode *root) {
   YNode *v = train && is_map(train) ? get(train, "drop_last") : NULL;
   if (v)
     warn_at(loc_of(v), "write drop_last: true (or leave it out) to say so",
-            "drop_last: false is not supported with batchnorm2d (its batch statistics are "
-            "compiled for full batches); the last partial batch of each epoch is dropped");
+            "drop_last: false is not supported with batchnorm2d or batchnorm1d (their batch "
+            "statistics are compiled for full batches); the last partial batch of each epoch is "
+            "dropped");
   m->drop_last = true;
 }
 
@@ -1962,7 +2049,7 @@ Model *load_model_text(const char *path, const char *text) {
   Node *label = node_new(b.g, OP_input, NULL, 0, (Loc){0});
   label->name = xstrdup("label");
   for (int i = 0; i < b.nlayers && !b.step; i++)
-    if (!strcmp(b.layers[i].type, "dropout")) {
+    if (!strcmp(b.layers[i].type, "dropout") || !strcmp(b.layers[i].type, "dropout2d")) {
       b.step = node_new(b.g, OP_input, NULL, 0, (Loc){0});
       b.step->name = xstrdup("step");
       b.step->type = type_make(DT_I32, 0, NULL);
@@ -2011,7 +2098,7 @@ static const Section *const schema[] = {
     &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,
     &schedule_opts_sec[0], &schedule_opts_sec[1], &schedule_opts_sec[2], &schedule_opts_sec[3],
     &schedule_opts_sec[4], &schedule_opts_sec[5], &schedule_opts_sec[6],
-    &precision_sec,    &grad_scaler_sec,
+    &precision_sec,    &grad_scaler_sec,    &gelu_form_sec,
 };
 
 static int cmp_str(const void *a, const void *b) {

@@ -156,6 +156,12 @@ void graph_remove(Graph *g, Node *n);       // n must have no users left
 bool remove_if_unused(Graph *g, Node *n);   // removes n (not a param/state/side effect) when unused
 void copy_attrs(Node *to, const Node *from); // same-named attributes, e.g. stride and padding
 
+// Dropout is mul(x, mask): a mask per element (dropout) or per channel
+// (dropout2d); passes that look through dropout know both.
+static inline bool is_dropout_mask(const Node *n) {
+  return n->op == OP_dropout_mask || n->op == OP_dropout2d_mask;
+}
+
 void node_set_int(Node *n, const char *attr, int64_t v);
 void node_set_float(Node *n, const char *attr, double v);
 void node_set_str(Node *n, const char *attr, const char *v);

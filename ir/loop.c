@@ -408,11 +408,11 @@ static const char *const expr_name[LX_COUNT] = {
     [LX_ADD] = "+",     [LX_SUB] = "-",     [LX_MUL] = "*",     [LX_DIV] = "/",
     [LX_REM] = "%",     [LX_MIN] = "min",   [LX_MAX] = "max",   [LX_FMA] = "fma",
     [LX_NEG] = "neg",   [LX_EXP] = "exp",   [LX_LOG] = "log",   [LX_SQRT] = "sqrt",
-    [LX_POW] = "pow",   [LX_COS] = "cos",   [LX_LT] = "<",      [LX_LE] = "<=",
-    [LX_GT] = ">",      [LX_GE] = ">=",     [LX_EQ] = "==",     [LX_NE] = "!=",
-    [LX_UGT] = "ugt",   [LX_UNO] = "isnan", [LX_ULT] = "ult",   [LX_AND] = "&",
-    [LX_OR] = "|",      [LX_XOR] = "^",     [LX_SHL] = "<<",    [LX_SHR] = ">>",
-    [LX_NOT] = "!",     [LX_SELECT] = "select",
+    [LX_POW] = "pow",   [LX_COS] = "cos",   [LX_TANH] = "tanh", [LX_ERF] = "erf",
+    [LX_LT] = "<",      [LX_LE] = "<=",     [LX_GT] = ">",      [LX_GE] = ">=",
+    [LX_EQ] = "==",     [LX_NE] = "!=",     [LX_UGT] = "ugt",   [LX_UNO] = "isnan",
+    [LX_ULT] = "ult",   [LX_AND] = "&",     [LX_OR] = "|",      [LX_XOR] = "^",
+    [LX_SHL] = "<<",    [LX_SHR] = ">>",    [LX_NOT] = "!",     [LX_SELECT] = "select",
 };
 
 static const char *const type_name[] = {"f32", "i32", "i64", "bool", "f64", "bf16", "f16"};

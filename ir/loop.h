@@ -68,7 +68,7 @@ typedef enum {
   LX_LOAD,  // buf[idx...]
   LX_ADD, LX_SUB, LX_MUL, LX_DIV, LX_REM, LX_MIN, LX_MAX,
   LX_FMA,   // a * b + c, rounded once (llvm.fma)
-  LX_NEG, LX_EXP, LX_LOG, LX_SQRT, LX_POW, LX_COS,
+  LX_NEG, LX_EXP, LX_LOG, LX_SQRT, LX_POW, LX_COS, LX_TANH, LX_ERF,
   // compares (LT_BOOL): ordered floats, signed integers; UGT and UNO are
   // unordered (true when an operand is NaN)
   LX_LT, LX_LE, LX_GT, LX_GE, LX_EQ, LX_NE, LX_UGT, LX_UNO, LX_ULT,

@@ -12,10 +12,11 @@
 //   - an op of operands of different precisions (add, mul, concat) computes
 //     in f32, as PyTorch promotes (torch.cat: autocast's promote list),
 //     except dropout's mask, which takes its input's precision (nn.Dropout's
-//     mask is a tensor like its input);
-//   - every other op runs on what it gets: relu, the pools and batch norm's
-//     normalisation keep 16 bits; batch norm's statistics and the running
-//     statistics are f32 whatever their input (batch_stats' rule).
+//     and nn.Dropout2d's masks are tensors of their input's dtype);
+//   - every other op runs on what it gets: relu, sigmoid, tanh, leaky_relu,
+//     gelu (none of them on either of autocast's CPU lists), the pools and
+//     batch norm's normalisation keep 16 bits; batch norm's statistics and
+//     the running statistics are f32 whatever their input (batch_stats' rule).
 //
 // Parameters stay f32 (master weights): a param's cast is a node of its
 // own, whose gradient autodiff casts back to f32. A returned 16-bit value
@@ -75,9 +76,9 @@ static void cast_node(Autocast *ac, Node *n) {
   } else if (wants_f32(n->op)) {
     for (int i = 0; i < n->nin; i++)
       n->in[i] = cast_to(ac, n->in[i], DT_F32);
-  } else if (n->op == OP_mul && n->nin == 2 && (n->in[0]->op == OP_dropout_mask) !=
-                                                   (n->in[1]->op == OP_dropout_mask)) {
-    int m = n->in[1]->op == OP_dropout_mask;
+  } else if (n->op == OP_mul && n->nin == 2 &&
+             is_dropout_mask(n->in[0]) != is_dropout_mask(n->in[1])) {
+    int m = is_dropout_mask(n->in[1]);
     n->in[m] = cast_to(ac, n->in[m], n->in[1 - m]->type.dtype);
   } else if (n->op == OP_add || n->op == OP_mul || n->op == OP_concat) {
     bool mixed = false;

@@ -23,13 +23,14 @@ static Node *running_stat(Graph *g, Node *bn, const char *stat) {
   return s;
 }
 
-// Dropout in training is mul(x, dropout_mask(...)), the mask on either side.
+// Dropout in training is mul(x, dropout_mask(...)) or mul(x,
+// dropout2d_mask(...)), the mask on either side.
 static Node *dropout_input(const Node *n) {
   if (n->op != OP_mul)
     return NULL;
-  if (n->in[1]->op == OP_dropout_mask)
+  if (is_dropout_mask(n->in[1]))
     return n->in[0];
-  if (n->in[0]->op == OP_dropout_mask)
+  if (is_dropout_mask(n->in[0]))
     return n->in[1];
   return NULL;
 }

@@ -25,14 +25,14 @@ static Node *bce_logits(Node *n) {
 }
 
 // Looks through what leaves the squashed values as they are for the loss:
-// a flatten (reshape) and dropout, mul(x, dropout_mask) on either side.
+// a flatten (reshape) and dropout, mul(x, a dropout mask) on either side.
 static Node *producer(Node *x) {
   for (;;) {
     if (x->op == OP_reshape)
       x = x->in[0];
-    else if (x->op == OP_mul && x->in[1]->op == OP_dropout_mask)
+    else if (x->op == OP_mul && is_dropout_mask(x->in[1]))
       x = x->in[0];
-    else if (x->op == OP_mul && x->in[0]->op == OP_dropout_mask)
+    else if (x->op == OP_mul && is_dropout_mask(x->in[0]))
       x = x->in[1];
     else
       return x;

@@ -93,8 +93,8 @@ class Recipe:
         self.seed = t.get("seed", 0)
         self.log_every = t.get("log_every", 100)
         layers = [tm.opts(l)[0] for l in s["layers"]]
-        # batchnorm2d models drop the partial batch (runtime/README.md).
-        self.drop_last = t.get("drop_last", False) or "batchnorm2d" in layers
+        # batch-norm models drop the partial batch (runtime/README.md).
+        self.drop_last = t.get("drop_last", False) or bool({"batchnorm2d", "batchnorm1d"} & set(layers))
         d = s["data"]
         self.format = d["format"]
         self.val_split = d.get("val_split", 0.0)

@@ -173,12 +173,25 @@ class HashDropout(nn.Module):
         return x * dropout_mask(self.salt, self.step, self.p, x.shape, self.seed)
 
 
+class HashDropout2d(HashDropout):
+    """nn.Dropout2d with xentcc's mask: one draw per (sample, channel), the
+    draw of the element-wise mask's index n * C + c (dropout2d_mask)."""
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        n, c = x.shape[:2]
+        return x * dropout_mask(self.salt, self.step, self.p, (n, c), self.seed).reshape(n, c, 1, 1)
+
+
 # --- Mixed precision: torch.autocast's rounding points, sums in float32 ----------------
 #
 # xentcc's precision: bf16 / fp16 places casts where PyTorch 1.13's CPU
 # autocast does (passes/autocast.c): convolutions and linear layers take
 # 16-bit inputs, weights and biases and give a 16-bit result; relu, pools,
-# batch norm's normalisation, sigmoid and dropout run on 16 bits; losses,
+# batch norm's normalisation, sigmoid, tanh, leaky_relu, gelu and dropout
+# run on 16 bits (an activation computed in float32, its result rounded:
+# Low16, or Sigmoid16 and Tanh16, whose backward reads the output); losses,
 # softmax and log_softmax take float32. On this CPU PyTorch's own bf16
 # convolution sums in lower precision than float32, so the reference here
 # keeps float32 tensors holding 16-bit values and rounds where autocast
@@ -275,6 +288,23 @@ class Sigmoid16(torch.autograd.Function):
         return rnd(g * y * (1 - y), ctx.dt), None
 
 
+class Tanh16(torch.autograd.Function):
+    """tanh on 16 bits: its backward reads the (rounded) output, as
+    PyTorch's tanh_backward: dy * (1 - y * y), rounded."""
+
+    @staticmethod
+    def forward(ctx, x, dt):
+        y = rnd(torch.tanh(x), dt)
+        ctx.dt = dt
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return rnd(g * (1 - y * y), ctx.dt), None
+
+
 def low_forward(net, x, dt):
     """Net.forward under autocast to dt, emulated (see above)."""
     F = nn.functional
@@ -317,7 +347,7 @@ def low_forward(net, x, dt):
             low = False
         elif not low or isinstance(m, (nn.Flatten, nn.ReLU)):
             x = m(x)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if m.training:  # the running statistics as PyTorch updates them, from the 16-bit x
                 with torch.no_grad():
                     F.batch_norm(x, m.running_mean, m.running_var, None, None, True, m.momentum,
@@ -330,10 +360,16 @@ def low_forward(net, x, dt):
             x = Low16.apply(dt, (True, False, False), fn, x, m.weight, m.bias)
         elif isinstance(m, HashDropout):
             if m.training:
-                mask = rnd(dropout_mask(m.salt, m.step, m.p, x.shape, m.seed), dt)
-                x = Low16.apply(dt, (True,), lambda a, k=mask: a * k, x)
+                if isinstance(m, HashDropout2d):
+                    n, c = x.shape[:2]
+                    mask = dropout_mask(m.salt, m.step, m.p, (n, c), m.seed).reshape(n, c, 1, 1)
+                else:
+                    mask = dropout_mask(m.salt, m.step, m.p, x.shape, m.seed)
+                x = Low16.apply(dt, (True,), lambda a, k=rnd(mask, dt): a * k, x)
         elif isinstance(m, nn.Sigmoid):
             x = Sigmoid16.apply(x, dt)
+        elif isinstance(m, nn.Tanh):
+            x = Tanh16.apply(x, dt)
         else:  # pools: on 16 bits
             x = Low16.apply(dt, (True,), m, x)
         k = readers[len(outs)]
@@ -379,12 +415,22 @@ class Net(nn.Module):
                 m = (nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d)(k, st, p)
                 (kh, kw), (sh, sw), (ph, pw) = pair(k), pair(st), pair(p)
                 h, wd = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-            elif kind == "batchnorm2d":
-                m = nn.BatchNorm2d(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
+            elif kind == "adaptive_avgpool2d":
+                m = nn.AdaptiveAvgPool2d(pair(o["output_size"]))
+                h, wd = pair(o["output_size"])
+            elif kind in ("batchnorm2d", "batchnorm1d"):
+                bn = nn.BatchNorm2d if kind == "batchnorm2d" else nn.BatchNorm1d
+                m = bn(c, eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1))
             elif kind == "relu":
                 m = nn.ReLU()
             elif kind == "sigmoid":
                 m = nn.Sigmoid()
+            elif kind == "tanh":
+                m = nn.Tanh()
+            elif kind == "leaky_relu":
+                m = nn.LeakyReLU(o.get("negative_slope", 0.01))
+            elif kind == "gelu":
+                m = nn.GELU(approximate=o.get("approximate", "none"))
             elif kind == "softmax":
                 m = nn.Softmax(dim=1)
             elif kind == "log_softmax":
@@ -394,6 +440,8 @@ class Net(nn.Module):
                 c, h, wd = c * h * wd, 1, 1
             elif kind == "dropout":
                 m = HashDropout(o.get("p", 0.5), i, seed)
+            elif kind == "dropout2d":
+                m = HashDropout2d(o.get("p", 0.5), i, seed)
             elif kind == "linear":
                 m = nn.Linear(c, o["out_features"], bias=o.get("bias", True))
                 c = o["out_features"]

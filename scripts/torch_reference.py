@@ -198,6 +198,34 @@ def op_cases(w):
     w.add("op/l2norm/y", norm)
     w.add("op/l2norm/dx", grads(norm, torch.tensor(0.7), x)[0])
 
+    # tanh, leaky_relu (the default slope and a negative one), gelu (the
+    # exact erf form and the tanh approximation), as nn.Tanh, nn.LeakyReLU
+    # and nn.GELU compute them
+    for name, fn in [("tanh", torch.tanh), ("leaky_relu", F.leaky_relu),
+                     ("leaky_relu_neg", lambda t: F.leaky_relu(t, -0.5)),
+                     ("gelu", F.gelu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"))]:
+        x = leaf(4, 5, lo=-4, hi=4)
+        y = fn(x)
+        dy = torch.randn_like(y)
+        w.add("op/%s/x" % name, x)
+        w.add("op/%s/y" % name, y)
+        w.add("op/%s/dy" % name, dy)
+        w.add("op/%s/dx" % name, grads(y, dy, x)[0])
+
+    # BatchNorm1d on [N, features] in training mode, and its running statistics
+    bn = nn.BatchNorm1d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x = leaf(9, 6, lo=-2, hi=2)
+    y = bn(x)
+    dy = torch.randn_like(y)
+    for n, t in [("x", x), ("gamma", bn.weight), ("beta", bn.bias), ("y", y), ("dy", dy),
+                 ("running_mean", bn.running_mean), ("running_var", bn.running_var)]:
+        w.add("op/batchnorm1d/" + n, t)
+    for n, t in zip(["dx", "dgamma", "dbeta"], grads(y, dy, x, bn.weight, bn.bias)):
+        w.add("op/batchnorm1d/" + n, t)
+
 
 def optimizer_cases(w, steps):
     """Each optimizer on one parameter for `steps` steps with given gradients."""

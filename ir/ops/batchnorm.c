@@ -1,5 +1,6 @@
-// Batch normalisation, nn.BatchNorm2d's, and the per-channel reductions it is
-// made of: batch_stats (the batch's mean and variances, also for the running
+// Batch normalisation, nn.BatchNorm2d's on [N,C,H,W] and nn.BatchNorm1d's on
+// [N,C] (the same formulas over the dimensions but 1), and the per-channel
+// reductions it is made of: batch_stats (the batch's mean and variances, also for the running
 // statistics, row picks one), bias_grad (also the bias gradient of conv2d
 // and linear), and its two gradients.
 #include "lower.h"
@@ -20,6 +21,14 @@ static const char *stats_of(const Node *n, int x, int i) {
   if (s->rank != 2 || s->dtype != DT_F32 || s->dim[0] != 3 || s->dim[1] != T(n, x)->dim[1])
     FAIL("the batch statistics must be f32[3,%lld] (batch_stats), got %s",
          (long long)T(n, x)->dim[1], type_str(s));
+  return NULL;
+}
+
+// Batch norm's input: [N,C] or [N,C,L] (nn.BatchNorm1d), [N,C,H,W] (nn.BatchNorm2d).
+static const char *bn_input(const Node *n, int i) {
+  const Type *x = T(n, i);
+  if (x->rank < 2 || !dtype_is_float(x->dtype))
+    FAIL("input must be a float [N,C], [N,C,L] or [N,C,H,W] tensor, got %s", type_str(x));
   return NULL;
 }
 
@@ -143,13 +152,13 @@ const OpRules rules_row = {.shape = shape_row, .eval = eval_row, .no_grad = true
 // --- batchnorm2d (x, gamma, beta, stats) and batchnorm2d_infer (x, gamma, beta, mean, var) --
 //
 // Training mode normalises with the batch's mean and biased variance over
-// (N, H, W) (rows 0 and 1 of batch_stats): xhat = (x - mean) / sqrt(var +
-// eps), y = gamma xhat + beta. Eval mode uses the running statistics
-// instead. As PyTorch: 1/sqrt(var + eps) in double, rounded once; the
+// (N, H, W), or N alone (rows 0 and 1 of batch_stats): xhat = (x - mean) /
+// sqrt(var + eps), y = gamma xhat + beta. Eval mode uses the running
+// statistics instead. As PyTorch: 1/sqrt(var + eps) in double, rounded once; the
 // normalisation in float.
 
 static const char *shape_batchnorm2d(const Node *n, Type *out) {
-  CHECK(want_float_rank(n, 0, 4, "input"));
+  CHECK(bn_input(n, 0));
   for (int i = 1; i < 3; i++)
     CHECK(per_channel(n, 0, i, "batch-norm parameter"));
   if (n->op == OP_batchnorm2d_infer)
@@ -298,7 +307,7 @@ const OpRules rules_batchnorm2d_infer = {
 //   dx     = gamma * rstd / M * (M dy - dbeta - xhat * dgamma)
 
 static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
-  CHECK(want_float_rank(n, 1, 4, "input"));
+  CHECK(bn_input(n, 1));
   CHECK(want_same(n, 0, 1));
   CHECK(stats_of(n, 1, 2));
   *out = type_make(DT_F32, 1, &T(n, 1)->dim[1]);
@@ -306,7 +315,7 @@ static const char *shape_batchnorm2d_grad_gamma(const Node *n, Type *out) {
 }
 
 static const char *shape_batchnorm2d_grad_input(const Node *n, Type *out) {
-  CHECK(want_float_rank(n, 1, 4, "input"));
+  CHECK(bn_input(n, 1));
   CHECK(want_same(n, 0, 1));
   CHECK(per_channel(n, 1, 2, "gamma"));
   CHECK(stats_of(n, 1, 3));

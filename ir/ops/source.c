@@ -116,7 +116,7 @@ static LExpr *elem_assign(Lowering *L, Node *n, LExpr **v) { return operand(L, n
 const OpRules rules_assign = {
     .shape = shape_assign, .eval = eval_copy, .no_grad = true, .elem = elem_assign};
 
-// --- dropout_mask (step, seed): 0 or 1/(1-p) per element ----------------------------------
+// --- dropout_mask (step, seed): 0 or 1/(1-p) per element; dropout2d_mask per channel ---
 //
 // A hash of (seed, salt, step, index) from dropout_hash.h, the same in the
 // generated code. The mask is a constant of the step: no gradient flows into it.
@@ -129,8 +129,18 @@ static const char *shape_dropout_mask(const Node *n, Type *out) {
     FAIL("dropout probability must be in [0, 1), got %g", p);
   if (n->type.dtype != DT_F32)
     FAIL("dropout mask must be f32");
+  if (n->op == OP_dropout2d_mask && n->type.rank < 2)
+    FAIL("a channel dropout mask must be [N,C,...], got %s", type_str(&n->type));
   *out = n->type;
   return NULL;
+}
+
+// Elements per draw: 1, or dropout2d_mask's H*W (every dimension past C).
+static int64_t mask_plane(const Node *n) {
+  int64_t plane = 1;
+  for (int d = 2; n->op == OP_dropout2d_mask && d < n->type.rank; d++)
+    plane *= n->type.dim[d];
+  return plane;
 }
 
 static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
@@ -139,8 +149,9 @@ static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
   uint32_t key =
       dropout_key((uint32_t)in[1]->i[0], (uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
   float scale = (float)(1.0 / (1.0 - p));
+  int64_t plane = mask_plane(n);
   for (int64_t i = 0; i < numel(out); i++)
-    out->f[i] = dropout_bits(key, (uint32_t)i) >= threshold ? scale : 0.0f;
+    out->f[i] = dropout_bits(key, (uint32_t)(i / plane)) >= threshold ? scale : 0.0f;
 }
 
 static LExpr *U32(int64_t x) { return lx_int(LT_I32, (int32_t)(uint32_t)x); }
@@ -154,7 +165,8 @@ static LExpr *fmix32(LExpr *h) {
   return BIN(LX_XOR, h, BIN(LX_SHR, lx_copy(h), U32(16)));
 }
 
-// Keep iff fmix32(key + i * golden) >> 8 >= threshold, i the flat index.
+// Keep iff fmix32(key + i * golden) >> 8 >= threshold, i the flat index
+// (dropout2d_mask: the flat index of (n, c)).
 static LExpr *elem_dropout_mask(Lowering *L, Node *n, LExpr **v) {
   double p = node_float(n, "p");
   LExpr *step = operand(L, n, 0, v), *seed = operand(L, n, 1, v);
@@ -162,7 +174,7 @@ static LExpr *elem_dropout_mask(Lowering *L, Node *n, LExpr **v) {
                           fmix32(BIN(LX_XOR, step, fmix32(seed)))));
   const LBuf *y = B(L, n);
   LExpr *flat = K(0);
-  for (int d = 0; d < y->rank; d++)
+  for (int d = 0; d < (n->op == OP_dropout2d_mask ? 2 : y->rank); d++)
     flat = ADD(MULK(flat, y->dim[d]), v[d]);
   LExpr *h = fmix32(BIN(LX_ADD, key, BIN(LX_MUL, lx_cast(LT_I32, flat), U32(0x9e3779b1u))));
   h = BIN(LX_SHR, h, U32(8));
@@ -174,3 +186,7 @@ const OpRules rules_dropout_mask = {.shape = shape_dropout_mask,
                                     .eval = eval_dropout_mask,
                                     .no_grad = true,
                                     .elem = elem_dropout_mask};
+const OpRules rules_dropout2d_mask = {.shape = shape_dropout_mask,
+                                      .eval = eval_dropout_mask,
+                                      .no_grad = true,
+                                      .elem = elem_dropout_mask};

@@ -264,9 +264,35 @@ static void unary_case(OpKind fwd, OpKind bwd, bool kink_at_zero) {
   check_grad(t, y, dy, x, gx, H, TOL, op_info(bwd)->name);
 }
 
+// Ops whose gradient reads the input: (dy, x) -> dx, with their attribute.
+static void input_case(OpKind fwd, OpKind bwd, double slope, const char *form) {
+  Net *t = net_new();
+  Node *x = F32(t, "x", 3, 5);
+  Node *y = node_new(t->g, fwd, (Node *[]){x}, 1, no_loc);
+  Node *dy = F32(t, "dy", 3, 5);
+  Node *gx = node_new(t->g, bwd, (Node *[]){dy, x}, 2, no_loc);
+  for (Node **n = (Node *[]){y, gx, NULL}; *n; n++)
+    if (fwd == OP_leaky_relu)
+      node_set_float(*n, "negative_slope", slope);
+    else
+      node_set_str(*n, "approximate", form);
+  done(y);
+  done(gx);
+  fill_away_from_zero(t, x, 0.1); // leaky_relu's kink
+  for (int64_t i = 0; i < count(x); i++)
+    t->src[x->id].f[i] *= 3;
+  fill(t, dy, -1, 1);
+  check_grad(t, y, dy, x, gx, H, TOL, op_info(bwd)->name);
+}
+
 START_TEST(fd_activations) {
   unary_case(OP_relu, OP_relu_grad, true);
   unary_case(OP_sigmoid, OP_sigmoid_grad, false);
+  unary_case(OP_tanh, OP_tanh_grad, false);
+  input_case(OP_leaky_relu, OP_leaky_relu_grad, 0.01, NULL);
+  input_case(OP_leaky_relu, OP_leaky_relu_grad, -0.3, NULL);
+  input_case(OP_gelu, OP_gelu_grad, 0, "none");
+  input_case(OP_gelu, OP_gelu_grad, 0, "tanh");
   unary_case(OP_softmax, OP_softmax_grad, false);
   unary_case(OP_log_softmax, OP_log_softmax_grad, false);
 }
@@ -766,6 +792,34 @@ START_TEST(dropout_mask_values) {
 }
 END_TEST
 
+// dropout2d_mask over [N,C,H,W] = [40,25,3,2]: each channel of each sample
+// is one draw, all 0 or all 1/(1-p), the draw at index n*C + c of the
+// element-wise mask's hash -- what scripts/torch_model.py reproduces.
+START_TEST(dropout2d_mask_channels) {
+  Net *t = net_new();
+  Node *s = input(t, "step", DT_I32, 0, NULL), *sd = input(t, "seed", DT_I32, 0, NULL);
+  Node *m = OPN(t, dropout2d_mask, s, sd);
+  m->type = type_make(DT_F32, 4, (int64_t[]){40, 25, 3, 2});
+  node_set_float(m, "p", 0.4);
+  node_set_int(m, "salt", 5);
+  done(m);
+  t->src[s->id].i[0] = 3;
+  t->src[sd->id].i[0] = 11;
+  const float *x = eval_graph(t->g, t->src)[m->id].f;
+  float scale = (float)(1.0 / 0.6);
+  uint32_t threshold = dropout_threshold(0.4);
+  int kept = 0;
+  for (int nc = 0; nc < 1000; nc++) {
+    float want = dropout_keep(11, 5, 3, nc, threshold) ? scale : 0.0f;
+    for (int k = 0; k < 6; k++)
+      ck_assert_msg(x[nc * 6 + k] == want, "channel %d, element %d", nc, k);
+    kept += want != 0;
+  }
+  // 1000 draws: the kept fraction is 0.6 +- 0.015 (1 sigma).
+  ck_assert_msg(abs(kept - 600) < 70, "kept %d of 1000 channels at p = 0.4", kept);
+}
+END_TEST
+
 START_TEST(dropout_p_zero_keeps_all) {
   Node *m;
   Tensor *v = mask_values(0.0, 9, 3, 5, &m);
@@ -870,6 +924,7 @@ static Suite *eval_suite(void) {
   suite_add_tcase(s, torch);
   TCase *misc = tcase_create("other_ops");
   tcase_add_test(misc, dropout_mask_values);
+  tcase_add_test(misc, dropout2d_mask_channels);
   tcase_add_test(misc, dropout_p_zero_keeps_all);
   tcase_add_test(misc, channel_stats_and_bn_infer);
   tcase_add_test(misc, assign_reshape_const);

@@ -267,6 +267,35 @@ START_TEST(activations) {
 }
 END_TEST
 
+// nn.Tanh, whose gradient reads y; nn.LeakyReLU(0.01) and (-0.5), nn.GELU()
+// and nn.GELU(approximate='tanh'), whose gradients read x.
+START_TEST(more_activations) {
+  const char *names[5] = {"tanh", "leaky_relu", "leaky_relu_neg", "gelu", "gelu_tanh"};
+  OpKind fwd[5] = {OP_tanh, OP_leaky_relu, OP_leaky_relu, OP_gelu, OP_gelu};
+  OpKind grad[5] = {OP_tanh_grad, OP_leaky_relu_grad, OP_leaky_relu_grad, OP_gelu_grad,
+                    OP_gelu_grad};
+  double slope[5] = {0, 0.01, -0.5, 0, 0};
+  const char *form[5] = {NULL, NULL, NULL, "none", "tanh"};
+  for (int i = 0; i < 5; i++) {
+    Net *t = net_new();
+    Node *x = feed(t, ref("op/%s/x", names[i])), *dy = feed(t, ref("op/%s/dy", names[i]));
+    Node *y = OP(t, fwd[i], x);
+    Node *dx = OP(t, grad[i], dy, fwd[i] == OP_tanh ? y : x);
+    for (Node **n = (Node *[]){y, dx, NULL}; *n; n++) {
+      if (fwd[i] == OP_leaky_relu)
+        node_set_float(*n, "negative_slope", slope[i]);
+      if (form[i])
+        node_set_str(*n, "approximate", form[i]);
+    }
+    done(y);
+    done(dx);
+    Tensor *v = run(t);
+    CHECK_TENSOR(names[i], &v[y->id], ref("op/%s/y", names[i]));
+    CHECK_TENSOR(xformat("%s's gradient", names[i]), &v[dx->id], ref("op/%s/dx", names[i]));
+  }
+}
+END_TEST
+
 // Tensor t seen as dtype dt (16-bit values are held as floats either way).
 static Tensor as_dtype(const Tensor *t, DType dt) {
   Tensor v = *t;
@@ -381,13 +410,14 @@ START_TEST(bce_with_logits_options) {
 }
 END_TEST
 
-// BatchNorm2d in training mode, with its running statistics updated the way
-// the frontend writes it: ema(running, row 0 / row 2 of batch_stats).
-START_TEST(batchnorm2d_training) {
+// Batch norm in training mode, with its running statistics updated the way
+// the frontend writes it: ema(running, row 0 / row 2 of batch_stats). The
+// same ops serve nn.BatchNorm2d on [N,C,H,W] and nn.BatchNorm1d on [N,C].
+static void batchnorm_training(const char *bn) {
   Net *t = net_new();
-  const Tensor *xr = ref("op/batchnorm2d/x");
-  Node *x = feed(t, xr), *gamma = feed(t, ref("op/batchnorm2d/gamma"));
-  Node *beta = feed(t, ref("op/batchnorm2d/beta")), *dy = feed(t, ref("op/batchnorm2d/dy"));
+  const Tensor *xr = ref("op/%s/x", bn);
+  Node *x = feed(t, xr), *gamma = feed(t, ref("op/%s/gamma", bn));
+  Node *beta = feed(t, ref("op/%s/beta", bn)), *dy = feed(t, ref("op/%s/dy", bn));
   Tensor zeros = tensor_new(gamma->type), ones = tensor_new(gamma->type);
   for (int64_t c = 0; c < gamma->type.dim[0]; c++)
     ones.f[c] = 1;
@@ -413,13 +443,18 @@ START_TEST(batchnorm2d_training) {
   done(new_rm);
   done(new_rv);
   Tensor *v = run(t);
-  CHECK_TENSOR("batchnorm2d", &v[y->id], ref("op/batchnorm2d/y"));
-  CHECK_TENSOR("batchnorm2d_grad_input", &v[dx->id], ref("op/batchnorm2d/dx"));
-  CHECK_TENSOR("batchnorm2d_grad_gamma", &v[dg->id], ref("op/batchnorm2d/dgamma"));
-  CHECK_TENSOR("bias_grad (beta)", &v[db->id], ref("op/batchnorm2d/dbeta"));
-  CHECK_TENSOR("running_mean", &v[new_rm->id], ref("op/batchnorm2d/running_mean"));
-  CHECK_TENSOR("running_var", &v[new_rv->id], ref("op/batchnorm2d/running_var"));
+  CHECK_TENSOR(bn, &v[y->id], ref("op/%s/y", bn));
+  CHECK_TENSOR("batchnorm2d_grad_input", &v[dx->id], ref("op/%s/dx", bn));
+  CHECK_TENSOR("batchnorm2d_grad_gamma", &v[dg->id], ref("op/%s/dgamma", bn));
+  CHECK_TENSOR("bias_grad (beta)", &v[db->id], ref("op/%s/dbeta", bn));
+  CHECK_TENSOR("running_mean", &v[new_rm->id], ref("op/%s/running_mean", bn));
+  CHECK_TENSOR("running_var", &v[new_rv->id], ref("op/%s/running_var", bn));
 }
+
+START_TEST(batchnorm2d_training) { batchnorm_training("batchnorm2d"); }
+END_TEST
+
+START_TEST(batchnorm1d_training) { batchnorm_training("batchnorm1d"); }
 END_TEST
 
 START_TEST(l2norm) {
@@ -663,11 +698,13 @@ int main(void) {
   tcase_add_test(ops, pools_k3_s2_pad1);
   tcase_add_test(ops, linear);
   tcase_add_test(ops, activations);
+  tcase_add_test(ops, more_activations);
   tcase_add_test(ops, casts);
   tcase_add_test(ops, unscale);
   tcase_add_loop_test(ops, cross_entropy_options, 0, 2);
   tcase_add_loop_test(ops, bce_with_logits_options, 0, 2);
   tcase_add_test(ops, batchnorm2d_training);
+  tcase_add_test(ops, batchnorm1d_training);
   tcase_add_test(ops, l2norm);
   tcase_add_test(ops, optimizers);
   suite_add_tcase(s, ops);

@@ -97,7 +97,8 @@ END_TEST
 START_TEST(op_table) {
   ck_assert_int_eq(op_lookup("conv2d"), OP_conv2d);
   ck_assert_int_eq(op_lookup("assign"), OP_assign);
-  ck_assert_int_eq(op_lookup("gelu"), -1);
+  ck_assert_int_eq(op_lookup("gelu"), OP_gelu);
+  ck_assert_int_eq(op_lookup("swish"), -1);
   ck_assert_int_eq(op_lookup(""), -1);
   for (int op = 0; op < OP_COUNT; op++)
     ck_assert_int_eq(op_lookup(op_info(op)->name), op);

@@ -15,10 +15,10 @@ static const OpKind differentiable[] = {
     OP_sigmoid, OP_softmax,     OP_log_softmax, OP_reshape,    OP_add,
     OP_mul,     OP_scale,       OP_nll_loss,  OP_softmax_cross_entropy,
     OP_bce,     OP_sigmoid_bce, OP_l2norm,    OP_batchnorm2d, OP_cast,
-    OP_concat,
+    OP_concat,  OP_tanh,        OP_leaky_relu, OP_gelu,
 };
-static const OpKind no_grad[] = {OP_batch_stats, OP_row, OP_ema, OP_assign,
-                                 OP_dropout_mask, OP_unscale};
+static const OpKind no_grad[] = {OP_batch_stats, OP_row,       OP_ema,     OP_assign,
+                                 OP_dropout_mask, OP_dropout2d_mask, OP_unscale};
 
 static bool listed(const OpKind *list, int n, OpKind op) {
   for (int i = 0; i < n; i++)

@@ -409,6 +409,35 @@ static void gen_sigmoid(Case *c) {
   val(c->t, x)[0] = (float)PICK(-100, -30, 0, 30, 100);
 }
 
+static void gen_tanh(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = done(OPN(c->t, tanh, x));
+  fill(c->t, x, -6, 6);
+  sprinkle(c->t, x, true);
+}
+
+// A slope of either sign (PyTorch allows any), NaN kept.
+static double leaky_slope(void) { return chance(0.3) ? 0.01 : uniform(-1, 1); }
+
+static void gen_leaky_relu(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = OPN(c->t, leaky_relu, x);
+  node_set_float(c->node, "negative_slope", leaky_slope());
+  done(c->node);
+  fill(c->t, x, -3, 3);
+  sprinkle(c->t, x, true);
+}
+
+// Both forms; inputs past where erf and tanh saturate, and the specials.
+static void gen_gelu(Case *c) {
+  Node *x = elem_flt(c->t, "x");
+  c->node = OPN(c->t, gelu, x);
+  node_set_str(c->node, "approximate", chance(0.5) ? "tanh" : "none");
+  done(c->node);
+  fill(c->t, x, -8, 8);
+  sprinkle(c->t, x, true);
+}
+
 static void gen_binary(Case *c, OpKind op) {
   Net *t = c->t;
   Node *a = elem_flt(t, "a");
@@ -453,6 +482,37 @@ static void gen_sigmoid_grad(Case *c) {
   c->node = done(OPN(t, sigmoid_grad, dy, y));
   fill(t, dy, -1, 1);
   fill(t, y, 0, 1);
+}
+
+// (dy, y): y a tanh's output.
+static void gen_tanh_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *y = flt_like(t, "y", dy);
+  c->node = done(OPN(t, tanh_grad, dy, y));
+  fill(t, dy, -1, 1);
+  fill(t, y, -1, 1);
+}
+
+// (dy, x): x the forward input, zero now and then (the kink).
+static void gen_leaky_relu_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *x = flt_like(t, "x", dy);
+  c->node = OPN(t, leaky_relu_grad, dy, x);
+  node_set_float(c->node, "negative_slope", leaky_slope());
+  done(c->node);
+  fill(t, dy, -1, 1);
+  fill(t, x, -3, 3);
+  sprinkle(t, x, false);
+}
+
+static void gen_gelu_grad(Case *c) {
+  Net *t = c->t;
+  Node *dy = elem_flt(t, "dy"), *x = flt_like(t, "x", dy);
+  c->node = OPN(t, gelu_grad, dy, x);
+  node_set_str(c->node, "approximate", chance(0.5) ? "tanh" : "none");
+  done(c->node);
+  fill(t, dy, -1, 1);
+  fill(t, x, -8, 8);
 }
 
 static void gen_reshape(Case *c) {
@@ -510,6 +570,25 @@ static void gen_dropout_mask(Case *c) {
   Net *t = c->t;
   Node *step = STEP(t, "step"), *seed = STEP(t, "seed"), *x = elem_operand(t, "x");
   c->node = OPN(t, dropout_mask, step, seed);
+  node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
+  node_set_int(c->node, "salt", irand(0, INT32_MAX));
+  c->node->type = x->type;
+  done(c->node);
+  done(OPN(t, mul, x, c->node));
+  fill(t, x, -1, 1);
+  t->src[step->id].i[0] = (int32_t)irand(0, 1000000);
+  t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
+}
+
+// The channel mask over [N,C] or [N,C,H,W] (and of rank 3), applied as
+// the dropout2d layer applies it.
+static void gen_dropout2d_mask(Case *c) {
+  Net *t = c->t;
+  Node *step = STEP(t, "step"), *seed = STEP(t, "seed");
+  int64_t dim[4];
+  int rank = rand_shape(dim, 2, 4, MAX_ELEMS);
+  Node *x = f32_shaped(t, "x", rank, dim);
+  c->node = OPN(t, dropout2d_mask, step, seed);
   node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
   node_set_int(c->node, "salt", irand(0, INT32_MAX));
   c->node->type = x->type;
@@ -624,16 +703,19 @@ static void gen_log_softmax_grad(Case *c) { gen_softmax_grad_of(c, OP_log_softma
 
 // --- Batch norm and channel statistics -----------------------------------------------------
 
-// x[N,C,H,W] (or of rank 2-4 where any rank is allowed), values around an
-// offset so the mean matters; at least two values per channel. Batch norm
+// x[N,C,H,W] or, a third of the time, BatchNorm1d's [N,C] with a batch up
+// to 64 (image false: of rank 2-4, as channel reductions allow), values
+// around an offset so the mean matters; at least two values per channel. Batch norm
 // divides by a channel's standard deviation, so a channel whose few values
 // happen to lie close together turns the rounding of x - mean into large
 // errors (in f32 as in PyTorch: no schedule's doing); such channels are
 // redrawn until each one's deviation is at least a tenth of the draw's range.
-static Node *channel_input(Net *t, const char *name, bool rank4) {
+static Node *channel_input(Net *t, const char *name, bool image) {
   for (;;) {
     int64_t dim[4] = {irand(1, 5), channels(40), spatial(), spatial()};
-    int rank = rank4 ? 4 : (int)irand(2, 4);
+    int rank = image ? 4 : (int)irand(2, 4);
+    if (image && chance(1.0 / 3))
+      rank = 2, dim[0] = irand(2, 64);
     int64_t per = 1, total = 1;
     for (int d = 0; d < rank; d++)
       total *= dim[d], per *= d == 1 ? 1 : dim[d];
@@ -1045,17 +1127,24 @@ static const struct {
     [OP_avgpool2d_grad] = {gen_avgpool2d_grad, 8, 4},
     [OP_relu] = {gen_relu, 4, 2},
     [OP_sigmoid] = {gen_sigmoid, 4, 2},
+    [OP_tanh] = {gen_tanh, 4, 2},
+    [OP_leaky_relu] = {gen_leaky_relu, 4, 2},
+    [OP_gelu] = {gen_gelu, 6, 2},
     [OP_add] = {gen_add, 3, 2},
     [OP_mul] = {gen_mul, 3, 2},
     [OP_scale] = {gen_scale, 3, 2},
     [OP_ema] = {gen_ema, 3},
     [OP_relu_grad] = {gen_relu_grad, 3, 2},
     [OP_sigmoid_grad] = {gen_sigmoid_grad, 3, 2},
+    [OP_tanh_grad] = {gen_tanh_grad, 3, 2},
+    [OP_leaky_relu_grad] = {gen_leaky_relu_grad, 3, 2},
+    [OP_gelu_grad] = {gen_gelu_grad, 6, 2},
     [OP_reshape] = {gen_reshape, 3, 2},
     [OP_concat] = {gen_concat, 6, 4},
     [OP_slice] = {gen_slice, 4, 2},
     [OP_cast] = {gen_cast, 6, 4},
     [OP_dropout_mask] = {gen_dropout_mask, 4},
+    [OP_dropout2d_mask] = {gen_dropout2d_mask, 4},
     [OP_assign] = {gen_assign, 3},
     [OP_softmax] = {gen_softmax, 4},
     [OP_log_softmax] = {gen_log_softmax, 4},
