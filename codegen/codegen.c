@@ -748,17 +748,23 @@ void cg_dispose(Cg *c) {
 // The runtime's link line is recorded at build time beside its archive,
 // one argument per line (runtime/CMakeLists.txt): the archive, OpenMP, the
 // image libraries and, in a sanitizer build, the runtime's -fsanitize flags.
+// An installed xentcc (cmake --install) finds them in ../lib/xentcc beside
+// its bin directory, where the installation wrote its own link line; the
+// build tree's xentcc in the build's lib directory.
 const char *runtime_dir(void) {
   struct stat st;
-  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0)
-    return XENTCC_RUNTIME_DIR;
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  char *installed = NULL;
   if (n > 0) {
     self[n] = '\0';
-    return xformat("%s/../lib", dirname(self));
+    installed = xformat("%s/../lib/xentcc", dirname(self));
+    if (stat(xformat("%s/xentcc_rt.link", installed), &st) == 0)
+      return installed;
   }
-  return XENTCC_RUNTIME_DIR;
+  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0 || !installed)
+    return XENTCC_RUNTIME_DIR;
+  return installed;
 }
 
 // The directory holding the objects between writing and linking, and the

@@ -27,3 +27,4 @@ _lib_link = os.path.join(config.xentcc_build_dir, "lib", "xentcc_lib.link")
 if os.path.exists(_lib_link):
     with open(_lib_link) as f:
         config.substitutions.append(("%libflags", " ".join(f.read().split())))
+config.substitutions.append(("%builddir", config.xentcc_build_dir))
