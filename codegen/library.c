@@ -525,20 +525,20 @@ void codegen_library(Model *m, Graph *eval, const PipelineOptions *po, const Cod
   const char *librt = xformat("%s/libxentcc_librt.a", runtime_dir());
   if (access(librt, R_OK) != 0)
     fatal("the library runtime %s is missing; build the xentcc_librt target first", librt);
-  // -d: common symbols get their space here, so that they can be made local.
-  run_tool((char *[]){XENTCC_LINKER, "-r", "-nostdlib", "-Wl,-d", "-o", lib_o, model_o,
+  run_tool((char *[]){XENTCC_LINKER, "-r", "-nostdlib", "-o", lib_o, model_o,
                       "-Wl,--whole-archive", (char *)librt, "-Wl,--no-whole-archive", NULL},
            "link the model with its runtime");
   const char *objcopy = access(XENTCC_LLVM_BIN "/llvm-objcopy", X_OK) ? "objcopy"
                                                                       : XENTCC_LLVM_BIN "/llvm-objcopy";
   const char *ar = access(XENTCC_LLVM_BIN "/llvm-ar", X_OK) ? "ar" : XENTCC_LLVM_BIN "/llvm-ar";
 #ifdef XENTCC_SANITIZE_GENERATED
-  // AddressSanitizer's instrumentation defines two globals of its own: the
-  // ODR indicator of NAME_class_names and a flag its module constructor
-  // sets. Local, each library registers its own globals, as it must.
+  // AddressSanitizer's instrumentation defines globals of its own: the ODR
+  // indicator of NAME_class_names, made local like the rest, and
+  // ___asan_globals_registered, a common symbol every instrumented object of
+  // the program shares so that their globals are registered once; local,
+  // two libraries would each register both (an odr-violation report).
   run_tool((char *[]){(char *)objcopy, "--localize-hidden", "--wildcard",
-                      "--localize-symbol=__odr_asan_gen_*",
-                      "--localize-symbol=___asan_globals_registered", lib_o, NULL},
+                      "--localize-symbol=__odr_asan_gen_*", lib_o, NULL},
            "make the runtime's symbols local");
 #else
   run_tool((char *[]){(char *)objcopy, "--localize-hidden", lib_o, NULL},
