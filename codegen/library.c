@@ -47,15 +47,19 @@ static Graph *rebatch(Graph *g, int64_t batch) {
   Graph *out = parse_graph(xformat("<%s, batch %lld>", g->name, (long long)batch), buf);
   free(buf);
   graph_renumber(out);
+  Node *image = graph_find(out, "image");
+  if (!image || image->op != OP_input || image->type.rank != 4)
+    internal_error(__FILE__, __LINE__, "the evaluation graph has no %image input");
+  int64_t old = image->type.dim[0];
   bool *from_image = xcalloc(out->nnodes + 1, 1);
   for (int i = 0; i < out->nnodes; i++) {
     Node *n = out->node[i];
-    bool dep = n->op == OP_input && n->name && !strcmp(n->name, "image");
+    bool dep = n == image;
     for (int k = 0; k < n->nin && !dep; k++)
       dep = from_image[n->in[k]->id];
     from_image[i] = dep;
     if (dep) {
-      if (n->type.rank < 1 || n->type.dim[0] != g->node[i]->type.dim[0])
+      if (n->type.rank < 1 || n->type.dim[0] != old)
         internal_error(__FILE__, __LINE__, "a value computed from the image has no batch dimension");
       n->type.dim[0] = batch;
     }
@@ -63,6 +67,110 @@ static Graph *rebatch(Graph *g, int64_t batch) {
   free(from_image);
   verify_graph(out);
   return out;
+}
+
+// --- Weights prepared once -------------------------------------------------------
+
+// The loop passes give linear layers their weights transposed by a kernel
+// of the forward function, which the executables run at every batch (their
+// weights change between batches in training). A library's weights are
+// fixed once loaded, and at batch 1 those transposes were 80% of cifar10's
+// forward pass. So every kernel that reads nothing but weights and what such
+// kernels wrote moves to a function of its own, run once by NAME_load, and
+// the float32 buffers it writes move from the workspace to the end of the
+// state block, where they stay. The kernels and their order are unchanged:
+// the logits are the same bits.
+static bool hoistable_read(const LBuf *b) {
+  while (b->alias)
+    b = b->alias;
+  return b->storage == LB_PARAM || b->storage == LB_STATE || b->storage == LB_CONST ||
+         b->storage == LB_LOCAL;
+}
+
+static bool hoistable_write(const LBuf *b) {
+  return b->storage == LB_LOCAL ||
+         (b->storage == LB_WORKSPACE && !b->alias && b->dtype == DT_F32);
+}
+
+static bool expr_reads_weights_only(const LExpr *e) {
+  if (!e)
+    return true;
+  if (e->kind == LX_LOAD) {
+    if (!hoistable_read(e->buf))
+      return false;
+    for (int d = 0; d < e->buf->rank; d++)
+      if (!expr_reads_weights_only(e->idx[d]))
+        return false;
+  }
+  return expr_reads_weights_only(e->a) && expr_reads_weights_only(e->b) &&
+         expr_reads_weights_only(e->c);
+}
+
+static bool stmt_hoistable(const LStmt *s) {
+  if (!expr_reads_weights_only(s->cond) || !expr_reads_weights_only(s->value))
+    return false;
+  if (s->kind == LS_STORE) {
+    if (!hoistable_write(s->buf))
+      return false;
+    for (int d = 0; d < s->buf->rank; d++)
+      if (!expr_reads_weights_only(s->idx[d]))
+        return false;
+  }
+  for (int i = 0; i < s->nbody; i++)
+    if (!stmt_hoistable(s->body[i]))
+      return false;
+  return true;
+}
+
+static void stmt_stores(const LStmt *s, LBuf **out, int *n, int cap) {
+  if (s->kind == LS_STORE && s->buf->storage == LB_WORKSPACE) {
+    bool seen = false;
+    for (int i = 0; i < *n && !seen; i++)
+      seen = out[i] == s->buf;
+    if (!seen && *n < cap)
+      out[(*n)++] = s->buf;
+  }
+  for (int i = 0; i < s->nbody; i++)
+    stmt_stores(s->body[i], out, n, cap);
+}
+
+// Moves f's weight-only kernels into a new function (named `name`, run
+// with the signature of xc_apply_step: params, state, grads, args,
+// workspace) and their buffers to state offsets from *state_end on; NULL
+// when there are none. Call before plan-memory.
+static LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end) {
+  LFunc *prep = xcalloc(1, sizeof *prep);
+  *prep = *f;
+  prep->name = (char *)name;
+  prep->kind = FN_APPLY_STEP;
+  prep->kernels = xcalloc(f->nkernels + 1, sizeof *prep->kernels);
+  prep->nkernels = 0;
+  prep->result = prep->logits = NULL;
+  prep->workspace_bytes = 0;
+  int kept = 0;
+  for (int k = 0; k < f->nkernels; k++) {
+    LKernel *kn = f->kernels[k];
+    bool hoist = !kn->deferred;
+    for (int j = 0; hoist && j < kn->nbody; j++)
+      hoist = stmt_hoistable(kn->body[j]);
+    if (!hoist) {
+      f->kernels[kept++] = kn;
+      continue;
+    }
+    LBuf **stores = xcalloc(f->nbufs + 1, sizeof *stores);
+    int n = 0;
+    for (int j = 0; j < kn->nbody; j++)
+      stmt_stores(kn->body[j], stores, &n, f->nbufs);
+    for (int i = 0; i < n; i++) {
+      stores[i]->storage = LB_STATE;
+      stores[i]->offset = (*state_end + 15) / 16 * 16; // 64-byte aligned, as plan_blocks places
+      *state_end = stores[i]->offset + lbuf_numel(stores[i]);
+    }
+    free(stores);
+    prep->kernels[prep->nkernels++] = kn;
+  }
+  f->nkernels = kept;
+  return prep->nkernels ? prep : NULL;
 }
 
 static LFunc *forward_of(LProgram *p) {
@@ -129,10 +237,20 @@ static LLVMValueRef private_bytes(Cg *c, const char *data, size_t len, const cha
 
 // The module: both forward functions, XcLibModel, the NAME_ functions and
 // NAME_class_names.
-static Cg *library_module(Model *m, const char *prefix, LFunc *one, LFunc *block, int64_t nblock,
-                          const LBlocks *blocks, int outputs, const char *weights, size_t nweights) {
+static Cg *library_module(Model *m, const char *prefix, LFunc *one, LFunc *block, LFunc **prep,
+                          int64_t nblock, const LBlocks *blocks, int64_t state_floats, int outputs,
+                          const char *weights, size_t nweights) {
   Cg *c = cg_new(prefix);
   c->unprofiled = true;
+  LLVMValueRef fprep[2];
+  for (int v = 0; v < 2; v++) {
+    fprep[v] = LLVMConstNull(c->ptr);
+    if (prep[v]) {
+      emit_lfunc(c, prep[v]);
+      fprep[v] = LLVMGetNamedFunction(c->mod, prep[v]->name);
+      LLVMSetLinkage(fprep[v], LLVMInternalLinkage);
+    }
+  }
   one->name = "xc_lib_forward_one";
   emit_lfunc(c, one);
   LLVMValueRef fone = LLVMGetNamedFunction(c->mod, one->name), fblock = fone;
@@ -151,7 +269,7 @@ static Cg *library_module(Model *m, const char *prefix, LFunc *one, LFunc *block
   // Field for field the C layout of XcLibModel in runtime/lib/xentcc_lib.h.
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->i32, c->i32, c->i32,
                       c->ptr, c->ptr, c->i64, c->i64, c->i64, f4,     f4,     c->ptr, c->ptr,
-                      c->ptr, c->i64};
+                      c->ptr, c->ptr, c->ptr, c->i64};
   int nmf = sizeof mf / sizeof *mf;
   LLVMTypeRef mt = LLVMStructCreateNamed(c->ctx, "XcLibModel");
   LLVMStructSetBody(mt, mf, nmf, false);
@@ -173,9 +291,9 @@ static Cg *library_module(Model *m, const char *prefix, LFunc *one, LFunc *block
                       tensor_table(c, blocks->params, blocks->nparams, ti),
                       tensor_table(c, blocks->states, blocks->nstates, ti),
                       LLVMConstInt(c->i64, blocks->param_floats, true),
-                      LLVMConstInt(c->i64, blocks->state_floats, true),
+                      LLVMConstInt(c->i64, state_floats, true),
                       LLVMConstInt(c->i64, ws, true), LLVMConstArray(c->f32, mean, 4),
-                      LLVMConstArray(c->f32, std, 4), fone, fblock,
+                      LLVMConstArray(c->f32, std, 4), fone, fblock, fprep[0], fprep[1],
                       weights ? private_bytes(c, weights, nweights, "xc_lib_weights")
                               : LLVMConstNull(c->ptr),
                       LLVMConstInt(c->i64, weights ? nweights : 0, true)};
@@ -484,17 +602,24 @@ void codegen_library(Model *m, Graph *eval, const PipelineOptions *po, const Cod
   check_cpu(opt);
   llvm_passes(opt->opt_level);
 
-  // Batch 1 and the YAML's batch, each through the loop passes of -O.
+  // Batch 1 and the YAML's batch, each through the loop passes of -O, the
+  // weight-only kernels taken out before the memory plan (the last pass).
   int64_t nblock = m->batch_size;
   int npasses;
   const char *const *passes = loop_pipeline(opt->opt_level, &npasses);
+  ir_assert(npasses > 0 && !strcmp(passes[npasses - 1], "plan-memory"));
   LProgram *p1 = lower_program(NULL, nblock == 1 ? eval : rebatch(eval, 1), opt->opt_level);
-  run_loop_pipeline(p1, passes, npasses, po);
-  LProgram *pb = NULL;
-  if (nblock > 1) {
-    pb = lower_program(NULL, eval, opt->opt_level);
-    run_loop_pipeline(pb, passes, npasses, po);
+  LProgram *pb = nblock > 1 ? lower_program(NULL, eval, opt->opt_level) : NULL;
+  if (pb)
     check_same_blocks(p1->blocks, pb->blocks);
+  int64_t state_end = p1->blocks->state_floats;
+  LFunc *prep[2] = {NULL, NULL};
+  LProgram *progs[2] = {p1, pb};
+  const char *prep_names[2] = {"xc_lib_prepare_one", "xc_lib_prepare_block"};
+  for (int v = 0; v < 2 && progs[v]; v++) {
+    run_loop_pipeline(progs[v], passes, npasses - 1, po);
+    prep[v] = hoist_weight_kernels(forward_of(progs[v]), prep_names[v], &state_end);
+    run_loop_pipeline(progs[v], passes + npasses - 1, 1, po);
   }
   time_phase("lower, loop passes (batch 1 and the block)");
   Node *logits = eval->ret[0];
@@ -502,8 +627,8 @@ void codegen_library(Model *m, Graph *eval, const PipelineOptions *po, const Cod
 
   size_t nweights = 0;
   char *w = weights ? embedded_weights(weights, p1->blocks, m->name, &nweights) : NULL;
-  Cg *c = library_module(m, prefix, forward_of(p1), pb ? forward_of(pb) : NULL, nblock,
-                         p1->blocks, outputs, w, nweights);
+  Cg *c = library_module(m, prefix, forward_of(p1), pb ? forward_of(pb) : NULL, prep, nblock,
+                         p1->blocks, state_end, outputs, w, nweights);
   LLVMTargetMachineRef tm = target_machine(opt);
   finish_module(c, tm, opt);
   LLVMMemoryBufferRef obj;

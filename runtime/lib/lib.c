@@ -150,6 +150,10 @@ static XcLib *load_from(const XcLibModel *d, StFile *f) {
     free(err);
     goto fail;
   }
+  if (d->prepare_one)
+    d->prepare_one(m->params, m->state, NULL, NULL, m->workspace);
+  if (d->prepare_block)
+    d->prepare_block(m->params, m->state, NULL, NULL, m->workspace);
   free(l);
   st_free(f);
   return m;

@@ -11,6 +11,11 @@
 // images [N,C,H,W] normalised, logits [N,outputs]; workspace 64-aligned.
 typedef void XcForward(const float *params, const float *state, const float *images,
                        float *logits, void *workspace);
+// What a forward function needs computed from the weights alone (transposed
+// linear weights), written once into the state block past the buffers,
+// with xc_apply_step's signature (grads and args unused).
+typedef void XcPrepare(const float *params, float *state, const float *grads, const void *args,
+                       void *workspace);
 
 typedef struct {
   const char *name;          // NAME, the prefix of the library's symbols
@@ -21,11 +26,14 @@ typedef struct {
   int32_t unused;            // 0
   const XcTensorInfo *params;
   const XcTensorInfo *states;
-  int64_t param_floats, state_floats;
+  int64_t param_floats;
+  int64_t state_floats;      // the buffers, then what the prepare functions write
   int64_t workspace_bytes;   // enough for either forward function
   float mean[4], std[4];     // Normalize(mean, std) per channel after ToTensor()
   XcForward *forward_one;    // one image
   XcForward *forward_block;  // `block` images
+  XcPrepare *prepare_one;    // for forward_one, or NULL
+  XcPrepare *prepare_block;  // for forward_block, or NULL
   const uint8_t *weights;    // --weights: the safetensors file, embedded; else NULL
   int64_t weights_bytes;
 } XcLibModel;
