@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static Cg *cg_new(const char *name) {
+Cg *cg_new(const char *name) {
   Cg *c = xcalloc(1, sizeof *c);
   c->ctx = LLVMContextCreate();
   c->mod = LLVMModuleCreateWithNameInContext(name, c->ctx);
@@ -44,7 +44,7 @@ static Cg *cg_new(const char *name) {
 static LLVMValueRef CI(Cg *c, int64_t v) { return LLVMConstInt(c->i64, (uint64_t)v, true); }
 static LLVMValueRef CI32(Cg *c, int64_t v) { return LLVMConstInt(c->i32, (uint64_t)v, true); }
 
-static LLVMValueRef cstring(Cg *c, const char *s) {
+LLVMValueRef cstring(Cg *c, const char *s) {
   LLVMValueRef init = LLVMConstStringInContext(c->ctx, s, strlen(s), false);
   LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), ".str");
   LLVMSetInitializer(g, init);
@@ -54,7 +54,7 @@ static LLVMValueRef cstring(Cg *c, const char *s) {
   return g;
 }
 
-static void begin_function(Cg *c, LLVMValueRef fn) {
+void begin_function(Cg *c, LLVMValueRef fn) {
   c->fn = fn;
   c->entry = LLVMAppendBasicBlockInContext(c->ctx, fn, "entry");
   LLVMPositionBuilderAtEnd(c->b, c->entry);
@@ -110,7 +110,7 @@ static int init_kind(Node *n) {
   return 0;
 }
 
-static LLVMValueRef tensor_table(Cg *c, const LBlockEntry *e, int count, LLVMTypeRef ti) {
+LLVMValueRef tensor_table(Cg *c, const LBlockEntry *e, int count, LLVMTypeRef ti) {
   LLVMValueRef *rows = xcalloc(count + 1, sizeof *rows);
   for (int i = 0; i < count; i++) {
     Node *n = e[i].node;
@@ -160,7 +160,7 @@ static const char *absolute(const char *path) {
 }
 
 // A constant array of n C strings.
-static LLVMValueRef string_table(Cg *c, char **s, int n, const char *name) {
+LLVMValueRef string_table(Cg *c, char **s, int n, const char *name) {
   LLVMValueRef *v = xcalloc(n + 1, sizeof *v);
   for (int i = 0; i < n; i++)
     v[i] = cstring(c, s[i]);
@@ -556,7 +556,7 @@ void time_report(void) {
 
 // --- Target, optimization, files --------------------------------------------------
 
-static LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
+LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
   static bool inited; // first called before any compile thread starts
   if (!inited) {
     LLVMInitializeNativeTarget();
@@ -584,7 +584,7 @@ static LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
 
 // LLVM only warns about an unknown -mcpu and may then abort deep inside code
 // generation, so probe it in a child process on an empty module first.
-static void check_cpu(const CodegenOptions *opt) {
+void check_cpu(const CodegenOptions *opt) {
   if (!opt->cpu || !strcmp(opt->cpu, "native"))
     return;
   int fd[2];
@@ -653,7 +653,7 @@ static const char *const kernel_passes[] = {
     "globaldce",
 };
 
-static const char *llvm_passes(int opt_level) {
+const char *llvm_passes(int opt_level) {
   static char *joined;
   if (opt_level <= 0)
     return "default<O0>";
@@ -689,7 +689,7 @@ static void sanitize_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions
 #endif
 }
 
-static void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
+void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(c->mod, triple);
   LLVMDisposeMessage(triple);
@@ -735,7 +735,7 @@ static void write_module(Cg *c, LLVMTargetMachineRef tm, const char *kind, const
   LLVMDisposeMemoryBuffer(buf);
 }
 
-static void dispose(Cg *c) {
+void cg_dispose(Cg *c) {
   LLVMDisposeBuilder(c->b);
   LLVMDisposeModule(c->mod);
   LLVMContextDispose(c->ctx);
@@ -748,17 +748,23 @@ static void dispose(Cg *c) {
 // The runtime's link line is recorded at build time beside its archive,
 // one argument per line (runtime/CMakeLists.txt): the archive, OpenMP, the
 // image libraries and, in a sanitizer build, the runtime's -fsanitize flags.
-static const char *runtime_dir(void) {
+// An installed xentcc (cmake --install) finds them in ../lib/xentcc beside
+// its bin directory, where the installation wrote its own link line; the
+// build tree's xentcc in the build's lib directory.
+const char *runtime_dir(void) {
   struct stat st;
-  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0)
-    return XENTCC_RUNTIME_DIR;
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  char *installed = NULL;
   if (n > 0) {
     self[n] = '\0';
-    return xformat("%s/../lib", dirname(self));
+    installed = xformat("%s/../lib/xentcc", dirname(self));
+    if (stat(xformat("%s/xentcc_rt.link", installed), &st) == 0)
+      return installed;
   }
-  return XENTCC_RUNTIME_DIR;
+  if (stat(XENTCC_RUNTIME_DIR "/xentcc_rt.link", &st) == 0 || !installed)
+    return XENTCC_RUNTIME_DIR;
+  return installed;
 }
 
 // The directory holding the objects between writing and linking, and the
@@ -768,7 +774,7 @@ static char *scratch_dir;
 static char **scratch_files;
 static int nscratch;
 
-static void remove_scratch(void) {
+void remove_scratch(void) {
   for (int i = 0; i < nscratch; i++)
     unlink(scratch_files[i]);
   if (scratch_dir)
@@ -780,7 +786,7 @@ static void remove_scratch(void) {
 // A fresh directory for the objects: in $TMPDIR, else /tmp. Made only once
 // every module has verified and been compiled, so an internal error (which
 // aborts, skipping exit handlers) never finds one.
-static char *make_tmpdir(void) {
+char *make_tmpdir(void) {
   static bool registered;
   if (!registered)
     atexit(remove_scratch);
@@ -796,16 +802,23 @@ static char *make_tmpdir(void) {
   return dir;
 }
 
-// Writes an object to a new file in the scratch directory.
-static char *write_object(LLVMMemoryBufferRef obj, const char *name) {
-  char *path = xformat("%s/%s.o", scratch_dir, name);
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0)
-    fatal("cannot create %s: %s (set TMPDIR to a writable directory)", path, strerror(errno));
+// The path of a file a tool will write in the scratch directory, removed
+// with it.
+char *scratch_file(const char *name) {
+  char *path = xformat("%s/%s", scratch_dir, name);
   scratch_files = realloc(scratch_files, (nscratch + 1) * sizeof *scratch_files);
   if (!scratch_files)
     fatal("out of memory");
   scratch_files[nscratch++] = path;
+  return path;
+}
+
+// Writes an object to a new file in the scratch directory.
+char *write_object(LLVMMemoryBufferRef obj, const char *name) {
+  char *path = scratch_file(xformat("%s.o", name));
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    fatal("cannot create %s: %s (set TMPDIR to a writable directory)", path, strerror(errno));
   const char *p = LLVMGetBufferStart(obj);
   size_t left = LLVMGetBufferSize(obj);
   while (left > 0) {
@@ -825,7 +838,7 @@ static char *write_object(LLVMMemoryBufferRef obj, const char *name) {
 extern char **environ;
 
 // A path the linker cannot mistake for an option: "-x" becomes "./-x".
-static const char *not_an_option(const char *path) {
+const char *not_an_option(const char *path) {
   return path[0] == '-' ? xformat("./%s", path) : path;
 }
 
@@ -841,7 +854,7 @@ static bool have_lld(void) {
 }
 
 // The linker's environment: ours, with COMPILER_PATH extended for lld.
-static char **link_environment(void) {
+char **link_environment(void) {
   static char **env; // first built before the links start
   if (env || !have_lld())
     return env ? env : environ;
@@ -1059,7 +1072,7 @@ static void run_job(Job *j) {
   j->optimize = t2 - t1;
   j->machine = thread_cpu_now() - t2;
   LLVMDisposeTargetMachine(tm);
-  dispose(j->c);
+  cg_dispose(j->c);
   j->c = NULL;
 }
 
@@ -1191,7 +1204,7 @@ static Distinct find_twins(const LFunc *const *fns, int nfns) {
     }
   }
   c->mod = LLVMModuleCreateWithNameInContext("twins", c->ctx);
-  dispose(c);
+  cg_dispose(c);
   for (int u = 0; u < d.n; u++)
     LLVMDisposeMessage(texts[u]);
   free(texts);
@@ -1279,7 +1292,7 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
       write_module(c, tm, opt->emit,
                    strcmp(opt->output, "-") ? xformat("%s-%s.%s", opt->output, exes[e].suffix, ext)
                                             : "-");
-      dispose(c);
+      cg_dispose(c);
     }
     return;
   }

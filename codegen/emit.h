@@ -6,6 +6,7 @@
 #include "loop.h"
 
 #include <llvm-c/Core.h>
+#include <llvm-c/TargetMachine.h>
 #include <math.h>
 
 // A kernel of an executable, for --profile: numbered across the module's
@@ -26,6 +27,7 @@ typedef struct {
   LLVMBasicBlockRef entry;  // its entry block, where allocas go
   KernelInfo *kernels;      // every kernel emitted so far in this module
   int nkernels;
+  bool unprofiled;          // no --profile hooks around kernels (a library has no profiler)
 } Cg;
 
 
@@ -42,5 +44,29 @@ void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol);
 // An enum attribute (`nounwind`, `sanitize_address`...) on fn, or on its
 // argument index (1-based; LLVMAttributeFunctionIndex for fn itself).
 void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name);
+
+// codegen.c's services, for library.c (--emit=lib).
+Cg *cg_new(const char *name);
+void cg_dispose(Cg *c);
+void begin_function(Cg *c, LLVMValueRef fn);
+LLVMValueRef cstring(Cg *c, const char *s); // a private constant C string
+// Constant arrays (private): XcTensorInfo rows of a params or state block
+// (ti is XcTensorInfo's LLVM type), and n C strings.
+LLVMValueRef tensor_table(Cg *c, const LBlockEntry *e, int count, LLVMTypeRef ti);
+LLVMValueRef string_table(Cg *c, char **s, int n, const char *name);
+LLVMTargetMachineRef target_machine(const CodegenOptions *opt);
+void check_cpu(const CodegenOptions *opt); // dies on an -mcpu LLVM does not know
+const char *llvm_passes(int opt_level);    // call once before threads start
+// Target, data layout, verification, the passes of -O, and in the sanitizer
+// build AddressSanitizer.
+void finish_module(Cg *c, LLVMTargetMachineRef tm, const CodegenOptions *opt);
+// Scratch files, removed however the compiler ends.
+char *make_tmpdir(void);
+char *write_object(LLVMMemoryBufferRef obj, const char *name); // into the scratch directory
+char *scratch_file(const char *name); // a path there for a tool's output
+void remove_scratch(void);
+const char *runtime_dir(void);        // where the runtime's archives and link lines are
+const char *not_an_option(const char *path); // "-x" becomes "./-x"
+char **link_environment(void);        // for a spawned linker (lld on COMPILER_PATH)
 
 #endif

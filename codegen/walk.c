@@ -828,7 +828,7 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
     enter = LLVMAddFunction(c->mod, "xc_prof_enter", prof_t);
   if (!leave)
     leave = LLVMAddFunction(c->mod, "xc_prof_leave", prof_t);
-  bool profiled = f->kind != FN_SLOTS; // the test entry links no runtime
+  bool profiled = f->kind != FN_SLOTS && !c->unprofiled; // the test entry links no runtime
 
   for (int pass = 0; pass < 2; pass++) // deferred kernels (assigns) last
     for (int i = 0; i < f->nkernels; i++) {

@@ -32,15 +32,22 @@ typedef struct {
   bool graph;      // a graph of one stage: --stage chooses which
   bool lowered;    // after lowering, so -O matters
   bool per_exe;    // a file per executable, NAME-train.EXT and NAME-eval.EXT; else one
+  bool machine;    // LLVM generates it, so -mcpu matters
 } EmitKind;
 
+// lib: DIR/NAME.h and DIR/libNAME.a from -o DIR/NAME, the evaluation only
+// (codegen/library.c).
 static const EmitKind emit_kinds[] = {
-    {"ir", "xir", true, true, false, false},     {"dot", "dot", true, true, false, false},
-    {"loops", "loops", true, false, true, false}, {"llvm", "ll", true, false, true, true},
-    {"asm", "s", true, false, true, true},        {"obj", "o", false, false, true, true},
+    {"ir", "xir", true, true, false, false, false},
+    {"dot", "dot", true, true, false, false, false},
+    {"loops", "loops", true, false, true, false, false},
+    {"llvm", "ll", true, false, true, true, true},
+    {"asm", "s", true, false, true, true, true},
+    {"obj", "o", false, false, true, true, true},
+    {"lib", "a", false, false, true, false, true},
 };
 enum { NEMIT = sizeof emit_kinds / sizeof *emit_kinds };
-static const EmitKind executables = {NULL, NULL, false, false, true, true};
+static const EmitKind executables = {NULL, NULL, false, false, true, true, true};
 
 static const char *const stages[] = {"model", "train", "eval"};
 
@@ -65,7 +72,11 @@ static void usage(FILE *out) {
       "                         '-o -' is standard output, for text only\n"
       "  --emit=KIND            stop early and write KIND instead of executables:\n"
       "                         ir (graph IR), dot (Graphviz), loops (loop IR), llvm (LLVM IR),\n"
-      "                         asm (assembly) or obj (objects)\n"
+      "                         asm (assembly) or obj (objects); or lib: the model as a C\n"
+      "                         library, -o DIR/NAME writing DIR/NAME.h and DIR/libNAME.a\n"
+      "                         (NAME_load, NAME_predict...; docs/library.md)\n"
+      "  --weights W            with --emit=lib: compile the safetensors file W into the\n"
+      "                         library (NAME_load_embedded)\n"
       "  --stage=STAGE          which graph --emit=ir|dot shows: model (as written, the\n"
       "                         default), train (the training step) or eval (the forward\n"
       "                         pass); the other kinds always hold both executables\n"
@@ -219,6 +230,7 @@ static char *join_passes(const PassSet *s) {
 int main(int argc, char **argv) {
   const char *input = NULL, *emit_name = NULL, *stage_name = NULL, *stop_after = NULL;
   const char *output = NULL, *first_option = NULL, *opt_flag = NULL, *cpu_flag = NULL;
+  const char *weights = NULL;
   CodegenOptions cg = {.opt_level = 3, .cpu = "native"};
   PipelineOptions po = {.dump = stderr};
   const char **disabled = xcalloc(argc, sizeof *disabled);
@@ -247,6 +259,8 @@ int main(int argc, char **argv) {
       output = a.value;
     } else if (arg_opt(&a, "--emit")) {
       emit_name = a.value;
+    } else if (arg_opt(&a, "--weights")) {
+      weights = a.value;
     } else if (arg_opt(&a, "--stage")) {
       stage_name = a.value;
     } else if (arg_opt(&a, "--stop-after")) {
@@ -305,14 +319,17 @@ int main(int argc, char **argv) {
       names[i] = emit_kinds[i].name;
     emit = &emit_kinds[check_choice(&a, "--emit", "kind", emit_name, names, NEMIT)];
   }
+  bool library = emit_name && !strcmp(emit->name, "lib");
   int stage = 0;
   if (stage_name) {
     stage = check_choice(&a, "--stage", "stage", stage_name, stages, 3);
     if (!emit->graph)
       arg_die(&a,
-              "--stage chooses the graph --emit=ir and --emit=dot show; the loop IR, LLVM IR, "
-              "assembly, objects and executables always hold both the training and the "
-              "evaluation program",
+              library ? "--stage chooses the graph --emit=ir and --emit=dot show; a library "
+                        "always holds the evaluation program"
+                      : "--stage chooses the graph --emit=ir and --emit=dot show; the loop IR, "
+                        "LLVM IR, assembly, objects and executables always hold both the "
+                        "training and the evaluation program",
               "--stage does not apply to %s", emit_name ? xformat("--emit=%s", emit_name)
                                                         : "building executables");
   }
@@ -323,14 +340,20 @@ int main(int argc, char **argv) {
     arg_die(&a, "-O sets how lowered loops are scheduled and LLVM optimizes; drop it, or use "
                 "--emit=loops, llvm or asm",
             "%s does not apply to --emit=%s, the graph before lowering", opt_flag, emit_name);
-  if (cpu_flag && !emit->per_exe) // LLVM's output is a module per executable
-    arg_die(&a, "-mcpu chooses the machine code; drop it, or use --emit=llvm, asm or obj",
+  if (cpu_flag && !emit->machine)
+    arg_die(&a, "-mcpu chooses the machine code; drop it, or use --emit=llvm, asm, obj or lib",
             "%s does not apply to --emit=%s", cpu_flag, emit_name);
+  if (weights && !library)
+    arg_die(&a, "--weights compiles weights into a library: add --emit=lib -o DIR/NAME",
+            "--weights does not apply to %s",
+            emit_name ? xformat("--emit=%s", emit_name) : "building executables");
 
   if (output) {
     struct stat st;
     size_t n = strlen(output);
-    const char *example = !emit->per_exe       ? xformat("-o build/cifar10.%s", emit->ext)
+    const char *example = library               ? "-o build/cifar10 (build/cifar10.h and "
+                                                    "build/libcifar10.a)"
+                          : !emit->per_exe       ? xformat("-o build/cifar10.%s", emit->ext)
                           : emit == &executables ? "-o build/cifar10 (build/cifar10-train and "
                                                    "build/cifar10-eval)"
                                                  : "-o build/cifar10";
@@ -342,7 +365,7 @@ int main(int argc, char **argv) {
                       "give a name, e.g. %s",
                       example),
               "-o -: %s cannot go to standard output",
-              emit == &executables ? "executables" : "objects");
+              emit == &executables ? "executables" : library ? "a library" : "objects");
     // A name ending in '/', '.' or '..' is a directory. An existing directory
     // is one too for a single text file; NAME-train and NAME-eval may sit
     // beside a directory NAME (the data folder of a model, say).
@@ -363,7 +386,8 @@ int main(int argc, char **argv) {
   } else {
     int nloop;
     const char *const *loop_passes = loop_pipeline(cg.opt_level, &nloop);
-    add_passes(&run, train_pipeline, NTRAIN);
+    if (!library) // a library is the evaluation alone
+      add_passes(&run, train_pipeline, NTRAIN);
     add_passes(&run, eval_pipeline, NEVAL);
     add_passes(&run, (const char *const[]){"lower"}, 1);
     add_passes(&run, loop_passes, nloop);
@@ -395,6 +419,34 @@ int main(int argc, char **argv) {
     return 0;
   }
   const char *text_path = output ? output : "-";
+
+  if (library) {
+    // The library's functions are NAME_load, NAME_predict...: NAME, from -o
+    // or the YAML file's base name, must be a C identifier.
+    const char *base = strrchr(input, '/') ? strrchr(input, '/') + 1 : input;
+    char *name = xstrdup(output ? output : base);
+    if (!output && strrchr(name, '.') && strrchr(name, '.') != name)
+      *strrchr(name, '.') = '\0';
+    const char *prefix = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    bool ident = (*prefix >= 'a' && *prefix <= 'z') || (*prefix >= 'A' && *prefix <= 'Z') ||
+                 *prefix == '_';
+    for (const char *s = prefix; ident && *s; s++)
+      ident = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' ||
+              (*s >= '0' && *s <= '9');
+    if (!ident || strlen(prefix) > 64)
+      arg_die(&a,
+              "the library's functions are NAME_load, NAME_predict...: give a NAME of letters, "
+              "digits and '_' (at most 64), e.g. -o build/cifar10",
+              "%s'%s' is not a C identifier to prefix the library's functions with",
+              output ? "-o: " : "the model file's name: ", prefix);
+    Graph *eval = m->graph;
+    run_pipeline(eval, eval_pipeline, NEVAL, &po);
+    time_phase("graph passes");
+    cg.output = name;
+    codegen_library(m, eval, &po, &cg, weights);
+    time_report();
+    return 0;
+  }
 
   if (emit->graph) {
     Graph *g = m->graph;

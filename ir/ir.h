@@ -343,6 +343,11 @@ typedef struct {
 // functions xc_grad_step, xc_apply_step) and eval (the forward graph:
 // xc_forward); either graph may be NULL to build only the other executable.
 void codegen(Model *m, struct LProgram *p, Graph *train, Graph *eval, const CodegenOptions *opt);
+// --emit=lib (codegen/library.c): eval, the evaluation graph after its
+// passes, as opt->output's DIR/NAME.h and DIR/libNAME.a; weights: a
+// safetensors file to compile in (NAME_load_embedded), or NULL.
+void codegen_library(Model *m, Graph *eval, const PipelineOptions *po, const CodegenOptions *opt,
+                     const char *weights);
 // For tests: compiles g alone into an object defining `void FN(void **slots)`,
 // where slots[i] points at node i's value (sources read, every other node
 // written; an assign writes its value into its own slot), through the loop

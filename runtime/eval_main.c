@@ -15,7 +15,7 @@
 
 static const char usage_fmt[] =
     "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--top-k K] [--json]\n"
-    "       [--predict IMAGE|DIR...] [--split all|val] [--threads T] [--strict] [--cache]\n"
+    "       [--predict IMAGE|DIR... [--logits]] [--split all|val] [--threads T] [--strict] [--cache]\n"
     "       [--max-image-pixels N] [--profile] [--profile-csv FILE] [--quiet]";
 
 static void print_help(const char *prog, const XcModel *m) {
@@ -32,6 +32,8 @@ static void print_help(const char *prog, const XcModel *m) {
          "  --predict IMAGE|DIR...  class probabilities of each image (softmax, or sigmoid for\n"
          "                     binary models) instead of a test set; a directory stands for\n"
          "                     its JPEG and PNG files, in name order\n"
+         "  --logits           with --predict: the logits (9 significant digits, exact for\n"
+         "                     float32) instead of the probabilities\n"
          "  --split all|val    folder data with val_split: 'val' evaluates the held-out part\n"
          "                     (the default when the YAML's test folder does not exist)\n"
          "  --threads T        OpenMP threads\n"
@@ -110,7 +112,8 @@ static char **predict_inputs(char **args, int nargs, int *count) {
 // Class probabilities of each image; a file that does not decode is
 // reported and the exit status is 1.
 static int predict(const XcModel *m, const float *params, const float *state, void *ws,
-                   char **files, int n, bool json, double threshold, int max_pixels) {
+                   char **files, int n, bool json, bool logits_out, double threshold,
+                   int max_pixels) {
   int b = m->batch_size, k = m->outputs == 1 ? 2 : m->outputs, status = 0;
   size_t floats = (size_t)m->channels * m->height * m->width;
   float *images = xc_alloc_floats((int64_t)b * floats);
@@ -154,7 +157,21 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
         xc_softmax(l, k, prob);
       }
       int pred = xc_predict(m, l, threshold);
-      if (json) {
+      if (logits_out && json) {
+        printf("%s{\"file\": ", first ? "" : ", ");
+        json_str(files[start + i]);
+        printf(", \"predicted\": ");
+        json_str(m->class_names[pred]);
+        printf(", \"logits\": [");
+        for (int c = 0; c < m->outputs; c++)
+          printf("%s%.9g", c ? ", " : "", l[c]);
+        printf("]}");
+      } else if (logits_out) {
+        printf("%s: %s  (logits", files[start + i], m->class_names[pred]);
+        for (int c = 0; c < m->outputs; c++)
+          printf(" %.9g", l[c]);
+        printf(")\n");
+      } else if (json) {
         printf("%s{\"file\": ", first ? "" : ", ");
         json_str(files[start + i]);
         printf(", \"predicted\": ");
@@ -189,7 +206,7 @@ int xc_eval_main(int argc, char **argv) {
   const char *weights = NULL, *data = NULL, *split = NULL;
   double threshold = 0.5;
   bool json = false, strict = false, quiet = false, threshold_given = false, cache = false;
-  bool profile = false;
+  bool profile = false, logits_out = false;
   const char *profile_csv = NULL;
   int threads = 0, max_pixels = 0, top_k = -1;
   char **predict_files = NULL;
@@ -235,6 +252,8 @@ int xc_eval_main(int argc, char **argv) {
       profile_csv = a.value;
     } else if (arg_flag(&a, "--quiet") || arg_flag(&a, "-q")) {
       quiet = true;
+    } else if (arg_flag(&a, "--logits")) {
+      logits_out = true;
     } else if (arg_flag(&a, "--predict")) {
       // Every following argument that is not an option is an image.
       while (a.i + 1 < argc && strncmp(argv[a.i + 1], "--", 2)) {
@@ -247,6 +266,9 @@ int xc_eval_main(int argc, char **argv) {
       arg_unknown(&a);
     }
   }
+  if (logits_out && !npredict)
+    xc_die("--logits prints the logits of --predict's images: add --predict IMAGE...",
+           "--logits applies to --predict only");
   if (threshold_given && m->outputs != 1)
     xc_warn("--threshold applies to binary models only", "model '%s' has %d classes; ignoring it",
             m->name, m->nclasses);
@@ -284,7 +306,8 @@ int xc_eval_main(int argc, char **argv) {
   if (npredict) {
     int nfiles;
     char **files = predict_inputs(predict_files, npredict, &nfiles);
-    int status = predict(m, params, state, ws, files, nfiles, json, threshold, max_pixels);
+    int status = predict(m, params, state, ws, files, nfiles, json, logits_out, threshold,
+                         max_pixels);
     for (int i = 0; i < nfiles; i++)
       free(files[i]);
     free(files);

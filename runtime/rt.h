@@ -170,6 +170,9 @@ bool st_read_raw(StFile *f, const StEntry *e, void *dst, char **err);
 bool st_read_f32(StFile *f, const StEntry *e, float *dst, char **err);
 // A pipe is read to its end, which must be where the offsets say.
 bool st_finish(StFile *f, char **err);
+// F16, BF16, F32 and F64 load into a model, converted to float32.
+bool st_is_float(const char *dtype);
+float st_half_to_float(uint16_t h, bool bf16);
 
 // One tensor to read: into f32 (converted), else into raw (as stored).
 typedef struct {
@@ -193,6 +196,8 @@ typedef struct {
 typedef bool (*StSink)(void *ctx, const void *p, size_t n);
 bool st_encode(const StTensor *t, int n, const char *const *meta_kv, int nmeta, StSink sink,
                void *ctx);
+// weights.c: a model's tensors in and out of safetensors files.
+//
 // Writes tensors atomically (an xc_out_create temporary, fsync, rename over
 // PATH). Returns false (errno set) on failure.
 bool st_write(const char *path, const StTensor *t, int n, const char *const *meta_kv, int nmeta);

@@ -48,6 +48,7 @@ static const char *eval_path(const XcModel *m, const char *data, bool data_given
       char *sib = xc_format("%.*stest", (int)(n - 5), data);
       if (xc_is_dir(sib))
         return sib;
+      free(sib);
     }
     return NULL;
   }

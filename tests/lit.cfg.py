@@ -21,3 +21,10 @@ config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "I
 # The sanitizer build's own tests (tests/codegen/sanitize.test).
 if config.sanitize:
     config.available_features.add("sanitize")
+# What a program linking a compiled model's library (--emit=lib) adds:
+# OpenMP, libm and, in a sanitizer build, the sanitizers (runtime/CMakeLists.txt).
+_lib_link = os.path.join(config.xentcc_build_dir, "lib", "xentcc_lib.link")
+if os.path.exists(_lib_link):
+    with open(_lib_link) as f:
+        config.substitutions.append(("%libflags", " ".join(f.read().split())))
+config.substitutions.append(("%builddir", config.xentcc_build_dir))
