@@ -37,6 +37,7 @@
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
 //          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip},
 //          convert: rgb|grey, resize: false}   (CIFAR/IDX data of another shape)
+#include "args.h"
 #include "ir.h"
 
 #include <ctype.h>
@@ -197,31 +198,6 @@ static char *normalize_word(const char *s) {
   return out;
 }
 
-// Edits (insert, delete, replace, swap neighbours) that turn a into b.
-static int edit_distance(const char *a, const char *b) {
-  int n = (int)strlen(a), m = (int)strlen(b);
-  if (n > 64 || m > 64)
-    return 99;
-  int d[65][65];
-  for (int i = 0; i <= n; i++)
-    d[i][0] = i;
-  for (int j = 0; j <= m; j++)
-    d[0][j] = j;
-  for (int i = 1; i <= n; i++)
-    for (int j = 1; j <= m; j++) {
-      int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-          d[i - 2][j - 2] + 1 < best)
-        best = d[i - 2][j - 2] + 1; // a swap of two neighbours is one typo
-      if (d[i - 1][j] + 1 < best)
-        best = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < best)
-        best = d[i][j - 1] + 1;
-      d[i][j] = best;
-    }
-  return d[n][m];
-}
-
 static const char *closest(const char *word, const char *const *cands) {
   char *w = normalize_word(word);
   for (int i = 0; cands[i]; i++)
@@ -235,7 +211,7 @@ static const char *closest(const char *word, const char *const *cands) {
   const char *best = NULL;
   int best_d = strlen(word) <= 4 ? 1 : 2;
   for (int i = 0; cands[i]; i++) {
-    int d = edit_distance(word, cands[i]);
+    int d = arg_edit_distance(word, cands[i]);
     if (d <= best_d && d < (int)strlen(cands[i])) {
       best = cands[i];
       best_d = d - 1;

@@ -350,6 +350,32 @@ void ls_subst(LStmt *s, int v, const LExpr *with) {
     ls_subst(s->body[i], v, with);
 }
 
+static void lx_retarget(LExpr *e, const LBuf *from, LBuf *to) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD && e->buf == from)
+    e->buf = to;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      lx_retarget(e->idx[d], from, to);
+  lx_retarget(e->a, from, to);
+  lx_retarget(e->b, from, to);
+  lx_retarget(e->c, from, to);
+}
+
+void ls_retarget(LStmt *s, const LBuf *from, LBuf *to) {
+  lx_retarget(s->cond, from, to);
+  lx_retarget(s->value, from, to);
+  if (s->kind == LS_STORE) {
+    for (int d = 0; d < s->buf->rank; d++)
+      lx_retarget(s->idx[d], from, to);
+    if (s->buf == from)
+      s->buf = to;
+  }
+  for (int i = 0; i < s->nbody; i++)
+    ls_retarget(s->body[i], from, to);
+}
+
 LBuf *lfunc_buf(LFunc *f, const char *name, DType dt, int rank, const int64_t *dim,
                 LStorage storage) {
   ir_assert(rank <= LMAX_RANK);

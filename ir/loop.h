@@ -233,6 +233,9 @@ void lk_add(LKernel *k, LStmt *s);        // appends to the kernel's top level
 LStmt *ls_copy(const LStmt *s);
 // The statement with VAR v replaced by `with` everywhere (in place).
 void ls_subst(LStmt *s, int v, const LExpr *with);
+// Every load of and store to `from` in s now reads or writes `to`, at the
+// same indices (in place).
+void ls_retarget(LStmt *s, const LBuf *from, LBuf *to);
 
 // A nest over every index of a shape, the usual first step of a lowering:
 // for v[0] in [0, dim[0]): ... for v[r-1]: <innermost>. Returns the innermost

@@ -59,29 +59,6 @@ static bool kernel_reads(const LKernel *k, LBuf *b) {
   return false;
 }
 
-// Every load of `from` in e now reads `to` (same indices).
-static void retarget_expr(LExpr *e, LBuf *from, LBuf *to) {
-  if (!e)
-    return;
-  if (e->kind == LX_LOAD && e->buf == from)
-    e->buf = to;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      retarget_expr(e->idx[d], from, to);
-  retarget_expr(e->a, from, to);
-  retarget_expr(e->b, from, to);
-  retarget_expr(e->c, from, to);
-}
-
-static void retarget(LStmt *s, LBuf *from, LBuf *to) {
-  retarget_expr(s->cond, from, to);
-  retarget_expr(s->value, from, to);
-  if (s->kind == LS_STORE && s->buf == from)
-    s->buf = to;
-  for (int i = 0; i < s->nbody; i++)
-    retarget(s->body[i], from, to);
-}
-
 // Renumbers the loop variables of statements moved between kernels (in
 // place: the statement must not share expression nodes with another).
 static void shift_vars_expr(LExpr *e, int by) {
@@ -420,7 +397,7 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
     if (!sums(p, true) || p->nbody != 1)
       return false;
     LStmt *s = ls_copy(c->body[0]);
-    retarget(s, yin, y);
+    ls_retarget(s, yin, y);
     shift_vars(s, p->nvars);
     lk_add(p, s);
     p->nvars += c->nvars;
@@ -435,8 +412,8 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
       return false;
   } else { // the first epilogue: the consumer's nest, in place
     LStmt *s = ls_copy(c->body[0]); // lowering shares index trees; renumber a private copy
-    retarget(s, yin, y);
-    retarget(s, out, y);
+    ls_retarget(s, yin, y);
+    ls_retarget(s, out, y);
     shift_vars(s, p->nvars);
     lk_add(p, s);
     p->nvars += c->nvars;

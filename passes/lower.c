@@ -59,28 +59,6 @@ static bool stmt_reads(const LStmt *s, const LBuf *b) {
   return false;
 }
 
-static void expr_retarget(LExpr *e, const LBuf *from, LBuf *to) {
-  if (!e)
-    return;
-  if (e->kind == LX_LOAD && e->buf == from)
-    e->buf = to;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      expr_retarget(e->idx[d], from, to);
-  expr_retarget(e->a, from, to);
-  expr_retarget(e->b, from, to);
-  expr_retarget(e->c, from, to);
-}
-
-static void stmt_retarget(LStmt *s, const LBuf *from, LBuf *to) {
-  expr_retarget(s->cond, from, to);
-  expr_retarget(s->value, from, to);
-  if (s->kind == LS_STORE && s->buf == from)
-    s->buf = to;
-  for (int i = 0; i < s->nbody; i++)
-    stmt_retarget(s->body[i], from, to);
-}
-
 // A nest that sums into its output reads back what it stored, which in a
 // 16-bit buffer would round every partial sum. So the kernels of n (from
 // `first` on) that read its 16-bit output y sum into an f32 buffer of their
@@ -98,7 +76,7 @@ static void sum_in_f32(LFunc *f, Node *n, LBuf *y, int first) {
   acc->layout = xformat("f32 sums of %s", dtype_name(y->dtype));
   for (int k = first; k < f->nkernels; k++)
     for (int j = 0; j < f->kernels[k]->nbody; j++)
-      stmt_retarget(f->kernels[k]->body[j], y, acc);
+      ls_retarget(f->kernels[k]->body[j], y, acc);
   LKernel *k = lfunc_kernel(f, "round", "round", n);
   LExpr *v[LMAX_RANK];
   LStmt *in = lk_nest(k, NULL, y->rank, y->dim, NULL, v);

@@ -74,12 +74,13 @@ bool arg_opt(Args *a, const char *name) {
   return true;
 }
 
-// Edits (insert, delete, replace, swap of neighbours) that turn a into b.
-static int edit_distance(const char *a, const char *b) {
+// Edits (insert, delete, replace, swap of neighbours) that turn a into b;
+// 99 for words longer than 64 characters, which no typo check needs.
+int arg_edit_distance(const char *a, const char *b) {
   int n = (int)strlen(a), m = (int)strlen(b);
-  if (n > 40 || m > 40)
+  if (n > 64 || m > 64)
     return 99;
-  int d[41][41];
+  int d[65][65];
   for (int i = 0; i <= n; i++)
     d[i][0] = i;
   for (int j = 0; j <= m; j++)
@@ -89,7 +90,7 @@ static int edit_distance(const char *a, const char *b) {
       int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
           d[i - 2][j - 2] + 1 < best)
-        best = d[i - 2][j - 2] + 1;
+        best = d[i - 2][j - 2] + 1; // a swap of two neighbours is one typo
       if (d[i - 1][j] + 1 < best)
         best = d[i - 1][j] + 1;
       if (d[i][j - 1] + 1 < best)
@@ -112,7 +113,7 @@ const char *arg_closest(const char *word, const char *const *cands, int n) {
   const char *best = NULL;
   int best_d = strlen(undashed(word)) <= 4 ? 1 : 2;
   for (int k = 0; k < n; k++) {
-    int d = edit_distance(word, cands[k]);
+    int d = arg_edit_distance(word, cands[k]);
     if (d <= best_d && d < (int)strlen(undashed(cands[k]))) {
       best = cands[k];
       best_d = d - 1;

@@ -40,6 +40,9 @@ bool arg_opt(Args *a, const char *name);
 // argv[i] matched nothing: "unknown option '--epoch'; did you mean
 // '--epochs'?" or "unexpected argument". Exits with status 1.
 noreturn void arg_unknown(Args *a);
+// Edits (insert, delete, replace, swap of neighbours) that turn a into b,
+// for suggestions; also the model file's "did you mean" (frontend/yaml.c).
+int arg_edit_distance(const char *a, const char *b);
 // a->value as a number in [lo, hi], or an error naming the option.
 int arg_int(Args *a, int lo, int hi);
 double arg_double(Args *a, double lo, double hi);
