@@ -7,8 +7,10 @@
 # appends it to build/bench/resnet.md.
 #
 #   bench/resnet.sh [--seeds "0 1 2"] [--threads N] [--target 0.85] [--epochs N]
-#                   [--no-torch] [-O2|-O3]
+#                   [--data DIR] [--no-torch] [-O2|-O3]
 #
+# --data DIR: an ImageFolder root with train/ and test/ (a subset, say) in
+# place of the YAML's build/data/cifar10.
 # Environment: XENTCC (default build/bin/xentcc), PYTHON (/usr/bin/python3),
 # OMP_WAIT_POLICY (default passive, for both sides, as bench/run.sh).
 set -euo pipefail
@@ -17,10 +19,10 @@ xentcc=${XENTCC:-$root/build/bin/xentcc}
 python=${PYTHON:-/usr/bin/python3}
 out=$root/build/bench
 name=resnet8
-seeds="0 1 2" threads=2 target=0.85 epochs="" torch=1 opt=-O3
+seeds="0 1 2" threads=2 target=0.85 epochs="" data="" torch=1 opt=-O3
 
 usage() {
-  echo 'usage: bench/resnet.sh [--seeds "0 1 2"] [--threads N] [--target 0.85] [--epochs N] [--no-torch] [-O2|-O3]' >&2
+  echo 'usage: bench/resnet.sh [--seeds "0 1 2"] [--threads N] [--target 0.85] [--epochs N] [--data DIR] [--no-torch] [-O2|-O3]' >&2
   exit 2
 }
 while (($#)); do
@@ -29,6 +31,7 @@ while (($#)); do
   --threads) threads=${2:?--threads needs a number}; shift ;;
   --target) target=${2:?--target needs a fraction, e.g. 0.85}; shift ;;
   --epochs) epochs=${2:?--epochs needs a number}; shift ;;
+  --data) data=$(cd "${2:?--data needs a directory}" && pwd); shift ;;
   --no-torch) torch=0 ;;
   -O[0-3]) opt=$1 ;;
   -h | --help) usage ;;
@@ -48,20 +51,21 @@ cd "$out"
 echo "== $name: compiling (xentcc $opt)" >&2
 "$xentcc" "$root/models/$name.yaml" "$opt" -o "$out/$name"
 
-ep=()
+ep=() xdata=() tdata=()
 [[ -n $epochs ]] && ep=(--epochs "$epochs")
+[[ -n $data ]] && xdata=(--data "$data/train") tdata=(--data "$data")
 runs=()
 for s in $seeds; do
   echo "== $name seed $s: xentcc, $threads threads" >&2
   # The first run decodes the photos into the cache; later ones read it.
-  "./$name-train" --seed "$s" --threads "$threads" --cache "${ep[@]}" \
+  "./$name-train" --seed "$s" --threads "$threads" --cache "${ep[@]}" "${xdata[@]}" \
     --save "$name.seed$s.safetensors" | grep '^epoch' >&2 ||
     { echo "bench/resnet.sh: $name-train failed" >&2; exit 1; }
   runs+=("xentcc:$s:$name.seed$s.history.csv")
   if ((torch)); then
     echo "== $name seed $s: PyTorch, $threads threads" >&2
     "$python" "$root/bench/torch_resnet.py" "$root/models/$name.yaml" --seed "$s" \
-      --threads "$threads" --target "$target" "${ep[@]}" >"$name.seed$s.torch.json"
+      --threads "$threads" --target "$target" "${ep[@]}" "${tdata[@]}" >"$name.seed$s.torch.json"
     runs+=("pytorch:$s:$name.seed$s.torch.json")
   fi
 done
