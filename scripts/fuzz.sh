@@ -2,7 +2,8 @@
 # Builds the libFuzzer harnesses of tests/fuzz (clang-19, ASan+UBSan) in
 # build/fuzz and runs one, or each in turn, for SECONDS on one core at low
 # priority. New inputs go to build/fuzz/corpus/NAME (seeded from
-# tests/fuzz/corpus/NAME), findings to build/fuzz/findings/NAME/; the exit
+# tests/fuzz/corpus/NAME, or for the loaders from build/fuzz/seeds/NAME,
+# which tests/fuzz/make_seeds.py writes), findings to build/fuzz/findings/NAME/; the exit
 # status is 1 if there is one.
 #   scripts/fuzz.sh NAME|all SECONDS [libFuzzer options...]
 #   scripts/fuzz.sh list
@@ -44,6 +45,8 @@ fi
 # The harnesses' files in memory are named through a directory there.
 export TMPDIR=$root/$out/tmp
 mkdir -p "$TMPDIR"
+# The loaders' seeds are generated, not committed.
+/usr/bin/python3 tests/fuzz/make_seeds.py "$out/seeds"
 status=0
 for name in "${run[@]}"; do
   corpus=$out/corpus/$name findings=$out/findings/$name
@@ -53,7 +56,11 @@ for name in "${run[@]}"; do
   [[ -f tests/fuzz/$name.dict ]] && opts+=(-dict="tests/fuzz/$name.dict")
   echo "fuzz: $name for $seconds s (log: $out/$name.log)"
   rc=0
-  nice -n 10 "$out/bin/fuzz_$name" "${opts[@]}" "$@" "$corpus" "tests/fuzz/corpus/$name" \
+  seeds=()
+  for d in "tests/fuzz/corpus/$name" "$out/seeds/$name"; do
+    [[ -d $d ]] && seeds+=("$d")
+  done
+  nice -n 10 "$out/bin/fuzz_$name" "${opts[@]}" "$@" "$corpus" "${seeds[@]}" \
     >"$out/$name.log" 2>&1 || rc=$?
   # The last status line and the final statistics, e.g.
   # "#1234567 DONE cov: 2345 ft: 6789 corp: 1500/300Kb exec/s: 9000 rss: 450Mb".

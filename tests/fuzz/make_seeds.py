@@ -1,18 +1,23 @@
 #!/usr/bin/python3
-# Writes the seed corpora of the runtime's loader fuzzers (tests/fuzz/corpus/
-# cifar, idx, jpeg, png): tiny valid files, made of patterns (no data set's
-# data), each format's variants once. The seeds are committed; run this
-# again (Debian's python3 with python3-pil, for the JPEGs) only to change
-# them: /usr/bin/python3 tests/fuzz/make_seeds.py
+# Writes the seed corpora of the runtime's loader fuzzers (cifar, idx, jpeg,
+# png) into OUT/NAME/: tiny valid files, made of patterns (no data set's
+# data), each format's variants once. Generated, never committed:
+# scripts/fuzz.sh runs it into build/fuzz/seeds, and tests that need small
+# photos of odd kinds (progressive, CMYK, grey JPEGs) run it into their
+# temporary directory. Needs Debian's python3 with python3-pil (the JPEGs).
+#   /usr/bin/python3 tests/fuzz/make_seeds.py OUT
 import gzip
 import io
 import os
 import struct
+import sys
 import zlib
 
 from PIL import Image
 
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+if len(sys.argv) != 2:
+    sys.exit("usage: make_seeds.py OUT  (writes OUT/cifar, OUT/idx, OUT/jpeg, OUT/png)")
+root = sys.argv[1]
 
 
 def write(fuzzer, name, data):
