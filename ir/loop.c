@@ -350,6 +350,27 @@ void ls_subst(LStmt *s, int v, const LExpr *with) {
     ls_subst(s->body[i], v, with);
 }
 
+bool lx_reads(const LExpr *e, const LBuf *b) {
+  if (!e)
+    return false;
+  if (e->kind == LX_LOAD && e->buf == b)
+    return true;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      if (lx_reads(e->idx[d], b))
+        return true;
+  return lx_reads(e->a, b) || lx_reads(e->b, b) || lx_reads(e->c, b);
+}
+
+bool ls_reads(const LStmt *s, const LBuf *b) {
+  if (lx_reads(s->cond, b) || lx_reads(s->value, b))
+    return true;
+  for (int i = 0; i < s->nbody; i++)
+    if (ls_reads(s->body[i], b))
+      return true;
+  return false;
+}
+
 static void lx_retarget(LExpr *e, const LBuf *from, LBuf *to) {
   if (!e)
     return;

@@ -233,6 +233,10 @@ void lk_add(LKernel *k, LStmt *s);        // appends to the kernel's top level
 LStmt *ls_copy(const LStmt *s);
 // The statement with VAR v replaced by `with` everywhere (in place).
 void ls_subst(LStmt *s, int v, const LExpr *with);
+// Does e (s: its conditions, values and body) load b itself? Aliases of b
+// are other buffers here.
+bool lx_reads(const LExpr *e, const LBuf *b);
+bool ls_reads(const LStmt *s, const LBuf *b);
 // Every load of and store to `from` in s now reads or writes `to`, at the
 // same indices (in place).
 void ls_retarget(LStmt *s, const LBuf *from, LBuf *to);

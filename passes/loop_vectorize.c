@@ -254,18 +254,6 @@ static bool is_target(const LExpr *e, const LStmt *st) {
   return e->kind == LX_LOAD && e->buf == st->buf && same_index(st->buf, e->idx, st->idx);
 }
 
-static bool reads_buf(const LExpr *e, const LBuf *b) {
-  if (!e)
-    return false;
-  if (e->kind == LX_LOAD && e->buf == b)
-    return true;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      if (reads_buf(e->idx[d], b))
-        return true;
-  return reads_buf(e->a, b) || reads_buf(e->b, b) || reads_buf(e->c, b);
-}
-
 // Every load in e reads along var with stride 0 or 1, and var appears only
 // in load indices.
 static bool lane_safe(const LExpr *e, int var) {
@@ -311,7 +299,7 @@ static bool sum_nest(LStmt *s, SumNest *sn) {
     sn->form = 2, term = v;
   else
     return false;
-  if (sn->form == 2 ? reads_buf(v->a, l->buf) || reads_buf(v->b, l->buf) : reads_buf(term, l->buf))
+  if (sn->form == 2 ? lx_reads(v->a, l->buf) || lx_reads(v->b, l->buf) : lx_reads(term, l->buf))
     return false;
   const LStmt *in = sn->loop[sn->n - 1];
   if (in->hi < 4)

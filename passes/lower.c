@@ -38,27 +38,6 @@ static bool widened(FuncKind kind, const Node *v) {
 // 16-bit results summed in f32
 //
 
-static bool expr_reads(const LExpr *e, const LBuf *b) {
-  if (!e)
-    return false;
-  if (e->kind == LX_LOAD && e->buf == b)
-    return true;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      if (expr_reads(e->idx[d], b))
-        return true;
-  return expr_reads(e->a, b) || expr_reads(e->b, b) || expr_reads(e->c, b);
-}
-
-static bool stmt_reads(const LStmt *s, const LBuf *b) {
-  if (expr_reads(s->cond, b) || expr_reads(s->value, b))
-    return true;
-  for (int i = 0; i < s->nbody; i++)
-    if (stmt_reads(s->body[i], b))
-      return true;
-  return false;
-}
-
 // A nest that sums into its output reads back what it stored, which in a
 // 16-bit buffer would round every partial sum. So the kernels of n (from
 // `first` on) that read its 16-bit output y sum into an f32 buffer of their
@@ -68,7 +47,7 @@ static void sum_in_f32(LFunc *f, Node *n, LBuf *y, int first) {
   bool reads = false;
   for (int k = first; k < f->nkernels && !reads; k++)
     for (int j = 0; j < f->kernels[k]->nbody && !reads; j++)
-      reads = stmt_reads(f->kernels[k]->body[j], y);
+      reads = ls_reads(f->kernels[k]->body[j], y);
   if (!reads)
     return;
   LBuf *acc = lfunc_buf(f, xformat("%s.f32", y->name), DT_F32, y->rank, y->dim, LB_WORKSPACE);
