@@ -2,7 +2,7 @@
 # Builds the libFuzzer harnesses of tests/fuzz (clang-19, ASan+UBSan) in
 # build/fuzz and runs one, or each in turn, for SECONDS on one core at low
 # priority. New inputs go to build/fuzz/corpus/NAME (seeded from
-# tests/fuzz/corpus/NAME, or for the loaders from build/fuzz/seeds/NAME,
+# tests/fuzz/corpus/NAME, or for the binary formats from build/fuzz/seeds/NAME,
 # which tests/fuzz/make_seeds.py writes), findings to build/fuzz/findings/NAME/; the exit
 # status is 1 if there is one.
 #   scripts/fuzz.sh NAME|all SECONDS [libFuzzer options...]
@@ -45,7 +45,7 @@ fi
 # The harnesses' files in memory are named through a directory there.
 export TMPDIR=$root/$out/tmp
 mkdir -p "$TMPDIR"
-# The loaders' seeds are generated, not committed.
+# The binary formats' seeds are generated, not committed.
 /usr/bin/python3 tests/fuzz/make_seeds.py "$out/seeds"
 status=0
 for name in "${run[@]}"; do

@@ -1,12 +1,13 @@
 #!/usr/bin/python3
-# Writes the seed corpora of the runtime's loader fuzzers (cifar, idx, jpeg,
-# png) into OUT/NAME/: tiny valid files, made of patterns (no data set's
+# Writes the seed corpora of the runtime's binary-format fuzzers (cifar, idx,
+# jpeg, png, safetensors) into OUT/NAME/: tiny valid files, made of patterns (no data set's
 # data), each format's variants once. Generated, never committed:
 # scripts/fuzz.sh runs it into build/fuzz/seeds, and tests that need small
 # photos of odd kinds (progressive, CMYK, grey JPEGs) run it into their
 # temporary directory. Needs Debian's python3 with python3-pil (the JPEGs).
 #   /usr/bin/python3 tests/fuzz/make_seeds.py OUT
 import gzip
+import json
 import io
 import os
 import struct
@@ -16,7 +17,7 @@ import zlib
 from PIL import Image
 
 if len(sys.argv) != 2:
-    sys.exit("usage: make_seeds.py OUT  (writes OUT/cifar, OUT/idx, OUT/jpeg, OUT/png)")
+    sys.exit("usage: make_seeds.py OUT  (writes OUT/cifar, OUT/idx, OUT/jpeg, OUT/png, OUT/safetensors)")
 root = sys.argv[1]
 
 
@@ -178,3 +179,64 @@ write("png", "ancillary.png",
           chunk(b"tEXt", b"Comment\x00seed") +
           chunk(b"zTXt", b"Note\x00\x00" + zlib.compress(b"a compressed note")) +
           chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1))))
+
+
+# safetensors: an 8-byte little-endian header length, the JSON header, the
+# data. A checkpoint of xentcc's (weights, then SGD's optimizer state with
+# the progress in __metadata__), the dtypes PyTorch writes, zero-sized and
+# oddly named tensors, and the two inputs that were findings (a header
+# longer than the file, a shape whose size disagrees with its offsets).
+def safetensors(entries, metadata=None, spacing=b"", tail=b""):
+    header, data = {}, b""
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, raw in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header, separators=(",", ":")).encode() + spacing
+    return struct.pack("<Q", len(text)) + text + data + tail
+
+
+def floats(n, seed):
+    return struct.pack("<%df" % n, *((((i * 37 + seed * 11) % 201) - 100) / 512 for i in range(n)))
+
+
+ce_layers = [("conv1.weight", [4, 3, 3, 2]), ("bn1.weight", [4]), ("bn1.bias", [4]),
+             ("layers.4.weight", [5, 4, 1, 1]), ("layers.4.bias", [5]),
+             ("head.weight", [3, 30]), ("head.bias", [3])]
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+weights = [(n, "F32", s, floats(numel(s), i)) for i, (n, s) in enumerate(ce_layers)]
+weights += [("bn1.running_mean", "F32", [4], floats(4, 20)), ("bn1.running_var", "F32", [4], floats(4, 21)),
+            ("bn1.num_batches_tracked", "I64", [], struct.pack("<q", 24))]
+write("safetensors", "xentcc-weights",
+      safetensors(weights, {"format": "pt", "model": "options_ce"}, b"   "))
+progress = {"format": "pt", "model": "options_ce", "step": "24", "epoch": "3", "iter": "0",
+            "steps_per_epoch": "8", "weights_sha256": "42" * 32}
+optim = [(n + ".momentum_buffer", "F32", s, floats(numel(s), 30 + i)) for i, (n, s) in enumerate(ce_layers)]
+write("safetensors", "xentcc-optim", safetensors(optim, progress, b"   "))
+wrong_shape = [(n, d, [4, 3, 6, 4] if n == "conv1.weight.momentum_buffer" else s, raw) for n, d, s, raw in optim]
+write("safetensors", "finding-leak-shape-in-size-message", safetensors(wrong_shape, progress, b"   "))
+dtypes = [("a", "F16", [2], b"\x00\x3c\x00\xc0"), ("b", "BF16", [1, 1], b"\x40\xc0"),
+          ("c", "F64", [1], struct.pack("<d", 0.5)), ("n", "I64", [], struct.pack("<q", 7)),
+          ("m", "U8", [2], b"\x01\x02")]
+write("safetensors", "python-dtypes", safetensors(dtypes, {"format": "pt"}, b"  "))
+short = safetensors(dtypes, {"format": "pt"})
+write("safetensors", "finding-leak-header-in-a-short-file", short[:8] + short[8:60] + short[120:])
+# Zero-sized tensors, escapes in names, a null __metadata__ among the
+# tensors and an unknown key holding every JSON kind.
+odd = {"e\u00e9\U0001f600": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]},
+       "x": {"dtype": "BOOL", "shape": [3], "data_offsets": [0, 3]},
+       "z": {"dtype": "F32", "shape": [0], "data_offsets": [3, 3]}, "__metadata__": None,
+       "q\"\\/\b\f\n\r\t": {"dtype": "I8", "shape": [1], "data_offsets": [3, 4],
+                         "extra": [1, -2.5e3, True, False, None, {"k": "v"}]}}
+text = json.dumps(odd, separators=(",", ":")).encode()
+write("safetensors", "zero-size", struct.pack("<Q", len(text)) + text + b"\x01\x00\x01\x05")
+write("safetensors", "empty", safetensors([], None, b"      "))
