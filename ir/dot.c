@@ -39,22 +39,6 @@ static const struct {
     {"optimizer", "optimizer (parameter updates)", "#f2fbf2"},
 };
 
-// The optimizer's ops (passes/optimizer.c) and the assigns storing them.
-static bool is_update(const Node *n) {
-  switch (n->op) {
-  case OP_sgd_buf:
-  case OP_sgd_update:
-  case OP_adam_moment1:
-  case OP_adam_moment2:
-  case OP_adam_update:
-    return true;
-  case OP_assign:
-    return is_update(n->in[1]);
-  default:
-    return false;
-  }
-}
-
 static bool is_grad_op(const Node *n) {
   const char *s = op_info(n->op)->name;
   size_t len = strlen(s);

@@ -70,7 +70,7 @@ typedef struct {
   int64_t dim[MAX_RANK];  // PyTorch order: NCHW, OIHW, [out, in]
 } Type;
 
-enum { OPF_SOURCE = 1, OPF_SIDE_EFFECT = 2, OPF_ELEMENTWISE = 4 };
+enum { OPF_SOURCE = 1, OPF_SIDE_EFFECT = 2, OPF_ELEMENTWISE = 4, OPF_OPTIMIZER = 8 };
 
 // Rows the losses ignore (neither summed nor counted in the mean): a class
 // label equal to PyTorch's default ignore_index, or a negative BCE target.
@@ -160,6 +160,15 @@ void copy_attrs(Node *to, const Node *from); // same-named attributes, e.g. stri
 // (dropout2d); passes that look through dropout know both.
 static inline bool is_dropout_mask(const Node *n) {
   return n->op == OP_dropout_mask || n->op == OP_dropout2d_mask;
+}
+
+// The optimizer's part of a training graph: its update ops and the assigns
+// that store their results (batch-norm statistics are the forward pass's).
+// codegen runs them in xc_apply_step; --emit=dot draws them in its cluster.
+static inline bool is_update(const Node *n) {
+  while (n->op == OP_assign)
+    n = n->in[1];
+  return op_info(n->op)->flags & OPF_OPTIMIZER;
 }
 
 void node_set_int(Node *n, const char *attr, int64_t v);

@@ -103,24 +103,6 @@ Node *loop_gradient_of(Graph *g, Node *n) {
   return p && p->op == OP_param ? p : NULL;
 }
 
-// The optimizer's part of a training graph: its update ops and the assigns
-// that store their results (batch-norm statistics are the forward pass's).
-static bool is_update(const Node *n) {
-  switch (n->op) {
-  case OP_sgd_buf:
-  case OP_sgd_update:
-  case OP_adam_moment1:
-  case OP_adam_moment2:
-  case OP_adam_update:
-  case OP_unscale:
-    return true;
-  case OP_assign:
-    return is_update(n->in[1]);
-  default:
-    return false;
-  }
-}
-
 // Which nodes' kernels run in a function: the updates in FN_APPLY_STEP, all
 // the others in FN_GRAD_STEP, whose gradients are the only values the second
 // reads from the first.
