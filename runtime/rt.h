@@ -69,6 +69,9 @@ typedef struct {
 // run's length in the schedule's units, for a one-cycle schedule without
 // total_steps.
 XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t total);
+// Exits with an error when the schedule is undefined over a run of `total`
+// (its units as xc_schedule_at's): one-cycle's warm-up phase empty.
+void xc_schedule_check(const XcSchedule *s, int64_t total);
 // t of optimizer step `step` (from 1) in epoch `epoch` (from 0).
 int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch);
 

@@ -86,6 +86,23 @@ XcHyper xc_schedule_at(const XcSchedule *s, double base_lr, int64_t t, int64_t t
   return (XcHyper){main_lr(s, base_lr, t - s->warmup_iters), 0};
 }
 
+// OneCycleLR divides by each phase's length in float steps; the first
+// phase, which step 0 is in, ends at pct_start * total - 1. When that is
+// exactly 0 the phase is empty and PyTorch's scheduler raises
+// ZeroDivisionError as it is made; here the learning rate would be NaN.
+// Later phases cannot be both empty and reached.
+void xc_schedule_check(const XcSchedule *s, int64_t total) {
+  if (s->kind != XC_SCHED_ONE_CYCLE)
+    return;
+  int64_t n = s->total_steps ? s->total_steps : total;
+  if (s->pct_start * (double)n - 1 == 0)
+    xc_die(xc_format("train for more %s, or change the YAML's one_cycle pct_start",
+                     s->per_step ? "steps" : "epochs"),
+           "one_cycle over %lld %s with pct_start %g leaves its warm-up phase empty "
+           "(PyTorch's OneCycleLR divides by zero there)",
+           (long long)n, s->per_step ? "steps" : "epochs", s->pct_start);
+}
+
 int64_t xc_schedule_t(const XcSchedule *s, int64_t step, int epoch) {
   return s->per_step ? step - 1 : epoch;
 }

@@ -598,6 +598,7 @@ int xc_train_main(int argc, char **argv) {
            "this run takes %lld %s but the one_cycle schedule has total_steps %lld",
            (long long)run_total, sched->per_step ? "steps" : "epochs",
            (long long)sched->total_steps);
+  xc_schedule_check(sched, run_total);
   // A run stopped mid-epoch resumes there: the skipped batches are made
   // (and dropped) so shuffling and augmentation continue exactly.
   Batch b;
