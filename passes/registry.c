@@ -21,14 +21,15 @@ static const Pass passes[] = {
     {"phases", NULL, pass_phases, "strided windows read a copy split into stride x stride phase planes"},
     {"tile", NULL, pass_tile, "register tiles for contractions: vector, unroll-and-jam"},
     {"vectorize", NULL, pass_vectorize, "innermost unit-stride loops into vectors of 8, 4, 2 lanes"},
+    {"fuse-loops", NULL, pass_fuse_loops, "neighbouring per-channel kernels as one loop, their sums jammed"},
     {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
     {"plan-memory", NULL, pass_plan_memory, "place workspace buffers: first fit by lifetime"},
 };
 
 // The loop passes of each -O level, in order. -O0 runs the plain nests.
 static const char *const o0[] = {"plan-memory"};
-static const char *const o1[] = {"fuse-epilogue", "pad",         "phases",     "tile",
-                                 "vectorize",     "parallelize", "plan-memory"};
+static const char *const o1[] = {"fuse-epilogue", "pad",        "phases",      "tile",
+                                 "vectorize",     "fuse-loops", "parallelize", "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {
   if (level <= 0) {
