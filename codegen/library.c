@@ -138,7 +138,7 @@ static void stmt_stores(const LStmt *s, LBuf **out, int *n, int cap) {
 // with the signature of xc_apply_step: params, state, grads, args,
 // workspace) and their buffers to state offsets from *state_end on; NULL
 // when there are none. Call before plan-memory.
-static LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end) {
+LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end) {
   LFunc *prep = xcalloc(1, sizeof *prep);
   *prep = *f;
   prep->name = (char *)name;

@@ -839,7 +839,9 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
       c->kernels = realloc(c->kernels, sizeof *c->kernels * c->nkernels);
       if (!c->kernels)
         fatal("out of memory");
-      c->kernels[id] = (KernelInfo){func_role[f->kind], k->op, k->layer, k->flops};
+      // xc_prepare_forward has xc_apply_step's signature (codegen.c).
+      const char *role = strcmp(f->name, "xc_prepare_forward") ? func_role[f->kind] : "prepare";
+      c->kernels[id] = (KernelInfo){role, k->op, k->layer, k->flops};
       LLVMValueRef idv = LLVMConstInt(c->i32, id, 0);
       if (profiled)
         LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");
