@@ -1216,7 +1216,7 @@ static Distinct find_twins(const LFunc *const *fns, int nfns) {
 
 typedef struct {
   const char *suffix; // "train" or "eval"
-  FuncKind fns[3];
+  LFunc *fns[4];
   int nfns;
   const char *main_fn;
 } Exe;
@@ -1228,6 +1228,49 @@ static LFunc *func_of(LProgram *p, FuncKind kind) {
   return NULL;
 }
 
+// xc_prepare_forward: what xc_forward computes from the weights alone (the
+// linear layers' transposes), which xc_evaluate runs once before its
+// batches instead of xc_forward at every batch (NAME-train's weights change
+// between evaluations, NAME-eval's do not; at batch 1 the transposes were
+// most of cifar10's forward pass). The kernels move from xc_forward as
+// library.c moves them for a library; their results go to the end of
+// xc_forward's workspace, out of the memory plan, where they stay between
+// its calls (NAME-train's training step uses the workspace too, which is
+// why every evaluation prepares again). The kernels and their order are
+// unchanged: the logits are the same bits.
+static LFunc *prepare_forward(LProgram *p, LFunc *forward) {
+  if (!forward)
+    return NULL;
+  int64_t start = p->blocks->state_floats, end = start;
+  LFunc *prep = hoist_weight_kernels(forward, "xc_prepare_forward", &end);
+  if (!prep) { // nothing to move: an empty function all the same, for the runtime
+    prep = xcalloc(1, sizeof *prep);
+    *prep = *forward;
+    prep->name = "xc_prepare_forward";
+    prep->kind = FN_APPLY_STEP;
+    prep->nkernels = 0;
+    prep->result = prep->logits = NULL;
+    prep->workspace_bytes = 0;
+    return prep;
+  }
+  // The moved buffers are state offsets from `start` on (hoist_weight_kernels'
+  // placement, which the memory plan leaves alone): plan the rest of the
+  // forward pass again, then put them past it.
+  LProgram one = {.funcs = &forward, .nfuncs = 1, .blocks = p->blocks, .opt_level = p->opt_level};
+  const char *plan[] = {"plan-memory"};
+  run_loop_pipeline(&one, plan, 1, NULL);
+  int64_t base = (forward->workspace_bytes + 63) / 64 * 64;
+  for (int i = 0; i < forward->nbufs; i++) {
+    LBuf *b = forward->bufs[i];
+    if (!b->alias && b->storage == LB_STATE && b->offset >= start) {
+      b->storage = LB_WORKSPACE;
+      b->offset = base + (b->offset - start) * 4;
+    }
+  }
+  forward->workspace_bytes = base + (end - start) * 4;
+  return prep;
+}
+
 // The module of one executable: its step functions, calling their kernels
 // (defined here when symbols is NULL, else declared by symbol), the NaN
 // check, xc_model and main.
@@ -1236,7 +1279,7 @@ static Cg *main_module(Model *m, LProgram *p, Graph *train, const Exe *exe, int 
   Cg *c = cg_new(xformat("%s-%s", m->name, exe->suffix));
   int64_t ws = 0; // the runtime allocates one workspace for all step functions
   for (int i = 0; i < exe->nfns; i++) {
-    LFunc *f = func_of(p, exe->fns[i]);
+    LFunc *f = exe->fns[i];
     ir_assert(f);
     if (symbols)
       emit_lstep(c, f, symbols[i]);
@@ -1265,15 +1308,17 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
   Node *label = train ? graph_find(train, "label") : NULL;
   bool float_labels = label ? label->type.dtype == DT_F32 : outputs == 1;
 
+  LFunc *forward = func_of(p, FN_FORWARD), *prepare = prepare_forward(p, forward);
   Exe exes[2];
   int nexes = 0;
   if (train) {
-    exes[nexes] = (Exe){"train", {FN_GRAD_STEP, FN_APPLY_STEP, FN_FORWARD}, eval ? 3 : 2,
-                        "xc_train_main"};
+    exes[nexes] = (Exe){"train", {func_of(p, FN_GRAD_STEP), func_of(p, FN_APPLY_STEP), forward,
+                                  prepare},
+                        eval ? 4 : 2, "xc_train_main"};
     nexes++;
   }
   if (eval)
-    exes[nexes++] = (Exe){"eval", {FN_FORWARD}, 1, "xc_eval_main"};
+    exes[nexes++] = (Exe){"eval", {forward, prepare}, 2, "xc_eval_main"};
 
   // Fail before minutes of optimization if the outputs cannot be written.
   char *outdir = dirname(xstrdup(opt->output));
@@ -1298,11 +1343,11 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
   }
 
   // The functions of both executables (NAME-eval's xc_forward is NAME-train's).
-  const LFunc *fns[3];
-  int nfns = 0, fn_index[2][3];
+  const LFunc *fns[4];
+  int nfns = 0, fn_index[2][4];
   for (int e = 0; e < nexes; e++)
     for (int i = 0; i < exes[e].nfns; i++) {
-      LFunc *f = func_of(p, exes[e].fns[i]);
+      LFunc *f = exes[e].fns[i];
       ir_assert(f);
       int k = 0;
       while (k < nfns && fns[k] != f)

@@ -45,6 +45,11 @@ void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol);
 // argument index (1-based; LLVMAttributeFunctionIndex for fn itself).
 void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name);
 
+// library.c: moves f's kernels that read nothing but weights into a new
+// function `name` (xc_apply_step's signature), their buffers to the state
+// block from *state_end on (elements, advanced); NULL when there are none.
+LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end);
+
 // codegen.c's services, for library.c (--emit=lib).
 Cg *cg_new(const char *name);
 void cg_dispose(Cg *c);

@@ -138,7 +138,7 @@ static void stmt_stores(const LStmt *s, LBuf **out, int *n, int cap) {
 // with the signature of xc_apply_step: params, state, grads, args,
 // workspace) and their buffers to state offsets from *state_end on; NULL
 // when there are none. Call before plan-memory.
-static LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end) {
+LFunc *hoist_weight_kernels(LFunc *f, const char *name, int64_t *state_end) {
   LFunc *prep = xcalloc(1, sizeof *prep);
   *prep = *f;
   prep->name = (char *)name;
@@ -394,8 +394,10 @@ static const char header_template[] =
     "@P *@P_load(const char *weights_path);\n"
     "@E"
     "\n"
-    "/* Why the last call on this thread that failed did, naming the file or the\n"
-    "   argument; \"\" before any failure. Valid until the next failing call. */\n"
+    "/* Why the last call of this library on this thread failed, naming the file or\n"
+    "   the argument (or \"out of memory\"); \"\" when that call succeeded: every\n"
+    "   function but @P_error and @P_free clears it when it starts (errno does not).\n"
+    "   The text is the library's, valid until the next call on this thread. */\n"
     "const char *@P_error(void);\n"
     "\n"
     "/* The logits of n >= 1 images. images: n x CHANNELS x HEIGHT x WIDTH floats,\n"
@@ -406,7 +408,8 @@ static const char header_template[] =
     "/* The logits of one image of 8-bit RGB pixels (height x width x 3, interleaved,\n"
     "   rows top to bottom) of any size: resized (PIL's bilinear), converted to the\n"
     "   model's channels and normalized exactly as NAME-eval --predict does.\n"
-    "   logits: OUTPUTS floats. 0 on success, -1 on an invalid argument. */\n"
+    "   logits: OUTPUTS floats. 0 on success, -1 on an invalid argument or when out\n"
+    "   of memory for the resizing (@P_error says which). */\n"
     "int @P_predict_rgb8(@P *m, const unsigned char *hwc, int height, int width, float *logits);\n"
     "\n"
     "/* Frees a model (NULL is allowed). */\n"

@@ -196,9 +196,10 @@ static LLVMValueRef offset_at(W *w, const LBuf *b, LExpr *const *idx) {
   return off;
 }
 
-// How an access moves across the lanes: 0 (the same element: a scalar),
-// 1 (consecutive elements: one vector), or -1 (anything else: lane by lane).
-static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
+// How an access moves across the lanes, in elements: 0 (the same element:
+// a scalar), 1 (consecutive elements: one vector), another constant, or -1
+// (not linear in the lanes: lane by lane).
+static int64_t lane_step(W *w, const LBuf *b, LExpr *const *idx) {
   if (w->vec_var < 0)
     return 0;
   int64_t total = 0;
@@ -208,8 +209,19 @@ static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
       return -1;
     total += coef * stride_of(b, d);
   }
-  return total == 0 ? 0 : total == 1 ? 1 : -1;
+  return total;
 }
+
+static int lane_stride(W *w, const LBuf *b, LExpr *const *idx) {
+  int64_t s = lane_step(w, b, idx);
+  return s == 0 ? 0 : s == 1 ? 1 : -1;
+}
+
+// Loads of lanes a few elements apart (pooling's stride-2 taps) read the
+// elements from the first lane's to the last's as one vector, then keep
+// every step-th: a load and a shuffle instead of a load per lane. Nothing
+// outside the lanes' own span is read.
+enum { MAX_SHUFFLE_STEP = 4 };
 
 static LLVMTypeRef elem_type(Cg *c, const LBuf *b) {
   switch (b->dtype) {
@@ -252,6 +264,20 @@ static Val emit_load_raw(W *w, const LExpr *e) {
   if (ls == 1) {
     LLVMValueRef v = LLVMBuildLoad2(c->b, vtype(w, t), address(w, b, offset_at(w, b, e->idx)), "");
     LLVMSetAlignment(v, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4);
+    return (Val){v, true};
+  }
+  int64_t step = lane_step(w, b, e->idx);
+  if (step > 1 && step <= MAX_SHUFFLE_STEP) {
+    unsigned span = (unsigned)((w->width - 1) * step + 1);
+    LLVMValueRef all = LLVMBuildLoad2(c->b, LLVMVectorType(t, span),
+                                      address(w, b, offset_at(w, b, e->idx)), "");
+    LLVMSetAlignment(all, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4);
+    LLVMValueRef *mask = xcalloc(w->width, sizeof *mask);
+    for (int lane = 0; lane < w->width; lane++)
+      mask[lane] = LLVMConstInt(c->i32, (uint64_t)(lane * step), 0);
+    LLVMValueRef v = LLVMBuildShuffleVector(c->b, all, LLVMGetPoison(LLVMTypeOf(all)),
+                                            LLVMConstVector(mask, w->width), "");
+    free(mask);
     return (Val){v, true};
   }
   LLVMValueRef v = LLVMGetPoison(vtype(w, t));
@@ -839,7 +865,9 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
       c->kernels = realloc(c->kernels, sizeof *c->kernels * c->nkernels);
       if (!c->kernels)
         fatal("out of memory");
-      c->kernels[id] = (KernelInfo){func_role[f->kind], k->op, k->layer, k->flops};
+      // xc_prepare_forward has xc_apply_step's signature (codegen.c).
+      const char *role = strcmp(f->name, "xc_prepare_forward") ? func_role[f->kind] : "prepare";
+      c->kernels[id] = (KernelInfo){role, k->op, k->layer, k->flops};
       LLVMValueRef idv = LLVMConstInt(c->i32, id, 0);
       if (profiled)
         LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");

@@ -42,20 +42,41 @@ static bool same_index(const LBuf *b, LExpr *const *x, LExpr *const *y) {
   return true;
 }
 
-// Every load of a buffer the loop stores to reads the element being stored
-// (so lanes never see each other's results).
-static bool loads_ok(const LExpr *e, const LStmt *const *stores, int n) {
+// At some dimension, x and y are the same affine index but for a nonzero
+// constant, and the loop's variable is not in it: no iteration's x is any
+// iteration's y (a row of pooling's jammed rows against the next one).
+static bool apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int var) {
+  for (int d = 0; d < b->rank; d++) {
+    Affine a, c;
+    if (!lx_affine(x[d], &a) || !lx_affine(y[d], &c) || a.c == c.c || a.n != c.n ||
+        affine_coef(&a, var) || affine_coef(&c, var))
+      continue;
+    bool same = true;
+    for (int i = 0; i < a.n && same; i++)
+      same = affine_coef(&c, a.var[i]) == a.coef[i];
+    if (same)
+      return true;
+  }
+  return false;
+}
+
+// Every load of a buffer the loop stores to reads the element being stored,
+// or elements no store of the loop writes (so lanes never see each other's
+// results).
+static bool loads_ok(const LExpr *e, const LStmt *const *stores, int n, int var) {
   if (!e)
     return true;
   if (e->kind == LX_LOAD)
     for (int i = 0; i < n; i++)
-      if (stores[i]->buf == e->buf && !same_index(e->buf, e->idx, stores[i]->idx))
+      if (stores[i]->buf == e->buf && !same_index(e->buf, e->idx, stores[i]->idx) &&
+          !apart(e->buf, e->idx, stores[i]->idx, var))
         return false;
   if (e->kind == LX_LOAD)
     for (int d = 0; d < e->buf->rank; d++)
-      if (!loads_ok(e->idx[d], stores, n))
+      if (!loads_ok(e->idx[d], stores, n, var))
         return false;
-  return loads_ok(e->a, stores, n) && loads_ok(e->b, stores, n) && loads_ok(e->c, stores, n);
+  return loads_ok(e->a, stores, n, var) && loads_ok(e->b, stores, n, var) &&
+         loads_ok(e->c, stores, n, var);
 }
 
 static bool vectorizable(const LStmt *l) {
@@ -68,7 +89,7 @@ static bool vectorizable(const LStmt *l) {
       return false;
   }
   for (int i = 0; i < l->nbody; i++)
-    if (!loads_ok(l->body[i]->value, (const LStmt *const *)l->body, l->nbody))
+    if (!loads_ok(l->body[i]->value, (const LStmt *const *)l->body, l->nbody, l->var))
       return false;
   return true;
 }

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#pragma weak xc_prepare_forward // not in the runtime tests' fake models
+
 static const char usage_fmt[] =
     "usage: %s --weights W.safetensors [--data PATH] [--threshold X] [--top-k K] [--json]\n"
     "       [--predict IMAGE|DIR... [--logits]] [--split all|val] [--threads T] [--strict] [--cache]\n"
@@ -122,6 +124,8 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
   double *prob = xc_malloc(sizeof(double) * k);
   Transform t = xc_model_transform(m, false);
   int *ok = xc_calloc(n + 1, sizeof(int));
+  if (xc_prepare_forward) // once, for every batch below
+    xc_prepare_forward(params, state, NULL, NULL, ws);
   if (json)
     printf("{\"threshold\": %.17g, \"predictions\": [", threshold);
   bool first = true;

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#pragma weak xc_forward
+#pragma weak xc_prepare_forward
+
 // Binary models (one logit) predict class 1 when sigmoid(logit) > threshold,
 // as `torch.sigmoid(out) > 0.5` does.
 int xc_predict(const XcModel *m, const float *logits, double threshold) {
@@ -27,6 +30,10 @@ void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, con
   conf_init(&r->conf, m->outputs == 1 ? 2 : m->outputs);
   LossSum loss = {0};
   int64_t top_right = 0;
+  // Once per evaluation, not per batch: NAME-train's weights and workspace
+  // have changed since the last one.
+  if (forward == xc_forward && xc_prepare_forward)
+    xc_prepare_forward(params, state, NULL, NULL, workspace);
   for (int64_t start = 0; start < d->n; start += b) {
     int real = d->n - start < b ? (int)(d->n - start) : b;
     for (int i = 0; i < real; i++)

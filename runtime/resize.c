@@ -1,7 +1,9 @@
 // Images to a model's input size, as torchvision's Resize does on PIL
 // images (bilinear, PIL's fixed-point resampling), and to its channels
 // (PIL's convert). Apart from image.c, which decodes with libjpeg and
-// libpng, so that a compiled model's library takes these alone.
+// libpng, so that a compiled model's library takes these alone. Out of
+// memory is a return value here (a library must not exit its host); the
+// executables' xc_image_to_chw makes it an error that exits.
 #include "rt.h"
 
 #include <math.h>
@@ -27,16 +29,28 @@ typedef struct {
   int32_t *k;
 } Coeffs;
 
-static Coeffs make_coeffs(int in_size, int out_size) {
+static void free_coeffs(Coeffs *c) {
+  free(c->first);
+  free(c->count);
+  free(c->k);
+}
+
+// False when out of memory.
+static bool make_coeffs(int in_size, int out_size, Coeffs *out) {
   double scale = (double)in_size / out_size;
   double filterscale = scale < 1.0 ? 1.0 : scale;
   double support = 1.0 * filterscale;
   Coeffs c;
   c.ksize = (int)ceil(support) * 2 + 1;
-  c.first = xc_malloc(sizeof(int) * out_size);
-  c.count = xc_malloc(sizeof(int) * out_size);
-  c.k = xc_calloc((size_t)out_size * c.ksize, sizeof(int32_t));
-  double *w = xc_malloc(sizeof(double) * c.ksize);
+  c.first = malloc(sizeof(int) * out_size);
+  c.count = malloc(sizeof(int) * out_size);
+  c.k = calloc((size_t)out_size * c.ksize, sizeof(int32_t));
+  double *w = malloc(sizeof(double) * c.ksize);
+  if (!c.first || !c.count || !c.k || !w) {
+    free_coeffs(&c);
+    free(w);
+    return false;
+  }
   for (int xx = 0; xx < out_size; xx++) {
     double center = (xx + 0.5) * scale;
     int xmin = (int)(center - support + 0.5), xmax = (int)(center + support + 0.5);
@@ -57,13 +71,8 @@ static Coeffs make_coeffs(int in_size, int out_size) {
     c.count[xx] = xmax;
   }
   free(w);
-  return c;
-}
-
-static void free_coeffs(Coeffs *c) {
-  free(c->first);
-  free(c->count);
-  free(c->k);
+  *out = c;
+  return true;
 }
 
 static uint8_t clip8(int64_t v) {
@@ -72,8 +81,10 @@ static uint8_t clip8(int64_t v) {
 }
 
 // One pass along x (stride c between neighbours) or along y (stride w*c).
-static void resample_h(const uint8_t *in, int iw, int h, int c, uint8_t *out, int ow) {
-  Coeffs k = make_coeffs(iw, ow);
+static bool resample_h(const uint8_t *in, int iw, int h, int c, uint8_t *out, int ow) {
+  Coeffs k;
+  if (!make_coeffs(iw, ow, &k))
+    return false;
   for (int y = 0; y < h; y++)
     for (int x = 0; x < ow; x++)
       for (int ch = 0; ch < c; ch++) {
@@ -85,10 +96,13 @@ static void resample_h(const uint8_t *in, int iw, int h, int c, uint8_t *out, in
         out[((size_t)y * ow + x) * c + ch] = clip8(acc);
       }
   free_coeffs(&k);
+  return true;
 }
 
-static void resample_v(const uint8_t *in, int w, int ih, int c, uint8_t *out, int oh) {
-  Coeffs k = make_coeffs(ih, oh);
+static bool resample_v(const uint8_t *in, int w, int ih, int c, uint8_t *out, int oh) {
+  Coeffs k;
+  if (!make_coeffs(ih, oh, &k))
+    return false;
   size_t stride = (size_t)w * c;
   for (int y = 0; y < oh; y++)
     for (size_t i = 0; i < stride; i++) {
@@ -100,32 +114,42 @@ static void resample_v(const uint8_t *in, int w, int ih, int c, uint8_t *out, in
       out[y * stride + i] = clip8(acc);
     }
   free_coeffs(&k);
+  return true;
 }
 
 // Horizontal first, then vertical, each rounded to bytes, as PIL does.
-void xc_resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int ow, int oh) {
+// False when out of memory.
+static bool resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int ow, int oh) {
   if (iw == ow && ih == oh) {
     memcpy(out, in, (size_t)iw * ih * c);
-  } else if (ih == oh) {
-    resample_h(in, iw, ih, c, out, ow);
-  } else if (iw == ow) {
-    resample_v(in, iw, ih, c, out, oh);
-  } else {
-    uint8_t *tmp = xc_malloc((size_t)ow * ih * c);
-    resample_h(in, iw, ih, c, tmp, ow);
-    resample_v(tmp, ow, ih, c, out, oh);
-    free(tmp);
+    return true;
   }
+  if (ih == oh)
+    return resample_h(in, iw, ih, c, out, ow);
+  if (iw == ow)
+    return resample_v(in, iw, ih, c, out, oh);
+  uint8_t *tmp = malloc((size_t)ow * ih * c);
+  bool ok = tmp && resample_h(in, iw, ih, c, tmp, ow) && resample_v(tmp, ow, ih, c, out, oh);
+  free(tmp);
+  return ok;
+}
+
+void xc_resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int ow, int oh) {
+  if (!resize_hwc(in, iw, ih, c, out, ow, oh))
+    xc_die("free some memory", "out of memory resizing a %d x %d image", iw, ih);
 }
 
 // Grey to RGB repeats the value; RGB to grey is PIL's convert("L"):
 // L = R * 299/1000 + G * 587/1000 + B * 114/1000 in 16-bit fixed point.
-void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out) {
+// False when out of memory.
+bool xc_image_to_chw_try(const Image *img, int c, int h, int w, uint8_t *out) {
   size_t npx = (size_t)img->w * img->h;
   const uint8_t *src = img->px;
   uint8_t *conv = NULL;
   if (img->c != c) {
-    conv = xc_malloc(npx * c);
+    conv = malloc(npx * c);
+    if (!conv)
+      return false;
     for (size_t i = 0; i < npx; i++) {
       if (c == 1) {
         const uint8_t *p = img->px + 3 * i;
@@ -137,12 +161,18 @@ void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out) {
     }
     src = conv;
   }
-  uint8_t *hwc = xc_malloc((size_t)w * h * c);
-  xc_resize_hwc(src, img->w, img->h, c, hwc, w, h);
-  for (int y = 0; y < h; y++)
+  uint8_t *hwc = malloc((size_t)w * h * c);
+  bool ok = hwc && resize_hwc(src, img->w, img->h, c, hwc, w, h);
+  for (int y = 0; ok && y < h; y++)
     for (int x = 0; x < w; x++)
       for (int ch = 0; ch < c; ch++)
         out[((size_t)ch * h + y) * w + x] = hwc[((size_t)y * w + x) * c + ch];
   free(hwc);
   free(conv);
+  return ok;
+}
+
+void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out) {
+  if (!xc_image_to_chw_try(img, c, h, w, out))
+    xc_die("free some memory", "out of memory converting a %d x %d image", img->w, img->h);
 }

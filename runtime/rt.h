@@ -145,7 +145,9 @@ typedef struct {
 
 typedef struct {
   char *path;
-  int fd;
+  int fd;             // -1 for a file in memory
+  const uint8_t *mem; // st_open_mem: the bytes, else NULL
+  int64_t mem_size;
   bool seekable;      // a regular file, read at offsets; else read once, in order
   int64_t data_start; // 8 + the header's length
   int64_t data_len;   // the data section, as the offsets tile it
@@ -164,6 +166,7 @@ typedef struct {
 // naming the file, and NULL is returned. No tensor is read yet.
 StFile *st_open(const char *path, char **err);
 StFile *st_open_fd(int fd, const char *path, char **err); // takes fd
+StFile *st_open_mem(const void *data, int64_t size, const char *name, char **err);
 void st_free(StFile *f);
 const StEntry *st_find(const StFile *f, const char *name);
 const char *st_meta(const StFile *f, const char *key);
@@ -308,6 +311,7 @@ int xc_open_regular(const char *path, char **err);
 // Converts to the model's channel count and size (PIL's bilinear with
 // antialias on downscaling) and writes CHW bytes to out.
 void xc_image_to_chw(const Image *img, int c, int h, int w, uint8_t *out);
+bool xc_image_to_chw_try(const Image *img, int c, int h, int w, uint8_t *out); // false: no memory
 void xc_resize_hwc(const uint8_t *in, int iw, int ih, int c, uint8_t *out, int ow, int oh);
 bool xc_is_image_name(const char *name); // .jpg .jpeg .png (any case)
 

@@ -157,7 +157,9 @@ static char *jstring(Json *j) {
     q += *q == '\\' && q + 1 < j->end ? 2 : 1;
   if (q >= j->end)
     return jfail(j, "unterminated string"), NULL;
-  char *buf = xc_malloc(q - s + 1);
+  char *buf = malloc(q - s + 1);
+  if (!buf)
+    return jfail(j, "out of memory for a string of %td bytes", q - s), NULL;
   size_t n = 0;
   while (j->p < q) {
     unsigned char c = (unsigned char)*j->p;
@@ -396,8 +398,14 @@ static bool parse_meta(Json *j, StFile *f) {
       return jfail(j, "__metadata__ \"%s\" must be a string", k), free(k), false;
     if (f->nmeta == cap) {
       cap = cap ? 2 * cap : 8;
-      f->meta_key = xc_realloc(f->meta_key, sizeof(char *) * cap);
-      f->meta_val = xc_realloc(f->meta_val, sizeof(char *) * cap);
+      char **keys = realloc(f->meta_key, sizeof(char *) * cap);
+      if (keys)
+        f->meta_key = keys;
+      char **vals = keys ? realloc(f->meta_val, sizeof(char *) * cap) : NULL;
+      if (vals)
+        f->meta_val = vals;
+      if (!vals)
+        return jfail(j, "out of memory for %d metadata keys", cap), free(k), free(v), false;
     }
     f->meta_key[f->nmeta] = k;
     f->meta_val[f->nmeta++] = v;
@@ -430,7 +438,10 @@ static bool parse_header(Json *j, StFile *f) {
       }
       if (f->n == cap) {
         cap = cap ? 2 * cap : 16;
-        f->e = xc_realloc(f->e, sizeof(StEntry) * cap);
+        StEntry *e = realloc(f->e, sizeof(StEntry) * cap);
+        if (!e)
+          return free(key), jfail(j, "out of memory for %d tensor entries", cap);
+        f->e = e;
       }
       StEntry *e = &f->e[f->n++];
       memset(e, 0, sizeof *e);
@@ -513,7 +524,9 @@ static bool check_layout(StFile *f, char **err) {
     pos = e->end;
   }
   f->data_len = pos;
-  f->by_name = xc_malloc(sizeof *f->by_name * (f->n ? f->n : 1));
+  f->by_name = malloc(sizeof *f->by_name * (size_t)(f->n > 0 ? f->n : 1));
+  if (!f->by_name)
+    return fail(err, f->path, "out of memory for the index of %d tensors", f->n);
   for (int i = 0; i < f->n; i++)
     f->by_name[i] = &f->e[i];
   if (f->n)
@@ -529,9 +542,16 @@ static bool check_layout(StFile *f, char **err) {
 //
 
 // Reads up to n bytes (fewer only at the end of the input); false on an I/O
-// error, errno set.
-static bool read_some(int fd, void *buf, size_t n, int64_t at, size_t *got) {
+// error, errno set. A file in memory (st_open_mem) is read at offsets.
+static bool read_some(const StFile *f, void *buf, size_t n, int64_t at, size_t *got) {
   *got = 0;
+  if (f->mem) {
+    int64_t left = at < f->mem_size ? f->mem_size - at : 0;
+    *got = (int64_t)n < left ? n : (size_t)left;
+    memcpy(buf, f->mem + at, *got);
+    return true;
+  }
+  int fd = f->fd;
   while (*got < n) {
     ssize_t r = at >= 0 ? pread(fd, (char *)buf + *got, n - *got, at + (int64_t)*got)
                         : read(fd, (char *)buf + *got, n - *got);
@@ -555,14 +575,45 @@ StFile *st_open(const char *path, char **err) {
   return st_open_fd(fd, path, err);
 }
 
+static StFile *open_source(StFile *f, const char *path, char **err);
+
 StFile *st_open_fd(int fd, const char *path, char **err) {
   *err = NULL;
-  StFile *f = xc_calloc(1, sizeof *f);
-  f->path = xc_strdup(path);
+  StFile *f = calloc(1, sizeof *f);
+  if (!f) {
+    close(fd);
+    fail(err, path, "out of memory");
+    return NULL;
+  }
   f->fd = fd;
+  return open_source(f, path, err);
+}
+
+// The bytes of a safetensors file already in memory (a library's embedded
+// weights), checked and read as a file's, without a copy; they must outlive
+// the StFile.
+StFile *st_open_mem(const void *data, int64_t size, const char *name, char **err) {
+  *err = NULL;
+  StFile *f = calloc(1, sizeof *f);
+  if (!f) {
+    fail(err, name, "out of memory");
+    return NULL;
+  }
+  f->fd = -1;
+  f->mem = data;
+  f->mem_size = size;
+  return open_source(f, name, err);
+}
+
+static StFile *open_source(StFile *f, const char *path, char **err) {
   char *header = NULL;
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
+  struct stat st = {.st_mode = S_IFREG, .st_size = f->mem_size};
+  f->path = strdup(path);
+  if (!f->path) {
+    fail(err, path, "out of memory");
+    goto fail;
+  }
+  if (!f->mem && fstat(f->fd, &st) != 0) {
     fail(err, path, "cannot read: %s", strerror(errno));
     goto fail;
   }
@@ -575,7 +626,7 @@ StFile *st_open_fd(int fd, const char *path, char **err) {
   f->seekable = S_ISREG(st.st_mode);
   uint8_t len8[8];
   size_t got;
-  if (!read_some(fd, len8, 8, f->seekable ? 0 : -1, &got)) {
+  if (!read_some(f, len8, 8, f->seekable ? 0 : -1, &got)) {
     fail(err, path, "cannot read: %s", strerror(errno));
     goto fail;
   }
@@ -601,19 +652,29 @@ StFile *st_open_fd(int fd, const char *path, char **err) {
   // A pipe's header grows as it arrives: a short input claiming a long
   // header costs what it sends, not what it claims.
   size_t cap = f->seekable ? hlen : hlen < 65536 ? hlen : 65536, have = 0;
-  header = xc_malloc(cap + 1);
-  while (have < hlen) {
+  header = malloc(cap + 1);
+  while (header && have < hlen) {
     if (have == cap) {
       cap = cap * 2 < hlen ? cap * 2 : hlen;
-      header = xc_realloc(header, cap + 1);
+      char *more = realloc(header, cap + 1);
+      if (!more) {
+        free(header);
+        header = NULL;
+        break;
+      }
+      header = more;
     }
-    if (!read_some(fd, header + have, cap - have, f->seekable ? 8 + (int64_t)have : -1, &got)) {
+    if (!read_some(f, header + have, cap - have, f->seekable ? 8 + (int64_t)have : -1, &got)) {
       fail(err, path, "cannot read: %s", strerror(errno));
       goto fail;
     }
     have += got;
     if (got == 0)
       break;
+  }
+  if (!header) {
+    fail(err, path, "out of memory for its header of %llu bytes", (unsigned long long)hlen);
+    goto fail;
   }
   if (have < hlen) {
     fail(err, path, "the file ends inside its header (%zu of %llu bytes)", have,
@@ -690,7 +751,7 @@ const char *st_meta(const StFile *f, const char *key) {
 static bool data_read(StFile *f, int64_t off, void *dst, size_t n, char **err) {
   size_t got;
   if (f->seekable) {
-    if (!read_some(f->fd, dst, n, f->data_start + off, &got))
+    if (!read_some(f, dst, n, f->data_start + off, &got))
       return fail(err, f->path, "cannot read: %s", strerror(errno));
     if (got < n)
       return fail(err, f->path, "the file shrank while being read");
@@ -701,14 +762,14 @@ static bool data_read(StFile *f, int64_t off, void *dst, size_t n, char **err) {
   char skip[16384];
   while (f->pos < off) {
     size_t k = off - f->pos < (int64_t)sizeof skip ? (size_t)(off - f->pos) : sizeof skip;
-    if (!read_some(f->fd, skip, k, -1, &got))
+    if (!read_some(f, skip, k, -1, &got))
       return fail(err, f->path, "cannot read: %s", strerror(errno));
     f->pos += got;
     if (got < k)
       return fail(err, f->path, "the data ends after %lld of its %lld bytes", (long long)f->pos,
                   (long long)f->data_len);
   }
-  if (!read_some(f->fd, dst, n, -1, &got))
+  if (!read_some(f, dst, n, -1, &got))
     return fail(err, f->path, "cannot read: %s", strerror(errno));
   f->pos += got;
   if (got < n)
@@ -767,14 +828,14 @@ bool st_finish(StFile *f, char **err) {
   while (f->pos < f->data_len) {
     int64_t left = f->data_len - f->pos;
     size_t k = left < (int64_t)sizeof skip ? (size_t)left : sizeof skip;
-    if (!read_some(f->fd, skip, k, -1, &got))
+    if (!read_some(f, skip, k, -1, &got))
       return fail(err, f->path, "cannot read: %s", strerror(errno));
     f->pos += got;
     if (got < k)
       return fail(err, f->path, "the data ends after %lld of its %lld bytes", (long long)f->pos,
                   (long long)f->data_len);
   }
-  if (!read_some(f->fd, skip, 1, -1, &got))
+  if (!read_some(f, skip, 1, -1, &got))
     return fail(err, f->path, "cannot read: %s", strerror(errno));
   if (got)
     return fail(err, f->path, "bytes after the last tensor (the header's offsets end at %lld)",

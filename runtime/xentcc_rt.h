@@ -190,6 +190,13 @@ void xc_apply_step(float *params, float *state, const float *grads, const XcStep
 // the training object's workspace_bytes covers both).
 void xc_forward(const float *params, const float *state, const float *images, float *logits,
                 void *workspace);
+// What xc_forward computes from the weights alone (the linear layers'
+// transposes), into the end of its workspace, where xc_forward reads it:
+// run before the first xc_forward call after the weights or the workspace
+// changed (xc_evaluate does). Defined wherever xc_forward is (with
+// xc_apply_step's signature; grads and args unused, state only read).
+void xc_prepare_forward(const float *params, const float *state, const float *grads,
+                        const void *args, void *workspace);
 
 // The runtime's main programs; the generated object's main() calls one.
 int xc_train_main(int argc, char **argv);

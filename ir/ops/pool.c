@@ -270,24 +270,31 @@ static LExpr *wins(LExpr *xv, LExpr *b) {
   return lx_bin(LX_AND, BIN(LX_UGT, xv, b), lx_un(LX_NOT, lx_un(LX_UNO, lx_copy(b))));
 }
 
-// The first maximum of row i of region g's window into local best and, with
-// arg, its tap kh * KW + kw into local arg: the first tap inside, then every
-// later one that wins (window_max's values, without its start at -inf).
+// The first maximum of row i of region g's window into best (a local, or
+// the output element itself, at best_idx) and, with arg, its tap
+// kh * KW + kw into local arg: the first tap inside, then every later one
+// that wins (window_max's values, without its start at -inf).
 static void region_max(LBuf *x, LExpr **v, const Pool *w, const Region *g, int i, LBuf *best,
-                       LBuf *arg) {
+                       LExpr **best_idx, LBuf *arg) {
   for (int64_t kh = g->r.klo; kh < g->r.khi; kh++)
     for (int64_t kw = g->c.klo; kw < g->c.khi; kw++) {
       LExpr *xv = tap_load(x, v, w, g, i, kh, kw), *tap = lx_int(LT_I32, kh * w->KW + kw);
+      LExpr *at[LMAX_RANK];
+      for (int d = 0; d < best->rank; d++)
+        at[d] = lx_copy(best_idx[d]);
       if (kh == g->r.klo && kw == g->c.klo) {
         if (arg)
           ls_add(g->col, ST(arg, tap));
-        ls_add(g->col, ST(best, xv));
+        ls_add(g->col, ls_store(best, at, xv));
         continue;
       }
-      LExpr *take = wins(xv, LD(best));
+      LExpr *take = wins(xv, lx_load(best, at));
       if (arg)
         ls_add(g->col, ST(arg, SEL(lx_copy(take), tap, LD(arg))));
-      ls_add(g->col, ST(best, SEL(take, lx_copy(xv), LD(best))));
+      LExpr *at2[LMAX_RANK], *at3[LMAX_RANK];
+      for (int d = 0; d < best->rank; d++)
+        at2[d] = lx_copy(best_idx[d]), at3[d] = lx_copy(best_idx[d]);
+      ls_add(g->col, ls_store(best, at2, SEL(take, lx_copy(xv), lx_load(best, at3))));
     }
 }
 
@@ -295,20 +302,25 @@ static void lower_maxpool2d(Lowering *L, Node *n) {
   LBuf *y = B(L, n), *x = B(L, n->in[0]);
   Pool w = pool_of(n, x);
   LKernel *k = kernel(L, n, NULL);
-  LBuf *best = local(L, "best", DT_F32);
   LExpr *v[4];
   LStmt *plane = lk_nest(k, NULL, 2, y->dim, nchw, v);
   if (!unrolled(&w)) {
+    LBuf *best = local(L, "best", DT_F32);
     LStmt *sp = lk_nest(k, plane, 2, y->dim + 2, nchw + 2, v + 2);
     window_max(k, sp, x, &w, v, best, local(L, "arg", DT_I32));
     ls_add(sp, ST(y, LD(best), v[0], v[1], v[2], v[3]));
     return;
   }
+  // The maximum so far lives in the output element itself: every statement
+  // of a column loop then stores y at the column (consecutive elements),
+  // so the vectorize pass makes vectors of the columns, its stride-2 taps
+  // loaded as vectors and shuffled (codegen/walk.c). y has x's element
+  // type: holding x's values there rounds nothing.
   Regions rg = regions(k, plane, &w, JAM_MAX);
   for (int i = 0; i < rg.n; i++)
     for (int j = 0; j < rg.g[i].nrows; j++) {
-      region_max(x, v, &w, &rg.g[i], j, best, NULL);
-      ls_add(rg.g[i].col, ST(y, LD(best), v[0], v[1], rg.g[i].oh[j], rg.g[i].ow));
+      LExpr *at[4] = {v[0], v[1], rg.g[i].oh[j], rg.g[i].ow};
+      region_max(x, v, &w, &rg.g[i], j, y, at, NULL);
     }
   free(rg.g);
 }
@@ -453,7 +465,7 @@ static void lower_pool_grad(Lowering *L, Node *n, bool is_max) {
     Region *g = &rg.g[i];
     if (taps) {
       for (int j = 0; j < g->nrows; j++) {
-        region_max(x, v, &w, g, j, best, arg);
+        region_max(x, v, &w, g, j, best, NULL, arg);
         ls_add(g->col, ST(taps, LD(arg), K(j), g->ow));
       }
     }

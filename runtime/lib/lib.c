@@ -2,19 +2,16 @@
 // weights against the model's tensor table, runs the forward functions over
 // any number of images, resizes and normalizes 8-bit images as NAME-eval
 // does, and keeps why the last call failed, per thread. A library never
-// prints and never exits its host: every failure is a return value and a
-// message for NAME_error.
-#define _GNU_SOURCE // memfd_create
+// prints and never exits its host: every failure, running out of memory
+// included, is a return value and a message for NAME_error.
 #include "xentcc_lib.h"
 #include "rt.h"
 
-#include <errno.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 struct XcLib {
   const XcLibModel *d;
@@ -25,9 +22,11 @@ struct XcLib {
   float *pad_logits;
 };
 
-// The library's only mutable static storage: NAME_error's text, one per
-// thread, so that objects used on different threads never share it.
+// The library's only mutable static storage, one per thread, so that
+// objects used on different threads never share it: NAME_error's text, and
+// where xc_die returns to (below).
 static _Thread_local char error_text[1024];
+static _Thread_local jmp_buf *recover;
 
 static void set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void set_error(const char *fmt, ...) {
@@ -37,19 +36,59 @@ static void set_error(const char *fmt, ...) {
   va_end(ap);
 }
 
+// NAME_error's rule, errno's with one difference: every NAME_ function but
+// NAME_error and NAME_free clears the text when it starts, so after a call
+// that succeeded it is "", never an older call's failure.
 const char *xc_lib_error(void) { return error_text; }
 
-// The shared runtime code (safetensors.c, alloc.c, resize.c) reports only
-// running out of memory through xc_die, deep inside a parse with no way
-// back: a library cannot exit its host, so it says why and aborts.
+// The shared runtime code (safetensors.c, alloc.c) returns errors, its
+// allocations of a size an input chooses included; what is left to xc_die
+// is running out of memory for an error message's text. A library cannot
+// exit its host: xc_die returns to the library function that made the
+// call (guarded() below), which fails with the message; what the reader
+// had allocated by then is lost, a few bytes.
 noreturn void xc_die(const char *hint, const char *fmt, ...) {
+  (void)hint;
   va_list ap;
   va_start(ap, fmt);
-  fputs("xentcc library: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(error_text, sizeof error_text, fmt, ap);
   va_end(ap);
-  abort();
+  if (recover)
+    longjmp(*recover, 1);
+  abort(); // unreachable: every call into the shared code is guarded
+}
+
+// st_open and st_open_mem, and st_load, with xc_die returning here.
+typedef struct {
+  const char *path;      // st_open
+  const uint8_t *mem;    // else st_open_mem
+  int64_t size;
+  StFile *file;          // else st_load(file, load, n)
+  StLoad *load;
+  int n;
+} Guarded;
+
+static bool guarded(Guarded *g, char **err) {
+  jmp_buf here;
+  *err = NULL;
+  if (setjmp(here)) {
+    recover = NULL;
+    *err = NULL; // error_text holds xc_die's message
+    return false;
+  }
+  recover = &here;
+  bool ok = g->file ? st_load(g->file, g->load, g->n, err)
+                    : (g->file = g->path ? st_open(g->path, err)
+                                         : st_open_mem(g->mem, g->size, "<embedded weights>", err)) != NULL;
+  recover = NULL;
+  return ok;
+}
+
+// A failure of the shared code: its message, or xc_die's already in place.
+static void set_error_from(char *err) {
+  if (err)
+    set_error("%s", err);
+  free(err);
 }
 
 static void *alloc64(int64_t bytes) {
@@ -144,10 +183,9 @@ static XcLib *load_from(const XcLibModel *d, StFile *f) {
         m->state[t->offset + k] = 1.0f;
     }
   }
-  char *err = NULL;
-  if (!st_load(f, l, n, &err)) {
-    set_error("%s", err);
-    free(err);
+  char *err;
+  if (!guarded(&(Guarded){.file = f, .load = l, .n = n}, &err)) {
+    set_error_from(err);
     goto fail;
   }
   if (d->prepare_one)
@@ -165,58 +203,42 @@ fail:
 }
 
 XcLib *xc_lib_load(const XcLibModel *d, const char *path) {
+  error_text[0] = '\0';
   if (!path) {
     set_error("%s_load: no weights file given (NULL)", d->name);
     return NULL;
   }
-  char *err = NULL;
-  StFile *f = st_open(path, &err);
-  if (!f) {
-    set_error("%s", err);
-    free(err);
+  Guarded g = {.path = path};
+  char *err;
+  if (!guarded(&g, &err)) {
+    set_error_from(err);
     return NULL;
   }
-  return load_from(d, f);
+  return load_from(d, g.file);
 }
 
-// The embedded file goes through the same checked reader, from an
-// anonymous memory file: one reader for both, at the cost of a copy.
+// The embedded file goes through the same checked reader, which reads it
+// where it lies (st_open_mem): no copy, nothing that depends on the system.
 XcLib *xc_lib_load_embedded(const XcLibModel *d) {
+  error_text[0] = '\0';
   if (!d->weights) {
     set_error("%s_load_embedded: the library was compiled without --weights", d->name);
     return NULL;
   }
-  int fd = memfd_create("weights", MFD_CLOEXEC);
-  if (fd < 0) {
-    set_error("%s_load_embedded: memfd_create: %s", d->name, strerror(errno));
+  Guarded g = {.mem = d->weights, .size = d->weights_bytes};
+  char *err;
+  if (!guarded(&g, &err)) {
+    set_error_from(err);
     return NULL;
   }
-  for (int64_t done = 0; done < d->weights_bytes;) {
-    ssize_t w = write(fd, d->weights + done, (size_t)(d->weights_bytes - done));
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      set_error("%s_load_embedded: cannot copy the weights: %s", d->name,
-                strerror(w < 0 ? errno : ENOSPC));
-      close(fd);
-      return NULL;
-    }
-    done += w;
-  }
-  char *err = NULL;
-  StFile *f = st_open_fd(fd, "<embedded weights>", &err);
-  if (!f) {
-    set_error("%s", err);
-    free(err);
-    return NULL;
-  }
-  return load_from(d, f);
+  return load_from(d, g.file);
 }
 
 // Full blocks run the block function; what is left runs image by image,
 // or, when it is at least a quarter of a block, as one block padded with
 // zeros (one block call costs less than that many single calls).
 int xc_lib_predict(XcLib *m, const float *images, int n, float *logits) {
+  error_text[0] = '\0';
   if (!m || !images || !logits || n < 1) {
     set_error("predict: %s", !m        ? "no model (NULL): check what load returned"
                              : !images ? "images is NULL"
@@ -251,6 +273,7 @@ enum { MAX_PIXELS = 2 * XC_MAX_IMAGE_PIXELS };
 // Normalize, the same float operations as xc_transform.
 int xc_lib_predict_rgb8(XcLib *m, const unsigned char *hwc, int height, int width,
                         float *logits) {
+  error_text[0] = '\0';
   if (!m || !hwc || !logits || height < 1 || width < 1 ||
       (int64_t)height * width > MAX_PIXELS) {
     if (height < 1 || width < 1 || (int64_t)height * width > MAX_PIXELS)
@@ -267,7 +290,11 @@ int xc_lib_predict_rgb8(XcLib *m, const unsigned char *hwc, int height, int widt
     return -1;
   }
   Image img = {width, height, 3, (uint8_t *)hwc};
-  xc_image_to_chw(&img, c, h, w, chw);
+  if (!xc_image_to_chw_try(&img, c, h, w, chw)) {
+    free(chw);
+    set_error("predict_rgb8: out of memory resizing a %d x %d image", height, width);
+    return -1;
+  }
   for (int ch = 0; ch < c; ch++) {
     float mean = d->mean[ch < 4 ? ch : 0], std = d->std[ch < 4 ? ch : 0];
     for (int i = 0; i < h * w; i++) {

@@ -79,24 +79,44 @@ static char *err_as_pipe(const uint8_t *b, size_t n) {
   return read_input(fd[0], "pipe:");
 }
 
-// Both ways refuse it, naming the input and saying want.
+// The same from memory (st_open_mem: a library's embedded weights), with
+// nothing left allocated either.
+static char *err_as_mem(const uint8_t *b, size_t n) {
+  static char msg[4096];
+  size_t before = mallinfo2().uordblks;
+  char *err = NULL;
+  StFile *f = st_open_mem(b, (int64_t)n, "mem:", &err);
+  bool ok = f && read_all_tensors(f, &err);
+  st_free(f);
+  if (!ok)
+    snprintf(msg, sizeof msg, "%s", err);
+  free(ok ? NULL : err);
+  size_t after = mallinfo2().uordblks;
+  ck_assert_msg(after <= before, "%zu bytes left allocated: %s", after - before, msg);
+  return ok ? NULL : xc_strdup(msg);
+}
+
+// The three ways refuse it, naming the input and saying want.
 static void rejected(const char *header, const void *data, size_t n, const char *want) {
   size_t len;
   uint8_t *b = st_bytes(header, data, n, &len);
-  char *e1 = err_as_file(b, len), *e2 = err_as_pipe(b, len);
+  char *e1 = err_as_file(b, len), *e2 = err_as_pipe(b, len), *e3 = err_as_mem(b, len);
   ck_assert_msg(e1, "file accepted: %s", header);
   ck_assert_msg(e2, "pipe accepted: %s", header);
+  ck_assert_msg(e3, "memory accepted: %s", header);
   ck_assert_msg(strstr(e1, "t.safetensors: ") && strstr(e1, want), "'%s' not in: %s", want, e1);
   ck_assert_msg(strstr(e2, "pipe:: ") && strstr(e2, want), "'%s' not in: %s", want, e2);
+  ck_assert_msg(strstr(e3, "mem:: ") && strstr(e3, want), "'%s' not in: %s", want, e3);
   free(b);
 }
 
 static void accepted(const char *header, const void *data, size_t n) {
   size_t len;
   uint8_t *b = st_bytes(header, data, n, &len);
-  char *e1 = err_as_file(b, len), *e2 = err_as_pipe(b, len);
+  char *e1 = err_as_file(b, len), *e2 = err_as_pipe(b, len), *e3 = err_as_mem(b, len);
   ck_assert_msg(!e1, "%s: %s", header, e1);
   ck_assert_msg(!e2, "%s: %s", header, e2);
+  ck_assert_msg(!e3, "%s: %s", header, e3);
   free(b);
 }
 
@@ -109,6 +129,8 @@ START_TEST(st_length_field) {
   ck_assert(strstr(err_as_file(b, 0), "shorter than the header's length"));
   ck_assert(strstr(err_as_pipe(b, 5), "shorter than the header's length"));
   ck_assert(strstr(err_as_file(b, 10), "a header of 5 bytes in a file of 10"));
+  ck_assert(strstr(err_as_mem(b, 10), "mem:: not a safetensors file (a header of 5 bytes in a file of 10)"));
+  ck_assert(strstr(err_as_mem(b, 0), "shorter than the header's length"));
   ck_assert(strstr(err_as_pipe(b, 10), "the file ends inside its header (2 of 5 bytes)"));
   uint8_t big[8] = {0x01, 0xe1, 0xf5, 0x05}; // 100000001
   ck_assert(strstr(err_as_pipe(big, 8), "a header of 100000001 bytes, over the limit of 100000000"));

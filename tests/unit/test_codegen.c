@@ -775,7 +775,12 @@ static void model_case(const char *yaml) {
   ApplyFn *apply_step = (ApplyFn *)dlsym(h, "xc_apply_step");
   void (*fwd)(const float *, const float *, const float *, float *, void *) =
       (void (*)(const float *, const float *, const float *, float *, void *))dlsym(h, "xc_forward");
-  ck_assert(xm && grad_step && grad_check && apply_step && fwd);
+  // What xc_forward reads from the weights alone, computed before it (as
+  // xc_evaluate does).
+  void (*prepare)(const float *, const float *, const float *, const void *, void *) =
+      (void (*)(const float *, const float *, const float *, const void *, void *))dlsym(
+          h, "xc_prepare_forward");
+  ck_assert(xm && grad_step && grad_check && apply_step && fwd && prepare);
   ck_assert_int_eq(xm->batch_size, m->batch_size);
 
   float *params = xcalloc(xm->param_floats + 1, 4), *state = xcalloc(xm->state_floats + 1, 4);
@@ -798,6 +803,7 @@ static void model_case(const char *yaml) {
   Tensor *ewant = eval_graph(eval, esrc);
   Node *elog = eval->ret[0];
   float *logits = xcalloc(type_numel(&elog->type), 4);
+  prepare(params, state, NULL, NULL, ws);
   fwd(params, state, src[image->id].f, logits, ws);
   ck_assert_msg(check_tensor(xformat("%s xc_forward logits", yaml), logits, ewant[elog->id].f,
                              type_numel(&elog->type), 1e-4),
