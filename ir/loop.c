@@ -371,6 +371,31 @@ bool ls_reads(const LStmt *s, const LBuf *b) {
   return false;
 }
 
+void lx_shift_vars(LExpr *e, int by) {
+  if (!e)
+    return;
+  if (e->kind == LX_VAR)
+    e->var += by;
+  if (e->kind == LX_LOAD)
+    for (int d = 0; d < e->buf->rank; d++)
+      lx_shift_vars(e->idx[d], by);
+  lx_shift_vars(e->a, by);
+  lx_shift_vars(e->b, by);
+  lx_shift_vars(e->c, by);
+}
+
+void ls_shift_vars(LStmt *s, int by) {
+  if (s->kind == LS_LOOP)
+    s->var += by;
+  lx_shift_vars(s->cond, by);
+  lx_shift_vars(s->value, by);
+  if (s->kind == LS_STORE)
+    for (int d = 0; d < s->buf->rank; d++)
+      lx_shift_vars(s->idx[d], by);
+  for (int i = 0; i < s->nbody; i++)
+    ls_shift_vars(s->body[i], by);
+}
+
 static void lx_retarget(LExpr *e, const LBuf *from, LBuf *to) {
   if (!e)
     return;

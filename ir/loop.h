@@ -240,6 +240,11 @@ bool ls_reads(const LStmt *s, const LBuf *b);
 // Every load of and store to `from` in s now reads or writes `to`, at the
 // same indices (in place).
 void ls_retarget(LStmt *s, const LBuf *from, LBuf *to);
+// Loop variables of s renumbered: v becomes v + by, for statements moved
+// into another kernel after its own variables (in place: s must not share
+// expression nodes with another statement).
+void ls_shift_vars(LStmt *s, int by);
+void lx_shift_vars(LExpr *e, int by);
 
 // A nest over every index of a shape, the usual first step of a lowering:
 // for v[0] in [0, dim[0]): ... for v[r-1]: <innermost>. Returns the innermost

@@ -59,33 +59,6 @@ static bool kernel_reads(const LKernel *k, LBuf *b) {
   return false;
 }
 
-// Renumbers the loop variables of statements moved between kernels (in
-// place: the statement must not share expression nodes with another).
-static void shift_vars_expr(LExpr *e, int by) {
-  if (!e)
-    return;
-  if (e->kind == LX_VAR)
-    e->var += by;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      shift_vars_expr(e->idx[d], by);
-  shift_vars_expr(e->a, by);
-  shift_vars_expr(e->b, by);
-  shift_vars_expr(e->c, by);
-}
-
-static void shift_vars(LStmt *s, int by) {
-  if (s->kind == LS_LOOP)
-    s->var += by;
-  shift_vars_expr(s->cond, by);
-  shift_vars_expr(s->value, by);
-  if (s->kind == LS_STORE)
-    for (int d = 0; d < s->buf->rank; d++)
-      shift_vars_expr(s->idx[d], by);
-  for (int i = 0; i < s->nbody; i++)
-    shift_vars(s->body[i], by);
-}
-
 // --- Any producer whose stores are final -------------------------------------------------
 
 // The innermost store of a plain nest over a whole buffer (an elementwise
@@ -210,7 +183,7 @@ static bool operands_ready(const LFunc *f, const LExpr *e, const LBuf *skip, int
 static LExpr *wrap(const LExpr *value, const int *vars, int rank, int shift, const LStmt *store,
                    const LBuf *yin) {
   LExpr *e = lx_copy(value);
-  shift_vars_expr(e, shift);
+  lx_shift_vars(e, shift);
   for (int d = 0; d < rank; d++)
     e = lx_subst(e, vars[d] + shift, store->idx[d]);
   return replace_loads(e, yin, lx_round(yin->dtype, lx_copy(store->value)));
@@ -398,7 +371,7 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
       return false;
     LStmt *s = ls_copy(c->body[0]);
     ls_retarget(s, yin, y);
-    shift_vars(s, p->nvars);
+    ls_shift_vars(s, p->nvars);
     lk_add(p, s);
     p->nvars += c->nvars;
     p->op = xformat("%s+%s", p->op, c->op);
@@ -414,7 +387,7 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
     LStmt *s = ls_copy(c->body[0]); // lowering shares index trees; renumber a private copy
     ls_retarget(s, yin, y);
     ls_retarget(s, out, y);
-    shift_vars(s, p->nvars);
+    ls_shift_vars(s, p->nvars);
     lk_add(p, s);
     p->nvars += c->nvars;
   }

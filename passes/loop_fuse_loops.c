@@ -172,30 +172,6 @@ static int fusable(const LKernel *a, const LKernel *b) {
   return shared && sa >= 0 && sb >= 0 && same_loop(la->body[sa], lb->body[sb]) ? 2 : 0;
 }
 
-// Loop variables of b's statements move past a's: b's v becomes v + off.
-static void shift_expr(LExpr *e, int off) {
-  if (!e)
-    return;
-  if (e->kind == LX_VAR)
-    e->var += off;
-  if (e->kind == LX_LOAD)
-    for (int d = 0; d < e->buf->rank; d++)
-      shift_expr(e->idx[d], off);
-  shift_expr(e->a, off), shift_expr(e->b, off), shift_expr(e->c, off);
-}
-
-static void shift_stmt(LStmt *s, int off) {
-  if (s->kind == LS_LOOP)
-    s->var += off;
-  shift_expr(s->cond, off);
-  shift_expr(s->value, off);
-  if (s->kind == LS_STORE)
-    for (int d = 0; d < s->buf->rank; d++)
-      shift_expr(s->idx[d], off);
-  for (int i = 0; i < s->nbody; i++)
-    shift_stmt(s->body[i], off);
-}
-
 static bool has_local(const BufSet *s, const char *name) {
   for (int i = 0; i < s->n; i++)
     if (s->b[i]->storage == LB_LOCAL && strcmp(s->b[i]->name, name) == 0)
@@ -248,7 +224,7 @@ static void jam(LStmt *a, LStmt *b) {
 static void merge(LKernel *a, LKernel *b, int how) {
   rename_locals(a->body[0], b->body[0]);
   b->body[0] = ls_copy(b->body[0]); // a tree of its own: lowering may share index nodes
-  shift_stmt(b->body[0], a->nvars);
+  ls_shift_vars(b->body[0], a->nvars); // b's loop variables move past a's
   a->nvars += b->nvars;
   LStmt *la = a->body[0], *lb = b->body[0];
   LExpr *v = lx_var(la->var);

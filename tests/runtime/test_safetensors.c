@@ -42,15 +42,12 @@ static bool read_all_tensors(StFile *f, char **err) {
   return st_finish(f, err);
 }
 
-// Reads the input whole, accepted or not, and checks that nothing stays
-// allocated once the message is freed (the fuzzer found messages that
-// leaked). main() turns glibc's per-thread cache off, which would hold
-// freed blocks as allocated.
-static char *read_input(int fd, const char *name) {
+// Reads f whole (NULL: opening it failed, err says why) and checks that
+// nothing allocated since `before` stays so once the message is freed (the
+// fuzzer found messages that leaked). main() turns glibc's per-thread cache
+// off, which would hold freed blocks as allocated.
+static char *verdict(size_t before, StFile *f, char *err) {
   static char msg[4096];
-  size_t before = mallinfo2().uordblks;
-  char *err = NULL;
-  StFile *f = st_open_fd(fd, name, &err);
   bool ok = f && read_all_tensors(f, &err);
   st_free(f);
   if (!ok)
@@ -59,6 +56,13 @@ static char *read_input(int fd, const char *name) {
   size_t after = mallinfo2().uordblks;
   ck_assert_msg(after <= before, "%zu bytes left allocated: %s", after - before, msg);
   return ok ? NULL : xc_strdup(msg);
+}
+
+static char *read_input(int fd, const char *name) {
+  size_t before = mallinfo2().uordblks;
+  char *err = NULL;
+  StFile *f = st_open_fd(fd, name, &err);
+  return verdict(before, f, err);
 }
 
 // The error of reading bytes as a file, or NULL.
@@ -79,21 +83,12 @@ static char *err_as_pipe(const uint8_t *b, size_t n) {
   return read_input(fd[0], "pipe:");
 }
 
-// The same from memory (st_open_mem: a library's embedded weights), with
-// nothing left allocated either.
+// The same from memory (st_open_mem: a library's embedded weights).
 static char *err_as_mem(const uint8_t *b, size_t n) {
-  static char msg[4096];
   size_t before = mallinfo2().uordblks;
   char *err = NULL;
   StFile *f = st_open_mem(b, (int64_t)n, "mem:", &err);
-  bool ok = f && read_all_tensors(f, &err);
-  st_free(f);
-  if (!ok)
-    snprintf(msg, sizeof msg, "%s", err);
-  free(ok ? NULL : err);
-  size_t after = mallinfo2().uordblks;
-  ck_assert_msg(after <= before, "%zu bytes left allocated: %s", after - before, msg);
-  return ok ? NULL : xc_strdup(msg);
+  return verdict(before, f, err);
 }
 
 // The three ways refuse it, naming the input and saying want.
