@@ -274,6 +274,10 @@ typedef struct {
   // _growth_tracker), saved with the optimizer state; unused otherwise.
   float scale;
   int64_t growth_tracker;
+  // step - (epoch x steps_per_epoch + iter): 0 unless a --resume changed the
+  // global batch (ranks x batch, distributed.c) and with it the steps per
+  // epoch; saved as 'step_offset' when not 0.
+  int64_t step_offset;
 } XcProgress;
 
 // What the training loop keeps in the optimizer file besides the progress

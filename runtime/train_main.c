@@ -591,6 +591,7 @@ int xc_train_main(int argc, char **argv) {
   if (rank == 0)
     xc_ckpt_tidy(save, optim_path, others, mo.best_path ? 3 : 2);
   XcProgress resumed = {0};
+  int resumed_global = global_batch; // the global batch of the run --resume continues
   Scaler scaler = {m->precision == XC_PRECISION_FP16, (float)m->init_scale, 0};
   EpochRecord *hist = NULL;
   int nhist = 0;
@@ -640,17 +641,31 @@ int xc_train_main(int argc, char **argv) {
       xc_die("pass a larger --patience (or none) to train further",
              "%s stopped early: %s has not improved for %d epochs since epoch %d", save,
              monitor_names[mo.kind], mo.wait, mo.best_epoch);
-    // The global batch (ranks x compiled batch) it was written with: the
-    // run's steps are batches of that size, and its position counts them.
-    // Checkpoints of earlier xentcc hold none (one process).
+    // The global batch (ranks x compiled batch) it was written with
+    // (checkpoints of earlier xentcc hold none: one process, this batch).
+    // Under another, the position within the epoch is its sample offset,
+    // which must begin a batch of this run; the steps per epoch change, so
+    // the step count keeps an offset from epoch x steps per epoch + batch.
     const char *gb = meta[META_GLOBAL_BATCH].value;
-    if (gb && strtol(gb, NULL, 10) != global_batch)
-      xc_die(xc_format("resume with ranks x compiled batch size = %s: mpirun -np M with an "
-                       "executable compiled for batch %s / M (train: {batch_size} in the YAML)",
-                       gb, gb),
-             "%s was written with a global batch of %s samples per step; this run's is %d (%d "
-             "rank%s x batch %d)",
-             optim_path, gb, global_batch, nranks, nranks == 1 ? "" : "s", m->batch_size);
+    if (gb) {
+      char *end;
+      long v = strtol(gb, &end, 10);
+      if (end == gb || *end || v < 1 || v > INT32_MAX)
+        xc_die("the checkpoint was changed or damaged since a run wrote it",
+               "%s: 'global_batch' is \"%s\" in its metadata, not a batch size", optim_path, gb);
+      resumed_global = (int)v;
+    }
+    int64_t sample = (int64_t)skip_iters * resumed_global;
+    if (resumed_global != global_batch && sample % global_batch)
+      xc_die(xc_format("resume with a global batch (ranks x compiled batch) that divides %lld "
+                       "(it was %d), or from the checkpoint of an epoch's end",
+                       (long long)sample, resumed_global),
+             "%s stopped %lld samples into epoch %d (%lld batch%s of %d); this run's global "
+             "batch of %d (%d rank%s x %d) cannot start there",
+             optim_path, (long long)sample, first_epoch + 1, (long long)skip_iters,
+             skip_iters == 1 ? "" : "es", resumed_global, global_batch, nranks,
+             nranks == 1 ? "" : "s", m->batch_size);
+    skip_iters = (int)(sample / global_batch);
     for (int i = 0; i < NMETA; i++)
       free(meta[i].value), meta[i].value = NULL;
   }
@@ -719,8 +734,18 @@ int xc_train_main(int argc, char **argv) {
   Loader *loader = loader_start_shard(d, &tf, m->batch_size, rank, nranks, shuffle, drop_last,
                                       (uint64_t)seed, first_epoch, end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
-  if (resume && rank == 0)
-    xc_ckpt_check_data(optim_path, resumed, per_epoch, d->path);
+  int64_t step_offset = 0;
+  if (resume && rank == 0) {
+    // The data must make the checkpoint's steps per epoch at its global batch.
+    int64_t before = drop_last ? d->n / resumed_global
+                               : (d->n + resumed_global - 1) / resumed_global;
+    xc_ckpt_check_data(optim_path, resumed, before, d->path);
+    step_offset = step - ((int64_t)first_epoch * per_epoch + skip_iters);
+    if (resumed_global != global_batch && !quiet)
+      printf("resuming with a global batch of %d samples per step (the checkpoint's was %d): "
+             "%d steps per epoch instead of %lld\n",
+             global_batch, resumed_global, per_epoch, (long long)before);
+  }
   // The schedule's length: one-cycle anneals over the whole run unless the
   // YAML gives total_steps, which the run must not exceed (PyTorch raises).
   const XcSchedule *sched = &m->schedule;
@@ -781,8 +806,14 @@ int xc_train_main(int argc, char **argv) {
   int64_t start_step = step, images = 0, epoch_images = 0;
   bool stopped = false, at_epoch_end = false, early = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
+  // Dropout masks hash (seed, layer, step, element) with the element's
+  // index in the rank's own batch: ranks other than 0 hash another seed so
+  // that their masks do not repeat rank 0's (they are not those of one
+  // process with the global batch either: docs/distributed.md).
+  uint32_t dropout_seed = (uint32_t)seed + (uint32_t)rank * 0x9e3779b9u;
   catch_interrupts();
   int sig = 0; // a signal caught by this rank, or (after the step's sums) by any
+  double t_sum = 0; // in combine_ranks: waiting for the other ranks, then the sums
   if (profile)
     xc_profile_start(m);
   float step_lr = (float)lr;
@@ -791,7 +822,7 @@ int xc_train_main(int argc, char **argv) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
     // GradScaler's 1 / scale in double, rounded to float (else 1: unread).
     float step_scale = scaler.on ? scaler.scale : 1.0f;
-    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
+    XcStepArgs args = {(int32_t)(step + 1), dropout_seed, (float)hy.lr, (float)hy.momentum,
                        (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale)};
     // A rank whose shard of a partial last batch is empty computes nothing
     // (its loss would be 0 / 0) but still takes part in the sums.
@@ -805,9 +836,12 @@ int xc_train_main(int argc, char **argv) {
       memset(grads, 0, sizeof *grads * m->param_floats);
     }
     sig = interrupted;
-    if (nranks > 1)
+    if (nranks > 1) {
+      double t = xc_now();
       loss = combine_ranks(m, grads, loss, loss_denominator(m, b.labels, rows), &right, &rows,
                            &sig);
+      t_sum += xc_now() - t;
+    }
     loader_release(loader);
     // A NaN or an infinity in the loss or a gradient: stop before the update
     // (the weights stay those of the step before, the last checkpoint is
@@ -944,7 +978,7 @@ int xc_train_main(int argc, char **argv) {
       meta[META_GLOBAL_BATCH].value = xc_format("%d", global_batch);
       xc_ckpt_save(save, optim_path, m, params, state, counters,
                    (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step, scaler.scale,
-                                 scaler.growth_tracker},
+                                 scaler.growth_tracker, step_offset},
                     meta, NMETA);
       last_saved_epoch = b.epoch + 1;
       for (int i = 0; i < NMETA; i++)
@@ -991,7 +1025,7 @@ int xc_train_main(int argc, char **argv) {
     meta[META_MONITOR].value = mo.kind && mo.best_epoch ? monitor_encode(&mo) : NULL;
     xc_ckpt_save(save, optim_path, m, params, state, counters,
                  (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step, scaler.scale,
-                              scaler.growth_tracker}, meta, NMETA);
+                              scaler.growth_tracker, step_offset}, meta, NMETA);
     for (int i = 0; i < NMETA; i++)
       free(meta[i].value), meta[i].value = NULL;
   }
@@ -1013,6 +1047,10 @@ int xc_train_main(int argc, char **argv) {
            "loaded in %.2f s, %.2f s waiting for batches\n",
            (long long)(step - start_step), secs, t_eval, images / (secs - t_eval + 1e-9), t_load,
            waited);
+    if (nranks > 1)
+      printf("%d ranks: %.2f s in the gradient sums (%lld floats a step), waiting for the "
+             "slowest rank included\n",
+             nranks, t_sum, (long long)m->param_floats);
     // Every file the run wrote.
     printf("saved weights to %s, optimizer state and progress to %s\n", save, optim_path);
     if (nhist || (!at_epoch_end && steps && step >= steps))
