@@ -66,6 +66,7 @@ void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
 // ends the whole job with status 1.
 void xc_dist_init(int *argc, char ***argv);
 void xc_dist_finalize(void);
+bool xc_dist_available(void); // linked with MPI (not the stub)
 int xc_dist_rank(void);
 int xc_dist_size(void);
 int xc_dist_launched_size(void); // ranks the environment says a launcher started, else 1

@@ -119,6 +119,10 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       m->drop_last ? ""
                    : "A partial last batch is padded to the compiled batch size with rows the\n"
                      "loss ignores, so the step computes what PyTorch does on the smaller batch.\n");
+  if (xc_dist_available())
+    printf("Under mpirun -np N, N ranks train a global batch of N x %d, each its own %d rows;\n"
+           "rank 0 prints, logs, evaluates and saves (docs/distributed.md).\n",
+           m->batch_size, m->batch_size);
   if (m->val_split > 0)
     printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
            "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
