@@ -18,11 +18,12 @@ int xc_dist_rank(void) { return dist_rank; }
 int xc_dist_size(void) { return dist_size; }
 
 // A launcher's rank count from the environment: Open MPI's mpirun sets
-// OMPI_COMM_WORLD_SIZE, MPICH's and Slurm's PMI set PMI_SIZE, Slurm's srun
-// SLURM_NTASKS (only counted with PMI's: a one-task job step sets it too).
+// OMPI_COMM_WORLD_SIZE, MPICH's and Slurm's PMI set PMI_SIZE, and srun
+// SLURM_STEP_NUM_TASKS for the tasks of its job step (whatever its --mpi;
+// not SLURM_NTASKS, which a batch script sees outside any step).
 int xc_dist_launched_size(void) {
-  const char *names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
-  for (int i = 0; i < 2; i++) {
+  const char *names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"};
+  for (int i = 0; i < 3; i++) {
     const char *v = getenv(names[i]);
     if (v && *v) {
       char *end;

@@ -41,8 +41,13 @@ START_TEST(hash_sees_every_byte) {
 END_TEST
 
 START_TEST(launched_size_from_environment) {
-  unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("PMI_SIZE");
+  unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("PMI_SIZE"), unsetenv("SLURM_STEP_NUM_TASKS");
   ck_assert_int_eq(xc_dist_launched_size(), 1);
+  setenv("SLURM_STEP_NUM_TASKS", "5", 1); // srun
+  ck_assert_int_eq(xc_dist_launched_size(), 5);
+  setenv("SLURM_STEP_NUM_TASKS", "1", 1);
+  ck_assert_int_eq(xc_dist_launched_size(), 1);
+  unsetenv("SLURM_STEP_NUM_TASKS");
   setenv("PMI_SIZE", "4", 1);
   ck_assert_int_eq(xc_dist_launched_size(), 4);
   setenv("OMPI_COMM_WORLD_SIZE", "3", 1);
