@@ -874,9 +874,13 @@ char **link_environment(void) {
 
 // The linker's argument vector:
 // XENTCC_LINKER [-fuse-ld=lld] OBJS... <link file lines> -o out.
-static char **link_command(char **objs, int nobjs, const char *out) {
-  const char *file = xformat("%s/xentcc_rt.link", runtime_dir());
+// NAME-train links the MPI variant of the runtime when xentcc was built
+// with MPI (xentcc_rt_mpi.link, runtime/CMakeLists.txt), for mpirun.
+static char **link_command(char **objs, int nobjs, const char *out, bool train) {
   struct stat st;
+  const char *file = xformat("%s/xentcc_rt_mpi.link", runtime_dir());
+  if (!train || stat(file, &st) != 0)
+    file = xformat("%s/xentcc_rt.link", runtime_dir());
   if (stat(file, &st) != 0)
     fatal("runtime link line %s not found; build the xentcc_rt target first", file);
   char *text = read_file(file, "runtime link line");
@@ -914,7 +918,7 @@ typedef struct {
   char *why; // the failure, or NULL
 } Link;
 
-static void start_link(Link *l, char **objs, int nobjs, const char *out) {
+static void start_link(Link *l, char **objs, int nobjs, const char *out, bool train) {
   *l = (Link){.out = out, .fd = -1, .partial = xformat("%s.link-XXXXXX", out)};
   int fd = mkstemp(l->partial);
   if (fd < 0) {
@@ -923,7 +927,7 @@ static void start_link(Link *l, char **objs, int nobjs, const char *out) {
     return;
   }
   close(fd);
-  char **argv = link_command(objs, nobjs, l->partial);
+  char **argv = link_command(objs, nobjs, l->partial, train);
   l->linker = argv[0];
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) { // the child keeps only its stdout and stderr
@@ -1468,7 +1472,8 @@ void codegen(Model *m, LProgram *p, Graph *train, Graph *eval, const CodegenOpti
     for (int i = 0; i < njobs; i++)
       if (jobs[i].linked_into[e] && jobs[i].nkernels)
         objs[n++] = paths[i];
-    start_link(&links[e], objs, n, xformat("%s-%s", opt->output, exes[e].suffix));
+    start_link(&links[e], objs, n, xformat("%s-%s", opt->output, exes[e].suffix),
+               !strcmp(exes[e].suffix, "train"));
     free(objs);
   }
   wait_links(links, nexes);

@@ -296,9 +296,14 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
                          "epoch",  epoch,  "iter",  iter,    "steps_per_epoch", spe,
                          "opt_step", ostep, "weights_sha256", sha_hex,
                          "grad_scaler.scale", scale, "grad_scaler.growth_tracker", tracker};
-  const char **ometa = xc_malloc(sizeof *ometa * (20 + 2 * nextra));
+  const char **ometa = xc_malloc(sizeof *ometa * (22 + 2 * nextra));
   memcpy(ometa, fixed, sizeof fixed);
   int nmeta = m->precision == XC_PRECISION_FP16 ? 10 : 8;
+  char *offset = xc_format("%lld", (long long)p.step_offset);
+  if (p.step_offset) {
+    ometa[2 * nmeta] = "step_offset";
+    ometa[2 * nmeta++ + 1] = offset;
+  }
   for (int i = 0; i < nextra; i++)
     if (extra[i].value) {
       ometa[2 * nmeta] = extra[i].key;
@@ -329,6 +334,7 @@ void xc_ckpt_save(const char *weights, const char *optim, const XcModel *m, cons
   xc_out_free(w);
   sync_dir(weights);
   free(step), free(epoch), free(iter), free(spe), free(ostep), free(scale), free(tracker), free(t);
+  free(offset);
   free(ometa);
 }
 
@@ -598,12 +604,26 @@ XcProgress xc_ckpt_resume(const char *weights, const char *optim, const XcModel 
                 : "%s: no '%s' in its metadata%s",
               "grad_scaler.growth_tracker", v ? v : "");
   }
+  // A run that changed the global batch on --resume counts its steps from
+  // an offset (signed: fewer or more steps per epoch than before).
+  p.step_offset = 0;
+  const char *off = st_meta(f, "step_offset");
+  if (off) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(off, &end, 10);
+    if (end == off || *end || errno || v < -2000000000LL || v > 2000000000LL)
+      damaged(optim, weights, "%s: '%s' is \"%s\" in its metadata, not a step count",
+              "step_offset", off);
+    p.step_offset = v;
+  }
   int64_t at;
   if (p.opt_step > p.step)
     damaged(optim, weights, "%s: more updates ('%s') than steps ('%s') in its metadata",
             "opt_step", "step");
   if (p.steps_per_epoch < 1 || p.iter >= p.steps_per_epoch ||
-      __builtin_mul_overflow(p.epoch, p.steps_per_epoch, &at) || at + p.iter != p.step)
+      __builtin_mul_overflow(p.epoch, p.steps_per_epoch, &at) ||
+      at + p.iter + p.step_offset != p.step)
     xc_die(xc_format("the checkpoint was changed or damaged since a run wrote it: restore both "
                      "files from a backup, or continue from the weights alone with --init %s "
                      "instead of --resume",

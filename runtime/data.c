@@ -685,6 +685,8 @@ void xc_transform(const Transform *t, const uint8_t *src, int c, int h, int w, f
   }
   if (rng && t->flip)
     flip = xc_rng_float(rng) < 0.5f;
+  if (!dst)
+    return; // the draws alone: a rank's loader passes over other ranks' samples
   for (int ch = 0; ch < c; ch++) {
     float mean = t->mean[ch < 4 ? ch : 0], std = t->std[ch < 4 ? ch : 0];
     for (int y = 0; y < h; y++)

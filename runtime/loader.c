@@ -18,6 +18,7 @@ struct Loader {
   const Dataset *d;
   Transform t;
   int batch, steps_per_epoch;
+  int rank, nranks; // this rank's rows of a global batch of nranks x batch
   bool shuffle, float_labels;
   uint64_t seed;
   int epoch, end_epoch; // producer position
@@ -61,10 +62,21 @@ static bool make_next(Loader *l, int s) {
     start_epoch(l);
   }
   bool augment = l->t.crop_padding > 0 || l->t.flip;
-  int64_t first = (int64_t)l->iter * l->batch;
-  int rows = (int)(l->d->n - first < l->batch ? l->d->n - first : l->batch);
-  xc_make_batch(l->d, l->order + first, rows, &l->t, augment ? &l->aug : NULL, l->images[s],
-                l->labels[s], l->float_labels);
+  // This rank's rows of the global batch; the augmentation draws of the
+  // other ranks' rows are made too (and dropped), so each sample gets the
+  // draws it gets in one process.
+  int64_t global = (int64_t)l->batch * l->nranks, start = (int64_t)l->iter * global;
+  int64_t end = l->d->n - start < global ? l->d->n : start + global;
+  int64_t first = start + (int64_t)l->rank * l->batch;
+  int rows = (int)(end - first < 0 ? 0 : end - first < l->batch ? end - first : l->batch);
+  XcRng *aug = augment ? &l->aug : NULL;
+  for (int64_t i = start; aug && i < (rows ? first : end); i++)
+    xc_transform(&l->t, NULL, l->d->c, l->d->h, l->d->w, NULL, aug);
+  if (rows)
+    xc_make_batch(l->d, l->order + first, rows, &l->t, aug, l->images[s], l->labels[s],
+                  l->float_labels);
+  for (int64_t i = first + rows; aug && rows && i < end; i++)
+    xc_transform(&l->t, NULL, l->d->c, l->d->h, l->d->w, NULL, aug);
   size_t sample = (size_t)l->d->c * l->d->h * l->d->w;
   memset(l->images[s] + rows * sample, 0, (l->batch - rows) * sample * sizeof(float));
   for (int i = rows; i < l->batch; i++) {
@@ -108,11 +120,21 @@ static void *producer(void *arg) {
 Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, bool drop_last,
                      uint64_t seed, int first_epoch, int end_epoch, bool float_labels,
                      bool threaded) {
+  return loader_start_shard(d, t, batch, 0, 1, shuffle, drop_last, seed, first_epoch, end_epoch,
+                            float_labels, threaded);
+}
+
+Loader *loader_start_shard(const Dataset *d, const Transform *t, int batch, int rank, int nranks,
+                           bool shuffle, bool drop_last, uint64_t seed, int first_epoch,
+                           int end_epoch, bool float_labels, bool threaded) {
   Loader *l = xc_calloc(1, sizeof *l);
   l->d = d;
   l->t = *t;
   l->batch = batch;
-  l->steps_per_epoch = (int)(drop_last ? d->n / batch : (d->n + batch - 1) / batch);
+  l->rank = rank;
+  l->nranks = nranks;
+  int64_t global = (int64_t)batch * nranks;
+  l->steps_per_epoch = (int)(drop_last ? d->n / global : (d->n + global - 1) / global);
   l->shuffle = shuffle;
   l->seed = seed;
   l->float_labels = float_labels;

@@ -57,6 +57,32 @@ uint32_t xc_rng_below(XcRng *r, uint32_t n); // [0, n), unbiased
 void xc_shuffle(XcRng *r, int32_t *a, int64_t n);
 
 //
+// distributed.c: data-parallel training over MPI (docs/distributed.md);
+// without MPI, a stub of one rank
+//
+
+// MPI_Init when started by a launcher (mpirun, srun); the stub refuses to
+// run as one of several ranks. Afterwards an error on any rank (xc_die)
+// ends the whole job with status 1.
+void xc_dist_init(int *argc, char ***argv);
+void xc_dist_finalize(void);
+bool xc_dist_available(void); // linked with MPI (not the stub)
+int xc_dist_rank(void);
+int xc_dist_size(void);
+int xc_dist_launched_size(void); // ranks the environment says a launcher started, else 1
+// Sums v across ranks in place, adding the ranks' values in rank order: the
+// same bits on every rank, in every run, over any network.
+void xc_dist_sum_floats(float *v, int64_t n);
+// all[r * n + i] = rank r's mine[i], on every rank.
+void xc_dist_gather_doubles(const double *mine, int n, double *all);
+void xc_dist_gather_u64(const uint64_t *mine, int n, uint64_t *all);
+void xc_dist_broadcast(void *p, size_t bytes); // rank 0's bytes to every rank
+// The agreement check: the first key (of nkeys per rank) on which a rank
+// differs from rank 0 (*who), or -1; and the hash the keys are made with.
+int xc_dist_disagreement(const uint64_t *all, int nranks, int nkeys, int *who);
+uint64_t xc_dist_hash(uint64_t h, const void *p, size_t n);
+
+//
 // schedule.c: the learning rate (and cycled momentum) of each step
 //
 
@@ -255,6 +281,10 @@ typedef struct {
   // _growth_tracker), saved with the optimizer state; unused otherwise.
   float scale;
   int64_t growth_tracker;
+  // step - (epoch x steps_per_epoch + iter): 0 unless a --resume changed the
+  // global batch (ranks x batch, distributed.c) and with it the steps per
+  // epoch; saved as 'step_offset' when not 0.
+  int64_t step_offset;
 } XcProgress;
 
 // What the training loop keeps in the optimizer file besides the progress
@@ -399,7 +429,7 @@ typedef struct {
 } Transform;
 
 // ToTensor + Normalize of one CHW byte image into floats, after the
-// training augmentation when rng is non-NULL.
+// training augmentation when rng is non-NULL. dst NULL: only the draws.
 void xc_transform(const Transform *t, const uint8_t *src, int c, int h, int w, float *dst,
                   XcRng *rng);
 // Fills images [b, c, h, w] and labels (int32 indices, or floats 0/1 when
@@ -426,6 +456,13 @@ typedef struct {
 Loader *loader_start(const Dataset *d, const Transform *t, int batch, bool shuffle, bool drop_last,
                      uint64_t seed, int first_epoch, int end_epoch, bool float_labels,
                      bool threaded);
+// Rank `rank` of `nranks` (distributed.c): steps of a global batch of
+// nranks x batch samples, of which this rank takes rows [rank x batch,
+// (rank + 1) x batch), fewer or none in a partial last one; the order and
+// the augmentation draws are those of one process with the global batch.
+Loader *loader_start_shard(const Dataset *d, const Transform *t, int batch, int rank, int nranks,
+                           bool shuffle, bool drop_last, uint64_t seed, int first_epoch,
+                           int end_epoch, bool float_labels, bool threaded);
 int loader_steps_per_epoch(const Loader *l);
 double loader_wait_seconds(const Loader *l); // the training loop's time waiting for batches
 bool loader_next(Loader *l, Batch *b); // false after the last batch

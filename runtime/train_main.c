@@ -6,6 +6,8 @@
 // step's own logits, validation loss and accuracy, lr, speed), checkpoints
 // each epoch (weights + optimizer state + history, atomically), keeps the
 // best epoch and stops early on request, and writes the history and curves.
+// Under mpirun (distributed.c) every rank trains its shard of each global
+// batch and rank 0 alone prints, logs, evaluates and saves.
 #include "rt.h"
 
 #include <errno.h>
@@ -117,6 +119,10 @@ static void print_help(const char *prog, const XcModel *m, const char *save) {
       m->drop_last ? ""
                    : "A partial last batch is padded to the compiled batch size with rows the\n"
                      "loss ignores, so the step computes what PyTorch does on the smaller batch.\n");
+  if (xc_dist_available())
+    printf("Under mpirun -np N, N ranks train a global batch of N x %d, each its own %d rows;\n"
+           "rank 0 prints, logs, evaluates and saves (docs/distributed.md).\n",
+           m->batch_size, m->batch_size);
   if (m->val_split > 0)
     printf("Folder data: when the YAML's test folder does not exist, %g of the files (a split\n"
            "seeded by the YAML's seed %d, by file name) are held out for evaluation.\n",
@@ -339,6 +345,98 @@ static void print_epoch(const EpochRecord *r, const char *val_name, int64_t val_
   fflush(stdout);
 }
 
+// The denominator of the batch's mean loss: its real rows, or for
+// cross-entropy with class weights the sum of the targets' weights, as
+// PyTorch's reduction='mean' divides. A rank's gradient counts in the
+// global batch's in proportion to it.
+static double loss_denominator(const XcModel *m, const void *labels, int rows) {
+  if (m->loss_kind != XC_LOSS_CROSS_ENTROPY || !m->class_weights)
+    return rows;
+  double sum = 0;
+  for (int i = 0; i < rows; i++) {
+    int32_t y = ((const int32_t *)labels)[i];
+    sum += y >= 0 && y < m->outputs ? m->class_weights[y] : 0;
+  }
+  return sum;
+}
+
+// One step's numbers across ranks: what each rank sends, after its
+// gradient step and before the sum of the gradients.
+enum { SHARE_DENOM, SHARE_LOSS, SHARE_RIGHT, SHARE_ROWS, SHARE_SIGNAL, NSHARE };
+
+// The global batch's gradient and loss from the ranks' shards: each rank's
+// gradient weighted by its share of the loss's denominator, then summed in
+// rank order (xc_dist_sum_floats), so every rank holds the same bits, those
+// of the mean over the whole global batch. Returns the global loss; *right,
+// *rows and *sig become the job's totals (sig: a signal any rank caught).
+static float combine_ranks(const XcModel *m, float *grads, float loss, double denom,
+                           int64_t *right, int *rows, int *sig) {
+  int n = xc_dist_size();
+  double mine[NSHARE] = {denom, loss, (double)*right, *rows, *sig};
+  double *all = xc_malloc(sizeof *all * NSHARE * n);
+  xc_dist_gather_doubles(mine, NSHARE, all);
+  double total = 0, global = 0;
+  for (int r = 0; r < n; r++)
+    total += all[r * NSHARE + SHARE_DENOM];
+  float w = (float)(denom / total);
+  for (int64_t i = 0; i < m->param_floats; i++)
+    grads[i] *= w;
+  xc_dist_sum_floats(grads, m->param_floats);
+  *right = 0, *rows = 0;
+  for (int r = 0; r < n; r++) {
+    const double *a = all + r * NSHARE;
+    if (a[SHARE_ROWS] > 0)
+      global += a[SHARE_DENOM] / total * a[SHARE_LOSS];
+    *right += (int64_t)a[SHARE_RIGHT];
+    *rows += (int)a[SHARE_ROWS];
+    if (a[SHARE_SIGNAL] && !*sig)
+      *sig = (int)a[SHARE_SIGNAL];
+  }
+  free(all);
+  return (float)global;
+}
+
+// Before the first step: every rank must run the same model, options and
+// weights on the same data, or the sums mean nothing. One hash of each per
+// rank, gathered; a rank that differs from rank 0 stops the job, named.
+static void check_ranks_agree(const XcModel *m, const float *params, const float *state,
+                              const int64_t *counters, const Dataset *d, const char *options) {
+  enum { KEY_MODEL, KEY_OPTIONS, KEY_WEIGHTS, KEY_COUNT, KEY_DATA, NKEY };
+  static const char *const what[NKEY] = {
+      "the model", "the training options", "the initial weights", "the number of training samples",
+      "the training data"};
+  static const char *const detail[NKEY] = {
+      "its name, batch size, shapes or tensors", "--seed, shuffling, --drop-last, --lr, --epochs, "
+      "--steps, --nan-policy or --resume", "their hash", NULL, "the pixels or the labels"};
+  static const char *const hints[NKEY] = {
+      "run the same NAME-train, compiled from the same YAML, on every machine",
+      "give every rank the same options (mpirun passes one command line to all)",
+      "give every rank the same --init file", "give every rank a copy of the same data set",
+      "give every rank a copy of the same data set (same files, same order)"};
+  uint64_t h = xc_dist_hash(0, m->name, strlen(m->name));
+  int64_t shape[] = {m->batch_size, m->channels, m->height, m->width, m->outputs,
+                     m->param_floats, m->state_floats, m->nparams, m->precision};
+  h = xc_dist_hash(h, shape, sizeof shape);
+  for (int i = 0; i < m->nparams; i++)
+    h = xc_dist_hash(h, m->params[i].name, strlen(m->params[i].name));
+  uint64_t keys[NKEY] = {h, xc_dist_hash(0, options, strlen(options)), 0, (uint64_t)d->n, 0};
+  keys[KEY_WEIGHTS] = xc_dist_hash(xc_dist_hash(xc_dist_hash(0, params, m->param_floats * 4), state,
+                                                m->state_floats * 4),
+                                   counters, sizeof *counters * m->ncounters);
+  size_t sample = (size_t)d->c * d->h * d->w;
+  keys[KEY_DATA] = xc_dist_hash(xc_dist_hash(0, d->pixels, (size_t)d->n * sample), d->labels,
+                                sizeof *d->labels * d->n);
+  int n = xc_dist_size(), who = 0;
+  uint64_t *all = xc_malloc(sizeof *all * NKEY * n);
+  xc_dist_gather_u64(keys, NKEY, all);
+  int k = xc_dist_disagreement(all, n, NKEY, &who);
+  free(all);
+  if (k >= 0)
+    xc_die(hints[k], "rank %d of %d disagrees with rank 0 on %s (%s): the ranks cannot train "
+           "together", who, n, what[k],
+           k == KEY_COUNT ? xc_format("%lld samples here", (long long)d->n) : detail[k]);
+}
+
 int xc_train_main(int argc, char **argv) {
   xc_passive_wait(argv);
   const XcModel *m = &xc_model;
@@ -454,6 +552,13 @@ int xc_train_main(int argc, char **argv) {
            "--init and --resume exclude each other");
   if (mo.patience && !mo.kind)
     mo.kind = MONITOR_VAL_LOSS; // Keras's EarlyStopping watches val_loss by default
+  // Ranks (mpirun): each trains its shard of a global batch of nranks x
+  // the compiled batch; rank 0 alone prints, logs, evaluates and saves.
+  xc_dist_init(&argc, &argv);
+  int rank = xc_dist_rank(), nranks = xc_dist_size();
+  int global_batch = m->batch_size * nranks;
+  if (rank > 0)
+    quiet = true, log_path = NULL, profile = false;
   xc_set_threads(threads);
   char *optim_path = sibling(save, ".optim.safetensors");
   char *csv_path = sibling(save, ".history.csv");
@@ -466,7 +571,7 @@ int xc_train_main(int argc, char **argv) {
   char *slash = strrchr(save_dir, '/');
   if (slash)
     *(slash == save_dir ? slash + 1 : slash) = '\0';
-  if (access(slash ? save_dir : ".", W_OK) != 0)
+  if (rank == 0 && access(slash ? save_dir : ".", W_OK) != 0)
     xc_die("pass --save in an existing, writable directory",
            "cannot write checkpoints next to %s: %s", save, strerror(errno));
   free(save_dir);
@@ -481,21 +586,24 @@ int xc_train_main(int argc, char **argv) {
   int64_t *counters = xc_calloc(m->ncounters + 1, sizeof *counters);
   int first_epoch = 0, skip_iters = 0;
   int64_t step = 0, opt_step = 0;
-  if (init)
+  if (init && rank == 0)
     xc_load_weights(init, m, params, state, counters);
   // Checkpoints (checkpoint.c): finish or clear what an interrupted save
   // left, then --resume from a pair that belongs together, with the
   // history, the partial epoch's sums and the monitor saved with it.
   const char *others[] = {csv_path, svg_path, mo.best_path};
-  xc_ckpt_tidy(save, optim_path, others, mo.best_path ? 3 : 2);
+  if (rank == 0)
+    xc_ckpt_tidy(save, optim_path, others, mo.best_path ? 3 : 2);
   XcProgress resumed = {0};
+  int resumed_global = global_batch; // the global batch of the run --resume continues
   Scaler scaler = {m->precision == XC_PRECISION_FP16, (float)m->init_scale, 0};
   EpochRecord *hist = NULL;
   int nhist = 0;
   EpochSums sums = {0};
-  enum { META_HISTORY, META_SUMS, META_MONITOR, NMETA };
-  XcCkptMeta meta[NMETA] = {{"history", NULL}, {"epoch_sums", NULL}, {"monitor", NULL}};
-  if (resume) {
+  enum { META_HISTORY, META_SUMS, META_MONITOR, META_GLOBAL_BATCH, NMETA };
+  XcCkptMeta meta[NMETA] = {
+      {"history", NULL}, {"epoch_sums", NULL}, {"monitor", NULL}, {"global_batch", NULL}};
+  if (resume && rank == 0) {
     resumed = xc_ckpt_resume(save, optim_path, m, params, state, counters, meta, NMETA);
     step = resumed.step;
     first_epoch = (int)resumed.epoch;
@@ -537,8 +645,45 @@ int xc_train_main(int argc, char **argv) {
       xc_die("pass a larger --patience (or none) to train further",
              "%s stopped early: %s has not improved for %d epochs since epoch %d", save,
              monitor_names[mo.kind], mo.wait, mo.best_epoch);
+    // The global batch (ranks x compiled batch) it was written with
+    // (checkpoints of earlier xentcc hold none: one process, this batch).
+    // Under another, the position within the epoch is its sample offset,
+    // which must begin a batch of this run; the steps per epoch change, so
+    // the step count keeps an offset from epoch x steps per epoch + batch.
+    const char *gb = meta[META_GLOBAL_BATCH].value;
+    if (gb) {
+      char *end;
+      long v = strtol(gb, &end, 10);
+      if (end == gb || *end || v < 1 || v > INT32_MAX)
+        xc_die("the checkpoint was changed or damaged since a run wrote it",
+               "%s: 'global_batch' is \"%s\" in its metadata, not a batch size", optim_path, gb);
+      resumed_global = (int)v;
+    }
+    int64_t sample = (int64_t)skip_iters * resumed_global;
+    if (resumed_global != global_batch && sample % global_batch)
+      xc_die(xc_format("resume with a global batch (ranks x compiled batch) that divides %lld "
+                       "(it was %d), or from the checkpoint of an epoch's end",
+                       (long long)sample, resumed_global),
+             "%s stopped %lld samples into epoch %d (%lld batch%s of %d); this run's global "
+             "batch of %d (%d rank%s x %d) cannot start there",
+             optim_path, (long long)sample, first_epoch + 1, (long long)skip_iters,
+             skip_iters == 1 ? "" : "es", resumed_global, global_batch, nranks,
+             nranks == 1 ? "" : "s", m->batch_size);
+    skip_iters = (int)(sample / global_batch);
     for (int i = 0; i < NMETA; i++)
       free(meta[i].value), meta[i].value = NULL;
+  }
+  // Rank 0 read the weights (--init, --resume): every rank starts from its
+  // weights and its position in the run.
+  if (nranks > 1) {
+    xc_dist_broadcast(params, sizeof *params * m->param_floats);
+    xc_dist_broadcast(state, sizeof *state * m->state_floats);
+    xc_dist_broadcast(counters, sizeof *counters * m->ncounters);
+    int64_t at[] = {step, first_epoch, skip_iters, opt_step, scaler.growth_tracker};
+    xc_dist_broadcast(at, sizeof at);
+    xc_dist_broadcast(&scaler.scale, sizeof scaler.scale);
+    step = at[0], first_epoch = (int)at[1], skip_iters = (int)at[2], opt_step = at[3];
+    scaler.growth_tracker = at[4];
   }
 
   double t_load = xc_now();
@@ -552,8 +697,9 @@ int xc_train_main(int argc, char **argv) {
   // The evaluation after each epoch reads its data now, so that a problem
   // with it shows before any training.
   Dataset *val = NULL;
-  const char *vpath = eval_each_epoch && xc_forward ? eval_path(m, data, data_given, eval_data)
-                                                    : NULL;
+  const char *vpath = eval_each_epoch && xc_forward && rank == 0
+                          ? eval_path(m, data, data_given, eval_data)
+                          : NULL;
   if (vpath) {
     DataSpec vs = xc_data_spec(m, vpath, false, strict, true);
     vs.cache = cache;
@@ -563,7 +709,7 @@ int xc_train_main(int argc, char **argv) {
     val = xc_load_dataset(&vs);
   }
   const char *val_name = eval_data || xc_use_val_split(m) ? "validation" : "test";
-  if (mo.kind && !val)
+  if (mo.kind && !val && rank == 0)
     xc_die(eval_each_epoch ? "pass --eval-data PATH, data held out from training"
                            : "drop --no-eval: the metric comes from the evaluation after each epoch",
            "%s %s needs an evaluation after each epoch, and this run has none",
@@ -581,11 +727,29 @@ int xc_train_main(int argc, char **argv) {
   if (resume && first_epoch >= end_epoch && !steps)
     xc_die("pass a larger --epochs to train further", "%s already holds %d epochs", save,
            first_epoch);
-  Loader *loader = loader_start(d, &tf, m->batch_size, shuffle, drop_last, (uint64_t)seed,
-                                first_epoch, end_epoch, binary, true);
+  if (nranks > 1) {
+    char *options = xc_format("seed %d shuffle %d drop_last %d lr %.17g epochs %d steps %d "
+                              "nan_skip %d resume %d at %lld",
+                              seed, shuffle, drop_last, lr, epochs, steps, nan_skip, resume,
+                              (long long)step);
+    check_ranks_agree(m, params, state, counters, d, options);
+    free(options);
+  }
+  Loader *loader = loader_start_shard(d, &tf, m->batch_size, rank, nranks, shuffle, drop_last,
+                                      (uint64_t)seed, first_epoch, end_epoch, binary, true);
   int per_epoch = loader_steps_per_epoch(loader);
-  if (resume)
-    xc_ckpt_check_data(optim_path, resumed, per_epoch, d->path);
+  int64_t step_offset = 0;
+  if (resume && rank == 0) {
+    // The data must make the checkpoint's steps per epoch at its global batch.
+    int64_t before = drop_last ? d->n / resumed_global
+                               : (d->n + resumed_global - 1) / resumed_global;
+    xc_ckpt_check_data(optim_path, resumed, before, d->path);
+    step_offset = step - ((int64_t)first_epoch * per_epoch + skip_iters);
+    if (resumed_global != global_batch && !quiet)
+      printf("resuming with a global batch of %d samples per step (the checkpoint's was %d): "
+             "%d steps per epoch instead of %lld\n",
+             global_batch, resumed_global, per_epoch, (long long)before);
+  }
   // The schedule's length: one-cycle anneals over the whole run unless the
   // YAML gives total_steps, which the run must not exceed (PyTorch raises).
   const XcSchedule *sched = &m->schedule;
@@ -611,14 +775,16 @@ int xc_train_main(int argc, char **argv) {
     char *precision = m->precision == XC_PRECISION_FP32 ? xc_format("%s", "")
                       : scaler.on ? xc_format(", fp16 autocast with loss scale %g", scaler.scale)
                                   : xc_format("%s", ", bf16 autocast");
-    printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d, %d thread%s%s%s\n",
-           m->name, d->path, (long long)d->n, d->format, per_epoch, m->batch_size, xc_threads(),
-           xc_threads() == 1 ? "" : "s", held, precision);
-    free(held), free(precision);
-    if (d->n % m->batch_size)
+    char *ranks = nranks > 1 ? xc_format(" (%d ranks x %d)", nranks, m->batch_size)
+                             : xc_format("%s", "");
+    printf("training %s on %s: %lld samples (%s), %d steps per epoch of %d%s, %d thread%s%s%s\n",
+           m->name, d->path, (long long)d->n, d->format, per_epoch, global_batch, ranks,
+           xc_threads(), xc_threads() == 1 ? "" : "s", held, precision);
+    free(held), free(precision), free(ranks);
+    if (d->n % global_batch)
       printf(drop_last ? "(drop_last: the last %lld samples of each epoch's order are dropped)\n"
                        : "(the last batch of each epoch holds %lld samples)\n",
-             (long long)(d->n % m->batch_size));
+             (long long)(d->n % global_batch));
     fflush(stdout);
   }
 
@@ -645,7 +811,14 @@ int xc_train_main(int argc, char **argv) {
   int64_t start_step = step, images = 0, epoch_images = 0;
   bool stopped = false, at_epoch_end = false, early = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
+  // Dropout masks hash (seed, layer, step, element) with the element's
+  // index in the rank's own batch: ranks other than 0 hash another seed so
+  // that their masks do not repeat rank 0's (they are not those of one
+  // process with the global batch either: docs/distributed.md).
+  uint32_t dropout_seed = (uint32_t)seed + (uint32_t)rank * 0x9e3779b9u;
   catch_interrupts();
+  int sig = 0; // a signal caught by this rank, or (after the step's sums) by any
+  double t_sum = 0; // in combine_ranks: waiting for the other ranks, then the sums
   if (profile)
     xc_profile_start(m);
   float step_lr = (float)lr;
@@ -654,11 +827,26 @@ int xc_train_main(int argc, char **argv) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
     // GradScaler's 1 / scale in double, rounded to float (else 1: unread).
     float step_scale = scaler.on ? scaler.scale : 1.0f;
-    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
+    XcStepArgs args = {(int32_t)(step + 1), dropout_seed, (float)hy.lr, (float)hy.momentum,
                        (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale)};
-    float loss =
-        xc_grad_step(params, state, b.images, b.labels, &args, grads, logits, workspace);
-    int64_t right = m->train_logits ? right_predictions(m, logits, b.labels, b.rows) : 0;
+    // A rank whose shard of a partial last batch is empty computes nothing
+    // (its loss would be 0 / 0) but still takes part in the sums.
+    float loss = 0;
+    int64_t right = 0;
+    int rows = b.rows;
+    if (rows > 0 || nranks == 1) {
+      loss = xc_grad_step(params, state, b.images, b.labels, &args, grads, logits, workspace);
+      right = m->train_logits ? right_predictions(m, logits, b.labels, b.rows) : 0;
+    } else {
+      memset(grads, 0, sizeof *grads * m->param_floats);
+    }
+    sig = interrupted;
+    if (nranks > 1) {
+      double t = xc_now();
+      loss = combine_ranks(m, grads, loss, loss_denominator(m, b.labels, rows), &right, &rows,
+                           &sig);
+      t_sum += xc_now() - t;
+    }
     loader_release(loader);
     // A NaN or an infinity in the loss or a gradient: stop before the update
     // (the weights stay those of the step before, the last checkpoint is
@@ -676,6 +864,10 @@ int xc_train_main(int argc, char **argv) {
       progress_clear(&progress);
       if (log)
         fclose(log);
+      if (rank > 0) { // every rank decided so: rank 0 says why
+        xc_dist_finalize();
+        exit(1);
+      }
       xc_die(xc_format("lower the learning rate (--lr), check the data's normalisation, or pass "
                        "--nan-policy skip to skip such steps; the last checkpoint (%s, written "
                        "after epoch %d) is intact and --resume continues from it",
@@ -692,8 +884,8 @@ int xc_train_main(int argc, char **argv) {
     if (finite || (overflow && isfinite(loss))) {
       // The epoch's metrics, from this step's loss and logits (before the
       // update; a step GradScaler skips still computed both).
-      sums.loss += (double)loss * b.rows;
-      sums.rows += b.rows;
+      sums.loss += (double)loss * rows;
+      sums.rows += rows;
       sums.steps++;
       sums.right += right;
     }
@@ -702,7 +894,7 @@ int xc_train_main(int argc, char **argv) {
       opt_step++;
     } else if (overflow) {
       // GradScaler's skipped step: counted, reported at the end, no warning.
-    } else if (skipped++ == 0) {
+    } else if (skipped++ == 0 && rank == 0) {
       progress_clear(&progress);
       char *why = bad >= 0 ? xc_format("the gradient of %s is not finite", m->params[bad].name)
                            : xc_format("the loss is %g", loss);
@@ -714,8 +906,8 @@ int xc_train_main(int argc, char **argv) {
     step_lr = args.lr;
     for (int i = 0; i < m->ncounters; i++)
       counters[i]++;
-    images += b.rows;
-    epoch_images += b.rows;
+    images += rows;
+    epoch_images += rows;
     if (log && scaler.on)
       fprintf(log, "%lld,%d,%.9g,%.9g,%d,%.9g\n", (long long)step, b.epoch + 1, loss, args.lr,
               !finite, step_scale);
@@ -738,7 +930,7 @@ int xc_train_main(int argc, char **argv) {
     last_epoch = b.epoch;
     last_iter = b.iter + 1;
     at_epoch_end = b.iter + 1 == per_epoch;
-    stopped = (steps && step >= steps) || interrupted;
+    stopped = (steps && step >= steps) || sig;
     // At the end of an epoch, and of a run that --steps stops mid-epoch: a
     // row of the history, from an evaluation (an interrupted epoch's end
     // is evaluated too, so that --resume sees the epochs it would have).
@@ -774,7 +966,7 @@ int xc_train_main(int argc, char **argv) {
     }
     hist = xc_realloc(hist, sizeof *hist * (nhist + 1));
     hist[nhist] = r;
-    if (at_epoch_end) {
+    if (at_epoch_end && rank == 0) {
       nhist++;
       // The best epoch's weights first: a run killed before the checkpoint
       // below repeats this epoch and writes them again.
@@ -788,18 +980,26 @@ int xc_train_main(int argc, char **argv) {
       }
       meta[META_HISTORY].value = xc_history_encode(hist, nhist);
       meta[META_MONITOR].value = mo.kind ? monitor_encode(&mo) : NULL;
+      meta[META_GLOBAL_BATCH].value = xc_format("%d", global_batch);
       xc_ckpt_save(save, optim_path, m, params, state, counters,
                    (XcProgress){step, b.epoch + 1, 0, per_epoch, opt_step, scaler.scale,
-                                 scaler.growth_tracker},
+                                 scaler.growth_tracker, step_offset},
                     meta, NMETA);
       last_saved_epoch = b.epoch + 1;
       for (int i = 0; i < NMETA; i++)
         free(meta[i].value), meta[i].value = NULL;
     }
-    xc_write_history(csv_path, svg_path, m->name, val_name, hist, nhist + partial);
+    if (rank == 0)
+      xc_write_history(csv_path, svg_path, m->name, val_name, hist, nhist + partial);
     if (!quiet)
       print_epoch(&r, val_name, val ? val->n : 0);
-    if (at_epoch_end && mo.patience && mo.wait >= mo.patience) {
+    if (nranks > 1) { // rank 0's evaluation decides for all
+      int stop_early = at_epoch_end && mo.patience && mo.wait >= mo.patience;
+      xc_dist_broadcast(&stop_early, sizeof stop_early);
+      early = stop_early;
+      stopped = stopped || early;
+    }
+    if (at_epoch_end && mo.patience && mo.wait >= mo.patience && rank == 0) {
       early = stopped = true;
       if (!quiet)
         printf("early stopping: %s has not improved for %d epochs; the best was %.6g at epoch "
@@ -822,18 +1022,19 @@ int xc_train_main(int argc, char **argv) {
     xc_die(NULL, "cannot write %s: %s", log_path, strerror(errno));
   // A run stopped mid-epoch (--steps, Ctrl-C) still saves what it has, with
   // the epoch's sums so far.
-  if (!at_epoch_end || step == start_step) {
+  if ((!at_epoch_end || step == start_step) && rank == 0) {
     check_weights_finite(m, params, state, save, step, last_saved_epoch);
+    meta[META_GLOBAL_BATCH].value = xc_format("%d", global_batch);
     meta[META_HISTORY].value = xc_history_encode(hist, nhist);
     meta[META_SUMS].value = last_iter ? sums_encode(&sums) : NULL;
     meta[META_MONITOR].value = mo.kind && mo.best_epoch ? monitor_encode(&mo) : NULL;
     xc_ckpt_save(save, optim_path, m, params, state, counters,
                  (XcProgress){step, last_epoch, last_iter, per_epoch, opt_step, scaler.scale,
-                              scaler.growth_tracker}, meta, NMETA);
+                              scaler.growth_tracker, step_offset}, meta, NMETA);
     for (int i = 0; i < NMETA; i++)
       free(meta[i].value), meta[i].value = NULL;
   }
-  if (skipped)
+  if (skipped && rank == 0)
     xc_warn("lower the learning rate (--lr) or check the data",
             "skipped %lld of %lld steps whose loss or gradients were not finite",
             (long long)skipped, (long long)(step - start_step));
@@ -851,6 +1052,10 @@ int xc_train_main(int argc, char **argv) {
            "loaded in %.2f s, %.2f s waiting for batches\n",
            (long long)(step - start_step), secs, t_eval, images / (secs - t_eval + 1e-9), t_load,
            waited);
+    if (nranks > 1)
+      printf("%d ranks: %.2f s in the gradient sums (%lld floats a step), waiting for the "
+             "slowest rank included\n",
+             nranks, t_sum, (long long)m->param_floats);
     // Every file the run wrote.
     printf("saved weights to %s, optimizer state and progress to %s\n", save, optim_path);
     if (nhist || (!at_epoch_end && steps && step >= steps))
@@ -863,12 +1068,12 @@ int xc_train_main(int argc, char **argv) {
     if (early)
       printf("stopped early after epoch %d (--patience %d)\n", last_epoch + 1, mo.patience);
   }
-  if (interrupted) {
+  if (sig && rank == 0) {
     fflush(stdout);
     fprintf(stderr,
             "%s: %s at step %lld (epoch %d, batch %d); the weights and optimizer state are "
             "saved\nhint: run again with --resume (and the same --save) to continue\n",
-            xc_prog, interrupted == SIGINT ? "interrupted" : "terminated", (long long)step,
+            xc_prog, sig == SIGINT ? "interrupted" : "terminated", (long long)step,
             last_epoch + 1, last_iter);
   }
   xc_free_dataset(d);
@@ -882,5 +1087,6 @@ int xc_train_main(int argc, char **argv) {
   free(hist);
   free(optim_path), free(csv_path), free(svg_path), free(mo.best_path), free(save), free(stem);
   free(usage);
-  return interrupted ? 130 : 0;
+  xc_dist_finalize();
+  return sig ? 130 : 0;
 }

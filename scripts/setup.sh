@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libyaml-dev llvm-19-dev llvm-19-tools libomp-19-dev
-          lld-19 check libjpeg-dev libpng-dev zlib1g-dev python3 dataset-fashion-mnist graphviz)
+          lld-19 check libjpeg-dev libpng-dev zlib1g-dev python3 dataset-fashion-mnist graphviz
+          libopenmpi-dev openmpi-bin)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3-torch python3-numpy python3-pil python3-yaml librsvg2-bin)
 fi

@@ -46,7 +46,7 @@ static Ckpt ckpt_in(const char *dir) {
 static void save(void *arg) {
   Ckpt *c = arg;
   xc_ckpt_save(c->w, c->o, &xc_model, c->p, c->s, NULL,
-               (XcProgress){c->step, 1, 0, 4, c->step - 1, 1.0f, 0}, NULL, 0);
+               (XcProgress){c->step, 1, 0, 4, c->step - 1, 1.0f, 0, 0}, NULL, 0);
 }
 
 START_TEST(ckpt_round_trip) {

@@ -182,7 +182,7 @@ START_TEST(weights_save_load) {
   ck_assert_ptr_null(st_find(f, "fc.weight.momentum_buffer"));
   st_free(f);
   char *opath = xc_join(dir, "m.optim.safetensors");
-  xc_ckpt_save(path, opath, &xc_model, p, s, NULL, (XcProgress){7, 1, 3, 4, 6, 1.0f, 0}, NULL,
+  xc_ckpt_save(path, opath, &xc_model, p, s, NULL, (XcProgress){7, 1, 3, 4, 6, 1.0f, 0, 0}, NULL,
                0);
   f = st_open(opath, &err);
   ck_assert_ptr_nonnull(st_find(f, "fc.weight.momentum_buffer"));
