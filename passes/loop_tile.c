@@ -15,7 +15,10 @@
 // ("rfactor": each lane sums every 8th term, the lanes added in order at
 // the end). The other two tile loops and their sizes are chosen from the
 // constant shapes: at most 12 accumulators (AVX2 has 16 registers) and the
-// fewest loads per multiply-add. Edges take smaller tiles, never branches in
+// fewest loads per multiply-add, or, when a tile's sum streams more than L1
+// holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
+// tile loops nest so that the operand that would otherwise cross L2 most
+// often stays in it. Edges take smaller tiles, never branches in
 // the reduction: a short last vector, or a last block with fewer rows.
 #include "loop.h"
 
@@ -27,6 +30,11 @@ enum { LANES = 8, MAX_ACC = 12, MAX_PIECES = 4, MAX_SPATIAL = LMAX_RANK };
 // The L2 cache per core the loop order assumes: AVX2 machines have 256 KB
 // (Intel's clients) to 1 MB (Zen 4); 512 KB is Zen 2 and 3's.
 #define L2_BYTES ((int64_t)512 << 10)
+// L1 data cache: 32 KB on every AVX2 machine but Zen 4 and 5 (48). The
+// bytes L2 refills L1 with for each multiply-add slot (two a cycle): about
+// 16 bytes a cycle, sustained, where 64 is the peak of a line a cycle.
+#define L1_BYTES ((int64_t)32 << 10)
+#define L2_BYTES_PER_FMA 8.0
 
 typedef struct {
   int var;
@@ -160,6 +168,19 @@ static int64_t lane_stride(const LExpr *e, int var) {
 
 static bool uses(const LExpr *e, int var) { return lx_uses_var(e, var); }
 
+// How far load e moves when var steps by one, in elements, whatever the
+// direction; a load not linear in var moves "far" (INT64_MAX).
+static int64_t distance(const LExpr *e, int var) {
+  int64_t total = 0;
+  for (int d = 0; d < e->buf->rank; d++) {
+    int64_t c;
+    if (!lx_linear(e->idx[d], var, &c))
+      return INT64_MAX;
+    total += c * stride(e->buf, d);
+  }
+  return total < 0 ? -total : total;
+}
+
 // --- Transposing an operand so that the vector reads it contiguously -------------------------
 
 // The dimension of load e that `var` moves (with coefficient 1), alone, or -1.
@@ -228,12 +249,12 @@ typedef struct {
 
 // Loads per reduction step and accumulators of a tile.
 static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *acc) {
+  *loads = 0;
   int64_t pieces = t->rfactor ? 1 : (t->vblock + LANES - 1) / LANES;
   *acc = pieces;
   for (int i = 0; i < 2; i++)
     if (t->t[i] >= 0)
       *acc *= t->size[i];
-  *loads = 0;
   const LExpr *ops[2] = {c->a, c->b};
   int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
   for (int o = 0; o < 2; o++) {
@@ -245,9 +266,31 @@ static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *a
   }
 }
 
+// Bytes a reduction step of the tile loads that the step before did not:
+// per load, what the innermost reduction loop moves it by, up to a vector
+// (or, for a broadcast, a cache line).
+static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
+  if (t->rfactor || c->nr == 0)
+    return 0;
+  const LExpr *ops[2] = {c->a, c->b};
+  int64_t pieces = (t->vblock + LANES - 1) / LANES, bytes = 0;
+  for (int o = 0; o < 2; o++) {
+    int64_t s = distance(ops[o], c->r[c->nr - 1].var), n = 1;
+    bool vec = uses(ops[o], c->s[t->v].var);
+    int64_t cap = vec ? LANES : 16;
+    s = s > cap ? cap : s;
+    n = vec ? pieces : 1;
+    for (int i = 0; i < 2; i++)
+      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var))
+        n *= t->size[i];
+    bytes += n * s * 4;
+  }
+  return bytes;
+}
+
 // The best tile for the vector chosen: every pair of other spatial
 // dimensions and sizes up to the accumulator budget.
-static void choose(const Contraction *c, Tile *best) {
+static double choose(const Contraction *c, Tile *best, bool streamed) {
   static const int64_t sizes[] = {1, 2, 3, 4, 6, 8, 12};
   double best_score = -1;
   int64_t best_acc = 0;
@@ -274,6 +317,11 @@ static void choose(const Contraction *c, Tile *best) {
           // Multiply-adds per load, a little in favour of more accumulators
           // (latency hiding), and of sizes that divide the loops (no edge tile).
           double score = (double)acc / loads + 0.01 * acc;
+          if (streamed) { // multiply-adds per slot of the slowest of FMAs, loads and L2
+            double slots = (double)fresh_bytes(c, &t) / L2_BYTES_PER_FMA;
+            slots = slots > loads ? slots : loads;
+            score = (double)acc / (slots > acc ? slots : acc) + 0.01 * acc;
+          }
           for (int q = 0; q < 2; q++)
             if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
               score -= 0.05;
@@ -290,6 +338,44 @@ static void choose(const Contraction *c, Tile *best) {
     best->t[0] = -1;
   if (best->t[1] >= 0 && best->size[1] == 1)
     best->t[1] = -1;
+  return best_score;
+}
+
+// A tile whose sum streams more than L1 holds (a weight gradient's tile
+// reads dy's whole block of out-channels, 128 KB for resnet8's b3conv1 at
+// batch 64, for each of its 12 x 8 outputs) gets its loads from L2, which
+// feeds fewer bytes a cycle than the multiply-adds consume at 4 vectors of
+// dy per 3 broadcasts of x (140 new bytes per 12 FMAs). Such a tile may
+// then take a shorter vector, 16 or 8 lanes, and more unrolled outputs
+// (2 x 8 lanes x 6: 88 new bytes per 12 FMAs), whichever keeps the FMAs
+// busiest when L2 gives L2_BYTES_PER_FMA bytes per multiply-add.
+static void choose_streamed(const Contraction *c, Tile *t) {
+  int64_t steps = 1;
+  for (int i = 0; i < c->nr; i++)
+    steps *= c->r[i].n;
+  if (t->rfactor || steps * fresh_bytes(c, t) <= L1_BYTES)
+    return;
+  // Only where a vector operand shares nothing from one step to the next.
+  bool fresh_vectors = false;
+  const LExpr *ops[2] = {c->a, c->b};
+  for (int o = 0; o < 2; o++) {
+    if (uses(ops[o], c->s[t->v].var) && distance(ops[o], c->r[c->nr - 1].var) >= LANES)
+      fresh_vectors = true;
+  }
+  if (!fresh_vectors)
+    return;
+  Tile best = *t;
+  double best_score = choose(c, &best, true);
+  for (int64_t vb = t->vblock / 2; vb >= LANES; vb /= 2) {
+    if (vb % LANES)
+      break;
+    Tile tt = *t;
+    tt.vblock = vb;
+    double score = choose(c, &tt, true);
+    if (score > best_score + 1e-9)
+      best = tt, best_score = score;
+  }
+  *t = best;
 }
 
 // --- Building the tiled nest -------------------------------------------------------------------
@@ -689,7 +775,8 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
   } else {
     return; // stays plain
   }
-  choose(&c, &t);
+  choose(&c, &t, false);
+  choose_streamed(&c, &t);
   nest_order(&c, &t);
   LKernel *nk = k; // rebuilt in place
   nk->body = NULL;
