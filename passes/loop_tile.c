@@ -15,7 +15,10 @@
 // ("rfactor": each lane sums every 8th term, the lanes added in order at
 // the end). The other two tile loops and their sizes are chosen from the
 // constant shapes: at most 12 accumulators (AVX2 has 16 registers) and the
-// fewest loads per multiply-add. Edges take smaller tiles, never branches in
+// fewest loads per multiply-add, or, when a tile's sum streams more than L1
+// holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
+// tile loops nest so that the operand that would otherwise cross L2 most
+// often stays in it. Edges take smaller tiles, never branches in
 // the reduction: a short last vector, or a last block with fewer rows.
 #include "loop.h"
 
@@ -23,6 +26,15 @@
 #include <string.h>
 
 enum { LANES = 8, MAX_ACC = 12, MAX_PIECES = 4, MAX_SPATIAL = LMAX_RANK };
+
+// The L2 cache per core the loop order assumes: AVX2 machines have 256 KB
+// (Intel's clients) to 1 MB (Zen 4); 512 KB is Zen 2 and 3's.
+#define L2_BYTES ((int64_t)512 << 10)
+// L1 data cache: 32 KB on every AVX2 machine but Zen 4 and 5 (48). The
+// bytes L2 refills L1 with for each multiply-add slot (two a cycle): about
+// 16 bytes a cycle, sustained, where 64 is the peak of a line a cycle.
+#define L1_BYTES ((int64_t)32 << 10)
+#define L2_BYTES_PER_FMA 8.0
 
 typedef struct {
   int var;
@@ -156,6 +168,19 @@ static int64_t lane_stride(const LExpr *e, int var) {
 
 static bool uses(const LExpr *e, int var) { return lx_uses_var(e, var); }
 
+// How far load e moves when var steps by one, in elements, whatever the
+// direction; a load not linear in var moves "far" (INT64_MAX).
+static int64_t distance(const LExpr *e, int var) {
+  int64_t total = 0;
+  for (int d = 0; d < e->buf->rank; d++) {
+    int64_t c;
+    if (!lx_linear(e->idx[d], var, &c))
+      return INT64_MAX;
+    total += c * stride(e->buf, d);
+  }
+  return total < 0 ? -total : total;
+}
+
 // --- Transposing an operand so that the vector reads it contiguously -------------------------
 
 // The dimension of load e that `var` moves (with coefficient 1), alone, or -1.
@@ -219,16 +244,17 @@ typedef struct {
   int64_t vblock;  // lanes per block of the vector dimension (spatial)
   int t[2];        // up to two unrolled spatial dimensions (index into s), -1 when none
   int64_t size[2]; // their tile sizes
+  int order[MAX_SPATIAL]; // the spatial loops' nesting, outermost first (index into s)
 } Tile;
 
 // Loads per reduction step and accumulators of a tile.
 static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *acc) {
+  *loads = 0;
   int64_t pieces = t->rfactor ? 1 : (t->vblock + LANES - 1) / LANES;
   *acc = pieces;
   for (int i = 0; i < 2; i++)
     if (t->t[i] >= 0)
       *acc *= t->size[i];
-  *loads = 0;
   const LExpr *ops[2] = {c->a, c->b};
   int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
   for (int o = 0; o < 2; o++) {
@@ -240,9 +266,31 @@ static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *a
   }
 }
 
+// Bytes a reduction step of the tile loads that the step before did not:
+// per load, what the innermost reduction loop moves it by, up to a vector
+// (or, for a broadcast, a cache line).
+static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
+  if (t->rfactor || c->nr == 0)
+    return 0;
+  const LExpr *ops[2] = {c->a, c->b};
+  int64_t pieces = (t->vblock + LANES - 1) / LANES, bytes = 0;
+  for (int o = 0; o < 2; o++) {
+    int64_t s = distance(ops[o], c->r[c->nr - 1].var), n = 1;
+    bool vec = uses(ops[o], c->s[t->v].var);
+    int64_t cap = vec ? LANES : 16;
+    s = s > cap ? cap : s;
+    n = vec ? pieces : 1;
+    for (int i = 0; i < 2; i++)
+      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var))
+        n *= t->size[i];
+    bytes += n * s * 4;
+  }
+  return bytes;
+}
+
 // The best tile for the vector chosen: every pair of other spatial
 // dimensions and sizes up to the accumulator budget.
-static void choose(const Contraction *c, Tile *best) {
+static double choose(const Contraction *c, Tile *best, bool streamed) {
   static const int64_t sizes[] = {1, 2, 3, 4, 6, 8, 12};
   double best_score = -1;
   int64_t best_acc = 0;
@@ -269,6 +317,11 @@ static void choose(const Contraction *c, Tile *best) {
           // Multiply-adds per load, a little in favour of more accumulators
           // (latency hiding), and of sizes that divide the loops (no edge tile).
           double score = (double)acc / loads + 0.01 * acc;
+          if (streamed) { // multiply-adds per slot of the slowest of FMAs, loads and L2
+            double slots = (double)fresh_bytes(c, &t) / L2_BYTES_PER_FMA;
+            slots = slots > loads ? slots : loads;
+            score = (double)acc / (slots > acc ? slots : acc) + 0.01 * acc;
+          }
           for (int q = 0; q < 2; q++)
             if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
               score -= 0.05;
@@ -285,6 +338,44 @@ static void choose(const Contraction *c, Tile *best) {
     best->t[0] = -1;
   if (best->t[1] >= 0 && best->size[1] == 1)
     best->t[1] = -1;
+  return best_score;
+}
+
+// A tile whose sum streams more than L1 holds (a weight gradient's tile
+// reads dy's whole block of out-channels, 128 KB for resnet8's b3conv1 at
+// batch 64, for each of its 12 x 8 outputs) gets its loads from L2, which
+// feeds fewer bytes a cycle than the multiply-adds consume at 4 vectors of
+// dy per 3 broadcasts of x (140 new bytes per 12 FMAs). Such a tile may
+// then take a shorter vector, 16 or 8 lanes, and more unrolled outputs
+// (2 x 8 lanes x 6: 88 new bytes per 12 FMAs), whichever keeps the FMAs
+// busiest when L2 gives L2_BYTES_PER_FMA bytes per multiply-add.
+static void choose_streamed(const Contraction *c, Tile *t) {
+  int64_t steps = 1;
+  for (int i = 0; i < c->nr; i++)
+    steps *= c->r[i].n;
+  if (t->rfactor || steps * fresh_bytes(c, t) <= L1_BYTES)
+    return;
+  // Only where a vector operand shares nothing from one step to the next.
+  bool fresh_vectors = false;
+  const LExpr *ops[2] = {c->a, c->b};
+  for (int o = 0; o < 2; o++) {
+    if (uses(ops[o], c->s[t->v].var) && distance(ops[o], c->r[c->nr - 1].var) >= LANES)
+      fresh_vectors = true;
+  }
+  if (!fresh_vectors)
+    return;
+  Tile best = *t;
+  double best_score = choose(c, &best, true);
+  for (int64_t vb = t->vblock / 2; vb >= LANES; vb /= 2) {
+    if (vb % LANES)
+      break;
+    Tile tt = *t;
+    tt.vblock = vb;
+    double score = choose(c, &tt, true);
+    if (score > best_score + 1e-9)
+      best = tt, best_score = score;
+  }
+  *t = best;
 }
 
 // --- Building the tiled nest -------------------------------------------------------------------
@@ -482,13 +573,14 @@ static void tile_body(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
 
 // The spatial loops from dimension d on; the tile's body at the bottom.
 // size[]: the current tile sizes (a last block may be smaller).
-static void spatial(Build *bd, LKernel *k, LStmt *p, int d, int64_t n0, int64_t n1, int64_t len) {
+static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t n1, int64_t len) {
   const Contraction *c = bd->c;
   const Tile *t = bd->t;
-  if (d == c->ns) {
+  if (i == c->ns) {
     tile_body(bd, k, p, n0, n1, len);
     return;
   }
+  int d = t->order[i];
   const Dim *dim = &c->s[d];
   int q = d == t->t[0] ? 0 : d == t->t[1] ? 1 : -1;
   bool vec = !t->rfactor && d == t->v;
@@ -497,7 +589,7 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int d, int64_t n0, int64_t 
     LStmt *l = ls_loop(var, 0, dim->n, dim->role);
     ls_add(p, l);
     bd->at[d] = lx_var(var);
-    spatial(bd, k, l, d + 1, n0, n1, len);
+    spatial(bd, k, l, i + 1, n0, n1, len);
     return;
   }
   int64_t step = vec ? t->vblock : t->size[q];
@@ -520,10 +612,10 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int d, int64_t n0, int64_t 
   }
   LExpr *save = bd->at[d];
   if (main)
-    spatial(bd, k, main, d + 1, q == 0 ? step : n0, q == 1 ? step : n1, vec ? step : len);
+    spatial(bd, k, main, i + 1, q == 0 ? step : n0, q == 1 ? step : n1, vec ? step : len);
   if (tail) {
     bd->at[d] = save;
-    spatial(bd, k, tail, d + 1, q == 0 ? rest : n0, q == 1 ? rest : n1, vec ? rest : len);
+    spatial(bd, k, tail, i + 1, q == 0 ? rest : n0, q == 1 ? rest : n1, vec ? rest : len);
   }
 }
 
@@ -586,6 +678,65 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, int last) {
   return best;
 }
 
+// The order of the tile loops. Each operand is read from beyond L2 once
+// for every iteration of the outer loops it does not depend on, unless the
+// whole of it stays in L2 meanwhile. When the output's dimensions fall in
+// two groups, those one operand reads then those the other reads (a weight
+// gradient's out-channels, which only dy reads, then in-channels and taps,
+// which only x reads), the group whose operand would cross L2 fewer times
+// goes outside: dy of resnet8's b3conv1 at batch 64 (512 KB) stays in L2
+// while the in-channels sweep it, where x (1.6 MB) would otherwise stream
+// from L3 once per block of out-channels. The new outermost loop must be
+// as wide as the old one, or 8 (the threads split it). Each output's sum is
+// unchanged: only the tiles' order moves.
+static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
+  int64_t step = !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0]
+                                                   : d == t->t[1] ? t->size[1] : 1;
+  return (c->s[d].n + step - 1) / step;
+}
+
+static void nest_order(const Contraction *c, Tile *t) {
+  for (int d = 0; d < c->ns; d++)
+    t->order[d] = d;
+  const LExpr *ops[2] = {c->a, c->b};
+  int owner[MAX_SPATIAL], changes = 0;
+  for (int d = 0; d < c->ns; d++) {
+    bool ua = uses(c->a, c->s[d].var), ub = uses(c->b, c->s[d].var);
+    if (ua == ub)
+      return; // read by both or by neither: no two groups
+    owner[d] = ua ? 0 : 1;
+    changes += d > 0 && owner[d] != owner[d - 1];
+  }
+  if (changes != 1)
+    return;
+  // traffic(g outer) = size(op g) + size(op h) x (blocks of g, unless op h fits in L2)
+  int64_t blocks[2] = {1, 1}, size[2];
+  for (int d = 0; d < c->ns; d++)
+    blocks[owner[d]] *= blocks_of(c, t, d);
+  for (int o = 0; o < 2; o++)
+    size[o] = lbuf_bytes(ops[o]->buf);
+  int first = owner[0], second = 1 - first;
+  double traffic[2];
+  for (int g = 0; g < 2; g++)
+    traffic[g] = (double)size[g] + (double)size[1 - g] * (size[1 - g] > L2_BYTES ? blocks[g] : 1);
+  if (traffic[second] >= traffic[first])
+    return;
+  int lead = -1; // the outermost loop, which parallelize splits: keep it as wide (8 will do)
+  for (int d = 0; d < c->ns && lead < 0; d++)
+    if (owner[d] == second)
+      lead = d;
+  int64_t wide = blocks_of(c, t, 0) < 8 ? blocks_of(c, t, 0) : 8;
+  if (blocks_of(c, t, lead) < wide)
+    return;
+  int n = 0;
+  for (int d = 0; d < c->ns; d++)
+    if (owner[d] == second)
+      t->order[n++] = d;
+  for (int d = 0; d < c->ns; d++)
+    if (owner[d] == first)
+      t->order[n++] = d;
+}
+
 static void tile_kernel(LFunc *f, int at, LKernel *k) {
   Contraction c;
   if (!recognise(k, &c))
@@ -624,7 +775,9 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
   } else {
     return; // stays plain
   }
-  choose(&c, &t);
+  choose(&c, &t, false);
+  choose_streamed(&c, &t);
+  nest_order(&c, &t);
   LKernel *nk = k; // rebuilt in place
   nk->body = NULL;
   nk->nbody = 0;
