@@ -1,8 +1,8 @@
-// Helpers the Check suites share: read a whole file, and run a function in a
-// child process with its stderr captured, for code that reports and exits
-// (error_at, xc_die) or prints warnings a test wants to read. Header-only:
-// every suite is one translation unit and links neither ir/ nor runtime/ for
-// these.
+// Helpers the Check suites share: run a suite as main() does, read a whole
+// file, and run a function in a child process with its stderr captured,
+// for code that reports and exits (error_at, xc_die) or prints warnings a
+// test wants to read. Header-only: every suite is one translation unit and
+// links neither ir/ nor runtime/ for these.
 #ifndef XENTCC_TESTS_CAPTURE_H
 #define XENTCC_TESTS_CAPTURE_H
 
@@ -11,6 +11,15 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+// main()'s end: runs every test of s; exit status 1 when one failed.
+static inline int run_suite(Suite *s) {
+  SRunner *r = srunner_create(s);
+  srunner_run_all(r, CK_NORMAL);
+  int failed = srunner_ntests_failed(r);
+  srunner_free(r);
+  return failed ? 1 : 0;
+}
 
 // The file's bytes plus a '\0' ("" when it cannot be read); *len, if asked
 // for, gets the byte count.

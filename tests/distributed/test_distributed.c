@@ -3,6 +3,7 @@
 // hash, the launcher's rank count, the one-rank stub's refusal, and the
 // sharded batch stream, whose ranks' rows put together are, row for row
 // and bit for bit, the batches of one process with the global batch.
+#include "../common/capture.h"
 #include "rt.h"
 
 #include <check.h>
@@ -142,9 +143,5 @@ int main(void) {
   tcase_add_test(tc, stub_alone_is_rank_0_of_1);
   tcase_add_test(tc, shards_put_together_are_the_global_batch);
   suite_add_tcase(s, tc);
-  SRunner *r = srunner_create(s);
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

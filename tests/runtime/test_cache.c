@@ -773,9 +773,5 @@ int main(void) {
   tcase_add_test(tc, cache_stale_temporaries);
   tcase_add_test(tc, sha256_vectors);
   suite_add_tcase(s, tc);
-  SRunner *r = srunner_create(s);
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

@@ -393,9 +393,5 @@ int main(void) {
   tcase_add_test(tc, hostile_file_strict);
   tcase_add_test(tc, large_image_warns_and_loads);
   suite_add_tcase(s, tc);
-  SRunner *r = srunner_create(s);
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

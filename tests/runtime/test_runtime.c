@@ -1115,9 +1115,5 @@ int main(void) {
   tcase_add_test(tc, eval_loss);
   tcase_add_test(tc, shared_data);
   suite_add_tcase(s, tc);
-  SRunner *r = srunner_create(s);
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

@@ -630,9 +630,5 @@ int main(void) {
   tcase_add_test(tc, command_line_errors);
   tcase_add_test(tc, max_image_pixels_option);
   suite_add_tcase(s, tc);
-  SRunner *r = srunner_create(s);
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

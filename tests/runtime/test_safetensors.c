@@ -358,9 +358,5 @@ int main(int argc, char **argv) {
     setenv("GLIBC_TUNABLES", tunable, 1);
     execv("/proc/self/exe", argv);
   }
-  SRunner *sr = srunner_create(safetensors_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return run_suite(safetensors_suite());
 }

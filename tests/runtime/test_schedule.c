@@ -5,6 +5,7 @@
 // lr column of real training runs with PyTorch too; this pins the formulas
 // and their edge cases (repeated milestones, the warm-up hand-over,
 // three-phase one-cycle) in one place.
+#include "../common/capture.h"
 #include "rt.h"
 
 #include <check.h>
@@ -107,9 +108,5 @@ int main(void) {
   tcase_add_test(tc, one_cycle);
   tcase_add_test(tc, schedule_t);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return run_suite(s);
 }

@@ -3,6 +3,7 @@
 // dlopen, run on random inputs and compared node by node with the reference
 // evaluator (ir/eval.c). Then whole training steps of the seed models,
 // through the xc_grad_step / xc_apply_step / xc_forward ABI of runtime/xentcc_rt.h.
+#include "../common/capture.h"
 #include "ir.h"
 #include "loop.h"
 #include "../../runtime/xentcc_rt.h"
@@ -919,9 +920,5 @@ static Suite *suite(void) {
 }
 
 int main(void) {
-  SRunner *r = srunner_create(suite());
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(suite());
 }

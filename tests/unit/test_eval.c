@@ -3,6 +3,7 @@
 // graphs with random inputs from a fixed seed; fused losses against their
 // unfused forms; and forward ops and optimizer steps against numbers printed
 // by PyTorch 1.13 (the script is in each test's comment).
+#include "../common/capture.h"
 #include "dropout_hash.h"
 #include "ir.h"
 
@@ -933,9 +934,5 @@ static Suite *eval_suite(void) {
 }
 
 int main(void) {
-  SRunner *sr = srunner_create(eval_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(eval_suite());
 }

@@ -2,6 +2,7 @@
 // so large that exp overflows, probabilities of exactly 0 and 1 (PyTorch's
 // BCELoss clamps its logs at -100), and callers that hand eval_graph the
 // wrong tensors. test_eval.c covers the ordinary values.
+#include "../common/capture.h"
 #include "ir.h"
 
 #include <check.h>
@@ -165,9 +166,5 @@ int main(void) {
   tcase_add_exit_test(tc, wrong_source_shape_dies, 1);
   tcase_add_exit_test(tc, missing_source_dies, 1);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(s);
 }

@@ -5,6 +5,7 @@
 // passes, all against a file written by scripts/torch_reference.py with
 // PyTorch 1.13. Fails when that file is absent: the test command installs
 // python3-torch and the fixture writes it.
+#include "../common/capture.h"
 #include "ir.h"
 
 #include <check.h>
@@ -715,9 +716,5 @@ int main(void) {
   tcase_add_loop_test(nets, model_parity, 0, nmodels);
   suite_add_tcase(s, nets);
 
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(s);
 }

@@ -1,6 +1,7 @@
 // Unit tests of the YAML frontend: the shipped models load with the fields
 // the runtime needs (sizes, classes, recipe, data paths resolved next to the
 // YAML file), their graphs have PyTorch's shapes, and bad files exit with 1.
+#include "../common/capture.h"
 #include "ir.h"
 
 #include <check.h>
@@ -271,9 +272,5 @@ int main(void) {
   tcase_add_exit_test(tc, syntax_error_exits_1, 1);
   tcase_add_exit_test(tc, not_a_mapping_exits_1, 1);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(s);
 }

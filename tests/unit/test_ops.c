@@ -3,6 +3,7 @@
 // (a loop nest, or an elementwise value); exactly the forward ops autodiff differentiates have
 // a gradient rule, and exactly those PyTorch runs under no_grad block one. A
 // new op without its rules fails here (or, without its rules_ID, to link).
+#include "../common/capture.h"
 #include "ir.h"
 #include "ops/ops.h"
 
@@ -56,9 +57,5 @@ int main(void) {
   TCase *tc = tcase_create("rules");
   tcase_add_test(tc, every_op_has_its_rules);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(s);
 }

@@ -1,6 +1,7 @@
 // Unit tests of the passes on graphs built in C: the structure each pass
 // leaves (op counts, names, operands, attributes), that the result verifies,
 // and -- with the reference evaluator -- that rewrites keep the values.
+#include "../common/capture.h"
 #include "ir.h"
 
 #include <check.h>
@@ -563,9 +564,5 @@ static Suite *passes_suite(void) {
 }
 
 int main(void) {
-  SRunner *sr = srunner_create(passes_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return run_suite(passes_suite());
 }

@@ -13,6 +13,7 @@
 //                           the seed, the op's name and I)
 //   XENTCC_SCHED_VERBOSE=1  a line per case: what -O3 did to it (tiled, padded...)
 //                           and its worst error as a fraction of the tolerance
+#include "../common/capture.h"
 #include "ir.h"
 #include "loop.h"
 
@@ -1638,9 +1639,5 @@ int main(void) {
   signal(SIGFPE, on_signal);
   signal(SIGILL, on_signal);
   signal(SIGABRT, on_signal);
-  SRunner *r = srunner_create(suite());
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed ? 1 : 0;
+  return run_suite(suite());
 }
