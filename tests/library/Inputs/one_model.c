@@ -3,6 +3,8 @@
 // normalized with the header's MEAN and STD, for each n given, printed as
 // two_models.c prints them.
 //   one_model WEIGHTS IMAGES.u8 N...
+#include "print_logits.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -35,14 +37,7 @@ int main(int argc, char **argv) {
     int n = atoi(argv[a]);
     if (API(_predict)(m, images, n, logits))
       return fprintf(stderr, "%s\n", API(_error)()), 1;
-    printf("{\"model\": \"%s\", \"n\": %d, \"logits\": [", STR(NAME), n);
-    for (int i = 0; i < n; i++) {
-      printf("%s[", i ? ", " : "");
-      for (int k = 0; k < outputs; k++)
-        printf("%s%.9g", k ? ", " : "", logits[i * outputs + k]);
-      printf("]");
-    }
-    printf("]}\n");
+    print_logits(STR(NAME), n, outputs, logits);
   }
   API(_free)(m);
   free(u8), free(images), free(logits);

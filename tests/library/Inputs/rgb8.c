@@ -4,6 +4,7 @@
 // library (--weights), mnist's are loaded.
 #include "cifar10.h"
 #include "mnist.h"
+#include "print_logits.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,17 +18,6 @@ static unsigned char *read_all(const char *path, size_t size) {
   }
   fclose(fp);
   return p;
-}
-
-static void print_logits(const char *model, int n, int outputs, const float *logits) {
-  printf("{\"model\": \"%s\", \"n\": %d, \"logits\": [", model, n);
-  for (int i = 0; i < n; i++) {
-    printf("%s[", i ? ", " : "");
-    for (int k = 0; k < outputs; k++)
-      printf("%s%.9g", k ? ", " : "", logits[i * outputs + k]);
-    printf("]");
-  }
-  printf("]}\n");
 }
 
 int main(int argc, char **argv) {

@@ -6,6 +6,7 @@
 // model's weights.
 #include "cifar10.h"
 #include "mnist.h"
+#include "print_logits.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,17 +31,6 @@ static float *read_images(const char *path, int n, int c, int h, int w, const fl
       }
   free(u8);
   return f;
-}
-
-static void print_logits(const char *model, int n, int outputs, const float *logits) {
-  printf("{\"model\": \"%s\", \"n\": %d, \"logits\": [", model, n);
-  for (int i = 0; i < n; i++) {
-    printf("%s[", i ? ", " : "");
-    for (int k = 0; k < outputs; k++)
-      printf("%s%.9g", k ? ", " : "", logits[i * outputs + k]);
-    printf("]");
-  }
-  printf("]}\n");
 }
 
 int main(int argc, char **argv) {
