@@ -4,8 +4,9 @@
 // written in the loop IR; this file only spells it in LLVM. A kernel becomes
 // `void NAME(ptr buffers..., i64 lo, i64 hi)` ([lo, hi) is the part of its
 // parallel loop this call runs); a function (xc_grad_step, ...) computes the
-// buffers' addresses and calls its kernels in order, through xc_parallel_for
-// for parallel ones, with --profile's hooks around each.
+// buffers' addresses and calls its kernels in order, with --profile's hooks
+// around each; one with parallel kernels runs them as a team of threads
+// (emit_step says how).
 #include "emit.h"
 
 #include <stdlib.h>
@@ -778,18 +779,31 @@ static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMVal
 static const char *const func_role[] = {[FN_GRAD_STEP] = "grad", [FN_APPLY_STEP] = "apply",
                                         [FN_FORWARD] = "forward", [FN_SLOTS] = "slots"};
 
+// A declared runtime function.
+static LLVMValueRef runtime_fn(Cg *c, const char *name, LLVMTypeRef t) {
+  LLVMValueRef fn = LLVMGetNamedFunction(c->mod, name);
+  return fn ? fn : LLVMAddFunction(c->mod, name, t);
+}
+
 // f's step function, calling kernel i as entry[i]: the kernel itself, or
-// for a parallel one its xc_parallel_for wrapper; either defined in this
-// module or declared (defined in another object of the executable).
+// for a parallel one its chunked body; either defined in this module or
+// declared (defined in another object of the executable). A function with
+// parallel kernels runs them as one team (runtime/parallel.c): the step
+// hands its arguments to xc_parallel_step, which runs NAME.team on every
+// thread; there each thread takes its chunk of a parallel kernel through
+// xc_team_for (a barrier ends it), thread 0 alone runs the serial ones, and
+// a barrier parts a serial kernel from the parallel one after it.
 static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
   int **ids = xcalloc(f->nkernels + 1, sizeof *ids), *nids = xcalloc(f->nkernels + 1, sizeof *nids);
   int64_t *trip = xcalloc(f->nkernels + 1, sizeof *trip);
   bool *parallel = xcalloc(f->nkernels + 1, sizeof *parallel);
+  bool team = false;
   for (int i = 0; i < f->nkernels; i++) {
     int *locals, nlocals;
     kernel_buffers(f, f->kernels[i], &ids[i], &nids[i], &locals, &nlocals);
     free(locals);
     parallel[i] = is_parallel(f->kernels[i], &trip[i]);
+    team |= parallel[i];
   }
 
   // Where each argument is, per function (-1: absent); the C prototypes are
@@ -820,16 +834,48 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
     LLVMSetAlignment(g, 64);
     arg[7] = g;
   }
+  // The step's own arguments, for what it does after the kernels.
+  LLVMValueRef step_arg[8];
+  memcpy(step_arg, arg, sizeof arg);
+
+  LLVMTypeRef fn_t = LLVMFunctionType(c->voidt, &c->ptr, 1, false);
+  LLVMTypeRef pfor_t = LLVMFunctionType(c->voidt, (LLVMTypeRef[]){c->i64, c->ptr, c->ptr}, 3, false);
+  LLVMTypeRef prof_t = LLVMFunctionType(c->voidt, &c->i32, 1, false);
+  LLVMTypeRef thread_t = LLVMFunctionType(c->i32, NULL, 0, false);
+  LLVMTypeRef barrier_t = LLVMFunctionType(c->voidt, NULL, 0, false);
+  LLVMBasicBlockRef after = NULL; // the step's block after xc_parallel_step
+  if (team) {
+    LLVMValueRef body = LLVMAddFunction(c->mod, xformat("%s.team", f->name), fn_t);
+    LLVMSetLinkage(body, LLVMInternalLinkage);
+    add_attr(c, body, LLVMAttributeFunctionIndex, "nounwind");
+    LLVMTypeRef pack_t = LLVMArrayType(c->ptr, 8);
+    LLVMValueRef pack = LLVMBuildAlloca(c->b, pack_t, "args");
+    for (int i = 0; i < 8; i++) {
+      LLVMValueRef idx = LLVMConstInt(c->i64, i, 0);
+      LLVMBuildStore(c->b, arg[i] ? arg[i] : LLVMConstNull(c->ptr),
+                     LLVMBuildInBoundsGEP2(c->b, c->ptr, pack, &idx, 1, ""));
+    }
+    LLVMTypeRef step_t = LLVMFunctionType(c->voidt, (LLVMTypeRef[]){c->ptr, c->ptr}, 2, false);
+    LLVMBuildCall2(c->b, step_t, runtime_fn(c, "xc_parallel_step", step_t),
+                   (LLVMValueRef[]){body, pack}, 2, "");
+    after = LLVMGetInsertBlock(c->b);
+    c->fn = body;
+    c->entry = LLVMAppendBasicBlockInContext(c->ctx, body, "entry");
+    LLVMPositionBuilderAtEnd(c->b, c->entry);
+    for (int i = 0; i < 8; i++)
+      if (arg[i]) {
+        LLVMValueRef idx = LLVMConstInt(c->i64, i, 0);
+        arg[i] = LLVMBuildLoad2(
+            c->b, c->ptr, LLVMBuildInBoundsGEP2(c->b, c->ptr, LLVMGetParam(body, 0), &idx, 1, ""),
+            "");
+      }
+  }
 
   // The addresses of the buffers the kernels use (and of their roots).
   bool *used = xcalloc(f->nbufs + 1, 1);
   for (int i = 0; i < f->nkernels; i++)
     for (int j = 0; j < nids[i]; j++)
       used[ids[i][j]] = true;
-  if (f->result)
-    used[f->result->id] = true;
-  if (f->logits)
-    used[f->logits->id] = true;
   for (int i = 0; i < f->nbufs; i++)
     if (used[i])
       used[root_of(f->bufs[i])->id] = true;
@@ -843,18 +889,17 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
   free(used);
 
   LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, LLVMConstInt(c->i32, f->nbufs + 1, 0), "ctx");
-  LLVMTypeRef pfor_t = LLVMFunctionType(c->voidt, (LLVMTypeRef[]){c->i64, c->ptr, c->ptr}, 3, false);
-  LLVMValueRef pfor = LLVMGetNamedFunction(c->mod, "xc_parallel_for");
-  if (!pfor)
-    pfor = LLVMAddFunction(c->mod, "xc_parallel_for", pfor_t);
-  LLVMTypeRef prof_t = LLVMFunctionType(c->voidt, &c->i32, 1, false);
-  LLVMValueRef enter = LLVMGetNamedFunction(c->mod, "xc_prof_enter");
-  LLVMValueRef leave = LLVMGetNamedFunction(c->mod, "xc_prof_leave");
-  if (!enter)
-    enter = LLVMAddFunction(c->mod, "xc_prof_enter", prof_t);
-  if (!leave)
-    leave = LLVMAddFunction(c->mod, "xc_prof_leave", prof_t);
+  LLVMValueRef pfor = runtime_fn(c, team ? "xc_team_for" : "xc_parallel_for", pfor_t);
+  LLVMValueRef enter = runtime_fn(c, "xc_prof_enter", prof_t);
+  LLVMValueRef leave = runtime_fn(c, "xc_prof_leave", prof_t);
   bool profiled = f->kind != FN_SLOTS && !c->unprofiled; // the test entry links no runtime
+  LLVMValueRef first = NULL; // in a team: this thread is thread 0
+  if (team)
+    first = LLVMBuildICmp(c->b, LLVMIntEQ,
+                          LLVMBuildCall2(c->b, thread_t, runtime_fn(c, "xc_team_thread", thread_t),
+                                         NULL, 0, "thread"),
+                          LLVMConstInt(c->i32, 0, 0), "first");
+  bool serial_ran = false; // in a team: thread 0 ran a serial kernel since the last barrier
 
   for (int pass = 0; pass < 2; pass++) // deferred kernels (assigns) last
     for (int i = 0; i < f->nkernels; i++) {
@@ -869,6 +914,10 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
       const char *role = strcmp(f->name, "xc_prepare_forward") ? func_role[f->kind] : "prepare";
       c->kernels[id] = (KernelInfo){role, k->op, k->layer, k->flops};
       LLVMValueRef idv = LLVMConstInt(c->i32, id, 0);
+      if (team && parallel[i] && serial_ran) {
+        LLVMBuildCall2(c->b, barrier_t, runtime_fn(c, "xc_team_barrier", barrier_t), NULL, 0, "");
+        serial_ran = false;
+      }
       if (profiled)
         LLVMBuildCall2(c->b, prof_t, enter, &idv, 1, "");
       LLVMValueRef *args = xcalloc(nids[i] + 2, sizeof *args);
@@ -882,24 +931,52 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
         LLVMValueRef pargs[3] = {LLVMConstInt(c->i64, trip[i], 0), entry[i], ctx};
         LLVMBuildCall2(c->b, pfor_t, pfor, pargs, 3, "");
       } else {
+        LLVMBasicBlockRef run = NULL, next = NULL;
+        if (team) {
+          run = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "serial");
+          next = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "next");
+          LLVMBuildCondBr(c->b, first, run, next);
+          LLVMPositionBuilderAtEnd(c->b, run);
+          serial_ran = true;
+        }
         args[nids[i]] = args[nids[i] + 1] = LLVMConstInt(c->i64, 0, 0);
         LLVMBuildCall2(c->b, LLVMGlobalGetValueType(entry[i]), entry[i], args, nids[i] + 2, "");
+        if (team) {
+          LLVMBuildBr(c->b, next);
+          LLVMPositionBuilderAtEnd(c->b, next);
+        }
       }
+      free(args);
       if (profiled)
         LLVMBuildCall2(c->b, prof_t, leave, &idv, 1, "");
     }
+  if (team) { // the region's end waits for the whole team
+    LLVMBuildRetVoid(c->b);
+    c->fn = fn;
+    LLVMPositionBuilderAtEnd(c->b, after);
+  }
+
+  // What the step returns, from its own arguments.
+  const LBuf *out[2] = {f->result, f->logits};
+  LLVMValueRef out_addr[2] = {NULL, NULL};
+  for (int i = 0; i < 2; i++)
+    if (out[i])
+      out_addr[i] = buffer_address(c, f, root_of(out[i]), step_arg, NULL);
   if (f->kind == FN_GRAD_STEP) {
     if (f->logits) // the training forward's logits, for the runtime's accuracy
-      LLVMBuildMemCpy(c->b, arg[6], 4, addr[f->logits->id], 4,
+      LLVMBuildMemCpy(c->b, step_arg[6], 4, out_addr[1], 4,
                       LLVMConstInt(c->i64, lbuf_bytes(f->logits), 0));
-    LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, addr[f->result->id], "loss"));
+    LLVMBuildRet(c->b, LLVMBuildLoad2(c->b, c->f32, out_addr[0], "loss"));
   } else if (f->kind == FN_FORWARD) {
-    LLVMBuildMemCpy(c->b, arg[6], 4, addr[f->result->id], 4,
+    LLVMBuildMemCpy(c->b, step_arg[6], 4, out_addr[0], 4,
                     LLVMConstInt(c->i64, lbuf_bytes(f->result), 0));
     LLVMBuildRetVoid(c->b);
   } else {
     LLVMBuildRetVoid(c->b);
   }
+  for (int i = 0; i < f->nkernels; i++)
+    free(ids[i]);
+  free(ids), free(nids), free(trip), free(parallel), free(addr);
 }
 
 LLVMValueRef emit_lkernel(Cg *c, const LFunc *f, int i) {

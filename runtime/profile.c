@@ -26,13 +26,15 @@ void xc_profile_start(const XcModel *m) {
 
 void xc_profile_pause(bool p) { paused = p; }
 
+// In a step's team every thread walks the kernels; the first one times them
+// (a kernel's time ends at the barrier after it, when the last thread is done).
 void xc_prof_enter(int32_t id) {
-  if (on && !paused)
+  if (on && !paused && xc_team_thread() == 0)
     started = xc_now();
 }
 
 void xc_prof_leave(int32_t id) {
-  if (!on || paused || id < 0 || id >= nkernels)
+  if (!on || paused || id < 0 || id >= nkernels || xc_team_thread() != 0)
     return;
   seconds[id] += xc_now() - started;
   calls[id]++;

@@ -214,5 +214,14 @@ void xc_fma_peak(int64_t n, float *out);
 // one contiguous chunk per OpenMP thread (static schedule), so the same
 // thread count gives bit-identical results. Defined in the runtime.
 void xc_parallel_for(int64_t n, void (*body)(void *ctx, int64_t lo, int64_t hi), void *ctx);
+// A step function with parallel kernels runs its body as one team:
+// xc_parallel_step calls step(args) on every thread; in it, xc_team_for is
+// xc_parallel_for's split of [0, n) (this thread's chunk, then the barrier),
+// xc_team_thread() the thread's number (0 runs the serial kernels, and
+// outside a team every caller is 0), xc_team_barrier() waits for the team.
+void xc_parallel_step(void (*step)(void **args), void **args);
+void xc_team_for(int64_t n, void (*body)(void *ctx, int64_t lo, int64_t hi), void *ctx);
+int xc_team_thread(void);
+void xc_team_barrier(void);
 
 #endif

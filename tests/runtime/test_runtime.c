@@ -364,6 +364,78 @@ START_TEST(parallel_for_chunks) {
 }
 END_TEST
 
+// A step as generated code runs it in a team (codegen/walk.c): kernels one
+// after the other, each reading what the one before wrote in another
+// thread's chunk, and a serial kernel by thread 0 between them. Any missing
+// barrier shows up as a stale value in one of many rounds.
+enum { TEAM_N = 4096 };
+typedef struct {
+  int32_t a[TEAM_N], b[TEAM_N], total, round;
+  int threads_seen[8];
+} TeamStep;
+
+static void fill(void *ctx, int64_t lo, int64_t hi) {
+  TeamStep *s = ctx;
+  for (int64_t i = lo; i < hi; i++)
+    s->a[i] = (int32_t)i + s->round;
+}
+
+static void reverse(void *ctx, int64_t lo, int64_t hi) {
+  TeamStep *s = ctx;
+  for (int64_t i = lo; i < hi; i++)
+    s->b[i] = s->a[TEAM_N - 1 - i] + s->total;
+}
+
+static void team_step(void **args) {
+  TeamStep *s = args[0];
+  s->threads_seen[xc_team_thread()] = 1;
+  xc_team_for(TEAM_N, fill, s);
+  if (xc_team_thread() == 0) { // a serial kernel: reads every chunk of a
+    int64_t sum = 0;
+    for (int i = 0; i < TEAM_N; i++)
+      sum += s->a[i];
+    s->total = (int32_t)(sum % 1000);
+  }
+  xc_team_barrier();
+  xc_team_for(TEAM_N, reverse, s);
+}
+
+START_TEST(parallel_step_team) {
+  xc_set_threads(2);
+  static TeamStep s;
+  memset(&s, 0, sizeof s);
+  for (s.round = 0; s.round < 500; s.round++) {
+    xc_parallel_step(team_step, (void *[]){&s});
+    int64_t sum = 0;
+    for (int i = 0; i < TEAM_N; i++)
+      sum += i + s.round;
+    ck_assert_int_eq(s.total, sum % 1000);
+    for (int i = 0; i < TEAM_N; i++)
+      ck_assert_int_eq(s.b[i], TEAM_N - 1 - i + s.round + s.total);
+  }
+  ck_assert(s.threads_seen[0] && s.threads_seen[1]); // two threads did run it
+  // Inside someone else's parallel region the step runs on the calling
+  // thread alone, a team of one; outside a team xc_team_for is a loop.
+  memset(&s, 0, sizeof s);
+#pragma omp parallel num_threads(2)
+  {
+    static TeamStep mine[2];
+    TeamStep *m = &mine[omp_get_thread_num()];
+    m->round = 7;
+    xc_parallel_step(team_step, (void *[]){m});
+    for (int i = 0; i < TEAM_N; i++)
+      ck_assert_int_eq(m->b[i], TEAM_N - 1 - i + 7 + m->total);
+    ck_assert(!m->threads_seen[1]);
+  }
+  ck_assert_int_eq(xc_team_thread(), 0);
+  static ChunkLog l;
+  memset(&l, 0, sizeof l);
+  xc_team_for(1000, record_chunk, &l);
+  for (int i = 0; i < 1000; i++)
+    ck_assert_int_eq(l.hits[i], 1);
+}
+END_TEST
+
 //
 // Images
 //
@@ -1094,6 +1166,7 @@ int main(void) {
   tcase_add_test(tc, init_bounds_and_determinism);
   tcase_add_test(tc, shuffle_determinism);
   tcase_add_test(tc, parallel_for_chunks);
+  tcase_add_test(tc, parallel_step_team);
   tcase_add_test(tc, resize_matches_pil);
   tcase_add_test(tc, png_variants);
   tcase_add_test(tc, jpeg_variants);

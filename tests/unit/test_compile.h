@@ -57,9 +57,10 @@ static void remove_tree(const char *path) {
     fprintf(stderr, "warning: cannot remove %s: %s\n", path, strerror(errno));
 }
 
-// xc_parallel_for in three uneven chunks, the last one first: a kernel that
-// assumed lo == 0, wrote outside [lo, hi) or depended on the order fails;
-// and --profile's hooks, which do nothing here.
+// xc_parallel_for and xc_team_for in three uneven chunks, the last one
+// first: a kernel that assumed lo == 0, wrote outside [lo, hi) or depended
+// on the order fails; a team of one thread (xc_parallel_step runs the step's
+// team body once); and --profile's hooks, which do nothing here.
 static void setup(void) {
   tmpdir = xstrdup("/tmp/xentcc-test-XXXXXX");
   ck_assert(mkdtemp(tmpdir));
@@ -73,6 +74,12 @@ static void setup(void) {
         "  body(ctx, a, b);\n"
         "  body(ctx, 0, a);\n"
         "}\n"
+        "void xc_team_for(int64_t n, void (*body)(void *, int64_t, int64_t), void *ctx) {\n"
+        "  xc_parallel_for(n, body, ctx);\n"
+        "}\n"
+        "void xc_parallel_step(void (*step)(void **), void **args) { step(args); }\n"
+        "int xc_team_thread(void) { return 0; }\n"
+        "void xc_team_barrier(void) {}\n"
         "void xc_prof_enter(int32_t id) {}\n"
         "void xc_prof_leave(int32_t id) {}\n",
         f);
