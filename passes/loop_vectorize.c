@@ -17,17 +17,66 @@
 
 enum { LANES = 8 };
 
-// Consecutive iterations of var store to consecutive elements.
-static bool unit_stride(const LBuf *b, LExpr *const *idx, int var) {
+// How far apart, in elements, consecutive iterations of var store: 1 for
+// consecutive elements, 0 for a store that var does not move or that is
+// not affine.
+static int64_t store_step(const LBuf *b, LExpr *const *idx, int var) {
   int64_t stride = 1, total = 0;
   for (int d = b->rank - 1; d >= 0; d--) {
     Affine a;
     if (!lx_affine(idx[d], &a))
-      return false;
+      return 0;
     total += affine_coef(&a, var) * stride;
     stride *= b->dim[d];
   }
-  return total == 1;
+  return total;
+}
+
+// The element x stores minus the one y stores, when their indices differ
+// only in constants (the same variables with the same coefficients).
+static bool const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff) {
+  int64_t stride = 1;
+  *diff = 0;
+  for (int d = b->rank - 1; d >= 0; d--) {
+    Affine a, c;
+    if (!lx_affine(x[d], &a) || !lx_affine(y[d], &c) || a.n != c.n)
+      return false;
+    for (int i = 0; i < a.n; i++)
+      if (affine_coef(&c, a.var[i]) != a.coef[i])
+        return false;
+    *diff += (a.c - c.c) * stride;
+    stride *= b->dim[d];
+  }
+  return true;
+}
+
+// The loop's stores can be lanes: each moves forward with the iterations,
+// and one whose iterations are more than one element apart (pooling's
+// gradient, dx at 2*ow and 2*ow + 1) shares its buffer only with stores
+// the same distance apart that fill the gaps (another residue) or lie
+// beyond the loop's reach (another row), so no two iterations of the loop
+// ever store the same element.
+static bool stores_ok(const LStmt *l) {
+  for (int i = 0; i < l->nbody; i++) {
+    const LStmt *s = l->body[i];
+    if (s->kind != LS_STORE)
+      return false;
+    int64_t step = store_step(s->buf, s->idx, l->var);
+    if (step < 1)
+      return false;
+    for (int j = 0; step > 1 && j < l->nbody; j++) {
+      const LStmt *t = l->body[j];
+      int64_t diff;
+      if (j == i || t->kind != LS_STORE || t->buf != s->buf)
+        continue;
+      if (store_step(t->buf, t->idx, l->var) != step || !const_apart(s->buf, s->idx, t->idx, &diff))
+        return false;
+      int64_t q = diff / step; // t's iteration i stores what s's iteration i + q does
+      if (diff % step == 0 && q != 0 && q > -(l->hi - l->lo) && q < l->hi - l->lo)
+        return false;
+    }
+  }
+  return true;
 }
 
 static bool same_index(const LBuf *b, LExpr *const *x, LExpr *const *y) {
@@ -83,11 +132,8 @@ static bool vectorizable(const LStmt *l) {
   if (l->kind != LS_LOOP || l->flags & (LF_VECTOR | LF_UNROLL | LF_PARALLEL) ||
       l->hi - l->lo < 4 || l->nbody == 0)
     return false;
-  for (int i = 0; i < l->nbody; i++) {
-    const LStmt *s = l->body[i];
-    if (s->kind != LS_STORE || !unit_stride(s->buf, s->idx, l->var))
-      return false;
-  }
+  if (!stores_ok(l))
+    return false;
   for (int i = 0; i < l->nbody; i++)
     if (!loads_ok(l->body[i]->value, (const LStmt *const *)l->body, l->nbody, l->var))
       return false;

@@ -275,25 +275,24 @@ static LExpr *wins(LExpr *xv, LExpr *b) {
 // kh * KW + kw into local arg: the first tap inside, then every later one
 // that wins (window_max's values, without its start at -inf).
 static void region_max(LBuf *x, LExpr **v, const Pool *w, const Region *g, int i, LBuf *best,
-                       LExpr **best_idx, LBuf *arg) {
+                       LExpr **best_idx, LBuf *arg, LExpr **arg_idx) {
   for (int64_t kh = g->r.klo; kh < g->r.khi; kh++)
     for (int64_t kw = g->c.klo; kw < g->c.khi; kw++) {
       LExpr *xv = tap_load(x, v, w, g, i, kh, kw), *tap = lx_int(LT_I32, kh * w->KW + kw);
-      LExpr *at[LMAX_RANK];
+      LExpr *at[LMAX_RANK], *at2[LMAX_RANK], *at3[LMAX_RANK], *a[LMAX_RANK], *a2[LMAX_RANK];
       for (int d = 0; d < best->rank; d++)
-        at[d] = lx_copy(best_idx[d]);
+        at[d] = lx_copy(best_idx[d]), at2[d] = lx_copy(best_idx[d]), at3[d] = lx_copy(best_idx[d]);
+      for (int d = 0; arg && d < arg->rank; d++)
+        a[d] = lx_copy(arg_idx[d]), a2[d] = lx_copy(arg_idx[d]);
       if (kh == g->r.klo && kw == g->c.klo) {
         if (arg)
-          ls_add(g->col, ST(arg, tap));
+          ls_add(g->col, ls_store(arg, a, tap));
         ls_add(g->col, ls_store(best, at, xv));
         continue;
       }
       LExpr *take = wins(xv, lx_load(best, at));
       if (arg)
-        ls_add(g->col, ST(arg, SEL(lx_copy(take), tap, LD(arg))));
-      LExpr *at2[LMAX_RANK], *at3[LMAX_RANK];
-      for (int d = 0; d < best->rank; d++)
-        at2[d] = lx_copy(best_idx[d]), at3[d] = lx_copy(best_idx[d]);
+        ls_add(g->col, ls_store(arg, a, SEL(lx_copy(take), tap, lx_load(arg, a2))));
       ls_add(g->col, ls_store(best, at2, SEL(take, lx_copy(xv), lx_load(best, at3))));
     }
 }
@@ -320,7 +319,7 @@ static void lower_maxpool2d(Lowering *L, Node *n) {
   for (int i = 0; i < rg.n; i++)
     for (int j = 0; j < rg.g[i].nrows; j++) {
       LExpr *at[4] = {v[0], v[1], rg.g[i].oh[j], rg.g[i].ow};
-      region_max(x, v, &w, &rg.g[i], j, y, at, NULL);
+      region_max(x, v, &w, &rg.g[i], j, y, at, NULL, NULL);
     }
   free(rg.g);
 }
@@ -417,7 +416,9 @@ static void next_col(LKernel *k, Region *g) {
 // (max) or to every tap inside (average), windows in row-major order. Max
 // pooling first finds a row's maxima in a column loop of their own, into a
 // row of taps (one loop doing both, its many stores to dx among the loads,
-// LLVM leaves scalar).
+// LLVM leaves scalar); the maximum so far and its tap live at the column
+// (best[ow], taps[row, ow]), so the vectorize pass makes vectors of that
+// loop, as of the forward's.
 //
 // When windows do not overlap, an element inside one is written once, with
 // 0 + its share (so a -0 share is +0, as the sum makes it), and the others
@@ -431,8 +432,6 @@ static void lower_pool_grad(Lowering *L, Node *n, bool is_max) {
   LBuf *dx = B(L, n), *dy = B(L, n->in[0]), *x = B(L, n->in[1]);
   Pool w = pool_of(n, x);
   LKernel *k = kernel(L, n, NULL);
-  LBuf *best = is_max ? local(L, "best", DT_F32) : NULL;
-  LBuf *arg = is_max ? local(L, "arg", DT_I32) : NULL;
   LExpr *v[4], *z[4];
   LStmt *plane = lk_nest(k, NULL, 2, dx->dim, nchw, v);
   z[0] = v[0], z[1] = v[1];
@@ -444,8 +443,9 @@ static void lower_pool_grad(Lowering *L, Node *n, bool is_max) {
   if (!unrolled(&w)) {
     LExpr *kh, *kw, *ih, *iw;
     LStmt *sp = lk_nest(k, plane, 2, dy->dim + 2, nchw + 2, v + 2);
+    LBuf *arg = is_max ? local(L, "arg", DT_I32) : NULL;
     if (is_max)
-      window_max(k, sp, x, &w, v, best, arg);
+      window_max(k, sp, x, &w, v, local(L, "best", DT_F32), arg);
     LStmt *r = window(k, sp, &w, v[2], v[3], &kh, &kw, &ih, &iw);
     LExpr *g = LD(dy, v[0], v[1], v[2], v[3]);
     if (is_max) {
@@ -458,17 +458,16 @@ static void lower_pool_grad(Lowering *L, Node *n, bool is_max) {
     return;
   }
   Regions rg = regions(k, plane, &w, once ? JAM_MAX : 0);
-  LBuf *taps = NULL; // [row of the iteration, ow]: the tap that won
-  if (is_max)
+  LBuf *taps = NULL, *best = NULL; // [row of the iteration, ow]: the tap that won; [ow]
+  if (is_max) {
     taps = lfunc_buf(L->f, "taps", DT_I32, 2, (int64_t[]){MAX_JAM, w.WO}, LB_LOCAL);
+    best = lfunc_buf(L->f, "best", DT_F32, 1, (int64_t[]){w.WO}, LB_LOCAL);
+  }
   for (int i = 0; i < rg.n; i++) {
     Region *g = &rg.g[i];
-    if (taps) {
-      for (int j = 0; j < g->nrows; j++) {
-        region_max(x, v, &w, g, j, best, NULL, arg);
-        ls_add(g->col, ST(taps, LD(arg), K(j), g->ow));
-      }
-    }
+    if (taps)
+      for (int j = 0; j < g->nrows; j++)
+        region_max(x, v, &w, g, j, best, (LExpr *[]){g->ow}, taps, (LExpr *[]){K(j), g->ow});
     bool fresh = !taps; // g->col is still empty
     for (int j = 0; j < g->nrows; j++)
       for (int64_t kh = g->r.klo; kh < g->r.khi; kh++)

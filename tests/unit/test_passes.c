@@ -3,6 +3,7 @@
 // and -- with the reference evaluator -- that rewrites keep the values.
 #include "../common/capture.h"
 #include "ir.h"
+#include "loop.h"
 
 #include <check.h>
 #include <math.h>
@@ -538,6 +539,40 @@ START_TEST(eval_passes_keep_values) {
 }
 END_TEST
 
+// vectorize's stores two elements apart (pooling's gradient): a loop of 16
+// iterations storing b[2*i + a] and b[2*i + c] becomes vectors unless some
+// iteration of one stores what another iteration of the other does.
+static bool vectorizes_pair(int64_t a, int64_t c) {
+  LFunc *f = xcalloc(1, sizeof *f);
+  f->name = "t";
+  f->kind = FN_FORWARD;
+  LBuf *b = lfunc_buf(f, "b", DT_F32, 1, (int64_t[]){64}, LB_WORKSPACE);
+  LKernel *k = lfunc_kernel(f, "k", "k", NULL);
+  int i = lk_var(k);
+  LStmt *l = ls_loop(i, 0, 16, "i");
+  ls_add(l, ls_store(b, (LExpr *[]){lx_iaddc(lx_imul(lx_var(i), 2), a)}, lx_f32(1)));
+  ls_add(l, ls_store(b, (LExpr *[]){lx_iaddc(lx_imul(lx_var(i), 2), c)}, lx_f32(2)));
+  lk_add(k, l);
+  LProgram p = {&f, 1, NULL, 3};
+  pass_vectorize(&p);
+  bool vec = false;
+  for (int j = 0; j < k->nbody; j++)
+    vec |= k->body[j]->kind == LS_LOOP && (k->body[j]->flags & LF_VECTOR ||
+                                           (k->body[j]->nbody && k->body[j]->body[0]->kind == LS_LOOP &&
+                                            k->body[j]->body[0]->flags & LF_VECTOR));
+  return vec;
+}
+
+START_TEST(vectorize_strided_stores) {
+  ck_assert(vectorizes_pair(0, 1));   // the gaps filled: 2i and 2i + 1
+  ck_assert(vectorizes_pair(1, 0));
+  ck_assert(!vectorizes_pair(0, 2));  // iteration i + 1 of the first is iteration i of the second
+  ck_assert(!vectorizes_pair(30, 0)); // iteration 15 of the second, iteration 0 of the first
+  ck_assert(vectorizes_pair(0, 32));  // 16 iterations apart: beyond the loop
+  ck_assert(vectorizes_pair(0, 0));   // the same element, in the same iteration
+}
+END_TEST
+
 static Suite *passes_suite(void) {
   Suite *s = suite_create("passes");
   TCase *t = tcase_create("structure");
@@ -553,6 +588,7 @@ static Suite *passes_suite(void) {
   tcase_add_test(t, cse_merges_and_keeps_names);
   tcase_add_test(t, dce_keeps_params_and_state);
   tcase_add_test(t, eval_mode_structure);
+  tcase_add_test(t, vectorize_strided_stores);
   suite_add_tcase(s, t);
   TCase *d = tcase_create("differential");
   tcase_set_timeout(d, 120);
