@@ -210,20 +210,49 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   return to;
 }
 
-static void retarget(LExpr *e, const LExpr *old, LBuf *to, const int64_t *lo) {
+static const LBuf *root_of(const LBuf *b) {
+  while (b->alias)
+    b = b->alias;
+  return b;
+}
+
+// b is the buffer x or another name of it (fuse-epilogue's consumer
+// writing in place), of the same shape.
+static bool same_tensor(const LBuf *b, const LBuf *x) {
+  if (root_of(b) != root_of(x) || b->rank != x->rank)
+    return false;
+  for (int d = 0; d < x->rank; d++)
+    if (b->dim[d] != x->dim[d])
+      return false;
+  return true;
+}
+
+// Every access to x (under any of its names) in e (s) reads (writes) `to`,
+// lo further in. Index trees may be shared: they are replaced, never changed
+// in place, and a load already moved is not moved again.
+static void shift_expr(LExpr *e, const LBuf *x, LBuf *to, const int64_t *lo);
+
+// A load's or a store's buffer and indices.
+static void shift_access(LBuf **buf, LExpr **idx, const LBuf *x, LBuf *to, const int64_t *lo) {
+  for (int d = 0; d < (*buf)->rank; d++)
+    shift_expr(idx[d], x, to, lo);
+  if (*buf != to && same_tensor(*buf, x)) {
+    *buf = to;
+    for (int d = 0; d < to->rank; d++)
+      idx[d] = lx_iaddc(idx[d], lo[d]);
+  }
+}
+
+static void shift_expr(LExpr *e, const LBuf *x, LBuf *to, const int64_t *lo) {
   if (!e)
     return;
-  if (e == old || (e->kind == LX_LOAD && old->kind == LX_LOAD && e->buf == old->buf)) {
-    if (e->kind == LX_LOAD && e->buf == old->buf) {
-      e->buf = to;
-      for (int d = 0; d < to->rank; d++)
-        e->idx[d] = lx_iaddc(e->idx[d], lo[d]);
-      return;
-    }
+  if (e->kind == LX_LOAD) {
+    shift_access(&e->buf, e->idx, x, to, lo);
+    return;
   }
-  retarget(e->a, old, to, lo);
-  retarget(e->b, old, to, lo);
-  retarget(e->c, old, to, lo);
+  shift_expr(e->a, x, to, lo);
+  shift_expr(e->b, x, to, lo);
+  shift_expr(e->c, x, to, lo);
 }
 
 // Rewrites the guarded statements under s; `at` is the kernel's index.
@@ -262,7 +291,7 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
           P->asked[b->id] = true;
         } else if (ok) {
           LBuf *to = padded(P, b, lo, at);
-          retarget(st->value, found[0], to, lo);
+          shift_expr(st->value, found[0]->buf, to, lo);
           s->body[i] = st; // the guard goes
           *changed = true;
           continue;
@@ -278,23 +307,6 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
 
 // --- The copy folded into the writer ---------------------------------------------------
 
-static const LBuf *root_of(const LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
-
-// b is the buffer x or another name of it (fuse-epilogue's consumer
-// writing in place), of the same shape.
-static bool same_tensor(const LBuf *b, const LBuf *x) {
-  if (root_of(b) != root_of(x) || b->rank != x->rank)
-    return false;
-  for (int d = 0; d < x->rank; d++)
-    if (b->dim[d] != x->dim[d])
-      return false;
-  return true;
-}
-
 static bool stmt_writes(const LStmt *s, const LBuf *x) {
   if (s->kind == LS_STORE && same_tensor(s->buf, x))
     return true;
@@ -304,39 +316,11 @@ static bool stmt_writes(const LStmt *s, const LBuf *x) {
   return false;
 }
 
-// Every access to x (under any of its names) in e (s) reads (writes) `to`,
-// lo further in. Index trees may be shared: they are replaced, never changed
-// in place, and a load already moved is not moved again.
-static void shift_expr(LExpr *e, const LBuf *x, LBuf *to, const int64_t *lo) {
-  if (!e)
-    return;
-  if (e->kind == LX_LOAD) {
-    for (int d = 0; d < e->buf->rank; d++)
-      shift_expr(e->idx[d], x, to, lo);
-    if (e->buf != to && same_tensor(e->buf, x)) {
-      e->buf = to;
-      for (int d = 0; d < to->rank; d++)
-        e->idx[d] = lx_iaddc(e->idx[d], lo[d]);
-    }
-    return;
-  }
-  shift_expr(e->a, x, to, lo);
-  shift_expr(e->b, x, to, lo);
-  shift_expr(e->c, x, to, lo);
-}
-
 static void shift_stmt(LStmt *s, const LBuf *x, LBuf *to, const int64_t *lo) {
   shift_expr(s->cond, x, to, lo);
   shift_expr(s->value, x, to, lo);
-  if (s->kind == LS_STORE) {
-    for (int d = 0; d < s->buf->rank; d++)
-      shift_expr(s->idx[d], x, to, lo);
-    if (s->buf != to && same_tensor(s->buf, x)) {
-      s->buf = to;
-      for (int d = 0; d < to->rank; d++)
-        s->idx[d] = lx_iaddc(s->idx[d], lo[d]);
-    }
-  }
+  if (s->kind == LS_STORE)
+    shift_access(&s->buf, s->idx, x, to, lo);
   for (int i = 0; i < s->nbody; i++)
     shift_stmt(s->body[i], x, to, lo);
 }
