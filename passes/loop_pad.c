@@ -210,16 +210,10 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   return to;
 }
 
-static const LBuf *root_of(const LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
-
 // b is the buffer x or another name of it (fuse-epilogue's consumer
 // writing in place), of the same shape.
 static bool same_tensor(const LBuf *b, const LBuf *x) {
-  if (root_of(b) != root_of(x) || b->rank != x->rank)
+  if (lbuf_root(b) != lbuf_root(x) || b->rank != x->rank)
     return false;
   for (int d = 0; d < x->rank; d++)
     if (b->dim[d] != x->dim[d])
@@ -327,11 +321,11 @@ static void shift_stmt(LStmt *s, const LBuf *x, LBuf *to, const int64_t *lo) {
 
 static void fold_copy(LFunc *f, const Padded *e) {
   LBuf *x = e->from;
-  const LBuf *r = root_of(x);
-  if (r->storage != LB_WORKSPACE || r == f->result || (f->logits && root_of(f->logits) == r))
+  const LBuf *r = lbuf_root(x);
+  if (r->storage != LB_WORKSPACE || r == f->result || (f->logits && lbuf_root(f->logits) == r))
     return;
   for (int i = 0; i < f->nbufs; i++) // every other name of it has its shape
-    if (f->bufs[i] != e->to && root_of(f->bufs[i]) == r && !same_tensor(f->bufs[i], x))
+    if (f->bufs[i] != e->to && lbuf_root(f->bufs[i]) == r && !same_tensor(f->bufs[i], x))
       return;
   int writers = 0;
   for (int i = 0; i < f->nkernels; i++) {

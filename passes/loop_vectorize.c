@@ -67,11 +67,13 @@ static bool stores_ok(const LStmt *l) {
     for (int j = 0; step > 1 && j < l->nbody; j++) {
       const LStmt *t = l->body[j];
       int64_t diff;
-      if (j == i || t->kind != LS_STORE || t->buf != s->buf)
+      if (j == i || t->kind != LS_STORE || lbuf_root(t->buf) != lbuf_root(s->buf))
         continue;
+      if (t->buf != s->buf) // another name of the memory: no shape to compare in
+        return false;
       if (store_step(t->buf, t->idx, l->var) != step || !const_apart(s->buf, s->idx, t->idx, &diff))
         return false;
-      int64_t q = diff / step; // t's iteration i stores what s's iteration i + q does
+      int64_t q = diff / step; // s's iteration i stores what t's iteration i + q does
       if (diff % step == 0 && q != 0 && q > -(l->hi - l->lo) && q < l->hi - l->lo)
         return false;
     }
