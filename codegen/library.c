@@ -81,8 +81,7 @@ static Graph *rebatch(Graph *g, int64_t batch) {
 // state block, where they stay. The kernels and their order are unchanged:
 // the logits are the same bits.
 static bool hoistable_read(const LBuf *b) {
-  while (b->alias)
-    b = b->alias;
+  b = lbuf_root(b);
   return b->storage == LB_PARAM || b->storage == LB_STATE || b->storage == LB_CONST ||
          b->storage == LB_LOCAL;
 }

@@ -594,11 +594,6 @@ static void note_stmt(bool *used, bool *written, const LStmt *s) {
     note_stmt(used, written, s->body[i]);
 }
 
-static const LBuf *root_of(const LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
 
 // The buffers a kernel reads or writes: the ones passed to it in ids[0..n),
 // and its local arrays in locals[0..nlocals).
@@ -655,7 +650,7 @@ static LLVMValueRef emit_kernel(Cg *c, const LFunc *f, const LKernel *k, int **i
   for (int i = 0; i < n; i++) {
     bool shared = false;
     for (int j = 0; j < n; j++)
-      shared |= j != i && root_of(f->bufs[ids[i]]) == root_of(f->bufs[ids[j]]);
+      shared |= j != i && lbuf_root(f->bufs[ids[i]]) == lbuf_root(f->bufs[ids[j]]);
     if (!shared)
       add_attr(c, fn, i + 1, "noalias");
     add_attr(c, fn, i + 1, "nocapture");
@@ -716,7 +711,7 @@ static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMVal
                                    LLVMValueRef *addr) {
   LLVMValueRef off = LLVMConstInt(c->i64, b->offset, 1);
   if (b->alias)
-    return addr[root_of(b)->id];
+    return addr[lbuf_root(b)->id];
   switch (b->storage) {
   case LB_PARAM:
     return LLVMBuildInBoundsGEP2(c->b, c->f32, arg[0], &off, 1, "");
@@ -878,14 +873,14 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
       used[ids[i][j]] = true;
   for (int i = 0; i < f->nbufs; i++)
     if (used[i])
-      used[root_of(f->bufs[i])->id] = true;
+      used[lbuf_root(f->bufs[i])->id] = true;
   LLVMValueRef *addr = xcalloc(f->nbufs + 1, sizeof *addr);
   for (int i = 0; i < f->nbufs; i++)
     if (used[i] && !f->bufs[i]->alias)
       addr[i] = buffer_address(c, f, f->bufs[i], arg, addr);
   for (int i = 0; i < f->nbufs; i++)
     if (used[i] && f->bufs[i]->alias)
-      addr[i] = addr[root_of(f->bufs[i])->id];
+      addr[i] = addr[lbuf_root(f->bufs[i])->id];
   free(used);
 
   LLVMValueRef ctx = LLVMBuildArrayAlloca(c->b, c->ptr, LLVMConstInt(c->i32, f->nbufs + 1, 0), "ctx");
@@ -961,7 +956,7 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
   LLVMValueRef out_addr[2] = {NULL, NULL};
   for (int i = 0; i < 2; i++)
     if (out[i])
-      out_addr[i] = buffer_address(c, f, root_of(out[i]), step_arg, NULL);
+      out_addr[i] = buffer_address(c, f, lbuf_root(out[i]), step_arg, NULL);
   if (f->kind == FN_GRAD_STEP) {
     if (f->logits) // the training forward's logits, for the runtime's accuracy
       LLVMBuildMemCpy(c->b, step_arg[6], 4, out_addr[1], 4,

@@ -54,11 +54,12 @@ struct LBuf {
 
 int64_t lbuf_numel(const LBuf *b);
 int64_t lbuf_bytes(const LBuf *b);
-// The buffer that owns b's memory: b, or the end of its alias chain.
-static inline const LBuf *lbuf_root(const LBuf *b) {
+// The buffer that owns b's memory: b, or the end of its alias chain (as
+// strchr, the result is writable when the caller's buffer is).
+static inline LBuf *lbuf_root(const LBuf *b) {
   while (b->alias)
     b = b->alias;
-  return b;
+  return (LBuf *)b;
 }
 
 //

@@ -23,18 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static LBuf *root(LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
-
 // Does e load b, or a buffer that is an alias of b?
 static bool reads_expr(const LExpr *e, LBuf *b) {
   if (!e)
     return false;
   if (e->kind == LX_LOAD) {
-    if (e->buf == b || root(e->buf) == b)
+    if (e->buf == b || lbuf_root(e->buf) == b)
       return true;
     for (int d = 0; d < e->buf->rank; d++)
       if (reads_expr(e->idx[d], b))
@@ -147,7 +141,7 @@ static bool written_between(const LFunc *f, int from, int to, const LBuf *b);
 
 static bool writes_stmt(const LStmt *s, const LBuf *b) {
   if (s->kind == LS_STORE)
-    return root(s->buf) == b;
+    return lbuf_root(s->buf) == b;
   for (int i = 0; i < s->nbody; i++)
     if (writes_stmt(s->body[i], b))
       return true;
@@ -166,7 +160,7 @@ static bool written_between(const LFunc *f, int from, int to, const LBuf *b) {
 static bool operands_ready(const LFunc *f, const LExpr *e, const LBuf *skip, int from, int to) {
   if (!e)
     return true;
-  if (e->kind == LX_LOAD && e->buf != skip && written_between(f, from, to, root(e->buf)))
+  if (e->kind == LX_LOAD && e->buf != skip && written_between(f, from, to, lbuf_root(e->buf)))
     return false;
   if (e->kind == LX_LOAD)
     for (int d = 0; d < e->buf->rank; d++)
@@ -267,7 +261,7 @@ static bool operand_writer(const LExpr *e, const LBuf *yin, const LKernel *k) {
     return false;
   if (e->kind == LX_LOAD && e->buf != yin)
     for (int j = 0; j < k->nbody; j++)
-      if (writes_stmt(k->body[j], root(e->buf)))
+      if (writes_stmt(k->body[j], lbuf_root(e->buf)))
         return true;
   if (e->kind == LX_LOAD)
     for (int d = 0; d < e->buf->rank; d++)
@@ -319,7 +313,7 @@ static bool hoist_operands(LFunc *f, int *pi, int ci, const LExpr *e, const LBuf
 static bool only_through(const LExpr *e, LBuf *y, const LBuf *yin) {
   if (!e)
     return true;
-  if (e->kind == LX_LOAD && root(e->buf) == y && e->buf != yin)
+  if (e->kind == LX_LOAD && lbuf_root(e->buf) == y && e->buf != yin)
     return false;
   if (e->kind == LX_LOAD)
     for (int d = 0; d < e->buf->rank; d++)
@@ -334,11 +328,11 @@ static bool fuse_into_producer(LFunc *f, int ci, LBuf *yin) {
   LKernel *c = f->kernels[ci];
   int vars[LMAX_RANK], rank;
   LStmt *cs = map_store(c, vars, &rank);
-  LBuf *y = root(yin), *out = cs->buf;
+  LBuf *y = lbuf_root(yin), *out = cs->buf;
   // The consumer's result takes the producer's place, unless it rounds the
   // producer's f32 sums to 16 bits (below).
   bool narrows = out->dtype != y->dtype;
-  if (y == f->result || (f->logits && y == root(f->logits)) || y->storage != LB_WORKSPACE ||
+  if (y == f->result || (f->logits && y == lbuf_root(f->logits)) || y->storage != LB_WORKSPACE ||
       !y->node || rank != y->rank || !reads_at(cs->value, yin, vars) ||
       !only_through(cs->value, y, yin))
     return false;

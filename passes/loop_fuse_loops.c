@@ -27,19 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const LBuf *root(const LBuf *b) {
-  while (b->alias)
-    b = b->alias;
-  return b;
-}
-
 typedef struct {
   const LBuf **b;
   int n;
 } BufSet;
 
 static void set_add(BufSet *s, const LBuf *b) {
-  b = root(b);
+  b = lbuf_root(b);
   for (int i = 0; i < s->n; i++)
     if (s->b[i] == b)
       return;
@@ -50,7 +44,7 @@ static void set_add(BufSet *s, const LBuf *b) {
 }
 
 static bool set_has(const BufSet *s, const LBuf *b) {
-  b = root(b);
+  b = lbuf_root(b);
   for (int i = 0; i < s->n; i++)
     if (s->b[i] == b)
       return true;
@@ -109,7 +103,7 @@ static bool at_var_expr(const LExpr *e, const LBuf *w, int d, int v) {
   if (!e)
     return true;
   if (e->kind == LX_LOAD) {
-    if (root(e->buf) == root(w) && (e->buf != w || !is_var(e->idx[d], v)))
+    if (lbuf_root(e->buf) == lbuf_root(w) && (e->buf != w || !is_var(e->idx[d], v)))
       return false;
     for (int i = 0; i < e->buf->rank; i++)
       if (!at_var_expr(e->idx[i], w, d, v))
@@ -122,7 +116,7 @@ static bool at_var(const LStmt *s, const LBuf *w, int d, int v, bool st) {
   if (!st && !at_var_expr(s->cond, w, d, v))
     return false;
   if (s->kind == LS_STORE) {
-    if (st && root(s->buf) == root(w) && (s->buf != w || !is_var(s->idx[d], v)))
+    if (st && lbuf_root(s->buf) == lbuf_root(w) && (s->buf != w || !is_var(s->idx[d], v)))
       return false;
     if (!st && !at_var_expr(s->value, w, d, v))
       return false;

@@ -10,8 +10,7 @@
 #include <stdlib.h>
 
 static void note(LFunc *f, LBuf *b, int k, bool write) {
-  while (b->alias)
-    b = b->alias;
+  b = lbuf_root(b);
   if (b->storage != LB_WORKSPACE)
     return;
   if (b->first < 0 || (write && k < b->first))
