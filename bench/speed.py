@@ -3,7 +3,7 @@
 machine, and as a share of the machine's FMA peak. Called by bench/speed.sh:
 
   bench/speed.sh [--threads N] [--pairs N] [--seconds S] [--quick] [--only seeds|cnns|sweep]
-                 [--models vgg_small,resnet8]
+                 [--models vgg_small,resnet8] [--layers 5,10,35]
 
 1. bench/fma_peak.c, compiled now with the system's cc, measures the peak.
 2. Each model (the seed nets and bench/models/*.yaml) is compiled, then
@@ -494,10 +494,11 @@ def xc_conv_times(p):
 
 
 def bench_sweep(args, work):
-    layers = [SWEEP[i] for i in QUICK_SWEEP] if args.quick else SWEEP
+    picked = args.layers or (QUICK_SWEEP if args.quick else range(len(SWEEP)))
+    layers = [(i, SWEEP[i]) for i in picked]
     results = []
     seconds = args.seconds / 5   # per direction and side
-    for n, layer in enumerate(layers):
+    for n, (index, layer) in enumerate(layers):
         cin, cout, k, s, p, hw = layer
         name = f"conv{n:02d}"
         ldir = os.path.join(work, "sweep", name)
@@ -505,9 +506,9 @@ def bench_sweep(args, work):
         yaml_path = os.path.join(ldir, "conv.yaml")
         with open(yaml_path, "w") as f:
             f.write(sweep_yaml(layer, SWEEP_BATCH))
-        say(f"== sweep {n + 1}/{len(layers)}: {cin}->{cout} k{k} s{s} p{p} {hw}x{hw}")
-        r = {"layer": layer, "xc": [[], [], []], "pt": [[], [], []], "flops": [None] * 3,
-             "error": None}
+        say(f"== sweep {n + 1}/{len(layers)} (layer {index}): {cin}->{cout} k{k} s{s} p{p} {hw}x{hw}")
+        r = {"index": index, "layer": layer, "xc": [[], [], []], "pt": [[], [], []],
+             "flops": [None] * 3, "error": None}
         results.append(r)
         exe = os.path.join(ldir, "conv")
         if compile_model(args.xentcc, yaml_path, exe, os.path.join(ldir, "compile.log")) is None:
@@ -625,7 +626,8 @@ def sweep_table(results):
              "forward: xentcc / PyTorch ms | input grad | weight grad | xentcc GFLOP/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     slower, counted, logs = [0, 0, 0], [0, 0, 0], [[], [], []]
-    for n, r in enumerate(results):
+    for r in results:
+        n = r["index"]
         cin, cout, k, s, p, hw = r["layer"]
         o = conv_out(hw, k, s, p)
         desc = f"{cin}→{cout}, {k}x{k}, s{s}, p{p}, {hw}x{hw}→{o}x{o}"
@@ -667,7 +669,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a smoke run: one pair, 8 sweep layers")
     ap.add_argument("--only", choices=["seeds", "cnns", "sweep"], help="run one part only")
     ap.add_argument("--models", help="these models only, comma-separated (e.g. vgg_small,resnet8)")
+    ap.add_argument("--layers", help="these sweep layers only, by number, comma-separated (e.g. 5,10)")
     args = ap.parse_args()
+    try:
+        args.layers = [int(i) for i in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        ap.error("--layers takes numbers of the sweep's table, comma-separated (e.g. 5,10)")
+    if args.layers and not all(0 <= i < len(SWEEP) for i in args.layers):
+        ap.error(f"--layers: the sweep's layers are numbered 0 to {len(SWEEP) - 1}")
     if args.threads < 1 or (args.pairs is not None and args.pairs < 1):
         ap.error("--threads and --pairs take a positive number")
     args.pairs = args.pairs or (1 if args.quick else 3)
