@@ -13,7 +13,10 @@
 // gradient's kernel row), with an operand transposed first when that makes
 // it move by 1 (linear's weight); otherwise the innermost reduction loop
 // ("rfactor": each lane sums every 8th term, the lanes added in order at
-// the end). The other two tile loops and their sizes are chosen from the
+// the end). Another output dimension replaces that first choice when its
+// tile keeps more of the FMA units' lanes busy by more than its transposed
+// copies cost (fuller_vector: odd widths, 1x1 weight gradients). The
+// other two tile loops and their sizes are chosen from the
 // constant shapes: at most 12 accumulators (AVX2 has 16 registers) and the
 // fewest loads per multiply-add, or, when a tile's sum streams more than L1
 // holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
@@ -288,6 +291,27 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
   return bytes;
 }
 
+// The cache lines a reduction step of the tile reads, about: an operand
+// unrolled along a dimension it moves far along (another image, another
+// channel's plane) reads a line per element of the tile there. Among tiles
+// otherwise equal, the one reading fewer lines keeps them in L1, and leaves
+// the outer loops, the threads' share, whole: an input gradient unrolled
+// over 12 of 16 images read 576 lines of dy per output and split the batch
+// 12 to 4 between two threads.
+static int64_t lines(const Contraction *c, const Tile *t) {
+  const LExpr *ops[2] = {c->a, c->b};
+  int64_t total = 0;
+  for (int o = 0; o < 2; o++) {
+    int64_t n = 1;
+    for (int i = 0; i < 2; i++)
+      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var) &&
+          distance(ops[o], c->s[t->t[i]].var) * (t->size[i] - 1) >= 16)
+        n *= t->size[i];
+    total += n;
+  }
+  return total;
+}
+
 // The best tile for the vector chosen: every pair of other spatial
 // dimensions and sizes up to the accumulator budget.
 static double choose(const Contraction *c, Tile *best, bool streamed) {
@@ -325,6 +349,7 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
           for (int q = 0; q < 2; q++)
             if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
               score -= 0.05;
+          score -= 0.002 * (double)lines(c, &t);
           if (score > best_score + 1e-9 || (score > best_score - 1e-9 && acc > best_acc)) {
             best_score = score;
             best_acc = acc;
@@ -646,34 +671,72 @@ static int64_t vector_ops(int64_t n) {
   return n / LANES + __builtin_popcountll((unsigned long long)(n % LANES));
 }
 
-// An evaluation's forward pass (xc_forward: weights fixed between its
-// calls, so a transposed weight is computed once, before them) may take
-// its vector along another output dimension than the last when that needs
-// fewer vector operations for the same multiply-adds and reads no
-// activation transposed: cifar10's conv2 at 16 channels of 10 x 10, whose
-// rows of 10 are a vector of 8 and one of 2 (16 lanes for 10 outputs),
-// takes the 16 channels as two full vectors instead. The sums keep their
-// order: the same bits.
-static int fuller_vector(LFunc *f, int at, Contraction *c, int last) {
-  if (f->kind != FN_FORWARD)
-    return -1;
+// The tile with spatial dimension d as the vector (blocks of up to 32
+// lanes), or with the innermost reduction as the vector (d < 0: rfactor).
+static Tile vector_tile(const Contraction *c, int d) {
+  Tile t = {.t = {-1, -1}, .rfactor = d < 0, .v = d < 0 ? c->nr - 1 : d};
+  if (d >= 0)
+    t.vblock = c->s[d].n <= MAX_PIECES * LANES ? c->s[d].n : MAX_PIECES * LANES;
+  return t;
+}
+
+// The share of the FMA units' lanes a tile keeps busy: the lanes its
+// vector fills (a row of 11 columns takes vectors of 8, 2 and 1 lanes: 11
+// of 24), times the multiply-adds per load up to 1 (two of each a cycle).
+static double tile_use(const Contraction *c, const Tile *t) {
+  int64_t n = t->rfactor ? c->r[t->v].n : c->s[t->v].n;
+  int64_t block = t->rfactor ? n : t->vblock;
+  int64_t ops = n / block * vector_ops(block) + vector_ops(n % block);
+  int64_t loads, acc;
+  cost(c, t, &loads, &acc);
+  double per_load = (double)acc / (double)loads;
+  return (double)n / (double)(LANES * ops) * (per_load < 1 ? per_load : 1);
+}
+
+// Elements copied each call so that spatial dimension d's operands are read
+// transposed. A weight in an evaluation's forward pass (xc_forward: weights
+// fixed between its calls) is copied once, before them: free.
+static int64_t transpose_cost(const LFunc *f, const Contraction *c, int d) {
+  int64_t n = 0;
+  const LExpr *ops[2] = {c->a, c->b};
+  for (int o = 0; o < 2; o++) {
+    int64_t st = lane_stride(ops[o], c->s[d].var);
+    if (st != 0 && st != 1 && !(f->kind == FN_FORWARD && ops[o]->buf->storage == LB_PARAM))
+      n += lbuf_numel(ops[o]->buf);
+  }
+  return n;
+}
+
+// Another output dimension may make a busier tile than the first choice t
+// (the last dimension, or the innermost reduction): a layer of 11 columns
+// fills 11 of the 24 lanes its vectors of 8, 2 and 1 take, where its 96
+// channels are 12 full vectors. It is taken when the cycles it saves (at
+// 16 multiply-adds a cycle, two FMAs of 8 lanes, over tile_use) exceed what
+// the copies it reads transposed cost: 8 cycles an element, measured
+// (cifar10's conv2 input gradient with its batch as the vector gained 0.08
+// ms a step; its transposed copy of dy, 166 k elements, took 0.2). Each
+// output's sum keeps the plain nest's order, whichever spatial dimension
+// is the vector. Returns the dimension, or -1 to keep t.
+static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
+  double fmas = 1;
+  for (int i = 0; i < c->ns; i++)
+    fmas *= (double)c->s[i].n;
+  for (int i = 0; i < c->nr; i++)
+    fmas *= (double)c->r[i].n;
+  Tile first = *t;
+  choose(c, &first, false);
+  double use = tile_use(c, &first);
   int best = -1;
+  double best_gain = 0;
   for (int d = 0; d < c->ns; d++) {
-    if (d == last || c->s[d].n < LANES)
+    if ((!t->rfactor && d == t->v) || c->s[d].n < LANES || !vector_ok(f, &at, c, d, false))
       continue;
-    // ops per output element, compared exactly: ops(d)/n(d) < ops(last)/n(last)
-    if (vector_ops(c->s[d].n) * c->s[last].n >= vector_ops(c->s[last].n) * c->s[d].n)
-      continue;
-    bool weights_only = true;
-    LExpr *ops[2] = {c->a, c->b};
-    for (int o = 0; o < 2; o++) {
-      int64_t st = lane_stride(ops[o], c->s[d].var);
-      if (st != 0 && st != 1 && ops[o]->buf->storage != LB_PARAM)
-        weights_only = false;
-    }
-    if (weights_only && vector_ok(f, &at, c, d, false) &&
-        (best < 0 || vector_ops(c->s[d].n) * c->s[best].n < vector_ops(c->s[best].n) * c->s[d].n))
-      best = d;
+    Tile cand = vector_tile(c, d);
+    choose(c, &cand, false);
+    double gain = fmas / 16 * (1 / use - 1 / tile_use(c, &cand)) -
+                  8.0 * (double)transpose_cost(f, c, d);
+    if (gain > best_gain)
+      best = d, best_gain = gain;
   }
   return best;
 }
@@ -737,11 +800,30 @@ static void nest_order(const Contraction *c, Tile *t) {
       t->order[n++] = d;
 }
 
+// The threads split the outermost tile loop (parallelize). When it has
+// fewer than 4 blocks (a weight gradient whose vector is its 16 or 96
+// output channels: 1 or 3 blocks, all on one thread or split 2 to 1), the
+// loop with the most blocks goes outside instead, if it has 8 or more; the
+// others keep their order. Each output's sum is unchanged.
+static void wide_outside(const Contraction *c, Tile *t) {
+  if (blocks_of(c, t, t->order[0]) >= 4)
+    return;
+  int wide = 0;
+  for (int i = 1; i < c->ns; i++)
+    if (blocks_of(c, t, t->order[i]) > blocks_of(c, t, t->order[wide]))
+      wide = i;
+  if (blocks_of(c, t, t->order[wide]) < 8)
+    return;
+  int d = t->order[wide];
+  for (int i = wide; i > 0; i--)
+    t->order[i] = t->order[i - 1];
+  t->order[0] = d;
+}
+
 static void tile_kernel(LFunc *f, int at, LKernel *k) {
   Contraction c;
   if (!recognise(k, &c))
     return;
-  Tile t = {.t = {-1, -1}};
   // The vector: the output's last dimension when it has a vector's worth of
   // elements (the stores then are vectors too); else the innermost
   // reduction (rfactor); else the longest other output dimension with 8 or
@@ -755,7 +837,7 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
                     c.r[rv].n >= LANES;
   int v = -1;
   if (c.s[last].n >= LANES && vector_ok(f, &at, &c, last, false))
-    v = fuller_vector(f, at, &c, last) >= 0 ? fuller_vector(f, at, &c, last) : last;
+    v = last;
   else if (!rfactor_ok) {
     for (int d = 0; d < c.ns; d++)
       if (d != last && c.s[d].n >= LANES && vector_ok(f, &at, &c, d, false) &&
@@ -764,20 +846,18 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
     if (v < 0 && c.s[last].n >= 4 && vector_ok(f, &at, &c, last, false))
       v = last;
   }
-  if (v >= 0) {
-    vector_ok(f, &at, &c, v, true);
-    t.v = v;
-    int64_t n = c.s[v].n;
-    t.vblock = n <= MAX_PIECES * LANES ? n : MAX_PIECES * LANES;
-  } else if (rfactor_ok) {
-    t.rfactor = true;
-    t.v = rv;
-  } else {
+  if (v < 0 && !rfactor_ok)
     return; // stays plain
-  }
+  Tile t = vector_tile(&c, v);
+  int fuller = fuller_vector(f, at, &c, &t);
+  if (fuller >= 0)
+    t = vector_tile(&c, fuller);
+  if (!t.rfactor)
+    vector_ok(f, &at, &c, t.v, true);
   choose(&c, &t, false);
   choose_streamed(&c, &t);
   nest_order(&c, &t);
+  wide_outside(&c, &t);
   LKernel *nk = k; // rebuilt in place
   nk->body = NULL;
   nk->nbody = 0;
