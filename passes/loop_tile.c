@@ -306,10 +306,13 @@ static int64_t lines(const Contraction *c, const Tile *t) {
   int64_t total = 0;
   for (int o = 0; o < 2; o++) {
     int64_t n = 1;
-    for (int i = 0; i < 2; i++)
-      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var) &&
-          distance(ops[o], c->s[t->t[i]].var) * (t->size[i] - 1) >= 16)
+    for (int i = 0; i < 2; i++) {
+      if (t->t[i] < 0 || !uses(ops[o], c->s[t->t[i]].var))
+        continue;
+      int64_t far = distance(ops[o], c->s[t->t[i]].var); // INT64_MAX: not linear
+      if (far >= 16 || far * (t->size[i] - 1) >= 16)
         n *= t->size[i];
+    }
     total += n;
   }
   return total;
