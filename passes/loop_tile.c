@@ -920,13 +920,15 @@ static void wide_outside(const Contraction *c, Tile *t) {
 // share of the sum from the block's dy (4 KB an image, in L1) and x (41 KB,
 // in L2), its accumulators kept in memory between blocks (78%). Each
 // accumulator still takes its terms in the plain nest's order: the same
-// bits. Taken when the tile's sum streams more than L1 holds (the new bytes
-// of its steps: a forward convolution along rows, whose taps reuse lines,
-// stays whole, at 90% of the peak on vgg_small; one along 4x4 images'
-// batch does not) and the
-// accumulators of every tile inside the outermost loop fit PART_BYTES; a
-// block is the fewest images whose sum has 32 or more steps (the
-// accumulators' loads and stores between blocks are then a few percent).
+// bits. Taken when
+// - the new bytes of the tile's steps over its whole sum exceed L1 (a
+//   forward convolution along rows, whose taps reuse lines, stays whole:
+//   vgg_small's at 93% of the peak whole, 82% blocked; one along the batch
+//   of 4x4 images does not);
+// - the accumulators of every tile inside the outermost loop fit PART_BYTES;
+// - some block, the fewest images whose sum has 32 or more steps (the
+//   accumulators' loads and stores between blocks are then a few percent),
+//   is smaller than the whole.
 // Returns the images in a block, or 0.
 static int64_t block_sum(const Contraction *c, const Tile *t) {
   if (c->ns < 2 || c->nr < 2 || (t->rfactor && t->v == 0))
