@@ -299,55 +299,6 @@ static void walk(Pad *P, LStmt *s, Ranges *r, int at, bool *changed) {
     r->bound[s->var] = false;
 }
 
-// --- The copy folded into the writer ---------------------------------------------------
-
-static bool stmt_writes(const LStmt *s, const LBuf *x) {
-  if (s->kind == LS_STORE && same_tensor(s->buf, x))
-    return true;
-  for (int i = 0; i < s->nbody; i++)
-    if (stmt_writes(s->body[i], x))
-      return true;
-  return false;
-}
-
-static void shift_stmt(LStmt *s, const LBuf *x, LBuf *to, const int64_t *lo) {
-  shift_expr(s->cond, x, to, lo);
-  shift_expr(s->value, x, to, lo);
-  if (s->kind == LS_STORE)
-    shift_access(&s->buf, s->idx, x, to, lo);
-  for (int i = 0; i < s->nbody; i++)
-    shift_stmt(s->body[i], x, to, lo);
-}
-
-static void fold_copy(LFunc *f, const Padded *e) {
-  LBuf *x = e->from;
-  const LBuf *r = lbuf_root(x);
-  if (r->storage != LB_WORKSPACE || r == f->result || (f->logits && lbuf_root(f->logits) == r))
-    return;
-  for (int i = 0; i < f->nbufs; i++) // every other name of it has its shape
-    if (f->bufs[i] != e->to && lbuf_root(f->bufs[i]) == r && !same_tensor(f->bufs[i], x))
-      return;
-  int writers = 0;
-  for (int i = 0; i < f->nkernels; i++) {
-    bool w = false;
-    for (int j = 0; j < f->kernels[i]->nbody && !w; j++)
-      w = stmt_writes(f->kernels[i]->body[j], x);
-    if (w && f->kernels[i]->flops)
-      return; // a contraction's stores are tile's to place
-    writers += w;
-  }
-  if (writers != 1)
-    return;
-  for (int i = 0; i < f->nkernels; i++)
-    if (f->kernels[i] != e->made)
-      for (int j = 0; j < f->kernels[i]->nbody; j++)
-        shift_stmt(f->kernels[i]->body[j], x, e->to, e->lo);
-  LKernel *k = e->made;
-  k->nbody = 0, k->nvars = 0;
-  LExpr *v[LMAX_RANK], *at[LMAX_RANK];
-  pad_nest(k, NULL, x, e->to, e->lo, v, at, 0, false);
-}
-
 static void pad_function(LFunc *f) {
   int nbufs = f->nbufs;
   Pad P = {f, NULL, 0, 0, true, xcalloc(nbufs + 1, sizeof *P.lo), xcalloc(nbufs + 1, sizeof *P.hi),
@@ -368,13 +319,6 @@ static void pad_function(LFunc *f) {
       free(r.lo), free(r.hi), free(r.bound);
     }
   }
-  // Only in the training step: the test entry checks every node's own
-  // buffer, and xc_forward's kernels that read no activation (a border of
-  // zeros) move to xc_prepare_forward, run once per evaluation
-  // (codegen/library.c), while the writer's stores stay per batch.
-  if (f->kind == FN_GRAD_STEP)
-    for (int i = 0; i < P.np; i++)
-      fold_copy(f, &P.p[i]);
   free(P.p), free(P.lo), free(P.hi), free(P.asked);
 }
 
