@@ -7,13 +7,6 @@
 // the widest border any reader needs (a conv2d and its weight gradient share
 // their padded input; the phases of a strided input gradient their dy). Guards of any other shape
 // (the divisibility test of a strided input gradient) stay.
-//
-// In the training step, when one kernel alone writes the buffer (not a
-// contraction, whose stores tile places), in the workspace, the copy goes
-// too: that kernel stores into the padded buffer's interior, every reader
-// reads there, and the new kernel writes only the border of zeros. A pass
-// over the tensor less (the copy's read and write): a pooling gradient's or
-// batch norm's input gradient, which a convolution's input gradient reads.
 #include "loop.h"
 
 #include <stdlib.h>
@@ -102,8 +95,7 @@ static void find_loads(const LExpr *e, const Ranges *r, LExpr **found, int *n) {
 typedef struct {
   LBuf *from, *to;
   int64_t lo[LMAX_RANK];
-  int kernel;    // index of the kernel that makes it, when made
-  LKernel *made; // that kernel
+  int kernel; // index of the kernel that makes it
 } Padded;
 
 typedef struct {
@@ -129,28 +121,18 @@ static void zero_nest(LKernel *k, LStmt *parent, LBuf *to, LExpr **at, int d) {
   zero_nest(k, l, to, at, d + 1);
 }
 
-// Has `to` a border around from's extent in dimension d or after it?
-static bool border_from(const LBuf *from, const LBuf *to, int d) {
-  for (; d < from->rank; d++)
-    if (to->dim[d] != from->dim[d])
-      return true;
-  return false;
-}
-
 // Dimension d of the copy and on: its leading border of zeros, the copy of
-// from's extent (unless !copy: the border alone), its trailing border, each
-// element of `to` written once.
+// from's extent, its trailing border, each element of `to` written once.
 static void pad_nest(LKernel *k, LStmt *parent, LBuf *from, LBuf *to, const int64_t *lo,
-                     LExpr **v, LExpr **at, int d, bool copy) {
+                     LExpr **v, LExpr **at, int d) {
   if (d == from->rank) {
-    if (copy)
-      ls_add(parent, ls_store(to, at, lx_load(from, v)));
+    ls_add(parent, ls_store(to, at, lx_load(from, v)));
     return;
   }
   int64_t hi = to->dim[d] - lo[d] - from->dim[d];
   int64_t part[3][2] = {{0, lo[d]}, {lo[d], lo[d] + from->dim[d]}, {lo[d] + from->dim[d], lo[d] + from->dim[d] + hi}};
   for (int p = 0; p < 3; p++) {
-    if (part[p][0] == part[p][1] || (p == 1 && !copy && !border_from(from, to, d + 1)))
+    if (part[p][0] == part[p][1])
       continue;
     int var = lk_var(k);
     LStmt *l = ls_loop(var, 0, part[p][1] - part[p][0], NULL);
@@ -158,7 +140,7 @@ static void pad_nest(LKernel *k, LStmt *parent, LBuf *from, LBuf *to, const int6
     at[d] = lx_iaddc(lx_var(var), part[p][0]);
     if (p == 1) {
       v[d] = lx_var(var);
-      pad_nest(k, l, from, to, lo, v, at, d + 1, copy);
+      pad_nest(k, l, from, to, lo, v, at, d + 1);
     } else {
       zero_nest(k, l, to, at, d + 1);
     }
@@ -172,7 +154,7 @@ static LKernel *pad_kernel(LFunc *f, LBuf *from, LBuf *to, const int64_t *lo) {
   LKernel *k = lfunc_kernel(f, xformat("pad.%s", from->name), "pad", NULL);
   k->layer = from->name;
   LExpr *v[LMAX_RANK], *at[LMAX_RANK];
-  pad_nest(k, NULL, from, to, lo, v, at, 0, true);
+  pad_nest(k, NULL, from, to, lo, v, at, 0);
   return k;
 }
 
@@ -198,13 +180,13 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   LBuf *to = lfunc_buf(P->f, xformat("%s.padded", b->name), b->dtype, b->rank, dim,
                        b->storage == LB_SLOT ? LB_WORKSPACE : LB_WORKSPACE);
   to->layout = "padded";
-  LKernel *made = pad_kernel(P->f, b, to, lo);
+  pad_kernel(P->f, b, to, lo);
   move_last_to(P->f, at);
   P->p = realloc(P->p, sizeof *P->p * (P->np + 1));
   if (!P->p)
     fatal("out of memory");
   Padded *e = &P->p[P->np++];
-  e->from = b, e->to = to, e->kernel = at, e->made = made;
+  e->from = b, e->to = to, e->kernel = at;
   for (int d = 0; d < b->rank; d++)
     e->lo[d] = lo[d];
   return to;
@@ -221,12 +203,11 @@ static bool same_tensor(const LBuf *b, const LBuf *x) {
   return true;
 }
 
-// Every access to x (under any of its names) in e (s) reads (writes) `to`,
-// lo further in. Index trees may be shared: they are replaced, never changed
+// Every load of x (under any of its names) in e reads `to`, lo further in. Index trees may be shared: they are replaced, never changed
 // in place, and a load already moved is not moved again.
 static void shift_expr(LExpr *e, const LBuf *x, LBuf *to, const int64_t *lo);
 
-// A load's or a store's buffer and indices.
+// A load's buffer and indices.
 static void shift_access(LBuf **buf, LExpr **idx, const LBuf *x, LBuf *to, const int64_t *lo) {
   for (int d = 0; d < (*buf)->rank; d++)
     shift_expr(idx[d], x, to, lo);
