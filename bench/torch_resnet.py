@@ -159,12 +159,17 @@ class Batches:
         return x, self.y[idx]
 
 
-def accuracy(model, x, y):
+def accuracy(model, x, y, flip=False):
+    """Test accuracy; flip (data.test_augment: {horizontal_flip: true}): of the
+    logits averaged over each image and its mirror image, as xentcc's."""
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), 500):
-            correct += (model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum().item()
+            out = model(x[i:i + 500])
+            if flip:
+                out = (out + model(x[i:i + 500].flip(3))) / 2
+            correct += (out.argmax(1) == y[i:i + 500]).sum().item()
     model.train()
     return correct / len(x)
 
@@ -202,6 +207,7 @@ def main():
     xtr, ytr = torch_seed.image_folder(train_dir, spec["classes"])
     xte, yte = torch_seed.image_folder(test_dir, spec["classes"])
     data_seconds = time.perf_counter() - t0
+    tta = bool((data.get("test_augment") or {}).get("horizontal_flip", False))
     norm = data.get("normalize") or {}
     xte = torch_seed.to_tensor(xte, norm.get("mean", [0.0] * 3), norm.get("std", [1.0] * 3))
 
@@ -240,7 +246,7 @@ def main():
         if sched is not None and not per_step:
             sched.step()
         seconds += time.perf_counter() - t0
-        acc = accuracy(model, xte, yte)
+        acc = accuracy(model, xte, yte, flip=tta)
         seen = steps_per_epoch * batch
         history.append({"epoch": epoch + 1, "seconds": round(seconds, 2),
                         "train_loss": round(total_loss / seen, 4),

@@ -427,7 +427,7 @@ static void emit_model(Cg *c, Model *m, Graph *train, const LBlocks *b, int64_t 
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->ptr,
                       c->i32, c->i32,
                       c->i32, c->i32, c->i32, c->f64, st,     c->ptr, c->ptr, c->ptr, c->f32,
-                      f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr,
+                      f4,     f4,     c->i32, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr,
                       c->i32, c->i32, c->f64, c->f64, c->f64,
                       c->i32, c->f32, c->ptr, c->f32, c->i32, c->ptr, c->i32};
   int nmf = sizeof mf / sizeof *mf;
@@ -458,7 +458,8 @@ static void emit_model(Cg *c, Model *m, Graph *train, const LBlocks *b, int64_t 
       cstring(c, absolute(m->data.train)), cstring(c, absolute(m->data.test)),
       LLVMConstReal(c->f32, m->data.val_split), LLVMConstArray(c->f32, mean, 4),
       LLVMConstArray(c->f32, std, 4), CI32(c, m->data.random_crop_padding),
-      CI32(c, m->data.random_flip), CI32(c, m->data.convert), CI32(c, m->data.resize),
+      CI32(c, m->data.random_flip), CI32(c, m->data.test_flip), CI32(c, m->data.convert),
+      CI32(c, m->data.resize),
       CI32(c, c->nkernels), kernels,
       CI32(c, precision_kind(m->graph)), CI32(c, graph_int(m->graph, "growth_interval", 2000)),
       LLVMConstReal(c->f64, graph_float(m->graph, "init_scale", 65536.0)),

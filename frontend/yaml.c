@@ -36,6 +36,7 @@
 //     (drop_last: false pads the last partial batch with ignored rows; batch-norm models drop it)
 //   data: {format: cifar10|idx|folder|imagefolder, train, test, val_split,
 //          normalize: {mean, std}, augment: {random_crop: {padding}, random_horizontal_flip},
+//          test_augment: {horizontal_flip}  (evaluation averages each image's and its mirror's logits)
 //          convert: rgb|grey, resize: false}   (CIFAR/IDX data of another shape)
 #include "args.h"
 #include "ir.h"
@@ -1668,20 +1669,22 @@ static const char *const top_keys[] = {"model",    "input",     "classes",     "
 static const char *const input_keys[] = {"channels", "height", "width", NULL};
 static const char *const train_keys[] = {"epochs",    "batch_size", "shuffle", "seed",
                                          "drop_last", "log_every",  NULL};
-static const char *const data_keys[] = {"format",    "train",   "test",   "val_split",
-                                        "normalize", "augment", "convert", "resize", NULL};
+static const char *const data_keys[] = {"format",    "train",        "test",    "val_split", "normalize",
+                                        "augment",   "test_augment", "convert", "resize",    NULL};
 static const char *const conversions[] = {"rgb", "grey", NULL};
 static const char *const formats[] = {"cifar10", "idx", "folder", "imagefolder", NULL};
 static const char *const normalize_keys[] = {"mean", "std", NULL};
 static const char *const augment_keys[] = {"random_crop", "random_horizontal_flip", NULL};
 static const char *const crop_keys[] = {"padding", NULL};
+static const char *const test_augment_keys[] = {"horizontal_flip", NULL};
 static const Section top_sec = {"", top_keys, false}, input_sec = {"input", input_keys, false},
                      train_sec = {"train", train_keys, false}, data_sec = {"data", data_keys, false},
                      format_sec = {"data.format", formats, true},
                      convert_sec = {"data.convert", conversions, true},
                      normalize_sec = {"data.normalize", normalize_keys, false},
                      augment_sec = {"data.augment", augment_keys, false},
-                     crop_sec = {"data.augment.random_crop", crop_keys, false};
+                     crop_sec = {"data.augment.random_crop", crop_keys, false},
+                     test_augment_sec = {"data.test_augment", test_augment_keys, false};
 
 static void read_input(Model *m, YNode *root) {
   YNode *v = want_map(
@@ -1826,6 +1829,14 @@ static void read_data(Model *m, YNode *root) {
                                       "data.augment.random_crop", "padding", 1, MAX_WINDOW);
     }
     d->random_flip = opt_bool(av, "random_horizontal_flip", false, "data.augment");
+  }
+  // Test-time augmentation: evaluation averages the logits of each image
+  // and of its mirror image, as `(net(x) + net(x.flip(3))) / 2`.
+  YNode *tv = get(v, "test_augment");
+  if (tv) {
+    want_map(tv, "data", "'test_augment'", "{horizontal_flip: true}");
+    accept(tv, "data.test_augment", &test_augment_sec);
+    d->test_flip = opt_bool(tv, "horizontal_flip", false, "data.test_augment");
   }
 }
 
@@ -2069,6 +2080,7 @@ Model *load_model_text(const char *path, const char *text) {
 static const Section *const schema[] = {
     &top_sec,          &input_sec,          &train_sec,       &data_sec,
     &format_sec,       &convert_sec,        &normalize_sec,   &augment_sec,     &crop_sec,
+    &test_augment_sec,
     &loss_sec,         &ce_sec,             &bce_sec,         &l2_sec,
     &optimizer_sec,    &optimizer_opts_sec[0], &optimizer_opts_sec[1], &optimizer_opts_sec[2],
     &schedule_sec,     &warmup_sec,         &interval_sec,    &anneal_sec,

@@ -254,6 +254,7 @@ typedef struct {
   double mean[4], std[4];
   int random_crop_padding; // 0: off
   bool random_flip;
+  bool test_flip;       // evaluation averages the logits of each image and its mirror
   bool convert;         // tensor data (CIFAR, IDX) of other channels: convert (RGB <-> grey)
   bool resize;          // tensor data of another size: resize (PIL bilinear)
 } DataSpec;

@@ -111,8 +111,9 @@ static char **predict_inputs(char **args, int nargs, int *count) {
   return files;
 }
 
-// Class probabilities of each image; a file that does not decode is
-// reported and the exit status is 1.
+// Class probabilities of each image (with data.test_augment, from the logits
+// averaged with its mirror's); a file that does not decode is reported and
+// the exit status is 1.
 static int predict(const XcModel *m, const float *params, const float *state, void *ws,
                    char **files, int n, bool json, bool logits_out, double threshold,
                    int max_pixels) {
@@ -120,6 +121,7 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
   size_t floats = (size_t)m->channels * m->height * m->width;
   float *images = xc_alloc_floats((int64_t)b * floats);
   float *logits = xc_alloc_floats((int64_t)b * m->outputs);
+  float *spare = m->test_flip ? xc_alloc_floats((int64_t)b * m->outputs) : NULL;
   uint8_t *chw = xc_malloc(floats);
   double *prob = xc_malloc(sizeof(double) * k);
   Transform t = xc_model_transform(m, false);
@@ -149,7 +151,7 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
       free(img.px);
       xc_transform(&t, chw, m->channels, m->height, m->width, images + i * floats, NULL);
     }
-    xc_forward(params, state, images, logits, ws);
+    xc_forward_eval(m, xc_forward, params, state, images, logits, spare, ws);
     for (int i = 0; i < real; i++) {
       if (!ok[start + i])
         continue;
@@ -198,7 +200,7 @@ static int predict(const XcModel *m, const float *params, const float *state, vo
   }
   if (json)
     printf("]}\n");
-  free(images), free(logits), free(chw), free(prob), free(ok);
+  free(images), free(logits), free(spare), free(chw), free(prob), free(ok);
   return status;
 }
 

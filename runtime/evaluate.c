@@ -1,7 +1,8 @@
 // Evaluation over a whole data set with the generated forward function:
 // batches of the compiled size, the last one padded with zeros and the
 // padding ignored, predictions into a confusion matrix, the loss and the
-// top-k accuracy from the same logits. Shared by NAME-eval and the
+// top-k accuracy from the same logits (with data.test_augment, the average
+// over each image and its mirror). Shared by NAME-eval and the
 // per-epoch evaluation of NAME-train; the forward function comes in as a
 // pointer because the training executable may not define one.
 #include "rt.h"
@@ -20,6 +21,30 @@ int xc_predict(const XcModel *m, const float *logits, double threshold) {
   return xc_argmax(logits, m->outputs);
 }
 
+// The logits of a batch for evaluation. With data: {test_augment:
+// {horizontal_flip: true}} they are the average of the batch's and of its
+// mirror images', as `(net(x) + net(x.flip(3))) / 2`: images are mirrored in
+// place, and spare takes the second set of logits (batch_size * outputs).
+void xc_forward_eval(const XcModel *m, XcForwardFn forward, const float *params,
+                     const float *state, float *images, float *logits, float *spare,
+                     void *workspace) {
+  forward(params, state, images, logits, workspace);
+  if (!m->test_flip)
+    return;
+  int64_t rows = (int64_t)m->batch_size * m->channels * m->height;
+  for (int64_t r = 0; r < rows; r++) {
+    float *row = images + r * m->width;
+    for (int i = 0, j = m->width - 1; i < j; i++, j--) {
+      float x = row[i];
+      row[i] = row[j];
+      row[j] = x;
+    }
+  }
+  forward(params, state, images, spare, workspace);
+  for (int64_t i = 0; i < (int64_t)m->batch_size * m->outputs; i++)
+    logits[i] = (logits[i] + spare[i]) / 2;
+}
+
 void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
                  const Dataset *d, const Transform *t, void *workspace, double threshold,
                  int top_k, EvalResult *r) {
@@ -27,6 +52,7 @@ void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, con
   size_t floats = (size_t)d->c * d->h * d->w;
   float *images = xc_alloc_floats((int64_t)b * floats);
   float *logits = xc_alloc_floats((int64_t)b * m->outputs);
+  float *spare = m->test_flip ? xc_alloc_floats((int64_t)b * m->outputs) : NULL;
   conf_init(&r->conf, m->outputs == 1 ? 2 : m->outputs);
   LossSum loss = {0};
   int64_t top_right = 0;
@@ -40,7 +66,7 @@ void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, con
       xc_transform(t, d->pixels + (start + i) * floats, d->c, d->h, d->w, images + i * floats,
                    NULL);
     memset(images + real * floats, 0, (b - real) * floats * sizeof(float));
-    forward(params, state, images, logits, workspace);
+    xc_forward_eval(m, forward, params, state, images, logits, spare, workspace);
     for (int i = 0; i < real; i++) {
       const float *l = logits + (size_t)i * m->outputs;
       int label = d->labels[start + i];
@@ -55,6 +81,7 @@ void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, con
   r->top_k_accuracy = d->n ? (double)top_right / d->n : 0.0;
   free(images);
   free(logits);
+  free(spare);
 }
 
 Transform xc_model_transform(const XcModel *m, bool train) {

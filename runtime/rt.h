@@ -533,6 +533,12 @@ typedef void (*XcForwardFn)(const float *params, const float *state, const float
                             float *logits, void *workspace);
 // The predicted class of one sample's logits.
 int xc_predict(const XcModel *m, const float *logits, double threshold);
+// The forward function's logits, averaged with the mirror images' when the
+// YAML asks for data.test_augment (images mirrored in place; spare holds
+// batch_size * outputs floats, NULL without it).
+void xc_forward_eval(const XcModel *m, XcForwardFn forward, const float *params,
+                     const float *state, float *images, float *logits, float *spare,
+                     void *workspace);
 // top_k: 0, or the k of the top-k accuracy to measure.
 void xc_evaluate(const XcModel *m, XcForwardFn forward, const float *params, const float *state,
                  const Dataset *d, const Transform *t, void *workspace, double threshold,

@@ -133,6 +133,7 @@ typedef struct {
   float mean[4], std[4];    // Normalize(mean, std) per channel after ToTensor()
   int random_crop_padding;
   int random_flip;
+  int test_flip;            // evaluation averages the logits of each image and its mirror
   // Tensor data (CIFAR-10 .bin, IDX) whose stored shape differs from the
   // input: converted (RGB <-> grey) and resized only when the YAML says so
   // (data: {convert: rgb|grey, resize: true}); otherwise an error.

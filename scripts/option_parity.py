@@ -25,7 +25,9 @@ PyTorch with autocast's rounding points and float32 sums
   weights   each tensor's relative L2 error             <= 1e-4
             num_batches_tracked                         equal
   eval      NAME-eval's metrics on the test data or the held-out part equal
-            PyTorch's evaluation of its own final model
+            PyTorch's evaluation of its own final model, and its loss
+            within 1e-4 relative (data.test_augment: both average each
+            image's logits with its mirror image's)
   output    'training NAME on' and a loss line every train.log_every steps
 
 --coverage DIR checks that every option `xentcc --list-options` prints (the
@@ -105,6 +107,7 @@ class Recipe:
         aug = d.get("augment") or {}
         self.crop = (aug.get("random_crop") or {}).get("padding", 0)
         self.flip = bool(aug.get("random_horizontal_flip", False))
+        self.test_flip = bool((d.get("test_augment") or {}).get("horizontal_flip", False))
         self.convert = d.get("convert")
         self.resize = bool(d.get("resize", False))
         loss = s["loss"]
@@ -292,16 +295,22 @@ def torch_train(r, net, samples, init_path):
 
 
 def torch_eval(r, net, test):
+    """The confusion matrix and the loss of PyTorch's evaluation of test."""
     net.eval()
     k = 2 if r.binary else None
+    _, criterion = tm.loss_of(r.spec, net)
     with torch.no_grad():
-        out = net(torch.stack([transform(r, s[0], None) for s in test]))
+        x = torch.stack([transform(r, s[0], None) for s in test])
+        out = net(x)
+        if r.test_flip:  # data.test_augment: {horizontal_flip: true}
+            out = (out + net(x.flip(3))) / 2
         pred = (torch.sigmoid(out[:, 0]) > 0.5).long() if r.binary else out.argmax(1)
+        loss = criterion(out, labels_of(r, [s[1] for s in test])).item()
     k = k or out.shape[1]
     conf = np.zeros((k, k), np.int64)
     for s, p in zip(test, pred.numpy()):
         conf[s[1], int(p)] += 1
-    return conf
+    return conf, loss
 
 
 def metrics(conf):
@@ -410,10 +419,13 @@ def check_model(path, xentcc, workdir, batches=3):
         err = float(np.linalg.norm(o.astype(np.float64) - t)) / max(float(np.linalg.norm(t)), 1e-30)
         row(f"{name} (rel. L2)", err, WEIGHT_RTOL, err <= WEIGHT_RTOL)
     if test is not None:
-        t_conf = torch_eval(r, net, test)
+        t_conf, t_loss = torch_eval(r, net, test)
         o_conf = np.array(o_ev["confusion_matrix"], np.int64)
         same = o_conf.shape == t_conf.shape and (o_conf == t_conf).all()
         row(f"eval confusion ({len(test)} images)", 0.0 if same else 1.0, 0, same)
+        d = abs(float(o_ev["loss"]) - t_loss) / max(abs(t_loss), 1e-6)
+        row("eval loss (relative)", d, LOSS_RTOL, d <= LOSS_RTOL,
+            f"  (ours {float(o_ev['loss']):.9g}, torch {t_loss:.9g})")
         for key, t in metrics(t_conf).items():
             d = abs(float(o_ev[key]) - float(t))
             row(f"eval {key}", d, 1e-9, d <= 1e-9)

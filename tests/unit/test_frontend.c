@@ -191,7 +191,8 @@ START_TEST(data_options) {
                 "  test: ../test\n"
                 "  val_split: 0.25\n"
                 "  normalize: {mean: [0.1, 0.2, 0.3], std: [0.4, 0.5, 0.6]}\n"
-                "  augment: {random_crop: {padding: 4}, random_horizontal_flip: true}\n");
+                "  augment: {random_crop: {padding: 4}, random_horizontal_flip: true}\n"
+                "  test_augment: {horizontal_flip: true}\n");
   ck_assert_int_eq(m->epochs, 3);
   ck_assert_int_eq(m->batch_size, 8);
   ck_assert(!m->shuffle);
@@ -206,6 +207,7 @@ START_TEST(data_options) {
   ck_assert_double_eq(m->data.std[1], 0.5);
   ck_assert_int_eq(m->data.random_crop_padding, 4);
   ck_assert(m->data.random_flip);
+  ck_assert(m->data.test_flip);
   Graph *g = m->graph;
   assert_type(g, "label", "f32[8,1]");
   ck_assert_double_eq(node_attr(g->ret[0], "pos_weight")->floats[0], 2.5);
