@@ -64,4 +64,5 @@ def main():
         f.write(raw)
 
 
-main()
+if __name__ == "__main__":
+    main()
