@@ -203,8 +203,15 @@ static bool same_tensor(const LBuf *b, const LBuf *x) {
   return true;
 }
 
-// Every load of x (under any of its names) in e reads `to`, lo further in. Index trees may be shared: they are replaced, never changed
-// in place, and a load already moved is not moved again.
+// Every load of x (under any of its names) in e reads `to`, lo further in.
+// Index trees may be shared: they are replaced, never changed in place, and
+// a load already moved is not moved again. Another name of x in the same
+// statement (fuse-epilogue's consumer writing in place) reads the same
+// memory at the same moment; no kernel writes that memory while x is still
+// read (a name is read only while its memory holds its value), so the copy,
+// made before x's first reader, holds the other name's values too. And that
+// load stays inside x (find_loads found only one load that can leave its
+// buffer), so inside the copy.
 static void shift_expr(LExpr *e, const LBuf *x, LBuf *to, const int64_t *lo);
 
 // A load's buffer and indices.
