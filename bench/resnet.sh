@@ -12,7 +12,7 @@
 #
 # --model NAME: models/NAME.yaml (resnet8_wide; resnet8 is its narrower sibling).
 # --torch-seeds: the seeds PyTorch trains (default: --seeds); a PyTorch run
-# takes some 1.6 times xentcc's, so one seed of it keeps the bench near an hour.
+# of resnet8_wide takes some 15 minutes, so one seed of it keeps the bench near an hour.
 # --data DIR: an ImageFolder root with train/ and test/ (a subset, say) in
 # place of the YAML's build/data/cifar10.
 # Environment: XENTCC (default build/bin/xentcc), PYTHON (/usr/bin/python3),
