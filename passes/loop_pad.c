@@ -95,7 +95,6 @@ static void find_loads(const LExpr *e, const Ranges *r, LExpr **found, int *n) {
 typedef struct {
   LBuf *from, *to;
   int64_t lo[LMAX_RANK];
-  int kernel; // index of the kernel that makes it
 } Padded;
 
 typedef struct {
@@ -178,7 +177,7 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   for (int d = 0; d < b->rank; d++)
     dim[d] = b->dim[d] + lo[d] + hi[d];
   LBuf *to = lfunc_buf(P->f, xformat("%s.padded", b->name), b->dtype, b->rank, dim,
-                       b->storage == LB_SLOT ? LB_WORKSPACE : LB_WORKSPACE);
+                       LB_WORKSPACE);
   to->layout = "padded";
   pad_kernel(P->f, b, to, lo);
   move_last_to(P->f, at);
@@ -186,7 +185,7 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   if (!P->p)
     fatal("out of memory");
   Padded *e = &P->p[P->np++];
-  e->from = b, e->to = to, e->kernel = at;
+  e->from = b, e->to = to;
   for (int d = 0; d < b->rank; d++)
     e->lo[d] = lo[d];
   return to;
