@@ -94,5 +94,6 @@ Transform xc_model_transform(const XcModel *m, bool train) {
     t.crop_padding = m->random_crop_padding;
     t.flip = m->random_flip;
   }
+  xc_transform_tables(&t);
   return t;
 }

@@ -426,8 +426,14 @@ typedef struct {
   float mean[4], std[4];
   int crop_padding; // random_crop(padding); 0: off
   bool flip;        // random_horizontal_flip(p=0.5)
+  // table[c][u]: ToTensor + Normalize of byte u in channel c (channels past
+  // the fourth use the first's), filled from mean and std by
+  // xc_transform_tables.
+  float table[4][256];
 } Transform;
 
+// Fills t->table from t->mean and t->std; xc_model_transform calls it.
+void xc_transform_tables(Transform *t);
 // ToTensor + Normalize of one CHW byte image into floats, after the
 // training augmentation when rng is non-NULL. dst NULL: only the draws.
 void xc_transform(const Transform *t, const uint8_t *src, int c, int h, int w, float *dst,

@@ -96,7 +96,8 @@ START_TEST(shards_put_together_are_the_global_batch) {
   for (int i = 0; i < N; i++)
     labels[i] = i % 5;
   d.pixels = px, d.labels = labels;
-  Transform t = {{0.5f}, {0.25f}, 2, true};
+  Transform t = {.mean = {0.5f}, .std = {0.25f, 1, 1, 1}, .crop_padding = 2, .flip = true};
+  xc_transform_tables(&t);
   for (int drop_last = 0; drop_last < 2; drop_last++) {
     Loader *one = loader_start(&d, &t, B * R, true, drop_last, 5, 0, 2, false, true);
     Loader *rank[R];

@@ -815,7 +815,8 @@ START_TEST(transform_normalize_and_augment) {
   uint8_t src[2 * 3 * 4];
   for (int i = 0; i < 24; i++)
     src[i] = (uint8_t)(i * 10);
-  Transform t = {{0.5f, 0.25f}, {0.5f, 2.0f}, 0, false};
+  Transform t = {.mean = {0.5f, 0.25f}, .std = {0.5f, 2.0f, 1, 1}};
+  xc_transform_tables(&t);
   float out[24];
   xc_transform(&t, src, 2, 3, 4, out, NULL);
   for (int i = 0; i < 24; i++) {
@@ -823,6 +824,9 @@ START_TEST(transform_normalize_and_augment) {
     float want = i < 12 ? (v - 0.5f) / 0.5f : (v - 0.25f) / 2.0f;
     ck_assert(out[i] == want);
   }
+  // The tables hold the same two roundings for every byte value.
+  for (int u = 0; u < 256; u++)
+    ck_assert(t.table[1][u] == ((float)u / 255.0f - 0.25f) / 2.0f);
   // Flip only: each row mirrored, or left alone, by the draw.
   t.flip = true;
   XcRng r;
@@ -870,7 +874,8 @@ START_TEST(batches_and_loader) {
   for (int i = 0; i < 10; i++)
     px[2 * i] = px[2 * i + 1] = (uint8_t)i, labels[i] = i % 2;
   d.pixels = px, d.labels = labels;
-  Transform t = {{0}, {1}, 0, false};
+  Transform t = {.std = {1, 1, 1, 1}};
+  xc_transform_tables(&t);
   float images[6];
   float fl[3];
   int32_t order[3] = {4, 1, 9};
@@ -921,7 +926,8 @@ START_TEST(loader_partial_last_batch) {
   for (int i = 0; i < 10; i++)
     px[2 * i] = px[2 * i + 1] = (uint8_t)(i + 1), labels[i] = i % 2;
   d.pixels = px, d.labels = labels;
-  Transform t = {{0}, {1}, 0, false};
+  Transform t = {.std = {1, 1, 1, 1}};
+  xc_transform_tables(&t);
   for (int float_labels = 0; float_labels < 2; float_labels++) {
     Loader *l = loader_start(&d, &t, 3, true, false, 7, 0, 2, float_labels, true);
     ck_assert_int_eq(loader_steps_per_epoch(l), 4);
