@@ -672,13 +672,12 @@ DataSpec xc_data_spec(const XcModel *m, const char *path, bool train, bool stric
 // Batches
 //
 
-// ToTensor divides by 255 in float, Normalize takes (x - mean) / std: the
-// same two roundings for each of the 256 byte values, once, instead of two
+// xc_to_tensor of each of the 256 byte values, once, instead of two
 // divisions per pixel.
 void xc_transform_tables(Transform *t) {
   for (int c = 0; c < 4; c++)
     for (int u = 0; u < 256; u++)
-      t->table[c][u] = ((float)u / 255.0f - t->mean[c]) / t->std[c];
+      t->table[c][u] = xc_to_tensor((uint8_t)u, t->mean[c], t->std[c]);
 }
 
 // torchvision's RandomCrop(size, padding=p) pads with zeros and picks the

@@ -432,6 +432,11 @@ typedef struct {
   float table[4][256];
 } Transform;
 
+// ToTensor (x / 255 in float) then Normalize ((x - mean) / std) of one
+// byte: the data loader's tables and the C library's predict_rgb8 both.
+static inline float xc_to_tensor(uint8_t u, float mean, float std) {
+  return ((float)u / 255.0f - mean) / std;
+}
 // Fills t->table from t->mean and t->std; xc_model_transform calls it.
 void xc_transform_tables(Transform *t);
 // ToTensor + Normalize of one CHW byte image into floats, after the

@@ -270,7 +270,7 @@ enum { MAX_PIXELS = 2 * XC_MAX_IMAGE_PIXELS };
 
 // NAME-eval's path from a decoded photo (runtime/eval_main.c): to the
 // model's channels and size (xc_image_to_chw), then ToTensor and
-// Normalize, the same float operations as xc_transform.
+// Normalize: xc_to_tensor, as xc_transform's tables.
 int xc_lib_predict_rgb8(XcLib *m, const unsigned char *hwc, int height, int width,
                         float *logits) {
   error_text[0] = '\0';
@@ -297,10 +297,8 @@ int xc_lib_predict_rgb8(XcLib *m, const unsigned char *hwc, int height, int widt
   }
   for (int ch = 0; ch < c; ch++) {
     float mean = d->mean[ch < 4 ? ch : 0], std = d->std[ch < 4 ? ch : 0];
-    for (int i = 0; i < h * w; i++) {
-      float v = (float)chw[(size_t)ch * h * w + i] / 255.0f;
-      m->pad[(size_t)ch * h * w + i] = (v - mean) / std;
-    }
+    for (int i = 0; i < h * w; i++)
+      m->pad[(size_t)ch * h * w + i] = xc_to_tensor(chw[(size_t)ch * h * w + i], mean, std);
   }
   free(chw);
   d->forward_one(m->params, m->state, m->pad, logits, m->workspace);
