@@ -45,6 +45,8 @@ struct LBuf {
   Node *node;           // the graph value it holds, if any
   const char *layout;   // how the graph value's indices map to dim[]: "NCHW", "N(C/8)HW8c"...
   LBuf *alias;          // shares alias's memory (a reshape)
+  LBuf *pad_of;         // the pad pass's copy of pad_of with a border of zeros:
+  int64_t pad_lo[LMAX_RANK]; // pad_lo[d] before it in each dimension
   int64_t first, last;  // kernels that write it first and read it last (memory plan)
 };
 // A buffer of DT_BF16 or DT_F16 holds 16-bit floats: a load gives the f32

@@ -199,6 +199,9 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   LBuf *to = lfunc_buf(P->f, xformat("%s.padded", b->name), b->dtype, b->rank, dim,
                        LB_WORKSPACE);
   to->layout = "padded";
+  to->pad_of = b;
+  for (int d = 0; d < b->rank; d++)
+    to->pad_lo[d] = lo[d];
   LKernel *made = pad_kernel(P->f, b, to, lo);
   move_last_to(P->f, at);
   P->p = realloc(P->p, sizeof *P->p * (P->np + 1));
