@@ -730,12 +730,13 @@ static LLVMValueRef buffer_address(Cg *c, const LFunc *f, const LBuf *b, LLVMVal
   }
   case LB_SCALAR: {
     // XcStepArgs: {i32 step, i32 seed, float lr, float momentum, i32 opt_step,
-    // float loss_scale, float inv_scale}.
+    // float loss_scale, float inv_scale, i32 row0}.
     LLVMTypeRef args_t = LLVMStructTypeInContext(
-        c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32, c->i32, c->f32, c->f32}, 7, false);
-    static const char *const fields[] = {"step",     "seed",       "lr",       "momentum",
-                                         "opt_step", "loss_scale", "inv_scale"};
-    for (int i = 0; i < 7; i++)
+        c->ctx, (LLVMTypeRef[]){c->i32, c->i32, c->f32, c->f32, c->i32, c->f32, c->f32, c->i32}, 8,
+        false);
+    static const char *const fields[] = {"step",       "seed",      "lr",  "momentum", "opt_step",
+                                         "loss_scale", "inv_scale", "row0"};
+    for (int i = 0; i < 8; i++)
       if (!strcmp(fields[i], b->arg)) {
         if (!arg[4])
           fatal("function %s cannot read %%%s", f->name, b->arg);

@@ -524,7 +524,7 @@ typedef struct {
   Model *m;
   Graph *g;
   int64_t batch;
-  Node *step, *seed; // %step and %seed, when a dropout layer needs them
+  Node *step, *seed, *row0; // %step, %seed and %row0, when a dropout layer needs them
   Layer *layers;
   int nlayers;
   NameTable layer_names; // the `name:`s given so far, to their layer's index
@@ -770,8 +770,8 @@ static Node *build_dropout(Builder *b, Layer *l, Node *x) {
     p = to_float_in(get(l->opts, "p"), l->desc, "p", 0.0, 1.0, true,
                     channels ? "p is the probability of zeroing a channel, like nn.Dropout2d(p=0.5)"
                              : "p is the probability of zeroing an element, like nn.Dropout(p=0.5)");
-  Node *mask_in[2] = {b->step, b->seed};
-  Node *mask = emit(b, l, channels ? OP_dropout2d_mask : OP_dropout_mask, mask_in, 2);
+  Node *mask_in[3] = {b->step, b->seed, b->row0};
+  Node *mask = emit(b, l, channels ? OP_dropout2d_mask : OP_dropout_mask, mask_in, 3);
   node_set_float(mask, "p", p);
   node_set_int(mask, "salt", l->index);
   mask->type = x->type;
@@ -2043,6 +2043,9 @@ Model *load_model_text(const char *path, const char *text) {
       b.seed = node_new(b.g, OP_input, NULL, 0, (Loc){0});
       b.seed->name = xstrdup("seed");
       b.seed->type = type_make(DT_I32, 0, NULL);
+      b.row0 = node_new(b.g, OP_input, NULL, 0, (Loc){0});
+      b.row0->name = xstrdup("row0");
+      b.row0->type = type_make(DT_I32, 0, NULL);
     }
 
   Node **out = xcalloc(b.nlayers, sizeof *out); // each layer's result

@@ -138,7 +138,7 @@ static bool step_arg(const char *name, DType *dt) {
     DType dtype;
   } fields[] = {{"step", DT_I32},     {"seed", DT_I32},    {"lr", DT_F32},
                 {"momentum", DT_F32}, {"opt_step", DT_I32}, {"loss_scale", DT_F32},
-                {"inv_scale", DT_F32}};
+                {"inv_scale", DT_F32}, {"row0", DT_I32}};
   for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
     if (!strcmp(fields[i].name, name)) {
       *dt = fields[i].dtype;
@@ -197,7 +197,7 @@ static LFunc *lower_function(Graph *g, FuncKind kind, const char *name, const LB
       else
         error_at(v->loc,
                  "the runtime feeds only %image, %label, %step, %seed, %lr, %momentum, "
-                 "%opt_step, %loss_scale and %inv_scale",
+                 "%opt_step, %loss_scale, %inv_scale and %row0",
                  "input '%%%s' cannot be fed by the runtime", nm);
       b->arg = v->name;
     } else if (v->op == OP_reshape) {

@@ -812,10 +812,9 @@ int xc_train_main(int argc, char **argv) {
   bool stopped = false, at_epoch_end = false, early = false;
   int last_epoch = first_epoch, last_iter = skip_iters;
   // Dropout masks hash (seed, layer, step, element) with the element's
-  // index in the rank's own batch: ranks other than 0 hash another seed so
-  // that their masks do not repeat rank 0's (they are not those of one
-  // process with the global batch either: docs/distributed.md).
-  uint32_t dropout_seed = (uint32_t)seed + (uint32_t)rank * 0x9e3779b9u;
+  // index in the global batch: this rank's rows start at rank x batch, so
+  // its masks are those of one process with the global batch.
+  int32_t row0 = (int32_t)((int64_t)rank * m->batch_size);
   catch_interrupts();
   int sig = 0; // a signal caught by this rank, or (after the step's sums) by any
   double t_sum = 0; // in combine_ranks: waiting for the other ranks, then the sums
@@ -827,8 +826,9 @@ int xc_train_main(int argc, char **argv) {
     XcHyper hy = xc_schedule_at(sched, lr, xc_schedule_t(sched, step + 1, b.epoch), run_total);
     // GradScaler's 1 / scale in double, rounded to float (else 1: unread).
     float step_scale = scaler.on ? scaler.scale : 1.0f;
-    XcStepArgs args = {(int32_t)(step + 1), dropout_seed, (float)hy.lr, (float)hy.momentum,
-                       (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale)};
+    XcStepArgs args = {(int32_t)(step + 1), (uint32_t)seed, (float)hy.lr, (float)hy.momentum,
+                       (int32_t)(opt_step + 1), step_scale, (float)(1.0 / (double)step_scale),
+                       row0};
     // A rank whose shard of a partial last batch is empty computes nothing
     // (its loss would be 0 / 0) but still takes part in the sums.
     float loss = 0;

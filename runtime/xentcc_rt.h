@@ -81,6 +81,8 @@ typedef struct {
                     // below step when steps were skipped for a non-finite gradient
   float loss_scale; // precision fp16: GradScaler's scale, the loss's gradient (else unread)
   float inv_scale;  // ... and its reciprocal, which unscales the gradients before the update
+  int32_t row0;     // the batch's first row in the global batch: rank x batch under
+                    // mpirun, else 0; dropout's element index counts rows from it
 } XcStepArgs;
 
 // Padding rows of a partial last batch: the generated losses leave rows

@@ -116,14 +116,19 @@ static LExpr *elem_assign(Lowering *L, Node *n, LExpr **v) { return operand(L, n
 const OpRules rules_assign = {
     .shape = shape_assign, .eval = eval_copy, .no_grad = true, .elem = elem_assign};
 
-// --- dropout_mask (step, seed): 0 or 1/(1-p) per element; dropout2d_mask per channel ---
+// --- dropout_mask (step, seed[, row0]): 0 or 1/(1-p) per element; dropout2d_mask per channel ---
 //
 // A hash of (seed, salt, step, index) from dropout_hash.h, the same in the
-// generated code. The mask is a constant of the step: no gradient flows into it.
+// generated code. The index counts the batch's rows from row0 (absent: 0):
+// the first row of the batch in the global batch that data-parallel ranks
+// share, so that each rank draws its rows' masks as one process would. The
+// mask is a constant of the step: no gradient flows into it.
 
 static const char *shape_dropout_mask(const Node *n, Type *out) {
   CHECK(want_scalar(n, 0, DT_I32, "step"));
   CHECK(want_scalar(n, 1, DT_I32, "seed"));
+  if (n->nin == 3)
+    CHECK(want_scalar(n, 2, DT_I32, "row0"));
   double p = node_float(n, "p");
   if (!(p >= 0.0 && p < 1.0))
     FAIL("dropout probability must be in [0, 1), got %g", p);
@@ -149,9 +154,10 @@ static void eval_dropout_mask(const Node *n, Tensor *out, Tensor **in) {
   uint32_t key =
       dropout_key((uint32_t)in[1]->i[0], (uint32_t)node_int(n, "salt"), (uint32_t)in[0]->i[0]);
   float scale = (float)(1.0 / (1.0 - p));
-  int64_t plane = mask_plane(n);
+  int64_t plane = mask_plane(n), row = numel(out) / (n->type.dim[0] ? n->type.dim[0] : 1);
+  int64_t first = n->nin == 3 ? (int64_t)in[2]->i[0] * row : 0; // row0's first element
   for (int64_t i = 0; i < numel(out); i++)
-    out->f[i] = dropout_bits(key, (uint32_t)(i / plane)) >= threshold ? scale : 0.0f;
+    out->f[i] = dropout_bits(key, (uint32_t)((first + i) / plane)) >= threshold ? scale : 0.0f;
 }
 
 static LExpr *U32(int64_t x) { return lx_int(LT_I32, (int32_t)(uint32_t)x); }
@@ -166,7 +172,7 @@ static LExpr *fmix32(LExpr *h) {
 }
 
 // Keep iff fmix32(key + i * golden) >> 8 >= threshold, i the flat index
-// (dropout2d_mask: the flat index of (n, c)).
+// with the rows counted from row0 (dropout2d_mask: the flat index of (n, c)).
 static LExpr *elem_dropout_mask(Lowering *L, Node *n, LExpr **v) {
   double p = node_float(n, "p");
   LExpr *step = operand(L, n, 0, v), *seed = operand(L, n, 1, v);
@@ -175,7 +181,8 @@ static LExpr *elem_dropout_mask(Lowering *L, Node *n, LExpr **v) {
   const LBuf *y = B(L, n);
   LExpr *flat = K(0);
   for (int d = 0; d < (n->op == OP_dropout2d_mask ? 2 : y->rank); d++)
-    flat = ADD(MULK(flat, y->dim[d]), v[d]);
+    flat = ADD(MULK(flat, y->dim[d]),
+               d == 0 && n->nin == 3 ? ADD(v[0], lx_cast(LT_I64, operand(L, n, 2, v))) : v[d]);
   LExpr *h = fmix32(BIN(LX_ADD, key, BIN(LX_MUL, lx_cast(LT_I32, flat), U32(0x9e3779b1u))));
   h = BIN(LX_SHR, h, U32(8));
   LExpr *dropped = BIN(LX_ULT, h, U32(dropout_threshold(p)));

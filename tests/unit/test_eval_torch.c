@@ -621,7 +621,7 @@ static void train_model(const char *model, bool fused) {
         src[i] = *ref("%s/step%d/%s", model, s, n->name);
       else if (!strcmp(n->name, "step") || !strcmp(n->name, "opt_step"))
         src[i] = tensor_new(n->type), src[i].i[0] = s;
-      else if (!strcmp(n->name, "seed"))
+      else if (!strcmp(n->name, "seed") || !strcmp(n->name, "row0"))
         src[i] = tensor_new(n->type), src[i].i[0] = 0;
       else if (!strcmp(n->name, "lr")) // the schedule runs in the runtime (schedule.c)
         src[i] = *ref("%s/step%d/lr", model, s);

@@ -421,6 +421,8 @@ static Tensor *model_sources(Graph *g) {
         s[i].i[k] = 3;
       else if (!strcmp(n->name, "seed"))
         s[i].i[k] = 5;
+      else if (!strcmp(n->name, "row0")) // as rank 1 of data-parallel ranks would
+        s[i].i[k] = 7;
       else if (!strcmp(n->name, "lr"))
         s[i].f[k] = 0.01f;
       else if (!strcmp(n->name, "momentum"))

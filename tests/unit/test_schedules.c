@@ -570,7 +570,8 @@ static void gen_cast(Case *c) {
 static void gen_dropout_mask(Case *c) {
   Net *t = c->t;
   Node *step = STEP(t, "step"), *seed = STEP(t, "seed"), *x = elem_operand(t, "x");
-  c->node = OPN(t, dropout_mask, step, seed);
+  Node *row0 = chance(0.5) ? STEP(t, "row0") : NULL; // the rows of a data-parallel rank
+  c->node = row0 ? OPN(t, dropout_mask, step, seed, row0) : OPN(t, dropout_mask, step, seed);
   node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
   node_set_int(c->node, "salt", irand(0, INT32_MAX));
   c->node->type = x->type;
@@ -579,6 +580,8 @@ static void gen_dropout_mask(Case *c) {
   fill(t, x, -1, 1);
   t->src[step->id].i[0] = (int32_t)irand(0, 1000000);
   t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
+  if (row0)
+    t->src[row0->id].i[0] = (int32_t)irand(0, 100000);
 }
 
 // The channel mask over [N,C] or [N,C,H,W] (and of rank 3), applied as
@@ -589,7 +592,8 @@ static void gen_dropout2d_mask(Case *c) {
   int64_t dim[4];
   int rank = rand_shape(dim, 2, 4, MAX_ELEMS);
   Node *x = f32_shaped(t, "x", rank, dim);
-  c->node = OPN(t, dropout2d_mask, step, seed);
+  Node *row0 = chance(0.5) ? STEP(t, "row0") : NULL;
+  c->node = row0 ? OPN(t, dropout2d_mask, step, seed, row0) : OPN(t, dropout2d_mask, step, seed);
   node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
   node_set_int(c->node, "salt", irand(0, INT32_MAX));
   c->node->type = x->type;
@@ -598,6 +602,8 @@ static void gen_dropout2d_mask(Case *c) {
   fill(t, x, -1, 1);
   t->src[step->id].i[0] = (int32_t)irand(0, 1000000);
   t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
+  if (row0)
+    t->src[row0->id].i[0] = (int32_t)irand(0, 100000);
 }
 
 // (target param or state, value).
