@@ -32,10 +32,11 @@ void xc_free_dataset(Dataset *d) {
 }
 
 static const char *data_hint(const DataSpec *s) {
-  return xc_format("pass --data with a %s data set (a CIFAR-10 directory or .bin file, an IDX "
+  const char *f = s->format_hint && *s->format_hint ? s->format_hint : NULL;
+  return xc_format("pass --data with %s%s%sdata set (a CIFAR-10 directory or .bin file, an IDX "
                    "directory, a folder of class-named photos, or an ImageFolder tree); "
                    "scripts/prepare_data.sh unpacks ../shared/data into build/data",
-                   s->format_hint && *s->format_hint ? s->format_hint : "");
+                   f && strchr("aeiouAEIOU", *f) ? "an " : "a ", f ? f : "", f ? " " : "");
 }
 
 // Which directory entries a listing keeps, given the name and whether it

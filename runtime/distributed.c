@@ -95,8 +95,10 @@ void xc_dist_init(int *argc, char ***argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &dist_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &dist_size);
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  if (dist_size > 1)
+  if (dist_size > 1) {
     xc_set_die_hook(abort_job);
+    xc_set_report_rank(dist_rank, dist_size);
+  }
 }
 
 void xc_dist_finalize(void) {

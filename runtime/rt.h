@@ -26,6 +26,10 @@ noreturn void xc_die(const char *hint, const char *fmt, ...) __attribute__((form
 // return, instead of exit(1).
 void xc_set_die_hook(void (*hook)(void));
 void xc_warn(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Rank `rank` of `size` under mpirun (distributed.c): ranks other than 0
+// print no warnings, and their errors only if rank 0 has not stopped the
+// job within a moment, as "PROG: rank R of N: error: ...".
+void xc_set_report_rank(int rank, int size);
 void *xc_malloc(size_t n); // dies with "out of memory"
 void *xc_calloc(size_t n, size_t size);
 void *xc_realloc(void *p, size_t n);

@@ -17,9 +17,32 @@
 
 const char *xc_prog = "xentcc";
 
+// Under mpirun rank 0 speaks for the job (xc_set_report_rank). Another
+// rank's warnings would repeat rank 0's (every rank reads the same data,
+// options and files: the agreement check) and are not printed; its error
+// waits REPORT_WAIT_MS first, so that when rank 0 stops on the same error,
+// rank 0's abort ends this rank before a second copy is printed, and a rank
+// that fails alone names itself: "PROG: rank 1 of 4: error: ...".
+enum { REPORT_WAIT_MS = 1500 };
+static int report_rank, report_size = 1;
+
+void xc_set_report_rank(int rank, int size) {
+  report_rank = rank;
+  report_size = size;
+}
+
 static void vreport(const char *kind, const char *hint, const char *fmt, va_list ap) {
+  if (report_rank > 0 && strcmp(kind, "error"))
+    return;
+  if (report_rank > 0) {
+    struct timespec wait = {REPORT_WAIT_MS / 1000, (REPORT_WAIT_MS % 1000) * 1000000L};
+    nanosleep(&wait, NULL);
+  }
   fflush(stdout);
-  fprintf(stderr, "%s: %s: ", xc_prog, kind);
+  if (report_rank > 0)
+    fprintf(stderr, "%s: rank %d of %d: %s: ", xc_prog, report_rank, report_size, kind);
+  else
+    fprintf(stderr, "%s: %s: ", xc_prog, kind);
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   if (hint)
