@@ -38,15 +38,27 @@ static void vreport(const char *kind, const char *hint, const char *fmt, va_list
     struct timespec wait = {REPORT_WAIT_MS / 1000, (REPORT_WAIT_MS % 1000) * 1000000L};
     nanosleep(&wait, NULL);
   }
-  fflush(stdout);
+  // One write for the whole report: stderr is unbuffered, and under mpirun
+  // a report in pieces can come out with other output between them.
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f) // no memory for the buffer: in pieces, then
+    f = stderr;
   if (report_rank > 0)
-    fprintf(stderr, "%s: rank %d of %d: %s: ", xc_prog, report_rank, report_size, kind);
+    fprintf(f, "%s: rank %d of %d: %s: ", xc_prog, report_rank, report_size, kind);
   else
-    fprintf(stderr, "%s: %s: ", xc_prog, kind);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+    fprintf(f, "%s: %s: ", xc_prog, kind);
+  vfprintf(f, fmt, ap);
+  fputc('\n', f);
   if (hint)
-    fprintf(stderr, "hint: %s\n", hint);
+    fprintf(f, "hint: %s\n", hint);
+  fflush(stdout);
+  if (f != stderr) {
+    fclose(f);
+    fwrite(text, 1, len, stderr);
+    free(text);
+  }
 }
 
 // A user error ends the run: exit(1), or for a fuzzer the hook, which
