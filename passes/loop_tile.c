@@ -932,9 +932,10 @@ static int64_t transpose_cost(const LFunc *f, const Contraction *c, int d) {
 enum { STORE_LANE = 1 };
 
 static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
-  double fmas = 1;
+  double outputs = 1, fmas;
   for (int i = 0; i < c->ns; i++)
-    fmas *= (double)c->s[i].n;
+    outputs *= (double)c->s[i].n;
+  fmas = outputs;
   for (int i = 0; i < c->nr; i++)
     fmas *= (double)c->r[i].n;
   Tile first = *t;
@@ -942,9 +943,6 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
   double use = tile_use(c, &first);
   int best = -1;
   double best_gain = 0;
-  double outputs = 1;
-  for (int i = 0; i < c->ns; i++)
-    outputs *= (double)c->s[i].n;
   for (int d = 0; d < c->ns; d++) {
     if ((!t->rfactor && d == t->v) || c->s[d].n < LANES || !vector_ok(f, &at, c, d, false))
       continue;

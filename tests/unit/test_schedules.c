@@ -566,12 +566,12 @@ static void gen_cast(Case *c) {
   sprinkle(t, x, true);
 }
 
-// The mask alone, and applied as the dropout layer applies it.
-static void gen_dropout_mask(Case *c) {
+// The mask over x's shape, with the rows of a data-parallel rank (row0) in
+// half of the cases, alone and applied as the dropout layers apply it.
+static void mask_case(Case *c, OpKind op, Node *step, Node *seed, Node *x) {
   Net *t = c->t;
-  Node *step = STEP(t, "step"), *seed = STEP(t, "seed"), *x = elem_operand(t, "x");
-  Node *row0 = chance(0.5) ? STEP(t, "row0") : NULL; // the rows of a data-parallel rank
-  c->node = row0 ? OPN(t, dropout_mask, step, seed, row0) : OPN(t, dropout_mask, step, seed);
+  Node *row0 = chance(0.5) ? STEP(t, "row0") : NULL;
+  c->node = node_new(t->g, op, (Node *[]){step, seed, row0}, row0 ? 3 : 2, no_loc);
   node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
   node_set_int(c->node, "salt", irand(0, INT32_MAX));
   c->node->type = x->type;
@@ -584,26 +584,17 @@ static void gen_dropout_mask(Case *c) {
     t->src[row0->id].i[0] = (int32_t)irand(0, 100000);
 }
 
-// The channel mask over [N,C] or [N,C,H,W] (and of rank 3), applied as
-// the dropout2d layer applies it.
+static void gen_dropout_mask(Case *c) {
+  Node *step = STEP(c->t, "step"), *seed = STEP(c->t, "seed"), *x = elem_operand(c->t, "x");
+  mask_case(c, OP_dropout_mask, step, seed, x);
+}
+
+// The channel mask over [N,C] or [N,C,H,W] (and of rank 3).
 static void gen_dropout2d_mask(Case *c) {
-  Net *t = c->t;
-  Node *step = STEP(t, "step"), *seed = STEP(t, "seed");
+  Node *step = STEP(c->t, "step"), *seed = STEP(c->t, "seed");
   int64_t dim[4];
   int rank = rand_shape(dim, 2, 4, MAX_ELEMS);
-  Node *x = f32_shaped(t, "x", rank, dim);
-  Node *row0 = chance(0.5) ? STEP(t, "row0") : NULL;
-  c->node = row0 ? OPN(t, dropout2d_mask, step, seed, row0) : OPN(t, dropout2d_mask, step, seed);
-  node_set_float(c->node, "p", chance(0.2) ? 0.0 : uniform(0, 0.95));
-  node_set_int(c->node, "salt", irand(0, INT32_MAX));
-  c->node->type = x->type;
-  done(c->node);
-  done(OPN(t, mul, x, c->node));
-  fill(t, x, -1, 1);
-  t->src[step->id].i[0] = (int32_t)irand(0, 1000000);
-  t->src[seed->id].i[0] = (int32_t)(chance(0.2) ? 0 : irand(INT32_MIN, INT32_MAX));
-  if (row0)
-    t->src[row0->id].i[0] = (int32_t)irand(0, 100000);
+  mask_case(c, OP_dropout2d_mask, step, seed, f32_shaped(c->t, "x", rank, dim));
 }
 
 // (target param or state, value).
