@@ -151,7 +151,7 @@ def median(xs):
 def build_fma_peak(out):
     exe = os.path.join(out, "fma_peak")
     cc = os.environ.get("CC", "cc")
-    if not run([cc, "-O2", "-mavx2", "-mfma", "-fopenmp", os.path.join(ROOT, "bench", "fma_peak.c"),
+    if not run([cc, "-O2", "-march=native", "-fopenmp", os.path.join(ROOT, "bench", "fma_peak.c"),
                 "-o", exe], os.path.join(out, "fma_peak.log")):
         die(f"cannot build bench/fma_peak.c with {cc}; install gcc or set CC")
     return exe

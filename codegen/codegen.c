@@ -256,15 +256,20 @@ static LLVMValueRef kernel_table(Cg *c, LLVMTypeRef *type) {
   return g;
 }
 
-// `void xc_fma_peak(int64_t n, float *out)`: n rounds of 12 independent
-// 8-lane fused multiply-adds (192 floating-point operations per round), the
-// kind of loop that reaches the machine's peak; --profile times it to say
-// what share of the peak each kernel reaches.
-static void emit_fma_peak(Cg *c) {
-  enum { CHAINS = 12, LANES = 8 };
-  LLVMTypeRef vt = LLVMVectorType(c->f32, LANES);
+// `int64_t xc_fma_peak(int64_t n, float *out)`: n rounds of 12 independent
+// fused multiply-adds of the target's vectors (8 or 16 lanes: 192 or 384
+// floating-point operations per round, returned), the kind of loop that
+// reaches the machine's peak; --profile times it to say what share of the
+// peak each kernel reaches.
+static void emit_fma_peak(Cg *c, int lanes) {
+  enum { CHAINS = 12 };
+  LLVMTypeRef vt = LLVMVectorType(c->f32, lanes);
   LLVMTypeRef p[2] = {c->i64, c->ptr};
-  LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_fma_peak", LLVMFunctionType(c->voidt, p, 2, false));
+  LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_fma_peak", LLVMFunctionType(c->i64, p, 2, false));
+  if (lanes > 8)
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateStringAttribute(c->ctx, "min-legal-vector-width", 22,
+                                                      "512", 3));
   LLVMSetFunctionCallConv(fn, LLVMCCallConv);
   begin_function(c, fn);
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
@@ -274,15 +279,10 @@ static void emit_fma_peak(Cg *c) {
   LLVMPositionBuilderAtEnd(c->b, loop);
   LLVMValueRef i = LLVMBuildPhi(c->b, c->i64, "i");
   LLVMValueRef acc[CHAINS], next[CHAINS];
-  LLVMValueRef a = LLVMConstVector((LLVMValueRef[]){LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f),
-                                                    LLVMConstReal(c->f32, 0.999999f)},
-                                   LANES);
+  LLVMValueRef elems[16];
+  for (int l = 0; l < lanes; l++)
+    elems[l] = LLVMConstReal(c->f32, 0.999999f);
+  LLVMValueRef a = LLVMConstVector(elems, lanes);
   unsigned id = LLVMLookupIntrinsicID("llvm.fma", 8);
   LLVMValueRef fma = LLVMGetIntrinsicDeclaration(c->mod, id, &vt, 1);
   LLVMTypeRef fma_t = LLVMIntrinsicGetType(c->ctx, id, &vt, 1);
@@ -303,7 +303,7 @@ static void emit_fma_peak(Cg *c) {
     sum = LLVMBuildFAdd(c->b, sum, next[k], "");
   LLVMValueRef st = LLVMBuildStore(c->b, sum, LLVMGetParam(fn, 1));
   LLVMSetAlignment(st, 4);
-  LLVMBuildRetVoid(c->b);
+  LLVMBuildRet(c->b, CI(c, 2 * lanes * CHAINS));
 }
 
 // XcPrecision (runtime/xentcc_rt.h) of the graph attribute `precision`.
@@ -413,15 +413,16 @@ static void loss_fields(Cg *c, Graph *g, const LBlocks *b, int outputs, LLVMValu
   free(li.l2_param), free(li.l2_weight);
 }
 
-static void emit_model(Cg *c, Model *m, Graph *train, const LBlocks *b, int64_t workspace,
+static void emit_model(Cg *c, Model *m, Graph *train, const LProgram *p, int64_t workspace,
                        int outputs, bool float_labels, bool train_logits) {
+  const LBlocks *b = p->blocks;
   LLVMTypeRef ti_fields[6] = {c->ptr, c->i32, LLVMArrayType(c->i64, 4), c->i64, c->i32, c->i64};
   LLVMTypeRef ti = LLVMStructCreateNamed(c->ctx, "XcTensorInfo");
   LLVMStructSetBody(ti, ti_fields, 6, false);
   LLVMTypeRef f4 = LLVMArrayType(c->f32, 4), st, kt;
   LLVMValueRef schedule = schedule_struct(c, m->graph, &st);
   LLVMValueRef kernels = kernel_table(c, &kt);
-  emit_fma_peak(c);
+  emit_fma_peak(c, p->target.lanes);
   // Field for field the C layout of XcModel in runtime/xentcc_rt.h.
   LLVMTypeRef mf[] = {c->ptr, c->i32, c->i32, c->i32, c->i32, c->i32, c->ptr, c->i32, c->i32,
                       c->i32, c->ptr, c->i64, c->i32, c->ptr, c->i64, c->i64, c->i32, c->ptr,
@@ -581,6 +582,27 @@ LLVMTargetMachineRef target_machine(const CodegenOptions *opt) {
                                                   : LLVMCodeGenLevelAggressive;
   return LLVMCreateTargetMachine(t, triple, cpu, features, lvl, LLVMRelocPIC,
                                  LLVMCodeModelDefault);
+}
+
+// The loop passes' target for -mcpu: AVX-512 where the processor has it
+// (the host's features for native; LLVM's C API does not tell a named
+// CPU's, hence the list), else AVX2.
+const LTarget *loop_target(const CodegenOptions *opt) {
+  static const char *const avx512[] = {
+      "x86-64-v4",      "skylake-avx512", "cascadelake",    "cooperlake",    "cannonlake",
+      "icelake-client", "icelake-server", "tigerlake",      "rocketlake",    "sapphirerapids",
+      "emeraldrapids",  "graniterapids",  "graniterapids-d", "diamondrapids", "znver4",
+      "znver5"};
+  if (!opt->cpu || !strcmp(opt->cpu, "native")) {
+    char *features = LLVMGetHostCPUFeatures();
+    bool has = strstr(features, "+avx512f") != NULL;
+    LLVMDisposeMessage(features);
+    return has ? &ltarget_avx512 : &ltarget_avx2;
+  }
+  for (size_t i = 0; i < sizeof avx512 / sizeof *avx512; i++)
+    if (!strcmp(opt->cpu, avx512[i]))
+      return &ltarget_avx512;
+  return &ltarget_avx2;
 }
 
 // LLVM only warns about an unknown -mcpu and may then abort deep inside code
@@ -1296,7 +1318,7 @@ static Cg *main_module(Model *m, LProgram *p, Graph *train, const Exe *exe, int 
   if (train && !strcmp(exe->suffix, "train"))
     emit_grad_check(c, train, p->blocks);
   LFunc *grad = func_of(p, FN_GRAD_STEP);
-  emit_model(c, m, train, p->blocks, ws, outputs, float_labels, grad && grad->logits);
+  emit_model(c, m, train, p, ws, outputs, float_labels, grad && grad->logits);
   emit_main(c, exe->main_fn);
   return c;
 }
@@ -1486,6 +1508,7 @@ void codegen_function_object(Graph *g, const char *fn, const char *obj_path,
                              const CodegenOptions *opt) {
   LProgram *p = lower_slots(g, fn);
   p->opt_level = opt->opt_level;
+  p->target = *loop_target(opt);
   int n;
   const char *const *names = loop_pipeline(opt->opt_level, &n);
   run_loop_pipeline(p, names, n, NULL);

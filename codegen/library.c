@@ -619,6 +619,7 @@ void codegen_library(Model *m, Graph *eval, const PipelineOptions *po, const Cod
   LProgram *progs[2] = {p1, pb};
   const char *prep_names[2] = {"xc_lib_prepare_one", "xc_lib_prepare_block"};
   for (int v = 0; v < 2 && progs[v]; v++) {
+    progs[v]->target = *loop_target(opt);
     run_loop_pipeline(progs[v], passes, npasses - 1, po);
     prep[v] = hoist_weight_kernels(forward_of(progs[v]), prep_names[v], &state_end);
     run_loop_pipeline(progs[v], passes + npasses - 1, 1, po);

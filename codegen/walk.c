@@ -618,6 +618,17 @@ void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
   LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
 }
 
+// The most lanes a vector loop of s holds, in bits of f32 (the widest
+// vector the kernel computes with; 16-bit buffers convert to f32 first).
+static int vector_bits(const LStmt *s) {
+  int bits = s->kind == LS_LOOP && s->flags & LF_VECTOR ? (int)(s->hi - s->lo) * 32 : 0;
+  for (int i = 0; i < s->nbody; i++) {
+    int b = vector_bits(s->body[i]);
+    bits = b > bits ? b : bits;
+  }
+  return bits;
+}
+
 static bool is_parallel(const LKernel *k, int64_t *trip) {
   if (k->nbody == 1 && k->body[0]->kind == LS_LOOP && k->body[0]->flags & LF_PARALLEL) {
     *trip = k->body[0]->hi - k->body[0]->lo;
@@ -644,6 +655,20 @@ static LLVMValueRef emit_kernel(Cg *c, const LFunc *f, const LKernel *k, int **i
                                     LLVMFunctionType(c->voidt, params, n + 2, false));
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
+  // As clang does for a function with vectors wider than 256 bits: LLVM then
+  // keeps them whole in AVX-512's registers, where processors that prefer
+  // 256-bit vectors (Intel's since Skylake) would have them split in two.
+  int bits = 0;
+  for (int i = 0; i < k->nbody; i++) {
+    int b = vector_bits(k->body[i]);
+    bits = b > bits ? b : bits;
+  }
+  if (bits > 256) {
+    char width[16];
+    int len = snprintf(width, sizeof width, "%d", bits);
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateStringAttribute(c->ctx, "min-legal-vector-width", 22, width, len));
+  }
   int64_t trip;
   if (!is_parallel(k, &trip))
     add_attr(c, fn, LLVMAttributeFunctionIndex, "noinline");

@@ -32,7 +32,7 @@ typedef struct {
   bool graph;      // a graph of one stage: --stage chooses which
   bool lowered;    // after lowering, so -O matters
   bool per_exe;    // a file per executable, NAME-train.EXT and NAME-eval.EXT; else one
-  bool machine;    // LLVM generates it, so -mcpu matters
+  bool machine;    // made for a processor (its vectors and machine code), so -mcpu matters
 } EmitKind;
 
 // lib: DIR/NAME.h and DIR/libNAME.a from -o DIR/NAME, the evaluation only
@@ -40,7 +40,7 @@ typedef struct {
 static const EmitKind emit_kinds[] = {
     {"ir", "xir", true, true, false, false, false},
     {"dot", "dot", true, true, false, false, false},
-    {"loops", "loops", true, false, true, false, false},
+    {"loops", "loops", true, false, true, false, true},
     {"llvm", "ll", true, false, true, true, true},
     {"asm", "s", true, false, true, true, true},
     {"obj", "o", false, false, true, true, true},
@@ -92,7 +92,9 @@ static void usage(FILE *out) {
       "                         nests through LLVM's O0; -O1 and up schedule them (tiles,\n"
       "                         vectors, threads), then LLVM's O1, or at -O2 and -O3 its O2\n"
       "                         function passes less those scheduled kernels never need\n"
-      "  -mcpu=CPU              target CPU (default: native, the host)\n"
+      "  -mcpu=CPU              target CPU (default: native, the host); with AVX-512\n"
+      "                         (e.g. x86-64-v4) the tiles use 16-lane vectors and\n"
+      "                         32 registers, else AVX2's 8 lanes and 16 registers\n"
       "  --time                 print where the compile time went (wall and CPU seconds\n"
       "                         per phase, and per LLVM module) to stderr\n"
       "  --version              the version of xentcc and LLVM, and the target\n"
@@ -341,7 +343,8 @@ int main(int argc, char **argv) {
                 "--emit=loops, llvm or asm",
             "%s does not apply to --emit=%s, the graph before lowering", opt_flag, emit_name);
   if (cpu_flag && !emit->machine)
-    arg_die(&a, "-mcpu chooses the machine code; drop it, or use --emit=llvm, asm, obj or lib",
+    arg_die(&a, "-mcpu chooses the loops' vectors and the machine code; drop it, or use "
+                "--emit=loops, llvm, asm, obj or lib",
             "%s does not apply to --emit=%s", cpu_flag, emit_name);
   if (weights && !library)
     arg_die(&a, "--weights compiles weights into a library: add --emit=lib -o DIR/NAME",
@@ -473,6 +476,7 @@ int main(int argc, char **argv) {
 
   // lower, then the loop passes of -O, then LLVM.
   LProgram *lp = lower_program(train, eval, cg.opt_level);
+  lp->target = *loop_target(&cg);
   int nloop;
   const char *const *loop_passes = loop_pipeline(cg.opt_level, &nloop);
   run_loop_pipeline(lp, loop_passes, nloop, &po);

@@ -350,6 +350,9 @@ typedef struct {
   const char *cpu;      // -mcpu=; "native" by default
 } CodegenOptions;
 
+// The loop passes' target (vector lanes, registers) for opt->cpu.
+const struct LTarget *loop_target(const CodegenOptions *opt);
+
 // p: the scheduled loop program of train (the training-step graph; its
 // functions xc_grad_step, xc_apply_step) and eval (the forward graph:
 // xc_forward); either graph may be NULL to build only the other executable.

@@ -180,6 +180,20 @@ bool lx_uses_var(const LExpr *e, int v) {
   return lx_uses_var(e->a, v) || lx_uses_var(e->b, v) || lx_uses_var(e->c, v);
 }
 
+// --- Targets ------------------------------------------------------------------------
+
+// AVX2 (every x86-64-v3 machine): 16 registers of 8 floats. AVX-512
+// (x86-64-v4): 32 registers of 16.
+const LTarget ltarget_avx2 = {"avx2", 8, 16}, ltarget_avx512 = {"avx512", 16, 32};
+
+const LTarget *ltarget_find(const char *name) {
+  static const LTarget *const all[] = {&ltarget_avx2, &ltarget_avx512};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+    if (!strcmp(all[i]->name, name))
+      return all[i];
+  return NULL;
+}
+
 // --- The affine view -----------------------------------------------------------
 
 static void aff_add_term(Affine *a, int var, int64_t coef) {

@@ -213,12 +213,27 @@ typedef struct {
 
 LBlocks *plan_blocks(Graph *primary);
 
+// What the scheduling passes assume of the processor the code runs on: its
+// vector registers' float lanes and how many there are. A sum's order never
+// depends on it (docs/ir.md): it only sizes the tiles' vectors and their
+// number of accumulators, so the same model gives the same bits on every
+// target.
+typedef struct LTarget {
+  const char *name; // "avx2", "avx512"
+  int lanes;        // floats in a vector register: 8 or 16
+  int registers;    // vector registers: 16 or 32
+} LTarget;
+
+extern const LTarget ltarget_avx2, ltarget_avx512;
+const LTarget *ltarget_find(const char *name); // NULL if unknown
+
 // Every function of one executable, sharing the params and state layout.
 typedef struct LProgram {
   LFunc **funcs;
   int nfuncs;
   const LBlocks *blocks;
   int opt_level;    // -O: 0 runs the plain nests
+  LTarget target;   // avx2 unless the caller says otherwise
 } LProgram;
 
 // passes/lower.c: the graphs into plain loop nests. train (a training-step

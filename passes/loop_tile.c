@@ -12,12 +12,13 @@
 // or 1 element along it ("spatial": conv2d rows, linear outputs, a weight
 // gradient's kernel row), with an operand transposed first when that makes
 // it move by 1 (linear's weight); otherwise the innermost reduction loop
-// ("rfactor": each lane sums every 8th term, the lanes added in order at
-// the end). Another output dimension replaces that first choice when its
+// ("rfactor": each of a vector's lanes sums every 8th term on AVX2, 16th on
+// AVX-512, the lanes added in order at the end). Another output dimension replaces that first choice when its
 // tile keeps more of the FMA units' lanes busy by more than its transposed
 // copies cost (fuller_vector: odd widths, 1x1 weight gradients). The
 // other two tile loops and their sizes are chosen from the
-// constant shapes: at most 12 accumulators (AVX2 has 16 registers) and the
+// constant shapes and the target: at most 4 registers fewer accumulators
+// than it has (12 of AVX2's 16, 28 of AVX-512's 32) and the
 // fewest loads per multiply-add, or, when a tile's sum streams more than L1
 // holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
 // tile loops nest so that the operand that would otherwise cross L2 most
@@ -33,7 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { LANES = 8, MAX_ACC = 12, MAX_PIECES = 4, MAX_SPATIAL = LMAX_RANK };
+// The target (LTarget) sizes the vectors and the accumulators; the shortest
+// output dimension taken as the vector is 8 on every target.
+enum { MIN_VECTOR = 8, MAX_PIECES = 4, MAX_SPATIAL = LMAX_RANK };
 
 // The L2 cache per core the loop order assumes: AVX2 machines have 256 KB
 // (Intel's clients) to 1 MB (Zen 4); 512 KB is Zen 2 and 3's.
@@ -61,6 +64,8 @@ typedef struct {
   LExpr *a, *b;       // the multiplied operands, from s and r
   LExpr *epi;         // the epilogue of the out element `x` (a load of out at s), or NULL
   LBuf *epi_out;      // where the epilogue stores: out, or a 16-bit buffer of its shape
+  int lanes;          // a vector register's floats (the target's)
+  int max_acc;        // accumulators a tile may hold: the registers less 4
 } Contraction;
 
 // --- Recognising a plain contraction --------------------------------------------------
@@ -227,11 +232,15 @@ static void transpose_operand(LFunc *f, int at, LExpr *e, int d) {
     to->layout = xformat("transposed, dimension %d last", d);
     LKernel *k = lfunc_kernel(f, xformat("transpose.%s", from->name), "transpose", NULL);
     k->layer = from->name;
+    // In the copy's order: each thread writes whole lines of it, and the
+    // lines it reads across (as many as the moved dimension has) stay in L1.
+    // In the original's order the two threads wrote alternate elements of
+    // the copy's lines (0.12 ms for resnet8's 1.6 MB copies of dy).
     LExpr *v[LMAX_RANK], *src[LMAX_RANK];
-    LStmt *in = lk_nest(k, NULL, from->rank, from->dim, NULL, v);
+    LStmt *in = lk_nest(k, NULL, to->rank, to->dim, NULL, v);
     for (int i = 0; i < from->rank; i++)
-      src[i] = v[perm[i]];
-    ls_add(in, ls_store(to, src, lx_load(from, v)));
+      src[perm[i]] = v[i];
+    ls_add(in, ls_store(to, v, lx_load(from, src)));
     for (int i = f->nkernels - 1; i > at; i--) // it runs just before the contraction
       f->kernels[i] = f->kernels[i - 1];
     f->kernels[at] = k;
@@ -347,7 +356,7 @@ static double run_share(const Contraction *c, const Tile *t) {
 // Loads per reduction step and accumulators of a tile.
 static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *acc) {
   *loads = 0;
-  int64_t pieces = t->rfactor ? 1 : (t->vblock + LANES - 1) / LANES;
+  int64_t pieces = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
   *acc = pieces;
   for (int i = 0; i < 2; i++)
     if (t->t[i] >= 0)
@@ -370,11 +379,11 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
   if (t->rfactor || c->nr == 0)
     return 0;
   const LExpr *ops[2] = {c->a, c->b};
-  int64_t pieces = (t->vblock + LANES - 1) / LANES, bytes = 0;
+  int64_t pieces = (t->vblock + c->lanes - 1) / c->lanes, bytes = 0;
   for (int o = 0; o < 2; o++) {
     int64_t s = distance(ops[o], c->r[c->nr - 1].var), n = 1;
     bool vec = uses(ops[o], c->s[t->v].var);
-    int64_t cap = vec ? LANES : 16;
+    int64_t cap = vec ? c->lanes : 16;
     s = s > cap ? cap : s;
     n = vec ? pieces : 1;
     for (int i = 0; i < 2; i++)
@@ -433,7 +442,7 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
             continue;
           int64_t loads, acc;
           cost(c, &t, &loads, &acc);
-          if (acc > MAX_ACC)
+          if (acc > c->max_acc)
             continue;
           // Multiply-adds per load, a little in favour of more accumulators
           // (latency hiding), and of sizes that divide the loops (no edge tile).
@@ -482,15 +491,15 @@ static void choose_streamed(const Contraction *c, Tile *t) {
   bool fresh_vectors = false;
   const LExpr *ops[2] = {c->a, c->b};
   for (int o = 0; o < 2; o++) {
-    if (uses(ops[o], c->s[t->v].var) && distance(ops[o], c->r[c->nr - 1].var) >= LANES)
+    if (uses(ops[o], c->s[t->v].var) && distance(ops[o], c->r[c->nr - 1].var) >= c->lanes)
       fresh_vectors = true;
   }
   if (!fresh_vectors)
     return;
   Tile best = *t;
   double best_score = choose(c, &best, true);
-  for (int64_t vb = t->vblock / 2; vb >= LANES; vb /= 2) {
-    if (vb % LANES)
+  for (int64_t vb = t->vblock / 2; vb >= c->lanes; vb /= 2) {
+    if (vb % c->lanes)
       break;
     Tile tt = *t;
     tt.vblock = vb;
@@ -557,7 +566,8 @@ static LStmt *acc_store(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LE
 }
 
 // Calls emit(bd, parent, j0, j1, lane expr, width) for every element of the
-// tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of 8, 4, 2, 1 lanes
+// tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of a whole vector's
+// lanes (8 or 16), then 8, 4, 2, 1
 // from `base` for `len` lanes (each a vector loop).
 typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, LExpr *lane,
                        void *arg);
@@ -567,7 +577,9 @@ static void each(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t
   for (int64_t j0 = 0; j0 < n0; j0++)
     for (int64_t j1 = 0; j1 < n1; j1++)
       for (int64_t at = 0; at < len;) {
-        int64_t w = len - at >= LANES ? LANES : len - at >= 4 ? 4 : len - at >= 2 ? 2 : 1;
+        int64_t w = bd->c->lanes;
+        while (w > len - at)
+          w /= 2;
         int var = lk_var(k);
         LStmt *l = ls_loop(var, at, at + w, bd->c->s[bd->t->rfactor ? 0 : bd->t->v].role);
         if (w > 1)
@@ -616,14 +628,14 @@ static LExpr *epilogue_of(const Build *bd, const LExpr *e, const LExpr *value) {
   return x;
 }
 
-// rfactor: out = init + (lane 0 + lane 1 + ... + lane 7), in that order.
+// rfactor: out = init + (lane 0 + lane 1 + ... + the last lane), in that order.
 static void store_rfactor(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1) {
   const Contraction *c = bd->c;
   for (int64_t j0 = 0; j0 < n0; j0++)
     for (int64_t j1 = 0; j1 < n1; j1++) {
       LExpr *zero = lx_i64(0);
       LExpr *sum = NULL;
-      for (int l = 0; l < LANES; l++) {
+      for (int l = 0; l < c->lanes; l++) {
         LExpr *x = acc_at(bd, j0, j1, lx_i64(l));
         sum = sum ? lx_bin(LX_ADD, sum, x) : x;
       }
@@ -680,8 +692,8 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     each(bd, k, in, n0, n1, len, step_one, NULL);
     return;
   }
-  // rfactor: blocks of 8 lanes of the vector's loop, then the rest.
-  int64_t n = c->r[t->v].n, blocks = n / LANES;
+  // rfactor: blocks of a vector's lanes of the vector's loop, then the rest.
+  int64_t n = c->r[t->v].n, blocks = n / c->lanes;
   Build b2 = *bd;
   if (blocks > 0) {
     int blk = lk_var(k);
@@ -692,16 +704,16 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     for (int64_t j0 = 0; j0 < n0; j0++)
       for (int64_t j1 = 0; j1 < n1; j1++) {
         int lane = lk_var(k);
-        LStmt *vl = ls_loop(lane, 0, LANES, c->r[t->v].role);
+        LStmt *vl = ls_loop(lane, 0, c->lanes, c->r[t->v].role);
         vl->flags |= LF_VECTOR;
         ls_add(bl, vl);
-        LExpr *pos = lx_iadd(lx_imul(lx_var(blk), LANES), lx_var(lane));
+        LExpr *pos = lx_iadd(lx_imul(lx_var(blk), c->lanes), lx_var(lane));
         LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
         LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
         ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
       }
   }
-  for (int64_t at = blocks * LANES; at < n;) {
+  for (int64_t at = blocks * c->lanes; at < n;) {
     int64_t w = n - at >= 4 ? 4 : n - at >= 2 ? 2 : 1;
     for (int64_t j0 = 0; j0 < n0; j0++)
       for (int64_t j1 = 0; j1 < n1; j1++) {
@@ -751,7 +763,7 @@ static void move(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, 
   for (int64_t j0 = 0; j0 < n0; j0++)
     for (int64_t j1 = 0; j1 < n1; j1++) { // the lanes of one accumulator: a vector
       int lane = lk_var(k);
-      LStmt *vl = ls_loop(lane, 0, LANES, bd->c->r[bd->t->v].role);
+      LStmt *vl = ls_loop(lane, 0, bd->c->lanes, bd->c->r[bd->t->v].role);
       vl->flags |= LF_VECTOR;
       ls_add(p, vl);
       move_one(bd, vl, j0, j1, lx_var(lane), &to_part);
@@ -767,7 +779,7 @@ static void tile_body(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     if (bd->t->rfactor)
       for (int64_t j0 = 0; j0 < n0; j0++)
         for (int64_t j1 = 0; j1 < n1; j1++)
-          for (int l = 0; l < LANES; l++)
+          for (int l = 0; l < bd->c->lanes; l++)
             ls_add(p, acc_store(bd, j0, j1, lx_i64(l), lx_f32(0)));
     else
       each(bd, k, p, n0, n1, len, init_one, NULL);
@@ -872,9 +884,10 @@ static bool vector_ok(LFunc *f, int *at, Contraction *c, int d, bool transpose) 
   return true;
 }
 
-// Vector operations a row of n lanes takes: blocks of 8, then 4, 2, 1.
-static int64_t vector_ops(int64_t n) {
-  return n / LANES + __builtin_popcountll((unsigned long long)(n % LANES));
+// Vector operations a row of n lanes takes: whole vectors of `lanes`, then
+// 8, 4, 2, 1.
+static int64_t vector_ops(int64_t n, int lanes) {
+  return n / lanes + __builtin_popcountll((unsigned long long)(n % lanes));
 }
 
 // The tile with spatial dimension d as the vector (blocks of up to 32
@@ -882,7 +895,7 @@ static int64_t vector_ops(int64_t n) {
 static Tile vector_tile(const Contraction *c, int d) {
   Tile t = {.t = {-1, -1}, .rfactor = d < 0, .v = d < 0 ? c->nr - 1 : d};
   if (d >= 0)
-    t.vblock = c->s[d].n <= MAX_PIECES * LANES ? c->s[d].n : MAX_PIECES * LANES;
+    t.vblock = c->s[d].n <= MAX_PIECES * c->lanes ? c->s[d].n : MAX_PIECES * c->lanes;
   return t;
 }
 
@@ -892,11 +905,11 @@ static Tile vector_tile(const Contraction *c, int d) {
 static double tile_use(const Contraction *c, const Tile *t) {
   int64_t n = t->rfactor ? c->r[t->v].n : c->s[t->v].n;
   int64_t block = t->rfactor ? n : t->vblock;
-  int64_t ops = n / block * vector_ops(block) + vector_ops(n % block);
+  int64_t ops = n / block * vector_ops(block, c->lanes) + vector_ops(n % block, c->lanes);
   int64_t loads, acc;
   cost(c, t, &loads, &acc);
   double per_load = (double)acc / (double)loads;
-  return (double)n / (double)(LANES * ops) * (per_load < 1 ? per_load : 1) / run_share(c, t);
+  return (double)n / (double)(c->lanes * ops) * (per_load < 1 ? per_load : 1) / run_share(c, t);
 }
 
 // Elements copied each call so that spatial dimension d's operands are read
@@ -917,7 +930,7 @@ static int64_t transpose_cost(const LFunc *f, const Contraction *c, int d) {
 // (the last dimension, or the innermost reduction): a layer of 11 columns
 // fills 11 of the 24 lanes its vectors of 8, 2 and 1 take, where its 96
 // channels are 12 full vectors. It is taken when the cycles it saves (at
-// 16 multiply-adds a cycle, two FMAs of 8 lanes, over tile_use) exceed what
+// two vector FMAs a cycle, 16 multiply-adds on AVX2, over tile_use) exceed what
 // the copies it reads transposed cost: 8 cycles an element, measured
 // (cifar10's conv2 input gradient with its batch as the vector gained 0.08
 // ms a step; its transposed copy of dy, 166 k elements, took 0.2), and
@@ -944,14 +957,14 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
   int best = -1;
   double best_gain = 0;
   for (int d = 0; d < c->ns; d++) {
-    if ((!t->rfactor && d == t->v) || c->s[d].n < LANES || !vector_ok(f, &at, c, d, false))
+    if ((!t->rfactor && d == t->v) || c->s[d].n < MIN_VECTOR || !vector_ok(f, &at, c, d, false))
       continue;
     Tile cand = vector_tile(c, d);
     choose(c, &cand, false);
     // Stored lane by lane where the first choice stored whole vectors: an
     // extract and a store per output.
     double scatter = !t->rfactor && d != c->ns - 1 && t->v == c->ns - 1 ? STORE_LANE * outputs : 0;
-    double gain = fmas / 16 * (1 / use - 1 / tile_use(c, &cand)) -
+    double gain = fmas / (2 * c->lanes) * (1 / use - 1 / tile_use(c, &cand)) -
                   8.0 * (double)transpose_cost(f, c, d) - scatter;
     if (gain > best_gain)
       best = d, best_gain = gain;
@@ -1070,16 +1083,16 @@ static int64_t block_sum(const Contraction *c, const Tile *t) {
   for (int i = 0; i < c->nr; i++)
     steps *= c->r[i].n;
   if (t->rfactor)
-    inner /= LANES, steps /= LANES;
+    inner /= c->lanes, steps /= c->lanes;
   // The bytes the sum brings in: every load of an rfactor step is new; a
   // row's step (the next tap) mostly reuses the lines of the one before.
   int64_t loads, acc;
   cost(c, t, &loads, &acc);
-  int64_t fresh = t->rfactor ? loads * LANES * 4 : fresh_bytes(c, t);
+  int64_t fresh = t->rfactor ? loads * c->lanes * 4 : fresh_bytes(c, t);
   if (inner < 1 || steps * fresh <= L1_BYTES)
     return 0;
   int64_t n = (t->t[0] >= 0 ? t->size[0] : 1) * (t->t[1] >= 0 ? t->size[1] : 1) *
-              (t->rfactor ? LANES : t->vblock);
+              (t->rfactor ? c->lanes : t->vblock);
   for (int i = 1; i < c->ns; i++)
     n *= blocks_of(c, t, t->order[i]);
   if (n * 4 > PART_BYTES)
@@ -1090,10 +1103,12 @@ static int64_t block_sum(const Contraction *c, const Tile *t) {
   return 0;
 }
 
-static void tile_kernel(LFunc *f, int at, LKernel *k) {
+static void tile_kernel(LFunc *f, int at, LKernel *k, const LTarget *tg) {
   Contraction c;
   if (!recognise(k, &c))
     return;
+  c.lanes = tg->lanes;
+  c.max_acc = tg->registers - 4;
   // The vector: the output's last dimension when it has a vector's worth of
   // elements (the stores then are vectors too); else the innermost
   // reduction (rfactor); else the longest other output dimension with 8 or
@@ -1104,13 +1119,13 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
   int64_t ra = rv >= 0 ? lane_stride(c.a, c.r[rv].var) : -1;
   int64_t rb = rv >= 0 ? lane_stride(c.b, c.r[rv].var) : -1;
   bool rfactor_ok = rv >= 0 && ra >= 0 && ra <= 1 && rb >= 0 && rb <= 1 && (ra || rb) &&
-                    c.r[rv].n >= LANES;
+                    c.r[rv].n >= c.lanes;
   int v = -1;
-  if (c.s[last].n >= LANES && vector_ok(f, &at, &c, last, false))
+  if (c.s[last].n >= MIN_VECTOR && vector_ok(f, &at, &c, last, false))
     v = last;
   else if (!rfactor_ok) {
     for (int d = 0; d < c.ns; d++)
-      if (d != last && c.s[d].n >= LANES && vector_ok(f, &at, &c, d, false) &&
+      if (d != last && c.s[d].n >= MIN_VECTOR && vector_ok(f, &at, &c, d, false) &&
           (v < 0 || c.s[d].n > c.s[v].n))
         v = d;
     if (v < 0 && c.s[last].n >= 4 && vector_ok(f, &at, &c, last, false))
@@ -1132,7 +1147,7 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
   nk->body = NULL;
   nk->nbody = 0;
   int64_t acc_dim[3] = {t.t[0] >= 0 ? t.size[0] : 1, t.t[1] >= 0 ? t.size[1] : 1,
-                        t.rfactor ? LANES : t.vblock};
+                        t.rfactor ? c.lanes : t.vblock};
   Build bd = {.c = &c, .t = &t, .acc = lfunc_buf(f, "acc", DT_F32, 3, acc_dim, LB_LOCAL),
               .vvar = t.rfactor ? c.r[t.v].var : c.s[t.v].var, .skip = steps_run(&c, &t) < 1};
   int64_t block = block_sum(&c, &t);
@@ -1164,16 +1179,16 @@ static void tile_kernel(LFunc *f, int at, LKernel *k) {
     lk_add(nk, root->body[i]);
 }
 
-static void tile_function(LFunc *f) {
+static void tile_function(LFunc *f, const LTarget *tg) {
   for (int i = 0; i < f->nkernels; i++) {
     int before = f->nkernels;
     LKernel *k = f->kernels[i];
-    tile_kernel(f, i, k);
+    tile_kernel(f, i, k, tg);
     i += f->nkernels - before;
   }
 }
 
 void pass_tile(LProgram *p) {
   for (int i = 0; i < p->nfuncs; i++)
-    tile_function(p->funcs[i]);
+    tile_function(p->funcs[i], &p->target);
 }

@@ -243,6 +243,7 @@ LProgram *lower_program(Graph *train, Graph *eval, int opt_level) {
   ir_assert(train || eval);
   LProgram *p = xcalloc(1, sizeof *p);
   p->opt_level = opt_level;
+  p->target = ltarget_avx2;
   p->blocks = plan_blocks(train ? train : eval);
   if (train) {
     add_func(p, lower_function(train, FN_GRAD_STEP, "xc_grad_step", p->blocks));
@@ -255,6 +256,7 @@ LProgram *lower_program(Graph *train, Graph *eval, int opt_level) {
 
 LProgram *lower_slots(Graph *g, const char *name) {
   LProgram *p = xcalloc(1, sizeof *p);
+  p->target = ltarget_avx2;
   p->blocks = plan_blocks(g);
   add_func(p, lower_function(g, FN_SLOTS, name, p->blocks));
   return p;

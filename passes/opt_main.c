@@ -19,6 +19,8 @@ static void usage(FILE *out) {
         "  --print-after=PASS     print the IR after PASS to stderr\n"
         "  --disable-pass=PASS    skip PASS (repeatable)\n"
         "  --emit=ir|dot          print the result as IR (default) or as a Graphviz graph\n"
+        "  --target=avx2|avx512   the processor the loop passes schedule for (default:\n"
+        "                         avx2, whatever this machine has)\n"
         "  --list-passes          list the passes and exit\n"
         "  --version              the version of xentcc\n",
         out);
@@ -26,6 +28,7 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
   const char *input = NULL, *passes = NULL, *emit = "ir";
+  const LTarget *target = &ltarget_avx2;
   PipelineOptions po = {.dump = stderr};
   const char **disabled = xcalloc(argc, sizeof *disabled);
 
@@ -59,6 +62,11 @@ int main(int argc, char **argv) {
       emit = a.value;
       if (strcmp(emit, "ir") && strcmp(emit, "dot"))
         arg_die(&a, "use --emit=ir or --emit=dot", "--emit=%s: xentcc-opt emits ir or dot", emit);
+    } else if (arg_opt(&a, "--target")) {
+      target = ltarget_find(a.value);
+      if (!target)
+        arg_die(&a, "use --target=avx2 or --target=avx512", "--target=%s: unknown target",
+                a.value);
     } else if (arg[0] == '-' && arg[1]) {
       arg_unknown(&a);
     } else if (input) {
@@ -98,6 +106,7 @@ int main(int argc, char **argv) {
             g->name);
     bool train = g->ret[0]->type.rank == 0;
     LProgram *lp = train ? lower_program(g, NULL, 3) : lower_program(NULL, g, 3);
+    lp->target = *target;
     run_loop_pipeline(lp, names + nlower + 1, count - nlower - 1, &po);
     print_lprogram(stdout, lp);
     return 0;

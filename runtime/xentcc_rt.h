@@ -209,9 +209,11 @@ int xc_eval_main(int argc, char **argv);
 // in xc_model.kernels); they return at once unless profiling is on.
 void xc_prof_enter(int32_t id);
 void xc_prof_leave(int32_t id);
-// In the generated object: n rounds of 192 floating-point operations in
-// independent fused multiply-adds, which --profile times to know the peak.
-void xc_fma_peak(int64_t n, float *out);
+// In the generated object: n rounds of independent fused multiply-adds on
+// the widest vectors the target has, which --profile times to know the
+// peak; returns the floating-point operations of a round (192 for AVX2's 8
+// lanes, 384 for AVX-512's 16).
+int64_t xc_fma_peak(int64_t n, float *out);
 
 // Threads for generated code: runs body(ctx, lo, hi) over [0, n) split into
 // one contiguous chunk per OpenMP thread (static schedule), so the same

@@ -555,7 +555,7 @@ static bool vectorizes_pair(int64_t a, int64_t c) {
   ls_add(l, ls_store(b, (LExpr *[]){lx_iaddc(lx_imul(lx_var(i), 2), a)}, lx_f32(1)));
   ls_add(l, ls_store(b, (LExpr *[]){lx_iaddc(lx_imul(lx_var(i), 2), c)}, lx_f32(2)));
   lk_add(k, l);
-  LProgram p = {&f, 1, NULL, 3};
+  LProgram p = {&f, 1, NULL, 3, ltarget_avx2};
   pass_vectorize(&p);
   bool vec = false;
   for (int j = 0; j < k->nbody; j++)
