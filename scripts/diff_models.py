@@ -4,7 +4,7 @@ models compiled plainly (-O0: the lowering's loop nests) and scheduled (the
 default -O3: fuse-epilogue, pad, tile, vectorize, parallelize), trained the
 same steps from the same seed on the same generated data, must agree.
 
-  scripts/diff_models.py --workdir DIR [--models N] [--seed S] [--xentcc PATH]
+  scripts/diff_models.py --workdir DIR [--models N] [--seed S] [--xentcc PATH] [--mcpu CPU]
                          [--perturb] [--keep] [--verbose]
 
 Model i of seed S is drawn from (S, i) alone; its YAML is written to
@@ -328,7 +328,8 @@ def check_model(args, i):
     exe = {}
     for level in ("O0", "O3"):
         exe[level] = os.path.join(work, f"{name}-{level}")
-        run([args.xentcc, yaml_path, f"-{level}", "-o", exe[level]])
+        run([args.xentcc, yaml_path, f"-{level}", "-o", exe[level]] +
+            ([f"-mcpu={args.mcpu}"] if getattr(args, "mcpu", None) else []))
     w, logs = {}, {}
     for level, threads in (("O0", 2), ("O3", 2), ("O3", 1)):
         tag = f"{level}.t{threads}"
@@ -383,6 +384,7 @@ def main():
     ap.add_argument("--models", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--xentcc", default=shutil.which("xentcc") or "xentcc")
+    ap.add_argument("--mcpu", help="xentcc's -mcpu for both builds (default: the host's)")
     ap.add_argument("--perturb", action="store_true",
                     help="scale one -O3 weight by 1 + 1e-3: the comparison must fail")
     ap.add_argument("--keep", action="store_true", help="keep the work folders of agreeing models")
