@@ -214,14 +214,12 @@ typedef struct {
 LBlocks *plan_blocks(Graph *primary);
 
 // What the scheduling passes assume of the processor the code runs on: its
-// vector registers' float lanes and how many there are. A sum's order never
-// depends on it (docs/ir.md): it only sizes the tiles' vectors and their
-// number of accumulators, so the same model gives the same bits on every
-// target.
+// vector registers' float lanes, and how many of its registers a tile may
+// hold as accumulators (docs/ir.md).
 typedef struct LTarget {
-  const char *name; // "avx2", "avx512"
-  int lanes;        // floats in a vector register: 8 or 16
-  int registers;    // vector registers: 16 or 32
+  const char *name;  // "avx2", "avx512"
+  int lanes;         // floats in a vector register: 8 or 16
+  int accumulators;  // a tile's vector accumulators at most
 } LTarget;
 
 extern const LTarget ltarget_avx2, ltarget_avx512;

@@ -17,8 +17,8 @@
 // tile keeps more of the FMA units' lanes busy by more than its transposed
 // copies cost (fuller_vector: odd widths, 1x1 weight gradients). The
 // other two tile loops and their sizes are chosen from the
-// constant shapes and the target: at most 4 registers fewer accumulators
-// than it has (12 of AVX2's 16, 28 of AVX-512's 32) and the
+// constant shapes and the target: at most its accumulators (12 of AVX2's 16
+// registers, 16 of AVX-512's 32) and the
 // fewest loads per multiply-add, or, when a tile's sum streams more than L1
 // holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
 // tile loops nest so that the operand that would otherwise cross L2 most
@@ -65,7 +65,7 @@ typedef struct {
   LExpr *epi;         // the epilogue of the out element `x` (a load of out at s), or NULL
   LBuf *epi_out;      // where the epilogue stores: out, or a 16-bit buffer of its shape
   int lanes;          // a vector register's floats (the target's)
-  int max_acc;        // accumulators a tile may hold: the registers less 4
+  int max_acc;        // accumulators a tile may hold (the target's)
 } Contraction;
 
 // --- Recognising a plain contraction --------------------------------------------------
@@ -1108,7 +1108,7 @@ static void tile_kernel(LFunc *f, int at, LKernel *k, const LTarget *tg) {
   if (!recognise(k, &c))
     return;
   c.lanes = tg->lanes;
-  c.max_acc = tg->registers - 4;
+  c.max_acc = tg->accumulators;
   // The vector: the output's last dimension when it has a vector's worth of
   // elements (the stores then are vectors too); else the innermost
   // reduction (rfactor); else the longest other output dimension with 8 or
