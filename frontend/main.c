@@ -109,10 +109,13 @@ static void print_version(void) {
   unsigned major, minor, patch;
   LLVMGetVersion(&major, &minor, &patch);
   char *triple = LLVMGetDefaultTargetTriple(), *cpu = LLVMGetHostCPUName();
+  const LTarget *tiles = loop_target(&(CodegenOptions){.cpu = "native"});
   printf("xentcc %s\n"
          "LLVM %u.%u.%u\n"
-         "target %s, CPU %s (the host: -mcpu=native, the default)\n",
-         xentcc_version(), major, minor, patch, triple, cpu);
+         "target %s, CPU %s (the host: -mcpu=native, the default)\n"
+         "tiles for %s: %d-lane vectors, up to %d accumulators\n",
+         xentcc_version(), major, minor, patch, triple, cpu, tiles->name, tiles->lanes,
+         tiles->accumulators);
   LLVMDisposeMessage(triple);
   LLVMDisposeMessage(cpu);
 }

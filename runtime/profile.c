@@ -40,8 +40,9 @@ void xc_prof_leave(int32_t id) {
   calls[id]++;
 }
 
-// GFLOP/s of xc_fma_peak on every thread at once, the best of three tries.
-double xc_fma_peak_gflops(void) {
+// GFLOP/s of xc_fma_peak on every thread at once, the best of three tries;
+// *lanes: its vectors' (those of the target the code was compiled for).
+double xc_fma_peak_gflops(int *lanes) {
   int threads = xc_threads();
   double best = 0;
   for (int attempt = 0; attempt < 3; attempt++) {
@@ -59,6 +60,7 @@ double xc_fma_peak_gflops(void) {
     double g = (double)per_round * rounds * threads / t * 1e-9;
     if (g > best)
       best = g;
+    *lanes = (int)(per_round / 24); // 12 chains of an FMA: 2 operations a lane
   }
   return best;
 }
@@ -78,7 +80,8 @@ void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double
   if (!on || steps <= 0)
     return;
   on = false;
-  double peak = xc_fma_peak_gflops(), total = 0;
+  int lanes;
+  double peak = xc_fma_peak_gflops(&lanes), total = 0;
   Row *rows = xc_calloc(nkernels + 1, sizeof *rows);
   for (int i = 0; i < nkernels; i++) {
     rows[i] = (Row){i, seconds[i]};
@@ -86,9 +89,10 @@ void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double
   }
   qsort(rows, nkernels, sizeof *rows, by_time);
   const char *one = !strcmp(unit, "batches") ? "batch" : "step";
-  printf("profile of %lld %s on %d thread%s (FMA peak measured: %.1f GFLOP/s):\n",
+  printf("profile of %lld %s on %d thread%s (FMA peak measured: %.1f GFLOP/s, %d-lane "
+         "vectors):\n",
          (long long)steps, steps == 1 ? one : unit, xc_threads(), xc_threads() == 1 ? "" : "s",
-         peak);
+         peak, lanes);
   printf("  %-8s %-32s %-20s %9s %7s %9s %8s\n", "function", "kernel", "layer",
          !strcmp(one, "batch") ? "ms/batch" : "ms/step", "share", "GFLOP/s", "of peak");
   for (int r = 0; r < nkernels; r++) {

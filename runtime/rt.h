@@ -133,7 +133,7 @@ void xc_profile_pause(bool paused); // the per-epoch evaluation is not training
 // numbers there.
 void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double wall,
                        const char *csv_path);
-double xc_fma_peak_gflops(void);
+double xc_fma_peak_gflops(int *lanes);
 
 //
 // parallel.c: OpenMP thread count
