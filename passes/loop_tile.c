@@ -12,14 +12,14 @@
 // or 1 element along it ("spatial": conv2d rows, linear outputs, a weight
 // gradient's kernel row), with an operand transposed first when that makes
 // it move by 1 (linear's weight); otherwise the innermost reduction loop
-// ("rfactor": each of a vector's lanes sums every 8th term on AVX2, 16th on
-// AVX-512, the lanes added in order at the end). Another output dimension replaces that first choice when its
-// tile keeps more of the FMA units' lanes busy by more than its transposed
-// copies cost (fuller_vector: odd widths, 1x1 weight gradients). The
-// other two tile loops and their sizes are chosen from the
-// constant shapes and the target: at most its accumulators (12 of AVX2's 16
-// registers, 16 of AVX-512's 32) and the
-// fewest loads per multiply-add, or, when a tile's sum streams more than L1
+// ("rfactor": each of a vector's lanes sums every 8th term on AVX2, 16th
+// on AVX-512, the lanes added in order at the end). Another output
+// dimension replaces that first choice when its tile keeps more of the FMA
+// units' lanes busy by more than its transposed copies cost
+// (fuller_vector: odd widths, 1x1 weight gradients). The other two tile
+// loops and their sizes are chosen from the constant shapes and the target:
+// at most its accumulators (12 of AVX2's 16 registers, 16 of AVX-512's 32)
+// and the fewest loads per multiply-add, or, when a tile's sum streams more than L1
 // holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
 // tile loops nest so that the operand that would otherwise cross L2 most
 // often stays in it. A sum that streams more than L1 holds (a weight
@@ -566,9 +566,9 @@ static LStmt *acc_store(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LE
 }
 
 // Calls emit(bd, parent, j0, j1, lane expr, width) for every element of the
-// tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of a whole vector's
-// lanes (8 or 16), then 8, 4, 2, 1
-// from `base` for `len` lanes (each a vector loop).
+// tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of a whole
+// vector's lanes (8 or 16), then 8, 4, 2, 1, from `base` for `len` lanes
+// (each a vector loop).
 typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, LExpr *lane,
                        void *arg);
 
@@ -714,7 +714,9 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
       }
   }
   for (int64_t at = blocks * c->lanes; at < n;) {
-    int64_t w = n - at >= 4 ? 4 : n - at >= 2 ? 2 : 1;
+    int64_t w = c->lanes / 2; // pieces of 4, 2, 1 on AVX2, 8 first on AVX-512
+    while (w > n - at)
+      w /= 2;
     for (int64_t j0 = 0; j0 < n0; j0++)
       for (int64_t j1 = 0; j1 < n1; j1++) {
         int lane = lk_var(k);
