@@ -666,8 +666,9 @@ static LLVMValueRef emit_kernel(Cg *c, const LFunc *f, const LKernel *k, int **i
   if (bits > 256) {
     char width[16];
     int len = snprintf(width, sizeof width, "%d", bits);
+    const char *key = "min-legal-vector-width";
     LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateStringAttribute(c->ctx, "min-legal-vector-width", 22, width, len));
+                            LLVMCreateStringAttribute(c->ctx, key, strlen(key), width, len));
   }
   int64_t trip;
   if (!is_parallel(k, &trip))

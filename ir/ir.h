@@ -350,7 +350,7 @@ typedef struct {
   const char *cpu;      // -mcpu=; "native" by default
 } CodegenOptions;
 
-// The loop passes' target (vector lanes, registers) for opt->cpu.
+// The loop passes' target (vector lanes, accumulators) for opt->cpu.
 const struct LTarget *loop_target(const CodegenOptions *opt);
 
 // p: the scheduled loop program of train (the training-step graph; its
