@@ -266,10 +266,7 @@ static void emit_fma_peak(Cg *c, int lanes) {
   LLVMTypeRef vt = LLVMVectorType(c->f32, lanes);
   LLVMTypeRef p[2] = {c->i64, c->ptr};
   LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_fma_peak", LLVMFunctionType(c->i64, p, 2, false));
-  if (lanes > 8)
-    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateStringAttribute(c->ctx, "min-legal-vector-width", 22,
-                                                      "512", 3));
+  vector_width_attr(c, fn, 32 * lanes);
   LLVMSetFunctionCallConv(fn, LLVMCCallConv);
   begin_function(c, fn);
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);

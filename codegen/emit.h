@@ -44,6 +44,11 @@ void emit_lstep(Cg *c, const LFunc *f, const char *const *symbol);
 // An enum attribute (`nounwind`, `sanitize_address`...) on fn, or on its
 // argument index (1-based; LLVMAttributeFunctionIndex for fn itself).
 void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name);
+// fn computes with vectors of `bits`: above 256, says so as clang does
+// ("min-legal-vector-width"), so that LLVM keeps them whole in AVX-512's
+// registers where processors that prefer 256-bit vectors (Intel's since
+// Skylake) would have them split in two.
+void vector_width_attr(Cg *c, LLVMValueRef fn, int bits);
 
 // library.c: moves f's kernels that read nothing but weights into a new
 // function `name` (xc_apply_step's signature), their buffers to the state

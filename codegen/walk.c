@@ -618,12 +618,25 @@ void add_attr(Cg *c, LLVMValueRef fn, unsigned index, const char *name) {
   LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
 }
 
-// The most lanes a vector loop of s holds, in bits of f32 (the widest
-// vector the kernel computes with; 16-bit buffers convert to f32 first).
-static int vector_bits(const LStmt *s) {
-  int bits = s->kind == LS_LOOP && s->flags & LF_VECTOR ? (int)(s->hi - s->lo) * 32 : 0;
-  for (int i = 0; i < s->nbody; i++) {
-    int b = vector_bits(s->body[i]);
+void vector_width_attr(Cg *c, LLVMValueRef fn, int bits) {
+  if (bits <= 256)
+    return;
+  char width[16];
+  int len = snprintf(width, sizeof width, "%d", bits);
+  const char *key = "min-legal-vector-width";
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateStringAttribute(c->ctx, key, strlen(key), width, len));
+}
+
+// The most lanes a vector loop among the n statements holds, in bits of
+// f32 (the widest vector the kernel computes with; 16-bit buffers convert
+// to f32 first).
+static int vector_bits(LStmt *const *body, int n) {
+  int bits = 0;
+  for (int i = 0; i < n; i++) {
+    const LStmt *s = body[i];
+    int b = s->kind == LS_LOOP && s->flags & LF_VECTOR ? (int)(s->hi - s->lo) * 32
+                                                        : vector_bits(s->body, s->nbody);
     bits = b > bits ? b : bits;
   }
   return bits;
@@ -655,21 +668,7 @@ static LLVMValueRef emit_kernel(Cg *c, const LFunc *f, const LKernel *k, int **i
                                     LLVMFunctionType(c->voidt, params, n + 2, false));
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   add_attr(c, fn, LLVMAttributeFunctionIndex, "nounwind");
-  // As clang does for a function with vectors wider than 256 bits: LLVM then
-  // keeps them whole in AVX-512's registers, where processors that prefer
-  // 256-bit vectors (Intel's since Skylake) would have them split in two.
-  int bits = 0;
-  for (int i = 0; i < k->nbody; i++) {
-    int b = vector_bits(k->body[i]);
-    bits = b > bits ? b : bits;
-  }
-  if (bits > 256) {
-    char width[16];
-    int len = snprintf(width, sizeof width, "%d", bits);
-    const char *key = "min-legal-vector-width";
-    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateStringAttribute(c->ctx, key, strlen(key), width, len));
-  }
+  vector_width_attr(c, fn, vector_bits(k->body, k->nbody));
   int64_t trip;
   if (!is_parallel(k, &trip))
     add_attr(c, fn, LLVMAttributeFunctionIndex, "noinline");
