@@ -269,10 +269,23 @@ static Val emit_load_raw(W *w, const LExpr *e) {
   }
   int64_t step = lane_step(w, b, e->idx);
   if (step > 1 && step <= MAX_SHUFFLE_STEP) {
-    unsigned span = (unsigned)((w->width - 1) * step + 1);
-    LLVMValueRef all = LLVMBuildLoad2(c->b, LLVMVectorType(t, span),
-                                      address(w, b, offset_at(w, b, e->idx)), "");
-    LLVMSetAlignment(all, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4);
+    // A load of width * step elements with the ones past the last lane's
+    // masked off: one (masked) vector load, where the span's odd length
+    // (15 floats for 8 lanes of stride 2) took a load and an insert per
+    // element.
+    unsigned span = (unsigned)((w->width - 1) * step + 1), whole = (unsigned)(w->width * step);
+    LLVMTypeRef vt = LLVMVectorType(t, whole), tys[2] = {vt, c->ptr};
+    LLVMValueRef *on = xcalloc(whole, sizeof *on);
+    for (unsigned l = 0; l < whole; l++)
+      on[l] = LLVMConstInt(LLVMInt1TypeInContext(c->ctx), l < span, 0);
+    unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
+    ir_assert(id != 0);
+    LLVMValueRef args[4] = {address(w, b, offset_at(w, b, e->idx)),
+                            LLVMConstInt(c->i32, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4, 0),
+                            LLVMConstVector(on, whole), LLVMGetPoison(vt)};
+    free(on);
+    LLVMValueRef all = LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2),
+                                      LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2), args, 4, "");
     LLVMValueRef *mask = xcalloc(w->width, sizeof *mask);
     for (int lane = 0; lane < w->width; lane++)
       mask[lane] = LLVMConstInt(c->i32, (uint64_t)(lane * step), 0);
@@ -468,9 +481,119 @@ static Val emit_expr(W *w, const LExpr *e) {
 
 static void emit_stmt(W *w, const LStmt *s, int depth);
 
+// Stores whose lanes lie k elements apart (pooling's gradient writes each
+// window's taps at stride 2) would go lane by lane: an extract and a store
+// each. When k such stores follow one another, to one buffer, at offsets
+// base + 0 .. base + k-1, and none of their values reads that buffer, they
+// fill every element from base on: their vectors are interleaved and
+// stored as one. `flat` is a store's element offset as an affine form.
+static bool flat_offset(const LStmt *s, Affine *flat) {
+  *flat = (Affine){0};
+  for (int d = 0; d < s->buf->rank; d++) {
+    Affine a;
+    if (!lx_affine(s->idx[d], &a))
+      return false;
+    int64_t st = stride_of(s->buf, d);
+    flat->c += a.c * st;
+    for (int t = 0; t < a.n; t++) {
+      int at = 0;
+      while (at < flat->n && flat->var[at] != a.var[t])
+        at++;
+      if (at == flat->n) {
+        if (flat->n == LMAX_TERMS)
+          return false;
+        flat->var[flat->n] = a.var[t], flat->coef[flat->n++] = 0;
+      }
+      flat->coef[at] += a.coef[t] * st;
+    }
+  }
+  return true;
+}
+
+// Statements body[i..i+k) as such a group: their order by offset in
+// order[0..k), or 0 when they are not one.
+static int store_group(W *w, LStmt *const *body, int n, int i, int order[MAX_SHUFFLE_STEP]) {
+  const LStmt *s = body[i];
+  if (s->kind != LS_STORE || dtype_is_16bit(s->buf->dtype))
+    return 0;
+  int64_t k = lane_step(w, s->buf, s->idx);
+  if (k < 2 || k > MAX_SHUFFLE_STEP || i + k > n)
+    return 0;
+  Affine first, a;
+  if (!flat_offset(s, &first))
+    return 0;
+  bool seen[MAX_SHUFFLE_STEP] = {false};
+  int64_t base = INT64_MAX, delta[MAX_SHUFFLE_STEP];
+  for (int j = 0; j < k; j++) {
+    const LStmt *t = body[i + j];
+    if (t->kind != LS_STORE || t->buf != s->buf || lane_step(w, t->buf, t->idx) != k ||
+        !flat_offset(t, &a) || a.n != first.n)
+      return 0;
+    for (int v = 0; v < a.n; v++)
+      if (affine_coef(&first, a.var[v]) != a.coef[v])
+        return 0;
+    delta[j] = a.c - first.c;
+    base = delta[j] < base ? delta[j] : base;
+  }
+  for (int j = 0; j < k; j++) {
+    int64_t at = delta[j] - base;
+    if (at >= k || seen[at] || lx_reads(body[i + j]->value, s->buf))
+      return 0;
+    seen[at] = true;
+    order[at] = i + j;
+  }
+  return (int)k;
+}
+
+static LLVMValueRef concat(Cg *c, LLVMValueRef a, LLVMValueRef b) {
+  unsigned n = LLVMGetVectorSize(LLVMTypeOf(a));
+  LLVMValueRef *mask = xcalloc(2 * n, sizeof *mask);
+  for (unsigned l = 0; l < 2 * n; l++)
+    mask[l] = LLVMConstInt(c->i32, l, 0);
+  LLVMValueRef v = LLVMBuildShuffleVector(c->b, a, b, LLVMConstVector(mask, 2 * n), "");
+  free(mask);
+  return v;
+}
+
+static void emit_store_group(W *w, LStmt *const *body, int i, const int *order, int k) {
+  Cg *c = w->c;
+  LLVMValueRef val[MAX_SHUFFLE_STEP], v[MAX_SHUFFLE_STEP];
+  for (int j = 0; j < k; j++) // the values in the statements' order
+    val[j] = as_vec(w, emit_expr(w, body[i + j]->value));
+  for (int at = 0; at < k; at++)
+    v[at] = val[order[at] - i];
+  // All k vectors end to end (padded to a power of two of them), then
+  // element l*k + at of the store is v[at]'s lane l.
+  int n = k;
+  while (n > 1) {
+    for (int j = 0; j < n / 2; j++)
+      v[j] = concat(c, v[2 * j], v[2 * j + 1]);
+    if (n % 2)
+      v[n / 2] = concat(c, v[n - 1], LLVMGetPoison(LLVMTypeOf(v[n - 1])));
+    n = (n + 1) / 2;
+  }
+  LLVMValueRef *mask = xcalloc((size_t)w->width * k, sizeof *mask);
+  for (int l = 0; l < w->width; l++)
+    for (int at = 0; at < k; at++)
+      mask[l * k + at] = LLVMConstInt(c->i32, (uint64_t)(at * w->width + l), 0);
+  LLVMValueRef all = LLVMBuildShuffleVector(c->b, v[0], LLVMGetPoison(LLVMTypeOf(v[0])),
+                                            LLVMConstVector(mask, (unsigned)(w->width * k)), "");
+  free(mask);
+  const LStmt *first = body[order[0]];
+  LLVMValueRef st = LLVMBuildStore(c->b, all, address(w, first->buf, offset_at(w, first->buf, first->idx)));
+  LLVMSetAlignment(st, 4);
+}
+
 static void emit_body(W *w, const LStmt *s, int depth) {
-  for (int i = 0; i < s->nbody; i++)
+  for (int i = 0; i < s->nbody; i++) {
+    int order[MAX_SHUFFLE_STEP], k = w->vec_var >= 0 ? store_group(w, s->body, s->nbody, i, order) : 0;
+    if (k) {
+      emit_store_group(w, s->body, i, order, k);
+      i += k - 1;
+      continue;
+    }
     emit_stmt(w, s->body[i], depth + 1);
+  }
 }
 
 // for (v = lo; v < hi; v++): a counted loop.
