@@ -901,17 +901,84 @@ static Tile vector_tile(const Contraction *c, int d) {
   return t;
 }
 
+// Does load e, read in vectors along var, start each at a multiple of the
+// lanes (a whole number of cache lines on AVX-512) at every step? In the
+// layout it is read in: transposed, the dimension var moves last, when
+// var does not move it by one element. A window's rows (a padded row of
+// 18 floats, a tap's column offset) start anywhere.
+static bool vector_aligned(const Contraction *c, const LExpr *e, int var) {
+  const LBuf *b = e->buf;
+  int64_t st[LMAX_RANK];
+  int md = lane_stride(e, var) == 1 ? -1 : moving_dim(e, var);
+  for (int d = 0; d < b->rank; d++) // the buffer's own strides
+    st[d] = stride(b, d);
+  if (md >= 0) { // the transposed copy's
+    int64_t s = b->dim[md];
+    st[md] = 1;
+    for (int d = b->rank - 1; d >= 0; d--)
+      if (d != md)
+        st[d] = s, s *= b->dim[d];
+  }
+  for (int d = 0; d < b->rank; d++) {
+    Affine a;
+    if (!lx_affine(e->idx[d], &a) || (a.c * st[d]) % c->lanes)
+      return false;
+    for (int i = 0; i < a.n; i++)
+      if (a.var[i] != var && (a.coef[i] * st[d]) % c->lanes)
+        return false;
+  }
+  return true;
+}
+
+// Load slots a reduction step of the tile takes: one a broadcast, or a
+// vector that starts on a cache line's boundary; three a 16-lane vector
+// that does not, and so reads two lines. A 4x4 weight gradient tile of a
+// 32-channel 16x16 layer (allconv's conv1, bench/models), its 16-lane
+// loads of the padded image's rows and of dy starting anywhere, ran at 48%
+// of the FMA peak in a loop of its own; the same loads aligned, at 68%.
+// An 8-lane vector that does not start on a
+// boundary crosses one 7 times in 16: counted as one slot, as AVX2 code
+// measured it (allconv at x86-64-v3 ran 9% slower with the tiles chosen
+// counting more).
+static double load_slots(const Contraction *c, const Tile *t) {
+  int64_t pieces = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
+  const LExpr *ops[2] = {c->a, c->b};
+  int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
+  double crossing = c->lanes * 4 >= 64 ? 3 : 1, slots = 0;
+  for (int o = 0; o < 2; o++) {
+    bool vec = uses(ops[o], vvar);
+    int64_t n = vec ? pieces : 1;
+    for (int i = 0; i < 2; i++)
+      if (t->t[i] >= 0 && uses(ops[o], c->s[t->t[i]].var))
+        n *= t->size[i];
+    slots += (double)n * (vec && !vector_aligned(c, ops[o], vvar) ? crossing : 1);
+  }
+  return slots;
+}
+
 // The share of the FMA units' lanes a tile keeps busy: the lanes its
 // vector fills (a row of 11 columns takes vectors of 8, 2 and 1 lanes: 11
-// of 24), times the multiply-adds per load up to 1 (two of each a cycle).
-static double tile_use(const Contraction *c, const Tile *t) {
+// of 24), over one plus LOAD_SLOT vector FMA cycles per load slot and
+// accumulator. Loads do not hide behind the multiply-adds: fitted to
+// allconv's weight gradients on AVX-512, whose tiles along in-channels
+// (0.63 slots per accumulator: 8 broadcasts of dy, 2 aligned vectors of x)
+// ran 1.2x faster than conv2's along out-channels (1.06: 16 broadcasts of
+// x, a vector of dy) and 1.42x faster than conv1's 4x4 along columns
+// (1.5: 8 vectors across lines).
+#define LOAD_SLOT 0.64
+
+// The share of its vectors' lanes the tile's vector dimension fills.
+static double lane_fill(const Contraction *c, const Tile *t) {
   int64_t n = t->rfactor ? c->r[t->v].n : c->s[t->v].n;
   int64_t block = t->rfactor ? n : t->vblock;
   int64_t ops = n / block * vector_ops(block, c->lanes) + vector_ops(n % block, c->lanes);
+  return (double)n / (double)(c->lanes * ops);
+}
+
+static double tile_use(const Contraction *c, const Tile *t) {
   int64_t loads, acc;
   cost(c, t, &loads, &acc);
-  double per_load = (double)acc / (double)loads;
-  return (double)n / (double)(c->lanes * ops) * (per_load < 1 ? per_load : 1) / run_share(c, t);
+  return lane_fill(c, t) / (1 + LOAD_SLOT * load_slots(c, t) / (double)acc) / run_share(c, t);
 }
 
 // Elements copied each call so that spatial dimension d's operands are read
@@ -928,49 +995,93 @@ static int64_t transpose_cost(const LFunc *f, const Contraction *c, int d) {
   return n;
 }
 
+// Cycles the stores of a tile with spatial dimension d as the vector take
+// beyond whole vector stores: none along the output's last dimension; else
+// an extract and a store per output, STORE_NEAR cycles when a vector's
+// lanes lie within FAR_BYTES, STORE_FAR when they are further apart (a
+// vector along the batch: sweep layer 41 of bench/, 16 channels of 21x21
+// images, took 5.8 cycles an output with its 16 lanes 450 KB apart, 2.7
+// with them 28 KB apart along its channels, both stored lane by lane).
+enum { STORE_NEAR = 1, STORE_FAR = 4, FAR_BYTES = 64 << 10 };
+
+static double store_cost(const Contraction *c, int d) {
+  if (d == c->ns - 1)
+    return 0;
+  double outputs = 1;
+  for (int i = 0; i < c->ns; i++)
+    outputs *= (double)c->s[i].n;
+  return outputs * (stride(c->out, d) * c->lanes * 4 > FAR_BYTES ? STORE_FAR : STORE_NEAR);
+}
+
 // Another output dimension may make a busier tile than the first choice t
 // (the last dimension, or the innermost reduction): a layer of 11 columns
 // fills 11 of the 24 lanes its vectors of 8, 2 and 1 take, where its 96
-// channels are 12 full vectors. It is taken when the cycles it saves (at
-// two vector FMAs a cycle, 16 multiply-adds on AVX2, over tile_use) exceed what
-// the copies it reads transposed cost: 8 cycles an element, measured
-// (cifar10's conv2 input gradient with its batch as the vector gained 0.08
-// ms a step; its transposed copy of dy, 166 k elements, took 0.2), and
-// what its stores cost when they go lane by lane where t's went as whole
-// vectors: a cycle an output (STORE_LANE). A 1x1 layer from 1 channel to
-// 128 on 15 columns, one multiply-add an output, ran 2x faster on its
-// columns than on its channels; a 2x2 stride-2 input gradient's phases of
-// 15 columns, 32 multiply-adds an output, 1.2x faster on their channels
-// (1 cycle; 2 lost the second). Each output's sum keeps the plain nest's
-// order, whichever spatial dimension is the vector. Returns the dimension,
-// or -1 to keep t.
-enum { STORE_LANE = 1 };
+// channels are 12 full vectors; a weight gradient's 4x4 tile along a
+// padded image's columns loads across cache lines, where along its
+// in-channels (x transposed) it loads aligned vectors and broadcasts dy.
+// It is taken when the cycles it saves (at two vector FMAs a cycle, over
+// tile_use) exceed what it costs more than t: the copies each reads
+// transposed, TRANSPOSE_CYCLES an element (vgg_small's transposed copy of
+// conv2's padded input, 663 k elements, took 0.16 ms on two threads: 1.7
+// cycles an element), and their stores (store_cost). A 1x1 layer from 1
+// channel to 128 on 15 columns, one multiply-add an output, ran 2x faster
+// on its columns than on its channels; a 2x2 stride-2 input gradient's
+// phases of 15 columns, 32 multiply-adds an output, 1.2x faster on their
+// channels. Each output's sum keeps the plain nest's order, whichever
+// spatial dimension is the vector. Returns the dimension, or -1 to keep t.
+//
+// Two choices the model overrates are not made. A first choice along the
+// output's rows whose vectors are all full is kept: its stores are whole
+// vectors and its taps reread lines in L1 (sweep layer 30 of bench/, 16
+// columns, ran 0.79x on its channels, allconv's conv1 0.93x). And the
+// batch becomes the vector only when neither the first choice nor any
+// other dimension fills BATCH_BELOW of its lanes: cifar10's conv2 input
+// gradient, its 14 columns filling 29% of 16 lanes, ran 2x faster on its
+// 32 images, where sweep layers 31, 34 and 39 (16 images; their best
+// other choice filling 50%, 45% and 100%) ran 0.68-0.81x on theirs.
+enum { TRANSPOSE_CYCLES = 2 };
+#define BATCH_BELOW 0.4
+
+// What a tile with spatial dimension d as the vector (d < 0: along the
+// innermost reduction) costs beyond its multiply-adds.
+static double extra_cost(const LFunc *f, const Contraction *c, int d) {
+  if (d < 0)
+    return 0;
+  return TRANSPOSE_CYCLES * (double)transpose_cost(f, c, d) + store_cost(c, d);
+}
 
 static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
-  double outputs = 1, fmas;
+  double fmas = 1;
   for (int i = 0; i < c->ns; i++)
-    outputs *= (double)c->s[i].n;
-  fmas = outputs;
+    fmas *= (double)c->s[i].n;
   for (int i = 0; i < c->nr; i++)
     fmas *= (double)c->r[i].n;
+  if (!t->rfactor && t->v == c->ns - 1 && c->s[t->v].n % c->lanes == 0)
+    return -1; // whole vectors along the output's rows: kept
   Tile first = *t;
   choose(c, &first, false);
-  double use = tile_use(c, &first);
+  double use = tile_use(c, &first), extra = extra_cost(f, c, t->rfactor ? -1 : t->v);
   int best = -1;
-  double best_gain = 0;
-  for (int d = 0; d < c->ns; d++) {
-    if ((!t->rfactor && d == t->v) || c->s[d].n < MIN_VECTOR || !vector_ok(f, &at, c, d, false))
-      continue;
-    Tile cand = vector_tile(c, d);
-    choose(c, &cand, false);
-    // Stored lane by lane where the first choice stored whole vectors: an
-    // extract and a store per output.
-    double scatter = !t->rfactor && d != c->ns - 1 && t->v == c->ns - 1 ? STORE_LANE * outputs : 0;
-    double gain = fmas / (2 * c->lanes) * (1 / use - 1 / tile_use(c, &cand)) -
-                  8.0 * (double)transpose_cost(f, c, d) - scatter;
-    if (gain > best_gain)
-      best = d, best_gain = gain;
-  }
+  double best_gain = 0, fill = lane_fill(c, t);
+  for (int pass = 0; pass < 2; pass++) // the batch last
+    for (int d = 0; d < c->ns; d++) {
+      bool batch = c->s[d].role && !strcmp(c->s[d].role, "n");
+      if ((!t->rfactor && d == t->v) || c->s[d].n < MIN_VECTOR || batch != (pass == 1) ||
+          !vector_ok(f, &at, c, d, false))
+        continue;
+      if (batch && fill >= BATCH_BELOW)
+        continue;
+      Tile cand = vector_tile(c, d);
+      choose(c, &cand, false);
+      double gain = fmas / (2 * c->lanes) * (1 / use - 1 / tile_use(c, &cand)) -
+                    (extra_cost(f, c, d) - extra);
+      if (!batch) {
+        double cf = lane_fill(c, &cand);
+        fill = cf > fill ? cf : fill;
+      }
+      if (gain > best_gain)
+        best = d, best_gain = gain;
+    }
   return best;
 }
 
