@@ -18,7 +18,15 @@ on 5x5 images with padding 1 are guarded in all three directions; b2 has
 odd sizes, a 5x5 window without padding and a 4x4 with padding 3. Each
 model's loop nests must hold a guard (the count is printed).
 
-  tests/diff/fixed.py --set strided|border --workdir DIR [--xentcc PATH] [--perturb]
+--set vectors: the vector choices of tile's fuller_vector and the
+threads' loop (wide_outside), as an AVX-512 host takes them. v0's 3x3
+weight gradient on 16x16 images of 32 channels runs along its in-channels,
+its padded input transposed; v1 (cifar10's conv2 shape, 32 images) takes
+its input gradient along the batch; v2 (16 images of 7 channels, 15x15
+out) runs forward along the batch with its rows, not its columns, split
+between the threads; v3 (a 6x6 window with padding 3) keeps its channels.
+
+  tests/diff/fixed.py --set strided|border|vectors --workdir DIR [--xentcc PATH] [--perturb]
 """
 import argparse
 import os
@@ -54,6 +62,16 @@ SETS = {
                             "relu"]),
         ("b2", 2, 13, 11, 5, [conv("conv1", 8, 1, 1, 0), "relu", conv("conv5", 16, 5, 1, 0),
                               "relu", conv("conv4", 4, 4, 1, 3, bias=False), "relu"]),
+    ],
+    "vectors": [
+        ("v0", 3, 16, 16, 8, [conv("conv1", 32, 3, 1, 1), "relu", conv("conv2", 32, 3, 1, 1),
+                             "relu"]),
+        ("v1", 3, 14, 14, 32, [conv("pre", 6, 1, 1, 0), "relu", conv("conv2", 16, 5, 1, 0),
+                               "relu"]),
+        ("v2", 1, 13, 13, 16, [conv("pre", 5, 1, 1, 0), "relu", conv("conv", 7, 3, 1, 2),
+                               "relu"]),
+        ("v3", 1, 13, 13, 16, [conv("pre", 16, 1, 1, 0), "relu", conv("conv", 16, 6, 1, 3),
+                               "relu"]),
     ],
 }
 MODELS = SETS["strided"]
