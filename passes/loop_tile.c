@@ -935,11 +935,10 @@ static bool vector_aligned(const Contraction *c, const LExpr *e, int var) {
 // that does not, and so reads two lines. A 4x4 weight gradient tile of a
 // 32-channel 16x16 layer (allconv's conv1, bench/models), its 16-lane
 // loads of the padded image's rows and of dy starting anywhere, ran at 48%
-// of the FMA peak in a loop of its own; the same loads aligned, at 68%.
-// An 8-lane vector that does not start on a
-// boundary crosses one 7 times in 16: counted as one slot, as AVX2 code
-// measured it (allconv at x86-64-v3 ran 9% slower with the tiles chosen
-// counting more).
+// of the FMA peak in a loop of its own; the same loads aligned, at 68%. An
+// 8-lane vector that does not start on a boundary crosses one 7 times in
+// 16: counted as one slot, as AVX2 code measured it (allconv at x86-64-v3
+// ran 9% slower with the tiles chosen counting more).
 static double load_slots(const Contraction *c, const Tile *t) {
   int64_t pieces = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
   const LExpr *ops[2] = {c->a, c->b};
@@ -956,6 +955,14 @@ static double load_slots(const Contraction *c, const Tile *t) {
   return slots;
 }
 
+// The share of its vectors' lanes the tile's vector dimension fills.
+static double lane_fill(const Contraction *c, const Tile *t) {
+  int64_t n = t->rfactor ? c->r[t->v].n : c->s[t->v].n;
+  int64_t block = t->rfactor ? n : t->vblock;
+  int64_t ops = n / block * vector_ops(block, c->lanes) + vector_ops(n % block, c->lanes);
+  return (double)n / (double)(c->lanes * ops);
+}
+
 // The share of the FMA units' lanes a tile keeps busy: the lanes its
 // vector fills (a row of 11 columns takes vectors of 8, 2 and 1 lanes: 11
 // of 24), over one plus LOAD_SLOT vector FMA cycles per load slot and
@@ -966,14 +973,6 @@ static double load_slots(const Contraction *c, const Tile *t) {
 // x, a vector of dy) and 1.42x faster than conv1's 4x4 along columns
 // (1.5: 8 vectors across lines).
 #define LOAD_SLOT 0.64
-
-// The share of its vectors' lanes the tile's vector dimension fills.
-static double lane_fill(const Contraction *c, const Tile *t) {
-  int64_t n = t->rfactor ? c->r[t->v].n : c->s[t->v].n;
-  int64_t block = t->rfactor ? n : t->vblock;
-  int64_t ops = n / block * vector_ops(block, c->lanes) + vector_ops(n % block, c->lanes);
-  return (double)n / (double)(c->lanes * ops);
-}
 
 static double tile_use(const Contraction *c, const Tile *t) {
   int64_t loads, acc;
