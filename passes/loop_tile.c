@@ -1095,9 +1095,13 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
 // from L3 once per block of out-channels. The new outermost loop must be
 // as wide as the old one, or 8 (the threads split it). Each output's sum is
 // unchanged: only the tiles' order moves.
+// The outputs a tile spans along spatial dimension d.
+static int64_t block_step(const Tile *t, int d) {
+  return !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0] : d == t->t[1] ? t->size[1] : 1;
+}
+
 static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
-  int64_t step = !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0]
-                                                   : d == t->t[1] ? t->size[1] : 1;
+  int64_t step = block_step(t, d);
   return (c->s[d].n + step - 1) / step;
 }
 
@@ -1153,10 +1157,6 @@ static void nest_order(const Contraction *c, Tile *t) {
 // write the same lines (sweep layer 13 of bench/: 3.2x slower forward,
 // 2.8x its input gradient, than with its rows outside). Each output's sum
 // is unchanged.
-static int64_t block_step(const Tile *t, int d) {
-  return !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0] : d == t->t[1] ? t->size[1] : 1;
-}
-
 static void wide_outside(const Contraction *c, Tile *t) {
   if (blocks_of(c, t, t->order[0]) >= 4)
     return;
