@@ -486,30 +486,7 @@ static void emit_stmt(W *w, const LStmt *s, int depth);
 // each. When k such stores follow one another, to one buffer, at offsets
 // base + 0 .. base + k-1, and none of their values reads that buffer, they
 // fill every element from base on: their vectors are interleaved and
-// stored as one. `flat` is a store's element offset as an affine form.
-static bool flat_offset(const LStmt *s, Affine *flat) {
-  *flat = (Affine){0};
-  for (int d = 0; d < s->buf->rank; d++) {
-    Affine a;
-    if (!lx_affine(s->idx[d], &a))
-      return false;
-    int64_t st = stride_of(s->buf, d);
-    flat->c += a.c * st;
-    for (int t = 0; t < a.n; t++) {
-      int at = 0;
-      while (at < flat->n && flat->var[at] != a.var[t])
-        at++;
-      if (at == flat->n) {
-        if (flat->n == LMAX_TERMS)
-          return false;
-        flat->var[flat->n] = a.var[t], flat->coef[flat->n++] = 0;
-      }
-      flat->coef[at] += a.coef[t] * st;
-    }
-  }
-  return true;
-}
-
+// stored as one.
 // Statements body[i..i+k) as such a group: their order by offset in
 // order[0..k), or 0 when they are not one.
 static int store_group(W *w, LStmt *const *body, int n, int i, int order[MAX_SHUFFLE_STEP]) {
@@ -519,20 +496,13 @@ static int store_group(W *w, LStmt *const *body, int n, int i, int order[MAX_SHU
   int64_t k = lane_step(w, s->buf, s->idx);
   if (k < 2 || k > MAX_SHUFFLE_STEP || i + k > n)
     return 0;
-  Affine first, a;
-  if (!flat_offset(s, &first))
-    return 0;
   bool seen[MAX_SHUFFLE_STEP] = {false};
   int64_t base = INT64_MAX, delta[MAX_SHUFFLE_STEP];
   for (int j = 0; j < k; j++) {
     const LStmt *t = body[i + j];
     if (t->kind != LS_STORE || t->buf != s->buf || lane_step(w, t->buf, t->idx) != k ||
-        !flat_offset(t, &a) || a.n != first.n)
+        !lx_const_apart(s->buf, t->idx, s->idx, &delta[j]))
       return 0;
-    for (int v = 0; v < a.n; v++)
-      if (affine_coef(&first, a.var[v]) != a.coef[v])
-        return 0;
-    delta[j] = a.c - first.c;
     base = delta[j] < base ? delta[j] : base;
   }
   for (int j = 0; j < k; j++) {

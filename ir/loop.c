@@ -296,6 +296,22 @@ int64_t affine_coef(const Affine *a, int var) {
   return 0;
 }
 
+bool lx_const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff) {
+  int64_t stride = 1;
+  *diff = 0;
+  for (int d = b->rank - 1; d >= 0; d--) {
+    Affine a, c;
+    if (!lx_affine(x[d], &a) || !lx_affine(y[d], &c) || a.n != c.n)
+      return false;
+    for (int i = 0; i < a.n; i++)
+      if (affine_coef(&c, a.var[i]) != a.coef[i])
+        return false;
+    *diff += (a.c - c.c) * stride;
+    stride *= b->dim[d];
+  }
+  return true;
+}
+
 //
 // Statements, kernels, functions
 //

@@ -131,6 +131,9 @@ bool lx_affine(const LExpr *e, Affine *out);
 // phase's (kh + 1) / 2), so consecutive values of var move it by coef.
 bool lx_linear(const LExpr *e, int var, int64_t *coef);
 int64_t affine_coef(const Affine *a, int var);
+// The element b[x...] minus the element b[y...], when the two index lists
+// differ only in constants (the same variables, the same coefficients).
+bool lx_const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff);
 // The expression with VAR v replaced by `with` (a fresh tree).
 LExpr *lx_subst(const LExpr *e, int v, const LExpr *with);
 bool lx_uses_var(const LExpr *e, int v);

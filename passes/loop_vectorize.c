@@ -32,24 +32,6 @@ static int64_t store_step(const LBuf *b, LExpr *const *idx, int var) {
   return total;
 }
 
-// The element x stores minus the one y stores, when their indices differ
-// only in constants (the same variables with the same coefficients).
-static bool const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff) {
-  int64_t stride = 1;
-  *diff = 0;
-  for (int d = b->rank - 1; d >= 0; d--) {
-    Affine a, c;
-    if (!lx_affine(x[d], &a) || !lx_affine(y[d], &c) || a.n != c.n)
-      return false;
-    for (int i = 0; i < a.n; i++)
-      if (affine_coef(&c, a.var[i]) != a.coef[i])
-        return false;
-    *diff += (a.c - c.c) * stride;
-    stride *= b->dim[d];
-  }
-  return true;
-}
-
 // The loop's stores can be lanes: each moves forward with the iterations,
 // and one whose iterations are more than one element apart (pooling's
 // gradient, dx at 2*ow and 2*ow + 1) shares its buffer only with stores
@@ -71,7 +53,7 @@ static bool stores_ok(const LStmt *l) {
         continue;
       if (t->buf != s->buf) // another name of the memory: no shape to compare in
         return false;
-      if (store_step(t->buf, t->idx, l->var) != step || !const_apart(s->buf, s->idx, t->idx, &diff))
+      if (store_step(t->buf, t->idx, l->var) != step || !lx_const_apart(s->buf, s->idx, t->idx, &diff))
         return false;
       int64_t q = diff / step; // s's iteration i stores what t's iteration i + q does
       if (diff % step == 0 && q != 0 && q > -(l->hi - l->lo) && q < l->hi - l->lo)
