@@ -554,9 +554,173 @@ static void emit_store_group(W *w, LStmt *const *body, int i, const int *order, 
   LLVMSetAlignment(st, 4);
 }
 
+// Rows of a tile's output. A tile keeps its accumulators along the output's
+// last dimension and its lanes along another (output channels, a plane apart
+// in NCHW), each accumulator stored by a vector loop of its own: lane by
+// lane, an extract and a store per element. When neighbouring vector loops
+// of one width each store one vector to one buffer, with lanes `step`
+// elements apart, and k of them store at offsets base + 0 .. base + k-1
+// (k <= step, k <= lanes), lane l of those k vectors is the row of k
+// elements at base + l*step: the k vectors are transposed in registers, log2
+// k rounds of interleaving pairs (one shuffle each), and each row is stored
+// as one vector. The loops' stores must not overlap one another, nor their
+// values read the buffer, so that they may go in any order.
+enum { MAX_ROW_RUN = 16 };
+
+typedef struct {
+  int n;                      // vector loops in the run
+  LStmt *store[MAX_ROW_RUN];  // each loop's store, on the first loop's variable
+  int64_t delta[MAX_ROW_RUN]; // its offset from the first's
+  int64_t step;               // elements between lanes
+} RowRun;
+
+static bool pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+
+static const LStmt *lone_store(const LStmt *l) {
+  if (l->kind != LS_LOOP || !(l->flags & LF_VECTOR) || l->nbody != 1 || l->body[0]->kind != LS_STORE)
+    return NULL;
+  return l->body[0];
+}
+
+// The run of vector loops from body[i] as a RowRun, its length (at least
+// 2), or 0 when there is none.
+static int row_run(W *w, LStmt *const *body, int n, int i, RowRun *r) {
+  const LStmt *l0 = body[i], *s0 = lone_store(l0);
+  if (!s0 || s0->buf->dtype != DT_F32 || !pow2(l0->hi - l0->lo) || l0->hi - l0->lo > MAX_ROW_RUN)
+    return 0;
+  int width = (int)(l0->hi - l0->lo);
+  r->n = 0;
+  r->step = 0;
+  w->vec_var = l0->var;
+  for (int j = i; j < n && r->n < MAX_ROW_RUN; j++) {
+    const LStmt *l = body[j], *s = lone_store(l);
+    if (!s || s->buf != s0->buf || l->hi - l->lo != width)
+      break;
+    LStmt *t = ls_copy(s); // on the first loop's variable: l->var = l0->var + (l->lo - l0->lo)
+    if (l->var != l0->var)
+      ls_subst(t, l->var, lx_iaddc(lx_var(l0->var), l->lo - l0->lo));
+    int64_t step = lane_step(w, t->buf, t->idx), d;
+    if (step < 2 || (r->n && step != r->step) || lx_reads(t->value, t->buf) ||
+        !lx_const_apart(t->buf, t->idx, r->n ? r->store[0]->idx : t->idx, &d))
+      break;
+    r->step = step;
+    r->store[r->n] = t;
+    r->delta[r->n++] = d;
+  }
+  w->vec_var = -1;
+  // No two stores may write one element: then their order does not matter.
+  for (int a = 0; a < r->n; a++)
+    for (int b = a + 1; b < r->n; b++) {
+      int64_t d = r->delta[b] - r->delta[a];
+      if (d % r->step == 0 && d / r->step > -width && d / r->step < width)
+        return 0;
+    }
+  for (int a = 0; a < r->n; a++) // worth it when two are a row's neighbours
+    for (int b = 0; b < r->n; b++)
+      if (r->delta[b] == r->delta[a] + 1)
+        return r->n;
+  return 0;
+}
+
+// The even (from 0) or odd (from width/2) halves of a and b, interleaved:
+// a[from], b[from], a[from+1], b[from+1]...
+static LLVMValueRef zip(Cg *c, LLVMValueRef a, LLVMValueRef b, int from, int width) {
+  LLVMValueRef mask[MAX_ROW_RUN];
+  for (int x = 0; x < width / 2; x++) {
+    mask[2 * x] = LLVMConstInt(c->i32, (uint64_t)(from + x), 0);
+    mask[2 * x + 1] = LLVMConstInt(c->i32, (uint64_t)(width + from + x), 0);
+  }
+  return LLVMBuildShuffleVector(c->b, a, b, LLVMConstVector(mask, (unsigned)width), "");
+}
+
+// Stores x lane by lane (s's lanes are neither one element nor consecutive).
+static void store_lanes(W *w, const LStmt *s, LLVMValueRef x) {
+  for (int lane = 0; lane < w->width; lane++) {
+    LLVMValueRef e = LLVMBuildExtractElement(w->c->b, x, LLVMConstInt(w->c->i32, lane, 0), "");
+    LLVMBuildStore(w->c->b, e, address(w, s->buf, lane_offset(w, s->buf, s->idx, lane)));
+  }
+}
+
+// The k vectors v[0..k) (k <= kp <= width, kp a power of two), stored at
+// offsets base + 0 .. k-1 of the row of each lane. After round `bit` of
+// interleaving pairs that differ in that bit of their number, a lane's
+// bits have moved up into the element's position; after all of them vector
+// m holds the rows of lanes m*(width/kp) .. (m+1)*(width/kp) - 1, each row
+// kp elements whose first k are v[0..k)'s.
+static void emit_rows(W *w, const LStmt *first, LLVMValueRef *v, int k) {
+  Cg *c = w->c;
+  int kp = 1;
+  while (kp < k)
+    kp *= 2;
+  for (int j = k; j < kp; j++)
+    v[j] = LLVMGetPoison(LLVMTypeOf(v[0]));
+  for (int bit = kp / 2; bit >= 1; bit /= 2)
+    for (int j = 0; j < kp; j++)
+      if (!(j & bit)) {
+        LLVMValueRef a = v[j], b = v[j | bit];
+        v[j] = zip(c, a, b, 0, w->width);
+        v[j | bit] = zip(c, a, b, w->width / 2, w->width);
+      }
+  int per = w->width / kp; // rows per vector
+  for (int lane = 0; lane < w->width; lane++) {
+    LLVMValueRef mask[MAX_ROW_RUN];
+    for (int j = 0; j < k; j++)
+      mask[j] = LLVMConstInt(c->i32, (uint64_t)(lane % per * kp + j), 0);
+    LLVMValueRef row = LLVMBuildShuffleVector(c->b, v[lane / per], LLVMGetPoison(LLVMTypeOf(v[0])),
+                                              LLVMConstVector(mask, (unsigned)k), "");
+    LLVMValueRef st = LLVMBuildStore(c->b, row, address(w, first->buf, lane_offset(w, first->buf, first->idx, lane)));
+    LLVMSetAlignment(st, 4);
+  }
+}
+
+static void emit_row_run(W *w, const LStmt *l0, RowRun *r) {
+  Cg *c = w->c;
+  int save_var = w->vec_var, save_width = w->width;
+  w->vec_var = l0->var;
+  w->width = (int)(l0->hi - l0->lo);
+  w->var[l0->var] = LLVMConstInt(c->i64, l0->lo, 0);
+  LLVMValueRef val[MAX_ROW_RUN];
+  int order[MAX_ROW_RUN];
+  for (int j = 0; j < r->n; j++) { // the values in the statements' order
+    val[j] = as_vec(w, emit_expr(w, r->store[j]->value));
+    order[j] = j;
+  }
+  for (int a = 1; a < r->n; a++) // by offset
+    for (int b = a; b > 0 && r->delta[order[b]] < r->delta[order[b - 1]]; b--) {
+      int t = order[b];
+      order[b] = order[b - 1], order[b - 1] = t;
+    }
+  int most = w->width < r->step ? w->width : (int)r->step;
+  for (int a = 0; a < r->n;) {
+    int b = a + 1; // [a, b): offsets one apart, at most `most` of them
+    while (b < r->n && b - a < most && r->delta[order[b]] == r->delta[order[b - 1]] + 1)
+      b++;
+    if (b - a == 1) {
+      store_lanes(w, r->store[order[a]], val[order[a]]);
+    } else {
+      LLVMValueRef v[MAX_ROW_RUN];
+      for (int j = a; j < b; j++)
+        v[j - a] = val[order[j]];
+      emit_rows(w, r->store[order[a]], v, b - a);
+    }
+    a = b;
+  }
+  w->var[l0->var] = NULL;
+  w->vec_var = save_var;
+  w->width = save_width;
+}
+
 static void emit_body(W *w, const LStmt *s, int depth) {
   for (int i = 0; i < s->nbody; i++) {
-    int order[MAX_SHUFFLE_STEP], k = w->vec_var >= 0 ? store_group(w, s->body, s->nbody, i, order) : 0;
+    RowRun r;
+    int k = w->vec_var < 0 ? row_run(w, s->body, s->nbody, i, &r) : 0;
+    if (k) {
+      emit_row_run(w, s->body[i], &r);
+      i += k - 1;
+      continue;
+    }
+    int order[MAX_SHUFFLE_STEP];
+    k = w->vec_var >= 0 ? store_group(w, s->body, s->nbody, i, order) : 0;
     if (k) {
       emit_store_group(w, s->body, i, order, k);
       i += k - 1;
@@ -606,10 +770,7 @@ static void emit_store(W *w, const LStmt *s) {
     LLVMSetAlignment(st, dtype_bytes(s->buf->dtype) < 4 ? dtype_bytes(s->buf->dtype) : 4);
     return;
   }
-  for (int lane = 0; lane < w->width; lane++) {
-    LLVMValueRef e = LLVMBuildExtractElement(c->b, x, LLVMConstInt(c->i32, lane, 0), "");
-    LLVMBuildStore(c->b, e, address(w, s->buf, lane_offset(w, s->buf, s->idx, lane)));
-  }
+  store_lanes(w, s, x);
 }
 
 static void emit_stmt(W *w, const LStmt *s, int depth) {
