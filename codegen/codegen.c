@@ -650,10 +650,11 @@ void check_cpu(const CodegenOptions *opt) {
 // gradient's accumulators kept in memory between blocks of its sum) they
 // took 45% of allconv's compile time (2.1 -> 3.1 s) for training steps
 // within 2% on AVX-512 and AVX2 alike. The SLP vectorizer is left out too:
-// the loop IR's vectorize pass leaves it only the lanes of a vector stored
-// to far-apart addresses, and it took 40% of the optimizer's time (allconv
-// compiled in 2.5 s with it, 1.85 s without) for training steps of the CNNs
-// and seed nets within 3%, on AVX-512 and AVX2.
+// the loop IR's vectorize pass left it only the lanes of vectors stored to
+// far-apart addresses (which the emitter now stores a row at a time), and
+// it took 40% of the optimizer's time (allconv compiled in 2.5 s with it,
+// 1.85 s without) for training steps of the CNNs and seed nets within 3%,
+// on AVX-512 and AVX2.
 // Taken from LLVM 19's `opt -passes='default<O2>' -print-pipeline-passes`. On
 // the kernels of catdog and vgg_small, default<O3> took twice as long, and
 // machine code for its output 1.3 times as long; the hot kernels' machine

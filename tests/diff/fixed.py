@@ -9,7 +9,9 @@ stride-2 weight gradient (18 images, 32 -> 64 channels, 13x13 -> 7x7) reads
 dy (221 KB) and x's phase planes (576 KB): its tiles run in-channels
 outermost, and each tile, whose sum streams more than L1 holds, takes 16
 lanes of out-channels. s1 and s2 are odd sizes, padding or none, one
-channel in and out, a 1x1 stride-2 projection.
+channel in and out, a 1x1 stride-2 projection. s3's input gradient (64
+channels) has phase planes 7 wide (15x15, stride 2), tiled 2 rows by 7
+columns on AVX-512.
 
 --set border: the guards that skip steps reading only a zero border. b0's
 7x7 input gradient without padding reads dy with a border of 6 (a tile of
@@ -54,6 +56,8 @@ SETS = {
                               conv("conv2", 24, 3, 2, 1), "relu"]),
         ("s2", 1, 13, 11, 7, [conv("conv1", 1, 3, 2, 1), "relu", conv("conv2", 40, 2, 2, 0),
                               "relu", conv("conv3", 1, 1, 2, 0)]),
+        ("s3", 1, 15, 15, 16, [conv("pre", 64, 1, 1, 0), "relu", conv("conv", 64, 3, 2, 1),
+                               "relu"]),
     ],
     "border": [
         ("b0", 1, 19, 19, 7, [conv("pre", 16, 1, 1, 0), "relu", conv("conv7", 16, 7, 1, 0),
