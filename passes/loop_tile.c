@@ -1096,6 +1096,16 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
   return best;
 }
 
+// The outputs a tile spans along spatial dimension d.
+static int64_t block_step(const Tile *t, int d) {
+  return !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0] : d == t->t[1] ? t->size[1] : 1;
+}
+
+static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
+  int64_t step = block_step(t, d);
+  return (c->s[d].n + step - 1) / step;
+}
+
 // The order of the tile loops. Each operand is read from beyond L2 once
 // for every iteration of the outer loops it does not depend on, unless the
 // whole of it stays in L2 meanwhile. When the output's dimensions fall in
@@ -1107,16 +1117,6 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
 // from L3 once per block of out-channels. The new outermost loop must be
 // as wide as the old one, or 8 (the threads split it). Each output's sum is
 // unchanged: only the tiles' order moves.
-// The outputs a tile spans along spatial dimension d.
-static int64_t block_step(const Tile *t, int d) {
-  return !t->rfactor && d == t->v ? t->vblock : d == t->t[0] ? t->size[0] : d == t->t[1] ? t->size[1] : 1;
-}
-
-static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
-  int64_t step = block_step(t, d);
-  return (c->s[d].n + step - 1) / step;
-}
-
 static void nest_order(const Contraction *c, Tile *t) {
   for (int d = 0; d < c->ns; d++)
     t->order[d] = d;
