@@ -238,15 +238,15 @@ static LLVMValueRef schedule_struct(Cg *c, const Graph *g, LLVMTypeRef *type) {
 
 // The kernels of this module, for --profile (XcKernelInfo).
 static LLVMValueRef kernel_table(Cg *c, LLVMTypeRef *type) {
-  LLVMTypeRef f[4] = {c->ptr, c->ptr, c->ptr, c->i64};
+  LLVMTypeRef f[5] = {c->ptr, c->ptr, c->ptr, c->i64, c->i64};
   *type = LLVMStructCreateNamed(c->ctx, "XcKernelInfo");
-  LLVMStructSetBody(*type, f, 4, false);
+  LLVMStructSetBody(*type, f, 5, false);
   LLVMValueRef *rows = xcalloc(c->nkernels + 1, sizeof *rows);
   for (int i = 0; i < c->nkernels; i++) {
     KernelInfo *k = &c->kernels[i];
-    LLVMValueRef v[4] = {cstring(c, k->function), cstring(c, k->op), cstring(c, k->layer),
-                         CI(c, k->flops)};
-    rows[i] = LLVMConstNamedStruct(*type, v, 4);
+    LLVMValueRef v[5] = {cstring(c, k->function), cstring(c, k->op), cstring(c, k->layer),
+                         CI(c, k->flops), CI(c, k->bytes)};
+    rows[i] = LLVMConstNamedStruct(*type, v, 5);
   }
   LLVMValueRef init = LLVMConstArray(*type, rows, c->nkernels);
   LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(init), "xc_kernels");

@@ -16,6 +16,7 @@ typedef struct {
   const char *op;       // "conv2d", "conv2d+relu", ...
   const char *layer;    // the node's name, or ""
   int64_t flops;        // per call; 0 for kernels that are not multiply-adds
+  int64_t bytes;        // per call: read and written (lk_bytes)
 } KernelInfo;
 
 typedef struct {

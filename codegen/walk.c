@@ -1187,7 +1187,7 @@ static void emit_step(Cg *c, const LFunc *f, LLVMValueRef const *entry) {
         fatal("out of memory");
       // xc_prepare_forward has xc_apply_step's signature (codegen.c).
       const char *role = strcmp(f->name, "xc_prepare_forward") ? func_role[f->kind] : "prepare";
-      c->kernels[id] = (KernelInfo){role, k->op, k->layer, k->flops};
+      c->kernels[id] = (KernelInfo){role, k->op, k->layer, k->flops, lk_bytes(k)};
       LLVMValueRef idv = LLVMConstInt(c->i32, id, 0);
       if (team && parallel[i] && serial_ran) {
         LLVMBuildCall2(c->b, barrier_t, runtime_fn(c, "xc_team_barrier", barrier_t), NULL, 0, "");

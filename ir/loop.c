@@ -888,3 +888,124 @@ void verify_lprogram(const LProgram *p) {
       free(r.lo), free(r.hi), free(r.bound);
     }
 }
+
+//
+// Footprint: the memory a kernel moves (--profile's GB/s)
+//
+
+enum { MAX_BOXES = 64 };
+
+typedef struct {
+  const LBuf *buf;
+  bool write;
+  int64_t lo[LMAX_RANK], hi[LMAX_RANK]; // inclusive
+} Box;
+
+typedef struct {
+  int64_t *lo, *hi; // by var, inclusive
+  Box box[MAX_BOXES];
+  int nbox;
+  int64_t whole; // the bytes of buffers beyond MAX_BOXES, each whole
+} Footprint;
+
+static bool in_memory(const LBuf *b) {
+  return b->storage != LB_LOCAL && b->storage != LB_SCALAR && b->storage != LB_CONST;
+}
+
+// The elements index e reaches along dimension d of b, clamped to it.
+static void index_range(const Footprint *fp, const LBuf *b, int d, const LExpr *e, int64_t *lo,
+                        int64_t *hi) {
+  Affine a;
+  *lo = 0, *hi = b->dim[d] - 1;
+  if (!lx_affine(e, &a))
+    return;
+  int64_t l = a.c, h = a.c;
+  for (int i = 0; i < a.n; i++) {
+    int64_t x = a.coef[i] * fp->lo[a.var[i]], y = a.coef[i] * fp->hi[a.var[i]];
+    l += x < y ? x : y;
+    h += x < y ? y : x;
+  }
+  if (l > *lo)
+    *lo = l;
+  if (h < *hi)
+    *hi = h;
+}
+
+static void touch(Footprint *fp, const LBuf *b, LExpr *const *idx, bool write) {
+  if (!in_memory(b))
+    return;
+  int64_t lo[LMAX_RANK], hi[LMAX_RANK];
+  for (int d = 0; d < b->rank; d++)
+    index_range(fp, b, d, idx[d], &lo[d], &hi[d]);
+  for (int i = 0; i < fp->nbox; i++) {
+    Box *x = &fp->box[i];
+    if (x->buf != b || x->write != write)
+      continue;
+    for (int d = 0; d < b->rank; d++) {
+      if (lo[d] < x->lo[d])
+        x->lo[d] = lo[d];
+      if (hi[d] > x->hi[d])
+        x->hi[d] = hi[d];
+    }
+    return;
+  }
+  if (fp->nbox == MAX_BOXES) {
+    fp->whole += lbuf_bytes(b);
+    return;
+  }
+  Box *x = &fp->box[fp->nbox++];
+  x->buf = b, x->write = write;
+  memcpy(x->lo, lo, sizeof lo), memcpy(x->hi, hi, sizeof hi);
+}
+
+static void touch_expr(Footprint *fp, const LExpr *e) {
+  if (!e)
+    return;
+  if (e->kind == LX_LOAD) {
+    touch(fp, e->buf, e->idx, false);
+    for (int d = 0; d < e->buf->rank; d++)
+      touch_expr(fp, e->idx[d]); // a gather's index read from memory
+  }
+  touch_expr(fp, e->a);
+  touch_expr(fp, e->b);
+  touch_expr(fp, e->c);
+}
+
+static void touch_stmt(Footprint *fp, const LStmt *s) {
+  switch (s->kind) {
+  case LS_LOOP:
+    if (s->hi <= s->lo)
+      return;
+    fp->lo[s->var] = s->lo, fp->hi[s->var] = s->hi - 1;
+    for (int i = 0; i < s->nbody; i++)
+      touch_stmt(fp, s->body[i]);
+    return;
+  case LS_IF: // both ways: a guard narrows nothing here
+    touch_expr(fp, s->cond);
+    for (int i = 0; i < s->nbody; i++)
+      touch_stmt(fp, s->body[i]);
+    return;
+  case LS_STORE:
+    touch(fp, s->buf, s->idx, true);
+    for (int d = 0; d < s->buf->rank; d++)
+      touch_expr(fp, s->idx[d]);
+    touch_expr(fp, s->value);
+    return;
+  }
+}
+
+int64_t lk_bytes(const LKernel *k) {
+  Footprint fp = {.lo = xcalloc(k->nvars + 1, 8), .hi = xcalloc(k->nvars + 1, 8)};
+  for (int i = 0; i < k->nbody; i++)
+    touch_stmt(&fp, k->body[i]);
+  int64_t bytes = fp.whole;
+  for (int i = 0; i < fp.nbox; i++) {
+    const Box *x = &fp.box[i];
+    int64_t n = dtype_bytes(x->buf->dtype);
+    for (int d = 0; d < x->buf->rank; d++)
+      n *= x->hi[d] - x->lo[d] + 1;
+    bytes += n;
+  }
+  free(fp.lo), free(fp.hi);
+  return bytes;
+}

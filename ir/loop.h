@@ -287,5 +287,11 @@ void print_lfunc(FILE *out, const LFunc *f);
 // loads read defined buffers, vector loops have 2-64 lanes, and parallel
 // loops sit outermost. Dies with an internal error naming the kernel.
 void verify_lprogram(const LProgram *p);
+// The bytes one call of k reads and writes in memory outside the kernel
+// (weights, gradients, the workspace, the step's arguments): each buffer's
+// box of elements it reads, and the box it writes, once each, however often
+// the loops touch them. What --profile divides by a kernel's time (GB/s).
+// An index that is not affine in the loops counts the whole dimension.
+int64_t lk_bytes(const LKernel *k);
 
 #endif

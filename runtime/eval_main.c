@@ -45,7 +45,7 @@ static void print_help(const char *prog, const XcModel *m) {
          "  --max-image-pixels N  photos of more pixels warn, of more than twice it are refused\n"
          "                     as decompression bombs (default %d, PIL's)\n"
          "  --profile          a table of the time, GFLOP/s and share of the machine's FMA\n"
-         "                     peak of every generated kernel of the evaluation\n"
+         "                     peak, and GB/s, of every generated kernel of the evaluation\n"
          "  --profile-csv FILE the same numbers, every kernel, as CSV\n"
          "  --quiet            no progress messages\n"
       "  --version          the xentcc that built this executable\n"

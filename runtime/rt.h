@@ -129,11 +129,12 @@ void xc_sha256(const void *data, size_t n, uint8_t out[32]);
 void xc_profile_start(const XcModel *m);
 void xc_profile_pause(bool paused); // the per-epoch evaluation is not training
 // Prints the table (kernels by time, ms per step, share of wall, GFLOP/s,
-// share of the measured FMA peak) and, with csv_path, writes every kernel's
-// numbers there.
+// share of the measured FMA peak, GB/s beside the measured memory
+// bandwidth) and, with csv_path, writes every kernel's numbers there.
 void xc_profile_report(const XcModel *m, int64_t steps, const char *unit, double wall,
                        const char *csv_path);
 double xc_fma_peak_gflops(int *lanes);
+double xc_memory_gbps(void);
 
 //
 // parallel.c: OpenMP thread count

@@ -34,6 +34,7 @@ typedef struct {
   const char *op;       // the graph op, "conv2d+relu" when a relu is computed by it
   const char *layer;    // the node's name, or ""
   int64_t flops;        // per call: 2 per multiply-add of convolutions and linear layers, else 0
+  int64_t bytes;        // per call: the memory it reads and writes, each buffer's part once
 } XcKernelInfo;
 
 // The learning-rate schedule, evaluated by the runtime once per step

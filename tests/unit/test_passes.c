@@ -575,6 +575,44 @@ START_TEST(vectorize_strided_stores) {
 }
 END_TEST
 
+// lk_bytes, --profile's bytes per call: the box of elements each buffer is
+// read in and the box it is written in, once each; a kernel's own arrays
+// and the step's scalars are not memory it moves.
+START_TEST(kernel_bytes) {
+  LFunc *f = xcalloc(1, sizeof *f);
+  f->name = "t";
+  f->kind = FN_FORWARD;
+  LBuf *x = lfunc_buf(f, "x", DT_F32, 2, (int64_t[]){6, 10}, LB_WORKSPACE);
+  LBuf *y = lfunc_buf(f, "y", DT_F32, 2, (int64_t[]){4, 8}, LB_WORKSPACE);
+  LBuf *h = lfunc_buf(f, "h", DT_BF16, 1, (int64_t[]){100}, LB_WORKSPACE);
+  LBuf *acc = lfunc_buf(f, "acc", DT_F32, 1, (int64_t[]){8}, LB_LOCAL);
+  LKernel *k = lfunc_kernel(f, "k", "k", NULL);
+  // y[i, j] = x[i + 1, j + 1] + x[i + 2, j] for i < 3, j < 8: x's rows 1..4,
+  // columns 0..8 (4 x 9 read), y's rows 0..2 (3 x 8 written), then y[i, j]
+  // += 1 in place (read 3 x 8 more; the writes' box is the same)
+  int i = lk_var(k), j = lk_var(k);
+  LStmt *li = ls_loop(i, 0, 3, "i"), *lj = ls_loop(j, 0, 8, "j");
+  LExpr *a = lx_load(x, (LExpr *[]){lx_iaddc(lx_var(i), 1), lx_iaddc(lx_var(j), 1)});
+  LExpr *b = lx_load(x, (LExpr *[]){lx_iaddc(lx_var(i), 2), lx_var(j)});
+  ls_add(lj, ls_store(y, (LExpr *[]){lx_var(i), lx_var(j)}, lx_bin(LX_ADD, a, b)));
+  LExpr *old = lx_load(y, (LExpr *[]){lx_var(i), lx_var(j)});
+  ls_add(lj, ls_store(y, (LExpr *[]){lx_var(i), lx_var(j)}, lx_bin(LX_ADD, old, lx_f32(1))));
+  ls_add(lj, ls_store(acc, (LExpr *[]){lx_var(j)}, lx_f32(0)));
+  ls_add(li, lj);
+  lk_add(k, li);
+  ck_assert_int_eq(lk_bytes(k), 4 * (4 * 9 + 3 * 8 + 3 * 8));
+  // An index that is not affine (i % 2) counts the whole dimension; a
+  // 16-bit buffer's elements are 2 bytes.
+  LKernel *k2 = lfunc_kernel(f, "k2", "k2", NULL);
+  int v = lk_var(k2);
+  LStmt *l = ls_loop(v, 0, 5, "v");
+  ls_add(l, ls_store(h, (LExpr *[]){lx_var(v)},
+                     lx_load(x, (LExpr *[]){lx_bin(LX_REM, lx_var(v), lx_i64(2)), lx_var(v)})));
+  lk_add(k2, l);
+  ck_assert_int_eq(lk_bytes(k2), 4 * (6 * 5) + 2 * 5);
+}
+END_TEST
+
 static Suite *passes_suite(void) {
   Suite *s = suite_create("passes");
   TCase *t = tcase_create("structure");
@@ -591,6 +629,7 @@ static Suite *passes_suite(void) {
   tcase_add_test(t, dce_keeps_params_and_state);
   tcase_add_test(t, eval_mode_structure);
   tcase_add_test(t, vectorize_strided_stores);
+  tcase_add_test(t, kernel_bytes);
   suite_add_tcase(s, t);
   TCase *d = tcase_create("differential");
   tcase_set_timeout(d, 120);
