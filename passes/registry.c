@@ -22,14 +22,16 @@ static const Pass passes[] = {
     {"tile", NULL, pass_tile, "register tiles for contractions: vector, unroll-and-jam"},
     {"vectorize", NULL, pass_vectorize, "innermost unit-stride loops into vectors of 8, 4, 2 lanes"},
     {"fuse-loops", NULL, pass_fuse_loops, "neighbouring per-channel kernels as one loop, their sums jammed"},
+    {"channel-block", NULL, pass_channel_block, "per-channel kernels of small planes: blocks of channels, each image's in a row"},
     {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
     {"plan-memory", NULL, pass_plan_memory, "place workspace buffers: first fit by lifetime"},
 };
 
 // The loop passes of each -O level, in order. -O0 runs the plain nests.
 static const char *const o0[] = {"plan-memory"};
-static const char *const o1[] = {"fuse-epilogue", "pad",        "phases",      "tile",
-                                 "vectorize",     "fuse-loops", "parallelize", "plan-memory"};
+static const char *const o1[] = {"fuse-epilogue", "pad",           "phases",
+                                 "tile",          "vectorize",     "fuse-loops",
+                                 "channel-block", "parallelize",   "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {
   if (level <= 0) {

@@ -1097,7 +1097,9 @@ static const struct {
     {OP_linear_grad_weight, {"tiled", "rfactor", "parallel"}},
     {OP_maxpool2d_grad, {"vector"}},
     {OP_softmax_cross_entropy, {"split sum"}},
-    {OP_batchnorm2d_grad_input, {"split sum"}},
+    {OP_batchnorm2d_grad_input, {"split sum", "channel-blocked"}},
+    {OP_batchnorm2d, {"channel-blocked"}},
+    {OP_bias_grad, {"channel-blocked"}},
 };
 
 //
@@ -1352,12 +1354,23 @@ static Tensor *run_fn(void (*fn)(void **), Net *t, char **err) {
 // What the -O3 schedule did to a case, so a sweep can show (and the test
 // insist) that the random shapes reach each transformation, and whether a
 // sum was reordered. Found from the loops, not the passes' names: a tile
-// keeps its accumulators in a [rows][rows][lanes] local array; a sum split
+// multiply-adds into a [rows][rows][lanes] local array; a sum split
 // into vector lanes (tile's rfactor, vectorize's sums) ends by adding lanes
-// of a local array together.
-enum { S_TILED, S_RFACTOR, S_SPLIT_SUM, S_PADDED, S_TRANSPOSED, S_VECTOR, S_PARALLEL, S_COUNT };
-static const char *const feature_name[S_COUNT] = {"tiled",      "rfactor", "split sum", "padded",
-                                                  "transposed", "vector",  "parallel"};
+// of a local array together; channel-block's blocks loop over the channels
+// of a block inside the loop over blocks (both of role c).
+enum {
+  S_TILED,
+  S_RFACTOR,
+  S_SPLIT_SUM,
+  S_PADDED,
+  S_TRANSPOSED,
+  S_VECTOR,
+  S_PARALLEL,
+  S_CHANNEL_BLOCKED,
+  S_COUNT
+};
+static const char *const feature_name[S_COUNT] = {
+    "tiled", "rfactor", "split sum", "padded", "transposed", "vector", "parallel", "channel-blocked"};
 
 // e is a load of a local array, or a sum of such loads of one array.
 static bool lane_sum(const LExpr *e, const LBuf **buf) {
@@ -1379,20 +1392,25 @@ static bool adds_lanes(const LExpr *e) {
 }
 
 typedef struct {
-  bool tile, lanes, vector, parallel;
+  bool tile, lanes, vector, parallel, blocked;
 } KernelShape;
 
-static void scan(const LStmt *s, KernelShape *ks) {
+static bool over_channels(const LStmt *s) {
+  return s->kind == LS_LOOP && s->role && !strcmp(s->role, "c");
+}
+
+static void scan(const LStmt *s, KernelShape *ks, bool in_channels) {
   if (s->kind == LS_LOOP) {
     ks->vector |= (s->flags & LF_VECTOR) != 0;
     ks->parallel |= (s->flags & LF_PARALLEL) != 0;
+    ks->blocked |= in_channels && over_channels(s);
   }
   if (s->kind == LS_STORE) {
-    ks->tile |= s->buf->storage == LB_LOCAL && s->buf->rank == 3;
+    ks->tile |= s->buf->storage == LB_LOCAL && s->buf->rank == 3 && s->value->kind == LX_FMA;
     ks->lanes |= adds_lanes(s->value);
   }
   for (int i = 0; i < s->nbody; i++)
-    scan(s->body[i], ks);
+    scan(s->body[i], ks, in_channels || over_channels(s));
 }
 
 static void schedule_features(Graph *g, bool *has) {
@@ -1406,7 +1424,7 @@ static void schedule_features(Graph *g, bool *has) {
     const LKernel *k = f->kernels[i];
     KernelShape ks = {0};
     for (int j = 0; j < k->nbody; j++)
-      scan(k->body[j], &ks);
+      scan(k->body[j], &ks, false);
     has[S_PADDED] |= !strcmp(k->op, "pad");
     has[S_TRANSPOSED] |= !strcmp(k->op, "transpose");
     has[S_TILED] |= ks.tile;
@@ -1414,6 +1432,7 @@ static void schedule_features(Graph *g, bool *has) {
     has[S_SPLIT_SUM] |= ks.lanes;
     has[S_VECTOR] |= ks.vector;
     has[S_PARALLEL] |= ks.parallel;
+    has[S_CHANNEL_BLOCKED] |= ks.blocked;
   }
 }
 
