@@ -289,6 +289,11 @@ bool lx_affine(const LExpr *e, Affine *out) {
   return true;
 }
 
+bool lx_is_var(const LExpr *e, int v) {
+  Affine a;
+  return lx_affine(e, &a) && a.n == 1 && a.var[0] == v && a.coef[0] == 1 && a.c == 0;
+}
+
 int64_t affine_coef(const Affine *a, int var) {
   for (int i = 0; i < a->n; i++)
     if (a->var[i] == var)

@@ -131,6 +131,8 @@ bool lx_affine(const LExpr *e, Affine *out);
 // phase's (kh + 1) / 2), so consecutive values of var move it by coef.
 bool lx_linear(const LExpr *e, int var, int64_t *coef);
 int64_t affine_coef(const Affine *a, int var);
+// Is e, as an affine expression, exactly the loop variable v?
+bool lx_is_var(const LExpr *e, int v);
 // The element b[x...] minus the element b[y...], when the two index lists
 // differ only in constants (the same variables, the same coefficients).
 bool lx_const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff);

@@ -29,15 +29,10 @@
 
 enum { PAGE_BYTES = 4096, MIN_BLOCKS = 8, MAX_LOCAL_BYTES = 64 << 10, MAX_LOCALS = 32 };
 
-static bool is_var(const LExpr *e, int v) {
-  Affine a;
-  return lx_affine(e, &a) && a.n == 1 && a.var[0] == v && a.coef[0] == 1 && a.c == 0;
-}
-
 // The dimension of an access indexed by exactly v, or -1.
 static int var_dim(const LBuf *b, LExpr *const *idx, int v) {
   for (int d = 0; d < b->rank; d++)
-    if (is_var(idx[d], v))
+    if (lx_is_var(idx[d], v))
       return d;
   return -1;
 }

@@ -6,10 +6,12 @@
 //
 // - Iteration c of the second kernel reads only what iteration c of the
 //   first wrote, at index c of one dimension (the channel's statistics,
-//   its gradients), and touches nothing else the first does: the merged
-//   loop runs the first's body then the second's. The statistics, then the
-//   normalisation of that channel, its elements still in cache; the two
-//   gradient sums of a channel, then its input gradient.
+//   its gradients), and touches nothing else the first does, or writes
+//   only its c's part of what the first writes at c (the pad pass's border
+//   of zeros around the first's output): the merged loop runs the first's
+//   body then the second's. The statistics, then the normalisation of that
+//   channel, its elements still in cache; the two gradient sums of a
+//   channel, then its input gradient, then the border around it.
 // - The two kernels touch disjoint buffers but read one in common and each
 //   sums over the same loops (the gamma gradient, sum of dy * (x - mean),
 //   and the bias gradient, sum of dy): the two sums are jammed into one
@@ -90,12 +92,6 @@ static int first_sum(const LStmt *l) {
   return -1;
 }
 
-// Is e exactly the loop variable v?
-static bool is_var(const LExpr *e, int v) {
-  Affine a;
-  return lx_affine(e, &a) && a.n == 1 && a.var[0] == v && a.coef[0] == 1 && a.c == 0;
-}
-
 // Do all stores to (st) or loads of (!st) buffer w in s index dimension d
 // with exactly v, through w itself (not an alias)? A store or load of w's
 // memory through another buffer fails.
@@ -103,7 +99,7 @@ static bool at_var_expr(const LExpr *e, const LBuf *w, int d, int v) {
   if (!e)
     return true;
   if (e->kind == LX_LOAD) {
-    if (lbuf_root(e->buf) == lbuf_root(w) && (e->buf != w || !is_var(e->idx[d], v)))
+    if (lbuf_root(e->buf) == lbuf_root(w) && (e->buf != w || !lx_is_var(e->idx[d], v)))
       return false;
     for (int i = 0; i < e->buf->rank; i++)
       if (!at_var_expr(e->idx[i], w, d, v))
@@ -116,7 +112,7 @@ static bool at_var(const LStmt *s, const LBuf *w, int d, int v, bool st) {
   if (!st && !at_var_expr(s->cond, w, d, v))
     return false;
   if (s->kind == LS_STORE) {
-    if (st && lbuf_root(s->buf) == lbuf_root(w) && (s->buf != w || !is_var(s->idx[d], v)))
+    if (st && lbuf_root(s->buf) == lbuf_root(w) && (s->buf != w || !lx_is_var(s->idx[d], v)))
       return false;
     if (!st && !at_var_expr(s->value, w, d, v))
       return false;
@@ -137,6 +133,18 @@ static bool per_iteration(const LStmt *a, const LStmt *b, const LBuf *w) {
   return false;
 }
 
+// Do loops a and b store into w (a root) only at one dimension indexed by
+// their own variables, and a read it only there (b not at all)? Then
+// iteration c of each touches only its c's part, and b's part after a's is
+// the order of before.
+static bool per_iteration_writes(const LStmt *a, const LStmt *b, const LBuf *w) {
+  for (int d = 0; d < w->rank; d++)
+    if (at_var(a, w, d, a->var, true) && at_var(a, w, d, a->var, false) &&
+        at_var(b, w, d, b->var, true))
+      return true;
+  return false;
+}
+
 // How kernels a and b may run as one: 0 not at all, 1 b's body after a's
 // in each iteration, 2 independent with their sums jammed.
 static int fusable(const LKernel *a, const LKernel *b) {
@@ -147,9 +155,16 @@ static int fusable(const LKernel *a, const LKernel *b) {
   BufSet ra = {0}, wa = {0}, rb = {0}, wb = {0};
   stmt_uses(la, &ra, &wa);
   stmt_uses(lb, &rb, &wb);
-  bool ok = true, flows = false, shared = false;
-  for (int i = 0; i < wb.n && ok; i++) // b writes nothing a touches
-    ok = !set_has(&ra, wb.b[i]) && !set_has(&wa, wb.b[i]);
+  bool ok = true, flows = false, shared = false, both_write = false;
+  for (int i = 0; i < wb.n && ok; i++) { // b writes nothing a touches...
+    const LBuf *w = wb.b[i];
+    if (set_has(&wa, w)) { // ...but its own iteration's part of what a writes
+      ok = w->storage != LB_LOCAL && !set_has(&rb, w) && per_iteration_writes(la, lb, w);
+      both_write = true;
+    } else {
+      ok = !set_has(&ra, w);
+    }
+  }
   for (int i = 0; i < wa.n && ok; i++)
     if (set_has(&rb, wa.b[i])) {
       flows = true;
@@ -160,7 +175,7 @@ static int fusable(const LKernel *a, const LKernel *b) {
   free(ra.b), free(wa.b), free(rb.b), free(wb.b);
   if (!ok)
     return 0;
-  if (flows)
+  if (flows || both_write)
     return 1;
   int sa = first_sum(la), sb = first_sum(lb);
   return shared && sa >= 0 && sb >= 0 && same_loop(la->body[sa], lb->body[sb]) ? 2 : 0;

@@ -329,6 +329,31 @@ static void shift_stmt(LStmt *s, const LBuf *x, LBuf *to, const int64_t *lo) {
     shift_stmt(s->body[i], x, to, lo);
 }
 
+// Does every store of s into b index dimension d with exactly var?
+static bool stores_at(const LStmt *s, const LBuf *b, int d, int var) {
+  if (s->kind == LS_STORE && s->buf == b && !lx_is_var(s->idx[d], var))
+    return false;
+  for (int i = 0; i < s->nbody; i++)
+    if (!stores_at(s->body[i], b, d, var))
+      return false;
+  return true;
+}
+
+// The dimension of `to` that the writer's one loop indexes at every store
+// into it (a per-channel kernel: batch norm's, a pool's), with no border
+// there or before it; or -1.
+static int writer_dim(const LKernel *w, const LBuf *to, const LBuf *from, const int64_t *lo) {
+  if (w->nbody != 1 || w->body[0]->kind != LS_LOOP || w->body[0]->flags)
+    return -1;
+  for (int d = 0; d < to->rank; d++) {
+    if (lo[d] != 0 || to->dim[d] != from->dim[d])
+      return -1;
+    if (stores_at(w->body[0], to, d, w->body[0]->var))
+      return d;
+  }
+  return -1;
+}
+
 // Folds e's copy into the one kernel that writes its source, when the
 // source is a workspace buffer that is neither the function's result nor
 // its logits and every other name of it has its shape.
@@ -374,7 +399,26 @@ static void fold_copy(LFunc *f, const Padded *e) {
   LKernel *k = e->made;
   k->nbody = 0, k->nvars = 0;
   LExpr *v[LMAX_RANK], *at[LMAX_RANK];
-  pad_nest(k, NULL, x, e->to, e->lo, v, at, 0, false);
+  // A writer that loops over one dimension (the channels) gets a border
+  // kernel that loops over it first, the border of each channel's planes
+  // in turn: fuse-loops then runs it in the writer's loop, each channel's
+  // border written while its lines are in cache, not in a pass of its own
+  // over every line of the tensor.
+  int dc = writer_dim(f->kernels[writer], e->to, x, e->lo);
+  if (dc < 0) {
+    pad_nest(k, NULL, x, e->to, e->lo, v, at, 0, false);
+    return;
+  }
+  LStmt *in = ls_loop(lk_var(k), 0, x->dim[dc], f->kernels[writer]->body[0]->role);
+  lk_add(k, in);
+  at[dc] = v[dc] = lx_var(in->var);
+  for (int d = 0; d < dc; d++) {
+    LStmt *l = ls_loop(lk_var(k), 0, x->dim[d], NULL);
+    ls_add(in, l);
+    in = l;
+    at[d] = v[d] = lx_var(l->var);
+  }
+  pad_nest(k, in, x, e->to, e->lo, v, at, dc + 1, false);
 }
 
 static void pad_function(LFunc *f) {
