@@ -24,6 +24,7 @@ static const Pass passes[] = {
     {"fuse-loops", NULL, pass_fuse_loops, "neighbouring per-channel kernels as one loop, their sums jammed"},
     {"channel-block", NULL, pass_channel_block, "per-channel kernels of small planes: blocks of channels, each image's in a row"},
     {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
+    {"in-place", NULL, pass_in_place, "an update copied over its state at the end of the step is written there"},
     {"plan-memory", NULL, pass_plan_memory, "place workspace buffers: first fit by lifetime"},
 };
 
@@ -31,7 +32,8 @@ static const Pass passes[] = {
 static const char *const o0[] = {"plan-memory"};
 static const char *const o1[] = {"fuse-epilogue", "pad",           "phases",
                                  "tile",          "vectorize",     "fuse-loops",
-                                 "channel-block", "parallelize",   "plan-memory"};
+                                 "channel-block", "parallelize",   "in-place",
+                                 "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {
   if (level <= 0) {
