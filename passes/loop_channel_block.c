@@ -40,6 +40,7 @@ static int var_dim(const LBuf *b, LExpr *const *idx, int v) {
 typedef struct {
   int c;              // the channel loop's variable
   const LBuf **wrote; // roots of the non-local buffers the kernel stores to
+  int *wrote_dim;     // the dimension the channel indexes at their first store
   int nwrote;
   LBuf *local[MAX_LOCALS], *block[MAX_LOCALS]; // locals, and their copies per channel
   int nlocal;
@@ -47,16 +48,17 @@ typedef struct {
   bool ok;
 } Scan;
 
-static bool wrote(const Scan *s, const LBuf *b) {
+// The index of b's root among the written buffers, or -1.
+static int wrote(const Scan *s, const LBuf *b) {
   for (int i = 0; i < s->nwrote; i++)
     if (s->wrote[i] == lbuf_root(b))
-      return true;
-  return false;
+      return i;
+  return -1;
 }
 
 // Notes a buffer access: locals to copy, the plane of a channel access, and
-// whether a written buffer is read or written away from the channel (second
-// walk, `check`).
+// whether a written buffer is read or written anywhere but at the channel,
+// in the dimension its first store has it (second walk, `check`).
 static void access(Scan *s, const LBuf *b, LExpr *const *idx, bool store, bool check) {
   if (b->storage == LB_LOCAL) {
     for (int i = 0; i < s->nlocal; i++)
@@ -70,13 +72,13 @@ static void access(Scan *s, const LBuf *b, LExpr *const *idx, bool store, bool c
   }
   int d = var_dim(b, idx, s->c);
   if (!check) {
-    if (store) {
-      if (!wrote(s, b)) {
-        s->wrote = realloc(s->wrote, sizeof *s->wrote * (s->nwrote + 1));
-        if (!s->wrote)
-          fatal("out of memory");
-        s->wrote[s->nwrote++] = lbuf_root(b);
-      }
+    if (store && wrote(s, b) < 0) {
+      s->wrote = realloc(s->wrote, sizeof *s->wrote * (s->nwrote + 1));
+      s->wrote_dim = realloc(s->wrote_dim, sizeof *s->wrote_dim * (s->nwrote + 1));
+      if (!s->wrote || !s->wrote_dim)
+        fatal("out of memory");
+      s->wrote[s->nwrote] = lbuf_root(b);
+      s->wrote_dim[s->nwrote++] = d;
     }
     if (d >= 0) {
       int64_t run = dtype_bytes(b->dtype);
@@ -87,7 +89,8 @@ static void access(Scan *s, const LBuf *b, LExpr *const *idx, bool store, bool c
     }
     return;
   }
-  if (wrote(s, b) && (d < 0 || b != lbuf_root(b)))
+  int w = wrote(s, b);
+  if (w >= 0 && (d < 0 || d != s->wrote_dim[w] || b != lbuf_root(b)))
     s->ok = false; // a written buffer away from the channel, or through an alias
 }
 
@@ -179,7 +182,7 @@ static void block_kernel(LFunc *f, LKernel *k) {
   int64_t B = s.plane > 0 ? block_size(C, s.plane) : 1, local_bytes = 0;
   for (int i = 0; i < s.nlocal; i++)
     local_bytes += B * lbuf_bytes(s.local[i]);
-  free(s.wrote);
+  free(s.wrote), free(s.wrote_dim);
   if (!s.ok || !images || B < 2 || s.nwrote == 0 || local_bytes > MAX_LOCAL_BYTES)
     return;
   for (int i = 0; i < s.nlocal; i++) {

@@ -399,11 +399,11 @@ static void fold_copy(LFunc *f, const Padded *e) {
   LKernel *k = e->made;
   k->nbody = 0, k->nvars = 0;
   LExpr *v[LMAX_RANK], *at[LMAX_RANK];
-  // A writer that loops over one dimension (the channels) gets a border
-  // kernel that loops over it first, the border of each channel's planes
-  // in turn: fuse-loops then runs it in the writer's loop, each channel's
-  // border written while its lines are in cache, not in a pass of its own
-  // over every line of the tensor.
+  // A writer that loops over one dimension (batch norm's channels, a
+  // pool's images) gets a border kernel that loops over it first, the
+  // border of each channel's or image's planes in turn: fuse-loops then
+  // runs it in the writer's loop, each border written while its lines are
+  // in cache, not in a pass of its own over every line of the tensor.
   int dc = writer_dim(f->kernels[writer], e->to, x, e->lo);
   if (dc < 0) {
     pad_nest(k, NULL, x, e->to, e->lo, v, at, 0, false);

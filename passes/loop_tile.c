@@ -1121,9 +1121,9 @@ static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
 // (one thread's share each), and the larger one goes with the outermost
 // loop: allconv's stride-2 weight gradients (x's phase planes twice the
 // size of dy, both beyond L2) 1.1-1.25x faster split by in-channels than by
-// out-channels. The
-// new outermost loop must be as wide as the old one, or 8 (the threads
-// split it). Each output's sum is unchanged: only the tiles' order moves.
+// out-channels. The new outermost loop must be as wide as the old one, or
+// 8 (the threads split it). Each output's sum is unchanged: only the
+// tiles' order moves.
 static int64_t block_sum(const Contraction *c, const Tile *t);
 
 static void nest_order(const Contraction *c, Tile *t) {
