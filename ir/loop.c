@@ -301,6 +301,16 @@ int64_t affine_coef(const Affine *a, int var) {
   return 0;
 }
 
+void affine_range(const Affine *a, const int64_t *lo, const int64_t *hi, int64_t *min,
+                  int64_t *max) {
+  *min = *max = a->c;
+  for (int i = 0; i < a->n; i++) {
+    int64_t x = a->coef[i] * lo[a->var[i]], y = a->coef[i] * hi[a->var[i]];
+    *min += x < y ? x : y;
+    *max += x < y ? y : x;
+  }
+}
+
 bool lx_const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff) {
   int64_t stride = 1;
   *diff = 0;
@@ -822,15 +832,11 @@ static void check_index(const Ranges *r, const LBuf *b, LExpr *const *idx) {
       vfail(r, xformat("%%%s: missing index %d", b->name, d));
     if (!lx_affine(idx[d], &a))
       continue; // data-dependent (a class weight by label): clamped by the lowering
-    int64_t lo = a.c, hi = a.c;
-    for (int i = 0; i < a.n; i++) {
-      int v = a.var[i];
-      if (v >= r->k->nvars || !r->bound[v])
+    for (int i = 0; i < a.n; i++)
+      if (a.var[i] >= r->k->nvars || !r->bound[a.var[i]])
         vfail(r, xformat("%%%s: index %d uses a variable outside its loop", b->name, d));
-      int64_t x = a.coef[i] * r->lo[v], y = a.coef[i] * r->hi[v];
-      lo += x < y ? x : y;
-      hi += x < y ? y : x;
-    }
+    int64_t lo, hi;
+    affine_range(&a, r->lo, r->hi, &lo, &hi);
     if (lo < 0 || hi >= b->dim[d])
       vfail(r, xformat("%%%s: index %d runs over [%" PRId64 ", %" PRId64 "], outside [0, %" PRId64
                        ")",
@@ -924,12 +930,8 @@ static void index_range(const Footprint *fp, const LBuf *b, int d, const LExpr *
   *lo = 0, *hi = b->dim[d] - 1;
   if (!lx_affine(e, &a))
     return;
-  int64_t l = a.c, h = a.c;
-  for (int i = 0; i < a.n; i++) {
-    int64_t x = a.coef[i] * fp->lo[a.var[i]], y = a.coef[i] * fp->hi[a.var[i]];
-    l += x < y ? x : y;
-    h += x < y ? y : x;
-  }
+  int64_t l, h;
+  affine_range(&a, fp->lo, fp->hi, &l, &h);
   if (l > *lo)
     *lo = l;
   if (h < *hi)

@@ -131,6 +131,10 @@ bool lx_affine(const LExpr *e, Affine *out);
 // phase's (kh + 1) / 2), so consecutive values of var move it by coef.
 bool lx_linear(const LExpr *e, int var, int64_t *coef);
 int64_t affine_coef(const Affine *a, int var);
+// The least (*min) and greatest (*max) value of a while each of its
+// variables v runs over lo[v]..hi[v] (inclusive).
+void affine_range(const Affine *a, const int64_t *lo, const int64_t *hi, int64_t *min,
+                  int64_t *max);
 // Is e, as an affine expression, exactly the loop variable v?
 bool lx_is_var(const LExpr *e, int v);
 // The element b[x...] minus the element b[y...], when the two index lists

@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Does statement s (or anything under it) store into, or load from, a
-// buffer whose memory is root's?
+// Does e load from a buffer whose memory is root's? (lx_reads asks about
+// one name of it.)
 static bool expr_reads(const LExpr *e, const LBuf *root) {
   if (!e)
     return false;
@@ -42,14 +42,14 @@ static bool stmt_reads(const LStmt *s, const LBuf *root) {
   return false;
 }
 
-// The stores under s into root's memory; *last the last one.
-static int stores_into(const LStmt *s, const LBuf *root, const LStmt **last) {
-  int n = s->kind == LS_STORE && lbuf_root(s->buf) == root;
-  if (n)
-    *last = s;
+// Does s store into root's memory?
+static bool stores_into(const LStmt *s, const LBuf *root) {
+  if (s->kind == LS_STORE && lbuf_root(s->buf) == root)
+    return true;
   for (int i = 0; i < s->nbody; i++)
-    n += stores_into(s->body[i], root, last);
-  return n;
+    if (stores_into(s->body[i], root))
+      return true;
+  return false;
 }
 
 static bool kernel_reads(const LKernel *k, const LBuf *root) {
@@ -59,26 +59,23 @@ static bool kernel_reads(const LKernel *k, const LBuf *root) {
   return false;
 }
 
-static int kernel_stores(const LKernel *k, const LBuf *root, const LStmt **last) {
-  int n = 0;
+static bool kernel_stores(const LKernel *k, const LBuf *root) {
   for (int i = 0; i < k->nbody; i++)
-    n += stores_into(k->body[i], root, last);
-  return n;
+    if (stores_into(k->body[i], root))
+      return true;
+  return false;
 }
 
+// Do a[x...] and b[y...], two names of one shape, name the same element
+// at every step (the same variables and coefficients, no offset apart)?
 static bool same_index(const LBuf *a, LExpr *const *x, const LBuf *b, LExpr *const *y) {
+  int64_t apart;
   if (a->rank != b->rank)
     return false;
-  for (int d = 0; d < a->rank; d++) {
-    Affine p, q;
-    if (a->dim[d] != b->dim[d] || !lx_affine(x[d], &p) || !lx_affine(y[d], &q) || p.c != q.c ||
-        p.n != q.n)
+  for (int d = 0; d < a->rank; d++)
+    if (a->dim[d] != b->dim[d])
       return false;
-    for (int i = 0; i < p.n; i++)
-      if (affine_coef(&q, p.var[i]) != p.coef[i])
-        return false;
-  }
-  return true;
+  return lx_const_apart(a, x, y, &apart) && apart == 0;
 }
 
 // Does e load root's memory only at the element `st` stores (through
@@ -134,14 +131,8 @@ static void collect(const LStmt *s, const LBuf *root, int64_t *lo, int64_t *hi, 
     for (int d = 0; d < s->buf->rank; d++) {
       Affine a;
       x->lo[d] = 0, x->hi[d] = s->buf->dim[d] - 1;
-      if (!lx_affine(s->idx[d], &a))
-        continue;
-      x->lo[d] = x->hi[d] = a.c;
-      for (int i = 0; i < a.n; i++) {
-        int64_t p = a.coef[i] * lo[a.var[i]], q = a.coef[i] * hi[a.var[i]];
-        x->lo[d] += p < q ? p : q;
-        x->hi[d] += p < q ? q : p;
-      }
+      if (lx_affine(s->idx[d], &a))
+        affine_range(&a, lo, hi, &x->lo[d], &x->hi[d]);
     }
   }
   for (int i = 0; i < s->nbody; i++)
@@ -212,10 +203,9 @@ static bool fold_assign(LFunc *f, int a) {
   int writer = -1;
   for (int i = 0; i < f->nkernels; i++) {
     const LKernel *k = f->kernels[i];
-    const LStmt *st = NULL;
-    if (i != a && kernel_stores(k, dst, &st))
+    if (i != a && kernel_stores(k, dst))
       return false; // the state is written elsewhere too
-    if (!kernel_stores(k, src, &st))
+    if (!kernel_stores(k, src))
       continue;
     if (writer >= 0 || k->deferred)
       return false; // in one kernel of the step

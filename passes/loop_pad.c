@@ -31,14 +31,10 @@ static bool range_of(const Ranges *r, const LExpr *e, int64_t *lo, int64_t *hi) 
   Affine a;
   if (!lx_affine(e, &a))
     return false;
-  *lo = *hi = a.c;
-  for (int i = 0; i < a.n; i++) {
+  for (int i = 0; i < a.n; i++)
     if (!r->bound[a.var[i]])
       return false;
-    int64_t x = a.coef[i] * r->lo[a.var[i]], y = a.coef[i] * r->hi[a.var[i]];
-    *lo += x < y ? x : y;
-    *hi += x < y ? y : x;
-  }
+  affine_range(&a, r->lo, r->hi, lo, hi);
   return true;
 }
 
