@@ -1116,21 +1116,29 @@ static void run_job(Job *j) {
   j->c = NULL;
 }
 
+// Tasks 0..n-1 of one kind, taken in turn by a thread per processor (at
+// most 16, at most n): task(arg, i, t) on thread t in [0, threads).
 typedef struct {
-  Job **jobs;
-  int njobs, next;
+  void (*task)(void *arg, int i, int t);
+  void *arg;
+  int n, next;
   pthread_mutex_t lock;
 } Queue;
 
+typedef struct {
+  Queue *q;
+  int t;
+} Worker;
+
 static void *worker(void *arg) {
-  Queue *q = arg;
+  Worker *w = arg;
   for (;;) {
-    pthread_mutex_lock(&q->lock);
-    int i = q->next++;
-    pthread_mutex_unlock(&q->lock);
-    if (i >= q->njobs)
+    pthread_mutex_lock(&w->q->lock);
+    int i = w->q->next++;
+    pthread_mutex_unlock(&w->q->lock);
+    if (i >= w->q->n)
       return NULL;
-    run_job(q->jobs[i]);
+    w->q->task(w->q->arg, i, w->t);
   }
 }
 
@@ -1142,36 +1150,55 @@ static int processors(void) {
   return n > 0 ? (int)n : 1;
 }
 
+enum { MAX_THREADS = 16 };
+
+static int thread_count(int n) {
+  int t = processors();
+  t = t > n ? n : t;
+  t = t > MAX_THREADS ? MAX_THREADS : t;
+  return t < 1 ? 1 : t;
+}
+
+// Runs the n tasks on thread_count(n) threads, this one among them;
+// returns how many ran them (fewer when a thread could not start).
+static int run_parallel(int n, void (*task)(void *, int, int), void *arg) {
+  Queue q = {task, arg, n, 0, PTHREAD_MUTEX_INITIALIZER};
+  int nthreads = thread_count(n);
+  pthread_t t[MAX_THREADS];
+  Worker w[MAX_THREADS];
+  int started = 0;
+  for (int i = 1; i < nthreads; i++) {
+    w[i] = (Worker){&q, i};
+    if (pthread_create(&t[i], NULL, worker, &w[i]) != 0)
+      break;
+    started++;
+  }
+  w[0] = (Worker){&q, 0};
+  worker(&w[0]);
+  for (int i = 1; i <= started; i++)
+    pthread_join(t[i], NULL);
+  return started + 1;
+}
+
 static int by_size(const void *a, const void *b) {
   const Job *x = *(Job *const *)a, *y = *(Job *const *)b;
   return x->size < y->size ? 1 : x->size > y->size ? -1 : strcmp(x->name, y->name);
 }
 
-// Runs the jobs, the largest first, on a thread per processor; returns the
-// number of threads.
+static void job_task(void *arg, int i, int t) {
+  (void)t;
+  run_job(((Job **)arg)[i]);
+}
+
+// Runs the jobs, the largest first; returns the number of threads.
 static int run_jobs(Job *jobs, int njobs) {
-  Queue q = {xcalloc(njobs + 1, sizeof *q.jobs), njobs, 0, PTHREAD_MUTEX_INITIALIZER};
+  Job **sorted = xcalloc(njobs + 1, sizeof *sorted);
   for (int i = 0; i < njobs; i++)
-    q.jobs[i] = &jobs[i];
-  qsort(q.jobs, njobs, sizeof *q.jobs, by_size);
-  int nthreads = processors();
-  if (nthreads > njobs)
-    nthreads = njobs;
-  if (nthreads > 16)
-    nthreads = 16;
-  pthread_t *t = xcalloc(nthreads, sizeof *t);
-  int started = 0;
-  for (int i = 1; i < nthreads; i++)
-    if (pthread_create(&t[i], NULL, worker, &q) == 0)
-      started++;
-    else
-      break;
-  worker(&q); // this thread works too
-  for (int i = 1; i <= started; i++)
-    pthread_join(t[i], NULL);
-  free(t);
-  free(q.jobs);
-  return started + 1;
+    sorted[i] = &jobs[i];
+  qsort(sorted, njobs, sizeof *sorted, by_size);
+  int nthreads = run_parallel(njobs, job_task, sorted);
+  free(sorted);
+  return nthreads;
 }
 
 // FNV-1a: the hash of a kernel's text, to find its twins.
@@ -1184,7 +1211,8 @@ static uint64_t hash_text(const char *s) {
 
 // The distinct kernels of the functions fns[0..nfns): kernel j of the k-th
 // function is distinct kernel canon[k][j]. Every kernel goes into a scratch
-// module; twins are kernels whose modules print the same once renamed.
+// module, on every processor at once; twins are kernels whose modules print
+// the same once renamed.
 typedef struct {
   int n;
   KernelRef *ref;  // the first of its twins
@@ -1193,62 +1221,81 @@ typedef struct {
   int **canon;
 } Distinct;
 
+typedef struct {
+  KernelRef *ref; // by kernel, across the functions
+  char **text, **symbol;
+  int64_t *size;
+  Cg *cg[MAX_THREADS]; // a context per thread, made by its first kernel
+} Printed;
+
+static void print_kernel(void *arg, int i, int t) {
+  Printed *P = arg;
+  if (!P->cg[t]) {
+    P->cg[t] = cg_new("twins");
+    LLVMDisposeModule(P->cg[t]->mod);
+  }
+  Cg *c = P->cg[t];
+  // A module of its own (printing a function walks its whole module), its
+  // definitions renamed alike.
+  c->mod = LLVMModuleCreateWithNameInContext("twin", c->ctx);
+  LLVMValueRef entry = emit_lkernel(c, P->ref[i].f, P->ref[i].i);
+  size_t len;
+  P->symbol[i] = xstrdup(LLVMGetValueName2(entry, &len));
+  int64_t n = 0;
+  for (LLVMValueRef fn = LLVMGetFirstFunction(c->mod); fn; fn = LLVMGetNextFunction(fn))
+    if (LLVMCountBasicBlocks(fn) > 0) {
+      char *alike = xformat("xc.twin.%lld", (long long)n++);
+      LLVMSetValueName2(fn, alike, strlen(alike));
+      free(alike);
+      P->size[i] += instruction_count(fn);
+    }
+  P->text[i] = LLVMPrintModuleToString(c->mod);
+  LLVMDisposeModule(c->mod);
+  c->mod = LLVMModuleCreateWithNameInContext("twins", c->ctx); // for cg_dispose
+}
+
 static Distinct find_twins(const LFunc *const *fns, int nfns) {
-  Distinct d = {0};
   int total = 0;
   for (int k = 0; k < nfns; k++)
     total += fns[k]->nkernels;
-  d.ref = xcalloc(total + 1, sizeof *d.ref);
-  d.symbol = xcalloc(total + 1, sizeof *d.symbol);
-  d.size = xcalloc(total + 1, sizeof *d.size);
-  d.canon = xcalloc(nfns + 1, sizeof *d.canon);
+  Printed P = {xcalloc(total + 1, sizeof *P.ref), xcalloc(total + 1, sizeof *P.text),
+               xcalloc(total + 1, sizeof *P.symbol), xcalloc(total + 1, sizeof *P.size), {0}};
+  for (int k = 0, i = 0; k < nfns; k++)
+    for (int j = 0; j < fns[k]->nkernels; j++)
+      P.ref[i++] = (KernelRef){fns[k], j};
+  run_parallel(total, print_kernel, &P);
+  for (int t = 0; t < MAX_THREADS; t++)
+    if (P.cg[t])
+      cg_dispose(P.cg[t]);
+
+  // In order: the first of each text is the distinct kernel.
+  Distinct d = {0, xcalloc(total + 1, sizeof *d.ref), xcalloc(total + 1, sizeof *d.symbol),
+                xcalloc(total + 1, sizeof *d.size), xcalloc(nfns + 1, sizeof *d.canon)};
   uint64_t *hashes = xcalloc(total + 1, sizeof *hashes);
-  char **texts = xcalloc(total + 1, sizeof *texts);
-  Cg *c = cg_new("twins");
-  LLVMDisposeModule(c->mod);
-  for (int k = 0; k < nfns; k++) {
+  int *first = xcalloc(total + 1, sizeof *first); // by distinct kernel: its text's index
+  for (int k = 0, i = 0; k < nfns; k++) {
     d.canon[k] = xcalloc(fns[k]->nkernels + 1, sizeof **d.canon);
-    for (int j = 0; j < fns[k]->nkernels; j++) {
-      // A module of its own (printing a function walks its whole module),
-      // its definitions renamed alike.
-      c->mod = LLVMModuleCreateWithNameInContext("twin", c->ctx);
-      LLVMValueRef entry = emit_lkernel(c, fns[k], j);
-      size_t len;
-      char *symbol = xstrdup(LLVMGetValueName2(entry, &len));
-      int64_t size = 0, n = 0;
-      for (LLVMValueRef fn = LLVMGetFirstFunction(c->mod); fn; fn = LLVMGetNextFunction(fn))
-        if (LLVMCountBasicBlocks(fn) > 0) {
-          char *alike = xformat("xc.twin.%lld", (long long)n++);
-          LLVMSetValueName2(fn, alike, strlen(alike));
-          free(alike);
-          size += instruction_count(fn);
-        }
-      char *text = LLVMPrintModuleToString(c->mod);
-      LLVMDisposeModule(c->mod);
-      uint64_t h = hash_text(text);
+    for (int j = 0; j < fns[k]->nkernels; j++, i++) {
+      uint64_t h = hash_text(P.text[i]);
       int u = 0;
-      while (u < d.n && !(hashes[u] == h && !strcmp(texts[u], text)))
+      while (u < d.n && !(hashes[u] == h && !strcmp(P.text[first[u]], P.text[i])))
         u++;
       if (u == d.n) {
         hashes[u] = h;
-        texts[u] = text;
-        d.ref[u] = (KernelRef){fns[k], j};
-        d.symbol[u] = symbol;
-        d.size[u] = size;
+        first[u] = i;
+        d.ref[u] = P.ref[i];
+        d.symbol[u] = P.symbol[i];
+        d.size[u] = P.size[i];
         d.n++;
       } else {
-        LLVMDisposeMessage(text);
-        free(symbol);
+        free(P.symbol[i]);
       }
       d.canon[k][j] = u;
     }
   }
-  c->mod = LLVMModuleCreateWithNameInContext("twins", c->ctx);
-  cg_dispose(c);
-  for (int u = 0; u < d.n; u++)
-    LLVMDisposeMessage(texts[u]);
-  free(texts);
-  free(hashes);
+  for (int i = 0; i < total; i++)
+    LLVMDisposeMessage(P.text[i]);
+  free(P.ref), free(P.text), free(P.symbol), free(P.size), free(hashes), free(first);
   return d;
 }
 
