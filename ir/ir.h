@@ -333,6 +333,7 @@ void pass_fuse_epilogue(struct LProgram *p); // loop_fuse_epilogue.c
 void pass_pad(struct LProgram *p);           // loop_pad.c
 void pass_phases(struct LProgram *p);        // loop_phases.c
 void pass_tile(struct LProgram *p);          // loop_tile.c
+void pass_inline(struct LProgram *p);        // loop_inline.c
 void pass_vectorize(struct LProgram *p);     // loop_vectorize.c
 void pass_fuse_loops(struct LProgram *p);    // loop_fuse_loops.c
 void pass_channel_block(struct LProgram *p); // loop_channel_block.c

@@ -420,6 +420,29 @@ bool ls_reads(const LStmt *s, const LBuf *b) {
   return false;
 }
 
+bool ls_writes(const LStmt *s, const LBuf *b, bool any_name) {
+  if (s->kind == LS_STORE && (any_name ? lbuf_root(s->buf) == lbuf_root(b) : s->buf == b))
+    return true;
+  for (int i = 0; i < s->nbody; i++)
+    if (ls_writes(s->body[i], b, any_name))
+      return true;
+  return false;
+}
+
+bool lk_reads(const LKernel *k, const LBuf *b) {
+  for (int i = 0; i < k->nbody; i++)
+    if (ls_reads(k->body[i], b))
+      return true;
+  return false;
+}
+
+bool lk_writes(const LKernel *k, const LBuf *b, bool any_name) {
+  for (int i = 0; i < k->nbody; i++)
+    if (ls_writes(k->body[i], b, any_name))
+      return true;
+  return false;
+}
+
 void lx_shift_vars(LExpr *e, int by) {
   if (!e)
     return;

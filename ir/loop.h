@@ -268,6 +268,10 @@ void ls_subst(LStmt *s, int v, const LExpr *with);
 // are other buffers here.
 bool lx_reads(const LExpr *e, const LBuf *b);
 bool ls_reads(const LStmt *s, const LBuf *b);
+bool lk_reads(const LKernel *k, const LBuf *b);
+// Does s (k) store into b -- or, any_name, into b's memory under any name?
+bool ls_writes(const LStmt *s, const LBuf *b, bool any_name);
+bool lk_writes(const LKernel *k, const LBuf *b, bool any_name);
 // Every load of and store to `from` in s now reads or writes `to`, at the
 // same indices (in place).
 void ls_retarget(LStmt *s, const LBuf *from, LBuf *to);

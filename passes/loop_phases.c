@@ -194,22 +194,6 @@ static void walk(Phases *P, LStmt *s, int *at) {
     walk(P, s->body[i], at);
 }
 
-static bool stmt_writes(const LStmt *s, const LBuf *b) {
-  if (s->kind == LS_STORE && s->buf == b)
-    return true;
-  for (int i = 0; i < s->nbody; i++)
-    if (stmt_writes(s->body[i], b))
-      return true;
-  return false;
-}
-
-static bool kernel_reads(const LKernel *k, const LBuf *b) {
-  for (int j = 0; j < k->nbody; j++)
-    if (ls_reads(k->body[j], b))
-      return true;
-  return false;
-}
-
 // A phase split of the pad pass's copy of x, which the copy's kernel alone
 // writes and the split alone reads (xc_forward's strided convolutions, a
 // batch norm and relu in the producer's epilogue), reads x itself: the
@@ -222,10 +206,8 @@ static void from_source(LFunc *f, const Split *sp) {
   int copy = -1, split = -1;
   for (int i = 0; i < f->nkernels; i++) {
     LKernel *k = f->kernels[i];
-    bool reads = kernel_reads(k, sp->from), writes = false;
-    for (int j = 0; j < k->nbody && !writes; j++)
-      writes = stmt_writes(k->body[j], sp->from);
-    if (writes && copy < 0 && !strcmp(k->op, "pad") && kernel_reads(k, x))
+    bool reads = lk_reads(k, sp->from), writes = lk_writes(k, sp->from, false);
+    if (writes && copy < 0 && !strcmp(k->op, "pad") && lk_reads(k, x))
       copy = i;
     else if (reads && split < 0 && !strcmp(k->op, "phases") && !strcmp(k->layer, sp->from->name))
       split = i;

@@ -20,6 +20,7 @@ static const Pass passes[] = {
     {"pad", NULL, pass_pad, "padded windows read a zero-bordered copy: no bounds checks"},
     {"phases", NULL, pass_phases, "strided windows read a copy split into stride x stride phase planes"},
     {"tile", NULL, pass_tile, "register tiles for contractions: vector, unroll-and-jam"},
+    {"inline", NULL, pass_inline, "an elementwise kernel read by no contraction is computed in its readers' loads"},
     {"vectorize", NULL, pass_vectorize, "innermost unit-stride loops into vectors of 8, 4, 2 lanes"},
     {"fuse-loops", NULL, pass_fuse_loops, "neighbouring per-channel kernels as one loop, their sums jammed"},
     {"channel-block", NULL, pass_channel_block, "per-channel kernels of small planes: blocks of channels, each image's in a row"},
@@ -31,9 +32,9 @@ static const Pass passes[] = {
 // The loop passes of each -O level, in order. -O0 runs the plain nests.
 static const char *const o0[] = {"plan-memory"};
 static const char *const o1[] = {"fuse-epilogue", "pad",           "phases",
-                                 "tile",          "vectorize",     "fuse-loops",
-                                 "channel-block", "parallelize",   "in-place",
-                                 "plan-memory"};
+                                 "tile",          "inline",        "vectorize",
+                                 "fuse-loops",    "channel-block", "parallelize",
+                                 "in-place",      "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {
   if (level <= 0) {
