@@ -42,26 +42,9 @@ static bool stmt_reads(const LStmt *s, const LBuf *root) {
   return false;
 }
 
-// Does s store into root's memory?
-static bool stores_into(const LStmt *s, const LBuf *root) {
-  if (s->kind == LS_STORE && lbuf_root(s->buf) == root)
-    return true;
-  for (int i = 0; i < s->nbody; i++)
-    if (stores_into(s->body[i], root))
-      return true;
-  return false;
-}
-
 static bool kernel_reads(const LKernel *k, const LBuf *root) {
   for (int i = 0; i < k->nbody; i++)
     if (stmt_reads(k->body[i], root))
-      return true;
-  return false;
-}
-
-static bool kernel_stores(const LKernel *k, const LBuf *root) {
-  for (int i = 0; i < k->nbody; i++)
-    if (stores_into(k->body[i], root))
       return true;
   return false;
 }
@@ -203,9 +186,9 @@ static bool fold_assign(LFunc *f, int a) {
   int writer = -1;
   for (int i = 0; i < f->nkernels; i++) {
     const LKernel *k = f->kernels[i];
-    if (i != a && kernel_stores(k, dst))
+    if (i != a && lk_writes(k, dst, true))
       return false; // the state is written elsewhere too
-    if (!kernel_stores(k, src))
+    if (!lk_writes(k, src, true))
       continue;
     if (writer >= 0 || k->deferred)
       return false; // in one kernel of the step
