@@ -779,6 +779,15 @@ static void emit_stmt(W *w, const LStmt *s, int depth) {
   case LS_STORE:
     emit_store(w, s);
     return;
+  case LS_PREFETCH: { // llvm.prefetch(address, read, keep in every level, data)
+    Val off = emit_expr(w, s->value);
+    ir_assert(!off.vec); // the prefetch pass puts it outside vector loops
+    LLVMValueRef at = LLVMBuildGEP2(c->b, elem_type(c, s->buf), w->ptr[s->buf->id], &off.v, 1, "");
+    LLVMValueRef args[4] = {at, LLVMConstInt(c->i32, 0, 0), LLVMConstInt(c->i32, 3, 0),
+                            LLVMConstInt(c->i32, 1, 0)};
+    intrinsic(c, "llvm.prefetch", LLVMTypeOf(at), args, 4);
+    return;
+  }
   case LS_IF: {
     Val cond = emit_expr(w, s->cond);
     ir_assert(!cond.vec); // the vectorizer leaves loops with guards alone
@@ -838,6 +847,8 @@ static void note_expr(bool *used, const LExpr *e) {
 static void note_stmt(bool *used, bool *written, const LStmt *s) {
   note_expr(used, s->cond);
   note_expr(used, s->value);
+  if (s->kind == LS_PREFETCH)
+    used[s->buf->id] = true;
   if (s->kind == LS_STORE) {
     used[s->buf->id] = true;
     written[s->buf->id] = true;

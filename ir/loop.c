@@ -358,6 +358,13 @@ LStmt *ls_if(LExpr *cond) {
   return s;
 }
 
+LStmt *ls_prefetch(LBuf *b, LExpr *offset) {
+  LStmt *s = ls_new(LS_PREFETCH);
+  s->buf = b;
+  s->value = offset;
+  return s;
+}
+
 static void push(LStmt ***list, int *n, LStmt *s) {
   *list = realloc(*list, sizeof **list * (*n + 1));
   if (!*list)
@@ -443,6 +450,15 @@ bool lk_writes(const LKernel *k, const LBuf *b, bool any_name) {
   return false;
 }
 
+int64_t ls_work(const LStmt *s) {
+  if (s->kind == LS_STORE)
+    return 1;
+  int64_t w = 0;
+  for (int i = 0; i < s->nbody; i++)
+    w += ls_work(s->body[i]);
+  return s->kind == LS_LOOP ? w * (s->hi - s->lo) : w;
+}
+
 void lx_shift_vars(LExpr *e, int by) {
   if (!e)
     return;
@@ -484,12 +500,10 @@ static void lx_retarget(LExpr *e, const LBuf *from, LBuf *to) {
 void ls_retarget(LStmt *s, const LBuf *from, LBuf *to) {
   lx_retarget(s->cond, from, to);
   lx_retarget(s->value, from, to);
-  if (s->kind == LS_STORE) {
-    for (int d = 0; d < s->buf->rank; d++)
-      lx_retarget(s->idx[d], from, to);
-    if (s->buf == from)
-      s->buf = to;
-  }
+  for (int d = 0; s->kind == LS_STORE && d < s->buf->rank; d++)
+    lx_retarget(s->idx[d], from, to);
+  if ((s->kind == LS_STORE || s->kind == LS_PREFETCH) && s->buf == from)
+    s->buf = to;
   for (int i = 0; i < s->nbody; i++)
     ls_retarget(s->body[i], from, to);
 }
@@ -706,6 +720,11 @@ static void print_stmt(FILE *out, const Names *nm, const LStmt *s, int depth) {
     print_expr(out, nm, s->value);
     fputs("\n", out);
     return;
+  case LS_PREFETCH:
+    fprintf(out, "prefetch %%%s + ", s->buf->name);
+    print_expr(out, nm, s->value);
+    fputs("\n", out);
+    return;
   }
 }
 
@@ -778,6 +797,8 @@ static void mark_expr(bool *used, const LExpr *e) {
 static void mark_stmt(bool *used, const LStmt *s) {
   mark_expr(used, s->cond);
   mark_expr(used, s->value);
+  if (s->kind == LS_PREFETCH)
+    used[s->buf->id] = true;
   if (s->kind == LS_STORE) {
     used[s->buf->id] = true;
     for (int d = 0; d < s->buf->rank; d++)
@@ -908,6 +929,20 @@ static void check_stmt(Ranges *r, const LStmt *s, int depth, bool guarded) {
       check_expr(r, s->value);
     }
     return;
+  case LS_PREFETCH: {
+    Affine a;
+    if (guarded)
+      return;
+    check_expr(r, s->value);
+    if (!lx_affine(s->value, &a))
+      return;
+    int64_t lo, hi;
+    affine_range(&a, r->lo, r->hi, &lo, &hi);
+    if (lo < 0 || hi >= lbuf_numel(s->buf))
+      vfail(r, xformat("prefetch %%%s: offsets [%" PRId64 ", %" PRId64 "] outside the buffer",
+                       s->buf->name, lo, hi));
+    return;
+  }
   }
 }
 
@@ -1020,6 +1055,8 @@ static void touch_stmt(Footprint *fp, const LStmt *s) {
     for (int d = 0; d < s->buf->rank; d++)
       touch_expr(fp, s->idx[d]);
     touch_expr(fp, s->value);
+    return;
+  case LS_PREFETCH: // a hint: the loads it runs ahead of count the bytes
     return;
   }
 }

@@ -153,6 +153,11 @@ typedef enum {
   LS_LOOP,  // for var in [lo, hi): body
   LS_STORE, // buf[idx...] = value
   LS_IF,    // if cond: body
+  // prefetch buf + value: a hint that the cache line holding element `value`
+  // of buf (an i64 offset in elements, row-major) is read soon; it changes
+  // no value. The verifier checks an affine offset against the buffer, as
+  // an index, and leaves others (a clamp, min(x, last)) to the pass.
+  LS_PREFETCH,
 } LStmtKind;
 
 enum {
@@ -172,9 +177,9 @@ struct LStmt {
   LExpr *cond;      // IF
   LStmt **body;     // LOOP, IF
   int nbody;
-  LBuf *buf;        // STORE
+  LBuf *buf;        // STORE, PREFETCH
   LExpr *idx[LMAX_RANK];
-  LExpr *value;
+  LExpr *value;     // STORE; PREFETCH: the element offset
 };
 
 typedef struct {
@@ -259,6 +264,7 @@ int lk_var(LKernel *k); // a fresh loop variable
 LStmt *ls_loop(int var, int64_t lo, int64_t hi, const char *role);
 LStmt *ls_store(LBuf *b, LExpr *const *idx, LExpr *value);
 LStmt *ls_if(LExpr *cond);
+LStmt *ls_prefetch(LBuf *b, LExpr *offset);
 void ls_add(LStmt *parent, LStmt *child); // appends to a LOOP's or IF's body
 void lk_add(LKernel *k, LStmt *s);        // appends to the kernel's top level
 LStmt *ls_copy(const LStmt *s);
@@ -272,6 +278,9 @@ bool lk_reads(const LKernel *k, const LBuf *b);
 // Does s (k) store into b -- or, any_name, into b's memory under any name?
 bool ls_writes(const LStmt *s, const LBuf *b, bool any_name);
 bool lk_writes(const LKernel *k, const LBuf *b, bool any_name);
+// Roughly the statements s executes: the product of loop trip counts down
+// to each store.
+int64_t ls_work(const LStmt *s);
 // Every load of and store to `from` in s now reads or writes `to`, at the
 // same indices (in place).
 void ls_retarget(LStmt *s, const LBuf *from, LBuf *to);

@@ -49,24 +49,13 @@ static bool disjoint(const LStmt *s, int var, Spans *sp) {
   return true;
 }
 
-// Roughly the statements the kernel executes: the product of loop trip
-// counts down to each store.
-static int64_t work(const LStmt *s) {
-  if (s->kind == LS_STORE)
-    return 1;
-  int64_t w = 0;
-  for (int i = 0; i < s->nbody; i++)
-    w += work(s->body[i]);
-  return s->kind == LS_LOOP ? w * (s->hi - s->lo) : w;
-}
-
 static void parallelize(LKernel *k) {
   if (k->nbody != 1 || k->body[0]->kind != LS_LOOP)
     return;
   LStmt *l = k->body[0];
   if (l->flags & (LF_REDUCE | LF_UNROLL | LF_VECTOR) || l->hi - l->lo < 2)
     return;
-  bool big = k->flops ? k->flops / 2 >= MIN_FMAS : work(l) >= MIN_WORK;
+  bool big = k->flops ? k->flops / 2 >= MIN_FMAS : ls_work(l) >= MIN_WORK;
   Spans sp = {xcalloc(k->nvars + 1, sizeof(int64_t))};
   bool ok = big && disjoint(l, l->var, &sp);
   free(sp.span);

@@ -35,8 +35,8 @@ static void note_expr(LFunc *f, const LExpr *e, int k) {
 static void note_stmt(LFunc *f, const LStmt *s, int k) {
   note_expr(f, s->cond, k);
   note_expr(f, s->value, k);
-  if (s->kind == LS_STORE)
-    note(f, s->buf, k, true);
+  if (s->kind == LS_STORE || s->kind == LS_PREFETCH)
+    note(f, s->buf, k, s->kind == LS_STORE);
   for (int i = 0; i < s->nbody; i++)
     note_stmt(f, s->body[i], k);
 }

@@ -26,6 +26,7 @@ static const Pass passes[] = {
     {"channel-block", NULL, pass_channel_block, "per-channel kernels of small planes: blocks of channels, each image's in a row"},
     {"parallelize", NULL, pass_parallelize, "outermost loops with disjoint writes on the threads"},
     {"in-place", NULL, pass_in_place, "an update copied over its state at the end of the step is written there"},
+    {"prefetch", NULL, pass_prefetch, "contractions fetch their inputs' next block while they compute this one"},
     {"plan-memory", NULL, pass_plan_memory, "place workspace buffers: first fit by lifetime"},
 };
 
@@ -34,7 +35,7 @@ static const char *const o0[] = {"plan-memory"};
 static const char *const o1[] = {"fuse-epilogue", "pad",           "phases",
                                  "tile",          "inline",        "vectorize",
                                  "fuse-loops",    "channel-block", "parallelize",
-                                 "in-place",      "plan-memory"};
+                                 "in-place",      "prefetch",      "plan-memory"};
 
 const char *const *loop_pipeline(int level, int *count) {
   if (level <= 0) {
