@@ -338,8 +338,8 @@ void pass_vectorize(struct LProgram *p);     // loop_vectorize.c
 void pass_fuse_loops(struct LProgram *p);    // loop_fuse_loops.c
 void pass_channel_block(struct LProgram *p); // loop_channel_block.c
 void pass_parallelize(struct LProgram *p);   // loop_parallelize.c
-void pass_prefetch(struct LProgram *p);      // loop_prefetch.c
 void pass_in_place(struct LProgram *p);      // loop_in_place.c
+void pass_prefetch(struct LProgram *p);      // loop_prefetch.c
 void pass_plan_memory(struct LProgram *p);   // loop_plan_memory.c
 
 //
