@@ -311,6 +311,46 @@ void affine_range(const Affine *a, const int64_t *lo, const int64_t *hi, int64_t
   }
 }
 
+bool lx_range(const LExpr *e, const int64_t *lo, const int64_t *hi, int64_t *min, int64_t *max) {
+  Affine a;
+  if (lx_affine(e, &a)) {
+    affine_range(&a, lo, hi, min, max);
+    return true;
+  }
+  if (e->type != LT_I64)
+    return false;
+  int64_t l, h, l2, h2, k;
+  switch (e->kind) {
+  case LX_ADD:
+  case LX_SUB:
+    if (!lx_range(e->a, lo, hi, &l, &h) || !lx_range(e->b, lo, hi, &l2, &h2))
+      return false;
+    *min = e->kind == LX_ADD ? l + l2 : l - h2;
+    *max = e->kind == LX_ADD ? h + h2 : h - l2;
+    return true;
+  case LX_MUL:
+    if (!is_iconst(e->b, &k) || !lx_range(e->a, lo, hi, &l, &h))
+      return false;
+    *min = k < 0 ? h * k : l * k;
+    *max = k < 0 ? l * k : h * k;
+    return true;
+  case LX_DIV:
+  case LX_REM:
+    // C's division truncates: only a non-negative dividend is simple.
+    if (!is_iconst(e->b, &k) || k <= 0 || !lx_range(e->a, lo, hi, &l, &h) || l < 0)
+      return false;
+    if (e->kind == LX_DIV)
+      *min = l / k, *max = h / k;
+    else if (l / k == h / k) // within one period: in order
+      *min = l % k, *max = h % k;
+    else
+      *min = 0, *max = k - 1;
+    return true;
+  default:
+    return false;
+  }
+}
+
 bool lx_const_apart(const LBuf *b, LExpr *const *x, LExpr *const *y, int64_t *diff) {
   int64_t stride = 1;
   *diff = 0;

@@ -135,6 +135,10 @@ int64_t affine_coef(const Affine *a, int var);
 // variables v runs over lo[v]..hi[v] (inclusive).
 void affine_range(const Affine *a, const int64_t *lo, const int64_t *hi, int64_t *min,
                   int64_t *max);
+// The same for any integer expression of the loop variables, through the
+// divisions and remainders by constants a phase index holds ((kh + 1) % 2
+// is 1 while kh runs over 0..0): false where e is none it can bound.
+bool lx_range(const LExpr *e, const int64_t *lo, const int64_t *hi, int64_t *min, int64_t *max);
 // Is e, as an affine expression, exactly the loop variable v?
 bool lx_is_var(const LExpr *e, int v);
 // The element b[x...] minus the element b[y...], when the two index lists

@@ -16,9 +16,12 @@
 // clamped to the buffer's last element. Prefetches are hints; values, and so
 // results, are unchanged.
 //
-// Buffers smaller than MIN_BYTES are left alone (the kernel that wrote one
-// left it in L2), and so are blocks that are not contiguous and buffers a
-// loop around v reads again whole soon after (REUSE_BYTES). Runs after
+// A block is what iteration v reads: one run of elements, or, where that
+// is a narrow part of each channel (a strided 1x1 convolution's one phase
+// plane of four), a run per channel (block_of). Buffers smaller than
+// MIN_BYTES are left alone (the kernel that wrote one left it in L2), and
+// so are buffers a loop around v reads again whole soon after
+// (REUSE_BYTES). Runs after
 // parallelize, so the loop it splits is one walked (each thread's chunk
 // prefetches its own next block, but for its last, which the next thread
 // reads), and before plan-memory.
@@ -53,7 +56,7 @@ typedef struct {
 } Stream;
 
 typedef struct {
-  int v;
+  int v, nvars;
   int64_t *lo, *hi; // by variable, inclusive, while inside its loop (0 around v)
   bool *inside;     // by variable: v's or a loop's inside it
   Stream *s;
@@ -98,9 +101,16 @@ static void note_load(Walk *w, const LExpr *e) {
       a = 0; // the rows move with a loop around v
   for (int d = 1; d < e->buf->rank; d++) {
     Affine y = {0};
-    int64_t lo = 0, hi = e->buf->dim[d] - 1; // not affine (a phase): all of it
-    if (lx_affine(e->idx[d], &y))
-      affine_range(&y, w->lo, w->hi, &lo, &hi);
+    int64_t lo = 0, hi = e->buf->dim[d] - 1; // unbounded: all of it
+    if (!lx_affine(e->idx[d], &y)) {
+      for (int v = 0; v < w->nvars; v++)
+        if (!w->inside[v] && lx_uses_var(e->idx[d], v))
+          a = 0; // moves with a loop around v, not as a range can say
+    }
+    if (lx_range(e->idx[d], w->lo, w->hi, &lo, &hi)) {
+      lo = lo < 0 ? 0 : lo;
+      hi = hi >= e->buf->dim[d] ? e->buf->dim[d] - 1 : hi;
+    }
     widen(&s->box_lo[d], &s->box_hi[d], lo, hi);
     if (lx_uses_var(e->idx[d], w->v))
       a = 0;
@@ -128,30 +138,77 @@ static void note_load(Walk *w, const LExpr *e) {
   widen(&s->lo, &s->hi, lo, hi);
 }
 
-// The block iteration v reads, when it is one contiguous run of elements
-// worth prefetching: from (a*v + lo) * row + first (first: an expression
-// in the loops around v), `*len` elements.
-static LExpr *block_of(const LKernel *k, const Stream *s, int64_t *len) {
+// What iteration v + 1 reads, as `pieces` runs of `len` elements each:
+// dimensions 0 .. k-1 are enumerated over the box the iteration reads (the
+// rows a*(v + 1) + lo .. of dimension 0, a thread's range of dimension 1,
+// a phase plane of each channel), and a run is dimension k's range with
+// all of every dimension after it. Where the box is narrow (one phase of
+// four) several runs fetch fewer lines than one run over the whole block.
+// More runs (a larger k) only for a quarter fewer lines at least: each
+// line's offset then costs a division and a remainder.
+typedef struct {
+  int k;
+  int64_t pieces, len, lines_each;
+  int64_t ext[LMAX_RANK + 1];    // dimensions 0..k: the box's extent
+  int64_t stride[LMAX_RANK + 1]; // elements a step along each moves
+  LExpr *start[LMAX_RANK + 1];   // the box's first index along each (v's next, around)
+} Block;
+
+static int64_t block_lines(const Block *b) { return b->pieces * b->lines_each; }
+
+static bool block_of(const LKernel *k, const Stream *s, const LStmt *walker, Block *out) {
   const LBuf *b = s->buf;
   if (!s->ok || s->lo < 0 || s->hi - s->lo >= s->a || lbuf_bytes(b) < MIN_BYTES ||
       lk_writes(k, b, true))
-    return NULL;
-  int64_t row = lbuf_numel(b) / b->dim[0], inner = row;
-  for (int d = 2; d < b->rank; d++) // what it reads of them, most of each
-    if (2 * (s->box_hi[d] - s->box_lo[d] + 1) < b->dim[d])
-      return NULL;
-  *len = s->a * row;
-  LExpr *first = lx_i64(0);
-  if (b->rank > 1 && (s->box_lo[1] > 0 || s->box_hi[1] < b->dim[1] - 1 || s->around.n)) {
-    if (s->a != 1) // rows of a range each: not contiguous
-      return NULL;
-    inner /= b->dim[1];
-    *len = (s->box_hi[1] - s->box_lo[1] + 1) * inner;
-    first = lx_i64(s->box_lo[1] * inner);
-    for (int i = 0; i < s->around.n; i++)
-      first = lx_iadd(first, lx_imul(lx_var(s->around.var[i]), s->around.coef[i] * inner));
+    return false;
+  int64_t per_line = LINE_BYTES / dtype_bytes(b->dtype);
+  Block x = {0};
+  int64_t st = 1;
+  for (int d = b->rank - 1; d >= 0; st *= b->dim[d], d--)
+    x.stride[d] = st;
+  x.ext[0] = s->a;
+  for (int d = 1; d < b->rank; d++)
+    x.ext[d] = s->box_hi[d] - s->box_lo[d] + 1;
+  *out = (Block){0};
+  for (int kk = 0; kk < b->rank; kk++) {
+    x.k = kk;
+    x.pieces = 1;
+    for (int d = 0; d < kk; d++)
+      x.pieces *= x.ext[d];
+    x.len = x.ext[kk] * x.stride[kk];
+    // Runs apart start anywhere in a line: one more each.
+    x.lines_each = (x.len + per_line - 1) / per_line + (x.pieces > 1);
+    if (!out->pieces || (x.pieces == out->pieces ? block_lines(&x) < block_lines(out)
+                                                 : block_lines(&x) <= block_lines(out) * 3 / 4))
+      *out = x;
   }
-  return first;
+  // The first index along each enumerated dimension and the run's.
+  out->start[0] = lx_iaddc(lx_imul(lx_var(walker->var), s->a), s->a + s->lo);
+  for (int d = 1; d <= out->k; d++)
+    out->start[d] = lx_i64(s->box_lo[d]);
+  if (out->k >= 1)
+    for (int i = 0; i < s->around.n; i++)
+      out->start[1] = lx_iadd(out->start[1], lx_imul(lx_var(s->around.var[i]), s->around.coef[i]));
+  return true;
+}
+
+// The element that line `line` (0 .. block_lines - 1) of the block fetches.
+static LExpr *block_line(const Block *x, int64_t per_line, LExpr *line) {
+  LExpr *piece = x->pieces > 1 ? lx_bin(LX_DIV, lx_copy(line), lx_i64(x->lines_each)) : NULL;
+  LExpr *within = x->pieces > 1 ? lx_bin(LX_REM, line, lx_i64(x->lines_each)) : line;
+  LExpr *off = lx_imul(lx_copy(x->start[x->k]), x->stride[x->k]);
+  int64_t below = 1; // runs between two steps along dimension d
+  for (int d = x->k - 1; d >= 0; below *= x->ext[d], d--) {
+    LExpr *at = lx_copy(x->start[d]);
+    if (x->ext[d] > 1) {
+      LExpr *i = below > 1 ? lx_bin(LX_DIV, lx_copy(piece), lx_i64(below)) : lx_copy(piece);
+      if (d > 0)
+        i = lx_bin(LX_REM, i, lx_i64(x->ext[d]));
+      at = lx_iadd(at, i);
+    }
+    off = lx_iadd(lx_imul(at, x->stride[d]), off);
+  }
+  return lx_iadd(off, lx_imul(within, per_line));
 }
 
 static void walk_expr(Walk *w, const LExpr *e) {
@@ -224,12 +281,10 @@ static void add_first(LStmt *parent, LStmt *s) {
   parent->body[0] = s;
 }
 
-static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, LExpr *first,
-                            int64_t len) {
+static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, const Block *x) {
   LBuf *b = s->buf;
-  int64_t row = lbuf_numel(b) / b->dim[0]; // elements
   int64_t per_line = LINE_BYTES / dtype_bytes(b->dtype);
-  int64_t lines = (len + per_line - 1) / per_line;
+  int64_t lines = block_lines(x);
   // Down the nest to the first loop that runs as often as the block has
   // lines (or the deepest there is).
   // lo[d], hi[d]: the range of path[d]'s variable whose iterations run
@@ -255,10 +310,8 @@ static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, LExpr *fi
   LExpr *i = lx_i64(0);
   for (int64_t d = np - 1, mult = 1; d >= 0; mult *= hi[d] - lo[d], d--)
     i = lx_iadd(i, lx_iaddc(lx_imul(lx_var(path[d]->var), mult), -lo[d] * mult));
-  // Block v + 1 starts at row a * (v + 1) + lo. A run fetches line
-  // i * lines / runs of it, or lines i * each .. i * each + each - 1.
-  LExpr *block = lx_iadd(lx_iaddc(lx_imul(lx_var(outer->var), s->a * row), (s->a + s->lo) * row),
-                         first);
+  // A run fetches line i * lines / runs of block v + 1, or lines
+  // i * each .. i * each + each - 1.
   LStmt *put = at;
   LExpr *line;
   if (runs >= lines) {
@@ -272,7 +325,7 @@ static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, LExpr *fi
     line = lx_iadd(lx_imul(i, each), lx_var(put->var));
     add_first(at, put);
   }
-  LExpr *off = lx_iadd(block, lx_imul(line, per_line));
+  LExpr *off = block_line(x, per_line, line);
   LStmt *pf = ls_prefetch(b, lx_bin(LX_MIN, off, lx_i64(lbuf_numel(b) - 1)));
   if (put == at)
     add_first(at, pf);
@@ -282,8 +335,8 @@ static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, LExpr *fi
 }
 
 static Walk walk(const LKernel *k, const LStmt *l) {
-  Walk w = {l->var, xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 1),
-            NULL, 0};
+  Walk w = {l->var,  k->nvars + 1, xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8),
+            xcalloc(k->nvars + 1, 1), NULL, 0};
   walk_stmt(&w, l);
   return w;
 }
@@ -349,10 +402,9 @@ static void prefetch(LKernel *k, bool *done) {
       continue;
     Walk w = walk(k, spine[j]);
     for (int i = 0; i < w.n; i++) {
-      int64_t len;
-      LExpr *first = done[w.s[i].buf->id] ? NULL : block_of(k, &w.s[i], &len);
-      if (first && !reused(k, spine, j, w.s[i].buf) &&
-          prefetch_stream(k, spine[j], &w.s[i], first, len))
+      Block x;
+      if (!done[w.s[i].buf->id] && block_of(k, &w.s[i], spine[j], &x) &&
+          !reused(k, spine, j, w.s[i].buf) && prefetch_stream(k, spine[j], &w.s[i], &x))
         done[w.s[i].buf->id] = true;
     }
     walk_free(&w);
