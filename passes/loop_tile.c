@@ -493,12 +493,40 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
 // then take a shorter vector, 16 or 8 lanes, and more unrolled outputs
 // (2 x 8 lanes x 6: 88 new bytes per 12 FMAs), whichever keeps the FMAs
 // busiest when L2 gives L2_BYTES_PER_FMA bytes per multiply-add.
+//
+// Not when the sum is blocked by a loop that walks both operands by their
+// first dimension (a weight gradient's images, block_sum) and the tile
+// with the fewest loads takes more than a quarter fewer loads per
+// multiply-add: a block's slab of each operand comes from L2 once, and
+// every tile in turn finds it in L1 (6 KB of dy and 26 KB of x an image
+// for allconv's conv2), so loads are the limit. On AVX-512, 4 vectors of
+// dy by 4 broadcasts of x (0.5 loads a multiply-add) against 1 by 16
+// (1.06): in paired rounds, allconv's weight gradients 1.09-1.26x as fast,
+// resnet8's 1.07-1.30x, vgg_small's conv3 1.29x, the seed nets' conv2
+// 1.27-1.40x. Where it is a quarter or less, the streamed tile stays: on
+// AVX2, 4 by 3 (0.58) against 2 by 6 (0.67) made the 128-channel weight
+// gradients 15-20% slower (partial sums twice the size); on AVX-512, the
+// seed nets' input gradient blocked by out-channels, 2 rows by 4 channels
+// of 2 vectors of images (0.5) against 1 row by 6 (0.67), 0.79x (its rows
+// then 7 blocks for 2 threads).
+static int64_t block_sum(const Contraction *c, const Tile *t);
+
+static bool walks_slabs(const LExpr *e, int var) {
+  if (!uses(e->idx[0], var))
+    return false;
+  for (int d = 1; d < e->buf->rank; d++)
+    if (uses(e->idx[d], var))
+      return false;
+  return true;
+}
+
 static void choose_streamed(const Contraction *c, Tile *t) {
   int64_t steps = 1;
   for (int i = 0; i < c->nr; i++)
     steps *= c->r[i].n;
   if (t->rfactor || steps * fresh_bytes(c, t) <= L1_BYTES)
     return;
+  bool slabs = block_sum(c, t) && walks_slabs(c->a, c->r[0].var) && walks_slabs(c->b, c->r[0].var);
   // Only where a vector operand shares nothing from one step to the next.
   bool fresh_vectors = false;
   const LExpr *ops[2] = {c->a, c->b};
@@ -519,6 +547,11 @@ static void choose_streamed(const Contraction *c, Tile *t) {
     if (score > best_score + 1e-9)
       best = tt, best_score = score;
   }
+  int64_t loads, acc, best_loads, best_acc;
+  cost(c, t, &loads, &acc);
+  cost(c, &best, &best_loads, &best_acc);
+  if (slabs && 4 * loads * best_acc < 3 * best_loads * acc)
+    return;
   *t = best;
 }
 
@@ -1124,8 +1157,6 @@ static int64_t blocks_of(const Contraction *c, const Tile *t, int d) {
 // out-channels. The new outermost loop must be as wide as the old one, or
 // 8 (the threads split it). Each output's sum is unchanged: only the
 // tiles' order moves.
-static int64_t block_sum(const Contraction *c, const Tile *t);
-
 static void nest_order(const Contraction *c, Tile *t) {
   for (int d = 0; d < c->ns; d++)
     t->order[d] = d;
@@ -1192,12 +1223,15 @@ static void wide_outside(const Contraction *c, Tile *t) {
   // First the loops whose blocks lie a cache line or more apart in the
   // output, with 4 blocks or more; else any with 8 or more.
   int wide = 0;
-  for (int pass = 0; pass < 2 && !wide; pass++)
+  // Last, where the outermost loop is a single block (a vector of all 32
+  // out-channels), any loop of 2 blocks or more: else one thread does all.
+  int64_t least[3] = {4, 8, blocks_of(c, t, t->order[0]) == 1 ? 2 : INT64_MAX};
+  for (int pass = 0; pass < 3 && !wide; pass++)
     for (int i = 1; i < c->ns; i++) {
       int d = t->order[i];
-      if (pass == 0 && stride(c->out, d) * block_step(t, d) < 16)
+      if (pass != 1 && stride(c->out, d) * block_step(t, d) < 16)
         continue;
-      if (blocks_of(c, t, d) >= (pass == 0 ? 4 : 8) &&
+      if (blocks_of(c, t, d) >= least[pass] &&
           (!wide || blocks_of(c, t, d) > blocks_of(c, t, t->order[wide])))
         wide = i;
     }
