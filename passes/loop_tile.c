@@ -20,7 +20,8 @@
 // loops and their sizes are chosen from the constant shapes and the target:
 // at most its accumulators (12 of AVX2's 16 registers, 16 of AVX-512's 32)
 // and the fewest loads per multiply-add, or, when a tile's sum streams more than L1
-// holds, the fewest bytes from L2 (a shorter vector, more unrolled). The
+// holds, the fewest bytes from L2 (a shorter vector, more unrolled) -- but
+// for a weight gradient's sum blocked by images, whose slabs stay in L1. The
 // tile loops nest so that the operand that would otherwise cross L2 most
 // often stays in it. A sum that streams more than L1 holds (a weight
 // gradient's, over every image) is blocked by its outermost loop: each
