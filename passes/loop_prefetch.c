@@ -335,7 +335,7 @@ static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, const Blo
 }
 
 static Walk walk(const LKernel *k, const LStmt *l) {
-  Walk w = {l->var,  k->nvars + 1, xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8),
+  Walk w = {l->var, k->nvars + 1, xcalloc(k->nvars + 1, 8), xcalloc(k->nvars + 1, 8),
             xcalloc(k->nvars + 1, 1), NULL, 0};
   walk_stmt(&w, l);
   return w;
