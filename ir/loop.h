@@ -45,8 +45,10 @@ struct LBuf {
   Node *node;           // the graph value it holds, if any
   const char *layout;   // how the graph value's indices map to dim[]: "NCHW", "N(C/8)HW8c"...
   LBuf *alias;          // shares alias's memory (a reshape)
-  LBuf *pad_of;         // the pad pass's copy of pad_of with a border of zeros:
-  int64_t pad_lo[LMAX_RANK]; // pad_lo[d] before it in each dimension
+  LBuf *pad_of;         // the pad pass's copy of pad_of with a border of zeros
+                        // (or tile's transposed copy of such a copy):
+  int64_t pad_lo[LMAX_RANK]; // pad_lo[d] zeros before pad_of's pad_n[d] elements
+  int64_t pad_n[LMAX_RANK];  // in dimension d (pad_of's dimensions, permuted as b's)
   int64_t first, last;  // kernels that write it first and read it last (memory plan)
 };
 // A buffer of DT_BF16 or DT_F16 holds 16-bit floats: a load gives the f32

@@ -197,7 +197,7 @@ static LBuf *padded(Pad *P, LBuf *b, int64_t *lo, int at) {
   to->layout = "padded";
   to->pad_of = b;
   for (int d = 0; d < b->rank; d++)
-    to->pad_lo[d] = lo[d];
+    to->pad_lo[d] = lo[d], to->pad_n[d] = b->dim[d];
   LKernel *made = pad_kernel(P->f, b, to, lo);
   move_last_to(P->f, at);
   P->p = realloc(P->p, sizeof *P->p * (P->np + 1));

@@ -29,7 +29,8 @@
 // between blocks (block_sum). Edges take smaller tiles, never branches in
 // the reduction: a short last vector, or a last block with fewer rows. The
 // one branch in a reduction skips the steps that read only a border of
-// zeros (steps_run), when the index there is the same across the tile.
+// zeros (steps_run), when the index there is the same across the tile; a
+// transposed copy of a padded operand keeps its border (pad_lo, pad_n).
 #include "loop.h"
 
 #include <stdlib.h>
@@ -231,6 +232,9 @@ static void transpose_operand(LFunc *f, int at, LExpr *e, int d) {
   if (!to) {
     to = lfunc_buf(f, name, from->dtype, from->rank, dim, LB_WORKSPACE);
     to->layout = xformat("transposed, dimension %d last", d);
+    to->pad_of = from->pad_of; // its border of zeros, moved as the dimensions
+    for (int i = 0; i < from->rank; i++)
+      to->pad_lo[i] = from->pad_lo[perm[i]], to->pad_n[i] = from->pad_n[perm[i]];
     LKernel *k = lfunc_kernel(f, xformat("transpose.%s", from->name), "transpose", NULL);
     k->layer = from->name;
     // In the copy's order: each thread writes whole lines of it, and the
@@ -286,7 +290,7 @@ typedef struct {
 static bool skippable(const Contraction *c, const Tile *t, const LExpr *op, int d, int *red,
                       int *sp) {
   Affine a;
-  if (!op->buf->pad_of || op->buf->dim[d] == op->buf->pad_of->dim[d] ||
+  if (!op->buf->pad_of || op->buf->dim[d] == op->buf->pad_n[d] ||
       !lx_affine(op->idx[d], &a))
     return false;
   int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
@@ -313,7 +317,7 @@ static bool skippable(const Contraction *c, const Tile *t, const LExpr *op, int 
 static double inside_share(const Contraction *c, const LExpr *op, int d, int red, int sp) {
   Affine a;
   lx_affine(op->idx[d], &a);
-  int64_t lo = op->buf->pad_lo[d], hi = lo + op->buf->pad_of->dim[d];
+  int64_t lo = op->buf->pad_lo[d], hi = lo + op->buf->pad_n[d];
   int64_t ns = sp >= 0 ? c->s[sp].n : 1, nr = c->r[red].n, in = 0;
   int64_t cs = sp >= 0 ? affine_coef(&a, c->s[sp].var) : 0, cr = affine_coef(&a, c->r[red].var);
   for (int64_t i = 0; i < ns; i++)
@@ -696,7 +700,8 @@ static void store_rfactor(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int
 }
 
 // The test that reduction loop i's step reads inside the border, for every
-// operand index it alone moves across the tile, or NULL.
+// operand index it alone moves across the tile that reaches the border, or
+// NULL.
 static LExpr *border_guard(const Build *bd, int i) {
   const Contraction *c = bd->c;
   const LExpr *ops[2] = {c->a, c->b};
@@ -704,12 +709,13 @@ static LExpr *border_guard(const Build *bd, int i) {
   for (int o = 0; o < 2; o++)
     for (int d = 0; d < ops[o]->buf->rank; d++) {
       int red, sp;
-      if (!skippable(c, bd->t, ops[o], d, &red, &sp) || red != i)
-        continue;
+      if (!skippable(c, bd->t, ops[o], d, &red, &sp) || red != i ||
+          inside_share(c, ops[o], d, red, sp) == 1)
+        continue; // (an index that never reaches the border needs no test)
       const LBuf *b = ops[o]->buf;
       LExpr *x = place(bd, ops[o]->idx[d], 0, 0, lx_i64(0));
       LExpr *in = lx_bin(LX_AND, lx_bin(LX_GE, x, lx_i64(b->pad_lo[d])),
-                         lx_bin(LX_LT, lx_copy(x), lx_i64(b->pad_lo[d] + b->pad_of->dim[d])));
+                         lx_bin(LX_LT, lx_copy(x), lx_i64(b->pad_lo[d] + b->pad_n[d])));
       cond = cond ? lx_bin(LX_AND, cond, in) : in;
     }
   return cond;
