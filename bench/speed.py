@@ -599,7 +599,7 @@ def targets_table(mres, sres, peak):
             row(f"`{name}` evaluation: 3x PyTorch", f"{x:.2f}x", x >= 3)
             shares = [share for _, _, _, _, share in hottest_convs(r, peak, 3)]
             row(f"`{name}`: its 3 hottest convolution kernels at 60% of the FMA peak",
-                " / ".join(f"{100 * s:.0f}%" for s in shares), min(shares) >= 0.6)
+                " / ".join(f"{100 * s:.1f}%" for s in shares), min(shares) >= 0.6)
     if "resnet8" in by:
         x = ratio(by["resnet8"].xc_train, by["resnet8"].pt_train)
         row(f"`resnet8` training at batch {by['resnet8'].batch}: 2.5x PyTorch (issue 14)",
