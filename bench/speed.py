@@ -21,10 +21,11 @@ machine, and as a share of the machine's FMA peak. Called by bench/speed.sh:
 3. A sweep of single convolution layers times each direction of the layer
    in xentcc -- its conv2d, conv2d_grad_input or conv2d_grad_weight kernels
    and the padded, phase-split, interleaved or transposed copies they need
-   (direction_of), per call, from the profile -- against F.conv2d and the
-   two gradients autograd computes. Each
-   layer is compiled as a tiny model whose first layer, a 1x1 convolution,
-   makes the channels and, having weights, the input gradient needed.
+   (directions: a copy counts for the kernel it runs before), per call, from
+   the profile -- against F.conv2d and the two gradients autograd computes.
+   Each layer is compiled as a tiny model whose first layer, a 1x1
+   convolution, makes the channels and, having weights, the input gradient
+   needed.
 
 Ratios are xentcc's speed over PyTorch's (above 1: xentcc is faster).
 Tables go to stdout as markdown and are appended to build/bench/speed.md.
@@ -94,15 +95,21 @@ TORCH_HOLD_BYTES = 256 << 20  # PyTorch holds at most this much of it as floats,
 
 # The three directions of the sweep's layer (named conv). Each is every
 # kernel xentcc runs for it: the convolution's own (a strided input gradient
-# is a kernel per stride phase) and the copies that feed it -- the padded or
-# phase-split input (forward; the weight gradient reads the same copy), the
-# interleave of the phases and the padded or transposed output gradient
-# (input gradient). The layer in front is named pre.
+# is a kernel per stride phase, then their interleave) and the copies made
+# for it, each counted with the kernel it runs before -- the padded or
+# phase-split input and the weight transposed (forward; the weight gradient
+# reads the same input copy), the padded output gradient and the weight
+# transposed again (input gradient), the output gradient or the input
+# transposed (weight gradient). The layer in front is named pre.
 DIRECTIONS = ["forward", "input grad", "weight grad"]
 
 
+COPIES = ("pad", "phases", "transpose")
+
+
 def direction_of(row):
-    """Which direction of the sweep's layer a profile row belongs to, or None."""
+    """Which direction of the sweep's layer a kernel of its own (not a copy)
+    belongs to, or None."""
     k, layer = row["kernel"], row["layer"]
     if k.startswith("conv2d_grad_input") or k.startswith("interleave"):
         return 1
@@ -110,9 +117,25 @@ def direction_of(row):
         return 2 if layer == "conv.weight.grad" else None
     if k.startswith("conv2d"):
         return 0 if layer == "conv" else None
-    if k in ("pad", "phases", "transpose"):
-        return 0 if layer.startswith("pre") else 1
     return None
+
+
+def directions(rows):
+    """direction_of each row of one step function, in the order it runs
+    them; a copy counts in the direction of the layer's next kernel, which
+    it was made for (the forward's weight transposed, dy padded for the
+    input gradient, dy transposed for the weight gradient). The weight
+    gradient also reads the forward's padded or phase-split input: that
+    copy counts in the forward's time."""
+    own = [None if r["kernel"] in COPIES else direction_of(r) for r in rows]
+    out, after = [None] * len(rows), None
+    for i in range(len(rows) - 1, -1, -1):
+        if rows[i]["kernel"] in COPIES:
+            out[i] = after
+        else:
+            out[i] = own[i]
+            after = own[i] if own[i] is not None else after
+    return out
 
 
 def say(msg):
@@ -482,11 +505,11 @@ data: {{format: idx, train: data, test: data}}
 
 def xc_conv_times(p):
     """(seconds per call, flops per call) of each direction of the layer: the
-    sums over its kernels (direction_of), or (None, None) if it has none."""
+    sums over its kernels (directions), or (None, None) if it has none."""
     out = [[None, None] for _ in DIRECTIONS]
-    for r in p.rows:
-        d = direction_of(r)
-        if d is None or not r["calls"] or r["function"] != "grad":
+    rows = [r for r in p.rows if r["function"] == "grad"]
+    for r, d in zip(rows, directions(rows)):
+        if d is None or not r["calls"]:
             continue
         t, fl = out[d]
         out[d] = [(t or 0) + r["seconds"] / r["calls"], (fl or 0) + r["flops_per_call"]]
