@@ -1,9 +1,11 @@
-// prefetch: a contraction whose loop v walks a big input block by block
-// -- iteration v reads rows [a*v + lo, a*v + lo + a) of the buffer's first
+// prefetch: a kernel whose loop v walks a big input block by block --
+// iteration v reads rows [a*v + lo, a*v + lo + a) of the buffer's first
 // dimension, or within one row a range of its second (a thread's channels)
-// -- reads each block along more streams at once (a row of every channel,
-// phase and tap) than the processor's prefetchers follow, so the first pass
-// over a block waits on memory, line after line. While iteration v
+// -- reads each block along more streams at once (a contraction: a row of
+// every channel, phase and tap), or in shorter runs (batch norm's pass over
+// the images of one channel: a plane of each, 1 to 4 KB, at a stride of
+// all the channels), than the processor's prefetchers follow, so the first
+// pass over a block waits on memory, line after line. While iteration v
 // computes, it now prefetches block v + 1 in order: one line per iteration
 // of the first loop of the nest below v that runs as often as the block has
 // lines (spread evenly, some fetched twice), or a few lines (MAX_EACH at
@@ -87,7 +89,7 @@ static void widen(int64_t *lo, int64_t *hi, int64_t l, int64_t h) {
 // in the other dimensions, for one iteration of the loops around v.
 static void note_load(Walk *w, const LExpr *e) {
   if (e->buf->storage == LB_LOCAL || e->buf->storage == LB_CONST ||
-      e->buf->storage == LB_SCALAR)
+      e->buf->storage == LB_SCALAR || e->buf->rank == 0) // (a loss's sum, a step's lr)
     return;
   Stream *s = stream_of(w, e->buf);
   Affine x;
@@ -293,10 +295,13 @@ static bool prefetch_stream(LKernel *k, LStmt *outer, const Stream *s, const Blo
   int64_t lo[4 * LMAX_RANK], hi[4 * LMAX_RANK];
   int np = 0;
   int64_t runs = 1, l, h;
-  // Never into an innermost loop: a few multiply-adds a run, the prefetch's
-  // own instructions would cost them time.
+  // Never into a contraction's innermost loop: a few multiply-adds a run,
+  // the prefetch's own instructions would cost them time. Into another
+  // kernel's when each of its runs stores a line's worth (batch norm's rows
+  // of 32: 64 lines an image are 2 a row, where 64 at once would stall).
   for (LStmt *next; runs < lines && np < 4 * LMAX_RANK && (next = main_loop(at, &l, &h)) &&
-                    !innermost(next);) {
+                    (!innermost(next) ||
+                     (!k->flops && ls_work(next) / (next->hi - next->lo) >= per_line));) {
     if (np > 0) {
       runs = runs / (hi[np - 1] - lo[np - 1]) * (h - l);
       lo[np - 1] = l, hi[np - 1] = h;
@@ -387,9 +392,12 @@ static bool reused(const LKernel *k, LStmt *const *spine, int j, const LBuf *b) 
 
 // The loops down the kernel's main nest, outermost first: each walks the
 // blocks of the inputs whose first dimension it runs over and that no loop
-// around it walks already.
+// around it walks already. A contraction's, and another kernel's below its
+// outermost loop (batch norm's images inside its channels; a copy's
+// outermost loop over the images streams through memory in order, which
+// the processor follows).
 static void prefetch(LKernel *k, bool *done) {
-  if (!k->flops || k->nbody != 1 || k->body[0]->kind != LS_LOOP)
+  if (k->nbody != 1 || k->body[0]->kind != LS_LOOP)
     return;
   LStmt *spine[4 * LMAX_RANK];
   int n = 0;
@@ -398,8 +406,8 @@ static void prefetch(LKernel *k, bool *done) {
        l = main_loop(l, &lo, &hi))
     spine[n++] = l;
   for (int j = 0; j < n; j++) {
-    if (spine[j]->hi - spine[j]->lo < 2)
-      continue;
+    if (spine[j]->hi - spine[j]->lo < 2 || (!k->flops && j == 0))
+      continue; // (a copy's outermost loop streams through memory in order)
     Walk w = walk(k, spine[j]);
     for (int i = 0; i < w.n; i++) {
       Block x;
