@@ -127,14 +127,13 @@ def directions(rows):
     input gradient, dy transposed for the weight gradient). The weight
     gradient also reads the forward's padded or phase-split input: that
     copy counts in the forward's time."""
-    own = [None if r["kernel"] in COPIES else direction_of(r) for r in rows]
     out, after = [None] * len(rows), None
-    for i in range(len(rows) - 1, -1, -1):
+    for i in reversed(range(len(rows))):
         if rows[i]["kernel"] in COPIES:
             out[i] = after
         else:
-            out[i] = own[i]
-            after = own[i] if own[i] is not None else after
+            out[i] = direction_of(rows[i])
+            after = out[i] if out[i] is not None else after
     return out
 
 

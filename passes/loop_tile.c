@@ -1231,7 +1231,8 @@ static void wide_outside(const Contraction *c, Tile *t) {
   // output, with 4 blocks or more; else any with 8 or more.
   int wide = 0;
   // Last, where the outermost loop is a single block (a vector of all 32
-  // out-channels), any loop of 2 blocks or more: else one thread does all.
+  // out-channels), a loop of 2 blocks or more, its blocks a cache line
+  // apart: else one thread does all.
   int64_t least[3] = {4, 8, blocks_of(c, t, t->order[0]) == 1 ? 2 : INT64_MAX};
   for (int pass = 0; pass < 3 && !wide; pass++)
     for (int i = 1; i < c->ns; i++) {
