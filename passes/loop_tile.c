@@ -406,8 +406,43 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // the outer loops, the threads' share, whole: an input gradient unrolled
 // over 12 of 16 images read 576 lines of dy per output and split the batch
 // 12 to 4 between two threads.
-static int64_t lines(const Contraction *c, const Tile *t) {
+//
+// What a line costs in a tile's score (choose): LINE_COST, fitted on the
+// sweep's strided input gradients, whose phase planes are 7 or 8 wide. A
+// phase 8 rows by 7 columns unrolled over 8 images and 2 rows (a line of dy
+// per image and step) ran at 36% of peak, its twin 7 by 8 over 2 images and
+// 8 columns at 51%; at 0.006 a line (0.002 before) the first takes 2 rows
+// by 7 columns: input gradients of layers 2, 9, 26, 29 and 38 1.14-1.31x
+// faster, layer 42's weight gradient 1.43x, no model's schedule changed.
+//
+// LANEWISE_LINE_COST: a line read by a tile whose vector runs along the
+// channels of an activation (a forward or input gradient whose images are
+// too narrow for the vector: its stores go lane by lane). Its far lines
+// cost twice: each step broadcasts one element of each, and each lane of
+// the tile's outputs is stored into a line of its own per far element,
+// where neighbours along the output's columns share their lines, loaded
+// and stored. Sweep layer 40 of bench/ (3 -> 64 channels, 7x7, stride 2,
+// 17 columns), over 4 images against over 4 columns: its sum's loop took
+// 0.335 against 0.25 ms, its stores 4.7 against 1.9 cycles an output. At
+// LINE_COST, the 0.05 that 17 columns in 4s lose to their edge tile made
+// the images win. At 0.025, 17 of the 44 layers change tiles: in paired
+// rounds the forward of layers 2, 18, 26 and 29 1.7-1.95x faster, of 7,
+// 20, 23, 36, 37 and 40 1.2-1.5x, input gradients of 4, 18, 19, 20, 22
+// and 37 1.3-2.0x, the seed nets' conv2 forward 1.1-1.25x, none slower
+// beyond the noise; vgg_small, allconv and resnet8 keep their tiles. At
+// 0.04, weight gradients whose vector runs along the out-channels (not
+// activations: their stores come once, after the whole batch) were
+// 0.83-0.90x on layers 5, 6, 10 and allconv's conv2: hence activations
+// only.
+#define LINE_COST 0.006
+#define LANEWISE_LINE_COST 0.025
+
+static double line_cost(const Contraction *c, const Tile *t) {
   const LExpr *ops[2] = {c->a, c->b};
+  bool activation = false; // the output has images (forward, input gradient)
+  for (int d = 0; d < c->ns; d++)
+    activation |= c->s[d].role && !strcmp(c->s[d].role, "n");
+  double cost = !t->rfactor && t->v != c->ns - 1 && activation ? LANEWISE_LINE_COST : LINE_COST;
   int64_t total = 0;
   for (int o = 0; o < 2; o++) {
     int64_t n = 1;
@@ -420,17 +455,8 @@ static int64_t lines(const Contraction *c, const Tile *t) {
     }
     total += n;
   }
-  return total;
+  return cost * (double)total;
 }
-
-// What a line a step costs in a tile's score (choose): fitted on the
-// sweep's strided input gradients, whose phase planes are 7 or 8 wide. A
-// phase 8 rows by 7 columns unrolled over 8 images and 2 rows (a line of dy
-// per image and step) ran at 36% of peak, its twin 7 by 8 over 2 images and
-// 8 columns at 51%; at 0.006 a line (0.002 before) the first takes 2 rows
-// by 7 columns: input gradients of layers 2, 9, 26, 29 and 38 1.14-1.31x
-// faster, layer 42's weight gradient 1.43x, no model's schedule changed.
-#define LINE_COST 0.006
 
 // The best tile for the vector chosen: every pair of other spatial
 // dimensions and sizes up to the accumulator budget; 7 only where it
@@ -473,7 +499,7 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
           for (int q = 0; q < 2; q++)
             if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
               score -= 0.05;
-          score -= LINE_COST * (double)lines(c, &t);
+          score -= line_cost(c, &t);
           if (score > best_score + 1e-9 || (score > best_score - 1e-9 && acc > best_acc)) {
             best_score = score;
             best_acc = acc;
