@@ -418,10 +418,10 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // LANEWISE_LINE_COST: a line read by a tile whose vector runs along the
 // channels of an activation (a forward or input gradient whose images are
 // too narrow for the vector: its stores go lane by lane). Its far lines
-// cost twice: each step broadcasts one element of each, and each lane of
-// the tile's outputs is stored into a line of its own per far element,
-// where neighbours along the output's columns share their lines, loaded
-// and stored. Sweep layer 40 of bench/ (3 -> 64 channels, 7x7, stride 2,
+// cost in its loads and in its stores alike: each step broadcasts one
+// element of each, and each lane of the tile's outputs is stored into a
+// line of its own per far element, where neighbours along the output's
+// columns share their lines, loaded and stored. Sweep layer 40 of bench/ (3 -> 64 channels, 7x7, stride 2,
 // 17 columns), over 4 images against over 4 columns: its sum's loop took
 // 0.335 against 0.25 ms, its stores 4.7 against 1.9 cycles an output. At
 // LINE_COST, the 0.05 that 17 columns in 4s lose to their edge tile made
@@ -433,7 +433,10 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // 0.04, weight gradients whose vector runs along the out-channels (not
 // activations: their stores come once, after the whole batch) were
 // 0.83-0.90x on layers 5, 6, 10 and allconv's conv2: hence activations
-// only.
+// only. In AVX2 code 3 layers change tiles, one for the worse: layer 12's
+// input gradient (8 channels, 15 columns) takes 12 columns and an edge of
+// 3 instead of 4 images by 3 columns, 0.75x (0.04 ms); the flat 0.05 does
+// not see that an edge of 3 accumulators waits on its FMAs' latency.
 #define LINE_COST 0.006
 #define LANEWISE_LINE_COST 0.025
 
