@@ -3,7 +3,7 @@
 machine, and as a share of the machine's FMA peak. Called by bench/speed.sh:
 
   bench/speed.sh [--threads N] [--pairs N] [--seconds S] [--quick] [--only seeds|cnns|sweep]
-                 [--models vgg_small,resnet8] [--layers 5,10,35]
+                 [--models vgg_small,resnet8] [--layers 5,10,35] [--isa native|avx2] [--out DIR]
 
 1. bench/fma_peak.c, compiled now with the system's cc, measures the peak.
 2. Each model (the seed nets and bench/models/*.yaml) is compiled, then
@@ -33,6 +33,13 @@ Both sides run with OMP_WAIT_POLICY=passive unless the environment sets it:
 xentcc's executables choose it themselves, and on a shared 2-core machine
 PyTorch's spinning threads made it up to six times slower.
 
+--isa avx2 holds both sides to AVX2 and FMA, the vectors of the AMD EPYC
+issue 11 names, on a machine that has more: xentcc compiles with
+-mcpu=x86-64-v3, the peak loop with -march=x86-64-v3, and PyTorch's oneDNN
+and ATen kernels are told to stop at AVX2 (ONEDNN_MAX_CPU_ISA,
+ATEN_CPU_CAPABILITY, set before torch loads). The heading names the
+instructions oneDNN reports it uses.
+
 Environment: XENTCC (default build/bin/xentcc), CC (default cc).
 """
 import argparse
@@ -51,6 +58,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 # Before torch starts its OpenMP threads: see the docstring.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+# --isa: the vector instructions both sides may use. mcpu goes to xentcc
+# (None: its default, the host's), march to the peak loop's cc, env to
+# PyTorch before it loads.
+ISAS = {
+    "native": {"mcpu": None, "march": "native", "env": {}, "says": ""},
+    "avx2": {"mcpu": "x86-64-v3", "march": "x86-64-v3",
+             "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+             "says": "AVX2 on both sides (xentcc -mcpu=x86-64-v3; PyTorch's oneDNN and ATen "
+                     "held to AVX2)"},
+}
+
+
+def isa_arg():
+    """--isa, read before torch loads (main's parser checks it again)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--isa", choices=sorted(ISAS), default="native")
+    return early.parse_known_args()[0].isa
+
+
+os.environ.update(ISAS[isa_arg()]["env"])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -170,10 +198,10 @@ def median(xs):
 # The FMA peak
 #
 
-def build_fma_peak(out):
+def build_fma_peak(out, march):
     exe = os.path.join(out, "fma_peak")
     cc = os.environ.get("CC", "cc")
-    if not run([cc, "-O2", "-march=native", "-fopenmp", os.path.join(ROOT, "bench", "fma_peak.c"),
+    if not run([cc, "-O2", f"-march={march}", "-fopenmp", os.path.join(ROOT, "bench", "fma_peak.c"),
                 "-o", exe], os.path.join(out, "fma_peak.log")):
         die(f"cannot build bench/fma_peak.c with {cc}; install gcc or set CC")
     return exe
@@ -287,14 +315,27 @@ def xc_eval(exe, weights, data_dir, threads, work, tag):
 
 
 def compile_model(xentcc, yaml_path, out, log):
+    """xentcc: the command, a list (the compiler and its -mcpu)."""
     t = time.perf_counter()
-    ok = run([xentcc, yaml_path, "-o", out], log)
+    ok = run(xentcc + [yaml_path, "-o", out], log)
     return time.perf_counter() - t if ok else None
 
 
 #
 # PyTorch
 #
+
+def onednn_isa():
+    """The instructions PyTorch's oneDNN says it uses here, from its verbose
+    output in a child process (it prints them on its first primitive)."""
+    probe = ("import torch; torch.nn.functional.conv2d(torch.ones(8, 16, 16, 16), "
+             "torch.ones(16, 16, 3, 3), padding=1)")  # big enough for oneDNN's kernel
+    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+    out = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, env=env).stdout
+    m = re.search(r"^(?:onednn|dnnl)_verbose,info,cpu,isa:(.*)$", out, re.M)
+    return m.group(1).strip() if m else "unknown"
+
 
 def timed_loop(fn, seconds, warmup=3, min_calls=5):
     """Seconds per call of fn over at least `seconds`, after warm-up calls."""
@@ -692,6 +733,10 @@ def main():
     ap.add_argument("--only", choices=["seeds", "cnns", "sweep"], help="run one part only")
     ap.add_argument("--models", help="these models only, comma-separated (e.g. vgg_small,resnet8)")
     ap.add_argument("--layers", help="these sweep layers only, by number, comma-separated (e.g. 5,10)")
+    ap.add_argument("--isa", choices=sorted(ISAS), default="native",
+                    help="vector instructions on both sides: native (default: all the machine "
+                         "has) or avx2 (AVX2 and FMA only, as on the AMD EPYC of issue 11)")
+    ap.add_argument("--out", help="where the work and speed.md go (default build/bench)")
     args = ap.parse_args()
     try:
         args.layers = [int(i) for i in args.layers.split(",")] if args.layers else None
@@ -706,8 +751,10 @@ def main():
     args.xentcc = os.environ.get("XENTCC", os.path.join(ROOT, "build", "bin", "xentcc"))
     if not os.access(args.xentcc, os.X_OK):
         die(f"no compiler at {args.xentcc}; build first (cmake --build build) or set XENTCC")
+    isa = ISAS[args.isa]
+    args.xentcc = [args.xentcc] + ([f"-mcpu={isa['mcpu']}"] if isa["mcpu"] else [])
 
-    out = os.path.join(ROOT, "build", "bench")
+    out = os.path.abspath(args.out) if args.out else os.path.join(ROOT, "build", "bench")
     work = os.path.join(out, "speed")
     os.makedirs(work, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -715,7 +762,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
 
     say("== FMA peak (bench/fma_peak.c)")
-    peak_exe = build_fma_peak(work)
+    peak_exe = build_fma_peak(work, isa["march"])
     first = fma_peak(peak_exe, args.threads)
     say("   " + ", ".join(f"{t} thread{'s' if t > 1 else ''}: {g:.1f} GFLOP/s"
                           for t, g in sorted(first.items())))
@@ -734,12 +781,14 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.machine())
     md = [f"### {started:%Y-%m-%d %H:%M} UTC: {args.threads} thread{'s' if args.threads > 1 else ''}"
-          f", {args.pairs} pair{'s' if args.pairs > 1 else ''}{', --quick' if args.quick else ''}",
+          f", {args.pairs} pair{'s' if args.pairs > 1 else ''}{', --quick' if args.quick else ''}"
+          f"{', --isa ' + args.isa if args.isa != 'native' else ''}",
           "",
           f"{cpu}, {os.cpu_count()} cores, load average {' '.join(load_before)} before and "
           f"{' '.join(load_after)} after; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
-          f"PyTorch {torch.__version__}. FMA peak (bench/fma_peak.c, best of 7 at the start "
-          "and 7 at the end): " +
+          f"PyTorch {torch.__version__} (oneDNN: {onednn_isa()})"
+          f"{'; ' + isa['says'] if isa['says'] else ''}. "
+          "FMA peak (bench/fma_peak.c, best of 7 at the start and 7 at the end): " +
           ", ".join(f"{g:.1f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
                     for t, g in sorted(peaks.items())) + ".", ""]
     if mres:

@@ -4,6 +4,7 @@
 # and a sweep of single convolution layers. bench/speed.py says how.
 #
 #   bench/speed.sh [--threads N] [--pairs N] [--seconds S] [--quick] [--only seeds|cnns|sweep]
+#                  [--isa native|avx2] [--out DIR]
 #
 # Environment: XENTCC (default build/bin/xentcc), CC (default cc), PYTHON
 # (default /usr/bin/python3). Tables go to stdout and build/bench/speed.md.
