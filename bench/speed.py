@@ -28,7 +28,8 @@ machine, and as a share of the machine's FMA peak. Called by bench/speed.sh:
    needed.
 
 Ratios are xentcc's speed over PyTorch's (above 1: xentcc is faster).
-Tables go to stdout as markdown and are appended to build/bench/speed.md.
+Tables go to stdout as markdown and are appended to build/bench/speed.md (or
+DIR/speed.md with --out DIR, where the work goes too).
 Both sides run with OMP_WAIT_POLICY=passive unless the environment sets it:
 xentcc's executables choose it themselves, and on a shared 2-core machine
 PyTorch's spinning threads made it up to six times slower.

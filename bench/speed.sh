@@ -7,7 +7,8 @@
 #                  [--isa native|avx2] [--out DIR]
 #
 # Environment: XENTCC (default build/bin/xentcc), CC (default cc), PYTHON
-# (default /usr/bin/python3). Tables go to stdout and build/bench/speed.md.
+# (default /usr/bin/python3). Tables go to stdout and build/bench/speed.md
+# (DIR/speed.md with --out DIR).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 exec "${PYTHON:-/usr/bin/python3}" "$root/bench/speed.py" "$@"
