@@ -72,14 +72,12 @@ ISAS = {
 }
 
 
-def isa_arg():
-    """--isa, read before torch loads (main's parser checks it again)."""
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--isa", choices=sorted(ISAS), default="native")
-    return early.parse_known_args()[0].isa
-
-
-os.environ.update(ISAS[isa_arg()]["env"])
+# --isa is read before torch loads, then again with main's other options.
+ISA_ARG = argparse.ArgumentParser(add_help=False)
+ISA_ARG.add_argument("--isa", choices=sorted(ISAS), default="native",
+                     help="vector instructions on both sides: native (default: all the machine "
+                          "has) or avx2 (AVX2 and FMA only, as on the AMD EPYC of issue 11)")
+os.environ.update(ISAS[ISA_ARG.parse_known_args()[0].isa]["env"])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -725,7 +723,8 @@ def sweep_table(results):
 
 def main():
     ap = argparse.ArgumentParser(
-        description="xentcc against PyTorch 1.13 in one run: FMA peak, models, convolution sweep.")
+        description="xentcc against PyTorch 1.13 in one run: FMA peak, models, convolution sweep.",
+        parents=[ISA_ARG])
     ap.add_argument("--threads", type=int, default=2, help="threads on both sides (default 2)")
     ap.add_argument("--pairs", type=int, help="xentcc/PyTorch run pairs (default 3; --quick 1)")
     ap.add_argument("--seconds", type=float,
@@ -734,9 +733,6 @@ def main():
     ap.add_argument("--only", choices=["seeds", "cnns", "sweep"], help="run one part only")
     ap.add_argument("--models", help="these models only, comma-separated (e.g. vgg_small,resnet8)")
     ap.add_argument("--layers", help="these sweep layers only, by number, comma-separated (e.g. 5,10)")
-    ap.add_argument("--isa", choices=sorted(ISAS), default="native",
-                    help="vector instructions on both sides: native (default: all the machine "
-                         "has) or avx2 (AVX2 and FMA only, as on the AMD EPYC of issue 11)")
     ap.add_argument("--out", help="where the work and speed.md go (default build/bench)")
     args = ap.parse_args()
     try:

@@ -70,6 +70,11 @@ typedef struct {
   int max_acc;        // accumulators a tile may hold (the target's)
 } Contraction;
 
+// Is spatial dimension d the batch (the images)?
+static bool is_batch(const Contraction *c, int d) {
+  return c->s[d].role && !strcmp(c->s[d].role, "n");
+}
+
 // --- Recognising a plain contraction --------------------------------------------------
 
 static bool is_var(const LExpr *e, int var) { return e->kind == LX_VAR && e->var == var; }
@@ -421,9 +426,10 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // cost in its loads and in its stores alike: each step broadcasts one
 // element of each, and each lane of the tile's outputs is stored into a
 // line of its own per far element, where neighbours along the output's
-// columns share their lines, loaded and stored. Sweep layer 40 of bench/ (3 -> 64 channels, 7x7, stride 2,
-// 17 columns), over 4 images against over 4 columns: its sum's loop took
-// 0.335 against 0.25 ms, its stores 4.7 against 1.9 cycles an output. At
+// columns share their lines, loaded and stored. Sweep layer 40 of bench/
+// (3 -> 64 channels, 7x7, stride 2, 17 columns), over 4 images against
+// over 4 columns: its sum's loop took 0.335 against 0.25 ms, its stores
+// 4.7 against 1.9 cycles an output. At
 // LINE_COST, the 0.05 that 17 columns in 4s lose to their edge tile made
 // the images win. At 0.025, 17 of the 44 layers change tiles: in paired
 // rounds the forward of layers 2, 18, 26 and 29 1.7-1.95x faster, of 7,
@@ -444,7 +450,7 @@ static double line_cost(const Contraction *c, const Tile *t) {
   const LExpr *ops[2] = {c->a, c->b};
   bool activation = false; // the output has images (forward, input gradient)
   for (int d = 0; d < c->ns; d++)
-    activation |= c->s[d].role && !strcmp(c->s[d].role, "n");
+    activation |= is_batch(c, d);
   double cost = !t->rfactor && t->v != c->ns - 1 && activation ? LANEWISE_LINE_COST : LINE_COST;
   int64_t total = 0;
   for (int o = 0; o < 2; o++) {
@@ -1145,7 +1151,7 @@ static int fuller_vector(LFunc *f, int at, Contraction *c, const Tile *t) {
   double best_gain = 0, fill = lane_fill(c, t);
   for (int pass = 0; pass < 2; pass++) // the batch last
     for (int d = 0; d < c->ns; d++) {
-      bool batch = c->s[d].role && !strcmp(c->s[d].role, "n");
+      bool batch = is_batch(c, d);
       if ((!t->rfactor && d == t->v) || c->s[d].n < MIN_VECTOR || batch != (pass == 1) ||
           !vector_ok(f, &at, c, d, false))
         continue;
