@@ -19,10 +19,12 @@
 // (fuller_vector: odd widths, 1x1 weight gradients). The other two tile
 // loops and their sizes are chosen from the constant shapes and the target:
 // at most its accumulators (12 of AVX2's 16 registers, 16 of AVX-512's 32)
-// and the fewest loads per multiply-add, or, when a tile's sum streams more than L1
-// holds, the fewest bytes from L2 (a shorter vector, more unrolled) -- but
-// for a weight gradient's sum blocked by images, whose slabs stay in L1. The
-// tile loops nest so that the operand that would otherwise cross L2 most
+// and the fewest loads per multiply-add, or, when a tile's sum streams more
+// than L1 holds, the fewest bytes from L2 (a shorter vector, more unrolled)
+// -- but for a weight gradient's sum blocked by images, whose slabs stay in
+// L1. A step's multiply-adds go in the order that keeps the fewest operand
+// values live (step_order), so that 12 accumulators and their operands fit
+// AVX2's 16 registers without a spill. The tile loops nest so that the operand that would otherwise cross L2 most
 // often stays in it. A sum that streams more than L1 holds (a weight
 // gradient's, over every image) is blocked by its outermost loop: each
 // block adds to every tile in turn, the accumulators kept in memory
@@ -650,31 +652,54 @@ static LStmt *acc_store(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LE
   return ls_store(bd->acc, idx, value);
 }
 
-// Calls emit(bd, parent, j0, j1, lane expr, width) for every element of the
+// Calls fn(bd, parent, j0, j1, lane expr, arg) for every element of the
 // tile: j0 < n0, j1 < n1 unrolled, the vector in pieces of a whole
-// vector's lanes (8 or 16), then 8, 4, 2, 1, from `base` for `len` lanes
-// (each a vector loop).
+// vector's lanes (8 or 16), then 8, 4, 2, 1, for `len` lanes (each a
+// vector loop). The three are nested as `order` says, outermost first
+// (TD_J0, TD_J1, TD_PIECE).
 typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, LExpr *lane,
                        void *arg);
 
+enum { TD_J0, TD_J1, TD_PIECE, TILE_DIMS };
+
+// The vector's pieces: lanes [at[i], at[i] + w[i]).
+static int pieces_of(const Build *bd, int64_t len, int64_t at[], int64_t w[]) {
+  int n = 0;
+  for (int64_t a = 0; a < len; n++) {
+    int64_t x = bd->c->lanes;
+    while (x > len - a)
+      x /= 2;
+    at[n] = a, w[n] = x;
+    a += x;
+  }
+  return n;
+}
+
+static void each_in(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1,
+                    int64_t len, const int order[TILE_DIMS], EachFn fn, void *arg) {
+  int64_t at[64], w[64];
+  int np = pieces_of(bd, len, at, w);
+  int64_t n[TILE_DIMS] = {n0, n1, np};
+  int64_t total = n0 * n1 * np;
+  for (int64_t x = 0; x < total; x++) {
+    int64_t j[TILE_DIMS], rest = x;
+    for (int i = TILE_DIMS - 1; i >= 0; i--) {
+      j[order[i]] = rest % n[order[i]];
+      rest /= n[order[i]];
+    }
+    int64_t p = j[TD_PIECE];
+    int var = lk_var(k);
+    LStmt *l = ls_loop(var, at[p], at[p] + w[p], bd->c->s[bd->t->rfactor ? 0 : bd->t->v].role);
+    l->flags |= w[p] > 1 ? LF_VECTOR : LF_UNROLL;
+    ls_add(parent, l);
+    fn(bd, l, j[TD_J0], j[TD_J1], lx_var(var), arg);
+  }
+}
+
 static void each(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1, int64_t len,
                  EachFn fn, void *arg) {
-  for (int64_t j0 = 0; j0 < n0; j0++)
-    for (int64_t j1 = 0; j1 < n1; j1++)
-      for (int64_t at = 0; at < len;) {
-        int64_t w = bd->c->lanes;
-        while (w > len - at)
-          w /= 2;
-        int var = lk_var(k);
-        LStmt *l = ls_loop(var, at, at + w, bd->c->s[bd->t->rfactor ? 0 : bd->t->v].role);
-        if (w > 1)
-          l->flags |= LF_VECTOR;
-        else
-          l->flags |= LF_UNROLL;
-        ls_add(parent, l);
-        fn(bd, l, j0, j1, lx_var(var), arg);
-        at += w;
-      }
+  static const int natural[TILE_DIMS] = {TD_J0, TD_J1, TD_PIECE};
+  each_in(bd, k, parent, n0, n1, len, natural, fn, arg);
 }
 
 static void init_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *lane, void *arg) {
@@ -756,6 +781,62 @@ static LExpr *border_guard(const Build *bd, int i) {
   return cond;
 }
 
+// The operand values a step of the tile keeps in registers besides its
+// accumulators, its tile dimensions nested as `order` says: an operand
+// moves with some of them (its own), and a value of it is live from its
+// first multiply-add to its last. Nested with all its own dimensions
+// outside the others, an operand is loaded as it is used, one value live;
+// else each value waits for the other dimensions to come round again, and
+// all those of its own dimensions inside the outermost other one are live
+// at once.
+static int64_t live_values(const Build *bd, int64_t n0, int64_t n1, int64_t len,
+                           const int order[TILE_DIMS]) {
+  const Contraction *c = bd->c;
+  const Tile *t = bd->t;
+  const LExpr *ops[2] = {c->a, c->b};
+  int64_t at[64], w[64];
+  int64_t n[TILE_DIMS] = {n0, n1, pieces_of(bd, len, at, w)};
+  int64_t live = 0;
+  for (int o = 0; o < 2; o++) {
+    bool own[TILE_DIMS] = {t->t[0] >= 0 && uses(ops[o], c->s[t->t[0]].var),
+                           t->t[1] >= 0 && uses(ops[o], c->s[t->t[1]].var),
+                           uses(ops[o], bd->vvar)};
+    int64_t values = 1;
+    bool other_outside = false;
+    for (int i = 0; i < TILE_DIMS; i++) {
+      int d = order[i];
+      if (n[d] == 1)
+        continue;
+      if (!own[d])
+        other_outside = true;
+      else if (other_outside)
+        values *= n[d];
+    }
+    live += values;
+  }
+  return live;
+}
+
+// The nesting of a tile's steps with the fewest live operand values (on
+// AVX2, 12 accumulators leave 4 registers: 3 vectors of images by 4
+// broadcast weights go image by image with all 4 weights live and spill
+// one accumulator a step; weight by weight, the 3 images stay and the
+// weights come one at a time). The first found of the fewest, the natural
+// order first.
+static void step_order(const Build *bd, int64_t n0, int64_t n1, int64_t len,
+                       int order[TILE_DIMS]) {
+  static const int perms[6][TILE_DIMS] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
+                                          {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+  int64_t best = -1;
+  for (int i = 0; i < 6; i++) {
+    int64_t live = live_values(bd, n0, n1, len, perms[i]);
+    if (best < 0 || live < best) {
+      best = live;
+      memcpy(order, perms[i], sizeof perms[i]);
+    }
+  }
+}
+
 // The reduction loops around the accumulate steps of one tile.
 static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, int64_t len) {
   const Contraction *c = bd->c;
@@ -776,7 +857,9 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     }
   }
   if (!t->rfactor) {
-    each(bd, k, in, n0, n1, len, step_one, NULL);
+    int order[TILE_DIMS];
+    step_order(bd, n0, n1, len, order);
+    each_in(bd, k, in, n0, n1, len, order, step_one, NULL);
     return;
   }
   // rfactor: blocks of a vector's lanes of the vector's loop, then the rest.
