@@ -821,13 +821,15 @@ static int64_t live_values(const Build *bd, int64_t n0, int64_t n1, int64_t len,
 // AVX2, 12 accumulators leave 4 registers: 3 vectors of images by 4
 // broadcast weights go image by image with all 4 weights live and spill
 // one accumulator a step; weight by weight, the 3 images stay and the
-// weights come one at a time). The first found of the fewest, the natural
-// order first.
+// weights come one at a time; a weight gradient's rfactor tile of 3
+// vectors of dy by 4 of x, likewise). The first found of the fewest, the
+// natural order first.
 static void step_order(const Build *bd, int64_t n0, int64_t n1, int64_t len,
                        int order[TILE_DIMS]) {
   static const int perms[6][TILE_DIMS] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
                                           {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
   int64_t best = -1;
+  memcpy(order, perms[0], sizeof perms[0]);
   for (int i = 0; i < 6; i++) {
     int64_t live = live_values(bd, n0, n1, len, perms[i]);
     if (best < 0 || live < best) {
@@ -862,7 +864,13 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     each_in(bd, k, in, n0, n1, len, order, step_one, NULL);
     return;
   }
-  // rfactor: blocks of a vector's lanes of the vector's loop, then the rest.
+  // rfactor: blocks of a vector's lanes of the vector's loop, then the rest,
+  // each a step of the n0 x n1 accumulators (both operands vectors).
+  int order[TILE_DIMS];
+  step_order(bd, n0, n1, c->lanes, order);
+  bool j1_outer = false; // does j1 nest outside j0?
+  for (int i = 0; i < TILE_DIMS && order[i] != TD_J0; i++)
+    j1_outer |= order[i] == TD_J1;
   int64_t n = c->r[t->v].n, blocks = n / c->lanes;
   Build b2 = *bd;
   if (blocks > 0) {
@@ -871,8 +879,8 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     bl->flags |= LF_REDUCE;
     ls_add(in, bl);
     // The vector variable = 8 * blk + lane.
-    for (int64_t j0 = 0; j0 < n0; j0++)
-      for (int64_t j1 = 0; j1 < n1; j1++) {
+    for (int64_t x = 0; x < n0 * n1; x++) {
+        int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
         int lane = lk_var(k);
         LStmt *vl = ls_loop(lane, 0, c->lanes, c->r[t->v].role);
         vl->flags |= LF_VECTOR;
@@ -887,8 +895,8 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     int64_t w = c->lanes / 2; // pieces of 4, 2, 1 on AVX2, 8 first on AVX-512
     while (w > n - at)
       w /= 2;
-    for (int64_t j0 = 0; j0 < n0; j0++)
-      for (int64_t j1 = 0; j1 < n1; j1++) {
+    for (int64_t x = 0; x < n0 * n1; x++) {
+        int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
         int lane = lk_var(k);
         LStmt *vl = ls_loop(lane, 0, w, c->r[t->v].role);
         vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
