@@ -24,8 +24,8 @@
 // -- but for a weight gradient's sum blocked by images, whose slabs stay in
 // L1. A step's multiply-adds go in the order that keeps the fewest operand
 // values live (step_order), so that 12 accumulators and their operands fit
-// AVX2's 16 registers without a spill. The tile loops nest so that the operand that would otherwise cross L2 most
-// often stays in it. A sum that streams more than L1 holds (a weight
+// AVX2's 16 registers without a spill. The tile loops nest so that the
+// operand that would otherwise cross L2 most often stays in it. A sum that streams more than L1 holds (a weight
 // gradient's, over every image) is blocked by its outermost loop: each
 // block adds to every tile in turn, the accumulators kept in memory
 // between blocks (block_sum). Edges take smaller tiles, never branches in
@@ -662,10 +662,13 @@ typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, L
 
 enum { TD_J0, TD_J1, TD_PIECE, TILE_DIMS };
 
-// The vector's pieces: lanes [at[i], at[i] + w[i]).
-static int pieces_of(const Build *bd, int64_t len, int64_t at[], int64_t w[]) {
+// The vector's pieces: lanes [at[i], at[i] + w[i]). At most MAX_PIECES
+// whole vectors, then one each of 8, 4, 2 and 1 lanes.
+enum { MAX_PARTS = MAX_PIECES + 4 };
+static int pieces_of(const Build *bd, int64_t len, int64_t at[MAX_PARTS], int64_t w[MAX_PARTS]) {
   int n = 0;
   for (int64_t a = 0; a < len; n++) {
+    ir_assert(n < MAX_PARTS);
     int64_t x = bd->c->lanes;
     while (x > len - a)
       x /= 2;
@@ -677,7 +680,7 @@ static int pieces_of(const Build *bd, int64_t len, int64_t at[], int64_t w[]) {
 
 static void each_in(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1,
                     int64_t len, const int order[TILE_DIMS], EachFn fn, void *arg) {
-  int64_t at[64], w[64];
+  int64_t at[MAX_PARTS], w[MAX_PARTS];
   int np = pieces_of(bd, len, at, w);
   int64_t n[TILE_DIMS] = {n0, n1, np};
   int64_t total = n0 * n1 * np;
@@ -794,7 +797,7 @@ static int64_t live_values(const Build *bd, int64_t n0, int64_t n1, int64_t len,
   const Contraction *c = bd->c;
   const Tile *t = bd->t;
   const LExpr *ops[2] = {c->a, c->b};
-  int64_t at[64], w[64];
+  int64_t at[MAX_PARTS], w[MAX_PARTS];
   int64_t n[TILE_DIMS] = {n0, n1, pieces_of(bd, len, at, w)};
   int64_t live = 0;
   for (int o = 0; o < 2; o++) {
@@ -880,32 +883,32 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     ls_add(in, bl);
     // The vector variable = 8 * blk + lane.
     for (int64_t x = 0; x < n0 * n1; x++) {
-        int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
-        int lane = lk_var(k);
-        LStmt *vl = ls_loop(lane, 0, c->lanes, c->r[t->v].role);
-        vl->flags |= LF_VECTOR;
-        ls_add(bl, vl);
-        LExpr *pos = lx_iadd(lx_imul(lx_var(blk), c->lanes), lx_var(lane));
-        LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
-        LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
-        ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
-      }
+      int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
+      int lane = lk_var(k);
+      LStmt *vl = ls_loop(lane, 0, c->lanes, c->r[t->v].role);
+      vl->flags |= LF_VECTOR;
+      ls_add(bl, vl);
+      LExpr *pos = lx_iadd(lx_imul(lx_var(blk), c->lanes), lx_var(lane));
+      LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
+      LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
+      ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
+    }
   }
   for (int64_t at = blocks * c->lanes; at < n;) {
     int64_t w = c->lanes / 2; // pieces of 4, 2, 1 on AVX2, 8 first on AVX-512
     while (w > n - at)
       w /= 2;
     for (int64_t x = 0; x < n0 * n1; x++) {
-        int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
-        int lane = lk_var(k);
-        LStmt *vl = ls_loop(lane, 0, w, c->r[t->v].role);
-        vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
-        ls_add(in, vl);
-        LExpr *pos = lx_iaddc(lx_var(lane), at);
-        LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
-        LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
-        ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
-      }
+      int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
+      int lane = lk_var(k);
+      LStmt *vl = ls_loop(lane, 0, w, c->r[t->v].role);
+      vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
+      ls_add(in, vl);
+      LExpr *pos = lx_iaddc(lx_var(lane), at);
+      LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
+      LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
+      ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
+    }
     at += w;
   }
 }
