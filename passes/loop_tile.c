@@ -25,8 +25,9 @@
 // L1. A step's multiply-adds go in the order that keeps the fewest operand
 // values live (step_order), so that 12 accumulators and their operands fit
 // AVX2's 16 registers without a spill. The tile loops nest so that the
-// operand that would otherwise cross L2 most often stays in it. A sum that streams more than L1 holds (a weight
-// gradient's, over every image) is blocked by its outermost loop: each
+// operand that would otherwise cross L2 most often stays in it. A sum that
+// streams more than L1 holds (a weight gradient's, over every image) is
+// blocked by its outermost loop: each
 // block adds to every tile in turn, the accumulators kept in memory
 // between blocks (block_sum). Edges take smaller tiles, never branches in
 // the reduction: a short last vector, or a last block with fewer rows. The
@@ -842,6 +843,26 @@ static void step_order(const Build *bd, int64_t n0, int64_t n1, int64_t len,
   }
 }
 
+// One step of an rfactor tile: every accumulator takes `w` lanes of the
+// vector's loop, at lanes [at, at + w), or, with blk >= 0, the lanes of
+// block blk.
+static void rfactor_step(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1,
+                         bool j1_outer, int blk, int64_t at, int64_t w) {
+  const Contraction *c = bd->c;
+  for (int64_t x = 0; x < n0 * n1; x++) {
+    int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
+    int lane = lk_var(k);
+    LStmt *vl = ls_loop(lane, 0, w, c->r[bd->t->v].role);
+    vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
+    ls_add(parent, vl);
+    LExpr *pos = blk >= 0 ? lx_iadd(lx_imul(lx_var(blk), c->lanes), lx_var(lane))
+                          : lx_iaddc(lx_var(lane), at);
+    LExpr *pa = place(bd, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
+    LExpr *pb = place(bd, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
+    ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
+  }
+}
+
 // The reduction loops around the accumulate steps of one tile.
 static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, int64_t len) {
   const Contraction *c = bd->c;
@@ -868,47 +889,26 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
     return;
   }
   // rfactor: blocks of a vector's lanes of the vector's loop, then the rest,
-  // each a step of the n0 x n1 accumulators (both operands vectors).
+  // each a step of the n0 x n1 accumulators (both operands vectors, one
+  // piece each).
   int order[TILE_DIMS];
   step_order(bd, n0, n1, c->lanes, order);
   bool j1_outer = false; // does j1 nest outside j0?
   for (int i = 0; i < TILE_DIMS && order[i] != TD_J0; i++)
     j1_outer |= order[i] == TD_J1;
   int64_t n = c->r[t->v].n, blocks = n / c->lanes;
-  Build b2 = *bd;
   if (blocks > 0) {
     int blk = lk_var(k);
     LStmt *bl = ls_loop(blk, 0, blocks, c->r[t->v].role);
     bl->flags |= LF_REDUCE;
     ls_add(in, bl);
-    // The vector variable = 8 * blk + lane.
-    for (int64_t x = 0; x < n0 * n1; x++) {
-      int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
-      int lane = lk_var(k);
-      LStmt *vl = ls_loop(lane, 0, c->lanes, c->r[t->v].role);
-      vl->flags |= LF_VECTOR;
-      ls_add(bl, vl);
-      LExpr *pos = lx_iadd(lx_imul(lx_var(blk), c->lanes), lx_var(lane));
-      LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
-      LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
-      ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
-    }
+    rfactor_step(bd, k, bl, n0, n1, j1_outer, blk, 0, c->lanes);
   }
   for (int64_t at = blocks * c->lanes; at < n;) {
     int64_t w = c->lanes / 2; // pieces of 4, 2, 1 on AVX2, 8 first on AVX-512
     while (w > n - at)
       w /= 2;
-    for (int64_t x = 0; x < n0 * n1; x++) {
-      int64_t j0 = j1_outer ? x % n0 : x / n1, j1 = j1_outer ? x / n0 : x % n1;
-      int lane = lk_var(k);
-      LStmt *vl = ls_loop(lane, 0, w, c->r[t->v].role);
-      vl->flags |= w > 1 ? LF_VECTOR : LF_UNROLL;
-      ls_add(in, vl);
-      LExpr *pos = lx_iaddc(lx_var(lane), at);
-      LExpr *pa = place(&b2, lx_subst(c->a, bd->vvar, pos), j0, j1, lx_var(lane));
-      LExpr *pb = place(&b2, lx_subst(c->b, bd->vvar, pos), j0, j1, lx_var(lane));
-      ls_add(vl, acc_store(bd, j0, j1, lx_var(lane), lx_fma(pa, pb, acc_at(bd, j0, j1, lx_var(lane)))));
-    }
+    rfactor_step(bd, k, in, n0, n1, j1_outer, -1, at, w);
     at += w;
   }
 }
