@@ -356,6 +356,17 @@ def check_model(args, i):
             r = np.abs(a - b) / (WEIGHT_ATOL + WEIGHT_RTOL * np.abs(b))
             worst["weights"] = max(worst["weights"], float(r.max()))
     run(compare + [w["O3.t1"], w["O3.t2"], "--rtol", "0", "--atol", "0"])
+    if getattr(args, "check_perturbed", False):
+        # The comparison can fail: a copy of the -O3 weights, one scaled by
+        # 1 + 1e-3 (as --perturb does, without compiling and training again).
+        scaled = os.path.join(work, "perturbed.safetensors")
+        shutil.copyfile(w["O3.t2"], scaled)
+        perturb(scaled)
+        r = subprocess.run(compare + [scaled, w["O0.t2"], "--rtol", str(WEIGHT_RTOL),
+                                      "--atol", str(WEIGHT_ATOL)], capture_output=True, text=True)
+        if r.returncode != 1:
+            raise Mismatch(f"compare_weights.py exits {r.returncode}, not 1, on a weight scaled "
+                           "by 1 + 1e-3")
     probs, metrics = {}, {}
     for level in ("O0", "O3"):
         ev = [exe[level] + "-eval", "--weights", w["O3.t2"], "--threads", "2", "--quiet", "--json"]
