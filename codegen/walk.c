@@ -9,6 +9,7 @@
 // (emit_step says how).
 #include "emit.h"
 
+#include <llvm-c/DebugInfo.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -730,6 +731,18 @@ static void emit_body(W *w, const LStmt *s, int depth) {
   }
 }
 
+// Marks the loop whose latch is `br` as one LLVM must not unroll.
+static void keep_rolled(Cg *c, LLVMValueRef br) {
+  static const char key[] = "llvm.loop.unroll.disable";
+  LLVMMetadataRef self = LLVMTemporaryMDNode(c->ctx, NULL, 0);
+  LLVMMetadataRef opt = LLVMMDStringInContext2(c->ctx, key, sizeof key - 1);
+  LLVMMetadataRef ops[2] = {self, LLVMMDNodeInContext2(c->ctx, &opt, 1)};
+  LLVMMetadataRef id = LLVMMDNodeInContext2(c->ctx, ops, 2);
+  LLVMMetadataReplaceAllUsesWith(self, id);
+  LLVMSetMetadata(br, LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9),
+                  LLVMMetadataAsValue(c->ctx, id));
+}
+
 // for (v = lo; v < hi; v++): a counted loop.
 static void emit_counted(W *w, const LStmt *s, LLVMValueRef lo, LLVMValueRef hi, int depth) {
   Cg *c = w->c;
@@ -747,7 +760,9 @@ static void emit_counted(W *w, const LStmt *s, LLVMValueRef lo, LLVMValueRef hi,
   emit_body(w, s, depth);
   LLVMValueRef next = LLVMBuildNSWAdd(c->b, phi, LLVMConstInt(c->i64, 1, 0), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
-  LLVMBuildBr(c->b, head);
+  LLVMValueRef br = LLVMBuildBr(c->b, head);
+  if (s->flags & LF_ROLLED)
+    keep_rolled(c, br);
   LLVMAddIncoming(phi, &next, &latch, 1);
   LLVMPositionBuilderAtEnd(c->b, exit);
   w->var[s->var] = NULL;

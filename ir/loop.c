@@ -188,7 +188,7 @@ bool lx_uses_var(const LExpr *e, int v) {
 // 2-core AVX-512 Xeon as fast as 28 (vgg_small, allconv: training steps
 // within 2%) and 7% faster than 12 (allconv, resnet8), where 28 gave LLVM
 // 1.5 times the code to compile (allconv 2.1 -> 3.1 s).
-const LTarget ltarget_avx2 = {"avx2", 8, 12}, ltarget_avx512 = {"avx512", 16, 16};
+const LTarget ltarget_avx2 = {"avx2", 8, 12, 16}, ltarget_avx512 = {"avx512", 16, 16, 32};
 
 const LTarget *ltarget_find(const char *name) {
   static const LTarget *const all[] = {&ltarget_avx2, &ltarget_avx512};
@@ -742,8 +742,8 @@ static void print_stmt(FILE *out, const Names *nm, const LStmt *s, int depth) {
     fprintf(out, "%s%s%sfor ", s->flags & LF_PARALLEL ? "parallel " : "",
             s->flags & LF_UNROLL ? "unrolled " : "", s->flags & LF_VECTOR ? "vector " : "");
     print_var(out, nm, s->var);
-    fprintf(out, " in [%" PRId64 ", %" PRId64 ")%s\n", s->lo, s->hi,
-            s->flags & LF_REDUCE ? " reduce" : "");
+    fprintf(out, " in [%" PRId64 ", %" PRId64 ")%s%s\n", s->lo, s->hi,
+            s->flags & LF_REDUCE ? " reduce" : "", s->flags & LF_ROLLED ? " rolled" : "");
     for (int i = 0; i < s->nbody; i++)
       print_stmt(out, nm, s->body[i], depth + 1);
     return;

@@ -171,6 +171,7 @@ enum {
   LF_UNROLL = 2,   // emitted once per iteration, the variable a constant
   LF_VECTOR = 4,   // its iterations are the lanes of one vector (hi - lo lanes)
   LF_REDUCE = 8,   // lowering's note: a reduction loop (iterations accumulate in one place)
+  LF_ROLLED = 16,  // LLVM keeps it a loop: no unrolling (tile: a tile's tap loop, see there)
 };
 
 typedef struct LStmt LStmt;
@@ -240,6 +241,7 @@ typedef struct LTarget {
   const char *name;  // "avx2", "avx512"
   int lanes;         // floats in a vector register: 8 or 16
   int accumulators;  // a tile's vector accumulators at most
+  int registers;     // vector registers: 16 or 32
 } LTarget;
 
 extern const LTarget ltarget_avx2, ltarget_avx512;

@@ -29,8 +29,13 @@
 // streams more than L1 holds (a weight gradient's, over every image) is
 // blocked by its outermost loop: each
 // block adds to every tile in turn, the accumulators kept in memory
-// between blocks (block_sum). Edges take smaller tiles, never branches in
-// the reduction: a short last vector, or a last block with fewer rows. The
+// between blocks (block_sum), by output element. A tile is scored over its
+// whole loops (edge_weighted): the smaller last tiles where a size does not
+// divide count by their share of the outputs. Edges take their own tiles,
+// never branches in the reduction: a short last vector, a last block with
+// fewer rows, which may take another size along the other unrolled
+// dimension (Tile.edge; split_edge). A tap loop whose unrolling would carry
+// more values than the registers hold stays rolled (stays_rolled). The
 // one branch in a reduction skips the steps that read only a border of
 // zeros (steps_run), when the index there is the same across the tile; a
 // transposed copy of a padded operand keeps its border (pad_lo, pad_n).
@@ -71,6 +76,7 @@ typedef struct {
   LBuf *epi_out;      // where the epilogue stores: out, or a 16-bit buffer of its shape
   int lanes;          // a vector register's floats (the target's)
   int max_acc;        // accumulators a tile may hold (the target's)
+  int registers;      // the target's vector registers
 } Contraction;
 
 // Is spatial dimension d the batch (the images)?
@@ -274,6 +280,12 @@ typedef struct {
   int64_t vblock;  // lanes per block of the vector dimension (spatial)
   int t[2];        // up to two unrolled spatial dimensions (index into s), -1 when none
   int64_t size[2]; // their tile sizes
+  // Where t[edge] leaves a last, shorter block (rest), the tiles there take
+  // edge_size along the other unrolled dimension instead of its size: a
+  // last column of 4x4 images, 1 by 2 rows by 16 channels (4
+  // accumulators), becomes 1 by 4 rows (8). edge < 0: none.
+  int edge;
+  int64_t edge_size;
   int order[MAX_SPATIAL]; // the spatial loops' nesting, outermost first (index into s)
 } Tile;
 
@@ -295,8 +307,8 @@ typedef struct {
 // Is load op's index along dimension d of its padded buffer the same across
 // tile t and moved by one reduction loop (*red), besides at most one
 // spatial loop (*sp, or -1)?
-static bool skippable(const Contraction *c, const Tile *t, const LExpr *op, int d, int *red,
-                      int *sp) {
+static bool skippable(const Contraction *c, const Tile *t, const int64_t size[2], const LExpr *op,
+                      int d, int *red, int *sp) {
   Affine a;
   if (!op->buf->pad_of || op->buf->dim[d] == op->buf->pad_n[d] ||
       !lx_affine(op->idx[d], &a))
@@ -306,7 +318,7 @@ static bool skippable(const Contraction *c, const Tile *t, const LExpr *op, int 
   for (int i = 0; i < a.n; i++) {
     int v = a.var[i], r = -1, s = -1;
     for (int q = 0; q < 2; q++)
-      if (v == vvar || (t->t[q] >= 0 && c->s[t->t[q]].var == v))
+      if (v == vvar || (t->t[q] >= 0 && size[q] > 1 && c->s[t->t[q]].var == v))
         return false;
     for (int j = 0; j < c->nr; j++)
       r = c->r[j].var == v ? j : r;
@@ -344,7 +356,7 @@ static double steps_run(const Contraction *c, const Tile *t) {
   for (int o = 0; o < 2; o++)
     for (int d = 0; d < ops[o]->buf->rank; d++) {
       int red, sp;
-      if (skippable(c, t, ops[o], d, &red, &sp))
+      if (skippable(c, t, t->size, ops[o], d, &red, &sp))
         share *= inside_share(c, ops[o], d, red, sp);
     }
   return share > SKIP_WORTH ? 1 : share;
@@ -433,7 +445,7 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // (3 -> 64 channels, 7x7, stride 2, 17 columns), over 4 images against
 // over 4 columns: its sum's loop took 0.335 against 0.25 ms, its stores
 // 4.7 against 1.9 cycles an output. At
-// LINE_COST, the 0.05 that 17 columns in 4s lose to their edge tile made
+// LINE_COST, the flat 0.05 an edge then cost 17 columns in 4s made
 // the images win. At 0.025, 17 of the 44 layers change tiles: in paired
 // rounds the forward of layers 2, 18, 26 and 29 1.7-1.95x faster, of 7,
 // 20, 23, 36, 37 and 40 1.2-1.5x, input gradients of 4, 18, 19, 20, 22
@@ -444,8 +456,9 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
 // 0.83-0.90x on layers 5, 6, 10 and allconv's conv2: hence activations
 // only. In AVX2 code 3 layers change tiles, one for the worse: layer 12's
 // input gradient (8 channels, 15 columns) takes 12 columns and an edge of
-// 3 instead of 4 images by 3 columns, 0.75x (0.04 ms); the flat 0.05 does
-// not see that an edge of 3 accumulators waits on its FMAs' latency.
+// 3 instead of 4 images by 3 columns, 0.75x (0.04 ms); the flat 0.05 did
+// not see that an edge of 3 accumulators waits on its FMAs' latency, which
+// edge_weighted counts.
 #define LINE_COST 0.006
 #define LANEWISE_LINE_COST 0.025
 
@@ -468,6 +481,72 @@ static double line_cost(const Contraction *c, const Tile *t) {
     total += n;
   }
   return cost * (double)total;
+}
+
+// A tile's rate: multiply-adds per load, a little in favour of more
+// accumulators; or, for a sum that streams from L2 (streamed), per slot of
+// the slowest of FMAs, loads and L2. A tile of fewer than LATENCY_ACC
+// accumulators waits on its multiply-adds' latency (4 cycles, 2 units).
+#define LATENCY_ACC 8
+
+static double rate(const Contraction *c, const Tile *t, bool streamed) {
+  int64_t loads, acc;
+  cost(c, t, &loads, &acc);
+  double r = (double)acc / loads + 0.01 * acc;
+  if (streamed) {
+    double slots = (double)fresh_bytes(c, t) / L2_BYTES_PER_FMA;
+    slots = slots > loads ? slots : loads;
+    r = (double)acc / (slots > acc ? slots : acc) + 0.01 * acc;
+  }
+  return acc < LATENCY_ACC ? r * (double)acc / LATENCY_ACC : r;
+}
+
+// The share of a loop of n that blocks of `step` cover whole (last = 0)
+// or the last, shorter block does (last = 1), and that block's size.
+static double block_share(int64_t n, int64_t step, int last, int64_t *size) {
+  int64_t whole = n / step * step;
+  *size = last ? n - whole : step;
+  return (double)(last ? n - whole : whole) / (double)n;
+}
+
+// The rate of a tile over its whole loops: where a tile size does not
+// divide its loop, the last tile there is smaller (or, in the last block
+// of t[edge], takes edge_size along the other); each tile shape computes
+// its share of the outputs at its own rate, and their times add.
+static double edge_weighted(const Contraction *c, const Tile *t, bool streamed) {
+  int e = t->edge >= 0 ? t->edge : 0, o = 1 - e; // e: the outer of the two below
+  double time = 0;
+  for (int le = 0; le < 2; le++)
+    for (int lo = 0; lo < 2; lo++) {
+      Tile u = *t;
+      double share = 1;
+      if (t->t[e] >= 0)
+        share *= block_share(c->s[t->t[e]].n, t->size[e], le, &u.size[e]);
+      else
+        share *= !le;
+      int64_t step = le && t->edge == e ? t->edge_size : t->size[o];
+      if (t->t[o] >= 0 && share > 0)
+        share *= block_share(c->s[t->t[o]].n, step, lo, &u.size[o]);
+      else
+        share *= !lo;
+      if (share > 0)
+        time += share / rate(c, &u, streamed);
+    }
+  return 1 / time;
+}
+
+static void nest_order(const Contraction *c, Tile *t);
+static void wide_outside(const Contraction *c, Tile *t);
+
+// Can the last block of t[edge] take another size along the other unrolled
+// dimension? Not when that one is the outermost loop, which the threads
+// split (parallelize): the two nests of the edge (split_edge) would be two
+// loops for them, not one.
+static bool edge_inside(const Contraction *c, const Tile *t) {
+  Tile u = *t;
+  nest_order(c, &u);
+  wide_outside(c, &u);
+  return u.order[0] != u.t[1 - u.edge];
 }
 
 // The best tile for the vector chosen: every pair of other spatial
@@ -499,32 +578,43 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
           cost(c, &t, &loads, &acc);
           if (acc > c->max_acc)
             continue;
-          // Multiply-adds per load, a little in favour of more accumulators
-          // (latency hiding), and of sizes that divide the loops (no edge tile).
-          double score = (double)acc / loads + 0.01 * acc;
-          if (streamed) { // multiply-adds per slot of the slowest of FMAs, loads and L2
-            double slots = (double)fresh_bytes(c, &t) / L2_BYTES_PER_FMA;
-            slots = slots > loads ? slots : loads;
-            score = (double)acc / (slots > acc ? slots : acc) + 0.01 * acc;
-          }
-          score /= run_share(c, &t); // per step of the plain sum
-          for (int q = 0; q < 2; q++)
-            if (t.t[q] >= 0 && c->s[t.t[q]].n % t.size[q])
-              score -= 0.05;
-          score -= line_cost(c, &t);
-          if (score > best_score + 1e-9 || (score > best_score - 1e-9 && acc > best_acc)) {
-            best_score = score;
-            best_acc = acc;
-            *best = t;
-          }
+          // As it is, and with the last block of either unrolled dimension
+          // taking another size along the other.
+          for (int e = -1; e < 2; e++)
+            for (size_t se = 0; se < (e < 0 ? 1 : sizeof sizes / sizeof *sizes); se++) {
+              Tile u = t;
+              u.edge = e;
+              u.edge_size = e < 0 ? 0 : sizes[se];
+              if (e >= 0) {
+                int o = 1 - e;
+                if (u.t[e] < 0 || u.t[o] < 0)
+                  continue;
+                int64_t ne = c->s[u.t[e]].n, rest = ne % u.size[e];
+                if (!rest || ne < u.size[e] ||
+                    u.edge_size == u.size[o] || u.edge_size > c->s[u.t[o]].n ||
+                    (u.edge_size == 7 && c->s[u.t[o]].n % 7))
+                  continue;
+                Tile w = u;
+                w.size[e] = rest, w.size[o] = u.edge_size;
+                int64_t wl, wa;
+                cost(c, &w, &wl, &wa);
+                if (wa > c->max_acc || !edge_inside(c, &u))
+                  continue;
+              }
+              double score = edge_weighted(c, &u, streamed) / run_share(c, &u) - line_cost(c, &u);
+              if (score > best_score + 1e-9 || (score > best_score - 1e-9 && acc > best_acc)) {
+                best_score = score;
+                best_acc = acc;
+                *best = u;
+              }
+            }
         }
     }
   if (best_score < 0) // nothing fits: no unrolled dimension
     best->t[0] = best->t[1] = -1;
-  if (best->t[0] >= 0 && best->size[0] == 1)
-    best->t[0] = -1;
-  if (best->t[1] >= 0 && best->size[1] == 1)
-    best->t[1] = -1;
+  for (int q = 0; q < 2; q++) // a size of 1 is no unrolled dimension, but for an edge
+    if (best->t[q] >= 0 && best->size[q] == 1 && best->edge != 1 - q)
+      best->t[q] = -1;
   return best_score;
 }
 
@@ -611,10 +701,14 @@ typedef struct {
   LBuf *acc;          // [size0][size1][lanes]
   LExpr *at[MAX_SPATIAL]; // each spatial variable's value at the tile's origin
   int vvar;           // the vector's variable in the plain nest
-  // A blocked sum: every tile's accumulators, kept between blocks of the sum,
-  // [tile of the loops inside the outermost][size0][size1][lanes].
+  // A blocked sum: the accumulators of every output inside the outermost
+  // loop, kept between blocks of the sum, [the other loops' elements][the
+  // vector's] (part_dims).
   LBuf *part;
-  LExpr *blk[MAX_SPATIAL]; // each spatial dimension's tile index
+  // The part of each spatial loop the nest being built covers, [lo, hi),
+  // and the step of each unrolled dimension there (a last block of
+  // t[edge] takes edge_size along the other).
+  int64_t lo[MAX_SPATIAL], hi[MAX_SPATIAL], step[2];
   int sum_var;             // the loop over the sum's blocks, outside the tiles
   int64_t sum_blocks;      // its trip count
   const char *sum_role;    // and the name of what it counts
@@ -766,14 +860,15 @@ static void store_rfactor(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int
 // The test that reduction loop i's step reads inside the border, for every
 // operand index it alone moves across the tile that reaches the border, or
 // NULL.
-static LExpr *border_guard(const Build *bd, int i) {
+static LExpr *border_guard(const Build *bd, int i, int64_t n0, int64_t n1) {
   const Contraction *c = bd->c;
+  const int64_t n[2] = {n0, n1};
   const LExpr *ops[2] = {c->a, c->b};
   LExpr *cond = NULL;
   for (int o = 0; o < 2; o++)
     for (int d = 0; d < ops[o]->buf->rank; d++) {
       int red, sp;
-      if (!skippable(c, bd->t, ops[o], d, &red, &sp) || red != i ||
+      if (!skippable(c, bd->t, n, ops[o], d, &red, &sp) || red != i ||
           inside_share(c, ops[o], d, red, sp) == 1)
         continue; // (an index that never reaches the border needs no test)
       const LBuf *b = ops[o]->buf;
@@ -846,6 +941,53 @@ static void step_order(const Build *bd, int64_t n0, int64_t n1, int64_t len,
 // One step of an rfactor tile: every accumulator takes `w` lanes of the
 // vector's loop, at lanes [at, at + w), or, with blk >= 0, the lanes of
 // block blk.
+// A tile whose unrolled output dimension slides a broadcast operand along
+// the innermost reduction loop (columns of a stride-1 window: the value of
+// column j at tap kw + 1 is column j + 1's at kw). LLVM unrolls a short
+// tap loop and keeps those values in registers from one tap to the next;
+// where they, the accumulators and the step's operands exceed the
+// registers, it spilled accumulators, each multiply-add then waiting on a
+// store and a reload. Such a tap loop stays rolled. In paired rounds on
+// the AMD EPYC: cifar10's conv2 forward (16 channels by 2 rows by 3
+// columns, 4 values carried on AVX2's 16 registers) 0.53 of the time
+// unrolled; sweep layers 5 and 36 (their forward and input gradients)
+// 0.45-0.6, 30 and 35 0.85-0.9; tiles of 1 row by 6 columns (layers 31,
+// 35, 38) 0.7-0.9, though cifar10's conv2 made to take one ran 1.13x as
+// long rolled. Tiles over images, which carry nothing, stay unrolled.
+static bool stays_rolled(const Build *bd, int64_t n0, int64_t n1, int64_t len,
+                         const int order[TILE_DIMS]) {
+  const Contraction *c = bd->c;
+  const Tile *t = bd->t;
+  int64_t n[2] = {n0, n1};
+  if (c->nr == 0)
+    return false;
+  int r = c->r[c->nr - 1].var;
+  const LExpr *ops[2] = {c->a, c->b};
+  int64_t carried = 0;
+  for (int o = 0; o < 2; o++) {
+    if (uses(ops[o], bd->vvar))
+      continue; // a vector operand: loaded at each step
+    for (int d = 0; d < ops[o]->buf->rank; d++) {
+      Affine a;
+      if (!lx_affine(ops[o]->idx[d], &a))
+        continue;
+      int64_t cr = affine_coef(&a, r);
+      for (int q = 0; q < 2; q++) {
+        if (t->t[q] < 0)
+          continue;
+        int64_t cq = affine_coef(&a, c->s[t->t[q]].var);
+        if (!cr || !cq || cr % cq || llabs(cr / cq) >= n[q])
+          continue;
+        int64_t other = t->t[1 - q] >= 0 && uses(ops[o], c->s[t->t[1 - q]].var) ? n[1 - q] : 1;
+        carried += (n[q] - llabs(cr / cq)) * other;
+      }
+    }
+  }
+  int64_t at[MAX_PARTS], w[MAX_PARTS];
+  int64_t acc = n0 * n1 * pieces_of(bd, len, at, w);
+  return carried > 0 && acc + live_values(bd, n0, n1, len, order) + carried > c->registers;
+}
+
 static void rfactor_step(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1,
                          bool j1_outer, int blk, int64_t at, int64_t w) {
   const Contraction *c = bd->c;
@@ -867,15 +1009,15 @@ static void rfactor_step(const Build *bd, LKernel *k, LStmt *parent, int64_t n0,
 static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t n1, int64_t len) {
   const Contraction *c = bd->c;
   const Tile *t = bd->t;
-  LStmt *in = p;
+  LStmt *in = p, *taps = NULL; // taps: the innermost reduction loop
   for (int i = 0; i < c->nr; i++) {
     if (t->rfactor && i == t->v)
       continue; // the vector's loop: in pieces below
     LStmt *l = ls_loop(c->r[i].var, 0, c->r[i].n, c->r[i].role);
     l->flags |= LF_REDUCE;
     ls_add(in, l);
-    in = l;
-    LExpr *cond = bd->skip ? border_guard(bd, i) : NULL;
+    in = taps = l;
+    LExpr *cond = bd->skip ? border_guard(bd, i, n0, n1) : NULL;
     if (cond) {
       LStmt *g = ls_if(cond);
       ls_add(in, g);
@@ -885,6 +1027,8 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
   if (!t->rfactor) {
     int order[TILE_DIMS];
     step_order(bd, n0, n1, len, order);
+    if (taps && stays_rolled(bd, n0, n1, len, order))
+      taps->flags |= LF_ROLLED;
     each_in(bd, k, in, n0, n1, len, order, step_one, NULL);
     return;
   }
@@ -915,21 +1059,41 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
 
 static int64_t blocks_of(const Contraction *c, const Tile *t, int d);
 
-// The tile's element (j0, j1, lane) of the blocked sum's accumulators: the
-// tile's index among those inside the outermost loop, then as in acc.
-static void part_idx(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LExpr *idx[4]) {
+// The blocked sum's accumulators (part): the elements of the spatial loops
+// inside the outermost (and the tile's along the outermost, when that is
+// unrolled), the vector's last, so that any tiling, edges and all, finds
+// each output's sum in one place. dims[0]: the others' elements; dims[1]:
+// the vector's (its block, when the vector is the outermost loop) or, for
+// rfactor, its lanes.
+static void part_dims(const Contraction *c, const Tile *t, int64_t dims[2]) {
+  int outer = t->order[0];
+  dims[0] = outer == t->t[0] ? t->size[0] : outer == t->t[1] ? t->size[1] : 1;
+  dims[1] = t->rfactor ? c->lanes : outer == t->v ? t->vblock : c->s[t->v].n;
+  for (int i = 1; i < c->ns; i++)
+    if (t->rfactor || t->order[i] != t->v)
+      dims[0] *= c->s[t->order[i]].n;
+}
+
+// The tile's element (j0, j1, lane) in the blocked sum's accumulators.
+static void part_idx(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LExpr *idx[2]) {
   const Contraction *c = bd->c;
-  LExpr *tile = lx_i64(0);
+  const Tile *t = bd->t;
+  int outer = t->order[0];
+  LExpr *pos = lx_i64(outer == t->t[0] ? j0 : outer == t->t[1] ? j1 : 0), *last = lane;
   for (int i = 1; i < c->ns; i++) {
-    int d = bd->t->order[i];
-    tile = lx_iadd(lx_imul(tile, blocks_of(c, bd->t, d)), lx_copy(bd->blk[d]));
+    int d = t->order[i];
+    LExpr *at = lx_iaddc(lx_copy(bd->at[d]), d == t->t[0] ? j0 : d == t->t[1] ? j1 : 0);
+    if (!t->rfactor && d == t->v)
+      last = lx_iadd(at, last);
+    else
+      pos = lx_iadd(lx_imul(pos, c->s[d].n), at);
   }
-  idx[0] = tile, idx[1] = lx_i64(j0), idx[2] = lx_i64(j1), idx[3] = lane;
+  idx[0] = pos, idx[1] = last;
 }
 
 // Copies the tile's accumulators to the blocked sum's (*to_part) or back.
 static void move_one(const Build *bd, LStmt *p, int64_t j0, int64_t j1, LExpr *lane, void *to_part) {
-  LExpr *idx[4];
+  LExpr *idx[2];
   part_idx(bd, j0, j1, lane, idx);
   if (*(bool *)to_part)
     ls_add(p, ls_store(bd->part, idx, acc_at(bd, j0, j1, lx_copy(lane))));
@@ -979,6 +1143,33 @@ static void tile_body(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
   }
 }
 
+static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t n1, int64_t len);
+
+// At loop i, the other unrolled dimension than t[edge], when t[edge] is
+// inside it and has a last, shorter block: two nests, one over t[edge]'s
+// whole blocks, one over its last block, which takes edge_size here.
+static bool split_edge(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t n1,
+                       int64_t len) {
+  const Tile *t = bd->t;
+  int o = 1 - t->edge, e = t->t[t->edge];
+  bool inside = false;
+  for (int j = i + 1; j < bd->c->ns; j++)
+    inside |= t->order[j] == e;
+  int64_t lo = bd->lo[e], hi = bd->hi[e], whole = (hi - lo) / t->size[t->edge] * t->size[t->edge];
+  if (!inside || whole == 0 || lo + whole == hi)
+    return false;
+  bd->hi[e] = lo + whole;
+  spatial(bd, k, p, i, n0, n1, len);
+  bd->hi[e] = hi;
+  bd->lo[e] = lo + whole;
+  int64_t step = bd->step[o];
+  bd->step[o] = t->edge_size;
+  spatial(bd, k, p, i, n0, n1, len);
+  bd->step[o] = step;
+  bd->lo[e] = lo;
+  return true;
+}
+
 // The spatial loops from dimension d on; the tile's body at the bottom.
 // size[]: the current tile sizes (a last block may be smaller).
 static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t n1, int64_t len) {
@@ -1013,17 +1204,18 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t 
     LStmt *l = ls_loop(var, 0, dim->n, dim->role);
     ls_add(p, l);
     bd->at[d] = lx_var(var);
-    bd->blk[d] = lx_var(var);
     spatial(bd, k, l, i + 1, n0, n1, len);
     return;
   }
-  int64_t step = vec ? t->vblock : t->size[q];
-  int64_t full = dim->n / step, rest = dim->n % step;
+  if (q == 1 - t->edge && split_edge(bd, k, p, i, n0, n1, len))
+    return;
+  int64_t lo = bd->lo[d], n = bd->hi[d] - lo;
+  int64_t step = vec ? t->vblock : bd->step[q];
+  int64_t full = n / step, rest = n % step;
   int var = lk_var(k);
   LStmt *l = ls_loop(var, 0, full + (rest > 0), dim->role);
   ls_add(p, l);
-  bd->at[d] = lx_imul(lx_var(var), step);
-  bd->blk[d] = lx_var(var);
+  bd->at[d] = lx_iaddc(lx_imul(lx_var(var), step), lo);
   // A last block shorter than the others: a branch per block, outside the
   // reduction, choosing the tile of its size.
   LStmt *main = l, *tail = NULL;
@@ -1041,7 +1233,12 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t 
     spatial(bd, k, main, i + 1, q == 0 ? step : n0, q == 1 ? step : n1, vec ? step : len);
   if (tail) {
     bd->at[d] = save;
+    int64_t other = q >= 0 ? bd->step[1 - q] : 0;
+    if (q >= 0 && q == t->edge) // the other dimension, inside, takes the edge's size
+      bd->step[1 - q] = t->edge_size;
     spatial(bd, k, tail, i + 1, q == 0 ? rest : n0, q == 1 ? rest : n1, vec ? rest : len);
+    if (q >= 0)
+      bd->step[1 - q] = other;
   }
 }
 
@@ -1076,7 +1273,7 @@ static int64_t vector_ops(int64_t n, int lanes) {
 // The tile with spatial dimension d as the vector (blocks of up to 32
 // lanes), or with the innermost reduction as the vector (d < 0: rfactor).
 static Tile vector_tile(const Contraction *c, int d) {
-  Tile t = {.t = {-1, -1}, .rfactor = d < 0, .v = d < 0 ? c->nr - 1 : d};
+  Tile t = {.t = {-1, -1}, .rfactor = d < 0, .v = d < 0 ? c->nr - 1 : d, .edge = -1};
   if (d >= 0)
     t.vblock = c->s[d].n <= MAX_PIECES * c->lanes ? c->s[d].n : MAX_PIECES * c->lanes;
   return t;
@@ -1438,6 +1635,7 @@ static void tile_kernel(LFunc *f, int at, LKernel *k, const LTarget *tg) {
     return;
   c.lanes = tg->lanes;
   c.max_acc = tg->accumulators;
+  c.registers = tg->registers;
   // The vector: the output's last dimension when it has a vector's worth of
   // elements (the stores then are vectors too); else the innermost
   // reduction (rfactor); else the longest other output dimension with 8 or
@@ -1472,20 +1670,29 @@ static void tile_kernel(LFunc *f, int at, LKernel *k, const LTarget *tg) {
   choose_streamed(&c, &t);
   nest_order(&c, &t);
   wide_outside(&c, &t);
+  if (t.edge >= 0 && t.order[0] == t.t[1 - t.edge]) {
+    // The edge's two nests would be two loops for the threads, not one.
+    if (t.size[1 - t.edge] == 1)
+      t.t[1 - t.edge] = -1;
+    t.edge = -1;
+  }
   LKernel *nk = k; // rebuilt in place
   nk->body = NULL;
   nk->nbody = 0;
   int64_t acc_dim[3] = {t.t[0] >= 0 ? t.size[0] : 1, t.t[1] >= 0 ? t.size[1] : 1,
                         t.rfactor ? c.lanes : t.vblock};
+  if (t.edge >= 0 && t.edge_size > acc_dim[1 - t.edge])
+    acc_dim[1 - t.edge] = t.edge_size;
   Build bd = {.c = &c, .t = &t, .acc = lfunc_buf(f, "acc", DT_F32, 3, acc_dim, LB_LOCAL),
-              .vvar = t.rfactor ? c.r[t.v].var : c.s[t.v].var, .skip = steps_run(&c, &t) < 1};
+              .vvar = t.rfactor ? c.r[t.v].var : c.s[t.v].var, .skip = steps_run(&c, &t) < 1,
+              .step = {t.size[0], t.size[1]}};
+  for (int d = 0; d < c.ns; d++)
+    bd.hi[d] = c.s[d].n;
   int64_t block = block_sum(&c, &t);
   if (block) {
-    int64_t tiles = 1;
-    for (int i = 1; i < c.ns; i++)
-      tiles *= blocks_of(&c, &t, t.order[i]);
-    int64_t part_dim[4] = {tiles, acc_dim[0], acc_dim[1], acc_dim[2]};
-    bd.part = lfunc_buf(f, "part", DT_F32, 4, part_dim, LB_LOCAL);
+    int64_t part_dim[2];
+    part_dims(&c, &t, part_dim);
+    bd.part = lfunc_buf(f, "part", DT_F32, 2, part_dim, LB_LOCAL);
     bd.sum_blocks = c.r[0].n / block;
     bd.sum_role = c.r[0].role;
     if (block == 1) { // r[0] itself goes outside

@@ -20,6 +20,16 @@ on 5x5 images with padding 1 are guarded in all three directions; b2 has
 odd sizes, a 5x5 window without padding and a 4x4 with padding 3. Each
 model's loop nests must hold a guard (the count is printed).
 
+--set edges: tiles whose last, shorter block takes another size along
+the other unrolled dimension (tile's edge), and tap loops kept rolled. e0
+is cifar10's conv2 (6 -> 16 channels, 5x5, 14x14 -> 10x10): its forward
+tile of 2 rows by 3 columns leaves a last column, taken 6 rows at a time
+in a nest of its own, and its tap loop stays rolled; e1 (5x5, stride 2,
+padding 3) has edges in every direction, its weight gradient's blocked
+sum (%part, by output element) among them; e2 (128 channels of 4x4
+images, allconv's conv3) tiles 3 images, its last image 4 rows at a time.
+Each model prints the rolled tap loops in its nests.
+
 --set vectors: the vector choices of tile's fuller_vector and the
 threads' loop (wide_outside), as an AVX-512 host takes them. v0's 3x3
 weight gradient on 16x16 images of 32 channels runs along its in-channels,
@@ -31,7 +41,7 @@ between the threads; v3 (a 6x6 window with padding 3) keeps its channels.
 Each model's weight comparison is also shown to fail: on a copy of the
 -O3 weights with one weight scaled by 1 + 1e-3 it must exit 1.
 
-  tests/diff/fixed.py --set strided|border|vectors --workdir DIR [--xentcc PATH] [--perturb]
+  tests/diff/fixed.py --set strided|border|vectors|edges --workdir DIR [--xentcc PATH] [--perturb]
 """
 import argparse
 import os
@@ -80,6 +90,14 @@ SETS = {
         ("v3", 1, 13, 13, 16, [conv("pre", 16, 1, 1, 0), "relu", conv("conv", 16, 6, 1, 3),
                                "relu"]),
     ],
+    "edges": [
+        ("e0", 1, 14, 14, 8, [conv("pre", 6, 1, 1, 0), "relu", conv("conv2", 16, 5, 1, 0),
+                              "relu"]),
+        ("e1", 1, 19, 19, 16, [conv("pre", 8, 1, 1, 0), "relu", conv("conv", 16, 5, 2, 3),
+                               "relu"]),
+        ("e2", 1, 4, 4, 16, [conv("pre", 128, 1, 1, 0), "relu", conv("conv3", 128, 3, 1, 1),
+                             "relu"]),
+    ],
 }
 MODELS = SETS["strided"]
 
@@ -106,6 +124,14 @@ def border_guards(args, name):
     loops = subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
                            capture_output=True, text=True).stdout
     return len(re.findall(r"^\s*if \(\(\(.* - k[hw]|^\s*if \(\(\(.* \+ k[hw]", loops, re.M))
+
+
+def rolled_loops(args, name):
+    """The tap loops the tile pass keeps rolled in the model's loop nests."""
+    yaml_path = os.path.join(args.workdir, name, f"{name}.yaml")
+    loops = subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
+                           capture_output=True, text=True).stdout
+    return len(re.findall(r"^\s*for .* reduce rolled$", loops, re.M))
 
 
 def main():
@@ -137,6 +163,8 @@ def main():
               ", ".join(f"{k} {v:.2g}" for k, v in worst.items()) + " of the tolerances")
         if args.set == "border":
             print(f"{name}: {border_guards(args, name)} border guards")
+        if args.set == "edges":
+            print(f"{name}: {rolled_loops(args, name)} rolled tap loops")
         if args.check_perturbed:
             print(f"{name}: one -O3 weight scaled by 1 + 1e-3 fails the comparison")
         shutil.rmtree(os.path.join(args.workdir, name), ignore_errors=True)
