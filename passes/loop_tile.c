@@ -1057,8 +1057,6 @@ static void reduction(const Build *bd, LKernel *k, LStmt *p, int64_t n0, int64_t
   }
 }
 
-static int64_t blocks_of(const Contraction *c, const Tile *t, int d);
-
 // The blocked sum's accumulators (part): the elements of the spatial loops
 // inside the outermost (and the tile's along the outermost, when that is
 // unrolled), the vector's last, so that any tiling, edges and all, finds
@@ -1233,11 +1231,12 @@ static void spatial(Build *bd, LKernel *k, LStmt *p, int i, int64_t n0, int64_t 
     spatial(bd, k, main, i + 1, q == 0 ? step : n0, q == 1 ? step : n1, vec ? step : len);
   if (tail) {
     bd->at[d] = save;
-    int64_t other = q >= 0 ? bd->step[1 - q] : 0;
-    if (q >= 0 && q == t->edge) // the other dimension, inside, takes the edge's size
+    bool edge = q >= 0 && q == t->edge; // the other dimension, inside, takes edge_size
+    int64_t other = edge ? bd->step[1 - q] : 0;
+    if (edge)
       bd->step[1 - q] = t->edge_size;
     spatial(bd, k, tail, i + 1, q == 0 ? rest : n0, q == 1 ? rest : n1, vec ? rest : len);
-    if (q >= 0)
+    if (edge)
       bd->step[1 - q] = other;
   }
 }
@@ -1670,12 +1669,7 @@ static void tile_kernel(LFunc *f, int at, LKernel *k, const LTarget *tg) {
   choose_streamed(&c, &t);
   nest_order(&c, &t);
   wide_outside(&c, &t);
-  if (t.edge >= 0 && t.order[0] == t.t[1 - t.edge]) {
-    // The edge's two nests would be two loops for the threads, not one.
-    if (t.size[1 - t.edge] == 1)
-      t.t[1 - t.edge] = -1;
-    t.edge = -1;
-  }
+  ir_assert(t.edge < 0 || t.order[0] != t.t[1 - t.edge]); // choose took only edges inside
   LKernel *nk = k; // rebuilt in place
   nk->body = NULL;
   nk->nbody = 0;

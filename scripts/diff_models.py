@@ -348,7 +348,8 @@ def check_model(args, i):
         if not abs(a - b) <= LOSS_ATOL + LOSS_RTOL * abs(b):
             raise Mismatch(f"loss of step {step + 1}: {a!r} at -O3, {b!r} at -O0")
     compare = [sys.executable, os.path.join(HERE, "compare_weights.py")]
-    run(compare + [w["O3.t2"], w["O0.t2"], "--rtol", str(WEIGHT_RTOL), "--atol", str(WEIGHT_ATOL)])
+    tolerance = ["--rtol", str(WEIGHT_RTOL), "--atol", str(WEIGHT_ATOL)]
+    run(compare + [w["O3.t2"], w["O0.t2"]] + tolerance)
     t3, t0 = td.read_safetensors(w["O3.t2"])[0], td.read_safetensors(w["O0.t2"])[0]
     for n in t3:
         a, b = t3[n].astype(np.float64), t0[n].astype(np.float64)
@@ -362,8 +363,8 @@ def check_model(args, i):
         scaled = os.path.join(work, "perturbed.safetensors")
         shutil.copyfile(w["O3.t2"], scaled)
         perturb(scaled)
-        r = subprocess.run(compare + [scaled, w["O0.t2"], "--rtol", str(WEIGHT_RTOL),
-                                      "--atol", str(WEIGHT_ATOL)], capture_output=True, text=True)
+        r = subprocess.run(compare + [scaled, w["O0.t2"]] + tolerance, capture_output=True,
+                           text=True)
         if r.returncode != 1:
             raise Mismatch(f"compare_weights.py exits {r.returncode}, not 1, on a weight scaled "
                            "by 1 + 1e-3")

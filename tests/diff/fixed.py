@@ -117,21 +117,23 @@ def fixed_model(seed, i):
     return model, [name, f"{h}x{w}"], 3
 
 
+def model_loops(args, name):
+    """The model's loop nests, as --emit=loops prints them."""
+    yaml_path = os.path.join(args.workdir, name, f"{name}.yaml")
+    return subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def border_guards(args, name):
     """The guards of the tile pass in the model's loop nests: tests of a
     window index, which moves with a kernel tap (kh, kw), against a border."""
-    yaml_path = os.path.join(args.workdir, name, f"{name}.yaml")
-    loops = subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
-                           capture_output=True, text=True).stdout
-    return len(re.findall(r"^\s*if \(\(\(.* - k[hw]|^\s*if \(\(\(.* \+ k[hw]", loops, re.M))
+    return len(re.findall(r"^\s*if \(\(\(.* - k[hw]|^\s*if \(\(\(.* \+ k[hw]",
+                          model_loops(args, name), re.M))
 
 
 def rolled_loops(args, name):
     """The tap loops the tile pass keeps rolled in the model's loop nests."""
-    yaml_path = os.path.join(args.workdir, name, f"{name}.yaml")
-    loops = subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
-                           capture_output=True, text=True).stdout
-    return len(re.findall(r"^\s*for .* reduce rolled$", loops, re.M))
+    return len(re.findall(r"^\s*for .* reduce rolled$", model_loops(args, name), re.M))
 
 
 def main():
