@@ -41,7 +41,8 @@ between the threads; v3 (a 6x6 window with padding 3) keeps its channels.
 Each model's weight comparison is also shown to fail: on a copy of the
 -O3 weights with one weight scaled by 1 + 1e-3 it must exit 1.
 
-  tests/diff/fixed.py --set strided|border|vectors|edges --workdir DIR [--xentcc PATH] [--perturb]
+  tests/diff/fixed.py --set strided|border|vectors|edges --workdir DIR [--xentcc PATH] [--mcpu CPU]
+                     [--perturb]
 """
 import argparse
 import os
@@ -120,7 +121,8 @@ def fixed_model(seed, i):
 def model_loops(args, name):
     """The model's loop nests, as --emit=loops prints them."""
     yaml_path = os.path.join(args.workdir, name, f"{name}.yaml")
-    return subprocess.run([args.xentcc, yaml_path, "--emit=loops"], check=True,
+    mcpu = [f"-mcpu={args.mcpu}"] if args.mcpu else []
+    return subprocess.run([args.xentcc, yaml_path, "--emit=loops"] + mcpu, check=True,
                           capture_output=True, text=True).stdout
 
 
@@ -141,6 +143,7 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--xentcc", default=shutil.which("xentcc") or "xentcc")
     ap.add_argument("--set", choices=sorted(SETS), required=True)
+    ap.add_argument("--mcpu", help="xentcc's -mcpu for both builds (default: the host's)")
     ap.add_argument("--perturb", action="store_true",
                     help="scale one -O3 weight by 1 + 1e-3: the comparison must fail")
     args = ap.parse_args()
