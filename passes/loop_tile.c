@@ -18,8 +18,9 @@
 // units' lanes busy by more than its transposed copies cost
 // (fuller_vector: odd widths, 1x1 weight gradients). The other two tile
 // loops and their sizes are chosen from the constant shapes and the target:
-// at most its accumulators (12 of AVX2's 16 registers, 16 of AVX-512's 32)
-// and the fewest loads per multiply-add, or, when a tile's sum streams more
+// at most its accumulators (12 of AVX2's 16 registers, 16 of AVX-512's 32;
+// a short row's parts, 8 + 4 + 2 + 1 lanes, each a register: fits) and
+// the fewest loads per multiply-add, or, when a tile's sum streams more
 // than L1 holds, the fewest bytes from L2 (a shorter vector, more unrolled)
 // -- but for a weight gradient's sum blocked by images, whose slabs stay in
 // L1. A step's multiply-adds go in the order that keeps the fewest operand
@@ -41,6 +42,7 @@
 // transposed copy of a padded operand keeps its border (pad_lo, pad_n).
 #include "loop.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -378,10 +380,30 @@ static double run_share(const Contraction *c, const Tile *t) {
   return share < RECHOOSE_BELOW ? share : 1;
 }
 
-// Loads per reduction step and accumulators of a tile.
+// Vector operations a row of n lanes takes: whole vectors of `lanes`, then
+// 8, 4, 2, 1.
+static int64_t vector_ops(int64_t n, int lanes) {
+  return n / lanes + __builtin_popcountll((unsigned long long)(n % lanes));
+}
+
+// The vector operations a tile's row along its vector takes (pieces_of):
+// 15 lanes are 4 of them on AVX2 (8, 4, 2 and 1 lanes), each a register
+// and, for an operand read along the vector, a load.
+static int64_t vector_parts(const Contraction *c, const Tile *t) {
+  return t->rfactor ? 1 : vector_ops(t->vblock, c->lanes);
+}
+
+// The whole vectors' worth of work in a row of the tile: 15 lanes are
+// 15/8 of a vector, whatever number of parts they take.
+static double vector_work(const Contraction *c, const Tile *t) {
+  return t->rfactor ? 1 : (double)t->vblock / (double)c->lanes;
+}
+
+// Loads per reduction step and accumulators of a tile: each vector part
+// (vector_parts) is a register and a load of its own.
 static void cost(const Contraction *c, const Tile *t, int64_t *loads, int64_t *acc) {
   *loads = 0;
-  int64_t pieces = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
+  int64_t pieces = vector_parts(c, t);
   *acc = pieces;
   for (int i = 0; i < 2; i++)
     if (t->t[i] >= 0)
@@ -483,20 +505,22 @@ static double line_cost(const Contraction *c, const Tile *t) {
   return cost * (double)total;
 }
 
-// A tile's rate: multiply-adds per load, a little in favour of more
-// accumulators; or, for a sum that streams from L2 (streamed), per slot of
-// the slowest of FMAs, loads and L2. A tile of fewer than LATENCY_ACC
-// accumulators waits on its multiply-adds' latency (4 cycles, 2 units).
+// A tile's rate: its work (whole vectors of multiply-adds: a part of 4
+// lanes on AVX2 is half of one) per load, a little in favour of more work;
+// or, for a sum that streams from L2 (streamed), per slot of the slowest
+// of FMAs, loads and L2. A tile of fewer than LATENCY_ACC accumulators
+// waits on its multiply-adds' latency (4 cycles, 2 units).
 #define LATENCY_ACC 8
 
 static double rate(const Contraction *c, const Tile *t, bool streamed) {
   int64_t loads, acc;
   cost(c, t, &loads, &acc);
-  double r = (double)acc / loads + 0.01 * acc;
+  double work = (double)acc / (double)vector_parts(c, t) * vector_work(c, t);
+  double r = work / loads + 0.01 * work;
   if (streamed) {
     double slots = (double)fresh_bytes(c, t) / L2_BYTES_PER_FMA;
     slots = slots > loads ? slots : loads;
-    r = (double)acc / (slots > acc ? slots : acc) + 0.01 * acc;
+    r = work / (slots > acc ? slots : acc) + 0.01 * work;
   }
   return acc < LATENCY_ACC ? r * (double)acc / LATENCY_ACC : r;
 }
@@ -549,6 +573,83 @@ static bool edge_inside(const Contraction *c, const Tile *t) {
   return u.order[0] != u.t[1 - u.edge];
 }
 
+// A tile's step is its multiply-adds, one an accumulator: n[TD_J0] by
+// n[TD_J1] (the unrolled dimensions) by n[TD_PIECE] (the vector's parts),
+// nested as an order says, outermost first (step_order).
+enum { TD_J0, TD_J1, TD_PIECE, TILE_DIMS };
+
+// The operand values a step of the tile keeps in registers besides its
+// accumulators, its tile dimensions nested as `order` says: an operand
+// moves with some of them (its own), and a value of it is live from its
+// first multiply-add to its last. Nested with all its own dimensions
+// outside the others, an operand is loaded as it is used, one value live;
+// else each value waits for the other dimensions to come round again, and
+// all those of its own dimensions inside the outermost other one are live
+// at once. With `fold`, a vector operand each of whose values one
+// multiply-add uses (its own dimensions are all the step's) takes no
+// register: the FMA reads it from memory.
+static int64_t live_values(const Contraction *c, const Tile *t, const int64_t n[TILE_DIMS],
+                           const int order[TILE_DIMS], bool fold) {
+  const LExpr *ops[2] = {c->a, c->b};
+  int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
+  int64_t live = 0;
+  for (int o = 0; o < 2; o++) {
+    bool own[TILE_DIMS] = {t->t[0] >= 0 && uses(ops[o], c->s[t->t[0]].var),
+                           t->t[1] >= 0 && uses(ops[o], c->s[t->t[1]].var),
+                           uses(ops[o], vvar)};
+    int64_t values = 1;
+    bool other_outside = false, once = own[TD_PIECE];
+    for (int i = 0; i < TILE_DIMS; i++) {
+      int d = order[i];
+      if (n[d] == 1)
+        continue;
+      once &= own[d];
+      if (!own[d])
+        other_outside = true;
+      else if (other_outside)
+        values *= n[d];
+    }
+    live += fold && once ? 0 : values;
+  }
+  return live;
+}
+
+// The order of the step's dimensions with the fewest live operand values:
+// the first found of the fewest, the natural order first. Returns them.
+static int64_t fewest_live(const Contraction *c, const Tile *t, const int64_t n[TILE_DIMS],
+                           bool fold, int order[TILE_DIMS]) {
+  static const int perms[6][TILE_DIMS] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
+                                          {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+  int64_t best = -1;
+  for (int i = 0; i < 6; i++) {
+    int64_t live = live_values(c, t, n, perms[i], fold);
+    if (best < 0 || live < best) {
+      best = live;
+      memcpy(order, perms[i], sizeof perms[i]);
+    }
+  }
+  return best;
+}
+
+// Does the tile fit? At most the target's accumulators in whole vectors'
+// worth of lanes (max_acc), and in registers: its accumulators, each
+// vector part one, and the operand values live in its best step order, an
+// operand read once a multiply-add taking none (the FMA reads it from
+// memory). A row of 27 columns on AVX2 is 4 vectors' worth and 5 parts (3
+// vectors, 2 lanes and 1): 3 rows of it, 12 vectors' worth, and a
+// broadcast weight fill the 16 registers. A tile of more accumulators
+// that would fit AVX-512's 32 registers ran slower: vgg_small, allconv,
+// resnet8 and cifar10 0.81-0.93x as fast when up to 31 were allowed.
+static bool fits(const Contraction *c, const Tile *t) {
+  int64_t loads, acc;
+  cost(c, t, &loads, &acc);
+  int64_t n[TILE_DIMS] = {t->t[0] >= 0 ? t->size[0] : 1, t->t[1] >= 0 ? t->size[1] : 1,
+                          vector_parts(c, t)};
+  int order[TILE_DIMS];
+  double whole = (double)acc / (double)n[TD_PIECE] * ceil(vector_work(c, t));
+  return whole <= c->max_acc && acc + fewest_live(c, t, n, true, order) <= c->registers;
+}
+
 // The best tile for the vector chosen: every pair of other spatial
 // dimensions and sizes up to the accumulator budget; 7 only where it
 // divides the loop (a 7-wide plane), not as a 7 + 7 + 1 split of 15.
@@ -576,7 +677,7 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
             continue;
           int64_t loads, acc;
           cost(c, &t, &loads, &acc);
-          if (acc > c->max_acc)
+          if (!fits(c, &t))
             continue;
           // As it is, and with the last block of either unrolled dimension
           // taking another size along the other.
@@ -596,9 +697,7 @@ static double choose(const Contraction *c, Tile *best, bool streamed) {
                   continue;
                 Tile w = u;
                 w.size[e] = rest, w.size[o] = u.edge_size;
-                int64_t wl, wa;
-                cost(c, &w, &wl, &wa);
-                if (wa > c->max_acc || !edge_inside(c, &u))
+                if (!fits(c, &w) || !edge_inside(c, &u))
                   continue;
               }
               double score = edge_weighted(c, &u, streamed) / run_share(c, &u) - line_cost(c, &u);
@@ -755,8 +854,6 @@ static LStmt *acc_store(const Build *bd, int64_t j0, int64_t j1, LExpr *lane, LE
 typedef void (*EachFn)(const Build *bd, LStmt *parent, int64_t j0, int64_t j1, LExpr *lane,
                        void *arg);
 
-enum { TD_J0, TD_J1, TD_PIECE, TILE_DIMS };
-
 // The vector's pieces: lanes [at[i], at[i] + w[i]). At most MAX_PIECES
 // whole vectors, then one each of 8, 4, 2 and 1 lanes.
 enum { MAX_PARTS = MAX_PIECES + 4 };
@@ -880,42 +977,6 @@ static LExpr *border_guard(const Build *bd, int i, int64_t n0, int64_t n1) {
   return cond;
 }
 
-// The operand values a step of the tile keeps in registers besides its
-// accumulators, its tile dimensions nested as `order` says: an operand
-// moves with some of them (its own), and a value of it is live from its
-// first multiply-add to its last. Nested with all its own dimensions
-// outside the others, an operand is loaded as it is used, one value live;
-// else each value waits for the other dimensions to come round again, and
-// all those of its own dimensions inside the outermost other one are live
-// at once.
-static int64_t live_values(const Build *bd, int64_t n0, int64_t n1, int64_t len,
-                           const int order[TILE_DIMS]) {
-  const Contraction *c = bd->c;
-  const Tile *t = bd->t;
-  const LExpr *ops[2] = {c->a, c->b};
-  int64_t at[MAX_PARTS], w[MAX_PARTS];
-  int64_t n[TILE_DIMS] = {n0, n1, pieces_of(bd, len, at, w)};
-  int64_t live = 0;
-  for (int o = 0; o < 2; o++) {
-    bool own[TILE_DIMS] = {t->t[0] >= 0 && uses(ops[o], c->s[t->t[0]].var),
-                           t->t[1] >= 0 && uses(ops[o], c->s[t->t[1]].var),
-                           uses(ops[o], bd->vvar)};
-    int64_t values = 1;
-    bool other_outside = false;
-    for (int i = 0; i < TILE_DIMS; i++) {
-      int d = order[i];
-      if (n[d] == 1)
-        continue;
-      if (!own[d])
-        other_outside = true;
-      else if (other_outside)
-        values *= n[d];
-    }
-    live += values;
-  }
-  return live;
-}
-
 // The nesting of a tile's steps with the fewest live operand values (on
 // AVX2, 12 accumulators leave 4 registers: 3 vectors of images by 4
 // broadcast weights go image by image with all 4 weights live and spill
@@ -925,17 +986,8 @@ static int64_t live_values(const Build *bd, int64_t n0, int64_t n1, int64_t len,
 // natural order first.
 static void step_order(const Build *bd, int64_t n0, int64_t n1, int64_t len,
                        int order[TILE_DIMS]) {
-  static const int perms[6][TILE_DIMS] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
-                                          {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
-  int64_t best = -1;
-  memcpy(order, perms[0], sizeof perms[0]);
-  for (int i = 0; i < 6; i++) {
-    int64_t live = live_values(bd, n0, n1, len, perms[i]);
-    if (best < 0 || live < best) {
-      best = live;
-      memcpy(order, perms[i], sizeof perms[i]);
-    }
-  }
+  int64_t n[TILE_DIMS] = {n0, n1, vector_ops(len, bd->c->lanes)};
+  fewest_live(bd->c, bd->t, n, false, order);
 }
 
 // One step of an rfactor tile: every accumulator takes `w` lanes of the
@@ -985,7 +1037,8 @@ static bool stays_rolled(const Build *bd, int64_t n0, int64_t n1, int64_t len,
   }
   int64_t at[MAX_PARTS], w[MAX_PARTS];
   int64_t acc = n0 * n1 * pieces_of(bd, len, at, w);
-  return carried > 0 && acc + live_values(bd, n0, n1, len, order) + carried > c->registers;
+  int64_t nd[TILE_DIMS] = {n0, n1, vector_ops(len, c->lanes)};
+  return carried > 0 && acc + live_values(c, bd->t, nd, order, false) + carried > c->registers;
 }
 
 static void rfactor_step(const Build *bd, LKernel *k, LStmt *parent, int64_t n0, int64_t n1,
@@ -1263,12 +1316,6 @@ static bool vector_ok(LFunc *f, int *at, Contraction *c, int d, bool transpose) 
   return true;
 }
 
-// Vector operations a row of n lanes takes: whole vectors of `lanes`, then
-// 8, 4, 2, 1.
-static int64_t vector_ops(int64_t n, int lanes) {
-  return n / lanes + __builtin_popcountll((unsigned long long)(n % lanes));
-}
-
 // The tile with spatial dimension d as the vector (blocks of up to 32
 // lanes), or with the innermost reduction as the vector (d < 0: rfactor).
 static Tile vector_tile(const Contraction *c, int d) {
@@ -1317,7 +1364,7 @@ static bool vector_aligned(const Contraction *c, const LExpr *e, int var) {
 // 16: counted as one slot, as AVX2 code measured it (allconv at x86-64-v3
 // ran 9% slower with the tiles chosen counting more).
 static double load_slots(const Contraction *c, const Tile *t) {
-  int64_t pieces = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
+  int64_t pieces = vector_parts(c, t);
   const LExpr *ops[2] = {c->a, c->b};
   int vvar = t->rfactor ? c->r[t->v].var : c->s[t->v].var;
   double crossing = c->lanes * 4 >= 64 ? 3 : 1, slots = 0;
