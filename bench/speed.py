@@ -32,7 +32,16 @@ Tables go to stdout as markdown and are appended to build/bench/speed.md (or
 DIR/speed.md with --out DIR, where the work goes too).
 Both sides run with OMP_WAIT_POLICY=passive unless the environment sets it:
 xentcc's executables choose it themselves, and on a shared 2-core machine
-PyTorch's spinning threads made it up to six times slower.
+PyTorch's spinning threads made it up to six times slower. And with
+GLIBC_TUNABLES keeping freed memory in the process (mmap_threshold 32 MiB,
+the most glibc takes, trim_threshold 1 GiB; the script starts itself
+again with them unless the environment sets GLIBC_TUNABLES): by default
+glibc returns PyTorch's large tensors to the kernel when they are freed,
+and every step faults them in anew. On the AMD EPYC (Zen 5) virtual
+machine of 2026-12-02, whose page faults are slow, that made PyTorch's
+training of vgg_small and allconv 2.5-2.8x slower (its relu, fill and
+threshold_backward at 3 GB/s); xentcc's executables allocate their
+memory once.
 
 --isa avx2 holds both sides to AVX2 and FMA, the vectors of the AMD EPYC
 issue 11 names, on a machine that has more: xentcc compiles with
@@ -59,6 +68,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 # Before torch starts its OpenMP threads: see the docstring.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Read as the process starts: main starts the script again with them (see
+# the docstring).
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 # --isa: the vector instructions both sides may use. mcpu goes to xentcc
 # (None: its default, the host's), march to the peak loop's cc, env to
@@ -722,6 +734,9 @@ def sweep_table(results):
 
 
 def main():
+    if "GLIBC_TUNABLES" not in os.environ:
+        os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
     ap = argparse.ArgumentParser(
         description="xentcc against PyTorch 1.13 in one run: FMA peak, models, convolution sweep.",
         parents=[ISA_ARG])
@@ -783,6 +798,7 @@ def main():
           "",
           f"{cpu}, {os.cpu_count()} cores, load average {' '.join(load_before)} before and "
           f"{' '.join(load_after)} after; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+          f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}; "
           f"PyTorch {torch.__version__} (oneDNN: {onednn_isa()})"
           f"{'; ' + isa['says'] if isa['says'] else ''}. "
           "FMA peak (bench/fma_peak.c, best of 7 at the start and 7 at the end): " +
