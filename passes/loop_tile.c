@@ -42,7 +42,6 @@
 // transposed copy of a padded operand keeps its border (pad_lo, pad_n).
 #include "loop.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -641,13 +640,13 @@ static int64_t fewest_live(const Contraction *c, const Tile *t, const int64_t n[
 // that would fit AVX-512's 32 registers ran slower: vgg_small, allconv,
 // resnet8 and cifar10 0.81-0.93x as fast when up to 31 were allowed.
 static bool fits(const Contraction *c, const Tile *t) {
-  int64_t loads, acc;
-  cost(c, t, &loads, &acc);
   int64_t n[TILE_DIMS] = {t->t[0] >= 0 ? t->size[0] : 1, t->t[1] >= 0 ? t->size[1] : 1,
                           vector_parts(c, t)};
+  int64_t vectors = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
+  int64_t acc = n[TD_J0] * n[TD_J1] * n[TD_PIECE];
   int order[TILE_DIMS];
-  double whole = (double)acc / (double)n[TD_PIECE] * ceil(vector_work(c, t));
-  return whole <= c->max_acc && acc + fewest_live(c, t, n, true, order) <= c->registers;
+  return n[TD_J0] * n[TD_J1] * vectors <= c->max_acc &&
+         acc + fewest_live(c, t, n, true, order) <= c->registers;
 }
 
 // The best tile for the vector chosen: every pair of other spatial
