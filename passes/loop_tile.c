@@ -392,6 +392,12 @@ static int64_t vector_parts(const Contraction *c, const Tile *t) {
   return t->rfactor ? 1 : vector_ops(t->vblock, c->lanes);
 }
 
+// The registers a row of the tile would take in whole vectors: 15 lanes
+// are 2 on AVX2 (the parts they run as are vector_parts).
+static int64_t whole_vectors(const Contraction *c, const Tile *t) {
+  return t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
+}
+
 // The whole vectors' worth of work in a row of the tile: 15 lanes are
 // 15/8 of a vector, whatever number of parts they take.
 static double vector_work(const Contraction *c, const Tile *t) {
@@ -425,7 +431,7 @@ static int64_t fresh_bytes(const Contraction *c, const Tile *t) {
   if (t->rfactor || c->nr == 0)
     return 0;
   const LExpr *ops[2] = {c->a, c->b};
-  int64_t pieces = (t->vblock + c->lanes - 1) / c->lanes, bytes = 0;
+  int64_t pieces = whole_vectors(c, t), bytes = 0;
   for (int o = 0; o < 2; o++) {
     int64_t s = distance(ops[o], c->r[c->nr - 1].var), n = 1;
     bool vec = uses(ops[o], c->s[t->v].var);
@@ -642,10 +648,9 @@ static int64_t fewest_live(const Contraction *c, const Tile *t, const int64_t n[
 static bool fits(const Contraction *c, const Tile *t) {
   int64_t n[TILE_DIMS] = {t->t[0] >= 0 ? t->size[0] : 1, t->t[1] >= 0 ? t->size[1] : 1,
                           vector_parts(c, t)};
-  int64_t vectors = t->rfactor ? 1 : (t->vblock + c->lanes - 1) / c->lanes;
   int64_t acc = n[TD_J0] * n[TD_J1] * n[TD_PIECE];
   int order[TILE_DIMS];
-  return n[TD_J0] * n[TD_J1] * vectors <= c->max_acc &&
+  return n[TD_J0] * n[TD_J1] * whole_vectors(c, t) <= c->max_acc &&
          acc + fewest_live(c, t, n, true, order) <= c->registers;
 }
 
