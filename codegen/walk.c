@@ -255,6 +255,70 @@ static LLVMValueRef lane_offset(W *w, const LBuf *b, LExpr *const *idx, int lane
   return off;
 }
 
+// a and b end to end.
+static LLVMValueRef concat(Cg *c, LLVMValueRef a, LLVMValueRef b) {
+  unsigned n = LLVMGetVectorSize(LLVMTypeOf(a));
+  LLVMValueRef *mask = xcalloc(2 * n, sizeof *mask);
+  for (unsigned l = 0; l < 2 * n; l++)
+    mask[l] = LLVMConstInt(c->i32, l, 0);
+  LLVMValueRef v = LLVMBuildShuffleVector(c->b, a, b, LLVMConstVector(mask, 2 * n), "");
+  free(mask);
+  return v;
+}
+
+// The lanes of a load `step` elements apart: the span from the first lane's
+// element to the last's read as `step` vectors of the width, one after the
+// other (the elements past the span masked off, a vector wholly past it not
+// read), then every step-th element kept by one shuffle of two vectors.
+// Not one wide load and a shuffle of it alone: InstCombine moves such
+// shuffles, the same on both sides of a compare, past the compare
+// (pooling's `x[2w+1] > x[2w]`), and a shuffle of a mask vector takes
+// AVX-512 some forty k-register instructions.
+static LLVMValueRef shuffled_load(W *w, const LBuf *b, LExpr *const *idx, int step) {
+  Cg *c = w->c;
+  LLVMTypeRef t = elem_type(c, b), vt = vtype(w, t);
+  unsigned align = dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4;
+  int width = w->width, span = (width - 1) * step + 1;
+  LLVMValueRef base = offset_at(w, b, idx), v[MAX_SHUFFLE_STEP];
+  for (int j = 0; j < step; j++) {
+    int on = span - j * width; // elements of piece j within the span
+    LLVMValueRef at = address(w, b, LLVMBuildNSWAdd(c->b, base, LLVMConstInt(c->i64, (uint64_t)(j * width), 0), ""));
+    if (on <= 0) {
+      v[j] = LLVMGetPoison(vt);
+    } else if (on >= width) {
+      v[j] = LLVMBuildLoad2(c->b, vt, at, "");
+      LLVMSetAlignment(v[j], align);
+    } else {
+      LLVMValueRef *bits = xcalloc((size_t)width, sizeof *bits);
+      for (int l = 0; l < width; l++)
+        bits[l] = LLVMConstInt(LLVMInt1TypeInContext(c->ctx), l < on, 0);
+      LLVMTypeRef tys[2] = {vt, c->ptr};
+      unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
+      ir_assert(id != 0);
+      LLVMValueRef args[4] = {at, LLVMConstInt(c->i32, align, 0), LLVMConstVector(bits, (unsigned)width),
+                              LLVMGetPoison(vt)};
+      free(bits);
+      v[j] = LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2),
+                            LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2), args, 4, "");
+    }
+  }
+  int n = step; // end to end by pairs until two vectors (or one) are left
+  while (n > 2) {
+    for (int j = 0; j < n / 2; j++)
+      v[j] = concat(c, v[2 * j], v[2 * j + 1]);
+    if (n % 2)
+      v[n / 2] = concat(c, v[n - 1], LLVMGetPoison(LLVMTypeOf(v[n - 1])));
+    n = (n + 1) / 2;
+  }
+  LLVMValueRef *mask = xcalloc((size_t)width, sizeof *mask);
+  for (int l = 0; l < width; l++)
+    mask[l] = LLVMConstInt(c->i32, (uint64_t)(l * step), 0);
+  LLVMValueRef r = LLVMBuildShuffleVector(c->b, v[0], n == 2 ? v[1] : LLVMGetPoison(LLVMTypeOf(v[0])),
+                                          LLVMConstVector(mask, (unsigned)width), "");
+  free(mask);
+  return r;
+}
+
 // The loaded element(s), a 16-bit buffer's widened to f32.
 static Val emit_load_raw(W *w, const LExpr *e) {
   Cg *c = w->c;
@@ -269,32 +333,8 @@ static Val emit_load_raw(W *w, const LExpr *e) {
     return (Val){v, true};
   }
   int64_t step = lane_step(w, b, e->idx);
-  if (step > 1 && step <= MAX_SHUFFLE_STEP) {
-    // A load of width * step elements with the ones past the last lane's
-    // masked off: one (masked) vector load, where the span's odd length
-    // (15 floats for 8 lanes of stride 2) took a load and an insert per
-    // element.
-    unsigned span = (unsigned)((w->width - 1) * step + 1), whole = (unsigned)(w->width * step);
-    LLVMTypeRef vt = LLVMVectorType(t, whole), tys[2] = {vt, c->ptr};
-    LLVMValueRef *on = xcalloc(whole, sizeof *on);
-    for (unsigned l = 0; l < whole; l++)
-      on[l] = LLVMConstInt(LLVMInt1TypeInContext(c->ctx), l < span, 0);
-    unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
-    ir_assert(id != 0);
-    LLVMValueRef args[4] = {address(w, b, offset_at(w, b, e->idx)),
-                            LLVMConstInt(c->i32, dtype_bytes(b->dtype) < 4 ? dtype_bytes(b->dtype) : 4, 0),
-                            LLVMConstVector(on, whole), LLVMGetPoison(vt)};
-    free(on);
-    LLVMValueRef all = LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2),
-                                      LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2), args, 4, "");
-    LLVMValueRef *mask = xcalloc(w->width, sizeof *mask);
-    for (int lane = 0; lane < w->width; lane++)
-      mask[lane] = LLVMConstInt(c->i32, (uint64_t)(lane * step), 0);
-    LLVMValueRef v = LLVMBuildShuffleVector(c->b, all, LLVMGetPoison(LLVMTypeOf(all)),
-                                            LLVMConstVector(mask, w->width), "");
-    free(mask);
-    return (Val){v, true};
-  }
+  if (step > 1 && step <= MAX_SHUFFLE_STEP)
+    return (Val){shuffled_load(w, b, e->idx, (int)step), true};
   LLVMValueRef v = LLVMGetPoison(vtype(w, t));
   for (int lane = 0; lane < w->width; lane++) {
     LLVMValueRef x = LLVMBuildLoad2(c->b, t, address(w, b, lane_offset(w, b, e->idx, lane)), "");
@@ -514,16 +554,6 @@ static int store_group(W *w, LStmt *const *body, int n, int i, int order[MAX_SHU
     order[at] = i + j;
   }
   return (int)k;
-}
-
-static LLVMValueRef concat(Cg *c, LLVMValueRef a, LLVMValueRef b) {
-  unsigned n = LLVMGetVectorSize(LLVMTypeOf(a));
-  LLVMValueRef *mask = xcalloc(2 * n, sizeof *mask);
-  for (unsigned l = 0; l < 2 * n; l++)
-    mask[l] = LLVMConstInt(c->i32, l, 0);
-  LLVMValueRef v = LLVMBuildShuffleVector(c->b, a, b, LLVMConstVector(mask, 2 * n), "");
-  free(mask);
-  return v;
 }
 
 static void emit_store_group(W *w, LStmt *const *body, int i, const int *order, int k) {
