@@ -41,7 +41,7 @@ and every step faults them in anew. On the AMD EPYC (Zen 5) virtual
 machine of 2026-12-02, whose page faults are slow, that made PyTorch's
 training of vgg_small and allconv 2.5-2.8x slower (its relu, fill and
 threshold_backward at 3 GB/s); xentcc's executables allocate their
-memory once.
+memory once, and xentcc compiles without them, setting its own.
 
 --isa avx2 holds both sides to AVX2 and FMA, the vectors of the AMD EPYC
 issue 11 names, on a machine that has more: xentcc compiles with
@@ -185,12 +185,12 @@ def die(msg):
     sys.exit(1)
 
 
-def run(cmd, log=None, timeout=1800):
+def run(cmd, log=None, timeout=1800, env=None):
     """Runs an argument vector (no shell); its output goes to LOG. Returns
     True on success; on failure says what failed and where the log is."""
     with open(log or os.devnull, "w") as out:
         try:
-            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             say(f"  timed out after {timeout} s: {' '.join(cmd)}")
             return False
@@ -325,10 +325,20 @@ def xc_eval(exe, weights, data_dir, threads, work, tag):
     return Profile(csv_path) if ok else None
 
 
+def compiler_env():
+    """The environment xentcc compiles in: a user's, without the
+    GLIBC_TUNABLES this script set for PyTorch, so that xentcc sets its own
+    (frontend/main.c) as it does for anyone who has not set them."""
+    env = dict(os.environ)
+    if env.get("GLIBC_TUNABLES") == MALLOC_TUNABLES:
+        del env["GLIBC_TUNABLES"]
+    return env
+
+
 def compile_model(xentcc, yaml_path, out, log):
     """xentcc: the command, a list (the compiler and its -mcpu)."""
     t = time.perf_counter()
-    ok = run(xentcc + [yaml_path, "-o", out], log)
+    ok = run(xentcc + [yaml_path, "-o", out], log, env=compiler_env())
     return time.perf_counter() - t if ok else None
 
 
