@@ -266,6 +266,19 @@ static LLVMValueRef concat(Cg *c, LLVMValueRef a, LLVMValueRef b) {
   return v;
 }
 
+// v[0..n) joined end to end by pairs (an odd one out padded with poison)
+// until at most `keep` vectors are left; how many are.
+static int join_pairs(Cg *c, LLVMValueRef *v, int n, int keep) {
+  while (n > keep) {
+    for (int j = 0; j < n / 2; j++)
+      v[j] = concat(c, v[2 * j], v[2 * j + 1]);
+    if (n % 2)
+      v[n / 2] = concat(c, v[n - 1], LLVMGetPoison(LLVMTypeOf(v[n - 1])));
+    n = (n + 1) / 2;
+  }
+  return n;
+}
+
 // The lanes of a load `step` elements apart: the span from the first lane's
 // element to the last's read as `step` vectors of the width, one after the
 // other (the elements past the span masked off, a vector wholly past it not
@@ -302,14 +315,7 @@ static LLVMValueRef shuffled_load(W *w, const LBuf *b, LExpr *const *idx, int st
                             LLVMGetIntrinsicDeclaration(c->mod, id, tys, 2), args, 4, "");
     }
   }
-  int n = step; // end to end by pairs until two vectors (or one) are left
-  while (n > 2) {
-    for (int j = 0; j < n / 2; j++)
-      v[j] = concat(c, v[2 * j], v[2 * j + 1]);
-    if (n % 2)
-      v[n / 2] = concat(c, v[n - 1], LLVMGetPoison(LLVMTypeOf(v[n - 1])));
-    n = (n + 1) / 2;
-  }
+  int n = join_pairs(c, v, step, 2);
   LLVMValueRef *mask = xcalloc((size_t)width, sizeof *mask);
   for (int l = 0; l < width; l++)
     mask[l] = LLVMConstInt(c->i32, (uint64_t)(l * step), 0);
@@ -565,14 +571,7 @@ static void emit_store_group(W *w, LStmt *const *body, int i, const int *order, 
     v[at] = val[order[at] - i];
   // All k vectors end to end (padded to a power of two of them), then
   // element l*k + at of the store is v[at]'s lane l.
-  int n = k;
-  while (n > 1) {
-    for (int j = 0; j < n / 2; j++)
-      v[j] = concat(c, v[2 * j], v[2 * j + 1]);
-    if (n % 2)
-      v[n / 2] = concat(c, v[n - 1], LLVMGetPoison(LLVMTypeOf(v[n - 1])));
-    n = (n + 1) / 2;
-  }
+  join_pairs(c, v, k, 1);
   LLVMValueRef *mask = xcalloc((size_t)w->width * k, sizeof *mask);
   for (int l = 0; l < w->width; l++)
     for (int at = 0; at < k; at++)

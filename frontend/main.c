@@ -246,13 +246,6 @@ static char *join_passes(const PassSet *s) {
 // runs, 10 each: allconv 0.94x the time, catdog 0.96x). A user who sets
 // GLIBC_TUNABLES keeps theirs. Not in the sanitizer build, whose allocator
 // is ASan's.
-#if defined(__SANITIZE_ADDRESS__)
-#define XC_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XC_ASAN 1
-#endif
-#endif
 static void tune_malloc(char **argv) {
 #ifdef XC_ASAN
   (void)argv;

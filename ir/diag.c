@@ -14,13 +14,6 @@
 // its leak reports are noise: they are off here, in every program made with
 // the compiler's libraries, and stay on for the runtime and the executables
 // xentcc generates. ASAN_OPTIONS in the environment still overrides this.
-#if defined(__SANITIZE_ADDRESS__)
-#define XC_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XC_ASAN 1
-#endif
-#endif
 #ifdef XC_ASAN
 const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "detect_leaks=0"; }

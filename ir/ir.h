@@ -10,6 +10,15 @@
 #include <stdio.h>
 #include <stdnoreturn.h>
 
+// XC_ASAN: defined in the sanitizer build (GCC and clang say so differently).
+#if defined(__SANITIZE_ADDRESS__)
+#define XC_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define XC_ASAN 1
+#endif
+#endif
+
 //
 // diag.c: source files, errors with file:line:col, the source line and a caret
 //
