@@ -15,7 +15,8 @@ columns on AVX-512.
 
 --set border: the guards that skip steps reading only a zero border. b0's
 7x7 input gradient without padding reads dy with a border of 6 (a tile of
-6 images, 7 in the batch: one whole tile and one of 1 image); b1's layers
+6 images, 7 in the batch: one whole tile and one of 1 image, which spans
+columns and skips a step when all of them read the border); b1's layers
 on 5x5 images with padding 1 are guarded in all three directions; b2 has
 odd sizes, a 5x5 window without padding and a 4x4 with padding 3. Each
 model's loop nests must hold a guard (the count is printed).
@@ -133,6 +134,17 @@ def border_guards(args, name):
                           model_loops(args, name), re.M))
 
 
+def tile_end_guards(args, name):
+    """Those of the border guards that test a tile's two ends (the window
+    index of its first output against the border's end, of its last
+    against the border's start): the tile spans that index."""
+    n = 0
+    for m in re.finditer(r"^\s*if \(\(\((.*)\) >= -?\d+\) & \(\((.*)\) < \d+\)\)$",
+                         model_loops(args, name), re.M):
+        n += m.group(1) != m.group(2) and re.search(r"k[hw]", m.group(1)) is not None
+    return n
+
+
 def rolled_loops(args, name):
     """The tap loops the tile pass keeps rolled in the model's loop nests."""
     return len(re.findall(r"^\s*for .* reduce rolled$", model_loops(args, name), re.M))
@@ -167,7 +179,8 @@ def main():
         print(f"{name}: -O0 and -O3 agree over {steps} steps; worst " +
               ", ".join(f"{k} {v:.2g}" for k, v in worst.items()) + " of the tolerances")
         if args.set == "border":
-            print(f"{name}: {border_guards(args, name)} border guards")
+            print(f"{name}: {border_guards(args, name)} border guards, "
+                  f"{tile_end_guards(args, name)} of them at a tile's two ends")
         if args.set == "edges":
             print(f"{name}: {rolled_loops(args, name)} rolled tap loops")
         if args.check_perturbed:
