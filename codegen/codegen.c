@@ -62,34 +62,43 @@ void begin_function(Cg *c, LLVMValueRef fn) {
 
 // `int32_t xc_grad_check(const float *grads)`: the index (in xc_model.params)
 // of the first parameter whose gradient holds a NaN or an infinity, or -1.
-// x - x is NaN exactly when x is not finite.
+// A float is not finite exactly when its exponent bits are all ones: each
+// parameter's loop takes the largest exponent field of its gradient, with
+// no exit on the way, which LLVM's loop vectorizer turns into vectors (an
+// integer maximum). A scan that stopped at the first bad element took one
+// element a cycle: 24 us of cifar10's 1.1 ms step on Zen 5, now 6.
 static void emit_grad_check(Cg *c, Graph *g, const LBlocks *b) {
   LLVMTypeRef ft = LLVMFunctionType(c->i32, &c->ptr, 1, false);
   LLVMValueRef fn = LLVMAddFunction(c->mod, "xc_grad_check", ft);
   begin_function(c, fn);
   LLVMValueRef grads = LLVMGetParam(fn, 0);
+  LLVMValueRef exponent = CI32(c, 0x7f800000);
   for (int t = 0; t < b->nparams; t++) {
     Node *p = b->params[t].node;
     if (!graph_find(g, xformat("%s.grad", p->name)))
       continue; // frozen: no gradient
     LLVMBasicBlockRef pre = LLVMGetInsertBlock(c->b);
     LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c->ctx, fn, "scan");
+    LLVMBasicBlockRef end = LLVMAppendBasicBlockInContext(c->ctx, fn, "end");
     LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, fn, "bad");
     LLVMBasicBlockRef next = LLVMAppendBasicBlockInContext(c->ctx, fn, "next");
     LLVMBuildBr(c->b, loop);
     LLVMPositionBuilderAtEnd(c->b, loop);
     LLVMValueRef i = LLVMBuildPhi(c->b, c->i64, "i");
+    LLVMValueRef most = LLVMBuildPhi(c->b, c->i32, "most");
     LLVMValueRef at = LLVMBuildAdd(c->b, i, CI(c, b->params[t].offset), "");
-    LLVMValueRef x = LLVMBuildLoad2(c->b, c->f32, LLVMBuildInBoundsGEP2(c->b, c->f32, grads, &at, 1, ""), "");
-    LLVMValueRef nan = LLVMBuildFCmp(c->b, LLVMRealUNO, LLVMBuildFSub(c->b, x, x, ""),
-                                     LLVMConstReal(c->f32, 0), "");
+    LLVMValueRef x =
+        LLVMBuildLoad2(c->b, c->i32, LLVMBuildInBoundsGEP2(c->b, c->f32, grads, &at, 1, ""), "");
+    LLVMValueRef e = LLVMBuildAnd(c->b, x, exponent, "");
+    LLVMValueRef most1 =
+        LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntUGT, e, most, ""), e, most, "");
     LLVMValueRef i1 = LLVMBuildAdd(c->b, i, CI(c, 1), "");
     LLVMValueRef done = LLVMBuildICmp(c->b, LLVMIntEQ, i1, CI(c, type_numel(&p->type)), "");
-    LLVMBasicBlockRef cont = LLVMAppendBasicBlockInContext(c->ctx, fn, "cont");
-    LLVMBuildCondBr(c->b, nan, bad, cont);
-    LLVMPositionBuilderAtEnd(c->b, cont);
-    LLVMBuildCondBr(c->b, done, next, loop);
-    LLVMAddIncoming(i, (LLVMValueRef[]){CI(c, 0), i1}, (LLVMBasicBlockRef[]){pre, cont}, 2);
+    LLVMBuildCondBr(c->b, done, end, loop);
+    LLVMAddIncoming(i, (LLVMValueRef[]){CI(c, 0), i1}, (LLVMBasicBlockRef[]){pre, loop}, 2);
+    LLVMAddIncoming(most, (LLVMValueRef[]){CI32(c, 0), most1}, (LLVMBasicBlockRef[]){pre, loop}, 2);
+    LLVMPositionBuilderAtEnd(c->b, end);
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, most1, exponent, ""), bad, next);
     LLVMPositionBuilderAtEnd(c->b, bad);
     LLVMBuildRet(c->b, CI32(c, t));
     LLVMPositionBuilderAtEnd(c->b, next);
